@@ -1,0 +1,53 @@
+# fitcycle — make setup | make run | make test
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup run test lint typecheck pytest bench clean
+
+setup: $(STAMP) $(FASHION_MNIST)
+
+# Idempotent: the venv is made once, and reinstalled only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	# animal-mnist's declared dependencies (tensorflow) are not needed: its data files are all we read.
+	$(BIN)/pip install -q --no-deps animal-mnist==0.4
+	@touch $(STAMP)
+
+# Real Fashion-MNIST images for tests and the quick start, from Debian's package (no download at run time).
+$(FASHION_MNIST):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
+	else \
+	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; exit 1; \
+	fi
+
+# The main job on the embedded default: write a real dataset, fine-tune an ImageNet-pretrained body, predict.
+run: setup
+	$(BIN)/fitcycle sample-data fashion-mnist data/fashion-mnist --per-class 60 --size 64
+	$(BIN)/fitcycle train data/fashion-mnist --from-folder --arch efficientnet_lite0 --pretrained imagenet \
+	  --size 64 --bs 32 --freeze-epochs 1 --epochs 2 --lr find --valid-pct 0.2 --seed 42 --out runs/quickstart
+	$(BIN)/fitcycle predict runs/quickstart/export data/fashion-mnist/sneaker/0000.png data/fashion-mnist/bag/0000.png
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench: setup
+	$(BIN)/python bench/engine_overhead.py
+
+clean:
+	rm -rf runs data .pytest_cache .mypy_cache .ruff_cache

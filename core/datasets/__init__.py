@@ -1,0 +1,1 @@
+"""Dataset ingestion: labelling rules, manifests, versions and the sample datasets."""

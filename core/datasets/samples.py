@@ -1,0 +1,149 @@
+"""Real image datasets that install with the project or the OS, written out as image files: Fashion-MNIST
+(Debian's dataset-fashion-mnist), Animal-MNIST silhouettes (PyPI's animal-mnist) and scikit-learn's
+digits. Nothing is downloaded. Animal-MNIST ships pickles; we never unpickle them: the array bytes are
+read from the pickle's opcodes with pickletools, which parses without executing anything."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import pickletools
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
+ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+Layout = Literal["folder", "csv", "name_re"]
+SAMPLES = ("fashion-mnist", "animal-mnist", "digits")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format) as a numpy array."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_fashion_mnist() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Fashion-MNIST's 60,000 training images (28x28 uint8), labels and class names."""
+    images = FASHION_DIR / "train-images-idx3-ubyte.gz"
+    if not images.is_file():
+        raise FileNotFoundError(f"{images} not found: install Debian's package dataset-fashion-mnist")
+    return _read_idx(images), _read_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz"), FASHION_CLASSES
+
+
+def _pickled_ndarray(path: Path) -> np.ndarray:
+    """The ndarray inside a numpy pickle, from its opcodes alone (no object is ever constructed)."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ints, dtype, payload = [], None, b""
+    for op, arg, _ in pickletools.genops(data):
+        if op.name.startswith("BININT"):
+            ints.append(arg)
+        elif op.name in ("SHORT_BINUNICODE", "BINUNICODE") and arg in ("u1", "i8", "f4", "f8", "i4"):
+            dtype = arg
+        elif isinstance(arg, bytes) and len(arg) > len(payload):
+            payload = arg
+    if dtype is None:
+        raise ValueError(f"{path}: no numpy dtype found in the pickle")
+    # The shape tuple sits between the reconstruct arguments: BININT1 1 (version), then dims.
+    itemsize = np.dtype(dtype).itemsize
+    n = len(payload) // itemsize
+    shape = [d for d in ints[2:] if d > 0]
+    while shape and int(np.prod(shape)) != n:
+        shape.pop()
+    return np.frombuffer(payload, dtype=dtype).reshape(shape or [n]).copy()
+
+
+def load_animal_mnist() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Animal-MNIST's 10,000 silhouettes (28x28 uint8), labels and class names."""
+    import animal_mnist
+
+    folder = Path(animal_mnist.__file__).parent / "data" / "Animal_MNIST"
+    x = _pickled_ndarray(folder / "animal_data_version_3.gz").reshape(-1, 28, 28)
+    y = _pickled_ndarray(folder / "animal_label_version_3.gz").astype(np.int64)
+    return x, y, ANIMAL_CLASSES
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """scikit-learn's 1,797 8x8 digits, scaled to uint8."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    return (d.images * (255 / 16)).round().astype(np.uint8), d.target.astype(np.int64), DIGIT_CLASSES
+
+
+def load_sample(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images, labels and class names of a named sample dataset."""
+    loaders = {"fashion-mnist": load_fashion_mnist, "animal-mnist": load_animal_mnist, "digits": load_digits}
+    if name not in loaders:
+        raise ValueError(f"unknown sample dataset '{name}'; choose from: {', '.join(SAMPLES)}")
+    return loaders[name]()
+
+
+def pick_per_class(labels: np.ndarray, per_class: int, offset: int = 0) -> np.ndarray:
+    """Indices of `per_class` items of each class, from the offset-th item of that class on."""
+    picked = [np.flatnonzero(labels == c)[offset : offset + per_class] for c in np.unique(labels)]
+    return np.concatenate(picked)
+
+
+def write_images(
+    dest: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    size: int | None = None,
+    layout: Layout = "folder",
+) -> Path:
+    """Write grayscale arrays as RGB PNGs: class folders, a flat folder + labels.csv, or `label_N.png` names."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    counters: dict[str, int] = {}
+    rows = []
+    for img, y in zip(images, labels, strict=True):
+        label = classes[int(y)]
+        n = counters.get(label, 0)
+        counters[label] = n + 1
+        pil = Image.fromarray(np.asarray(img, dtype=np.uint8)).convert("RGB")
+        if size:
+            pil = pil.resize((size, size), Image.Resampling.BILINEAR)
+        if layout == "folder":
+            rel = f"{label}/{n:04d}.png"
+        elif layout == "csv":
+            rel = f"images/{len(rows):05d}.png"
+        else:
+            rel = f"{label}_{n:04d}.png"
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        pil.save(dest / rel)
+        rows.append((rel, label))
+    if layout == "csv":
+        with (dest / "labels.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "label"])
+            w.writerows(rows)
+    return dest
+
+
+def write_sample(
+    name: str, dest: str | Path, per_class: int = 100, size: int | None = None, layout: Layout = "folder",
+    offset: int = 0, classes: Sequence[str] | None = None,
+) -> Path:
+    """Write `per_class` images of each class (optionally only `classes`) of a sample dataset to dest."""
+    x, y, names = load_sample(name)
+    idx = pick_per_class(y, per_class, offset)
+    if classes is not None:
+        unknown = set(classes) - set(names)
+        if unknown:
+            raise ValueError(f"{name} has no class {sorted(unknown)}; its classes are {names}")
+        keep = {names.index(c) for c in classes}
+        idx = np.array([i for i in idx if int(y[i]) in keep])
+    return write_images(dest, x[idx], y[idx], names, size, layout)

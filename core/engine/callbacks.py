@@ -1,0 +1,283 @@
+"""The callbacks the training loop is made of: recording, one-cycle schedules, progress, checkpoints,
+reporting to the outside world, stopping on request, mixed precision, channels_last and gradient
+accumulation."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from core.engine.learner import Callback, CancelStepException
+from core.engine.metrics import metric_name
+from core.engine.schedules import one_cycle_lr, one_cycle_mom
+
+
+class Recorder(Callback):
+    """Per-batch loss (raw and smoothed), lr and momentum; per-epoch train loss, valid loss, metrics, time."""
+
+    order = 50
+    beta = 0.98
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, Any]] = []
+        self.epochs: list[dict[str, Any]] = []
+        self._avg, self._count = 0.0, 0
+        self._train_sum, self._train_n, self._epoch_seconds = 0.0, 0, 0.0
+
+    # Smoothed loss restarts with each fit, as fastai's does.
+    def before_fit(self) -> None:
+        self._avg, self._count = 0.0, 0
+
+    def before_epoch(self) -> None:
+        self._t0 = time.perf_counter()
+        if not (self.learn._resume and self.learn.epoch == self.learn.start_epoch and self.learn.start_batch):
+            self._train_sum, self._train_n, self._epoch_seconds = 0.0, 0, 0.0
+
+    def before_validate(self) -> None:
+        self._valid_preds: list[torch.Tensor] = []
+        self._valid_targs: list[torch.Tensor] = []
+        self._valid_sum, self._valid_n = 0.0, 0
+
+    @property
+    def smooth_loss(self) -> float:
+        """Debiased exponential moving average of the training loss."""
+        return self._avg / (1 - self.beta**self._count) if self._count else math.nan
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        n = len(learn.yb)
+        if not learn.training:
+            self._valid_sum += learn.loss.item() * n
+            self._valid_n += n
+            self._valid_preds.append(learn.pred.detach().float().cpu())
+            self._valid_targs.append(learn.yb.detach().cpu())
+            return
+        loss = learn.loss.item()
+        self._count += 1
+        self._avg = self.beta * self._avg + (1 - self.beta) * loss
+        self._train_sum += loss * n
+        self._train_n += n
+        assert learn.opt is not None
+        pg = learn.opt.param_groups[-1]
+        self.batches.append({
+            "iter": learn.train_iter, "epoch": learn.epoch, "batch": learn.iter, "tag": learn.tag,
+            "loss": loss, "smooth_loss": self.smooth_loss, "lr": pg["lr"], "mom": pg["betas"][0],
+        })
+
+    def after_epoch(self) -> None:
+        learn = self.learn
+        row: dict[str, Any] = {"epoch": learn.epoch, "tag": learn.tag,
+                               "train_loss": self._train_sum / max(1, self._train_n)}
+        if getattr(self, "_valid_n", 0):
+            row["valid_loss"] = self._valid_sum / self._valid_n
+            preds, targs = torch.cat(self._valid_preds), torch.cat(self._valid_targs)
+            for m in learn.metrics:
+                row[metric_name(m)] = m(preds, targs)
+            self._valid_n = 0
+        self._epoch_seconds += time.perf_counter() - self._t0
+        row["seconds"] = round(self._epoch_seconds, 3)
+        self.epochs.append(row)
+
+    def state(self) -> dict[str, Any]:
+        """Plain state for checkpoints, so a resumed run's curves continue where they stopped."""
+        now = time.perf_counter()
+        seconds = self._epoch_seconds + now - getattr(self, "_t0", now)
+        return {"batches": list(self.batches), "epochs": list(self.epochs), "avg": self._avg, "count": self._count,
+                "train_sum": self._train_sum, "train_n": self._train_n, "epoch_seconds": seconds}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore from state()."""
+        self.batches, self.epochs = list(state["batches"]), list(state["epochs"])
+        self._avg, self._count = float(state["avg"]), int(state["count"])
+        self._train_sum, self._train_n = float(state["train_sum"]), int(state["train_n"])
+        self._epoch_seconds = float(state["epoch_seconds"])
+
+
+class OneCycleScheduler(Callback):
+    """Sets every layer group's lr and the momentum from one-cycle schedules of the fit's position."""
+
+    order = 10
+
+    def __init__(self, lr_maxes: list[float], div: float, div_final: float, pct_start: float,
+                 moms: tuple[float, float, float]) -> None:
+        self.lr_scheds = [one_cycle_lr(lr, pct_start, div, div_final) for lr in lr_maxes]
+        self.mom_sched = one_cycle_mom(pct_start, moms)
+
+    def before_batch(self) -> None:
+        if self.learn.training:
+            pos = self.learn.pct_train
+            self.learn.set_hypers([s(pos) for s in self.lr_scheds], self.mom_sched(pos))
+
+
+class ProgressCallback(Callback):
+    """A progress bar over the loader with the smoothed loss; a table row per epoch."""
+
+    order = 60
+
+    def __init__(self, file: Any = None) -> None:
+        self.file = file or sys.stderr
+        self._header: list[str] = []
+
+    def before_train(self) -> None:
+        learn = self.learn
+        desc = f"{learn.tag + ' ' if learn.tag else ''}epoch {learn.epoch + 1}/{learn.n_epoch}"
+        self.bar = tqdm(learn.batches, total=learn.dl.n_batches_left(), desc=desc, leave=False, file=self.file,
+                        dynamic_ncols=True)
+        learn.batches = self.bar
+
+    def after_batch(self) -> None:
+        if self.learn.training and self.learn.iter % 5 == 0:
+            self.bar.set_postfix(loss=f"{self.learn.recorder.smooth_loss:.4f}", refresh=False)
+
+    def after_train(self) -> None:
+        self.bar.close()
+
+    def before_validate(self) -> None:
+        self.learn.batches = tqdm(self.learn.batches, total=len(self.learn.dl), desc="valid", leave=False,
+                                  file=self.file, dynamic_ncols=True)
+
+    def after_epoch(self) -> None:
+        row = self.learn.recorder.epochs[-1] if self.learn.recorder.epochs else None
+        if row is None or self.learn.lr_finding:
+            return
+        cols = [k for k in row if k not in ("tag",)]
+        if cols != self._header:
+            tqdm.write("  ".join(f"{c:>12}" for c in ["stage", *cols]), file=self.file)
+            self._header = cols
+        vals = [f"{v:>12.4f}" if isinstance(v, float) else f"{v:>12}" for v in (row[c] for c in cols)]
+        tqdm.write("  ".join([f"{row['tag'] or '-':>12}", *vals]), file=self.file)
+
+
+class CheckpointCallback(Callback):
+    """Hands a checkpoint dict to `save` after every epoch, and every `every_n_steps` training batches."""
+
+    order = 70
+    run_in_lr_find = False
+
+    def __init__(self, save: Callable[[dict[str, Any]], None], every_n_steps: int | None = None) -> None:
+        self.save, self.every_n_steps = save, every_n_steps
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        last_in_epoch = learn.iter + 1 >= len(learn.dl)
+        if learn.training and self.every_n_steps and not last_in_epoch and (learn.train_iter + 1) % self.every_n_steps == 0:
+            self.save(learn.checkpoint_state(end_of_epoch=False))
+
+    def after_epoch(self) -> None:
+        self.save(self.learn.checkpoint_state(end_of_epoch=True))
+
+
+class MetricsSink(Protocol):
+    """Where reported metrics go (a job's database rows, a file, a test's list)."""
+
+    def on_batch(self, row: dict[str, Any]) -> None:
+        """A sampled training batch: iter, epoch, loss, smooth_loss, lr, mom."""
+
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        """An epoch: train_loss, valid_loss, each metric, seconds."""
+
+
+class ReportCallback(Callback):
+    """Sends every `batch_every`-th batch row and every epoch row to a MetricsSink."""
+
+    order = 65
+    run_in_lr_find = False
+
+    def __init__(self, sink: MetricsSink, batch_every: int = 10) -> None:
+        self.sink, self.batch_every = sink, max(1, batch_every)
+
+    def after_batch(self) -> None:
+        if self.learn.training and self.learn.train_iter % self.batch_every == 0:
+            self.sink.on_batch(self.learn.recorder.batches[-1])
+
+    def after_epoch(self) -> None:
+        if self.learn.recorder.epochs:
+            self.sink.on_epoch(self.learn.recorder.epochs[-1])
+
+
+class TrainingStopped(Exception):
+    """Raised out of fit when a stop was requested (a cancelled job); the last checkpoint stays."""
+
+
+class StopCallback(Callback):
+    """Asks `should_stop()` before each training batch and stops the fit when it says yes."""
+
+    order = 0
+    run_in_lr_find = True
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def before_batch(self) -> None:
+        if self.learn.training and self.should_stop():
+            raise TrainingStopped("stop requested")
+
+
+class GradientAccumulation(Callback):
+    """Steps the optimizer every `n_acc` batches, with the loss scaled so gradients average."""
+
+    order = 5
+
+    def __init__(self, n_acc: int = 2) -> None:
+        self.n_acc = n_acc
+
+    def before_fit(self) -> None:
+        self.count = 0
+
+    def after_loss(self) -> None:
+        if self.learn.training:
+            self.learn.loss_grad = self.learn.loss_grad / self.n_acc
+
+    def before_step(self) -> None:
+        self.count += 1
+        if self.count % self.n_acc:
+            raise CancelStepException()
+
+
+class MixedPrecision(Callback):
+    """fp16 autocast with a gradient scaler (CUDA only)."""
+
+    order = 9
+
+    def before_fit(self) -> None:
+        self.scaler = torch.amp.GradScaler("cuda")
+
+    def before_batch(self) -> None:
+        self.autocast = torch.autocast("cuda", dtype=torch.float16)
+        self.autocast.__enter__()
+
+    def after_loss(self) -> None:
+        self.autocast.__exit__(None, None, None)
+        self.learn.loss_grad = self.learn.loss_grad.float()
+
+    def after_cancel_batch(self) -> None:
+        self.autocast.__exit__(None, None, None)
+
+    def before_backward(self) -> None:
+        self.learn.loss_grad = self.scaler.scale(self.learn.loss_grad)
+
+    def before_step(self) -> None:
+        opt = self.learn.opt
+        assert opt is not None
+        self.scaler.step(opt)
+        self.scaler.update()
+        opt.zero_grad(set_to_none=True)
+        raise CancelStepException()
+
+
+class ChannelsLast(Callback):
+    """channels_last memory format for the model and every batch (CUDA only)."""
+
+    order = 1
+
+    def before_fit(self) -> None:
+        self.learn.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def before_batch(self) -> None:
+        self.learn.xb = self.learn.xb.contiguous(memory_format=torch.channels_last)

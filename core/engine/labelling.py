@@ -1,0 +1,238 @@
+"""Labelling rules: which images make a dataset and what each one is [fastai: from_folder, from_csv,
+from_df, from_name_re, from_name_func]. Every rule checks every file up front, so a bad image is
+reported (counts and the first paths) instead of crashing an epoch."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.engine.errors import DataError
+from core.engine.images import image_problem, is_image_name
+from core.engine.splits import split_by_column, split_by_folder, split_by_rand_pct
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A file left out of the dataset, and why."""
+
+    key: str
+    reason: str
+
+
+@dataclass
+class LabelledItems:
+    """Image files with their labels, train/valid flags and the problems found while labelling."""
+
+    root: Path
+    keys: list[str]  # posix paths relative to root: the stable identity of an item
+    labels: list[str]
+    is_valid: list[bool]
+    classes: list[str]
+    rejected: list[Rejected] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def path(self, i: int) -> Path:
+        """Absolute path of item i."""
+        return self.root / self.keys[i]
+
+    def indices(self, valid: bool) -> list[int]:
+        """Indices of the train (valid=False) or validation (valid=True) items."""
+        return [i for i, v in enumerate(self.is_valid) if v == valid]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Items per class and split: {class: {"train": n, "valid": n}}."""
+        out = {c: {"train": 0, "valid": 0} for c in self.classes}
+        for label, valid in zip(self.labels, self.is_valid, strict=True):
+            out[label]["valid" if valid else "train"] += 1
+        return out
+
+    def summary(self) -> str:
+        """One paragraph a person can read: sizes, and what was rejected and why."""
+        n_valid = sum(self.is_valid)
+        lines = [f"{len(self)} images in {len(self.classes)} classes ({len(self) - n_valid} train, {n_valid} valid)"]
+        if self.rejected:
+            reasons = Counter(r.reason.split(":")[0] for r in self.rejected)
+            first = "; ".join(f"{r.key} ({r.reason})" for r in self.rejected[:3])
+            lines.append(f"{len(self.rejected)} files rejected ({dict(reasons)}); first: {first}")
+        if self.empty_classes:
+            lines.append(f"classes with no usable image, left out: {', '.join(self.empty_classes)}")
+        return "\n".join(lines)
+
+
+def _check_files(root: Path, keys: Sequence[str]) -> list[str | None]:
+    """Decode every file once (in threads) and return the problem with each, or None."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda k: image_problem(root / k), keys))
+
+
+def _finish(
+    root: Path,
+    keys: list[str],
+    labels: list[str],
+    is_valid: list[bool],
+    rejected: list[Rejected],
+    declared_classes: Iterable[str] = (),
+) -> LabelledItems:
+    """Drop unreadable files, work out the classes, and refuse datasets that cannot train."""
+    problems = _check_files(root, keys)
+    kept = [i for i, p in enumerate(problems) if p is None]
+    rejected = rejected + [Rejected(keys[i], p) for i, p in enumerate(problems) if p is not None]
+    keys = [keys[i] for i in kept]
+    labels = [labels[i] for i in kept]
+    is_valid = [is_valid[i] for i in kept]
+    present = set(labels)
+    classes = sorted(present)
+    empty = sorted(set(declared_classes) - present)
+    items = LabelledItems(root, keys, labels, is_valid, classes, rejected, empty)
+    if not keys:
+        raise DataError(f"no usable image under {root}.\n{items.summary()}")
+    if len(classes) < 2:
+        raise DataError(
+            f"found {len(classes)} class ({', '.join(classes)}) under {root}: a classifier needs at least 2.\n"
+            f"{items.summary()}"
+        )
+    if not any(is_valid) or all(is_valid):
+        which = "validation" if not any(is_valid) else "training"
+        raise DataError(f"the split leaves no {which} image; adjust valid_pct or the split rule.\n{items.summary()}")
+    return items
+
+
+def _list_files(root: Path) -> tuple[list[str], list[Rejected]]:
+    """Every regular file under root as a sorted posix key; non-image names are rejected with a reason."""
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder of images")
+    keys, rejected = [], []
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            rejected.append(Rejected(p.relative_to(root).as_posix(), "symbolic links are not followed"))
+            continue
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
+            continue
+        key = p.relative_to(root).as_posix()
+        if is_image_name(p):
+            keys.append(key)
+        elif p.suffix.lower() not in {".csv", ".json", ".txt", ".md"}:
+            rejected.append(Rejected(key, f"unsupported file type '{p.suffix or '(none)'}'"))
+    return keys, rejected
+
+
+def from_folder(
+    root: str | Path, train: str = "train", valid: str = "valid", valid_pct: float = 0.2, seed: int = 42
+) -> LabelledItems:
+    """Label each image by its parent folder. With train/ and valid/ folders they make the split;
+    otherwise a stable random split of `valid_pct`."""
+    root = Path(root)
+    keys, rejected = _list_files(root)
+    by_folder = (root / train).is_dir() and (root / valid).is_dir()
+    if by_folder:
+        keys = [k for k in keys if k.split("/", 1)[0] in (train, valid)]
+    keys = [k for k in keys if "/" in k]  # an image directly under root has no class folder
+    labels = [k.rsplit("/", 2)[-2] for k in keys]
+    flags = split_by_folder(keys, train, valid) if by_folder else split_by_rand_pct(keys, valid_pct, seed)
+    declared = {
+        d.name for base in ([root / train, root / valid] if by_folder else [root]) if base.is_dir()
+        for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")
+    }
+    return _finish(root, keys, labels, flags, rejected, declared)
+
+
+def from_rows(
+    root: str | Path,
+    rows: Iterable[Mapping[str, Any]],
+    fn_col: str = "name",
+    label_col: str = "label",
+    valid_col: str | None = None,
+    valid_pct: float = 0.2,
+    seed: int = 42,
+    source: str = "rows",
+) -> LabelledItems:
+    """Label images from records of (file name, label[, is_valid]) [fastai: from_df]."""
+    root = Path(root).resolve()
+    keys, labels, valid_values, rejected = [], [], [], []
+    for n, row in enumerate(rows, start=2 if source.endswith(".csv") else 1):
+        for col in (fn_col, label_col, *([valid_col] if valid_col else [])):
+            if col not in row:
+                raise DataError(f"{source}: no column '{col}' (columns are: {', '.join(map(str, row))})")
+        name = str(row[fn_col]).strip()
+        label = str(row[label_col]).strip()
+        target = (root / name).resolve()
+        if not target.is_relative_to(root):
+            rejected.append(Rejected(name, f"{source} row {n}: path escapes the dataset folder"))
+        elif not target.is_file():
+            rejected.append(Rejected(name, f"{source} row {n}: file not found"))
+        elif not label:
+            rejected.append(Rejected(name, f"{source} row {n}: empty label"))
+        else:
+            keys.append(target.relative_to(root).as_posix())
+            labels.append(label)
+            valid_values.append(str(row[valid_col]) if valid_col else "")
+    try:
+        flags = split_by_column(valid_values) if valid_col else split_by_rand_pct(keys, valid_pct, seed)
+    except ValueError as exc:
+        raise DataError(f"{source}, column '{valid_col}': {exc}") from exc
+    return _finish(root, keys, labels, flags, rejected)
+
+
+def from_df(root: str | Path, df: Any, **kwargs: Any) -> LabelledItems:
+    """Label images from a pandas DataFrame (or a list of dicts) with file-name and label columns."""
+    rows = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
+    return from_rows(root, rows, source="dataframe", **kwargs)
+
+
+def from_csv(
+    root: str | Path, csv_path: str | Path, fn_col: str = "name", label_col: str = "label", **kwargs: Any
+) -> LabelledItems:
+    """Label images from a CSV file with a header naming the file-name and label columns."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_absolute() and not csv_path.exists():
+        csv_path = Path(root) / csv_path
+    if not csv_path.is_file():
+        raise DataError(f"CSV file {csv_path} not found")
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise DataError(f"{csv_path} has a header but no rows")
+    return from_rows(root, rows, fn_col, label_col, source=str(csv_path.name), **kwargs)
+
+
+def from_name_func(
+    root: str | Path, label_func: Callable[[str], str | None], valid_pct: float = 0.2, seed: int = 42
+) -> LabelledItems:
+    """Label each image by a function of its path relative to root; None or '' rejects the file."""
+    root = Path(root)
+    keys, rejected = _list_files(root)
+    kept_keys, labels = [], []
+    for key in keys:
+        label = label_func(key)
+        if label:
+            kept_keys.append(key)
+            labels.append(str(label))
+        else:
+            rejected.append(Rejected(key, "the labelling rule gave no label"))
+    return _finish(root, kept_keys, labels, split_by_rand_pct(kept_keys, valid_pct, seed), rejected)
+
+
+def from_name_re(root: str | Path, pattern: str, valid_pct: float = 0.2, seed: int = 42) -> LabelledItems:
+    """Label each image by the first group of a regular expression searched in its file name."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise DataError(f"invalid regular expression {pattern!r}: {exc}") from exc
+    if regex.groups < 1:
+        raise DataError(f"the pattern {pattern!r} needs a group, e.g. r'^([a-z]+)_\\d+\\.png$', to capture the label")
+
+    def label(key: str) -> str | None:
+        match = regex.search(key.rsplit("/", 1)[-1])
+        return match.group(1) if match else None
+
+    return from_name_func(root, label, valid_pct, seed)

@@ -1,0 +1,394 @@
+"""The Learner: a small training loop of short methods wrapped in events [fastai v2's Learner].
+Progress, metrics, schedules, checkpoints, mixed precision and lr_find are callbacks; cancelling
+is an exception, not a flag."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.engine.architectures import Architecture
+from core.engine.data import ImageDataLoaders
+from core.engine.errors import CheckpointError
+from core.engine.metrics import Metric
+from core.engine.model import layer_groups
+
+CHECKPOINT_FORMAT = "fitcycle-checkpoint"
+CHECKPOINT_VERSION = 1
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+class CancelFitException(Exception):
+    """Stop fitting now (after_cancel_fit then after_fit run)."""
+
+
+class CancelEpochException(Exception):
+    """Skip the rest of this epoch."""
+
+
+class CancelTrainException(Exception):
+    """Skip the rest of this epoch's training batches."""
+
+
+class CancelValidException(Exception):
+    """Skip this epoch's validation."""
+
+
+class CancelBatchException(Exception):
+    """Skip the rest of this batch."""
+
+
+class CancelBackwardException(Exception):
+    """Skip the backward pass of this batch."""
+
+
+class CancelStepException(Exception):
+    """Skip the optimizer step of this batch (gradients are kept)."""
+
+
+class Callback:
+    """Override any of the event methods; `order` sorts callbacks (lower runs first)."""
+
+    order = 0
+    run_in_lr_find = True  # False: stays out of lr_find's throw-away run (checkpoints, reports)
+    learn: Learner
+
+    def __call__(self, event: str) -> None:
+        handler = getattr(self, event, None)
+        if handler is not None:
+            handler()
+
+
+LrSpec = float | slice | Sequence[float]
+
+
+class Learner:
+    """Trains `model` on `dls` with AdamW (decoupled weight decay, none on norms and biases)."""
+
+    def __init__(
+        self,
+        dls: ImageDataLoaders,
+        model: nn.Module,
+        loss_func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        metrics: Sequence[Metric] = (),
+        arch: Architecture | None = None,
+        wd: float = 0.01,
+        moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+        cbs: Iterable[Callback] = (),
+    ) -> None:
+        from core.engine.callbacks import Recorder  # the loop needs a recorder; callbacks need Learner
+
+        self.dls, self.arch, self.wd, self.moms = dls, arch, wd, moms
+        self.model = model.to(dls.device)
+        self.loss_func = loss_func or nn.CrossEntropyLoss()
+        self.metrics = list(metrics)
+        self.groups: list[list[nn.Module]] = layer_groups(model, arch) if arch else [[model]]  # type: ignore[arg-type]
+        self.opt: torch.optim.Optimizer | None = None
+        self.frozen_to = 0
+        self.cbs: list[Callback] = []
+        self.recorder = Recorder()
+        self.add_cbs([self.recorder, *cbs])
+        self.training = False
+        self.epoch = self.iter = self.train_iter = 0
+        self.n_epoch = 1
+        self.tag = ""
+        self.lr_finding = False
+        self._resume: dict[str, Any] | None = None
+
+    # ----- callbacks -----------------------------------------------------------------------------
+    def add_cbs(self, cbs: Iterable[Callback]) -> None:
+        """Attach callbacks, keeping them sorted by order."""
+        for cb in cbs:
+            cb.learn = self
+            self.cbs.append(cb)
+        self.cbs.sort(key=lambda c: c.order)
+
+    def remove_cbs(self, cbs: Iterable[Callback]) -> None:
+        """Detach callbacks."""
+        for cb in cbs:
+            if cb in self.cbs:
+                self.cbs.remove(cb)
+
+    @contextlib.contextmanager
+    def added_cbs(self, cbs: Iterable[Callback]) -> Iterator[None]:
+        """Attach callbacks for the duration of a with-block."""
+        cbs = list(cbs)
+        self.add_cbs(cbs)
+        try:
+            yield
+        finally:
+            self.remove_cbs(cbs)
+
+    def get_cb(self, kind: type) -> Any:
+        """The first attached callback of a type, or None."""
+        return next((c for c in self.cbs if isinstance(c, kind)), None)
+
+    def __call__(self, event: str) -> None:
+        for cb in list(self.cbs):
+            if self.lr_finding and not cb.run_in_lr_find:
+                continue
+            cb(event)
+
+    def _with_events(self, f: Callable[[], None], name: str, cancel: type[Exception]) -> None:
+        try:
+            self(f"before_{name}")
+            f()
+        except cancel:
+            self(f"after_cancel_{name}")
+        self(f"after_{name}")
+
+    # ----- optimizer and hyper-parameters ---------------------------------------------------------
+    def create_opt(self) -> None:
+        """AdamW with two parameter groups per layer group: with and without weight decay."""
+        seen: set[int] = set()
+        param_groups = []
+        for gi, group in enumerate(self.groups):
+            decay, no_decay = [], []
+            for module in group:
+                for m in module.modules():
+                    for name, p in m.named_parameters(recurse=False):
+                        if id(p) in seen:
+                            continue
+                        seen.add(id(p))
+                        (no_decay if isinstance(m, NORM_TYPES) or name == "bias" else decay).append(p)
+            param_groups.append({"params": decay, "weight_decay": self.wd, "layer_group": gi})
+            param_groups.append({"params": no_decay, "weight_decay": 0.0, "layer_group": gi})
+        self.opt = torch.optim.AdamW(param_groups, lr=1e-3, betas=(self.moms[0], 0.99), eps=1e-5)
+
+    def lrs_for_groups(self, lr: LrSpec) -> list[float]:
+        """One rate per layer group: a number for all, slice(hi) = hi/10 for the body and hi for the
+        head, slice(lo, hi) spread geometrically from the first group to the last."""
+        n = len(self.groups)
+        if isinstance(lr, slice):
+            hi = float(lr.stop)
+            if lr.start is None:
+                return [hi / 10] * (n - 1) + [hi]
+            lo = float(lr.start)
+            if n == 1:
+                return [hi]
+            return [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+        if isinstance(lr, Sequence):
+            if len(lr) != n:
+                raise ValueError(f"got {len(lr)} learning rates for {n} layer groups")
+            return [float(x) for x in lr]
+        return [float(lr)] * n
+
+    def set_hypers(self, lrs: Sequence[float], mom: float) -> None:
+        """Set each parameter group's learning rate (from its layer group) and momentum (Adam's beta1)."""
+        assert self.opt is not None
+        for pg in self.opt.param_groups:
+            pg["lr"] = lrs[pg["layer_group"]]
+            pg["betas"] = (mom, pg["betas"][1])
+
+    # ----- freezing --------------------------------------------------------------------------------
+    def freeze_to(self, n: int) -> None:
+        """Train only layer groups n and later; norm layers stay trainable everywhere (fastai's train_bn)."""
+        n = n % len(self.groups) if n < 0 else n
+        self.frozen_to = n
+        for gi, group in enumerate(self.groups):
+            for module in group:
+                for m in module.modules():
+                    for p in m.parameters(recurse=False):
+                        p.requires_grad_(gi >= n or isinstance(m, NORM_TYPES))
+
+    def freeze(self) -> None:
+        """Train only the head (and norm layers)."""
+        self.freeze_to(-1)
+
+    def unfreeze(self) -> None:
+        """Train every layer group."""
+        self.freeze_to(0)
+
+    # ----- the loop --------------------------------------------------------------------------------
+    def fit(self, n_epoch: int, lr: LrSpec = 1e-3, cbs: Iterable[Callback] = (),
+            resume: dict[str, Any] | None = None, tag: str = "") -> None:
+        """Train for n_epoch epochs; with `resume`, continue a run from its checkpoint state."""
+        if self.opt is None:
+            self.create_opt()
+        self.n_epoch, self.tag, self._resume = n_epoch, tag, resume
+        self.lrs = self.lrs_for_groups(lr)
+        self.set_hypers(self.lrs, self.moms[0])
+        self.start_epoch = self.start_batch = self.train_iter = 0
+        with self.added_cbs(cbs):
+            self._with_events(self._do_fit, "fit", CancelFitException)
+
+    @property
+    def n_train_batches(self) -> int:
+        """Training batches per epoch."""
+        return len(self.dls.train)
+
+    @property
+    def pct_train(self) -> float:
+        """Position in the whole fit, in [0, 1]: what schedules are functions of."""
+        return self.train_iter / max(1, self.n_epoch * self.n_train_batches)
+
+    def _do_fit(self) -> None:
+        if self._resume is not None:
+            self._apply_resume(self._resume)
+        for epoch in range(self.start_epoch, self.n_epoch):
+            self.epoch = epoch
+            self._with_events(self._do_epoch, "epoch", CancelEpochException)
+
+    def _do_epoch(self) -> None:
+        self._do_epoch_train()
+        self._do_epoch_validate()
+
+    def _do_epoch_train(self) -> None:
+        self.training = True
+        self.model.train()
+        self.dl = self.dls.train
+        self.dl.set_epoch(self.epoch, self.start_batch if self.epoch == self.start_epoch else 0)
+        self.batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = self.dl
+        self._with_events(self._all_batches, "train", CancelTrainException)
+
+    def _do_epoch_validate(self) -> None:
+        self.training = False
+        self.model.eval()
+        self.dl = self.dls.valid
+        self.dl.set_epoch(self.epoch, 0)
+        self.batches = self.dl
+        with torch.no_grad():
+            self._with_events(self._all_batches, "validate", CancelValidException)
+
+    def _all_batches(self) -> None:
+        self.n_iter = len(self.dl)
+        self.iter = self.dl.start_batch
+        for xb, yb in self.batches:
+            self.xb, self.yb = xb, yb
+            self._with_events(self._do_one_batch, "batch", CancelBatchException)
+            self.iter += 1
+            if self.training:
+                self.train_iter += 1
+
+    def _do_one_batch(self) -> None:
+        self.pred = self.model(self.xb)
+        self("after_pred")
+        self.loss_grad = self.loss_func(self.pred, self.yb)
+        self.loss = self.loss_grad.detach()
+        self("after_loss")
+        if not self.training or len(self.yb) == 0:
+            return
+        self._with_events(self._backward, "backward", CancelBackwardException)
+        self._with_events(self._step, "step", CancelStepException)
+
+    def _backward(self) -> None:
+        self.loss_grad.backward()
+
+    def _step(self) -> None:
+        assert self.opt is not None
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    # ----- checkpoints -----------------------------------------------------------------------------
+    def checkpoint_state(self, end_of_epoch: bool) -> dict[str, Any]:
+        """Everything needed to continue this fit exactly: an explicit dict of plain state."""
+        assert self.opt is not None
+        epoch, batch = (self.epoch + 1, 0) if end_of_epoch else (self.epoch, self.iter + 1)
+        np_state = np.random.get_state()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "tag": self.tag,
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "frozen_to": self.frozen_to,
+            # after_batch runs before train_iter counts the batch just done
+            "position": {"epoch": epoch, "batch": batch, "train_iter": self.train_iter + (0 if end_of_epoch else 1),
+                         "n_epoch": self.n_epoch, "n_batches": self.n_train_batches},
+            "lrs": list(self.lrs),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                "python": random.getstate(),
+            },
+            "data": {"seed": self.dls.config.seed, "epoch": epoch, "batch": batch},
+            "recorder": self.recorder.state(),
+        }
+
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's model and freezing (not its position)."""
+        self.model.load_state_dict(state["model"])
+        self.freeze_to(int(state.get("frozen_to", 0)))
+
+    def _apply_resume(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError("not a fitcycle checkpoint")
+        pos = state["position"]
+        if pos["n_epoch"] != self.n_epoch or pos["n_batches"] != self.n_train_batches:
+            raise CheckpointError(
+                f"the checkpoint is from a fit of {pos['n_epoch']} epochs x {pos['n_batches']} batches; "
+                f"this fit is {self.n_epoch} x {self.n_train_batches}: resume with the same data, bs and epochs"
+            )
+        self.load_weights(state)
+        assert self.opt is not None
+        self.opt.load_state_dict(state["opt"])
+        self.start_epoch, self.start_batch, self.train_iter = pos["epoch"], pos["batch"], pos["train_iter"]
+        self.recorder.load_state(state["recorder"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np_state = rng["numpy"]
+        np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+        random.setstate(_as_tuples(rng["python"]))
+
+    # ----- recipes ---------------------------------------------------------------------------------
+    def fit_one_cycle(self, n_epoch: int, lr_max: LrSpec = 1e-3, div: float = 25.0, div_final: float = 1e5,
+                      pct_start: float = 0.25, moms: tuple[float, float, float] | None = None,
+                      cbs: Iterable[Callback] = (), resume: dict[str, Any] | None = None, tag: str = "") -> None:
+        """One-cycle training [fastai v2: fit_one_cycle]: cosine warm-up from lr_max/div to lr_max over
+        pct_start, cosine down to lr_max/div_final; momentum 0.95 -> 0.85 -> 0.95."""
+        from core.engine.callbacks import OneCycleScheduler
+
+        sched = OneCycleScheduler(self.lrs_for_groups(lr_max), div, div_final, pct_start, moms or self.moms)
+        self.fit(n_epoch, lr_max, cbs=[sched, *cbs], resume=resume, tag=tag)
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
+                  pct_start: float = 0.3, div: float = 5.0, cbs: Iterable[Callback] = ()) -> None:
+        """Stage 1 frozen, then stage 2 unfrozen with discriminative rates [fastai v2: fine_tune]."""
+        self.freeze()
+        self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs, tag="stage1")
+        base_lr /= 2
+        self.unfreeze()
+        self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div,
+                           cbs=cbs, tag="stage2")
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
+                stop_div: bool = True) -> Any:
+        """Sweep the learning rate exponentially and suggest one; the model and optimizer are restored
+        exactly afterwards [fastai: lr_find]. Returns an LRFindResult."""
+        from core.engine.lr_finder import run_lr_find
+
+        return run_lr_find(self, start_lr, end_lr, num_it, stop_div)
+
+    # ----- inference -------------------------------------------------------------------------------
+    def get_preds(self, valid: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and targets over the validation (or un-augmented training) items, in order."""
+        loader = self.dls.valid
+        if not valid:
+            from core.engine.data import DeviceLoader
+
+            ds = self.dls.train.dataset
+            loader = DeviceLoader(ds, self.dls.valid.bs, False, False, self.dls.normalize, None,
+                                  self.dls.config.seed, 0, self.dls.device)
+        self.model.eval()
+        preds, targs = [], []
+        loader.set_epoch(0, 0)
+        with torch.no_grad():
+            for xb, yb in loader:
+                preds.append(self.model(xb).float().cpu())
+                targs.append(yb.cpu())
+        return torch.cat(preds), torch.cat(targs)
+
+
+def _as_tuples(x: Any) -> Any:
+    """Lists back to tuples (random.setstate wants the tuple shape getstate gave)."""
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, list | tuple) else x
+

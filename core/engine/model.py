@@ -1,0 +1,71 @@
+"""The CNN learner's model: a pretrained body cut before pooling and fastai's head, as
+nn.Sequential(body, head), with layer groups for freezing and discriminative learning rates."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from core.engine.architectures import Architecture
+
+
+class AdaptiveConcatPool2d(nn.Module):
+    """Max and average pooling side by side [fastai: AdaptiveConcatPool2d]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ap, self.mp = nn.AdaptiveAvgPool2d(1), nn.AdaptiveMaxPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.mp(x), self.ap(x)], 1)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """fastai's create_head defaults: concat pooling, one hidden layer of 512, dropout 0.25 then 0.5."""
+
+    lin_ftrs: list[int] = field(default_factory=lambda: [512])
+    ps: float = 0.5
+    concat_pool: bool = True
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain values, for the bundle manifest."""
+        return asdict(self)
+
+
+def create_head(n_features: int, n_out: int, config: HeadConfig | None = None) -> nn.Sequential:
+    """Pool, flatten, then (BatchNorm, Dropout, Linear[, ReLU]) per layer [fastai: create_head]."""
+    cfg = config or HeadConfig()
+    n_in = n_features * (2 if cfg.concat_pool else 1)
+    sizes = [n_in, *cfg.lin_ftrs, n_out]
+    ps = [cfg.ps / 2] * len(cfg.lin_ftrs) + [cfg.ps]
+    layers: list[nn.Module] = [AdaptiveConcatPool2d() if cfg.concat_pool else nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    for i, (ni, no, p) in enumerate(zip(sizes[:-1], sizes[1:], ps, strict=True)):
+        layers += [nn.BatchNorm1d(ni), nn.Dropout(p), nn.Linear(ni, no, bias=False)]
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    head = nn.Sequential(*layers)
+    for m in head.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight)
+    return head
+
+
+def create_cnn_model(
+    arch: Architecture, n_out: int, body: nn.Sequential | None = None, head: HeadConfig | None = None
+) -> nn.Sequential:
+    """Body (given, or a random-init one) + a new head with n_out outputs."""
+    if body is None:
+        body = arch.body(arch.build())
+    return nn.Sequential(body, create_head(arch.n_features, n_out, head))
+
+
+def layer_groups(model: nn.Sequential, arch: Architecture) -> list[list[nn.Module]]:
+    """Split (body, head) into layer groups: body pieces cut at arch.split_at, then the head."""
+    body, head = model[0], model[1]
+    children = list(body.children())
+    cuts = [0, *arch.split_at, len(children)]
+    groups = [children[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    return [*groups, [head]]

