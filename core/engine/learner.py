@@ -99,6 +99,7 @@ class Learner:
         self.n_epoch = 1
         self.tag = ""
         self.lr_finding = False
+        self.extra: dict[str, Any] = {}  # plain values a recipe keeps with each checkpoint (e.g. the lr it chose)
         self._resume: dict[str, Any] | None = None
 
     # ----- callbacks -----------------------------------------------------------------------------
@@ -291,7 +292,8 @@ class Learner:
         assert self.opt is not None
         epoch, batch = (self.epoch + 1, 0) if end_of_epoch else (self.epoch, self.iter + 1)
         np_state = np.random.get_state()
-        return {
+        # A snapshot, not references: state_dict() tensors keep changing as training goes on.
+        return _cpu_copy({
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "tag": self.tag,
@@ -310,7 +312,8 @@ class Learner:
             },
             "data": {"seed": self.dls.config.seed, "epoch": epoch, "batch": batch},
             "recorder": self.recorder.state(),
-        }
+            "extra": dict(self.extra),
+        })
 
     def load_weights(self, state: dict[str, Any]) -> None:
         """Load a checkpoint's model and freezing (not its position)."""
@@ -386,6 +389,17 @@ class Learner:
                 preds.append(self.model(xb).float().cpu())
                 targs.append(yb.cpu())
         return torch.cat(preds), torch.cat(targs)
+
+
+def _cpu_copy(x: Any) -> Any:
+    """A deep copy of nested dicts/lists/tuples with every tensor copied to the CPU."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", copy=True)
+    if isinstance(x, dict):
+        return {k: _cpu_copy(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_cpu_copy(v) for v in x)
+    return x
 
 
 def _as_tuples(x: Any) -> Any:

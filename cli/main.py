@@ -1,0 +1,172 @@
+"""`fitcycle`: train, find a learning rate and predict locally, with the same engine the workers run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="folder holding the images")
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument("--from-folder", action="store_true", help="label = parent folder name (the default)")
+    rule.add_argument("--from-csv", metavar="FILE", help="CSV with a header: file name and label columns")
+    rule.add_argument("--from-name-re", metavar="PATTERN", help="regex on the file name; group 1 is the label")
+    p.add_argument("--fn-col", default="name", help="CSV column with the file name (default: name)")
+    p.add_argument("--label-col", default="label", help="CSV column with the label (default: label)")
+    p.add_argument("--valid-col", default=None, help="CSV column marking validation rows (true/false)")
+    p.add_argument("--arch", default="resnet34", help="resnet18/34/50/101 or efficientnet_lite0")
+    p.add_argument("--pretrained", default="imagenet", help="imagenet, none, or a weights file / export folder")
+    p.add_argument("--size", type=int, default=224, help="image size in pixels (default 224)")
+    p.add_argument("--resize-method", choices=["crop", "squish", "pad"], default="crop")
+    p.add_argument("--bs", type=int, default=64, help="batch size")
+    p.add_argument("--valid-pct", type=float, default=0.2, help="share of items for validation (stable per item)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-augment", action="store_true", help="turn off fastai's default augmentation")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--out", default="runs/latest", help="output folder")
+
+
+def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
+    labels, extra = "folder", {}
+    if args.from_csv:
+        labels, extra = "csv", {"csv": args.from_csv}
+    elif args.from_name_re:
+        labels, extra = "name_re", {"pattern": args.from_name_re}
+    return {
+        "data": args.data, "labels": labels, **extra, "fn_col": args.fn_col, "label_col": args.label_col,
+        "valid_col": args.valid_col, "arch": args.arch, "pretrained": args.pretrained, "size": args.size,
+        "resize_method": args.resize_method, "bs": args.bs, "valid_pct": args.valid_pct, "seed": args.seed,
+        "augment": not args.no_augment, "num_workers": args.workers, "device": args.device,
+    }
+
+
+def _parse_lr(text: str) -> float | str:
+    if text == "find":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lr takes a number like 3e-3, or 'find'; got '{text}'") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every verb."""
+    parser = argparse.ArgumentParser(prog="fitcycle", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    train = verbs.add_parser("train", help="fine-tune a pretrained body (stage 1 frozen, stage 2 unfrozen)")
+    _add_data_args(train)
+    train.add_argument("--freeze-epochs", type=int, default=1, help="stage-1 epochs with the body frozen")
+    train.add_argument("--epochs", type=int, default=4, help="stage-2 epochs, unfrozen")
+    train.add_argument("--lr", type=_parse_lr, default=2e-3, help="base learning rate, or 'find' to run lr_find")
+    train.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="also checkpoint every N steps")
+    train.add_argument("--grad-accum", type=int, default=1, metavar="N", help="step the optimizer every N batches")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+
+    lr_find = verbs.add_parser("lr-find", help="sweep the learning rate, print suggestions, write the plot")
+    _add_data_args(lr_find)
+
+    predict = verbs.add_parser("predict", help="classify images with an export bundle, on CPU")
+    predict.add_argument("bundle", help="export folder (with manifest.json)")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--json", action="store_true", help="one JSON line per image")
+
+    sample = verbs.add_parser("sample-data", help="write a real sample dataset as image files (no download)")
+    sample.add_argument("name", choices=["fashion-mnist", "animal-mnist", "digits"])
+    sample.add_argument("dest")
+    sample.add_argument("--per-class", type=int, default=100)
+    sample.add_argument("--size", type=int, default=None, help="resize to SIZE px (default: native)")
+    sample.add_argument("--layout", choices=["folder", "csv", "name_re"], default="folder")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """fitcycle train."""
+    from core.jobs.context import LocalJobContext
+    from core.jobs.spec import TrainSpec
+    from core.jobs.training import run_train
+
+    spec = TrainSpec(**_spec_fields(args), freeze_epochs=args.freeze_epochs, epochs=args.epochs, lr=args.lr,
+                     checkpoint_every_n_steps=args.checkpoint_every, grad_accum=args.grad_accum)
+    ctx = LocalJobContext(args.out)
+    if ctx.checkpoint_file.exists() and not args.resume:
+        ctx.checkpoint_file.unlink()  # a fresh run; --resume keeps it
+    metrics = run_train(spec, ctx)
+    print(f"error_rate {metrics['error_rate']:.4f}  ->  {Path(args.out) / 'metrics.json'}")
+    print(f"export bundle: {Path(args.out) / 'export'}")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    """fitcycle lr-find."""
+    from core.jobs.context import LocalJobContext
+    from core.jobs.spec import TrainSpec
+    from core.jobs.training import run_lr_find
+
+    spec = TrainSpec(**_spec_fields(args), lr="find")
+    result = run_lr_find(spec, LocalJobContext(args.out))
+    for name, lr in result["suggestions"].items():
+        print(f"{name:>8}: {lr:.2e}")
+    print(f"plot: {Path(args.out) / 'plots' / 'lr_find.png'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """fitcycle predict."""
+    from core.engine.inference import Predictor
+
+    predictor = Predictor(args.bundle)
+    status = 0
+    for path in args.images:
+        try:
+            p = predictor.predict(path)
+        except (OSError, ValueError) as exc:
+            print(f"error: {path}: cannot read the image: {exc}", file=sys.stderr)
+            status = EXIT_BAD_INPUT
+            continue
+        if args.json:
+            print(json.dumps({"path": path, "label": p.label, "index": p.index, "probs": p.probs}))
+        else:
+            print(f"{path}: {p.label} ({p.probs[p.index]:.3f})")
+    return status
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    """fitcycle sample-data."""
+    from core.datasets.samples import write_sample
+
+    dest = write_sample(args.name, args.dest, args.per_class, args.size, args.layout)
+    print(f"wrote {args.name} to {dest}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `fitcycle` console script."""
+    from core.engine.errors import FitcycleError
+
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "lr-find": cmd_lr_find, "predict": cmd_predict, "sample-data": cmd_sample_data}
+    try:
+        return handlers[args.verb](args)
+    except ValidationError as exc:
+        for err in exc.errors():
+            field = ".".join(map(str, err["loc"])) or "spec"
+            print(f"error: {field}: {err['msg']}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (FitcycleError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

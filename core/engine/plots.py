@@ -1,0 +1,100 @@
+"""PNG plots: show_batch, loss curves, the lr_find curve, the confusion matrix and the top-losses grid.
+Each writes a file; none opens a window (matplotlib's Agg backend)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def plot_images(images: torch.Tensor, titles: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """A grid of CHW float images in [0, 1], each with its title."""
+    rows, cols = _grid(len(titles))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, t in zip(axes.flat, images, titles, strict=False):
+        ax.imshow(img.permute(1, 2, 0).cpu().numpy())
+        ax.set_title(t, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def show_batch(dls: Any, path: str | Path, max_n: int = 16, valid: bool = False) -> Path:
+    """The first (augmented, for train) batch with labels [fastai: show_batch]."""
+    xb, yb = dls.one_batch(valid=valid)
+    n = min(max_n, len(yb))
+    images = dls.normalize.decode(xb[:n])
+    return plot_images(images, [dls.classes[int(y)] for y in yb[:n]], path)
+
+
+def plot_losses(batches: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Training loss per batch (smoothed) and validation loss per epoch, on one axis."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if batches:
+        ax.plot([b["iter"] for b in batches], [b["smooth_loss"] for b in batches], label="train (smoothed)")
+    per_epoch = len(batches) / max(1, len(epochs)) if batches else 1
+    valid = [(i, e["valid_loss"]) for i, e in enumerate(epochs) if "valid_loss" in e]
+    if valid:
+        ax.plot([(i + 1) * per_epoch for i, _ in valid], [v for _, v in valid], "o-", label="valid")
+    ax.set_xlabel("batches processed")
+    ax.set_ylabel("loss")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dict[str, float], path: str | Path) -> Path:
+    """The lr_find curve on a log axis, with each suggestion marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(lrs, losses)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    markers = ["o", "v", "s", "D"]
+    for (name, lr), marker in zip(suggestions.items(), markers, strict=False):
+        y = float(np.interp(math.log10(lr), np.log10(lrs), losses))
+        ax.plot(lr, y, marker, markersize=8, label=f"{name}: {lr:.2e}")
+    if suggestions:
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | Path) -> Path:
+    """The confusion matrix with counts in each cell (rows: actual, columns: predicted)."""
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(4, n * 0.6), max(4, n * 0.6)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=90)
+    ax.set_yticks(range(n), classes)
+    thresh = cm.max() / 2 if cm.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > thresh else "black",
+                    fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    return _save(fig, path)

@@ -1,0 +1,80 @@
+"""Training job specs: versioned pydantic models with field-level validation."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.engine.architectures import ARCHITECTURES
+from core.engine.metrics import METRICS
+
+LabelRule = Literal["folder", "csv", "name_re"]
+
+
+class TrainSpec(BaseModel):
+    """One training run: where the images are, how they are labelled, and the fine-tune recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec_version: Literal[1] = 1
+    data: str = Field(description="folder holding the images")
+    labels: LabelRule = "folder"
+    csv: str | None = Field(None, description="CSV file (labels=csv) with file-name and label columns")
+    fn_col: str = "name"
+    label_col: str = "label"
+    valid_col: str | None = None
+    pattern: str | None = Field(None, description="regular expression (labels=name_re) whose group 1 is the label")
+    arch: str = "resnet34"
+    pretrained: str = Field("imagenet", description="'imagenet', 'none', or a weights file / export bundle")
+    size: int = Field(224, ge=16, le=1024)
+    resize_method: Literal["crop", "squish", "pad"] = "crop"
+    bs: int = Field(64, ge=1, le=4096)
+    freeze_epochs: int = Field(1, ge=0, le=1000)
+    epochs: int = Field(4, ge=0, le=1000)
+    lr: float | Literal["find"] = 2e-3
+    valid_pct: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+    metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"])
+    augment: bool = True
+    num_workers: int | None = Field(None, ge=0, le=64)
+    checkpoint_every_n_steps: int | None = Field(None, ge=1)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    device: str | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        if v not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture '{v}'; choose one of: {', '.join(ARCHITECTURES)}")
+        return v
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not 0 < v < 10:
+            raise ValueError(f"learning rate must be in (0, 10), got {v}")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; choose from: {', '.join(METRICS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _rule_fields(self) -> TrainSpec:
+        if self.labels == "csv" and not self.csv:
+            raise ValueError("labels=csv needs 'csv': the CSV file naming each image and its label")
+        if self.labels == "name_re" and not self.pattern:
+            raise ValueError("labels=name_re needs 'pattern': a regular expression whose group 1 is the label")
+        if self.freeze_epochs + self.epochs == 0:
+            raise ValueError("nothing to train: freeze_epochs and epochs are both 0")
+        return self
+
+    @property
+    def is_pretrained(self) -> bool:
+        """Whether the body starts from pretrained weights (and so trains in two stages)."""
+        return self.pretrained != "none"
