@@ -4,6 +4,7 @@ everything needed to rebuild and feed the model. No pickle anywhere, so loading 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -15,7 +16,6 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-import core
 from core.engine.architectures import ARCHITECTURES
 from core.engine.errors import BundleError
 from core.engine.learner import Learner
@@ -25,6 +25,14 @@ BUNDLE_FORMAT = "fitcycle-bundle"
 BUNDLE_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
+
+
+def fitcycle_version() -> str:
+    """The installed fitcycle version (the engine imports nothing of fitcycle outside itself)."""
+    try:
+        return importlib.metadata.version("fitcycle")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def sha256_file(path: Path) -> str:
@@ -62,7 +70,7 @@ def build_manifest(learn: Learner, head: HeadConfig | None = None, extra: dict[s
         ],
         "activation": "softmax",
         "weights": WEIGHTS_FILE,
-        "versions": {"fitcycle": core.__version__, "torch": torch.__version__.split("+")[0],
+        "versions": {"fitcycle": fitcycle_version(), "torch": torch.__version__.split("+")[0],
                      "torchvision": torchvision.__version__.split("+")[0]},
         **(extra or {}),
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +19,16 @@ from core.engine.efficientnet_lite import convert_lukemelas_state_dict
 from core.engine.errors import PretrainedWeightsNotFound, WeightsMismatch
 
 StateDict = dict[str, torch.Tensor]
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+@dataclass(frozen=True)
+class PretrainedBody:
+    """A body, where its weights came from, and the normalization they expect (None: use the data's)."""
+
+    body: nn.Sequential
+    source: str
+    stats: Stats | None
 
 
 def read_state_dict(path: Path) -> StateDict:
@@ -38,14 +49,16 @@ def read_state_dict(path: Path) -> StateDict:
     return dict(obj)
 
 
-def _bundle_state_dict(folder: Path, arch: Architecture) -> StateDict:
+def _bundle_state_dict(folder: Path, arch: Architecture) -> tuple[StateDict, Stats]:
     manifest = json.loads((folder / "manifest.json").read_text())
     if manifest.get("arch") != arch.name:
         raise WeightsMismatch(
             f"the bundle {folder} holds a {manifest.get('arch')} model, but {arch.name} was asked for; "
             f"use --arch {manifest.get('arch')}"
         )
-    return load_file(str(folder / manifest.get("weights", "weights.safetensors")), device="cpu")
+    norm = manifest["normalization"]
+    stats = (tuple(norm["mean"]), tuple(norm["std"]))
+    return load_file(str(folder / manifest.get("weights", "weights.safetensors")), device="cpu"), stats
 
 
 def _load_into(module: nn.Module, state: StateDict, what: str, ignore_prefix: str | None = None) -> None:
@@ -78,15 +91,17 @@ def body_from_state_dict(arch: Architecture, state: StateDict, what: str) -> nn.
     return arch.body(full)
 
 
-def load_body(arch: Architecture, pretrained: str | Path | None) -> tuple[nn.Sequential, str]:
-    """The body for `pretrained` ('imagenet', 'none'/None, or a path), and where its weights came from."""
+def load_body(arch: Architecture, pretrained: str | Path | None) -> PretrainedBody:
+    """The body for `pretrained` ('imagenet', 'none'/None, or a path), where its weights came from, and
+    the normalization they were trained with (a bundle's own; ImageNet's for ImageNet and plain files)."""
     if pretrained is None or str(pretrained) == "none":
-        return arch.body(arch.build()), "random init"
+        return PretrainedBody(arch.body(arch.build()), "random init", None)
     if str(pretrained) == "imagenet":
         tried = arch.imagenet_files()
         for path in tried:
             if path.is_file():
-                return body_from_state_dict(arch, read_state_dict(path), str(path)), f"imagenet ({path})"
+                body = body_from_state_dict(arch, read_state_dict(path), str(path))
+                return PretrainedBody(body, f"imagenet ({path})", arch.stats)
         raise PretrainedWeightsNotFound(
             f"no ImageNet weights for {arch.name} on this machine; tried: {', '.join(map(str, tried))}. "
             "Nothing is downloaded: put the weights file at one of those paths, or pass a local file "
@@ -94,9 +109,10 @@ def load_body(arch: Architecture, pretrained: str | Path | None) -> tuple[nn.Seq
         )
     path = Path(pretrained)
     if path.is_dir() and (path / "manifest.json").is_file():
-        return body_from_state_dict(arch, _bundle_state_dict(path, arch), str(path)), f"fitcycle bundle ({path})"
+        state, stats = _bundle_state_dict(path, arch)
+        return PretrainedBody(body_from_state_dict(arch, state, str(path)), f"fitcycle bundle ({path})", stats)
     if path.is_file():
-        return body_from_state_dict(arch, read_state_dict(path), str(path)), f"file ({path})"
+        return PretrainedBody(body_from_state_dict(arch, read_state_dict(path), str(path)), f"file ({path})", arch.stats)
     raise PretrainedWeightsNotFound(
         f"pretrained weights '{pretrained}' not found: expected 'imagenet', 'none', a weights file "
         "(.safetensors or a state dict) or a fitcycle export folder with manifest.json"

@@ -75,11 +75,11 @@ def build_learner(spec: TrainSpec, ctx: JobContext) -> Built:
     config = DataConfig(size=spec.size, resize_method=spec.resize_method, bs=spec.bs,
                         augment=get_transforms() if spec.augment else None, num_workers=spec.num_workers,
                         seed=spec.seed)
-    # Pretrained bodies expect their own normalization; a body trained from scratch uses the data's.
-    dls = ImageDataLoaders(items, config, stats=arch.stats if spec.is_pretrained else None, device=device)
     torch.manual_seed(spec.seed)
-    body, source = load_body(arch, spec.pretrained)
-    model = create_cnn_model(arch, dls.c, body)
+    pretrained = load_body(arch, spec.pretrained)
+    # A pretrained body gets the normalization it was trained with; one from scratch, the data's own.
+    dls = ImageDataLoaders(items, config, stats=pretrained.stats, device=device)
+    model = create_cnn_model(arch, dls.c, pretrained.body)
     cbs: list[Callback] = [
         ReportCallback(ctx),
         CheckpointCallback(ctx.save_checkpoint, spec.checkpoint_every_n_steps),
@@ -92,7 +92,7 @@ def build_learner(spec: TrainSpec, ctx: JobContext) -> Built:
     if device.type == "cuda":
         cbs += [MixedPrecision(), ChannelsLast()]
     learn = Learner(dls, model, metrics=[get_metric(m) for m in spec.metrics], arch=arch, cbs=cbs)
-    return Built(learn, items, arch, source)
+    return Built(learn, items, arch, pretrained.source)
 
 
 def _write_lr_find(result: LRFindResult, ctx: JobContext) -> None:

@@ -1,0 +1,100 @@
+"""The `fitcycle` command end to end, in real subprocesses, on real images."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FITCYCLE = str(Path(sys.executable).parent / "fitcycle")
+
+
+def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FITCYCLE, *map(str, args)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def scratch_run(fashion_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "scratch"
+    res = run("train", fashion_folder, "--from-folder", "--arch", "resnet18", "--pretrained", "none", "--size", "32",
+              "--bs", "16", "--freeze-epochs", "0", "--epochs", "3", "--lr", "5e-3", "--valid-pct", "0.25",
+              "--seed", "1", "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert "loss=" in res.stderr and "error_rate" in res.stderr  # the progress bar and the epoch table
+    return out
+
+
+def test_train_writes_metrics_bundle_plots_and_checkpoints(scratch_run: Path) -> None:
+    metrics = json.loads((scratch_run / "metrics.json").read_text())
+    assert 0 <= metrics["error_rate"] < 0.5  # 4 classes: chance is 0.75
+    assert len(metrics["epochs"]) == 3 and metrics["pretrained"] == "random init"
+    assert metrics["lrs"]["train"] == [5e-3] * 3  # from scratch: one rate for every group
+    assert (scratch_run / "export" / "manifest.json").is_file()
+    assert (scratch_run / "checkpoints" / "last.pt").is_file()
+    for png in ["losses", "confusion_matrix", "top_losses", "show_batch"]:
+        assert (scratch_run / "plots" / f"{png}.png").is_file()
+
+
+def test_predict_json_lines(scratch_run: Path, fashion_folder: Path) -> None:
+    images = [fashion_folder / "bag" / "0000.png", fashion_folder / "trouser" / "0001.png"]
+    res = run("predict", scratch_run / "export", *images, "--json")
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(p) for p in images]
+    for line in lines:
+        assert set(line) == {"path", "label", "index", "probs"} and len(line["probs"]) == 4
+        assert line["label"] == ["bag", "dress", "sneaker", "trouser"][line["index"]]
+
+
+def test_fine_tune_from_a_bundle_with_lr_find_over_a_csv(scratch_run: Path, fashion_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tuned"
+    res = run("train", fashion_csv, "--from-csv", "labels.csv", "--arch", "resnet18", "--pretrained",
+              scratch_run / "export", "--size", "32", "--bs", "16", "--freeze-epochs", "1", "--epochs", "1",
+              "--lr", "find", "--out", out)
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    suggested = json.loads((out / "lr_find.json").read_text())["suggestions"]["valley"]
+    assert metrics["lrs"]["base_lr"] == pytest.approx(suggested)
+    stage2 = metrics["lrs"]["stage2"]
+    assert stage2[-1] == pytest.approx(suggested / 2) and stage2[0] == pytest.approx(suggested / 200)
+    assert [e["tag"] for e in metrics["epochs"]] == ["stage1", "stage2"]
+    assert metrics["pretrained"].startswith("fitcycle bundle")
+    assert (out / "plots" / "lr_find.png").is_file()
+
+
+def test_lr_find_verb_prints_suggestions(fashion_names: Path, tmp_path: Path) -> None:
+    res = run("lr-find", fashion_names, "--from-name-re", r"^([a-z_]+)_\d+\.png$", "--arch", "resnet18",
+              "--pretrained", "none", "--size", "32", "--bs", "8", "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert all(name in res.stdout for name in ["valley", "steep", "minimum", "slide"])
+    assert (tmp_path / "plots" / "lr_find.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "vgg99"], "arch: Value error, unknown architecture 'vgg99'"),
+        (["--lr", "-1"], "lr: Value error, learning rate must be in (0, 10)"),
+        (["--pretrained", "imagenet"], "no ImageNet weights for resnet18 on this machine; tried:"),
+        (["--pretrained", "/nowhere/weights.pt"], "pretrained weights '/nowhere/weights.pt' not found"),
+    ],
+)
+def test_bad_input_is_a_clear_error(fashion_folder: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    base = {"--arch": "resnet18", "--pretrained": "none", "--lr": "1e-3"}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    flat = [x for kv in base.items() for x in kv]
+    res = run("train", fashion_folder, *flat, "--size", "32", "--epochs", "1", "--out", tmp_path / "o",
+              env={"TORCH_HOME": str(tmp_path / "empty_torch_home")})
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_predict_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
+    res = run("predict", tmp_path, "x.png")
+    assert res.returncode == 2 and "no manifest.json" in res.stderr

@@ -1,0 +1,43 @@
+"""Interpretation of a trained classifier on real images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.engine.interpret import ClassificationInterpretation
+from core.engine.plots import plot_losses, show_batch
+from tests.test_learner import make_learner
+
+
+def test_interpretation_and_its_plots(fashion_folder: Path, tmp_path: Path) -> None:
+    learn = make_learner(fashion_folder)
+    learn.fit_one_cycle(2, 5e-3)
+    interp = ClassificationInterpretation.from_learner(learn)
+    n_valid = len(learn.dls.valid.dataset)
+
+    tops = interp.top_losses(5)
+    assert [t.loss for t in tops] == sorted((t.loss for t in tops), reverse=True)
+    assert tops[0].item.endswith(".png") and tops[0].actual in learn.dls.classes
+    assert 0 < tops[0].probability <= 1
+
+    cm = interp.confusion_matrix()
+    assert cm.shape == (4, 4) and cm.sum() == n_valid
+    errors = n_valid - int(cm.trace())
+    assert sum(n for _, _, n in interp.most_confused(1)) == errors
+    assert interp.as_dict()["error_rate"] == pytest.approx(errors / n_valid)
+    per_class = interp.per_class()
+    assert sum(c["support"] for c in per_class.values()) == n_valid
+    assert all(0 <= c["f1"] <= 1 for c in per_class.values())
+
+    pngs = [
+        interp.plot_confusion_matrix(tmp_path / "cm.png"),
+        interp.plot_top_losses(tmp_path / "top.png", k=4),
+        plot_losses(learn.recorder.batches, learn.recorder.epochs, tmp_path / "losses.png"),
+        show_batch(learn.dls, tmp_path / "batch.png"),
+    ]
+    for png in pngs:
+        with Image.open(png) as img:
+            assert img.format == "PNG" and img.width > 100
