@@ -43,10 +43,22 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     elif args.from_name_re:
         labels, extra = "name_re", {"pattern": args.from_name_re}
     return {
-        "data": args.data, "labels": labels, **extra, "fn_col": args.fn_col, "label_col": args.label_col,
-        "valid_col": args.valid_col, "arch": args.arch, "pretrained": args.pretrained, "size": args.size,
-        "resize_method": args.resize_method, "bs": args.bs, "valid_pct": args.valid_pct, "seed": args.seed,
-        "augment": not args.no_augment, "num_workers": args.workers, "device": args.device,
+        "data": args.data,
+        "labels": labels,
+        **extra,
+        "fn_col": args.fn_col,
+        "label_col": args.label_col,
+        "valid_col": args.valid_col,
+        "arch": args.arch,
+        "pretrained": args.pretrained,
+        "size": args.size,
+        "resize_method": args.resize_method,
+        "bs": args.bs,
+        "valid_pct": args.valid_pct,
+        "seed": args.seed,
+        "augment": not args.no_augment,
+        "num_workers": args.workers,
+        "device": args.device,
     }
 
 
@@ -96,8 +108,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from core.jobs.spec import TrainSpec
     from core.jobs.training import run_train
 
-    spec = TrainSpec(**_spec_fields(args), freeze_epochs=args.freeze_epochs, epochs=args.epochs, lr=args.lr,
-                     checkpoint_every_n_steps=args.checkpoint_every, grad_accum=args.grad_accum)
+    spec = TrainSpec(
+        **_spec_fields(args),
+        freeze_epochs=args.freeze_epochs,
+        epochs=args.epochs,
+        lr=args.lr,
+        checkpoint_every_n_steps=args.checkpoint_every,
+        grad_accum=args.grad_accum,
+    )
     ctx = LocalJobContext(args.out)
     if ctx.checkpoint_file.exists() and not args.resume:
         ctx.checkpoint_file.unlink()  # a fresh run; --resume keeps it
@@ -155,7 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.engine.errors import FitcycleError
 
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "lr-find": cmd_lr_find, "predict": cmd_predict, "sample-data": cmd_sample_data}
+    handlers = {
+        "train": cmd_train,
+        "lr-find": cmd_lr_find,
+        "predict": cmd_predict,
+        "sample-data": cmd_sample_data,
+    }
     try:
         return handlers[args.verb](args)
     except ValidationError as exc:

@@ -25,19 +25,32 @@ def _require_fashion_mnist() -> None:
 @pytest.fixture(scope="session")
 def fashion_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 Fashion-MNIST classes, 40 images each, 32 px, one folder per class."""
-    return write_sample("fashion-mnist", tmp_path_factory.mktemp("fashion") / "data", per_class=40, size=32,
-                        classes=FASHION_4)
+    return write_sample(
+        "fashion-mnist", tmp_path_factory.mktemp("fashion") / "data", per_class=40, size=32, classes=FASHION_4
+    )
 
 
 @pytest.fixture(scope="session")
 def fashion_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same kind of images, flat, labelled by labels.csv."""
-    return write_sample("fashion-mnist", tmp_path_factory.mktemp("fashion_csv") / "data", per_class=20, size=32,
-                        layout="csv", classes=FASHION_4)
+    return write_sample(
+        "fashion-mnist",
+        tmp_path_factory.mktemp("fashion_csv") / "data",
+        per_class=20,
+        size=32,
+        layout="csv",
+        classes=FASHION_4,
+    )
 
 
 @pytest.fixture(scope="session")
 def fashion_names(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Flat files named label_NNNN.png."""
-    return write_sample("fashion-mnist", tmp_path_factory.mktemp("fashion_re") / "data", per_class=20, size=32,
-                        layout="name_re", classes=FASHION_4)
+    return write_sample(
+        "fashion-mnist",
+        tmp_path_factory.mktemp("fashion_re") / "data",
+        per_class=20,
+        size=32,
+        layout="name_re",
+        classes=FASHION_4,
+    )

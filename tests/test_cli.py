@@ -14,16 +14,43 @@ FITCYCLE = str(Path(sys.executable).parent / "fitcycle")
 
 
 def run(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FITCYCLE, *map(str, args)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [FITCYCLE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
 def scratch_run(fashion_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "scratch"
-    res = run("train", fashion_folder, "--from-folder", "--arch", "resnet18", "--pretrained", "none", "--size", "32",
-              "--bs", "16", "--freeze-epochs", "0", "--epochs", "3", "--lr", "5e-3", "--valid-pct", "0.25",
-              "--seed", "1", "--out", out)
+    res = run(
+        "train",
+        fashion_folder,
+        "--from-folder",
+        "--arch",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--size",
+        "32",
+        "--bs",
+        "16",
+        "--freeze-epochs",
+        "0",
+        "--epochs",
+        "3",
+        "--lr",
+        "5e-3",
+        "--valid-pct",
+        "0.25",
+        "--seed",
+        "1",
+        "--out",
+        out,
+    )
     assert res.returncode == 0, res.stderr
     assert "loss=" in res.stderr and "error_rate" in res.stderr  # the progress bar and the epoch table
     return out
@@ -53,9 +80,28 @@ def test_predict_json_lines(scratch_run: Path, fashion_folder: Path) -> None:
 
 def test_fine_tune_from_a_bundle_with_lr_find_over_a_csv(scratch_run: Path, fashion_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "tuned"
-    res = run("train", fashion_csv, "--from-csv", "labels.csv", "--arch", "resnet18", "--pretrained",
-              scratch_run / "export", "--size", "32", "--bs", "16", "--freeze-epochs", "1", "--epochs", "1",
-              "--lr", "find", "--out", out)
+    res = run(
+        "train",
+        fashion_csv,
+        "--from-csv",
+        "labels.csv",
+        "--arch",
+        "resnet18",
+        "--pretrained",
+        scratch_run / "export",
+        "--size",
+        "32",
+        "--bs",
+        "16",
+        "--freeze-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--lr",
+        "find",
+        "--out",
+        out,
+    )
     assert res.returncode == 0, res.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     suggested = json.loads((out / "lr_find.json").read_text())["suggestions"]["valley"]
@@ -68,8 +114,22 @@ def test_fine_tune_from_a_bundle_with_lr_find_over_a_csv(scratch_run: Path, fash
 
 
 def test_lr_find_verb_prints_suggestions(fashion_names: Path, tmp_path: Path) -> None:
-    res = run("lr-find", fashion_names, "--from-name-re", r"^([a-z_]+)_\d+\.png$", "--arch", "resnet18",
-              "--pretrained", "none", "--size", "32", "--bs", "8", "--out", tmp_path)
+    res = run(
+        "lr-find",
+        fashion_names,
+        "--from-name-re",
+        r"^([a-z_]+)_\d+\.png$",
+        "--arch",
+        "resnet18",
+        "--pretrained",
+        "none",
+        "--size",
+        "32",
+        "--bs",
+        "8",
+        "--out",
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert all(name in res.stdout for name in ["valley", "steep", "minimum", "slide"])
     assert (tmp_path / "plots" / "lr_find.png").is_file()
@@ -88,8 +148,18 @@ def test_bad_input_is_a_clear_error(fashion_folder: Path, tmp_path: Path, args: 
     base = {"--arch": "resnet18", "--pretrained": "none", "--lr": "1e-3"}
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
     flat = [x for kv in base.items() for x in kv]
-    res = run("train", fashion_folder, *flat, "--size", "32", "--epochs", "1", "--out", tmp_path / "o",
-              env={"TORCH_HOME": str(tmp_path / "empty_torch_home")})
+    res = run(
+        "train",
+        fashion_folder,
+        *flat,
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "o",
+        env={"TORCH_HOME": str(tmp_path / "empty_torch_home")},
+    )
     assert res.returncode == 2
     assert message in res.stderr
     assert "Traceback" not in res.stderr

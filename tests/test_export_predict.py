@@ -13,33 +13,39 @@ from PIL import Image
 from core.engine.errors import BundleError
 from core.engine.export import export_bundle, read_manifest
 from core.engine.inference import Predictor
+from core.engine.learner import Learner
 from core.engine.pretrained import load_body
 from tests.test_learner import make_learner
 
 
 @pytest.fixture(scope="module")
-def trained(fashion_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+def trained(fashion_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Learner, Path]:
     learn = make_learner(fashion_folder)
     learn.fit_one_cycle(2, 5e-3)
     bundle = export_bundle(learn, tmp_path_factory.mktemp("bundle") / "export")
     return learn, bundle
 
 
-def test_bundle_holds_no_pickle_and_a_complete_manifest(trained: tuple[object, Path]) -> None:
+def test_bundle_holds_no_pickle_and_a_complete_manifest(trained: tuple[Learner, Path]) -> None:
     _, bundle = trained
     assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "weights.safetensors"]
     manifest = read_manifest(bundle)
     assert manifest["arch"] == "resnet18" and manifest["classes"] == ["bag", "dress", "sneaker", "trouser"]
     assert manifest["input_size"] == 32 and manifest["task"] == "classification"
     assert {"torch", "torchvision", "fitcycle"} <= set(manifest["versions"])
-    assert [t["name"] for t in manifest["inference_transforms"]] == ["to_rgb", "resize", "to_float", "normalize"]
+    assert [t["name"] for t in manifest["inference_transforms"]] == [
+        "to_rgb",
+        "resize",
+        "to_float",
+        "normalize",
+    ]
 
 
-def test_predictor_matches_the_learner_on_cpu(trained: tuple[object, Path], fashion_folder: Path) -> None:
+def test_predictor_matches_the_learner_on_cpu(trained: tuple[Learner, Path], fashion_folder: Path) -> None:
     learn, bundle = trained
     predictor = Predictor(bundle)
-    logits, _ = learn.get_preds(valid=True)  # type: ignore[attr-defined]
-    ds = learn.dls.valid.dataset  # type: ignore[attr-defined]
+    logits, _ = learn.get_preds(valid=True)
+    ds = learn.dls.valid.dataset
     paths = [ds.items.root / ds.key(i) for i in range(5)]
     preds = predictor.predict_batch(paths)
     for i, p in enumerate(preds):
@@ -52,12 +58,13 @@ def test_predictor_matches_the_learner_on_cpu(trained: tuple[object, Path], fash
     assert one.ranked(predictor.classes)[0] == (one.label, max(one.probs))
 
 
-def test_a_bundle_can_be_the_next_pretrained_body(trained: tuple[object, Path]) -> None:
+def test_a_bundle_can_be_the_next_pretrained_body(trained: tuple[Learner, Path]) -> None:
     learn, bundle = trained
-    loaded = load_body(learn.arch, bundle)  # type: ignore[attr-defined]
+    assert learn.arch is not None
+    loaded = load_body(learn.arch, bundle)
     assert loaded.source.startswith("fitcycle bundle")
-    assert loaded.stats == learn.dls.stats  # type: ignore[attr-defined]  # the normalization it was trained with
-    assert torch.equal(loaded.body[0].weight, learn.model[0][0].weight.cpu())  # type: ignore[attr-defined]
+    assert loaded.stats == learn.dls.stats  # the normalization it was trained with
+    assert torch.equal(loaded.body.get_parameter("0.weight"), learn.model.get_parameter("0.0.weight"))
 
 
 def _broken(bundle: Path, tmp_path: Path, edit: dict[str, object] | None = None, drop: str | None = None) -> Path:
@@ -84,8 +91,13 @@ def _broken(bundle: Path, tmp_path: Path, edit: dict[str, object] | None = None,
         ({"weights_sha256": "0" * 64}, None, "checksum does not match"),
     ],
 )
-def test_inconsistent_bundles_are_refused(trained: tuple[object, Path], tmp_path: Path,
-                                          edit: dict[str, object] | None, drop: str | None, message: str) -> None:
+def test_inconsistent_bundles_are_refused(
+    trained: tuple[Learner, Path],
+    tmp_path: Path,
+    edit: dict[str, object] | None,
+    drop: str | None,
+    message: str,
+) -> None:
     _, bundle = trained
     with pytest.raises(BundleError, match=message):
         Predictor(_broken(bundle, tmp_path, edit, drop))

@@ -13,19 +13,43 @@ OURS = {"core", "api", "worker", "cli", "migrations", "bench", "tests"}
 # package -> fitcycle modules it may import (prefix match); anything of ours not listed is forbidden.
 ALLOWED: dict[str, tuple[str, ...]] = {
     "core/engine": ("core.engine",),
-    "core/datasets": ("core.datasets", "core.storage", "core.engine.labelling", "core.engine.images",
-                      "core.engine.errors", "core.engine.splits"),
+    "core/datasets": (
+        "core.datasets",
+        "core.storage",
+        "core.engine.labelling",
+        "core.engine.images",
+        "core.engine.errors",
+        "core.engine.splits",
+    ),
     "core/storage": ("core.storage",),
     "core/db": ("core.db",),
     "core/jobs": ("core.jobs", "core.engine", "core.datasets", "core.storage"),
     "api": ("api", "core"),
     "worker": ("worker", "core"),
-    "cli": ("cli", "api", "worker", "core.config", "core.jobs", "core.engine.errors", "core.engine.inference",
-            "core.datasets.samples"),
+    "cli": (
+        "cli",
+        "api",
+        "worker",
+        "core.config",
+        "core.jobs",
+        "core.engine.errors",
+        "core.engine.inference",
+        "core.datasets.samples",
+    ),
 }
 # The engine must stay free of databases, brokers and HTTP.
-ENGINE_FORBIDDEN_THIRD_PARTY = ("sqlalchemy", "celery", "kombu", "redis", "fastapi", "starlette", "minio",
-                                "httpx", "requests", "alembic")
+ENGINE_FORBIDDEN_THIRD_PARTY = (
+    "sqlalchemy",
+    "celery",
+    "kombu",
+    "redis",
+    "fastapi",
+    "starlette",
+    "minio",
+    "httpx",
+    "requests",
+    "alembic",
+)
 
 
 def _imports(path: Path) -> list[str]:
@@ -56,8 +80,12 @@ def test_package_imports_only_what_its_layer_may(package: str) -> None:
 
 
 def test_engine_imports_no_db_broker_or_http_code() -> None:
-    bad = [f"{p.relative_to(ROOT)} imports {n}" for p in _files("core/engine") for n in _imports(p)
-           if n.split(".")[0] in ENGINE_FORBIDDEN_THIRD_PARTY]
+    bad = [
+        f"{p.relative_to(ROOT)} imports {n}"
+        for p in _files("core/engine")
+        for n in _imports(p)
+        if n.split(".")[0] in ENGINE_FORBIDDEN_THIRD_PARTY
+    ]
     assert not bad, "\n".join(bad)
 
 

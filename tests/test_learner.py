@@ -41,13 +41,13 @@ def test_freeze_trains_only_the_head_and_norm_layers(fashion_folder: Path) -> No
             for m in module.modules():
                 for p in m.parameters(recurse=False):
                     assert p.requires_grad == (gi == 2 or isinstance(m, NORM_TYPES))
-    body_conv = learn.model[0][0].weight.detach().clone()
-    body_bn = learn.model[0][1].weight.detach().clone()
+    conv, bn = learn.model.get_parameter("0.0.weight"), learn.model.get_parameter("0.1.weight")
+    conv_before, bn_before = conv.detach().clone(), bn.detach().clone()
     learn.fit_one_cycle(1, 1e-2)
-    assert torch.equal(body_conv, learn.model[0][0].weight)
-    assert not torch.equal(body_bn, learn.model[0][1].weight)
+    assert torch.equal(conv_before, conv)
+    assert not torch.equal(bn_before, bn)
     learn.freeze_to(1)
-    assert not learn.model[0][0].weight.requires_grad and learn.model[0][6][0].conv1.weight.requires_grad
+    assert not conv.requires_grad and learn.model.get_parameter("0.6.0.conv1.weight").requires_grad
     learn.unfreeze()
     assert all(p.requires_grad for p in learn.model.parameters())
 
@@ -65,8 +65,12 @@ def test_no_weight_decay_on_norms_and_biases(fashion_folder: Path) -> None:
     learn = make_learner(fashion_folder)
     learn.create_opt()
     assert learn.opt is not None
-    norm_or_bias = {id(p) for m in learn.model.modules() for n, p in m.named_parameters(recurse=False)
-                    if isinstance(m, NORM_TYPES) or n == "bias"}
+    norm_or_bias = {
+        id(p)
+        for m in learn.model.modules()
+        for n, p in m.named_parameters(recurse=False)
+        if isinstance(m, NORM_TYPES) or n == "bias"
+    }
     for pg in learn.opt.param_groups:
         for p in pg["params"]:
             assert (pg["weight_decay"] == 0.0) == (id(p) in norm_or_bias)
@@ -81,7 +85,12 @@ def test_one_cycle_drives_lr_and_momentum_per_group(fashion_folder: Path) -> Non
     lrs, moms = [r["lr"] for r in rows], [r["mom"] for r in rows]
     assert lrs[0] == pytest.approx(1e-2 / 25)
     assert max(lrs) == pytest.approx(1e-2, rel=0.05)
-    assert lrs[-1] < lrs[0] and lrs[-1] == min(lrs) and moms[0] == pytest.approx(0.95) and min(moms) == pytest.approx(0.85, abs=0.01)
+    assert (
+        lrs[-1] < lrs[0]
+        and lrs[-1] == min(lrs)
+        and moms[0] == pytest.approx(0.95)
+        and min(moms) == pytest.approx(0.85, abs=0.01)
+    )
     assert learn.opt is not None
     first_group = [pg["lr"] for pg in learn.opt.param_groups if pg["layer_group"] == 0]
     head_group = [pg["lr"] for pg in learn.opt.param_groups if pg["layer_group"] == 2]
@@ -127,8 +136,7 @@ def test_resume_mid_epoch_ends_with_the_same_weights(fashion_folder: Path, tmp_p
     # The same run, checkpointing every 3 steps, stopped in the middle of epoch 1 (7 batches per epoch).
     saved: list[dict] = []
     crashed = make_learner(fashion_folder)
-    crashed.add_cbs([CheckpointCallback(saved.append, every_n_steps=3),
-                     StopCallback(lambda: crashed.train_iter == 10)])
+    crashed.add_cbs([CheckpointCallback(saved.append, every_n_steps=3), StopCallback(lambda: crashed.train_iter == 10)])
     with pytest.raises(TrainingStopped):
         crashed.fit_one_cycle(2, 3e-3)
     last = saved[-1]

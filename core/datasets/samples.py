@@ -17,7 +17,18 @@ import numpy as np
 from PIL import Image
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
+FASHION_CLASSES = [
+    "tshirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+]
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 Layout = Literal["folder", "csv", "name_re"]
@@ -45,9 +56,11 @@ def _pickled_ndarray(path: Path) -> np.ndarray:
     """The ndarray inside a numpy pickle, from its opcodes alone (no object is ever constructed)."""
     with gzip.open(path, "rb") as f:
         data = f.read()
-    ints, dtype, payload = [], None, b""
+    ints: list[int] = []
+    dtype: str | None = None
+    payload = b""
     for op, arg, _ in pickletools.genops(data):
-        if op.name.startswith("BININT"):
+        if op.name.startswith("BININT") and isinstance(arg, int):
             ints.append(arg)
         elif op.name in ("SHORT_BINUNICODE", "BINUNICODE") and arg in ("u1", "i8", "f4", "f8", "i4"):
             dtype = arg
@@ -108,7 +121,7 @@ def write_images(
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     counters: dict[str, int] = {}
-    rows = []
+    rows: list[tuple[str, str]] = []
     for img, y in zip(images, labels, strict=True):
         label = classes[int(y)]
         n = counters.get(label, 0)
@@ -134,8 +147,13 @@ def write_images(
 
 
 def write_sample(
-    name: str, dest: str | Path, per_class: int = 100, size: int | None = None, layout: Layout = "folder",
-    offset: int = 0, classes: Sequence[str] | None = None,
+    name: str,
+    dest: str | Path,
+    per_class: int = 100,
+    size: int | None = None,
+    layout: Layout = "folder",
+    offset: int = 0,
+    classes: Sequence[str] | None = None,
 ) -> Path:
     """Write `per_class` images of each class (optionally only `classes`) of a sample dataset to dest."""
     x, y, names = load_sample(name)

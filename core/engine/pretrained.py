@@ -68,11 +68,16 @@ def _load_into(module: nn.Module, state: StateDict, what: str, ignore_prefix: st
         state = {k: v for k, v in state.items() if not k.startswith(ignore_prefix)}
     missing = [k for k in own if k not in state and not (ignore_prefix and k.startswith(ignore_prefix))]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in state if k in own and own[k].shape != state[k].shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+        for k in state
+        if k in own and own[k].shape != state[k].shape
+    ]
     if missing or unexpected or wrong:
         raise WeightsMismatch(
             f"{what} does not fit: {len(missing)} missing (first: {missing[:3]}), "
-            f"{len(unexpected)} unexpected (first: {unexpected[:3]}), {len(wrong)} of the wrong shape (first: {wrong[:2]})"
+            f"{len(unexpected)} unexpected (first: {unexpected[:3]}), "
+            f"{len(wrong)} of the wrong shape (first: {wrong[:2]})"
         )
     module.load_state_dict(state, strict=False)
 
@@ -112,7 +117,9 @@ def load_body(arch: Architecture, pretrained: str | Path | None) -> PretrainedBo
         state, stats = _bundle_state_dict(path, arch)
         return PretrainedBody(body_from_state_dict(arch, state, str(path)), f"fitcycle bundle ({path})", stats)
     if path.is_file():
-        return PretrainedBody(body_from_state_dict(arch, read_state_dict(path), str(path)), f"file ({path})", arch.stats)
+        return PretrainedBody(
+            body_from_state_dict(arch, read_state_dict(path), str(path)), f"file ({path})", arch.stats
+        )
     raise PretrainedWeightsNotFound(
         f"pretrained weights '{pretrained}' not found: expected 'imagenet', 'none', a weights file "
         "(.safetensors or a state dict) or a fitcycle export folder with manifest.json"

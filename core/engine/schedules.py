@@ -52,8 +52,6 @@ def one_cycle_lr(lr_max: float, pct_start: float = 0.25, div: float = 25.0, div_
     return combined_cos(pct_start, lr_max / div, lr_max, lr_max / div_final)
 
 
-def one_cycle_mom(
-    pct_start: float = 0.25, moms: tuple[float, float, float] = (0.95, 0.85, 0.95)
-) -> Schedule:
+def one_cycle_mom(pct_start: float = 0.25, moms: tuple[float, float, float] = (0.95, 0.85, 0.95)) -> Schedule:
     """fastai v2's one-cycle momentum: 0.95 -> 0.85 -> 0.95."""
     return combined_cos(pct_start, *moms)

@@ -114,16 +114,28 @@ class BatchAugment:
         lo = math.log(1 - c.max_lighting) if c.max_lighting < 1 else -1.0
         contrast = torch.exp(_uniform(gen, n, lo, -lo))
 
-        # Geometry: output coords -> (flip, quarter turns: with flip the 8 dihedral views, rotate, zoom) -> perspective warp -> input coords.
+        # Geometry: output coords -> flip and quarter turns (with flip_vert: the 8 dihedral views), rotation
+        # and zoom -> perspective warp -> input coords.
         cos, sin = torch.cos(angle), torch.sin(angle)
         mat = torch.zeros(n, 2, 3)
-        mat[:, 0, 0], mat[:, 0, 1], mat[:, 1, 0], mat[:, 1, 1] = cos / zoom, -sin / zoom, sin / zoom, cos / zoom
+        mat[:, 0, 0], mat[:, 0, 1], mat[:, 1, 0], mat[:, 1, 1] = (
+            cos / zoom,
+            -sin / zoom,
+            sin / zoom,
+            cos / zoom,
+        )
         # A zoomed-in view may look anywhere inside the image, as fastai's zoom does.
         slack = 1 - 1 / zoom
         mat[:, :, 2] = (centre * 2 - 1) * slack[:, None]
         mat[:, 0, :2] *= torch.where(flip, -1.0, 1.0)[:, None]
-        quarter = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, -1.0], [1.0, 0.0]],
-                                [[-1.0, 0.0], [0.0, -1.0]], [[0.0, 1.0], [-1.0, 0.0]]])
+        quarter = torch.tensor(
+            [
+                [[1.0, 0.0], [0.0, 1.0]],
+                [[0.0, -1.0], [1.0, 0.0]],
+                [[-1.0, 0.0], [0.0, -1.0]],
+                [[0.0, 1.0], [-1.0, 0.0]],
+            ]
+        )
         mat[:, :, :2] = mat[:, :, :2] @ quarter[dihedral_k]
 
         h, w = x.shape[-2:]
@@ -149,10 +161,15 @@ class BatchAugment:
         xt, yt = mag[:, 0], mag[:, 1]
         src = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]], device=grid.device)
         src = src.expand(n, 4, 2)
-        dst = torch.stack([
-            torch.stack([-1 - yt, -1 - xt], 1), torch.stack([-1 + yt, 1 + xt], 1),
-            torch.stack([1 + yt, -1 + xt], 1), torch.stack([1 - yt, 1 - xt], 1),
-        ], 1)
+        dst = torch.stack(
+            [
+                torch.stack([-1 - yt, -1 - xt], 1),
+                torch.stack([-1 + yt, 1 + xt], 1),
+                torch.stack([1 + yt, -1 + xt], 1),
+                torch.stack([1 - yt, 1 - xt], 1),
+            ],
+            1,
+        )
         coeffs = _perspective_coeffs(src.float().cpu(), dst.float().cpu()).to(grid.device, grid.dtype)
         g = grid.reshape(n, -1, 2)
         gx, gy = g[..., 0], g[..., 1]

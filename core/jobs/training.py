@@ -44,8 +44,15 @@ def label_items(spec: TrainSpec) -> LabelledItems:
         return from_folder(spec.data, valid_pct=spec.valid_pct, seed=spec.seed)
     if spec.labels == "csv":
         assert spec.csv is not None
-        return from_csv(spec.data, spec.csv, spec.fn_col, spec.label_col, valid_col=spec.valid_col,
-                        valid_pct=spec.valid_pct, seed=spec.seed)
+        return from_csv(
+            spec.data,
+            spec.csv,
+            spec.fn_col,
+            spec.label_col,
+            valid_col=spec.valid_col,
+            valid_pct=spec.valid_pct,
+            seed=spec.seed,
+        )
     assert spec.pattern is not None
     return from_name_re(spec.data, spec.pattern, valid_pct=spec.valid_pct, seed=spec.seed)
 
@@ -72,9 +79,14 @@ def build_learner(spec: TrainSpec, ctx: JobContext) -> Built:
     items = label_items(spec)
     arch = get_architecture(spec.arch)
     device = pick_device(spec.device)
-    config = DataConfig(size=spec.size, resize_method=spec.resize_method, bs=spec.bs,
-                        augment=get_transforms() if spec.augment else None, num_workers=spec.num_workers,
-                        seed=spec.seed)
+    config = DataConfig(
+        size=spec.size,
+        resize_method=spec.resize_method,
+        bs=spec.bs,
+        augment=get_transforms() if spec.augment else None,
+        num_workers=spec.num_workers,
+        seed=spec.seed,
+    )
     torch.manual_seed(spec.seed)
     pretrained = load_body(arch, spec.pretrained)
     # A pretrained body gets the normalization it was trained with; one from scratch, the data's own.
@@ -108,8 +120,10 @@ def find_lr(learn: Learner, ctx: JobContext) -> LRFindResult:
     result = learn.lr_find()
     _write_lr_find(result, ctx)
     if not result.suggestions:
-        raise DataError(f"lr_find ran only {len(result.lrs)} steps (the loss diverged at once or there are "
-                        "too few batches) and cannot suggest a rate; pass a learning rate instead")
+        raise DataError(
+            f"lr_find ran only {len(result.lrs)} steps (the loss diverged at once or there are "
+            "too few batches) and cannot suggest a rate; pass a learning rate instead"
+        )
     return result
 
 
@@ -125,7 +139,7 @@ def run_lr_find(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
 def run_train(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
     """The fine-tune recipe end to end; returns the final metrics (also written as metrics.json)."""
     built = build_learner(spec, ctx)
-    learn, items = built.learn, built.items
+    learn = built.learn
     resume = ctx.latest_checkpoint()
     done_tag = resume["tag"] if resume else None
 
@@ -146,21 +160,36 @@ def run_train(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
         # Stage 1: frozen body, one-cycle on the head [fastai fine_tune: pct_start 0.99].
         if spec.freeze_epochs and done_tag in (None, "stage1"):
             learn.freeze()
-            learn.fit_one_cycle(spec.freeze_epochs, slice(base_lr), pct_start=0.99, tag="stage1",
-                                resume=resume if done_tag == "stage1" else None)
+            learn.fit_one_cycle(
+                spec.freeze_epochs,
+                slice(base_lr),
+                pct_start=0.99,
+                tag="stage1",
+                resume=resume if done_tag == "stage1" else None,
+            )
         lrs["stage1"] = learn.lrs_for_groups(slice(base_lr))
         # Stage 2: unfrozen, discriminative rates from base_lr/2/100 (first group) to base_lr/2 (head).
         if spec.epochs:
             learn.unfreeze()
             stage2 = slice(base_lr / 2 / LR_MULT, base_lr / 2)
-            learn.fit_one_cycle(spec.epochs, stage2, pct_start=0.3, div=5.0, tag="stage2",
-                                resume=resume if done_tag == "stage2" else None)
+            learn.fit_one_cycle(
+                spec.epochs,
+                stage2,
+                pct_start=0.3,
+                div=5.0,
+                tag="stage2",
+                resume=resume if done_tag == "stage2" else None,
+            )
             lrs["stage2"] = learn.lrs_for_groups(stage2)
     else:
         # From scratch there is nothing to protect: one rate for every group, as after unfreeze().
         learn.unfreeze()
-        learn.fit_one_cycle(spec.freeze_epochs + spec.epochs, base_lr, tag="train",
-                            resume=resume if done_tag == "train" else None)
+        learn.fit_one_cycle(
+            spec.freeze_epochs + spec.epochs,
+            base_lr,
+            tag="train",
+            resume=resume if done_tag == "train" else None,
+        )
         lrs["train"] = learn.lrs_for_groups(base_lr)
 
     return finish(spec, ctx, built, lrs)
@@ -172,8 +201,10 @@ def finish(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) 
     interp = ClassificationInterpretation.from_learner(learn)
     summary = interp.as_dict()
     ctx.artifact_path("interpretation.json").write_text(json.dumps(summary, indent=1))
-    for name, draw in [("plots/confusion_matrix.png", interp.plot_confusion_matrix),
-                       ("plots/top_losses.png", interp.plot_top_losses)]:
+    for name, draw in [
+        ("plots/confusion_matrix.png", interp.plot_confusion_matrix),
+        ("plots/top_losses.png", interp.plot_top_losses),
+    ]:
         draw(ctx.artifact_path(name))
         ctx.artifact_written(name)
     plot_losses(learn.recorder.batches, learn.recorder.epochs, ctx.artifact_path("plots/losses.png"))
