@@ -29,9 +29,9 @@ $(FASHION_MNIST):
 
 # The main job on the embedded default: write a real dataset, fine-tune an ImageNet-pretrained body, predict.
 run: setup
-	$(BIN)/fitcycle sample-data fashion-mnist data/fashion-mnist --per-class 60 --size 64
+	$(BIN)/fitcycle sample-data fashion-mnist data/fashion-mnist --per-class 150 --size 64
 	$(BIN)/fitcycle train data/fashion-mnist --from-folder --arch efficientnet_lite0 --pretrained imagenet \
-	  --size 64 --bs 32 --freeze-epochs 1 --epochs 2 --lr find --valid-pct 0.2 --seed 42 --out runs/quickstart
+	  --size 64 --bs 32 --freeze-epochs 1 --epochs 3 --lr find --valid-pct 0.2 --seed 42 --out runs/quickstart
 	$(BIN)/fitcycle predict runs/quickstart/export data/fashion-mnist/sneaker/0000.png data/fashion-mnist/bag/0000.png
 
 lint: setup

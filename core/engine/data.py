@@ -46,14 +46,14 @@ class ImageItemsDataset(Dataset[tuple[torch.Tensor, int]]):
     ) -> None:
         self.items, self.indices, self.class_to_idx = items, indices, class_to_idx
         self.size, self.method, self.random_crop, self.seed = size, method, random_crop, seed
-        self.epoch = 0
+        self.stream, self.epoch = 0, 0
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         idx = self.indices[i]
-        rng = np.random.default_rng(derived_seed(self.seed, self.epoch, idx)) if self.random_crop else None
+        rng = np.random.default_rng(derived_seed(self.seed, self.stream, self.epoch, idx)) if self.random_crop else None
         img = resize_image(open_rgb(self.items.path(idx)), self.size, self.method, rng)
         return image_to_uint8_tensor(img), self.class_to_idx[self.items.labels[idx]]
 
@@ -67,21 +67,21 @@ class ImageItemsDataset(Dataset[tuple[torch.Tensor, int]]):
 
 
 class EpochSampler(Sampler[int]):
-    """Yields item indices in an order fixed by (seed, epoch); can start part-way through an epoch."""
+    """Yields item indices in an order fixed by (seed, stream, epoch); can start part-way through an epoch."""
 
     def __init__(self, n: int, shuffle: bool, seed: int) -> None:
         self.n, self.shuffle, self.seed = n, shuffle, seed
-        self.epoch, self.start = 0, 0
+        self.stream, self.epoch, self.start = 0, 0, 0
 
-    def order(self, epoch: int) -> list[int]:
+    def order(self, stream: int, epoch: int) -> list[int]:
         """The full index order of an epoch."""
         if not self.shuffle:
             return list(range(self.n))
-        gen = torch.Generator().manual_seed(derived_seed(self.seed, "order", epoch))
+        gen = torch.Generator().manual_seed(derived_seed(self.seed, "order", stream, epoch))
         return torch.randperm(self.n, generator=gen).tolist()
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order(self.epoch)[self.start :])
+        return iter(self.order(self.stream, self.epoch)[self.start :])
 
     def __len__(self) -> int:
         return self.n - self.start
@@ -89,7 +89,8 @@ class EpochSampler(Sampler[int]):
 
 class DeviceLoader:
     """Wraps a DataLoader: each batch goes to the device, becomes float in [0, 1], is augmented
-    (training only) and normalized. `set_epoch(e, start_batch)` positions it for exact resume."""
+    (training only) and normalized. `set_epoch(e, start_batch, stream)` positions it for exact resume;
+    the stream (the learner's fit number) keeps a second fit from replaying the first one's batches."""
 
     def __init__(
         self,
@@ -107,7 +108,7 @@ class DeviceLoader:
         self.normalize, self.augment, self.seed = normalize, augment, seed
         self.device = device
         self.sampler = EpochSampler(len(dataset), shuffle, seed)
-        self.epoch, self.start_batch = 0, 0
+        self.stream, self.epoch, self.start_batch = 0, 0, 0
         # A private generator keeps DataLoader from drawing worker seeds off the global RNG, which
         # would make a resumed run's dropout masks differ from an uninterrupted one.
         self.loader = DataLoader(
@@ -121,8 +122,10 @@ class DeviceLoader:
             generator=torch.Generator().manual_seed(seed),
         )
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Choose the epoch whose order to follow, and the batch to start from."""
+    def set_epoch(self, epoch: int, start_batch: int = 0, stream: int | None = None) -> None:
+        """Choose the epoch (of a stream) whose order and augmentations to follow, and the batch to start from."""
+        if stream is not None:
+            self.stream = self.sampler.stream = self.dataset.stream = stream
         self.epoch, self.start_batch = epoch, start_batch
         self.sampler.epoch, self.sampler.start = epoch, start_batch * self.bs
         self.dataset.epoch = epoch
@@ -140,7 +143,7 @@ class DeviceLoader:
         for xb, yb in self.loader:
             x = xb.to(self.device, non_blocking=True).float().div_(255)
             if self.augment is not None:
-                gen = torch.Generator().manual_seed(derived_seed(self.seed, "aug", self.epoch, batch_idx))
+                gen = torch.Generator().manual_seed(derived_seed(self.seed, "aug", self.stream, self.epoch, batch_idx))
                 x = self.augment(x, gen)
             yield self.normalize(x), yb.to(self.device, non_blocking=True)
             batch_idx += 1

@@ -19,7 +19,10 @@ LITE0_BLOCKS = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
-BN_EPS, BN_MOMENTUM = 1e-3, 0.01
+BN_EPS = 1e-3
+# PyTorch's default momentum, not TF's 0.01 (= 1 - 0.99): running statistics must adapt to the new data
+# within a short fine-tune, or eval-mode outputs drift away from what training saw.
+BN_MOMENTUM = 0.1
 
 
 class SameConv2d(nn.Conv2d):

@@ -96,6 +96,7 @@ class Learner:
         self.add_cbs([self.recorder, *cbs])
         self.training = False
         self.epoch = self.iter = self.train_iter = 0
+        self.fit_index = 0  # counts fits: each one draws its own data order and augmentations
         self.n_epoch = 1
         self.tag = ""
         self.lr_finding = False
@@ -220,6 +221,7 @@ class Learner:
         if self.opt is None:
             self.create_opt()
         self.n_epoch, self.tag, self._resume = n_epoch, tag, resume
+        self.fit_index += 1
         self.lrs = self.lrs_for_groups(lr)
         self.set_hypers(self.lrs, self.moms[0])
         self.start_epoch = self.start_batch = self.train_iter = 0
@@ -251,7 +253,7 @@ class Learner:
         self.training = True
         self.model.train()
         self.dl = self.dls.train
-        self.dl.set_epoch(self.epoch, self.start_batch if self.epoch == self.start_epoch else 0)
+        self.dl.set_epoch(self.epoch, self.start_batch if self.epoch == self.start_epoch else 0, self.fit_index)
         self.batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = self.dl
         self._with_events(self._all_batches, "train", CancelTrainException)
 
@@ -308,6 +310,7 @@ class Learner:
                 "model": self.model.state_dict(),
                 "opt": self.opt.state_dict(),
                 "frozen_to": self.frozen_to,
+                "fit_index": self.fit_index,
                 # after_batch runs before train_iter counts the batch just done
                 "position": {
                     "epoch": epoch,
@@ -347,6 +350,7 @@ class Learner:
         assert self.opt is not None
         self.opt.load_state_dict(state["opt"])
         self.start_epoch, self.start_batch, self.train_iter = pos["epoch"], pos["batch"], pos["train_iter"]
+        self.fit_index = int(state["fit_index"])
         self.recorder.load_state(state["recorder"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])

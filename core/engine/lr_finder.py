@@ -113,6 +113,7 @@ def run_lr_find(learn: Learner, start_lr: float, end_lr: float, num_it: int, sto
     had_opt = learn.opt is not None
     saved_opt = copy.deepcopy(learn.opt.state_dict()) if learn.opt is not None else None
     saved_recorder = learn.recorder.state()
+    saved_fit_index = learn.fit_index
     saved_rng = torch.get_rng_state()
     saved_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     n_epoch = max(1, math.ceil(num_it / max(1, learn.n_train_batches)))
@@ -130,6 +131,7 @@ def run_lr_find(learn: Learner, start_lr: float, end_lr: float, num_it: int, sto
         else:
             learn.opt = None
         learn.recorder.load_state(saved_recorder)
+        learn.fit_index = saved_fit_index
         torch.set_rng_state(saved_rng)
         if saved_cuda is not None:
             torch.cuda.set_rng_state_all(saved_cuda)
