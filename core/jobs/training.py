@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from core.engine.architectures import Architecture, get_architecture
+from core.engine.architectures import Architecture
 from core.engine.callbacks import (
     ChannelsLast,
     CheckpointCallback,
@@ -20,7 +20,7 @@ from core.engine.callbacks import (
     ReportCallback,
     StopCallback,
 )
-from core.engine.data import DataConfig, ImageDataLoaders
+from core.engine.data import DataConfig
 from core.engine.errors import DataError
 from core.engine.export import export_bundle
 from core.engine.interpret import ClassificationInterpretation
@@ -28,10 +28,9 @@ from core.engine.labelling import LabelledItems, from_csv, from_folder, from_nam
 from core.engine.learner import Callback, Learner
 from core.engine.lr_finder import LRFindResult
 from core.engine.metrics import get_metric
-from core.engine.model import create_cnn_model
 from core.engine.plots import plot_losses, plot_lr_find, show_batch
-from core.engine.pretrained import load_body
 from core.engine.transforms import get_transforms
+from core.engine.vision import cnn_learner
 from core.jobs.context import JobContext
 from core.jobs.spec import TrainSpec
 
@@ -77,7 +76,6 @@ class Built:
 def build_learner(spec: TrainSpec, ctx: JobContext) -> Built:
     """Data, pretrained body, head, and the callbacks that connect the learner to its context."""
     items = label_items(spec)
-    arch = get_architecture(spec.arch)
     device = pick_device(spec.device)
     config = DataConfig(
         size=spec.size,
@@ -87,11 +85,6 @@ def build_learner(spec: TrainSpec, ctx: JobContext) -> Built:
         num_workers=spec.num_workers,
         seed=spec.seed,
     )
-    torch.manual_seed(spec.seed)
-    pretrained = load_body(arch, spec.pretrained)
-    # A pretrained body gets the normalization it was trained with; one from scratch, the data's own.
-    dls = ImageDataLoaders(items, config, stats=pretrained.stats, device=device)
-    model = create_cnn_model(arch, dls.c, pretrained.body)
     cbs: list[Callback] = [
         ReportCallback(ctx),
         CheckpointCallback(ctx.save_checkpoint, spec.checkpoint_every_n_steps),
@@ -103,8 +96,10 @@ def build_learner(spec: TrainSpec, ctx: JobContext) -> Built:
         cbs.append(GradientAccumulation(spec.grad_accum))
     if device.type == "cuda":
         cbs += [MixedPrecision(), ChannelsLast()]
-    learn = Learner(dls, model, metrics=[get_metric(m) for m in spec.metrics], arch=arch, cbs=cbs)
-    return Built(learn, items, arch, pretrained.source)
+    metrics = [get_metric(m) for m in spec.metrics]
+    learn, source = cnn_learner(items, spec.arch, config, spec.pretrained, metrics, cbs, device)
+    assert learn.arch is not None
+    return Built(learn, items, learn.arch, source)
 
 
 def _write_lr_find(result: LRFindResult, ctx: JobContext) -> None:

@@ -1,0 +1,39 @@
+"""cnn_learner [fastai: cnn_learner / vision_learner]: data + architecture name + pretrained source in,
+a Learner with a cut body, a new head and the layer groups out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from core.engine.architectures import get_architecture
+from core.engine.data import DataConfig, ImageDataLoaders
+from core.engine.labelling import LabelledItems
+from core.engine.learner import Callback, Learner
+from core.engine.metrics import Metric
+from core.engine.model import create_cnn_model
+from core.engine.pretrained import load_body
+
+
+def cnn_learner(
+    items: LabelledItems,
+    arch: str,
+    config: DataConfig,
+    pretrained: str | Path | None = "imagenet",
+    metrics: Sequence[Metric] = (),
+    cbs: Iterable[Callback] = (),
+    device: torch.device | str = "cpu",
+) -> tuple[Learner, str]:
+    """A learner on `items`, frozen when the body is pretrained, and where the body's weights came from.
+    A pretrained body gets the normalization it was trained with; one from scratch, the data's own."""
+    architecture = get_architecture(arch)
+    torch.manual_seed(config.seed)
+    loaded = load_body(architecture, pretrained)
+    dls = ImageDataLoaders(items, config, stats=loaded.stats, device=device)
+    model = create_cnn_model(architecture, dls.c, loaded.body)
+    learn = Learner(dls, model, metrics=metrics, arch=architecture, cbs=cbs)
+    if loaded.stats is not None:  # pretrained: stage 1 trains the head first
+        learn.freeze()
+    return learn, loaded.source
