@@ -14,7 +14,7 @@ from core.jobs.training import run_train
 
 
 def train(out: Path, **fields: object) -> float:
-    metrics = run_train(TrainSpec(**fields), LocalJobContext(out, show_progress=False))  # type: ignore[arg-type]
+    metrics = run_train(TrainSpec(**fields), LocalJobContext(out, show_progress=False))
     print(f"{out.name}: error_rate {metrics['error_rate']:.3f}")
     return float(metrics["error_rate"])
 
