@@ -8,8 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.engine.architectures import ARCHITECTURES
 from core.engine.metrics import METRICS
+from core.engine.transforms import AugmentConfig
 
 LabelRule = Literal["folder", "csv", "name_re"]
+JobKind = Literal["fine_tune", "stage1", "stage2", "lr_find", "interpret"]
 
 
 class TrainSpec(BaseModel):
@@ -18,6 +20,7 @@ class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     spec_version: Literal[1] = 1
+    kind: JobKind = "fine_tune"
     data: str = Field(description="folder holding the images")
     labels: LabelRule = "folder"
     csv: str | None = Field(None, description="CSV file (labels=csv) with file-name and label columns")
@@ -32,7 +35,11 @@ class TrainSpec(BaseModel):
     bs: int = Field(64, ge=1, le=4096)
     freeze_epochs: int = Field(1, ge=0, le=1000)
     epochs: int = Field(4, ge=0, le=1000)
-    lr: float | Literal["find"] = 2e-3
+    lr: float | tuple[float, float] | Literal["find", "auto"] = 2e-3
+    transforms: dict[str, float | bool] | None = Field(None, description="overrides of fastai's augmentation defaults")
+    init_bundle: str | None = Field(None, description="export bundle whose full weights (body and head) to start from")
+    stage1_lr: float | None = Field(None, description="stage 2 'auto': the stage-1 rate (upper end = stage1_lr / 5)")
+    lr_suggestion: float | None = Field(None, description="stage 2 'auto': an lr_find suggestion (lower = it / 10)")
     valid_pct: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 42
     metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"])
@@ -51,9 +58,23 @@ class TrainSpec(BaseModel):
 
     @field_validator("lr")
     @classmethod
-    def _positive_lr(cls, v: float | str) -> float | str:
-        if isinstance(v, float) and not 0 < v < 10:
-            raise ValueError(f"learning rate must be in (0, 10), got {v}")
+    def _positive_lr(cls, v: float | tuple[float, float] | str) -> float | tuple[float, float] | str:
+        rates = v if isinstance(v, tuple) else (v,) if isinstance(v, float) else ()
+        for r in rates:
+            if not 0 < r < 10:
+                raise ValueError(f"learning rate must be in (0, 10), got {r}")
+        if isinstance(v, tuple) and v[0] > v[1]:
+            raise ValueError(f"a rate range is [low, high]; got [{v[0]}, {v[1]}]")
+        return v
+
+    @field_validator("transforms")
+    @classmethod
+    def _known_transforms(cls, v: dict[str, float | bool] | None) -> dict[str, float | bool] | None:
+        if v is not None:
+            known = set(AugmentConfig.__dataclass_fields__)
+            unknown = sorted(set(v) - known)
+            if unknown:
+                raise ValueError(f"unknown transform settings {unknown}; known: {', '.join(sorted(known))}")
         return v
 
     @field_validator("metrics")
@@ -70,8 +91,14 @@ class TrainSpec(BaseModel):
             raise ValueError("labels=csv needs 'csv': the CSV file naming each image and its label")
         if self.labels == "name_re" and not self.pattern:
             raise ValueError("labels=name_re needs 'pattern': a regular expression whose group 1 is the label")
-        if self.freeze_epochs + self.epochs == 0:
+        if self.kind == "fine_tune" and self.freeze_epochs + self.epochs == 0:
             raise ValueError("nothing to train: freeze_epochs and epochs are both 0")
+        if self.kind in ("stage1", "stage2") and self.epochs == 0:
+            raise ValueError(f"a {self.kind} job needs epochs >= 1")
+        if self.kind in ("stage2", "interpret") and not self.init_bundle:
+            raise ValueError(f"a {self.kind} job continues from a parent job's weights: set parent_job_id")
+        if self.lr == "auto" and self.kind != "stage2":
+            raise ValueError("lr 'auto' is for stage 2 only")
         return self
 
     @property

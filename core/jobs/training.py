@@ -1,6 +1,7 @@
-"""The fine-tune recipe as a job: label, build the learner, (lr_find,) stage 1 frozen, stage 2 unfrozen
-with discriminative rates, interpret and export — reporting and checkpointing through a JobContext,
-and resuming from the context's latest checkpoint (mid-epoch included)."""
+"""Training jobs: build a learner from a spec, then run one kind of job through a JobContext —
+`fine_tune` (stage 1 then stage 2), `stage1` (frozen body, one-cycle on the head), `stage2` (unfrozen,
+discriminative rates, from a parent's weights), `lr_find`, or `interpret`. Every kind reports and
+checkpoints through the context and resumes from its latest checkpoint, mid-epoch included."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from core.engine.architectures import Architecture
 from core.engine.callbacks import (
@@ -21,11 +23,11 @@ from core.engine.callbacks import (
     StopCallback,
 )
 from core.engine.data import DataConfig
-from core.engine.errors import DataError
-from core.engine.export import export_bundle
+from core.engine.errors import DataError, WeightsMismatch
+from core.engine.export import export_bundle, read_manifest
 from core.engine.interpret import ClassificationInterpretation
 from core.engine.labelling import LabelledItems, from_csv, from_folder, from_name_re
-from core.engine.learner import Callback, Learner
+from core.engine.learner import Callback, Learner, LrSpec
 from core.engine.lr_finder import LRFindResult
 from core.engine.metrics import get_metric
 from core.engine.plots import plot_losses, plot_lr_find, show_batch
@@ -35,6 +37,7 @@ from core.jobs.context import JobContext
 from core.jobs.spec import TrainSpec
 
 LR_MULT = 100  # fastai fine_tune: stage 2 spreads base_lr/2 over 100x from head to first group
+STAGE1_DEFAULT_LR = 3e-3  # the course's stage-1 default
 
 
 def label_items(spec: TrainSpec) -> LabelledItems:
@@ -73,15 +76,16 @@ class Built:
     body_source: str
 
 
-def build_learner(spec: TrainSpec, ctx: JobContext) -> Built:
-    """Data, pretrained body, head, and the callbacks that connect the learner to its context."""
-    items = label_items(spec)
+def build_learner(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None) -> Built:
+    """Data, pretrained body, head (or a parent's full weights), and the callbacks to the context."""
+    items = items if items is not None else label_items(spec)
     device = pick_device(spec.device)
+    augment = get_transforms(**(spec.transforms or {})) if spec.augment else None
     config = DataConfig(
         size=spec.size,
         resize_method=spec.resize_method,
         bs=spec.bs,
-        augment=get_transforms() if spec.augment else None,
+        augment=augment,
         num_workers=spec.num_workers,
         seed=spec.seed,
     )
@@ -97,14 +101,27 @@ def build_learner(spec: TrainSpec, ctx: JobContext) -> Built:
     if device.type == "cuda":
         cbs += [MixedPrecision(), ChannelsLast()]
     metrics = [get_metric(m) for m in spec.metrics]
-    learn, source = cnn_learner(items, spec.arch, config, spec.pretrained, metrics, cbs, device)
+    pretrained = spec.init_bundle or spec.pretrained
+    learn, source = cnn_learner(items, spec.arch, config, pretrained, metrics, cbs, device)
+    if spec.init_bundle:
+        _load_full_weights(learn, spec.init_bundle)
     assert learn.arch is not None
     return Built(learn, items, learn.arch, source)
 
 
+def _load_full_weights(learn: Learner, bundle: str) -> None:
+    """Continue from a parent job's model: same architecture and classes, body and head."""
+    manifest = read_manifest(bundle)
+    if manifest["classes"] != learn.dls.classes:
+        raise WeightsMismatch(
+            f"the parent model was trained on classes {manifest['classes']}, this dataset has {learn.dls.classes}; "
+            "continue on the same dataset, or start a new stage 1 from the parent model with pretrained=<model id>"
+        )
+    learn.model.load_state_dict(load_file(f"{bundle}/{manifest['weights']}", device=str(learn.dls.device)))
+
+
 def _write_lr_find(result: LRFindResult, ctx: JobContext) -> None:
-    path = ctx.artifact_path("lr_find.json")
-    path.write_text(json.dumps(result.as_dict()))
+    ctx.artifact_path("lr_find.json").write_text(json.dumps(result.as_dict()))
     ctx.artifact_written("lr_find.json")
     plot_lr_find(result.lrs, result.losses, result.suggestions, ctx.artifact_path("plots/lr_find.png"))
     ctx.artifact_written("plots/lr_find.png")
@@ -122,35 +139,60 @@ def find_lr(learn: Learner, ctx: JobContext) -> LRFindResult:
     return result
 
 
-def run_lr_find(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
-    """Only the learning-rate sweep, on the learner as stage 1 would train it."""
-    built = build_learner(spec, ctx)
-    if spec.is_pretrained:
-        built.learn.freeze()
-    result = find_lr(built.learn, ctx)
-    return {"suggestions": result.suggestions, "n_steps": len(result.lrs)}
+def _show_batch(learn: Learner, ctx: JobContext) -> None:
+    show_batch(learn.dls, ctx.artifact_path("plots/show_batch.png"))
+    ctx.artifact_written("plots/show_batch.png")
 
 
-def run_train(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
-    """The fine-tune recipe end to end; returns the final metrics (also written as metrics.json)."""
-    built = build_learner(spec, ctx)
-    learn = built.learn
+def run_job(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None) -> dict[str, Any]:
+    """Run one job of spec.kind; returns its result (also written as metrics.json or lr_find.json)."""
+    built = build_learner(spec, ctx, items)
+    runners = {
+        "fine_tune": _fine_tune,
+        "stage1": _stage1,
+        "stage2": _stage2,
+        "lr_find": _lr_find,
+        "interpret": _interpret,
+    }
+    return runners[spec.kind](spec, ctx, built)
+
+
+def run_train(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None) -> dict[str, Any]:
+    """The fine-tune recipe (the CLI's `train`)."""
+    return run_job(spec.model_copy(update={"kind": "fine_tune"}), ctx, items)
+
+
+def run_lr_find(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None) -> dict[str, Any]:
+    """Only the learning-rate sweep (the CLI's `lr-find`)."""
+    return run_job(spec.model_copy(update={"kind": "lr_find"}), ctx, items)
+
+
+def _resume_and_base_lr(
+    spec: TrainSpec, ctx: JobContext, learn: Learner, default: float
+) -> tuple[dict[str, Any] | None, float]:
+    """The checkpoint to resume from, and the base rate: chosen once (lr_find when asked), then reused."""
     resume = ctx.latest_checkpoint()
-    done_tag = resume["tag"] if resume else None
-
-    # Choose the base learning rate once; a resumed run reuses the one its checkpoint recorded.
     if resume is not None:
         learn.extra = dict(resume.get("extra", {}))
-        base_lr = float(learn.extra["base_lr"])
+        return resume, float(learn.extra["base_lr"])
+    _show_batch(learn, ctx)
+    if spec.lr == "find":
+        base_lr = find_lr(learn, ctx).suggestions["valley"]
+    elif isinstance(spec.lr, float):
+        base_lr = spec.lr
     else:
-        show_batch(learn.dls, ctx.artifact_path("plots/show_batch.png"))
-        ctx.artifact_written("plots/show_batch.png")
-        if spec.is_pretrained:
-            learn.freeze()
-        base_lr = find_lr(learn, ctx).suggestions["valley"] if spec.lr == "find" else float(spec.lr)
-        learn.extra = {"base_lr": base_lr}
-    lrs: dict[str, Any] = {"base_lr": base_lr}
+        base_lr = default
+    learn.extra = {"base_lr": base_lr}
+    return None, base_lr
 
+
+def _fine_tune(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
+    learn = built.learn
+    if spec.is_pretrained:
+        learn.freeze()
+    resume, base_lr = _resume_and_base_lr(spec, ctx, learn, 2e-3)
+    done_tag = resume["tag"] if resume else None
+    lrs: dict[str, Any] = {"base_lr": base_lr}
     if spec.is_pretrained:
         # Stage 1: frozen body, one-cycle on the head [fastai fine_tune: pct_start 0.99].
         if spec.freeze_epochs and done_tag in (None, "stage1"):
@@ -180,28 +222,92 @@ def run_train(spec: TrainSpec, ctx: JobContext) -> dict[str, Any]:
         # From scratch there is nothing to protect: one rate for every group, as after unfreeze().
         learn.unfreeze()
         learn.fit_one_cycle(
-            spec.freeze_epochs + spec.epochs,
-            base_lr,
-            tag="train",
-            resume=resume if done_tag == "train" else None,
+            spec.freeze_epochs + spec.epochs, base_lr, tag="train", resume=resume if done_tag == "train" else None
         )
         lrs["train"] = learn.lrs_for_groups(base_lr)
-
     return finish(spec, ctx, built, lrs)
 
 
-def finish(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) -> dict[str, Any]:
-    """Interpret, plot, export, and write metrics.json."""
+def _stage1(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
+    """The course's stage 1: freeze the pretrained body, fit_one_cycle(epochs, slice(lr)) on the head."""
     learn = built.learn
+    learn.freeze() if spec.is_pretrained else learn.unfreeze()
+    resume, base_lr = _resume_and_base_lr(spec, ctx, learn, STAGE1_DEFAULT_LR)
+    lr: LrSpec = slice(base_lr) if spec.is_pretrained else base_lr
+    learn.fit_one_cycle(spec.epochs, lr, tag="stage1", resume=resume)
+    return finish(spec, ctx, built, {"base_lr": base_lr, "stage1": learn.lrs_for_groups(lr)})
+
+
+def stage2_rates(spec: TrainSpec, learn: Learner, ctx: JobContext) -> tuple[float, float]:
+    """Stage 2's (low, high): given, or 'auto' as in the course — slice(suggestion/10, stage-1 lr/5)."""
+    if isinstance(spec.lr, tuple):
+        return spec.lr
+    if isinstance(spec.lr, float):
+        return spec.lr / LR_MULT, spec.lr
+    suggestion = spec.lr_suggestion
+    if suggestion is None:  # no lr_find of the parent: sweep the unfrozen parent model here
+        suggestion = find_lr(learn, ctx).suggestions["valley"]
+    high = (spec.stage1_lr or STAGE1_DEFAULT_LR) / 5
+    return min(suggestion / 10, high / 10), high
+
+
+def _stage2(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
+    """Unfreeze the parent's model and train every group with discriminative rates."""
+    learn = built.learn
+    learn.unfreeze()
+    resume = ctx.latest_checkpoint()
+    if resume is not None:
+        learn.extra = dict(resume.get("extra", {}))
+        lo, hi = learn.extra["stage2_lr"]
+    else:
+        _show_batch(learn, ctx)
+        lo, hi = stage2_rates(spec, learn, ctx)
+        learn.extra = {"stage2_lr": [lo, hi], "base_lr": hi}
+    learn.fit_one_cycle(spec.epochs, slice(lo, hi), tag="stage2", resume=resume)
+    return finish(spec, ctx, built, {"stage2_range": [lo, hi], "stage2": learn.lrs_for_groups(slice(lo, hi))})
+
+
+def _lr_find(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
+    """The sweep on the learner as the next stage would train it: frozen on a fresh pretrained body,
+    unfrozen when continuing from a parent model (before stage 2)."""
+    learn = built.learn
+    if spec.init_bundle or not spec.is_pretrained:
+        learn.unfreeze()
+    else:
+        learn.freeze()
+    result = find_lr(learn, ctx)
+    return {"suggestions": result.suggestions, "n_steps": len(result.lrs), "frozen": learn.frozen_to > 0}
+
+
+def _interpret(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
+    """Interpretation of the parent's model on the validation split."""
+    summary = write_interpretation(built.learn, ctx)
+    return {
+        "error_rate": summary["error_rate"],
+        "most_confused": summary["most_confused"][:10],
+        "per_class": summary["per_class"],
+    }
+
+
+def write_interpretation(learn: Learner, ctx: JobContext) -> dict[str, Any]:
+    """interpretation.json, the confusion matrix and the top-losses grid."""
     interp = ClassificationInterpretation.from_learner(learn)
     summary = interp.as_dict()
     ctx.artifact_path("interpretation.json").write_text(json.dumps(summary, indent=1))
+    ctx.artifact_written("interpretation.json")
     for name, draw in [
         ("plots/confusion_matrix.png", interp.plot_confusion_matrix),
         ("plots/top_losses.png", interp.plot_top_losses),
     ]:
         draw(ctx.artifact_path(name))
         ctx.artifact_written(name)
+    return summary
+
+
+def finish(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) -> dict[str, Any]:
+    """Interpret, plot, export, and write metrics.json."""
+    learn = built.learn
+    summary = write_interpretation(learn, ctx)
     plot_losses(learn.recorder.batches, learn.recorder.epochs, ctx.artifact_path("plots/losses.png"))
     ctx.artifact_written("plots/losses.png")
     export_bundle(learn, ctx.artifact_path("export"), extra={"pretrained": built.body_source})

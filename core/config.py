@@ -1,0 +1,82 @@
+"""One Settings object (pydantic-settings, variables prefixed FITCYCLE_), read once and passed along.
+Embedded default: everything under one data dir (SQLite, a local object store, Celery's filesystem
+broker). Distributed: set the database, S3 and Redis URLs."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; nothing reads the environment anywhere else."""
+
+    model_config = SettingsConfigDict(env_prefix="FITCYCLE_", extra="ignore")
+
+    data_dir: Path = Field(Path("data/fitcycle"), description="where the embedded default keeps everything")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir")
+    storage: Literal["local", "s3"] = "local"
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "fitcycle"
+    s3_secure: bool = False
+    broker_url: str | None = Field(None, description="Celery broker; default: filesystem:// under data_dir")
+    default_queue: str = "fitcycle"
+
+    # Jobs: a worker renews its lease every lease_seconds/3; the reaper re-queues jobs whose lease expired
+    # and queued jobs whose message has not been picked up for requeue_after_seconds.
+    lease_seconds: float = 60.0
+    reaper_interval_seconds: float = 10.0
+    requeue_after_seconds: float = 600.0
+    checkpoint_every_n_steps: int | None = 50
+
+    # Uploads.
+    max_upload_bytes: int = 2 * 1024**3
+    max_archive_files: int = 200_000
+    max_extracted_bytes: int = 8 * 1024**3
+    max_image_pixels: int = 40_000_000
+
+    # Prediction.
+    predictor_cache_size: int = 4
+    max_predict_files: int = 32
+    url_fetch_timeout_seconds: float = 10.0
+    url_fetch_max_bytes: int = 20 * 1024**2
+    url_fetch_max_redirects: int = 3
+    url_fetch_allow_hosts: list[str] = Field(
+        default_factory=list, description="host[:port] exempt from the private-address guard (tests, internal mirrors)"
+    )
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in data_dir."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'fitcycle.db').resolve()}"
+
+    @cached_property
+    def celery_broker_url(self) -> str:
+        """The broker URL, defaulting to Celery's filesystem transport under data_dir."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        """True when the broker is the filesystem transport (no server)."""
+        return self.celery_broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the filesystem transport keeps its messages."""
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def objects_dir(self) -> Path:
+        """The local object store's root."""
+        return (self.data_dir / "objects").resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where workers and the API keep local copies of datasets and bundles."""
+        return (self.data_dir / "cache").resolve()

@@ -1,0 +1,112 @@
+"""Plain domain objects the repositories return (never live ORM rows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+JOB_STATES = ("queued", "running", *TERMINAL_STATES)
+
+
+@dataclass(frozen=True)
+class Project:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: str
+    project_id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    id: str
+    dataset_id: str
+    version: int
+    labels: dict[str, Any]
+    split: str
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    n_items: int
+    rejected: list[dict[str, str]]
+    prefix: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    project_id: str
+    kind: str
+    state: str
+    spec: dict[str, Any]
+    dataset_version_id: str
+    parent_job_id: str | None
+    queue: str
+    created_at: datetime
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    attempts: int
+    cancel_requested: bool
+    progress: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    model_id: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job succeeded, failed or was cancelled."""
+        return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True)
+class EpochMetric:
+    tag: str
+    epoch: int
+    train_loss: float | None
+    valid_loss: float | None
+    metrics: dict[str, float]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BatchMetric:
+    tag: str
+    iter: int
+    epoch: int
+    batch: int
+    loss: float
+    smooth_loss: float
+    lr: float
+    mom: float
+
+
+@dataclass(frozen=True)
+class Artifact:
+    id: str
+    job_id: str
+    name: str
+    key: str
+    size: int
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    project_id: str
+    job_id: str
+    arch: str
+    classes: list[str]
+    metrics: dict[str, Any]
+    bundle_prefix: str
+    created_at: datetime

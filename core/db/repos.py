@@ -1,0 +1,389 @@
+"""Repositories: functions over a Session that return domain objects. The caller's session scope commits."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import uuid
+from dataclasses import fields
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from core.db import domain as d
+from core.db.models import (
+    ApiKeyRow,
+    ArtifactRow,
+    BatchMetricRow,
+    DatasetRow,
+    DatasetVersionRow,
+    EpochMetricRow,
+    JobRow,
+    ModelRow,
+    ProjectRow,
+    utcnow,
+)
+
+T = TypeVar("T")
+KEY_PREFIX = "fc_"
+
+
+def new_id() -> str:
+    """A random UUID4 string."""
+    return str(uuid.uuid4())
+
+
+def _to(cls: type[T], row: object) -> T:
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    return cls(**{n: getattr(row, n) for n in names})
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; treat them as the UTC they were written in."""
+    from datetime import UTC
+
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
+
+# ----- projects and keys ---------------------------------------------------------------------------
+def hash_key(key: str) -> str:
+    """SHA-256 of an API key (keys are 256-bit random, so a fast hash is enough)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_or_create_project(s: Session, name: str) -> d.Project:
+    row = s.scalar(select(ProjectRow).where(ProjectRow.name == name))
+    if row is None:
+        row = ProjectRow(id=new_id(), name=name)
+        s.add(row)
+        s.flush()
+    return _to(d.Project, row)
+
+
+def create_api_key(s: Session, project_id: str) -> str:
+    """Make a new key for a project; only its hash is stored. Returns the key (shown once)."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    s.add(ApiKeyRow(id=new_id(), project_id=project_id, prefix=key[:10], key_hash=hash_key(key)))
+    s.flush()
+    return key
+
+
+def project_for_key(s: Session, key: str) -> d.Project | None:
+    row = s.scalar(
+        select(ProjectRow)
+        .join(ApiKeyRow, ApiKeyRow.project_id == ProjectRow.id)
+        .where(ApiKeyRow.key_hash == hash_key(key), ApiKeyRow.revoked_at.is_(None))
+    )
+    return _to(d.Project, row) if row else None
+
+
+# ----- datasets ------------------------------------------------------------------------------------
+def get_or_create_dataset(s: Session, project_id: str, name: str) -> d.Dataset:
+    row = s.scalar(select(DatasetRow).where(DatasetRow.project_id == project_id, DatasetRow.name == name))
+    if row is None:
+        row = DatasetRow(id=new_id(), project_id=project_id, name=name)
+        s.add(row)
+        s.flush()
+    return _to(d.Dataset, row)
+
+
+def next_version_number(s: Session, dataset_id: str) -> int:
+    current = s.scalar(select(func.max(DatasetVersionRow.version)).where(DatasetVersionRow.dataset_id == dataset_id))
+    return (current or 0) + 1
+
+
+def add_dataset_version(s: Session, **values: Any) -> d.DatasetVersion:
+    row = DatasetVersionRow(**values)
+    s.add(row)
+    s.flush()
+    return _to(d.DatasetVersion, row)
+
+
+def get_dataset(s: Session, project_id: str, dataset_id: str) -> d.Dataset | None:
+    row = s.get(DatasetRow, dataset_id)
+    return _to(d.Dataset, row) if row and row.project_id == project_id else None
+
+
+def list_datasets(s: Session, project_id: str) -> list[d.Dataset]:
+    rows = s.scalars(select(DatasetRow).where(DatasetRow.project_id == project_id).order_by(DatasetRow.created_at))
+    return [_to(d.Dataset, r) for r in rows]
+
+
+def dataset_versions(s: Session, dataset_id: str) -> list[d.DatasetVersion]:
+    rows = s.scalars(
+        select(DatasetVersionRow).where(DatasetVersionRow.dataset_id == dataset_id).order_by(DatasetVersionRow.version)
+    )
+    return [_to(d.DatasetVersion, r) for r in rows]
+
+
+def get_version(s: Session, version_id: str) -> d.DatasetVersion | None:
+    row = s.get(DatasetVersionRow, version_id)
+    return _to(d.DatasetVersion, row) if row else None
+
+
+# ----- jobs: the state machine -----------------------------------------------------------------------
+def _job(row: JobRow) -> d.Job:
+    job = _to(d.Job, row)
+    for name in ("created_at", "enqueued_at", "started_at", "finished_at", "lease_expires_at"):
+        object.__setattr__(job, name, _aware(getattr(job, name)))
+    return job
+
+
+def create_job(s: Session, **values: Any) -> d.Job:
+    row = JobRow(id=new_id(), state="queued", **values)
+    s.add(row)
+    s.flush()
+    return _job(row)
+
+
+def get_job(s: Session, job_id: str, project_id: str | None = None) -> d.Job | None:
+    row = s.get(JobRow, job_id)
+    if row is None or (project_id is not None and row.project_id != project_id):
+        return None
+    return _job(row)
+
+
+def list_jobs(s: Session, project_id: str, limit: int = 100, offset: int = 0) -> tuple[list[d.Job], int]:
+    q = select(JobRow).where(JobRow.project_id == project_id)
+    total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+    rows = s.scalars(q.order_by(JobRow.created_at.desc()).limit(limit).offset(offset))
+    return [_job(r) for r in rows], total
+
+
+def mark_enqueued(s: Session, job_id: str) -> None:
+    s.execute(update(JobRow).where(JobRow.id == job_id).values(enqueued_at=utcnow()))
+
+
+def claim(s: Session, job_id: str, owner: str, lease_seconds: float) -> d.Job | None:
+    """queued -> running for `owner`, by a conditional update. A running job is taken over only when its
+    lease has expired (its worker died). Returns the job when this owner now holds it, else None."""
+    now = utcnow()
+    result = s.execute(
+        update(JobRow)
+        .where(
+            JobRow.id == job_id,
+            (JobRow.state == "queued") | ((JobRow.state == "running") & (JobRow.lease_expires_at < now)),
+        )
+        .values(
+            state="running",
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=JobRow.attempts + 1,
+            started_at=func.coalesce(JobRow.started_at, now),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return get_job(s, job_id)
+
+
+def renew_lease(s: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
+    """Extend the lease; False when this owner no longer holds the job."""
+    result = s.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.state == "running", JobRow.lease_owner == owner)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def finish(
+    s: Session,
+    job_id: str,
+    owner: str,
+    state: str,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+    model_id: str | None = None,
+) -> bool:
+    """running -> succeeded | failed | cancelled, only by the lease owner (so a job finishes once)."""
+    assert state in d.TERMINAL_STATES
+    values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "lease_expires_at": None, "error": error}
+    if result is not None:
+        values["result"] = result
+    if model_id is not None:
+        values["model_id"] = model_id
+    res = s.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.state == "running", JobRow.lease_owner == owner)
+        .values(**values)
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def request_cancel(s: Session, job_id: str) -> d.Job | None:
+    """A queued job is cancelled at once; a running one is asked to stop at its next batch."""
+    s.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.state == "queued")
+        .values(state="cancelled", finished_at=utcnow(), cancel_requested=True)
+    )
+    s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.state == "running").values(cancel_requested=True))
+    return get_job(s, job_id)
+
+
+def job_control(s: Session, job_id: str, owner: str) -> tuple[bool, bool]:
+    """(cancel requested, this owner still holds the job)."""
+    row = s.get(JobRow, job_id)
+    if row is None:
+        return True, False
+    s.refresh(row)
+    return row.cancel_requested, row.state == "running" and row.lease_owner == owner
+
+
+def reap(s: Session, requeue_after_seconds: float) -> list[str]:
+    """Re-queue running jobs whose lease expired, and find queued jobs whose message seems lost.
+    Returns the ids to enqueue again (enqueued_at is bumped, so each is re-sent once per period)."""
+    now = utcnow()
+    expired = list(s.scalars(select(JobRow.id).where(JobRow.state == "running", JobRow.lease_expires_at < now)))
+    if expired:
+        s.execute(
+            update(JobRow)
+            .where(JobRow.id.in_(expired), JobRow.state == "running", JobRow.lease_expires_at < now)
+            .values(state="queued", lease_owner=None, lease_expires_at=None)
+        )
+    stale = list(
+        s.scalars(
+            select(JobRow.id).where(
+                JobRow.state == "queued", JobRow.enqueued_at < now - timedelta(seconds=requeue_after_seconds)
+            )
+        )
+    )
+    ids = sorted(set(expired) | set(stale))
+    if ids:
+        s.execute(update(JobRow).where(JobRow.id.in_(ids)).values(enqueued_at=now))
+    return ids
+
+
+def set_progress(s: Session, job_id: str, owner: str, progress: dict[str, Any]) -> None:
+    s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.lease_owner == owner).values(progress=progress))
+
+
+def child_jobs(s: Session, parent_job_id: str, kind: str, state: str = "succeeded") -> list[d.Job]:
+    rows = s.scalars(
+        select(JobRow)
+        .where(JobRow.parent_job_id == parent_job_id, JobRow.kind == kind, JobRow.state == state)
+        .order_by(JobRow.finished_at.desc())
+    )
+    return [_job(r) for r in rows]
+
+
+# ----- metrics (idempotent: a resumed job re-reporting an epoch replaces it) ---------------------------
+def _upsert(s: Session, table: Any, values: dict[str, Any], keys: list[str]) -> None:
+    dialect = s.get_bind().dialect.name
+    ins = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+    stmt = ins.values(**values)
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_={k: v for k, v in values.items() if k not in keys})
+    s.execute(stmt)
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+
+
+def record_epoch(s: Session, job_id: str, row: dict[str, Any]) -> None:
+    base = {"epoch", "tag", "train_loss", "valid_loss", "seconds"}
+    _upsert(
+        s,
+        EpochMetricRow,
+        {
+            "job_id": job_id,
+            "tag": row.get("tag") or "",
+            "epoch": int(row["epoch"]),
+            "train_loss": _finite(row.get("train_loss")),
+            "valid_loss": _finite(row.get("valid_loss")),
+            "metrics": {k: _finite(v) for k, v in row.items() if k not in base},
+            "seconds": float(row.get("seconds", 0.0)),
+            "created_at": utcnow(),
+        },
+        ["job_id", "tag", "epoch"],
+    )
+
+
+def record_batch(s: Session, job_id: str, row: dict[str, Any]) -> None:
+    _upsert(
+        s,
+        BatchMetricRow,
+        {
+            "job_id": job_id,
+            "tag": row.get("tag") or "",
+            "iter": int(row["iter"]),
+            "epoch": int(row["epoch"]),
+            "batch": int(row["batch"]),
+            "loss": _finite(row["loss"]) or 0.0,
+            "smooth_loss": _finite(row["smooth_loss"]) or 0.0,
+            "lr": float(row["lr"]),
+            "mom": float(row["mom"]),
+        },
+        ["job_id", "tag", "iter"],
+    )
+
+
+def epoch_metrics(s: Session, job_id: str) -> list[d.EpochMetric]:
+    rows = s.scalars(select(EpochMetricRow).where(EpochMetricRow.job_id == job_id).order_by(EpochMetricRow.id))
+    return [_to(d.EpochMetric, r) for r in rows]
+
+
+def batch_metrics(s: Session, job_id: str, after_id: int = 0) -> list[tuple[int, d.BatchMetric]]:
+    rows = s.scalars(
+        select(BatchMetricRow)
+        .where(BatchMetricRow.job_id == job_id, BatchMetricRow.id > after_id)
+        .order_by(BatchMetricRow.id)
+    )
+    return [(r.id, _to(d.BatchMetric, r)) for r in rows]
+
+
+# ----- artifacts and models ---------------------------------------------------------------------------
+def record_artifact(s: Session, job_id: str, name: str, key: str, size: int, content_type: str) -> None:
+    _upsert(
+        s,
+        ArtifactRow,
+        {
+            "id": new_id(),
+            "job_id": job_id,
+            "name": name,
+            "key": key,
+            "size": size,
+            "content_type": content_type,
+            "created_at": utcnow(),
+        },
+        ["job_id", "name"],
+    )
+
+
+def artifacts(s: Session, job_id: str) -> list[d.Artifact]:
+    rows = s.scalars(select(ArtifactRow).where(ArtifactRow.job_id == job_id).order_by(ArtifactRow.name))
+    return [_to(d.Artifact, r) for r in rows]
+
+
+def get_artifact(s: Session, job_id: str, name: str) -> d.Artifact | None:
+    row = s.scalar(select(ArtifactRow).where(ArtifactRow.job_id == job_id, ArtifactRow.name == name))
+    return _to(d.Artifact, row) if row else None
+
+
+def create_model(s: Session, **values: Any) -> d.Model:
+    existing = s.scalar(select(ModelRow).where(ModelRow.job_id == values["job_id"]))
+    if existing is not None:
+        return _to(d.Model, existing)
+    row = ModelRow(id=new_id(), **values)
+    s.add(row)
+    s.flush()
+    return _to(d.Model, row)
+
+
+def get_model(s: Session, model_id: str, project_id: str | None = None) -> d.Model | None:
+    row = s.get(ModelRow, model_id)
+    if row is None or (project_id is not None and row.project_id != project_id):
+        return None
+    return _to(d.Model, row)
+
+
+def list_models(s: Session, project_id: str) -> list[d.Model]:
+    rows = s.scalars(select(ModelRow).where(ModelRow.project_id == project_id).order_by(ModelRow.created_at))
+    return [_to(d.Model, r) for r in rows]

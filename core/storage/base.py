@@ -1,0 +1,65 @@
+"""The ObjectStore protocol: keys are '/'-separated paths; values are streamed, never held whole."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+class ObjectNotFound(KeyError):
+    """No object under that key."""
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape a prefix: empty parts, '.', '..', backslashes, absolute paths."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid object key {key!r}")
+    return key
+
+
+class ObjectStore(Protocol):
+    """Where dataset files, checkpoints, bundles and plots live."""
+
+    def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> int:
+        """Upload a local file (streamed; multipart when large); returns its size."""
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> int:
+        """Upload small bytes; returns the size."""
+
+    def get_file(self, key: str, path: Path) -> Path:
+        """Download to a local file (written atomically)."""
+
+    def get_bytes(self, key: str) -> bytes:
+        """Download a small object whole."""
+
+    def open(self, key: str) -> Iterator[bytes]:
+        """Stream an object's bytes in chunks."""
+
+    def size(self, key: str) -> int:
+        """Size in bytes; ObjectNotFound when absent."""
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under key."""
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under a prefix, sorted."""
+
+    def delete(self, key: str) -> None:
+        """Remove one object (no error when absent)."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under a prefix; returns how many."""
+
+    def ping(self) -> None:
+        """Raise when the store does not answer."""
+
+
+def copy_stream(src: BinaryIO, dst: BinaryIO, chunk: int = 1 << 20) -> int:
+    """Copy in chunks; returns bytes copied."""
+    n = 0
+    while block := src.read(chunk):
+        dst.write(block)
+        n += len(block)
+    return n
