@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--per-class", type=int, default=100)
     sample.add_argument("--size", type=int, default=None, help="resize to SIZE px (default: native)")
     sample.add_argument("--layout", choices=["folder", "csv", "name_re"], default="folder")
+
+    from cli.platform import add_platform_verbs
+
+    add_platform_verbs(verbs)
     return parser
 
 
@@ -173,11 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.engine.errors import FitcycleError
 
     args = build_parser().parse_args(argv)
+    from cli.platform import cmd_db, cmd_keys, cmd_serve, cmd_worker
+
     handlers = {
         "train": cmd_train,
         "lr-find": cmd_lr_find,
         "predict": cmd_predict,
         "sample-data": cmd_sample_data,
+        "serve": cmd_serve,
+        "worker": cmd_worker,
+        "keys": cmd_keys,
+        "db": cmd_db,
     }
     try:
         return handlers[args.verb](args)

@@ -92,6 +92,13 @@ def get_or_create_dataset(s: Session, project_id: str, name: str) -> d.Dataset:
     return _to(d.Dataset, row)
 
 
+def create_dataset(s: Session, dataset_id: str, project_id: str, name: str) -> d.Dataset:
+    row = DatasetRow(id=dataset_id, project_id=project_id, name=name)
+    s.add(row)
+    s.flush()
+    return _to(d.Dataset, row)
+
+
 def next_version_number(s: Session, dataset_id: str) -> int:
     current = s.scalar(select(func.max(DatasetVersionRow.version)).where(DatasetVersionRow.dataset_id == dataset_id))
     return (current or 0) + 1
@@ -251,7 +258,8 @@ def reap(s: Session, requeue_after_seconds: float) -> list[str]:
     stale = list(
         s.scalars(
             select(JobRow.id).where(
-                JobRow.state == "queued", JobRow.enqueued_at < now - timedelta(seconds=requeue_after_seconds)
+                JobRow.state == "queued",
+                func.coalesce(JobRow.enqueued_at, JobRow.created_at) < now - timedelta(seconds=requeue_after_seconds),
             )
         )
     )

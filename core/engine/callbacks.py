@@ -71,6 +71,8 @@ class Recorder(Callback):
                 "epoch": learn.epoch,
                 "batch": learn.iter,
                 "tag": learn.tag,
+                "n_epoch": learn.n_epoch,
+                "n_batches": learn.n_train_batches,
                 "loss": loss,
                 "smooth_loss": self.smooth_loss,
                 "lr": pg["lr"],

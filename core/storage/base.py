@@ -63,3 +63,22 @@ def copy_stream(src: BinaryIO, dst: BinaryIO, chunk: int = 1 << 20) -> int:
         dst.write(block)
         n += len(block)
     return n
+
+
+def download_prefix(store: ObjectStore, prefix: str, folder: Path) -> Path:
+    """A complete local copy of every object under `prefix` (made once: stored prefixes never change)."""
+    import shutil
+
+    if (folder / ".complete").is_file():
+        return folder
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    keys = store.list(prefix.rstrip("/") + "/")
+    if not keys:
+        raise ObjectNotFound(prefix)
+    for key in keys:
+        store.get_file(key, tmp / key[len(prefix.rstrip("/")) + 1 :])
+    (tmp / ".complete").write_text("ok")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder

@@ -1,0 +1,64 @@
+"""Errors are JSON problem details (RFC 9457): what was wrong, where, and how to fix it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.engine.errors import BundleError, DataError, FitcycleError, PretrainedWeightsNotFound, WeightsMismatch
+
+log = logging.getLogger("fitcycle.api")
+PROBLEM = "application/problem+json"
+
+
+class Problem(Exception):
+    """An error answered as problem details."""
+
+    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.extra = status, title, detail, extra
+
+
+def not_found(what: str, ident: str) -> Problem:
+    """404 for anything missing or belonging to another project (the two look the same)."""
+    return Problem(404, "Not Found", f"no {what} '{ident}' in this project")
+
+
+def problem_response(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Turn every error into problem details."""
+
+    @app.exception_handler(Problem)
+    async def _problem(_: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc.status, exc.title, exc.detail, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return problem_response(422, "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem_response(exc.status_code, str(exc.detail) if exc.status_code < 500 else "Error", str(exc.detail))
+
+    @app.exception_handler(FitcycleError)
+    async def _fitcycle(_: Request, exc: FitcycleError) -> JSONResponse:
+        status = 422 if isinstance(exc, DataError | WeightsMismatch | PretrainedWeightsNotFound | BundleError) else 400
+        return problem_response(status, type(exc).__name__, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return problem_response(500, "Internal Server Error", "an unexpected error occurred; see the server log")

@@ -1,0 +1,46 @@
+"""The FastAPI application: routers under /api/v1, problem-detail errors, and a startup that refuses
+a database not at the migrations' head."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_handlers
+from api.routes import api_router
+from api.state import AppState
+from core.broker import make_celery
+from core.config import Settings
+from core.db.session import make_engine, make_sessionmaker, require_head
+from core.storage import make_store
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """An app bound to `settings` (read from the environment when not given)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.sqlalchemy_url)
+        require_head(engine)
+        app.state.fitcycle = AppState(
+            settings, engine, make_sessionmaker(engine), make_store(settings), make_celery(settings)
+        )
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="fitcycle",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        description="Train, serve and retrain image models the fast.ai way.",
+    )
+    install_handlers(app)
+    app.include_router(api_router, prefix=API_PREFIX)
+    return app

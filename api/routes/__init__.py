@@ -1,0 +1,11 @@
+"""One router per resource, collected here and mounted under /api/v1."""
+
+from fastapi import APIRouter
+
+from api.routes import datasets, health, jobs, models
+
+api_router = APIRouter()
+api_router.include_router(health.router)
+api_router.include_router(datasets.router)
+api_router.include_router(jobs.router)
+api_router.include_router(models.router)

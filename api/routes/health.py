@@ -1,0 +1,30 @@
+"""GET /health: 200 when the database, the object store and the broker answer."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.deps import StateDep
+from core.broker import ping_broker
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+def health(state: StateDep) -> JSONResponse:
+    """Check each dependency; 503 names the ones that failed."""
+    checks: dict[str, str] = {}
+    for name, probe in [
+        ("database", lambda: state.engine.connect().execute(text("SELECT 1")).close()),
+        ("store", state.store.ping),
+        ("broker", lambda: ping_broker(state.celery)),
+    ]:
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"error: {exc}"[:300]
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)

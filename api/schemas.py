@@ -1,0 +1,172 @@
+"""HTTP shapes: their own pydantic models, separate from database rows and domain objects."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Rejection(BaseModel):
+    key: str
+    reason: str
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    version: int
+    version_id: str
+    labels: dict[str, Any]
+    split: str
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    n_items: int
+    rejected: list[Rejection]
+    created_at: datetime
+    versions: list[int] = Field(default_factory=list)
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
+
+
+class ItemPublic(BaseModel):
+    key: str
+    label: str
+    valid: bool
+
+
+class ItemsPublic(BaseModel):
+    data: list[ItemPublic]
+    count: int
+
+
+class LabelsPublic(BaseModel):
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+
+
+class JobCreate(BaseModel):
+    """A job to queue. `pretrained` is 'imagenet', 'none' or a model id; `parent_job_id` continues from
+    that job's model (how stage 2 follows stage 1); `lr` is a number, [low, high], 'find' or 'auto'."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["lr_find", "stage1", "stage2", "fine_tune", "interpret"]
+    dataset_id: str
+    dataset_version: int | None = Field(None, ge=1, description="default: the latest version")
+    arch: str | None = Field(None, description="default: resnet34, or the parent's architecture")
+    pretrained: str = "imagenet"
+    size: int = Field(224, ge=16, le=1024)
+    resize_method: Literal["crop", "squish", "pad"] = "crop"
+    bs: int = Field(64, ge=1, le=4096)
+    freeze_epochs: int = Field(1, ge=0, le=1000)
+    epochs: int = Field(1, ge=0, le=1000)
+    lr: float | list[float] | Literal["find", "auto"] | None = None
+    valid_pct: float = Field(0.2, gt=0, lt=1)
+    seed: int = 42
+    augment: bool = True
+    transforms: dict[str, float | bool] | None = None
+    metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"])
+    parent_job_id: str | None = None
+    queue: str | None = None
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: str
+    state: str
+    dataset_version_id: str
+    parent_job_id: str | None
+    queue: str
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    cancel_requested: bool
+    epoch: int | None
+    batch: int | None
+    eta_seconds: float | None
+    progress: dict[str, Any]
+    result: dict[str, Any]
+    error: str | None
+    model_id: str | None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class EpochRow(BaseModel):
+    tag: str
+    epoch: int
+    train_loss: float | None
+    valid_loss: float | None
+    seconds: float
+    metrics: dict[str, float | None]
+
+
+class BatchRow(BaseModel):
+    tag: str
+    iter: int
+    epoch: int
+    batch: int
+    loss: float
+    smooth_loss: float
+    lr: float
+    mom: float
+
+
+class MetricsPublic(BaseModel):
+    epochs: list[EpochRow]
+    batches: list[BatchRow]
+
+
+class ArtifactPublic(BaseModel):
+    name: str
+    size: int
+    content_type: str
+    url: str
+
+
+class ArtifactsPublic(BaseModel):
+    data: list[ArtifactPublic]
+    count: int
+
+
+class ModelPublic(BaseModel):
+    id: str
+    job_id: str
+    arch: str
+    classes: list[str]
+    metrics: dict[str, Any]
+    created_at: datetime
+    bundle_url: str
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+class PredictUrl(BaseModel):
+    url: str = Field(max_length=2048)
+
+
+class Predictions(BaseModel):
+    """[label, probability] pairs, most probable first (the course's classify-url answer)."""
+
+    predictions: list[tuple[str, float]]
+
+
+class FilePredictions(Predictions):
+    filename: str
+
+
+class BatchPredictions(BaseModel):
+    results: list[FilePredictions]

@@ -1,0 +1,162 @@
+"""Dataset uploads: stream the archive to disk (capped), ingest it into the store, then record the
+version in one transaction. A bad archive is a 4xx and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.errors import Problem, not_found
+from api.schemas import DatasetPublic, ItemPublic, Rejection
+from api.state import AppState
+from core.datasets.archives import Limits
+from core.datasets.ingest import LabelRule, ingest_archive
+from core.db import domain, repos
+from core.db.session import session_scope
+from core.engine.errors import DataError
+
+
+def _save_upload(src: BinaryIO, limit: int) -> Path:
+    fd, name = tempfile.mkstemp(prefix="fitcycle-upload-")
+    path, written = Path(name), 0
+    with open(fd, "wb") as out:
+        while block := src.read(1 << 20):
+            written += len(block)
+            if written > limit:
+                out.close()
+                path.unlink()
+                raise Problem(
+                    413,
+                    "Archive too large",
+                    f"the upload is over {limit:,} bytes "
+                    "(FITCYCLE_MAX_UPLOAD_BYTES); split the dataset into several uploads",
+                )
+            out.write(block)
+    return path
+
+
+def upload(
+    state: AppState,
+    project: domain.Project,
+    name: str,
+    filename: str,
+    src: BinaryIO,
+    rule: LabelRule,
+    valid_pct: float,
+    seed: int,
+) -> DatasetPublic:
+    """Create a new version of dataset `name` from an uploaded archive."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise Problem(422, "Invalid request", "name: give the dataset a name of 1 to 200 characters")
+    settings = state.settings
+    archive = _save_upload(src, settings.max_upload_bytes)
+    try:
+        with session_scope(state.sessions) as s:
+            existing = next((d for d in repos.list_datasets(s, project.id) if d.name == name), None)
+            dataset_id = existing.id if existing else repos.new_id()
+            version = repos.next_version_number(s, existing.id) if existing else 1
+        prefix = f"projects/{project.id}/datasets/{dataset_id}/v{version}"
+        limits = Limits(settings.max_archive_files, settings.max_extracted_bytes)
+        try:
+            result = ingest_archive(archive, filename, rule, state.store, prefix, limits, valid_pct, seed)
+        except DataError as exc:
+            raise Problem(422, "Unusable dataset", str(exc)) from exc
+        try:
+            with session_scope(state.sessions) as s:
+                if existing is None:
+                    repos.create_dataset(s, dataset_id, project.id, name)
+                items = result.items
+                row = repos.add_dataset_version(
+                    s,
+                    id=repos.new_id(),
+                    dataset_id=dataset_id,
+                    version=version,
+                    labels=rule.as_dict(),
+                    split=result.split,
+                    classes=items.classes,
+                    counts=items.counts(),
+                    n_items=len(items),
+                    rejected=[{"key": r.key, "reason": r.reason} for r in result.rejected],
+                    prefix=prefix,
+                )
+                dataset = repos.get_dataset(s, project.id, dataset_id)
+                assert dataset is not None
+                versions = [v.version for v in repos.dataset_versions(s, dataset_id)]
+        except IntegrityError as exc:
+            state.store.delete_prefix(prefix + "/")
+            raise Problem(409, "Conflict", f"another upload of '{name}' finished first; upload again") from exc
+        except BaseException:
+            state.store.delete_prefix(prefix + "/")
+            raise
+        return to_public(dataset, row, versions)
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def to_public(dataset: domain.Dataset, v: domain.DatasetVersion, versions: list[int]) -> DatasetPublic:
+    return DatasetPublic(
+        id=dataset.id,
+        name=dataset.name,
+        version=v.version,
+        version_id=v.id,
+        labels=v.labels,
+        split=v.split,
+        classes=v.classes,
+        counts=v.counts,
+        n_items=v.n_items,
+        rejected=[Rejection(**r) for r in v.rejected],
+        created_at=v.created_at,
+        versions=versions,
+    )
+
+
+def get_version(
+    s: Session, project: domain.Project, dataset_id: str, version: int | None
+) -> tuple[domain.Dataset, domain.DatasetVersion, list[int]]:
+    """A dataset of this project and one of its versions (default: the latest)."""
+    dataset = repos.get_dataset(s, project.id, dataset_id)
+    if dataset is None:
+        raise not_found("dataset", dataset_id)
+    versions = repos.dataset_versions(s, dataset_id)
+    chosen = versions[-1] if version is None else next((v for v in versions if v.version == version), None)
+    if chosen is None:
+        raise Problem(
+            404, "Not Found", f"dataset '{dataset_id}' has no version {version}; it has {[v.version for v in versions]}"
+        )
+    return dataset, chosen, [v.version for v in versions]
+
+
+def items(state: AppState, version: domain.DatasetVersion, offset: int, limit: int) -> tuple[list[ItemPublic], int]:
+    manifest: dict[str, Any] = json.loads(state.store.get_bytes(f"{version.prefix}/manifest.json"))
+    rows = manifest["items"]
+    return [ItemPublic(**r) for r in rows[offset : offset + limit]], len(rows)
+
+
+def show_batch_png(state: AppState, version: domain.DatasetVersion, size: int, seed: int) -> bytes:
+    """A PNG of one augmented training batch, as the engine would train on it (cached in the store)."""
+    key = f"{version.prefix}/show_batch-{size}-{seed}.png"
+    if state.store.exists(key):
+        return state.store.get_bytes(key)
+    from core.datasets.materialize import items_from_manifest, materialize
+    from core.engine.data import DataConfig, ImageDataLoaders
+    from core.engine.plots import show_batch
+    from core.engine.transforms import get_transforms
+
+    folder, manifest = materialize(state.store, version.prefix, state.settings.cache_dir / "datasets")
+    labelled = items_from_manifest(folder, manifest, 0.2, seed)
+    dls = ImageDataLoaders(labelled, DataConfig(size=size, bs=16, augment=get_transforms(), seed=seed))
+    out = Path(tempfile.mkdtemp()) / "batch.png"
+    try:
+        show_batch(dls, out)
+        data = out.read_bytes()
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
+    state.store.put_bytes(key, data, "image/png")
+    return data

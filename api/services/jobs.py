@@ -1,0 +1,149 @@
+"""Jobs: validate the spec, write the row, commit, THEN enqueue (the row is the truth, the message
+only carries its id); cancel; and the public shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from api.errors import Problem, not_found
+from api.schemas import JobCreate, JobPublic
+from api.services.datasets import get_version
+from api.state import AppState
+from core.broker import enqueue
+from core.db import domain, repos
+from core.db.session import session_scope
+from core.jobs.spec import TrainSpec
+
+PARENT_KINDS = {"stage2": "a stage-1 (or fine_tune) job", "interpret": "a job that produced a model"}
+
+
+def _validate_spec(body: JobCreate, fields: dict[str, Any]) -> None:
+    """Run the engine's own validation now, so a bad spec is a 422 instead of a failed job."""
+    probe = {**fields, "data": ".", "kind": body.kind}
+    if body.kind in ("stage2", "interpret"):
+        probe["init_bundle"] = "<parent>"
+    try:
+        TrainSpec(**probe)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "spec", "message": e["msg"]} for e in exc.errors()]
+        raise Problem(
+            422, "Invalid job", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
+        ) from exc
+
+
+def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPublic:
+    settings = state.settings
+    with session_scope(state.sessions) as s:
+        _, version, _ = get_version(s, project, body.dataset_id, body.dataset_version)
+        fields = body.model_dump(
+            exclude={"dataset_id", "dataset_version", "parent_job_id", "queue", "kind"}, exclude_none=True
+        )
+        if isinstance(body.lr, list):
+            if len(body.lr) != 2:
+                raise Problem(422, "Invalid job", "lr: a rate range is [low, high]")
+            fields["lr"] = tuple(body.lr)
+        if body.lr is None:
+            fields["lr"] = "auto" if body.kind == "stage2" else 3e-3 if body.kind == "stage1" else 2e-3
+        parent = None
+        if body.parent_job_id:
+            parent = repos.get_job(s, body.parent_job_id, project.id)
+            if parent is None:
+                raise not_found("job", body.parent_job_id)
+        if body.kind in PARENT_KINDS:
+            if parent is None:
+                raise Problem(
+                    422,
+                    "Invalid job",
+                    f"parent_job_id: a {body.kind} job continues from {PARENT_KINDS[body.kind]}; give its id",
+                )
+            if parent.kind not in ("stage1", "stage2", "fine_tune"):
+                raise Problem(
+                    422, "Invalid job", f"parent_job_id: job {parent.id} is a {parent.kind} job, which makes no model"
+                )
+            if parent.state != "succeeded":
+                raise Problem(
+                    409,
+                    "Parent not finished",
+                    f"parent job {parent.id} is {parent.state}; queue this job once it has succeeded",
+                )
+            model = repos.get_model(s, parent.model_id or "", project.id)
+            if model is not None:
+                fields.setdefault("arch", model.arch)
+        if body.pretrained not in ("imagenet", "none"):
+            model = repos.get_model(s, body.pretrained, project.id)
+            if model is None:
+                raise Problem(
+                    422,
+                    "Invalid job",
+                    f"pretrained: '{body.pretrained}' is neither 'imagenet', 'none' "
+                    "nor the id of a model in this project",
+                )
+            fields["pretrained"] = "model"
+            fields["pretrained_model_id"] = model.id
+            fields.setdefault("arch", model.arch)
+        fields.setdefault("arch", "resnet34")
+        _validate_spec(body, {k: v for k, v in fields.items() if k != "pretrained_model_id"})
+        queue = body.queue or settings.default_queue
+        job = repos.create_job(
+            s,
+            project_id=project.id,
+            kind=body.kind,
+            spec=_json(fields),
+            dataset_version_id=version.id,
+            parent_job_id=parent.id if parent else None,
+            queue=queue,
+        )
+    # Committed: now the message. If sending fails, the reaper re-sends it later.
+    try:
+        enqueue(state.celery, job.id, queue)
+        with session_scope(state.sessions) as s:
+            repos.mark_enqueued(s, job.id)
+    except Exception:  # the broker is down: the row stays queued and the reaper will send it
+        pass
+    with session_scope(state.sessions) as s:
+        fresh = repos.get_job(s, job.id)
+    assert fresh is not None
+    return to_public(fresh)
+
+
+def _json(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+
+
+def cancel(state: AppState, project: domain.Project, job_id: str) -> JobPublic:
+    with session_scope(state.sessions) as s:
+        job = repos.get_job(s, job_id, project.id)
+        if job is None:
+            raise not_found("job", job_id)
+        if job.is_terminal:
+            raise Problem(409, "Already finished", f"job {job_id} is {job.state}; nothing to cancel")
+        updated = repos.request_cancel(s, job_id)
+    assert updated is not None
+    return to_public(updated)
+
+
+def to_public(job: domain.Job) -> JobPublic:
+    p = job.progress or {}
+    return JobPublic(
+        id=job.id,
+        kind=job.kind,
+        state=job.state,
+        dataset_version_id=job.dataset_version_id,
+        parent_job_id=job.parent_job_id,
+        queue=job.queue,
+        spec=job.spec,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        attempts=job.attempts,
+        cancel_requested=job.cancel_requested,
+        epoch=p.get("epoch"),
+        batch=p.get("batch"),
+        eta_seconds=p.get("eta_seconds"),
+        progress=p,
+        result=job.result,
+        error=job.error,
+        model_id=job.model_id,
+    )

@@ -1,0 +1,150 @@
+"""Platform verbs: serve (API + one worker, embedded default), worker, keys, db."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from core.config import Settings
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with --data-dir on top."""
+    overrides = {"data_dir": Path(args.data_dir).resolve()} if getattr(args, "data_dir", None) else {}
+    return Settings(**overrides)
+
+
+def prepare_database(settings: Settings) -> None:
+    """The embedded SQLite database is migrated on the spot; a configured one must already be at head."""
+    from core.db.session import make_engine, require_head, upgrade
+
+    if settings.database_url is None:
+        upgrade(settings.sqlalchemy_url)
+    else:
+        require_head(make_engine(settings.sqlalchemy_url))
+
+
+def add_platform_verbs(verbs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = verbs.add_parser("serve", help="run the API and one worker (embedded default: no servers needed)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--data-dir", default=None, help="everything lives here (default: data/fitcycle)")
+    serve.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="create a 'demo' project key and a sample dataset zip, and print the curl commands to try",
+    )
+
+    worker = verbs.add_parser("worker", help="run a worker against the configured database, store and broker")
+    worker.add_argument("--data-dir", default=None)
+    worker.add_argument("--queues", default=None, help="comma-separated queues (default: fitcycle)")
+    worker.add_argument(
+        "--pool",
+        default="solo",
+        choices=["solo", "prefork"],
+        help="solo: the job runs in this process (one job per process, nothing forked after torch is loaded)",
+    )
+
+    keys = verbs.add_parser("keys", help="API keys")
+    key_verbs = keys.add_subparsers(dest="keys_verb", required=True)
+    create = key_verbs.add_parser("create", help="create a project if needed and print a new key (last line)")
+    create.add_argument("--project", required=True)
+    create.add_argument("--data-dir", default=None)
+
+    db = verbs.add_parser("db", help="database migrations")
+    db_verbs = db.add_subparsers(dest="db_verb", required=True)
+    up = db_verbs.add_parser("upgrade", help="migrate the database to the newest revision")
+    up.add_argument("--data-dir", default=None)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from core.db import repos
+    from core.db.session import make_engine, make_sessionmaker, session_scope
+
+    settings = settings_from(args)
+    prepare_database(settings)
+    with session_scope(make_sessionmaker(make_engine(settings.sqlalchemy_url))) as s:
+        project = repos.get_or_create_project(s, args.project)
+        key = repos.create_api_key(s, project.id)
+    print(f"project {project.name} ({project.id})")
+    print(key)
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from core.db.session import head_revision, upgrade
+
+    settings = settings_from(args)
+    upgrade(settings.sqlalchemy_url)
+    print(f"database at revision {head_revision()}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.app import run_worker
+
+    settings = settings_from(args)
+    run_worker(settings, args.queues.split(",") if args.queues else None, pool=args.pool)
+    return 0
+
+
+def _demo(settings: Settings, base: str) -> None:
+    from core.datasets.samples import write_sample
+    from core.db import repos
+    from core.db.session import make_engine, make_sessionmaker, session_scope
+
+    with session_scope(make_sessionmaker(make_engine(settings.sqlalchemy_url))) as s:
+        key = repos.create_api_key(s, repos.get_or_create_project(s, "demo").id)
+    folder = settings.data_dir / "demo" / "fashion-mnist"
+    archive = settings.data_dir / "demo" / "fashion-mnist.zip"
+    if not archive.exists():
+        import shutil
+
+        write_sample("fashion-mnist", folder, per_class=60, size=64)
+        shutil.make_archive(str(archive.with_suffix("")), "zip", folder)
+    print(
+        f"""
+Try it (project 'demo'):
+  export KEY={key}
+  curl -s -H "Authorization: Bearer $KEY" -F name=fashion -F archive=@{archive} {base}/datasets
+  curl -s -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
+       -d '{{"kind": "fine_tune", "dataset_id": "<id from above>", "arch": "efficientnet_lite0", "size": 64, \\
+            "bs": 32, "freeze_epochs": 1, "epochs": 1, "lr": "find"}}' {base}/jobs
+  curl -sN -H "Authorization: Bearer $KEY" {base}/jobs/<job id>/events
+""",
+        flush=True,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.main import create_app
+
+    settings = settings_from(args)
+    prepare_database(settings)
+    base = f"http://{args.host}:{args.port}"
+    env = {**os.environ, "FITCYCLE_DATA_DIR": str(settings.data_dir.resolve())}
+    worker = None
+    if not args.no_worker:
+        worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=env, start_new_session=True)
+    print(f"fitcycle API on {base}/api/v1  (OpenAPI docs: {base}/docs)", flush=True)
+    print(f"data dir: {settings.data_dir.resolve()}   database: {settings.sqlalchemy_url}", flush=True)
+    print(f"create a key: fitcycle keys create --project NAME --data-dir {settings.data_dir}", flush=True)
+    if args.demo:
+        _demo(settings, f"{base}/api/v1")
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    finally:
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+    return 0

@@ -1,0 +1,164 @@
+"""One job, start to end: claim the row, hold the lease, fetch the data, run the engine through a
+DbJobContext, record the outcome. A message for a job that is not claimable (running elsewhere,
+already finished) is dropped."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import Settings
+from core.datasets.materialize import items_from_manifest, materialize
+from core.db import domain, repos
+from core.db.session import session_scope
+from core.engine.callbacks import TrainingStopped
+from core.engine.errors import FitcycleError
+from core.engine.export import read_manifest
+from core.jobs.spec import TrainSpec
+from core.jobs.training import run_job
+from core.storage.base import ObjectStore, download_prefix
+from worker.context import DbJobContext, job_prefix, new_work_dir
+
+log = logging.getLogger("fitcycle.worker")
+MODEL_KINDS = ("fine_tune", "stage1", "stage2")
+
+
+@dataclass
+class Runtime:
+    """What every job of one worker process shares."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    store: ObjectStore
+    owner: str
+
+
+def fetch_bundle(rt: Runtime, model: domain.Model) -> Path:
+    """A local copy of a model's export bundle (cached: bundles never change)."""
+    return download_prefix(rt.store, model.bundle_prefix, rt.settings.cache_dir / "bundles" / model.id)
+
+
+def resolve_spec(rt: Runtime, job: domain.Job, data: Path) -> TrainSpec:
+    """The engine's spec: the job's fields plus local paths for the data, a pretrained model and the parent."""
+    fields: dict[str, Any] = {k: v for k, v in job.spec.items() if k in TrainSpec.model_fields}
+    fields.update(kind=job.kind, data=str(data), checkpoint_every_n_steps=rt.settings.checkpoint_every_n_steps)
+    with session_scope(rt.sessions) as s:
+        pretrained_model = job.spec.get("pretrained_model_id")
+        if pretrained_model:
+            model = repos.get_model(s, pretrained_model, job.project_id)
+            if model is None:
+                raise FitcycleError(f"pretrained model {pretrained_model} no longer exists")
+            fields["pretrained"] = str(fetch_bundle(rt, model))
+        if job.parent_job_id:
+            parent = repos.get_job(s, job.parent_job_id, job.project_id)
+            if parent is None or parent.model_id is None:
+                raise FitcycleError(f"parent job {job.parent_job_id} has no model to continue from")
+            model = repos.get_model(s, parent.model_id, job.project_id)
+            assert model is not None
+            fields["init_bundle"] = str(fetch_bundle(rt, model))
+            fields.setdefault("arch", model.arch)
+            if job.kind == "stage2" and fields.get("lr", "auto") == "auto":
+                fields["stage1_lr"] = parent.result.get("lrs", {}).get("base_lr")
+                sweeps = repos.child_jobs(s, parent.id, "lr_find")
+                if sweeps:
+                    fields["lr_suggestion"] = sweeps[0].result["suggestions"]["valley"]
+    if isinstance(fields.get("lr"), list):
+        fields["lr"] = tuple(fields["lr"])
+    return TrainSpec(**fields)
+
+
+def _renew_until(rt: Runtime, ctx: DbJobContext, job_id: str, done: threading.Event) -> None:
+    period = max(0.5, rt.settings.lease_seconds / 3)
+    while not done.wait(period):
+        try:
+            with session_scope(rt.sessions) as s:
+                if not repos.renew_lease(s, job_id, rt.owner, rt.settings.lease_seconds):
+                    ctx.lease_lost.set()
+                    return
+        except Exception:  # a database blip: try again next period; the lease covers it
+            log.exception("lease renewal of job %s failed", job_id)
+
+
+def execute_job(rt: Runtime, job_id: str) -> str:
+    """Run one job if this worker can claim it; returns what happened."""
+    with session_scope(rt.sessions) as s:
+        job = repos.claim(s, job_id, rt.owner, rt.settings.lease_seconds)
+        if job is None:
+            current = repos.get_job(s, job_id)
+            state = current.state if current else "missing"
+            log.info("dropped message for job %s: it is %s", job_id, state)
+            return f"dropped ({state})"
+        version = repos.get_version(s, job.dataset_version_id)
+    assert version is not None
+    log.info("job %s (%s) claimed by %s, attempt %d", job.id, job.kind, rt.owner, job.attempts)
+
+    work = new_work_dir(rt.settings.cache_dir / "work", job.id)
+    ctx = DbJobContext(job.id, job.project_id, rt.owner, rt.sessions, rt.store, work)
+    done = threading.Event()
+    renewer = threading.Thread(target=_renew_until, args=(rt, ctx, job.id, done), daemon=True)
+    renewer.start()
+    try:
+        folder, manifest = materialize(rt.store, version.prefix, rt.settings.cache_dir / "datasets")
+        spec = resolve_spec(rt, job, folder / "files")
+        items = items_from_manifest(folder, manifest, spec.valid_pct, spec.seed)
+        result = run_job(spec, ctx, items)
+        model_id = _register_model(rt, job, ctx, result) if job.kind in MODEL_KINDS else None
+        outcome, error = "succeeded", None
+    except TrainingStopped:
+        if ctx.lease_lost.is_set():
+            log.warning("job %s: lease lost to another worker; stopping without recording", job.id)
+            return "lease lost"
+        outcome, error, result, model_id = "cancelled", None, {}, None
+    except (FitcycleError, ValidationError, ValueError) as exc:
+        outcome, error, result, model_id = "failed", str(exc), {}, None
+    except Exception as exc:
+        outcome, error, result, model_id = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", {}, None
+    finally:
+        done.set()
+        renewer.join(timeout=5)
+        shutil.rmtree(work, ignore_errors=True)
+    with session_scope(rt.sessions) as s:
+        recorded = repos.finish(s, job.id, rt.owner, outcome, error=error, result=_jsonable(result), model_id=model_id)
+    log.info("job %s %s%s", job.id, outcome, "" if recorded else " (not recorded: no longer the owner)")
+    return outcome
+
+
+def _register_model(rt: Runtime, job: domain.Job, ctx: DbJobContext, result: dict[str, Any]) -> str:
+    manifest = read_manifest(ctx.artifact_path("export"))
+    keep = {k: v for k, v in result.items() if isinstance(v, int | float) or k == "lrs"}
+    with session_scope(rt.sessions) as s:
+        model = repos.create_model(
+            s,
+            project_id=job.project_id,
+            job_id=job.id,
+            arch=manifest["arch"],
+            classes=manifest["classes"],
+            metrics=keep,
+            bundle_prefix=f"{job_prefix(job.project_id, job.id)}/artifacts/export",
+        )
+    return model.id
+
+
+def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return json.loads(json.dumps(result, default=str))
+
+
+def reap_once(rt: Runtime, send: Any) -> list[str]:
+    """Re-queue expired and lost jobs, and send their messages again."""
+    with session_scope(rt.sessions) as s:
+        ids = repos.reap(s, rt.settings.requeue_after_seconds)
+        queues = {i: j.queue for i in ids if (j := repos.get_job(s, i)) is not None}
+    for job_id, queue in queues.items():
+        log.info("reaper: re-sending job %s to %s", job_id, queue)
+        send(job_id, queue)
+    return ids
