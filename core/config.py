@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = 10.0
     requeue_after_seconds: float = 600.0
     checkpoint_every_n_steps: int | None = 50
+    report_every_n_batches: int = 10
 
     # Uploads.
     max_upload_bytes: int = 2 * 1024**3

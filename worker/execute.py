@@ -49,7 +49,15 @@ def fetch_bundle(rt: Runtime, model: domain.Model) -> Path:
 def resolve_spec(rt: Runtime, job: domain.Job, data: Path) -> TrainSpec:
     """The engine's spec: the job's fields plus local paths for the data, a pretrained model and the parent."""
     fields: dict[str, Any] = {k: v for k, v in job.spec.items() if k in TrainSpec.model_fields}
-    fields.update(kind=job.kind, data=str(data), checkpoint_every_n_steps=rt.settings.checkpoint_every_n_steps)
+    # Each job draws its own data order and augmentations (a child must not replay its parent's batches);
+    # derived from the job id, so a resumed run draws the same ones again. The split keeps `seed`.
+    fields.update(
+        kind=job.kind,
+        data=str(data),
+        data_seed=int(job.id.replace("-", "")[:8], 16),
+        checkpoint_every_n_steps=rt.settings.checkpoint_every_n_steps,
+        report_every_n_batches=rt.settings.report_every_n_batches,
+    )
     with session_scope(rt.sessions) as s:
         pretrained_model = job.spec.get("pretrained_model_id")
         if pretrained_model:

@@ -98,7 +98,10 @@ class LRFinder(Callback):
         smooth = self.learn.recorder.smooth_loss
         if smooth < self.best_loss:
             self.best_loss = smooth
-        if self.stop_div and (smooth > 4 * self.best_loss or math.isnan(smooth)):
+        # The first tenth is skipped, as the suggestions skip it: on an already trained model a few noisy
+        # batches can put the barely smoothed loss above 4x a low minimum long before any divergence.
+        warmed_up = self.learn.train_iter >= self.num_it // 10
+        if self.stop_div and (math.isnan(smooth) or (warmed_up and smooth > 4 * self.best_loss)):
             raise CancelFitException()
         if self.learn.train_iter + 1 >= self.num_it:
             raise CancelFitException()

@@ -42,10 +42,16 @@ class TrainSpec(BaseModel):
     lr_suggestion: float | None = Field(None, description="stage 2 'auto': an lr_find suggestion (lower = it / 10)")
     valid_pct: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 42
+    data_seed: int | None = Field(
+        None,
+        description="seed of data order and augmentation (default: seed); "
+        "the split always uses `seed`, so related jobs share one validation set",
+    )
     metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"])
     augment: bool = True
     num_workers: int | None = Field(None, ge=0, le=64)
     checkpoint_every_n_steps: int | None = Field(None, ge=1)
+    report_every_n_batches: int = Field(10, ge=1)
     grad_accum: int = Field(1, ge=1, le=1024)
     device: str | None = None
 

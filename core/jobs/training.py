@@ -87,10 +87,10 @@ def build_learner(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None 
         bs=spec.bs,
         augment=augment,
         num_workers=spec.num_workers,
-        seed=spec.seed,
+        seed=spec.seed if spec.data_seed is None else spec.data_seed,
     )
     cbs: list[Callback] = [
-        ReportCallback(ctx),
+        ReportCallback(ctx, spec.report_every_n_batches),
         CheckpointCallback(ctx.save_checkpoint, spec.checkpoint_every_n_steps),
         StopCallback(ctx.should_stop),
     ]
