@@ -8,14 +8,17 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from core.config import Settings
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from the environment, with --data-dir on top."""
-    overrides = {"data_dir": Path(args.data_dir).resolve()} if getattr(args, "data_dir", None) else {}
-    return Settings(**overrides)
+    settings = Settings()
+    if getattr(args, "data_dir", None):
+        settings = settings.model_copy(update={"data_dir": Path(args.data_dir).resolve()})
+    return settings
 
 
 def prepare_database(settings: Settings) -> None:
@@ -28,7 +31,7 @@ def prepare_database(settings: Settings) -> None:
         require_head(make_engine(settings.sqlalchemy_url))
 
 
-def add_platform_verbs(verbs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_platform_verbs(verbs: Any) -> None:
     serve = verbs.add_parser("serve", help="run the API and one worker (embedded default: no servers needed)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)

@@ -42,6 +42,8 @@ def image_problem(path: str | Path) -> str | None:
             if img.width * img.height > MAX_PIXELS:
                 return f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,} pixel limit"
             img.load()  # decodes every pixel: finds truncated files that verify() lets through
+    except Image.DecompressionBombError as exc:
+        return f"image over the pixel limit: {exc}"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"unreadable image: {exc}"
     return None

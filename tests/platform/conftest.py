@@ -61,7 +61,7 @@ def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageServ
         folder / "bag.png",
     )
     port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), lambda *a: ImageHandler(*a, directory=str(folder)))  # type: ignore[misc]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), lambda *a: ImageHandler(*a, directory=str(folder)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield ImageServer(f"http://127.0.0.1:{port}", folder)
     server.shutdown()
@@ -96,7 +96,7 @@ class Stack:
         return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in [self.api, *self.workers])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, image_server: ImageServer) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
     with seaweedfs(workdir / "s3") as s3, postgres_database() as pg, redis_database() as broker:
@@ -156,6 +156,7 @@ def fashion_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fashion_zip64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 Fashion-MNIST classes, 40 images each, 64 px (EfficientNet-Lite0 needs more than 32 px)."""
     tmp = tmp_path_factory.mktemp("zip64")
-    folder = write_sample("fashion-mnist", tmp / "data", per_class=40, size=64,
-                          classes=["trouser", "bag", "sneaker", "dress"])
+    folder = write_sample(
+        "fashion-mnist", tmp / "data", per_class=40, size=64, classes=["trouser", "bag", "sneaker", "dress"]
+    )
     return make_zip(folder, tmp / "fashion64.zip")

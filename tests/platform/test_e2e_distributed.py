@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.platform.conftest import ImageServer, Stack
+from tests.platform.services import Client
 
 LITE = {"arch": "efficientnet_lite0", "size": 64, "bs": 16, "seed": 3}
 
 
-@pytest.mark.slow
-def test_the_course_flow_over_rest(stack: Stack, fashion_zip64: Path, image_server: ImageServer) -> None:
-    a = stack.a
+def course_flow(a: Client, archive: Path, image_server: ImageServer) -> dict[str, Any]:
+    """upload -> lr_find -> stage1 (watched over SSE) -> lr_find on it -> stage2 'auto' -> interpret ->
+    predict and predict-url; returns the stage-2 job."""
     # Upload: 201 with id, version, classes, counts per class and split.
-    res = a.upload("fashion", fashion_zip64)
+    res = a.upload("fashion", archive)
     assert res.status_code == 201, res.text
     ds = res.json()
     assert ds["version"] == 1 and ds["classes"] == ["bag", "dress", "sneaker", "trouser"]
@@ -85,6 +87,13 @@ def test_the_course_flow_over_rest(stack: Stack, fashion_zip64: Path, image_serv
     assert by_url.json()["predictions"][0][0] == by_file[0][0]
     assert by_url.json()["predictions"][0][1] == pytest.approx(by_file[0][1], abs=1e-5)
 
+    return stage2
+
+
+@pytest.mark.slow
+def test_the_course_flow_over_rest(stack: Stack, fashion_zip64: Path, image_server: ImageServer) -> None:
+    a = stack.a
+    stage2 = course_flow(a, fashion_zip64, image_server)
     # Everything the jobs wrote lives in S3, under the project's prefix.
     keys = stack.store().list(f"projects/{stack.project_a}/jobs/{stage2['id']}/")
     assert any(k.endswith("export/weights.safetensors") for k in keys)
