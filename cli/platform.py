@@ -21,16 +21,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def prepare_database(settings: Settings) -> None:
-    """The embedded SQLite database is migrated on the spot; a configured one must already be at head."""
-    from core.db.session import make_engine, require_head, upgrade
-
-    if settings.database_url is None:
-        upgrade(settings.sqlalchemy_url)
-    else:
-        require_head(make_engine(settings.sqlalchemy_url))
-
-
 def add_platform_verbs(verbs: Any) -> None:
     serve = verbs.add_parser("serve", help="run the API and one worker (embedded default: no servers needed)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -66,25 +56,18 @@ def add_platform_verbs(verbs: Any) -> None:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from core.db import repos
-    from core.db.session import make_engine, make_sessionmaker, session_scope
+    from api.admin import create_key
 
-    settings = settings_from(args)
-    prepare_database(settings)
-    with session_scope(make_sessionmaker(make_engine(settings.sqlalchemy_url))) as s:
-        project = repos.get_or_create_project(s, args.project)
-        key = repos.create_api_key(s, project.id)
-    print(f"project {project.name} ({project.id})")
+    name, project_id, key = create_key(settings_from(args), args.project)
+    print(f"project {name} ({project_id})")
     print(key)
     return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from core.db.session import head_revision, upgrade
+    from api.admin import migrate
 
-    settings = settings_from(args)
-    upgrade(settings.sqlalchemy_url)
-    print(f"database at revision {head_revision()}")
+    print(f"database at revision {migrate(settings_from(args))}")
     return 0
 
 
@@ -97,12 +80,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _demo(settings: Settings, base: str) -> None:
+    from api.admin import create_key
     from core.datasets.samples import write_sample
-    from core.db import repos
-    from core.db.session import make_engine, make_sessionmaker, session_scope
 
-    with session_scope(make_sessionmaker(make_engine(settings.sqlalchemy_url))) as s:
-        key = repos.create_api_key(s, repos.get_or_create_project(s, "demo").id)
+    _, _, key = create_key(settings, "demo")
     folder = settings.data_dir / "demo" / "fashion-mnist"
     archive = settings.data_dir / "demo" / "fashion-mnist.zip"
     if not archive.exists():
@@ -127,6 +108,7 @@ Try it (project 'demo'):
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from api.admin import prepare_database
     from api.main import create_app
 
     settings = settings_from(args)

@@ -21,7 +21,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "core.engine.errors",
         "core.engine.splits",
     ),
-    "core/storage": ("core.storage",),
+    "core/storage": ("core.storage", "core.config"),
     "core/db": ("core.db",),
     "core/jobs": ("core.jobs", "core.engine", "core.datasets", "core.storage"),
     "api": ("api", "core"),

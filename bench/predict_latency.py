@@ -1,0 +1,106 @@
+"""Predict latency: POST /models/{id}/predict p50 against the Predictor called in-process on the same
+image and the same bundle, printed as a ratio (target <= 1.3 for a 224 px resnet34 on CPU).
+
+    .venv/bin/python bench/predict_latency.py [--n 30] [--arch resnet34] [--size 224]
+
+The model is trained for one short epoch through the platform itself (embedded default), so the bundle
+the endpoint serves is a real one; its accuracy does not matter for latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from core.datasets.samples import write_sample
+from core.engine.inference import Predictor
+from core.storage.base import download_prefix
+from core.storage.local import LocalStore
+from tests.platform.services import Client, fitcycle, free_port, start, wait_for
+
+
+def timed(fn, n: int) -> list[float]:  # type: ignore[no-untyped-def]
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=30)
+    p.add_argument("--arch", default="resnet34")
+    p.add_argument("--size", type=int, default=224)
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="fitcycle-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FITCYCLE_")}
+    env.update(PYTHONUNBUFFERED="1", FITCYCLE_DATA_DIR=str(tmp / "data"))
+    serve = None
+    try:
+        folder = write_sample("fashion-mnist", tmp / "fm", per_class=4, size=args.size, classes=["bag", "trouser"])
+        archive = Path(shutil.make_archive(str(tmp / "fm"), "zip", folder))
+        image = (folder / "bag" / "0000.png").read_bytes()
+        key = fitcycle("keys", "create", "--project", "bench", env=env).splitlines()[-1]
+        port = free_port()
+        serve = start("serve", ["serve", "--port", str(port)], env, tmp)
+        client = Client(f"http://127.0.0.1:{port}/api/v1", key)
+        wait_for(lambda: client.get("/health").status_code == 200, 120, "the API")
+        ds = client.upload("fm", archive).json()
+        job = client.wait(
+            client.submit(
+                kind="fine_tune",
+                dataset_id=ds["id"],
+                arch=args.arch,
+                pretrained="none",
+                size=args.size,
+                bs=2,
+                freeze_epochs=0,
+                epochs=1,
+                lr=1e-3,
+            )["id"],
+            timeout=900,
+        )
+        assert job["state"] == "succeeded", job["error"]
+        model = client.get(f"/models/{job['model_id']}").json()
+
+        def over_http() -> None:
+            r = client.post(f"/models/{model['id']}/predict", files={"file": ("bag.png", image)})
+            assert r.status_code == 200, r.text
+
+        # The same bundle the API serves, from the embedded object store.
+        store = LocalStore((tmp / "data" / "objects").resolve())
+        prefix = next(k for k in store.list("projects/") if k.endswith(f"{job['id']}/artifacts/export/manifest.json"))
+        local = download_prefix(store, prefix.rsplit("/", 1)[0], tmp / "bundle")
+        predictor = Predictor(local)
+
+        def in_process() -> None:
+            predictor.predict(image)
+
+        for fn in (over_http, in_process):  # warm-up: load, allocate, first-call overheads
+            for _ in range(3):
+                fn()
+        http_times, local_times = [], []
+        for _ in range(args.n):  # interleaved, so load drift hits both alike
+            http_times += timed(over_http, 1)
+            local_times += timed(in_process, 1)
+        h, loc = statistics.median(http_times), statistics.median(local_times)
+        print(f"{args.arch} at {args.size}px on CPU ({torch.get_num_threads()} threads), {args.n} requests each")
+        print(f"POST /predict p50 {h * 1000:.1f} ms   Predictor in-process p50 {loc * 1000:.1f} ms")
+        print(f"http/in-process ratio: {h / loc:.3f}  (target <= 1.3)")
+    finally:
+        if serve is not None:
+            serve.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
