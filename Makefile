@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup run test lint typecheck pytest bench clean
+.PHONY: setup run train-demo test lint typecheck pytest bench clean
 
 setup: $(STAMP) $(FASHION_MNIST)
 
@@ -27,8 +27,13 @@ $(FASHION_MNIST):
 	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; exit 1; \
 	fi
 
-# The main job on the embedded default: write a real dataset, fine-tune an ImageNet-pretrained body, predict.
+# The main job on the embedded default: `fitcycle serve` (API + one worker, SQLite, local store, filesystem
+# broker under data/fitcycle) with a demo project: a real dataset uploaded and a fine-tune job queued on it.
 run: setup
+	$(BIN)/fitcycle serve --data-dir data/fitcycle --port 8000 --demo
+
+# The engine alone, no server: write a dataset, fine-tune an ImageNet-pretrained EfficientNet-Lite0, predict.
+train-demo: setup
 	$(BIN)/fitcycle sample-data fashion-mnist data/fashion-mnist --per-class 150 --size 64
 	$(BIN)/fitcycle train data/fashion-mnist --from-folder --arch efficientnet_lite0 --pretrained imagenet \
 	  --size 64 --bs 32 --freeze-epochs 1 --epochs 3 --lr find --valid-pct 0.2 --seed 42 --out runs/quickstart
@@ -48,6 +53,8 @@ test: lint typecheck pytest
 
 bench: setup
 	$(BIN)/python bench/engine_overhead.py
+	PYTHONPATH=. $(BIN)/python bench/queue_latency.py
+	PYTHONPATH=. $(BIN)/python bench/predict_latency.py
 
 clean:
 	rm -rf runs data .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from core.storage.local import LocalStore
 from tests.platform.services import Client, fitcycle, free_port, start, wait_for
 
 
-def timed(fn, n: int) -> list[float]:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], None], n: int) -> list[float]:
     out = []
     for _ in range(n):
         t = time.perf_counter()

@@ -101,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--layout", choices=["folder", "csv", "name_re"], default="folder")
 
     from cli.platform import add_platform_verbs
+    from cli.remote import add_remote_verbs
 
     add_platform_verbs(verbs)
+    add_remote_verbs(verbs)
     return parser
 
 
@@ -178,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     from cli.platform import cmd_db, cmd_keys, cmd_serve, cmd_worker
+    from cli.remote import cmd_remote
 
     handlers = {
         "train": cmd_train,
@@ -188,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "worker": cmd_worker,
         "keys": cmd_keys,
         "db": cmd_db,
+        "datasets": cmd_remote,
+        "jobs": cmd_remote,
+        "models": cmd_remote,
     }
     try:
         return handlers[args.verb](args)

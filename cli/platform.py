@@ -30,7 +30,7 @@ def add_platform_verbs(verbs: Any) -> None:
     serve.add_argument(
         "--demo",
         action="store_true",
-        help="create a 'demo' project key and a sample dataset zip, and print the curl commands to try",
+        help="create a 'demo' key, upload a sample dataset, queue a fine-tune job on it, print how to follow it",
     )
 
     worker = verbs.add_parser("worker", help="run a worker against the configured database, store and broker")
@@ -80,6 +80,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _demo(settings: Settings, base: str) -> None:
+    """Once the server answers: a 'demo' project key, a real sample dataset uploaded over REST, and a
+    fine-tune job queued on it; prints how to follow it."""
+    import shutil
+    import time
+
+    import httpx
+
     from api.admin import create_key
     from core.datasets.samples import write_sample
 
@@ -87,19 +94,39 @@ def _demo(settings: Settings, base: str) -> None:
     folder = settings.data_dir / "demo" / "fashion-mnist"
     archive = settings.data_dir / "demo" / "fashion-mnist.zip"
     if not archive.exists():
-        import shutil
-
-        write_sample("fashion-mnist", folder, per_class=60, size=64)
+        write_sample("fashion-mnist", folder, per_class=100, size=64)
         shutil.make_archive(str(archive.with_suffix("")), "zip", folder)
+    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    for _ in range(600):
+        try:
+            if http.get("/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    with archive.open("rb") as f:
+        ds = http.post("/datasets", data={"name": "fashion-mnist"}, files={"archive": (archive.name, f)}).json()
+    spec = {
+        "kind": "fine_tune",
+        "dataset_id": ds["id"],
+        "arch": "efficientnet_lite0",
+        "pretrained": "imagenet",
+        "size": 64,
+        "bs": 32,
+        "freeze_epochs": 1,
+        "epochs": 2,
+        "lr": "find",
+    }
+    job = http.post("/jobs", json=spec).json()
+    server = base.removesuffix("/api/v1")
     print(
         f"""
-Try it (project 'demo'):
-  export KEY={key}
-  curl -s -H "Authorization: Bearer $KEY" -F name=fashion -F archive=@{archive} {base}/datasets
-  curl -s -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
-       -d '{{"kind": "fine_tune", "dataset_id": "<id from above>", "arch": "efficientnet_lite0", "size": 64, \\
-            "bs": 32, "freeze_epochs": 1, "epochs": 1, "lr": "find"}}' {base}/jobs
-  curl -sN -H "Authorization: Bearer $KEY" {base}/jobs/<job id>/events
+Demo: dataset {ds["id"]} ({ds["n_items"]} Fashion-MNIST images) uploaded; fine-tune job {job["id"]} queued.
+  export FITCYCLE_URL={server} FITCYCLE_KEY={key}
+  fitcycle jobs watch {job["id"]}                       # progress bar with loss and metrics
+  curl -sN -H "Authorization: Bearer $FITCYCLE_KEY" {base}/jobs/{job["id"]}/events
+  curl -s  -H "Authorization: Bearer $FITCYCLE_KEY" {base}/jobs/{job["id"]}/metrics
+  fitcycle models predict <model_id from 'fitcycle jobs show {job["id"]}'> {folder}/bag/0000.png
 """,
         flush=True,
     )
@@ -122,7 +149,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"data dir: {settings.data_dir.resolve()}   database: {settings.sqlalchemy_url}", flush=True)
     print(f"create a key: fitcycle keys create --project NAME --data-dir {settings.data_dir}", flush=True)
     if args.demo:
-        _demo(settings, f"{base}/api/v1")
+        import threading
+
+        threading.Thread(target=_demo, args=(settings, f"{base}/api/v1"), daemon=True).start()
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     finally:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.platform.conftest import ImageServer
-from tests.platform.services import Client, fitcycle, free_port, start, wait_for
+from tests.platform.services import BIN, Client, fitcycle, free_port, start, wait_for
 from tests.platform.test_e2e_distributed import course_flow
 
 
@@ -37,8 +39,67 @@ def test_fitcycle_serve_runs_the_course_flow(tmp_path: Path, fashion_zip64: Path
         assert any((data_dir / "objects").rglob("weights.safetensors"))
         assert (data_dir / "broker" / "queue").is_dir()
         assert stage2["state"] == "succeeded"
+        cli_client_verbs(
+            env | {"FITCYCLE_URL": f"http://127.0.0.1:{port}", "FITCYCLE_KEY": key}, fashion_zip64, tmp_path
+        )
     except BaseException:
         print(serve.tail(8000))
         raise
     finally:
         serve.stop()
+
+
+def cli_client_verbs(env: dict[str, str], archive: Path, tmp_path: Path) -> None:
+    """The same server through `fitcycle datasets/jobs/models`: upload, submit --watch (a bar with the loss
+    and a line per epoch), an artifact, predict."""
+    ds = json.loads(fitcycle("datasets", "upload", "cli-data", str(archive), env=env))
+    res = subprocess.run(
+        [
+            str(BIN / "fitcycle"),
+            "jobs",
+            "submit",
+            "fine_tune",
+            "--dataset",
+            ds["id"],
+            "--set",
+            "arch=resnet18",
+            "--set",
+            "pretrained=none",
+            "--set",
+            "size=32",
+            "--set",
+            "bs=16",
+            "--set",
+            "freeze_epochs=0",
+            "--set",
+            "epochs=2",
+            "--set",
+            "lr=0.005",
+            "--watch",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    job_id, report = res.stdout.split("\n", 1)
+    assert json.loads(report)["state"] == "succeeded"
+    assert "loss=" in res.stderr and "train epoch 1: train_loss=" in res.stderr and "error_rate=" in res.stderr
+    out = tmp_path / "losses.png"
+    fitcycle("jobs", "artifact", job_id, "plots/losses.png", "--out", str(out), env=env)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model_id = json.loads(report)["model_id"]
+    with zipfile.ZipFile(archive) as zf:
+        image = tmp_path / "one.png"
+        image.write_bytes(zf.read(next(n for n in zf.namelist() if n.endswith(".png"))))
+    line = json.loads(fitcycle("models", "predict", model_id, str(image), env=env))
+    assert line["path"] == str(image) and len(line["predictions"]) == 4
+    bad = subprocess.run(
+        [str(BIN / "fitcycle"), "jobs", "submit", "stage1", "--dataset", "nope"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "404" in bad.stderr and "no dataset 'nope'" in bad.stderr

@@ -1,0 +1,200 @@
+"""Client verbs over the REST API: upload datasets, queue and watch jobs (a progress bar fed by the
+job's server-sent events), fetch artifacts and predict. --url/--key or FITCYCLE_URL/FITCYCLE_KEY."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+
+def add_remote_verbs(verbs: Any) -> None:
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--url",
+            default=os.environ.get("FITCYCLE_URL", "http://127.0.0.1:8000"),
+            help="the server (env FITCYCLE_URL)",
+        )
+        p.add_argument("--key", default=os.environ.get("FITCYCLE_KEY"), help="project API key (env FITCYCLE_KEY)")
+        return p
+
+    ds = verbs.add_parser("datasets", help="datasets on a fitcycle server").add_subparsers(dest="sub", required=True)
+    up = common(ds.add_parser("upload", help="upload an archive as a new dataset version"))
+    up.add_argument("name")
+    up.add_argument("archive", type=Path)
+    up.add_argument("--labels", choices=["folder", "csv", "name_re"], default="folder")
+    up.add_argument("--csv", default=None)
+    up.add_argument("--pattern", default=None)
+    common(ds.add_parser("list", help="list datasets"))
+
+    jobs = verbs.add_parser("jobs", help="jobs on a fitcycle server").add_subparsers(dest="sub", required=True)
+    submit = common(jobs.add_parser("submit", help="queue a job (and watch it with --watch)"))
+    submit.add_argument("kind", choices=["lr_find", "stage1", "stage2", "fine_tune", "interpret"])
+    submit.add_argument("--dataset", required=True, help="dataset id")
+    submit.add_argument("--parent", default=None, help="parent job id (stage2, interpret)")
+    submit.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any job field, value as JSON when it parses (e.g. --set epochs=2 --set lr=[1e-5,1e-3])",
+    )
+    submit.add_argument("--watch", action="store_true")
+    watch = common(jobs.add_parser("watch", help="follow a job: progress bar with loss and metrics"))
+    watch.add_argument("job")
+    show = common(jobs.add_parser("show", help="a job as JSON"))
+    show.add_argument("job")
+    cancel = common(jobs.add_parser("cancel", help="stop a job at its next batch"))
+    cancel.add_argument("job")
+    get = common(jobs.add_parser("artifact", help="download an artifact of a job"))
+    get.add_argument("job")
+    get.add_argument("name", help="e.g. plots/losses.png, metrics.json")
+    get.add_argument("--out", type=Path, default=None)
+
+    models = verbs.add_parser("models", help="models on a fitcycle server").add_subparsers(dest="sub", required=True)
+    pred = common(models.add_parser("predict", help="classify images with a served model"))
+    pred.add_argument("model")
+    pred.add_argument("images", nargs="+", type=Path)
+    common(models.add_parser("list", help="list models"))
+
+
+class RemoteError(Exception):
+    """The server answered with a problem."""
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    if not args.key:
+        raise RemoteError("no API key: pass --key or set FITCYCLE_KEY (fitcycle keys create --project NAME)")
+    return httpx.Client(
+        base_url=args.url.rstrip("/") + "/api/v1",
+        headers={"Authorization": f"Bearer {args.key}"},
+        timeout=httpx.Timeout(60, read=None),
+    )
+
+
+def _check(res: httpx.Response) -> Any:
+    if res.status_code >= 400:
+        try:
+            body = res.json()
+            raise RemoteError(f"{res.status_code} {body.get('title', '')}: {body.get('detail', res.text)}")
+        except json.JSONDecodeError:
+            raise RemoteError(f"{res.status_code}: {res.text[:500]}") from None
+    return res.json() if res.headers.get("content-type", "").startswith("application/json") else res.content
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def watch_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
+    """A progress bar over the job's batches, with loss and the latest epoch's metrics; returns the job."""
+    bar = None
+    with http.stream("GET", f"/jobs/{job_id}/events") as stream:
+        event = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event:
+                data = json.loads(line[6:])
+                if event == "state":
+                    p = data.get("progress") or {}
+                    total = (p.get("n_epoch") or 0) * (p.get("n_batches") or 0)
+                    stage = p.get("stage") or data["state"]
+                    if bar is None or (total and bar.total != total) or bar.desc != stage:
+                        if bar is not None:
+                            bar.close()
+                        bar = tqdm(total=total or None, desc=stage, file=sys.stderr, dynamic_ncols=True)
+                elif event == "batch" and bar is not None:
+                    bar.n = data["iter"] + 1
+                    bar.set_postfix(loss=f"{data['smooth_loss']:.4f}", lr=f"{data['lr']:.1e}")
+                elif event == "epoch":
+                    metrics = " ".join(f"{k}={v:.4f}" for k, v in data["metrics"].items() if v is not None)
+                    tqdm.write(
+                        f"{data['tag']} epoch {data['epoch']}: train_loss={data['train_loss']:.4f} "
+                        f"valid_loss={(data['valid_loss'] or float('nan')):.4f} {metrics}",
+                        file=sys.stderr,
+                    )
+                elif event == "end":
+                    break
+    if bar is not None:
+        bar.close()
+    return dict(_check(http.get(f"/jobs/{job_id}")))
+
+
+def cmd_remote(args: argparse.Namespace) -> int:
+    """Dispatch datasets/jobs/models verbs."""
+    try:
+        with _client(args) as http:
+            return _dispatch(args, http)
+    except RemoteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
+    verb = (args.verb, args.sub)
+    if verb == ("datasets", "upload"):
+        fields = {
+            k: v
+            for k, v in {"name": args.name, "labels": args.labels, "csv": args.csv, "pattern": args.pattern}.items()
+            if v
+        }
+        with args.archive.open("rb") as f:
+            print(
+                json.dumps(
+                    _check(http.post("/datasets", data=fields, files={"archive": (args.archive.name, f)})), indent=1
+                )
+            )
+    elif verb in (("datasets", "list"), ("models", "list")):
+        print(json.dumps(_check(http.get(f"/{args.verb}")), indent=1))
+    elif verb == ("jobs", "submit"):
+        spec: dict[str, Any] = {"kind": args.kind, "dataset_id": args.dataset}
+        if args.parent:
+            spec["parent_job_id"] = args.parent
+        for item in args.set:
+            field, _, value = item.partition("=")
+            spec[field] = _value(value)
+        job = _check(http.post("/jobs", json=spec))
+        print(job["id"])
+        if args.watch:
+            return _report(watch_job(http, job["id"]))
+    elif verb == ("jobs", "watch"):
+        return _report(watch_job(http, args.job))
+    elif verb == ("jobs", "show"):
+        print(json.dumps(_check(http.get(f"/jobs/{args.job}")), indent=1))
+    elif verb == ("jobs", "cancel"):
+        print(_check(http.post(f"/jobs/{args.job}/cancel"))["state"])
+    elif verb == ("jobs", "artifact"):
+        data = _check(http.get(f"/jobs/{args.job}/artifacts/{args.name}"))
+        out = args.out or Path(args.name.rsplit("/", 1)[-1])
+        out.write_bytes(data if isinstance(data, bytes) else json.dumps(data).encode())
+        print(out)
+    elif verb == ("models", "predict"):
+        for image in args.images:
+            with image.open("rb") as f:
+                result = _check(http.post(f"/models/{args.model}/predict", files={"file": (image.name, f)}))
+            print(json.dumps({"path": str(image), "predictions": result["predictions"][:5]}))
+    return 0
+
+
+def _report(job: dict[str, Any]) -> int:
+    print(
+        json.dumps(
+            {k: job[k] for k in ("id", "state", "error", "model_id")}
+            | {"result": {k: v for k, v in job["result"].items() if not isinstance(v, list | dict)}},
+            indent=1,
+        )
+    )
+    return 0 if job["state"] == "succeeded" else 1
