@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import io
+import os
+import tempfile
 import zipfile
 from typing import Annotated
 
 from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from api.deps import ProjectDep, SessionDep, StateDep
 from api.errors import Problem, not_found
@@ -57,20 +59,23 @@ def get_model(request: Request, state: StateDep, project: ProjectDep, model_id: 
 @router.get(
     "/{model_id}/bundle",
     name="download_bundle",
-    response_class=Response,
+    response_class=FileResponse,
     responses={200: {"content": {"application/zip": {}}}},
 )
-def download_bundle(state: StateDep, project: ProjectDep, model_id: str) -> Response:
-    """The export bundle (weights.safetensors + manifest.json) as a zip."""
+def download_bundle(state: StateDep, project: ProjectDep, model_id: str) -> FileResponse:
+    """The export bundle (weights.safetensors + manifest.json) as a zip, streamed from a temporary file."""
     model = _model(state, project, model_id)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+    fd, name = tempfile.mkstemp(prefix="fitcycle-bundle-", suffix=".zip")
+    with os.fdopen(fd, "wb") as out, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
         for key in state.store.list(model.bundle_prefix + "/"):
-            zf.writestr(key[len(model.bundle_prefix) + 1 :], state.store.get_bytes(key))
-    return Response(
-        buf.getvalue(),
+            with zf.open(key[len(model.bundle_prefix) + 1 :], "w") as member:
+                for block in state.store.open(key):
+                    member.write(block)
+    return FileResponse(
+        name,
         media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="model-{model_id}.zip"'},
+        filename=f"model-{model_id}.zip",
+        background=BackgroundTask(os.unlink, name),
     )
 
 

@@ -53,3 +53,22 @@ def test_sigkilled_worker_resumes_from_checkpoint(stack: Stack, tmp_path: Path) 
     assert iters == list(range(3 * n_batches))
     assert len(a.get("/models").json()["data"]) >= 1
     assert sum(m["job_id"] == job["id"] for m in a.get("/models").json()["data"]) == 1
+
+
+def test_cancel_stops_a_running_job_and_keeps_its_checkpoint(stack: Stack, tmp_path: Path) -> None:
+    a = stack.a
+    data = write_sample("fashion-mnist", tmp_path / "data", per_class=60, size=48, classes=["bag", "trouser"])
+    ds = a.upload("cancel", make_zip(data, tmp_path / "cancel.zip")).json()
+    job = a.submit(
+        kind="stage1", dataset_id=ds["id"], arch="resnet18", pretrained="none", size=48, bs=8, epochs=20, lr=3e-3
+    )
+    wait_for(lambda: (a.get(f"/jobs/{job['id']}").json()["batch"] or 0) >= 4, 300, "the job to be training")
+    res = a.post(f"/jobs/{job['id']}/cancel")
+    assert res.status_code == 202 and res.json()["cancel_requested"] is True
+    done = a.wait(job["id"], timeout=120)
+    assert done["state"] == "cancelled" and done["model_id"] is None
+    assert (done["progress"]["epoch"], done["progress"]["n_epoch"]) < (19, 20)  # stopped early, not at the end
+    names = {x["name"] for x in a.get(f"/jobs/{job['id']}/artifacts").json()["data"]}
+    assert "checkpoints/last.pt" in names
+    again = a.post(f"/jobs/{job['id']}/cancel")
+    assert again.status_code == 409 and "nothing to cancel" in again.json()["detail"]
