@@ -162,6 +162,7 @@ class Predictions(BaseModel):
     """[label, probability] pairs, most probable first (the course's classify-url answer)."""
 
     predictions: list[tuple[str, float]]
+    labels: list[str] | None = Field(None, description="multi-label: every class above its tuned threshold")
 
 
 class FilePredictions(Predictions):

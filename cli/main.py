@@ -23,6 +23,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fn-col", default="name", help="CSV column with the file name (default: name)")
     p.add_argument("--label-col", default="label", help="CSV column with the label (default: label)")
     p.add_argument("--valid-col", default=None, help="CSV column marking validation rows (true/false)")
+    p.add_argument(
+        "--label-delim", default=None, help="multi-label: the CSV label column lists classes split by this (e.g. ' ')"
+    )
     p.add_argument("--arch", default="resnet34", help="resnet18/34/50/101 or efficientnet_lite0")
     p.add_argument("--pretrained", default="imagenet", help="imagenet, none, or a weights file / export folder")
     p.add_argument("--size", type=int, default=224, help="image size in pixels (default 224)")
@@ -49,6 +52,7 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         "fn_col": args.fn_col,
         "label_col": args.label_col,
         "valid_col": args.valid_col,
+        "label_delim": args.label_delim,
         "arch": args.arch,
         "pretrained": args.pretrained,
         "size": args.size,
@@ -94,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON line per image")
 
     sample = verbs.add_parser("sample-data", help="write a real sample dataset as image files (no download)")
-    sample.add_argument("name", choices=["fashion-mnist", "animal-mnist", "digits"])
+    sample.add_argument(
+        "name",
+        choices=["fashion-mnist", "animal-mnist", "digits", "fashion-mosaics"],
+        help="fashion-mosaics: multi-label 2x2 mosaics, labels.csv with a space-delimited 'tags' column",
+    )
     sample.add_argument("dest")
     sample.add_argument("--per-class", type=int, default=100)
     sample.add_argument("--size", type=int, default=None, help="resize to SIZE px (default: native)")
@@ -158,8 +166,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: {path}: cannot read the image: {exc}", file=sys.stderr)
             status = EXIT_BAD_INPUT
             continue
+        multi = {"labels": p.labels} if predictor.multi_label else {}
         if args.json:
-            print(json.dumps({"path": path, "label": p.label, "index": p.index, "probs": p.probs}))
+            print(json.dumps({"path": path, "label": p.label, "index": p.index, "probs": p.probs, **multi}))
+        elif predictor.multi_label:
+            print(f"{path}: {' '.join(p.labels) or '(no label above its threshold)'}")
         else:
             print(f"{path}: {p.label} ({p.probs[p.index]:.3f})")
     return status
@@ -167,9 +178,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
     """fitcycle sample-data."""
-    from core.datasets.samples import write_sample
+    from core.datasets.samples import write_mosaics, write_sample
 
-    dest = write_sample(args.name, args.dest, args.per_class, args.size, args.layout)
+    if args.name == "fashion-mosaics":
+        dest = write_mosaics(args.dest, count=args.per_class * 4)
+    else:
+        dest = write_sample(args.name, args.dest, args.per_class, args.size, args.layout)
     print(f"wrote {args.name} to {dest}")
     return 0
 

@@ -79,12 +79,15 @@ def download_bundle(state: StateDep, project: ProjectDep, model_id: str) -> File
     )
 
 
-def _ranked(predictor: Predictor, images: list[bytes]) -> list[list[tuple[str, float]]]:
+def _ranked(predictor: Predictor, images: list[bytes]) -> list[Predictions]:
     try:
         preds = predictor.predict_batch(images)
     except (OSError, ValueError) as exc:
         raise Problem(422, "Unreadable image", f"the upload is not an image we can decode: {exc}") from exc
-    return [p.ranked(predictor.classes) for p in preds]
+    return [
+        Predictions(predictions=p.ranked(predictor.classes), labels=p.labels if predictor.multi_label else None)
+        for p in preds
+    ]
 
 
 @router.post("/{model_id}/predict", response_model=Predictions | BatchPredictions)
@@ -95,7 +98,8 @@ async def predict(
     file: Annotated[list[UploadFile], File(description="one image, or several")],
 ) -> Predictions | BatchPredictions:
     """Classify uploaded images. One file: {"predictions": [[label, p], ...]}, most probable first;
-    several: {"results": [{"filename", "predictions"}, ...]}."""
+    several: {"results": [{"filename", "predictions"}, ...]}. Multi-label models add "labels": the classes
+    above their tuned thresholds."""
     model = _model(state, project, model_id)
     if len(file) > state.settings.max_predict_files:
         raise Problem(413, "Too many files", f"at most {state.settings.max_predict_files} images per request")
@@ -103,10 +107,10 @@ async def predict(
     predictor = await run_in_threadpool(state.predictors.get, model)
     ranked = await run_in_threadpool(_ranked, predictor, images)
     if len(file) == 1:
-        return Predictions(predictions=ranked[0])
+        return ranked[0]
     return BatchPredictions(
         results=[
-            FilePredictions(filename=f.filename or f"file{i}", predictions=r)
+            FilePredictions(filename=f.filename or f"file{i}", **r.model_dump())
             for i, (f, r) in enumerate(zip(file, ranked, strict=True))
         ]
     )
@@ -119,4 +123,4 @@ async def predict_url(state: StateDep, project: ProjectDep, model_id: str, body:
     data = await run_in_threadpool(fetch_image, body.url, state.settings)
     predictor = await run_in_threadpool(state.predictors.get, model)
     ranked = await run_in_threadpool(_ranked, predictor, [data])
-    return Predictions(predictions=ranked[0])
+    return ranked[0]

@@ -55,7 +55,14 @@ def label_folder(root: Path, rule: LabelRule, valid_pct: float, seed: int) -> tu
         if not rule.csv:
             raise DataError("labels=csv needs the CSV's file name inside the archive (field 'csv')")
         items = from_csv(
-            root, rule.csv, rule.fn_col, rule.label_col, valid_col=rule.valid_col, valid_pct=valid_pct, seed=seed
+            root,
+            rule.csv,
+            rule.fn_col,
+            rule.label_col,
+            valid_col=rule.valid_col,
+            valid_pct=valid_pct,
+            seed=seed,
+            label_delim=rule.label_delim,
         )
         return items, "column" if rule.valid_col else "random"
     if not rule.pattern:

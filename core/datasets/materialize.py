@@ -41,4 +41,7 @@ def items_from_manifest(folder: Path, manifest: dict[str, Any], valid_pct: float
     else:
         flags = [bool(r["valid"]) for r in rows]
     labels = [r["label"] for r in rows]
+    delim = manifest.get("labels", {}).get("label_delim")
+    if delim:  # multi-label: the classes are the manifest's (union of every item's label set)
+        return LabelledItems(folder / "files", keys, labels, flags, list(manifest["classes"]), label_delim=delim)
     return LabelledItems(folder / "files", keys, labels, flags, sorted(set(labels)))

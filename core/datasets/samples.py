@@ -165,3 +165,39 @@ def write_sample(
         keep = {names.index(c) for c in classes}
         idx = np.array([i for i in idx if int(y[i]) in keep])
     return write_images(dest, x[idx], y[idx], names, size, layout)
+
+
+def write_mosaics(
+    dest: str | Path,
+    count: int = 400,
+    classes: Sequence[str] = ("trouser", "bag", "sneaker", "dress"),
+    blank: float = 0.35,
+    seed: int = 0,
+) -> Path:
+    """Multi-label data from real images: 2x2 mosaics of Fashion-MNIST tiles (a tile is blank with
+    probability `blank`), each labelled by the set of classes it shows; images/ plus labels.csv with a
+    space-delimited `tags` column."""
+    x, y, names = load_fashion_mnist()
+    rng = np.random.default_rng(seed)
+    pools = {c: np.flatnonzero(y == names.index(c)) for c in classes}
+    dest = Path(dest)
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        tiles, present = [], set()
+        for _ in range(4):
+            if rng.random() < blank:
+                tiles.append(np.zeros((28, 28), dtype=np.uint8))
+            else:
+                c = classes[int(rng.integers(len(classes)))]
+                present.add(c)
+                tiles.append(x[rng.choice(pools[c])])
+        mosaic = np.block([[tiles[0], tiles[1]], [tiles[2], tiles[3]]])
+        name = f"images/{i:05d}.png"
+        Image.fromarray(mosaic).convert("RGB").save(dest / name)
+        rows.append((name, " ".join(sorted(present))))
+    with (dest / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "tags"])
+        w.writerows(rows)
+    return dest

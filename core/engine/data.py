@@ -31,7 +31,7 @@ def derived_seed(*parts: int | str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-class ImageItemsDataset(Dataset[tuple[torch.Tensor, int]]):
+class ImageItemsDataset(Dataset[tuple[torch.Tensor, Any]]):
     """Indexable (uint8 CHW image, class index) pairs. A random crop is seeded per (seed, epoch, item)."""
 
     def __init__(
@@ -51,11 +51,20 @@ class ImageItemsDataset(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
         idx = self.indices[i]
         rng = np.random.default_rng(derived_seed(self.seed, self.stream, self.epoch, idx)) if self.random_crop else None
         img = resize_image(open_rgb(self.items.path(idx)), self.size, self.method, rng)
-        return image_to_uint8_tensor(img), self.class_to_idx[self.items.labels[idx]]
+        return image_to_uint8_tensor(img), self.target(idx)
+
+    def target(self, idx: int) -> Any:
+        """A class index, or for multi-label data a multi-hot float vector."""
+        if not self.items.multi_label:
+            return self.class_to_idx[self.items.labels[idx]]
+        hot = torch.zeros(len(self.class_to_idx))
+        for c in self.items.label_set(idx):
+            hot[self.class_to_idx[c]] = 1.0
+        return hot
 
     def key(self, i: int) -> str:
         """The item's stable key (its path relative to the dataset root)."""
@@ -191,6 +200,11 @@ class ImageDataLoaders:
         augment = BatchAugment(c.augment) if c.augment is not None else None
         self.train = DeviceLoader(train_ds, c.bs, True, True, self.normalize, augment, c.seed, workers, self.device)
         self.valid = DeviceLoader(valid_ds, c.bs * 2, False, False, self.normalize, None, c.seed, workers, self.device)
+
+    @property
+    def multi_label(self) -> bool:
+        """True for multi-label data (sigmoid outputs, binary cross-entropy)."""
+        return self.items.multi_label
 
     @property
     def c(self) -> int:

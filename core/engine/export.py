@@ -25,6 +25,7 @@ BUNDLE_FORMAT = "fitcycle-bundle"
 BUNDLE_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
+TASKS = ("classification", "multilabel")
 
 
 def fitcycle_version() -> str:
@@ -45,7 +46,10 @@ def sha256_file(path: Path) -> str:
 
 
 def build_manifest(
-    learn: Learner, head: HeadConfig | None = None, extra: dict[str, Any] | None = None
+    learn: Learner,
+    head: HeadConfig | None = None,
+    extra: dict[str, Any] | None = None,
+    thresholds: list[float] | None = None,
 ) -> dict[str, Any]:
     """The manifest of a trained classifier."""
     if learn.arch is None:
@@ -56,7 +60,7 @@ def build_manifest(
     return {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
-        "task": "classification",
+        "task": "multilabel" if dls.multi_label else "classification",
         "arch": learn.arch.name,
         "head": (head or HeadConfig()).as_dict(),
         "classes": list(dls.classes),
@@ -70,7 +74,8 @@ def build_manifest(
             {"name": "to_float", "scale": 1 / 255},
             {"name": "normalize", "mean": mean, "std": std},
         ],
-        "activation": "softmax",
+        "activation": "sigmoid" if dls.multi_label else "softmax",
+        **({"thresholds": thresholds or [0.2] * len(dls.classes)} if dls.multi_label else {}),
         "weights": WEIGHTS_FILE,
         "versions": {
             "fitcycle": fitcycle_version(),
@@ -82,12 +87,16 @@ def build_manifest(
 
 
 def export_bundle(
-    learn: Learner, folder: str | Path, head: HeadConfig | None = None, extra: dict[str, Any] | None = None
+    learn: Learner,
+    folder: str | Path,
+    head: HeadConfig | None = None,
+    extra: dict[str, Any] | None = None,
+    thresholds: list[float] | None = None,
 ) -> Path:
     """Write weights and manifest into `folder`, replacing it atomically."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    manifest = build_manifest(learn, head, extra)
+    manifest = build_manifest(learn, head, extra, thresholds)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
@@ -132,8 +141,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if version > BUNDLE_VERSION:
         raise BundleError(f"{path}: bundle format {version} is newer than this fitcycle reads ({BUNDLE_VERSION})")
     task = _require(manifest, "task", str, path)
-    if task != "classification":
-        raise BundleError(f"{path}: task '{task}' is not one this fitcycle serves (classification)")
+    if task not in TASKS:
+        raise BundleError(f"{path}: task '{task}' is not one this fitcycle serves ({', '.join(TASKS)})")
     arch = _require(manifest, "arch", str, path)
     if arch not in ARCHITECTURES:
         raise BundleError(f"{path}: unknown architecture '{arch}'")
@@ -141,6 +150,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     n_out = _require(manifest, "n_out", int, path)
     if len(classes) != n_out or not all(isinstance(c, str) for c in classes):
         raise BundleError(f"{path}: {len(classes)} class names for {n_out} outputs")
+    if task == "multilabel":
+        thresholds = _require(manifest, "thresholds", list, path)
+        if len(thresholds) != n_out or not all(isinstance(t, int | float) and 0 < t < 1 for t in thresholds):
+            raise BundleError(f"{path}: a multilabel bundle needs {n_out} thresholds in (0, 1)")
     size = _require(manifest, "input_size", int, path)
     if not 8 <= size <= 4096:
         raise BundleError(f"{path}: input_size {size} is out of range")

@@ -4,7 +4,7 @@ bytes or PIL image, one or a batch."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,11 +23,13 @@ ImageInput = str | Path | bytes | Image.Image
 
 @dataclass(frozen=True)
 class Prediction:
-    """The predicted label, its index, and the probability of every class (in class order)."""
+    """The predicted label, its index, and the probability of every class (in class order). Multi-label:
+    `labels` holds every class above its tuned threshold, and label/index the most probable class."""
 
     label: str
     index: int
     probs: list[float]
+    labels: list[str] = field(default_factory=list)
 
     def ranked(self, classes: Sequence[str]) -> list[tuple[str, float]]:
         """(label, probability) for every class, most probable first."""
@@ -46,6 +48,8 @@ class Predictor:
         self.method = m["resize_method"]
         self.normalize = Normalize(tuple(m["normalization"]["mean"]), tuple(m["normalization"]["std"]))
         self.device = torch.device(device)
+        self.multi_label = m["task"] == "multilabel"
+        self.thresholds: list[float] = list(m.get("thresholds", []))
         head = m["head"]
         model = create_cnn_model(
             get_architecture(m["arch"]),
@@ -70,11 +74,16 @@ class Predictor:
         if not images:
             return []
         x = torch.stack([self._tensor(img) for img in images]).to(self.device).float().div_(255)
-        probs = self.model(self.normalize(x)).float().softmax(dim=1).cpu()
+        logits = self.model(self.normalize(x)).float()
+        probs = (logits.sigmoid() if self.multi_label else logits.softmax(dim=1)).cpu()
         out = []
         for p in probs:
             i = int(p.argmax())
-            out.append(Prediction(self.classes[i], i, p.tolist()))
+            if self.multi_label:
+                chosen = [c for c, v, t in zip(self.classes, p.tolist(), self.thresholds, strict=True) if v > t]
+            else:
+                chosen = [self.classes[i]]
+            out.append(Prediction(self.classes[i], i, p.tolist(), chosen))
         return out
 
     def predict(self, image: ImageInput) -> Prediction:

@@ -120,3 +120,103 @@ class ClassificationInterpretation:
         )
         titles = [f"{t.predicted}/{t.actual}\n{t.loss:.2f}/{t.probability:.2f}" for t in tops]
         return plot_images(images, titles, path, "predicted/actual/loss/probability")
+
+
+class MultiLabelInterpretation:
+    """Multi-label mistakes: per-label confusion counts, the F-beta-vs-threshold curve of each label,
+    the tuned thresholds, and the items with the highest binary cross-entropy."""
+
+    def __init__(self, learn: Learner, thresholds: list[float] | None = None) -> None:
+        from core.engine.multilabel import tune_thresholds
+
+        self.learn = learn
+        self.classes = learn.dls.classes
+        logits, self.targs = learn.get_preds(valid=True)
+        self.probs = logits.sigmoid()
+        self.losses = F.binary_cross_entropy_with_logits(logits, self.targs, reduction="none").mean(dim=1)
+        self.thresholds = thresholds or tune_thresholds(self.probs, self.targs)
+        self.dataset = learn.dls.valid.dataset
+
+    def predicted(self) -> torch.Tensor:
+        """Multi-hot predictions with the per-class thresholds."""
+        return (self.probs > torch.tensor(self.thresholds)).float()
+
+    def per_label(self) -> dict[str, dict[str, float]]:
+        """TP, FP, FN, TN, precision, recall and F1 per label."""
+        pred, true = self.predicted(), self.targs
+        out = {}
+        for c, name in enumerate(self.classes):
+            tp = float((pred[:, c] * true[:, c]).sum())
+            fp = float((pred[:, c] * (1 - true[:, c])).sum())
+            fn = float(((1 - pred[:, c]) * true[:, c]).sum())
+            tn = float(len(true)) - tp - fp - fn
+            p = tp / (tp + fp) if tp + fp else 0.0
+            r = tp / (tp + fn) if tp + fn else 0.0
+            out[name] = {
+                "tp": tp,
+                "fp": fp,
+                "fn": fn,
+                "tn": tn,
+                "precision": p,
+                "recall": r,
+                "f1": 2 * p * r / (p + r) if p + r else 0.0,
+                "threshold": self.thresholds[c],
+            }
+        return out
+
+    def top_losses(self, k: int = 9) -> list[dict[str, Any]]:
+        """The k validation items with the highest loss, with actual and predicted label sets."""
+        pred = self.predicted()
+        out = []
+        for i in torch.topk(self.losses, min(k, len(self.losses))).indices.tolist():
+            out.append(
+                {
+                    "item": self.dataset.key(i),
+                    "actual": [c for c, on in zip(self.classes, self.targs[i].tolist(), strict=True) if on],
+                    "predicted": [c for c, on in zip(self.classes, pred[i].tolist(), strict=True) if on],
+                    "loss": float(self.losses[i]),
+                }
+            )
+        return out
+
+    def as_dict(self, k: int = 9) -> dict[str, object]:
+        """Everything above as plain data, for JSON."""
+        from core.engine.metrics import fbeta
+        from core.engine.multilabel import threshold_curve
+
+        grid, curve = threshold_curve(self.probs, self.targs)
+        logits = torch.logit(self.probs.clamp(1e-6, 1 - 1e-6))
+        return {
+            "classes": self.classes,
+            "thresholds": self.thresholds,
+            "per_label": self.per_label(),
+            "threshold_curve": {"thresholds": grid, "fbeta": dict(zip(self.classes, curve, strict=True))},
+            "top_losses": self.top_losses(k),
+            "fbeta@0.2": fbeta(logits, self.targs),
+            "error_rate": float((self.predicted() != self.targs).float().mean()),
+        }
+
+    def plot_threshold_curve(self, path: str | Path) -> Path:
+        """F-beta against the threshold for each label, tuned thresholds marked."""
+        from core.engine.multilabel import threshold_curve
+        from core.engine.plots import plot_threshold_curves
+
+        grid, curve = threshold_curve(self.probs, self.targs)
+        return plot_threshold_curves(grid, dict(zip(self.classes, curve, strict=True)), self.thresholds, path)
+
+    def plot_top_losses(self, path: str | Path, k: int = 9) -> Path:
+        """The top-loss images titled predicted / actual / loss."""
+        tops = self.top_losses(k)
+        size, method = self.learn.dls.config.size, self.learn.dls.config.resize_method
+        root = self.dataset.items.root
+        images = (
+            torch.stack(
+                [image_to_uint8_tensor(resize_image(open_rgb(root / str(t["item"])), size, method, None)) for t in tops]
+            ).float()
+            / 255
+        )
+        titles = [
+            f"{' '.join(map(str, t['predicted'])) or '-'}/{' '.join(map(str, t['actual']))}\n{t['loss']:.2f}"
+            for t in tops
+        ]
+        return plot_images(images, titles, path, "predicted/actual/loss")

@@ -37,6 +37,18 @@ class LabelledItems:
     classes: list[str]
     rejected: list[Rejected] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    label_delim: str | None = None  # set: multi-label, each label is a delimited list of classes
+
+    @property
+    def multi_label(self) -> bool:
+        """True when an item may carry several classes."""
+        return self.label_delim is not None
+
+    def label_set(self, i: int) -> list[str]:
+        """The classes of item i (one for single-label data)."""
+        if self.label_delim is None:
+            return [self.labels[i]]
+        return [c for c in self.labels[i].split(self.label_delim) if c]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -52,8 +64,9 @@ class LabelledItems:
     def counts(self) -> dict[str, dict[str, int]]:
         """Items per class and split: {class: {"train": n, "valid": n}}."""
         out = {c: {"train": 0, "valid": 0} for c in self.classes}
-        for label, valid in zip(self.labels, self.is_valid, strict=True):
-            out[label]["valid" if valid else "train"] += 1
+        for i, valid in enumerate(self.is_valid):
+            for label in self.label_set(i):
+                out[label]["valid" if valid else "train"] += 1
         return out
 
     def summary(self) -> str:
@@ -82,6 +95,7 @@ def _finish(
     is_valid: list[bool],
     rejected: list[Rejected],
     declared_classes: Iterable[str] = (),
+    label_delim: str | None = None,
 ) -> LabelledItems:
     """Drop unreadable files, work out the classes, and refuse datasets that cannot train."""
     problems = _check_files(root, keys)
@@ -90,10 +104,10 @@ def _finish(
     keys = [keys[i] for i in kept]
     labels = [labels[i] for i in kept]
     is_valid = [is_valid[i] for i in kept]
-    present = set(labels)
+    present = {c for lab in labels for c in lab.split(label_delim) if c} if label_delim else set(labels)
     classes = sorted(present)
     empty = sorted(set(declared_classes) - present)
-    items = LabelledItems(root, keys, labels, is_valid, classes, rejected, empty)
+    items = LabelledItems(root, keys, labels, is_valid, classes, rejected, empty, label_delim)
     if not keys:
         raise DataError(f"no usable image under {root}.\n{items.summary()}")
     if len(classes) < 2:
@@ -158,8 +172,10 @@ def from_rows(
     valid_pct: float = 0.2,
     seed: int = 42,
     source: str = "rows",
+    label_delim: str | None = None,
 ) -> LabelledItems:
-    """Label images from records of (file name, label[, is_valid]) [fastai: from_df]."""
+    """Label images from records of (file name, label[, is_valid]) [fastai: from_df]. With `label_delim`
+    the label column lists several classes (multi-label, [fastai: label_from_df(label_delim=' ')])."""
     root = Path(root).resolve()
     keys, labels, valid_values, rejected = [], [], [], []
     for n, row in enumerate(rows, start=2 if source.endswith(".csv") else 1):
@@ -173,7 +189,7 @@ def from_rows(
             rejected.append(Rejected(name, f"{source} row {n}: path escapes the dataset folder"))
         elif not target.is_file():
             rejected.append(Rejected(name, f"{source} row {n}: file not found"))
-        elif not label:
+        elif not label and label_delim is None:
             rejected.append(Rejected(name, f"{source} row {n}: empty label"))
         else:
             keys.append(target.relative_to(root).as_posix())
@@ -183,7 +199,9 @@ def from_rows(
         flags = split_by_column(valid_values) if valid_col else split_by_rand_pct(keys, valid_pct, seed)
     except ValueError as exc:
         raise DataError(f"{source}, column '{valid_col}': {exc}") from exc
-    return _finish(root, keys, labels, flags, rejected)
+    if label_delim is not None:
+        labels = [label_delim.join(sorted({c for c in lab.split(label_delim) if c})) for lab in labels]
+    return _finish(root, keys, labels, flags, rejected, label_delim=label_delim)
 
 
 def from_df(root: str | Path, df: Any, **kwargs: Any) -> LabelledItems:

@@ -26,12 +26,31 @@ def top_k_accuracy(preds: torch.Tensor, targs: torch.Tensor, k: int = 5) -> floa
     return (preds.topk(k, dim=1).indices == targs[:, None]).any(dim=1).float().mean().item()
 
 
+def accuracy_thresh(preds: torch.Tensor, targs: torch.Tensor, thresh: float = 0.2) -> float:
+    """Multi-label: share of (item, class) pairs where sigmoid(logit) > thresh matches the target
+    [fastai: accuracy_thresh, thresh 0.2 as the course sets it]."""
+    return ((preds.sigmoid() > thresh) == targs.bool()).float().mean().item()
+
+
+def fbeta(preds: torch.Tensor, targs: torch.Tensor, beta: float = 2.0, thresh: float = 0.2, eps: float = 1e-9) -> float:
+    """Multi-label F-beta averaged over items (beta 2 weighs recall up) [fastai v1: fbeta]."""
+    pred = (preds.sigmoid() > thresh).float()
+    true = targs.float()
+    tp = (pred * true).sum(dim=1)
+    precision, recall = tp / (pred.sum(dim=1) + eps), tp / (true.sum(dim=1) + eps)
+    b2 = beta**2
+    return ((1 + b2) * precision * recall / (b2 * precision + recall + eps)).mean().item()
+
+
 METRICS: dict[str, Metric] = {
     "error_rate": error_rate,
     "accuracy": accuracy,
     "top_3_accuracy": partial(top_k_accuracy, k=3),
     "top_5_accuracy": partial(top_k_accuracy, k=5),
+    "accuracy_thresh": accuracy_thresh,
+    "fbeta": fbeta,
 }
+MULTI_LABEL_METRICS = ("accuracy_thresh", "fbeta")
 
 
 def get_metric(name: str) -> Metric:

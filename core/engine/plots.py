@@ -49,7 +49,14 @@ def show_batch(dls: Any, path: str | Path, max_n: int = 16, valid: bool = False)
     xb, yb = dls.one_batch(valid=valid)
     n = min(max_n, len(yb))
     images = dls.normalize.decode(xb[:n])
-    return plot_images(images, [dls.classes[int(y)] for y in yb[:n]], path)
+    return plot_images(images, [label_text(dls.classes, y) for y in yb[:n]], path)
+
+
+def label_text(classes: Sequence[str], y: torch.Tensor) -> str:
+    """A class name, or for a multi-hot target the names of its classes."""
+    if y.ndim == 0:
+        return classes[int(y)]
+    return " ".join(c for c, on in zip(classes, y.tolist(), strict=True) if on > 0.5) or "(none)"
 
 
 def plot_losses(batches: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -82,6 +89,20 @@ def plot_lr_find(
         ax.plot(lr, y, marker, markersize=8, label=f"{name}: {lr:.2e}")
     if suggestions:
         ax.legend()
+    return _save(fig, path)
+
+
+def plot_threshold_curves(
+    grid: Sequence[float], curves: dict[str, list[float]], chosen: Sequence[float], path: str | Path
+) -> Path:
+    """F-beta against the decision threshold, one line per label, each tuned threshold marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (name, ys), t in zip(curves.items(), chosen, strict=True):
+        (line,) = ax.plot(grid, ys, label=name)
+        ax.plot(t, float(np.interp(t, grid, ys)), "o", color=line.get_color())
+    ax.set_xlabel("threshold")
+    ax.set_ylabel("F-beta (beta 2)")
+    ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 

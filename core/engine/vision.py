@@ -33,7 +33,9 @@ def cnn_learner(
     loaded = load_body(architecture, pretrained)
     dls = ImageDataLoaders(items, config, stats=loaded.stats, device=device)
     model = create_cnn_model(architecture, dls.c, loaded.body)
-    learn = Learner(dls, model, metrics=metrics, arch=architecture, cbs=cbs)
+    # Multi-label: a sigmoid per class with binary cross-entropy, instead of softmax cross-entropy.
+    loss = torch.nn.BCEWithLogitsLoss() if dls.multi_label else None
+    learn = Learner(dls, model, loss_func=loss, metrics=metrics, arch=architecture, cbs=cbs)
     if loaded.stats is not None:  # pretrained: stage 1 trains the head first
         learn.freeze()
     return learn, loaded.source

@@ -26,6 +26,7 @@ class TrainSpec(BaseModel):
     csv: str | None = Field(None, description="CSV file (labels=csv) with file-name and label columns")
     fn_col: str = "name"
     label_col: str = "label"
+    label_delim: str | None = Field(None, description="labels=csv: the label column lists classes split by this")
     valid_col: str | None = None
     pattern: str | None = Field(None, description="regular expression (labels=name_re) whose group 1 is the label")
     arch: str = "resnet34"

@@ -25,11 +25,11 @@ from core.engine.callbacks import (
 from core.engine.data import DataConfig
 from core.engine.errors import DataError, WeightsMismatch
 from core.engine.export import export_bundle, read_manifest
-from core.engine.interpret import ClassificationInterpretation
+from core.engine.interpret import ClassificationInterpretation, MultiLabelInterpretation
 from core.engine.labelling import LabelledItems, from_csv, from_folder, from_name_re
 from core.engine.learner import Callback, Learner, LrSpec
 from core.engine.lr_finder import LRFindResult
-from core.engine.metrics import get_metric
+from core.engine.metrics import MULTI_LABEL_METRICS, get_metric
 from core.engine.plots import plot_losses, plot_lr_find, show_batch
 from core.engine.transforms import get_transforms
 from core.engine.vision import cnn_learner
@@ -54,6 +54,7 @@ def label_items(spec: TrainSpec) -> LabelledItems:
             valid_col=spec.valid_col,
             valid_pct=spec.valid_pct,
             seed=spec.seed,
+            label_delim=spec.label_delim,
         )
     assert spec.pattern is not None
     return from_name_re(spec.data, spec.pattern, valid_pct=spec.valid_pct, seed=spec.seed)
@@ -100,7 +101,10 @@ def build_learner(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None 
         cbs.append(GradientAccumulation(spec.grad_accum))
     if device.type == "cuda":
         cbs += [MixedPrecision(), ChannelsLast()]
-    metrics = [get_metric(m) for m in spec.metrics]
+    names = spec.metrics
+    if items.multi_label and not set(names) & set(MULTI_LABEL_METRICS):
+        names = list(MULTI_LABEL_METRICS)  # error_rate/accuracy assume one class per image
+    metrics = [get_metric(m) for m in names]
     pretrained = spec.init_bundle or spec.pretrained
     learn, source = cnn_learner(items, spec.arch, config, pretrained, metrics, cbs, device)
     if spec.init_bundle:
@@ -281,24 +285,32 @@ def _lr_find(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
 
 def _interpret(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
     """Interpretation of the parent's model on the validation split."""
-    summary = write_interpretation(built.learn, ctx)
-    return {
-        "error_rate": summary["error_rate"],
-        "most_confused": summary["most_confused"][:10],
-        "per_class": summary["per_class"],
-    }
+    manifest = read_manifest(spec.init_bundle) if spec.init_bundle else {}
+    summary = write_interpretation(built.learn, ctx, manifest.get("thresholds"))
+    keep = ("error_rate", "most_confused", "per_class", "per_label", "thresholds")
+    return {k: (v[:10] if k == "most_confused" else v) for k, v in summary.items() if k in keep}
 
 
-def write_interpretation(learn: Learner, ctx: JobContext) -> dict[str, Any]:
-    """interpretation.json, the confusion matrix and the top-losses grid."""
-    interp = ClassificationInterpretation.from_learner(learn)
+def write_interpretation(learn: Learner, ctx: JobContext, thresholds: list[float] | None = None) -> dict[str, Any]:
+    """interpretation.json and its plots: confusion matrix and top losses, or for multi-label the per-label
+    confusion counts, the threshold curves and top losses."""
+    interp: ClassificationInterpretation | MultiLabelInterpretation
+    if learn.dls.multi_label:
+        interp = MultiLabelInterpretation(learn, thresholds)
+        plots = [
+            ("plots/threshold_curve.png", interp.plot_threshold_curve),
+            ("plots/top_losses.png", interp.plot_top_losses),
+        ]
+    else:
+        interp = ClassificationInterpretation.from_learner(learn)
+        plots = [
+            ("plots/confusion_matrix.png", interp.plot_confusion_matrix),
+            ("plots/top_losses.png", interp.plot_top_losses),
+        ]
     summary = interp.as_dict()
     ctx.artifact_path("interpretation.json").write_text(json.dumps(summary, indent=1))
     ctx.artifact_written("interpretation.json")
-    for name, draw in [
-        ("plots/confusion_matrix.png", interp.plot_confusion_matrix),
-        ("plots/top_losses.png", interp.plot_top_losses),
-    ]:
+    for name, draw in plots:
         draw(ctx.artifact_path(name))
         ctx.artifact_written(name)
     return summary
@@ -308,9 +320,10 @@ def finish(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) 
     """Interpret, plot, export, and write metrics.json."""
     learn = built.learn
     summary = write_interpretation(learn, ctx)
+    thresholds = summary.get("thresholds")  # multi-label: tuned per class on the validation set
     plot_losses(learn.recorder.batches, learn.recorder.epochs, ctx.artifact_path("plots/losses.png"))
     ctx.artifact_written("plots/losses.png")
-    export_bundle(learn, ctx.artifact_path("export"), extra={"pretrained": built.body_source})
+    export_bundle(learn, ctx.artifact_path("export"), extra={"pretrained": built.body_source}, thresholds=thresholds)
     ctx.artifact_written("export")
     last = learn.recorder.epochs[-1] if learn.recorder.epochs else {}
     metrics = {
