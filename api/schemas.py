@@ -62,6 +62,9 @@ class JobCreate(BaseModel):
     pretrained: str = "imagenet"
     size: int = Field(224, ge=16, le=1024)
     resize_method: Literal["crop", "squish", "pad"] = "crop"
+    plan: list[dict[str, Any]] | None = Field(
+        None, description="fine_tune, progressive resizing: [{size, freeze_epochs?, epochs?, lr?}, ...] in order"
+    )
     bs: int = Field(64, ge=1, le=4096)
     freeze_epochs: int = Field(1, ge=0, le=1000)
     epochs: int = Field(1, ge=0, le=1000)

@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_parse_lr, default=2e-3, help="base learning rate, or 'find' to run lr_find")
     train.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="also checkpoint every N steps")
     train.add_argument("--grad-accum", type=int, default=1, metavar="N", help="step the optimizer every N batches")
+    train.add_argument(
+        "--sizes",
+        default=None,
+        metavar="S1,S2,...",
+        help="progressive resizing: stage 1 + stage 2 at each size in turn (e.g. 128,256)",
+    )
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
 
     lr_find = verbs.add_parser("lr-find", help="sweep the learning rate, print suggestions, write the plot")
@@ -129,6 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         checkpoint_every_n_steps=args.checkpoint_every,
         grad_accum=args.grad_accum,
+        plan=[{"size": int(s)} for s in args.sizes.split(",")] if args.sizes else None,
     )
     ctx = LocalJobContext(args.out)
     if ctx.checkpoint_file.exists() and not args.resume:

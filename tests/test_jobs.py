@@ -3,6 +3,7 @@ the same weights, metrics and curves as a run that was never interrupted."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -74,4 +75,56 @@ def test_a_job_stopped_mid_stage2_resumes_to_the_same_result(
     assert resumed["lrs"] == whole["lrs"]  # lr_find is not run again: the chosen rate came from the checkpoint
     a = load_file(str(tmp_path / "whole" / "export" / "weights.safetensors"))
     b = load_file(str(tmp_path / "crashed" / "export" / "weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class StopAtSecondSize(LocalJobContext):
+    """Cancelled right after the first mid-epoch checkpoint of the plan's second size."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__(out, show_progress=False)
+        self.stop = False
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        super().save_checkpoint(state)
+        self.stop = self.stop or (state["tag"] == "48px-stage1" and state["position"]["batch"] > 0)
+
+    def should_stop(self) -> bool:
+        return self.stop
+
+
+def test_progressive_resizing_runs_each_size_and_resumes_inside_the_plan(
+    fashion_folder: Path, pretrained_bundle: Path, tmp_path: Path
+) -> None:
+    spec = TrainSpec(
+        data=str(fashion_folder),
+        arch="resnet18",
+        pretrained=str(pretrained_bundle),
+        size=32,
+        bs=16,
+        freeze_epochs=1,
+        epochs=1,
+        lr=3e-3,
+        checkpoint_every_n_steps=2,
+        metrics=["error_rate"],
+        plan=[{"size": 32}, {"size": 48, "epochs": 2}],
+    )
+    whole = run_train(spec, LocalJobContext(tmp_path / "whole", show_progress=False))
+    assert [e["tag"] for e in whole["epochs"]] == [
+        "32px-stage1",
+        "32px-stage2",
+        "48px-stage1",
+        "48px-stage2",
+        "48px-stage2",
+    ]
+    manifest = json.loads((tmp_path / "whole" / "export" / "manifest.json").read_text())
+    assert manifest["input_size"] == 48  # the bundle serves the last size of the plan
+
+    stopped = StopAtSecondSize(tmp_path / "resumed")
+    with pytest.raises(TrainingStopped):
+        run_train(spec, stopped)
+    resumed = run_train(spec, LocalJobContext(tmp_path / "resumed", show_progress=False))
+    assert [e["tag"] for e in resumed["epochs"]] == [e["tag"] for e in whole["epochs"]]
+    a = load_file(str(tmp_path / "whole" / "export" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "export" / "weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -55,15 +55,47 @@ def _baselines(mosaics: Path) -> tuple[float, float]:
 
 def test_train_and_predict_multi_label_through_the_cli(mosaics: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    res = subprocess.run([FITCYCLE, "train", str(mosaics), "--from-csv", "labels.csv", "--label-col", "tags",
-                          "--label-delim", " ", "--arch", "resnet18", "--pretrained", "none", "--size", "56",
-                          "--bs", "16", "--freeze-epochs", "0", "--epochs", "6", "--lr", "3e-3", "--seed", "2",
-                          "--out", str(out)], capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [
+            FITCYCLE,
+            "train",
+            str(mosaics),
+            "--from-csv",
+            "labels.csv",
+            "--label-col",
+            "tags",
+            "--label-delim",
+            " ",
+            "--arch",
+            "resnet18",
+            "--pretrained",
+            "none",
+            "--size",
+            "56",
+            "--bs",
+            "16",
+            "--freeze-epochs",
+            "0",
+            "--epochs",
+            "6",
+            "--lr",
+            "3e-3",
+            "--seed",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     all_fbeta, majority_acc = _baselines(mosaics)
-    print(f"fbeta {metrics['fbeta']:.3f} (predict-all {all_fbeta:.3f}), accuracy_thresh "
-          f"{metrics['accuracy_thresh']:.3f} (majority {majority_acc:.3f})")
+    print(
+        f"fbeta {metrics['fbeta']:.3f} (predict-all {all_fbeta:.3f}), accuracy_thresh "
+        f"{metrics['accuracy_thresh']:.3f} (majority {majority_acc:.3f})"
+    )
     assert metrics["fbeta"] > all_fbeta + 0.03
     assert metrics["accuracy_thresh"] > majority_acc + 0.1
 
@@ -80,6 +112,10 @@ def test_train_and_predict_multi_label_through_the_cli(mosaics: Path, tmp_path: 
     for p in predictor.predict_batch(images):
         above = [c for c, v, t in zip(predictor.classes, p.probs, manifest["thresholds"], strict=True) if v > t]
         assert p.labels == above
-    line = subprocess.run([FITCYCLE, "predict", str(out / "export"), str(images[0]), "--json"], capture_output=True,
-                          text=True, timeout=120)
+    line = subprocess.run(
+        [FITCYCLE, "predict", str(out / "export"), str(images[0]), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "labels" in json.loads(line.stdout)

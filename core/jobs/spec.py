@@ -14,6 +14,17 @@ LabelRule = Literal["folder", "csv", "name_re"]
 JobKind = Literal["fine_tune", "stage1", "stage2", "lr_find", "interpret"]
 
 
+class PlanStep(BaseModel):
+    """One size of a progressive-resizing plan; unset fields take the job's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(ge=16, le=1024)
+    freeze_epochs: int | None = Field(None, ge=0, le=1000)
+    epochs: int | None = Field(None, ge=0, le=1000)
+    lr: float | None = Field(None, gt=0, lt=10)
+
+
 class TrainSpec(BaseModel):
     """One training run: where the images are, how they are labelled, and the fine-tune recipe."""
 
@@ -33,6 +44,9 @@ class TrainSpec(BaseModel):
     pretrained: str = Field("imagenet", description="'imagenet', 'none', or a weights file / export bundle")
     size: int = Field(224, ge=16, le=1024)
     resize_method: Literal["crop", "squish", "pad"] = "crop"
+    plan: list[PlanStep] | None = Field(
+        None, description="progressive resizing: for each size, rebuild the data, stage 1 frozen, stage 2 unfrozen"
+    )
     bs: int = Field(64, ge=1, le=4096)
     freeze_epochs: int = Field(1, ge=0, le=1000)
     epochs: int = Field(4, ge=0, le=1000)
@@ -104,6 +118,8 @@ class TrainSpec(BaseModel):
             raise ValueError(f"a {self.kind} job needs epochs >= 1")
         if self.kind in ("stage2", "interpret") and not self.init_bundle:
             raise ValueError(f"a {self.kind} job continues from a parent job's weights: set parent_job_id")
+        if self.plan is not None and (self.kind != "fine_tune" or not self.plan):
+            raise ValueError("a progressive-resizing plan belongs to a fine_tune job and needs at least one size")
         if self.lr == "auto" and self.kind != "stage2":
             raise ValueError("lr 'auto' is for stage 2 only")
         return self

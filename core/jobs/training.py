@@ -5,6 +5,7 @@ checkpoints through the context and resumes from its latest checkpoint, mid-epoc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +23,8 @@ from core.engine.callbacks import (
     ReportCallback,
     StopCallback,
 )
-from core.engine.data import DataConfig
-from core.engine.errors import DataError, WeightsMismatch
+from core.engine.data import DataConfig, ImageDataLoaders
+from core.engine.errors import CheckpointError, DataError, WeightsMismatch
 from core.engine.export import export_bundle, read_manifest
 from core.engine.interpret import ClassificationInterpretation, MultiLabelInterpretation
 from core.engine.labelling import LabelledItems, from_csv, from_folder, from_name_re
@@ -34,7 +35,7 @@ from core.engine.plots import plot_losses, plot_lr_find, show_batch
 from core.engine.transforms import get_transforms
 from core.engine.vision import cnn_learner
 from core.jobs.context import JobContext
-from core.jobs.spec import TrainSpec
+from core.jobs.spec import PlanStep, TrainSpec
 
 LR_MULT = 100  # fastai fine_tune: stage 2 spreads base_lr/2 over 100x from head to first group
 STAGE1_DEFAULT_LR = 3e-3  # the course's stage-1 default
@@ -190,45 +191,57 @@ def _resume_and_base_lr(
     return None, base_lr
 
 
+def _use_size(learn: Learner, size: int) -> None:
+    """Rebuild the data at another size (progressive resizing): same items, split, seeds and statistics."""
+    dls = learn.dls
+    if dls.config.size != size:
+        config = dataclasses.replace(dls.config, size=size)
+        learn.dls = ImageDataLoaders(dls.items, config, stats=dls.stats, device=dls.device)
+
+
 def _fine_tune(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
+    """Stage 1 frozen then stage 2 unfrozen [fastai fine_tune], once per size of the plan (one size
+    without a plan). Runs as a list of phases so that a checkpoint's tag says where to resume."""
     learn = built.learn
     if spec.is_pretrained:
         learn.freeze()
     resume, base_lr = _resume_and_base_lr(spec, ctx, learn, 2e-3)
-    done_tag = resume["tag"] if resume else None
+    phases: list[tuple[str, int, str, int, float]] = []  # (tag, size, what, epochs, lr)
+    for step in spec.plan or [PlanStep(size=spec.size)]:
+        prefix = f"{step.size}px-" if spec.plan else ""
+        freeze_epochs = spec.freeze_epochs if step.freeze_epochs is None else step.freeze_epochs
+        epochs = spec.epochs if step.epochs is None else step.epochs
+        lr = step.lr or base_lr
+        if not spec.is_pretrained:
+            phases.append((f"{prefix}train", step.size, "scratch", freeze_epochs + epochs, lr))
+            continue
+        if freeze_epochs:
+            phases.append((f"{prefix}stage1", step.size, "stage1", freeze_epochs, lr))
+        if epochs:
+            phases.append((f"{prefix}stage2", step.size, "stage2", epochs, lr))
+    tags = [p[0] for p in phases]
+    start = 0
+    if resume is not None:
+        if resume["tag"] not in tags:
+            raise CheckpointError(f"the checkpoint is from phase '{resume['tag']}', which this job does not have")
+        start = tags.index(resume["tag"])
     lrs: dict[str, Any] = {"base_lr": base_lr}
-    if spec.is_pretrained:
-        # Stage 1: frozen body, one-cycle on the head [fastai fine_tune: pct_start 0.99].
-        if spec.freeze_epochs and done_tag in (None, "stage1"):
+    for i, (tag, size, what, epochs, lr) in enumerate(phases):
+        rates: LrSpec = {"stage1": slice(lr), "stage2": slice(lr / 2 / LR_MULT, lr / 2)}.get(what, lr)
+        lrs[tag] = learn.lrs_for_groups(rates)
+        if i < start:
+            continue
+        _use_size(learn, size)
+        state = resume if i == start else None
+        if what == "stage1":  # frozen body, one-cycle on the head, pct_start 0.99
             learn.freeze()
-            learn.fit_one_cycle(
-                spec.freeze_epochs,
-                slice(base_lr),
-                pct_start=0.99,
-                tag="stage1",
-                resume=resume if done_tag == "stage1" else None,
-            )
-        lrs["stage1"] = learn.lrs_for_groups(slice(base_lr))
-        # Stage 2: unfrozen, discriminative rates from base_lr/2/100 (first group) to base_lr/2 (head).
-        if spec.epochs:
+            learn.fit_one_cycle(epochs, rates, pct_start=0.99, tag=tag, resume=state)
+        elif what == "stage2":  # unfrozen, from lr/2/100 (first group) to lr/2 (head)
             learn.unfreeze()
-            stage2 = slice(base_lr / 2 / LR_MULT, base_lr / 2)
-            learn.fit_one_cycle(
-                spec.epochs,
-                stage2,
-                pct_start=0.3,
-                div=5.0,
-                tag="stage2",
-                resume=resume if done_tag == "stage2" else None,
-            )
-            lrs["stage2"] = learn.lrs_for_groups(stage2)
-    else:
-        # From scratch there is nothing to protect: one rate for every group, as after unfreeze().
-        learn.unfreeze()
-        learn.fit_one_cycle(
-            spec.freeze_epochs + spec.epochs, base_lr, tag="train", resume=resume if done_tag == "train" else None
-        )
-        lrs["train"] = learn.lrs_for_groups(base_lr)
+            learn.fit_one_cycle(epochs, rates, pct_start=0.3, div=5.0, tag=tag, resume=state)
+        else:  # from scratch there is nothing to protect: one rate for every group
+            learn.unfreeze()
+            learn.fit_one_cycle(epochs, rates, tag=tag, resume=state)
     return finish(spec, ctx, built, lrs)
 
 
