@@ -164,8 +164,12 @@ class PredictUrl(BaseModel):
 class Predictions(BaseModel):
     """[label, probability] pairs, most probable first (the course's classify-url answer)."""
 
-    predictions: list[tuple[str, float]]
+    predictions: list[tuple[str, float]] | None = Field(
+        None, description="classification: every class, most probable first"
+    )
     labels: list[str] | None = Field(None, description="multi-label: every class above its tuned threshold")
+    points: list[list[float]] | None = Field(None, description="points task: (x, y) in the image's own pixels")
+    values: list[float] | None = Field(None, description="values task: the predicted numbers")
 
 
 class FilePredictions(Predictions):

@@ -20,6 +20,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     rule.add_argument("--from-folder", action="store_true", help="label = parent folder name (the default)")
     rule.add_argument("--from-csv", metavar="FILE", help="CSV with a header: file name and label columns")
     rule.add_argument("--from-name-re", metavar="PATTERN", help="regex on the file name; group 1 is the label")
+    rule.add_argument("--from-points-csv", metavar="FILE", help="keypoints: file name, then x, y pixel column pairs")
+    rule.add_argument("--from-values-csv", metavar="FILE", help="value regression: file name, then numbers")
     p.add_argument("--fn-col", default="name", help="CSV column with the file name (default: name)")
     p.add_argument("--label-col", default="label", help="CSV column with the label (default: label)")
     p.add_argument("--valid-col", default=None, help="CSV column marking validation rows (true/false)")
@@ -45,6 +47,10 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         labels, extra = "csv", {"csv": args.from_csv}
     elif args.from_name_re:
         labels, extra = "name_re", {"pattern": args.from_name_re}
+    elif args.from_points_csv:
+        labels, extra = "points", {"csv": args.from_points_csv}
+    elif args.from_values_csv:
+        labels, extra = "values", {"csv": args.from_values_csv}
     return {
         "data": args.data,
         "labels": labels,
@@ -106,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample = verbs.add_parser("sample-data", help="write a real sample dataset as image files (no download)")
     sample.add_argument(
         "name",
-        choices=["fashion-mnist", "animal-mnist", "digits", "fashion-mosaics"],
-        help="fashion-mosaics: multi-label 2x2 mosaics, labels.csv with a space-delimited 'tags' column",
+        choices=["fashion-mnist", "animal-mnist", "digits", "fashion-mosaics", "silhouette-points"],
+        help="fashion-mosaics: multi-label 2x2 mosaics, labels.csv with a space-delimited 'tags' column; "
+        "silhouette-points: keypoints (centroid, top) of silhouettes on textures, points.csv",
     )
     sample.add_argument("dest")
     sample.add_argument("--per-class", type=int, default=100)
@@ -141,7 +148,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if ctx.checkpoint_file.exists() and not args.resume:
         ctx.checkpoint_file.unlink()  # a fresh run; --resume keeps it
     metrics = run_train(spec, ctx)
-    print(f"error_rate {metrics['error_rate']:.4f}  ->  {Path(args.out) / 'metrics.json'}")
+    from core.engine.metrics import TASK_METRICS
+
+    task = next((t for t, names in TASK_METRICS.items() if names[0] in metrics), "classification")
+    main_metric = "error_rate" if "error_rate" in metrics else TASK_METRICS[task][0]
+    print(f"{main_metric} {metrics[main_metric]:.4f}  ->  {Path(args.out) / 'metrics.json'}")
     print(f"export bundle: {Path(args.out) / 'export'}")
     return 0
 
@@ -174,6 +185,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             status = EXIT_BAD_INPUT
             continue
         multi = {"labels": p.labels} if predictor.multi_label else {}
+        if predictor.task in ("points", "values"):
+            found = {"points": p.points} if predictor.task == "points" else {"values": p.values}
+            print(json.dumps({"path": path, **found}) if args.json else f"{path}: {found}")
+            continue
         if args.json:
             print(json.dumps({"path": path, "label": p.label, "index": p.index, "probs": p.probs, **multi}))
         elif predictor.multi_label:
@@ -185,10 +200,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
     """fitcycle sample-data."""
-    from core.datasets.samples import write_mosaics, write_sample
+    from core.datasets.samples import write_mosaics, write_sample, write_silhouette_points
 
     if args.name == "fashion-mosaics":
         dest = write_mosaics(args.dest, count=args.per_class * 4)
+    elif args.name == "silhouette-points":
+        dest = write_silhouette_points(args.dest, count=args.per_class * 3)
     else:
         dest = write_sample(args.name, args.dest, args.per_class, args.size, args.layout)
     print(f"wrote {args.name} to {dest}")

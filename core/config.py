@@ -40,7 +40,6 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 2 * 1024**3
     max_archive_files: int = 200_000
     max_extracted_bytes: int = 8 * 1024**3
-    max_image_pixels: int = 40_000_000
 
     # Prediction.
     predictor_cache_size: int = 4

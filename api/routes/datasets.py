@@ -23,7 +23,7 @@ async def upload_dataset(
     project: ProjectDep,
     name: Annotated[str, Form()],
     archive: Annotated[UploadFile, File(description=".zip, .tar or .tar.gz of images")],
-    labels: Annotated[Literal["folder", "csv", "name_re"], Form()] = "folder",
+    labels: Annotated[Literal["folder", "csv", "name_re", "points", "values"], Form()] = "folder",
     csv: Annotated[str | None, Form(description="labels=csv: the CSV file inside the archive")] = None,
     fn_col: Annotated[str, Form()] = "name",
     label_col: Annotated[str, Form()] = "label",

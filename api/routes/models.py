@@ -84,13 +84,17 @@ def _ranked(predictor: Predictor, images: list[bytes]) -> list[Predictions]:
         preds = predictor.predict_batch(images)
     except (OSError, ValueError) as exc:
         raise Problem(422, "Unreadable image", f"the upload is not an image we can decode: {exc}") from exc
+    if predictor.task == "points":
+        return [Predictions(points=p.points) for p in preds]
+    if predictor.task == "values":
+        return [Predictions(values=p.values) for p in preds]
     return [
         Predictions(predictions=p.ranked(predictor.classes), labels=p.labels if predictor.multi_label else None)
         for p in preds
     ]
 
 
-@router.post("/{model_id}/predict", response_model=Predictions | BatchPredictions)
+@router.post("/{model_id}/predict", response_model=Predictions | BatchPredictions, response_model_exclude_none=True)
 async def predict(
     state: StateDep,
     project: ProjectDep,
@@ -116,7 +120,7 @@ async def predict(
     )
 
 
-@router.post("/{model_id}/predict-url")
+@router.post("/{model_id}/predict-url", response_model_exclude_none=True)
 async def predict_url(state: StateDep, project: ProjectDep, model_id: str, body: PredictUrl) -> Predictions:
     """Fetch a public image URL and classify it (the course's classify-url)."""
     model = _model(state, project, model_id)

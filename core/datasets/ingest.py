@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from core.datasets.archives import Limits, extract_archive
 from core.engine.errors import DataError
-from core.engine.labelling import LabelledItems, Rejected, from_csv, from_folder, from_name_re
+from core.engine.labelling import LabelledItems, Rejected, from_csv, from_folder, from_name_re, from_targets_csv
 from core.storage.base import ObjectStore
 
 SplitKind = Literal["random", "folder", "column"]
@@ -24,7 +24,7 @@ MANIFEST = "manifest.json"
 class LabelRule:
     """How an uploaded dataset is labelled."""
 
-    kind: Literal["folder", "csv", "name_re"] = "folder"
+    kind: Literal["folder", "csv", "name_re", "points", "values"] = "folder"
     csv: str | None = None
     fn_col: str = "name"
     label_col: str = "label"
@@ -51,6 +51,12 @@ def label_folder(root: Path, rule: LabelRule, valid_pct: float, seed: int) -> tu
     if rule.kind == "folder":
         split: SplitKind = "folder" if (root / "train").is_dir() and (root / "valid").is_dir() else "random"
         return from_folder(root, valid_pct=valid_pct, seed=seed), split
+    if rule.kind in ("points", "values"):
+        if not rule.csv:
+            raise DataError(f"labels={rule.kind} needs the CSV's file name inside the archive (field 'csv')")
+        return from_targets_csv(root, rule.csv, rule.kind, rule.fn_col, rule.valid_col, valid_pct, seed), (
+            "column" if rule.valid_col else "random"
+        )
     if rule.kind == "csv":
         if not rule.csv:
             raise DataError("labels=csv needs the CSV's file name inside the archive (field 'csv')")
@@ -78,9 +84,10 @@ def manifest_for(items: LabelledItems, split: SplitKind, rule: LabelRule) -> dic
         "labels": rule.as_dict(),
         "split": split,
         "classes": items.classes,
+        "target_kind": items.target_kind,
         "items": [
-            {"key": k, "label": lab, "valid": v}
-            for k, lab, v in zip(items.keys, items.labels, items.is_valid, strict=True)
+            {"key": k, "label": lab, "valid": v, **({"targets": items.targets[n]} if items.targets else {})}
+            for n, (k, lab, v) in enumerate(zip(items.keys, items.labels, items.is_valid, strict=True))
         ],
     }
 

@@ -41,6 +41,17 @@ def items_from_manifest(folder: Path, manifest: dict[str, Any], valid_pct: float
     else:
         flags = [bool(r["valid"]) for r in rows]
     labels = [r["label"] for r in rows]
+    kind = manifest.get("target_kind", "label")
+    if kind != "label":  # regression: the targets travel in the manifest
+        return LabelledItems(
+            folder / "files",
+            keys,
+            labels,
+            flags,
+            list(manifest["classes"]),
+            targets=[r["targets"] for r in rows],
+            target_kind=kind,
+        )
     delim = manifest.get("labels", {}).get("label_delim")
     if delim:  # multi-label: the classes are the manifest's (union of every item's label set)
         return LabelledItems(folder / "files", keys, labels, flags, list(manifest["classes"]), label_delim=delim)

@@ -201,3 +201,42 @@ def write_mosaics(
         w.writerow(["name", "tags"])
         w.writerows(rows)
     return dest
+
+
+def write_silhouette_points(
+    dest: str | Path, count: int = 300, width: int = 72, height: int = 60, seed: int = 0
+) -> Path:
+    """Keypoint data from real images: Animal-MNIST silhouettes pasted at random places and scales on
+    scikit-image textures (brick, grass, gravel); targets are the silhouette's centroid and its top point
+    in the image's own pixels. images/ plus points.csv (name, centroid_x, centroid_y, top_x, top_y)."""
+    from skimage import data as skdata
+
+    shapes, _, _ = load_animal_mnist()
+    textures = [np.asarray(Image.fromarray(getattr(skdata, n)()).convert("L")) for n in ("brick", "grass", "gravel")]
+    rng = np.random.default_rng(seed)
+    dest = Path(dest)
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        tex = textures[int(rng.integers(len(textures)))]
+        y0, x0 = int(rng.integers(tex.shape[0] - height)), int(rng.integers(tex.shape[1] - width))
+        canvas = tex[y0 : y0 + height, x0 : x0 + width].astype(np.float32) * 0.6
+        side = int(rng.integers(22, min(height, width) - 4))
+        shape = np.asarray(Image.fromarray(shapes[int(rng.integers(len(shapes)))]).resize((side, side)), np.float32)
+        px, py = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+        mask = shape > 100
+        region = canvas[py : py + side, px : px + side]
+        region[mask] = 255.0
+        ys, xs = np.nonzero(mask)
+        cx, cy = float(xs.mean() + px + 0.5), float(ys.mean() + py + 0.5)
+        top = int(ys.min())
+        tx = float(xs[ys == top].mean() + px + 0.5)
+        ty = float(top + py + 0.5)
+        name = f"images/{i:05d}.png"
+        Image.fromarray(canvas.clip(0, 255).astype(np.uint8)).convert("RGB").save(dest / name)
+        rows.append((name, round(cx, 2), round(cy, 2), round(tx, 2), round(ty, 2)))
+    with (dest / "points.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "centroid_x", "centroid_y", "top_x", "top_y"])
+        w.writerows(rows)
+    return dest

@@ -22,6 +22,7 @@ from core.engine.transforms import (
     ResizeMethod,
     image_to_uint8_tensor,
     resize_image,
+    resize_map,
 )
 
 
@@ -53,8 +54,19 @@ class ImageItemsDataset(Dataset[tuple[torch.Tensor, Any]]):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
         idx = self.indices[i]
-        rng = np.random.default_rng(derived_seed(self.seed, self.stream, self.epoch, idx)) if self.random_crop else None
-        img = resize_image(open_rgb(self.items.path(idx)), self.size, self.method, rng)
+        seed = derived_seed(self.seed, self.stream, self.epoch, idx)
+        rng = np.random.default_rng(seed) if self.random_crop else None
+        original = open_rgb(self.items.path(idx))
+        img = resize_image(original, self.size, self.method, rng)
+        if self.items.target_kind == "points":
+            # The same crop as the image (a generator with the same seed draws the same position).
+            again = np.random.default_rng(seed) if self.random_crop else None
+            ax, bx, ay, by = resize_map(original.width, original.height, self.size, self.method, again)
+            xy = torch.tensor(self.items.targets[idx], dtype=torch.float32).view(-1, 2)  # type: ignore[index]
+            xy = torch.stack([xy[:, 0] * ax + bx, xy[:, 1] * ay + by], dim=1) / self.size * 2 - 1
+            return image_to_uint8_tensor(img), xy.flatten()
+        if self.items.target_kind == "values":
+            return image_to_uint8_tensor(img), torch.tensor(self.items.targets[idx], dtype=torch.float32)  # type: ignore[index]
         return image_to_uint8_tensor(img), self.target(idx)
 
     def target(self, idx: int) -> Any:
@@ -151,10 +163,16 @@ class DeviceLoader:
         batch_idx = self.start_batch
         for xb, yb in self.loader:
             x = xb.to(self.device, non_blocking=True).float().div_(255)
+            yb = yb.to(self.device, non_blocking=True)
             if self.augment is not None:
                 gen = torch.Generator().manual_seed(derived_seed(self.seed, "aug", self.stream, self.epoch, batch_idx))
-                x = self.augment(x, gen)
-            yield self.normalize(x), yb.to(self.device, non_blocking=True)
+                if self.dataset.items.target_kind == "points":
+                    x, moved = self.augment.apply(x, gen, yb.view(len(yb), -1, 2))
+                    assert moved is not None
+                    yb = moved.reshape(len(yb), -1)
+                else:
+                    x = self.augment(x, gen)
+            yield self.normalize(x), yb
             batch_idx += 1
         self.set_epoch(self.epoch, 0)
 
@@ -205,6 +223,18 @@ class ImageDataLoaders:
     def multi_label(self) -> bool:
         """True for multi-label data (sigmoid outputs, binary cross-entropy)."""
         return self.items.multi_label
+
+    @property
+    def n_out(self) -> int:
+        """Model outputs: one per class, or per target number (points: 2 per point)."""
+        if self.items.targets is not None:
+            return len(self.items.targets[0]) if self.items.targets else 0
+        return len(self.classes)
+
+    @property
+    def task(self) -> str:
+        """classification, multilabel, points or values."""
+        return self.items.task
 
     @property
     def c(self) -> int:

@@ -25,7 +25,7 @@ BUNDLE_FORMAT = "fitcycle-bundle"
 BUNDLE_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
-TASKS = ("classification", "multilabel")
+TASKS = ("classification", "multilabel", "points", "values")
 
 
 def fitcycle_version() -> str:
@@ -60,11 +60,11 @@ def build_manifest(
     return {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
-        "task": "multilabel" if dls.multi_label else "classification",
+        "task": dls.task,
         "arch": learn.arch.name,
-        "head": (head or HeadConfig()).as_dict(),
+        "head": (head or learn.head_config or HeadConfig()).as_dict(),
         "classes": list(dls.classes),
-        "n_out": len(dls.classes),
+        "n_out": dls.n_out,
         "input_size": size,
         "resize_method": method,
         "normalization": {"mean": mean, "std": std},
@@ -74,7 +74,7 @@ def build_manifest(
             {"name": "to_float", "scale": 1 / 255},
             {"name": "normalize", "mean": mean, "std": std},
         ],
-        "activation": "sigmoid" if dls.multi_label else "softmax",
+        "activation": {"multilabel": "sigmoid", "classification": "softmax"}.get(dls.task, "none"),
         **({"thresholds": thresholds or [0.2] * len(dls.classes)} if dls.multi_label else {}),
         "weights": WEIGHTS_FILE,
         "versions": {
@@ -148,7 +148,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise BundleError(f"{path}: unknown architecture '{arch}'")
     classes = _require(manifest, "classes", list, path)
     n_out = _require(manifest, "n_out", int, path)
-    if len(classes) != n_out or not all(isinstance(c, str) for c in classes):
+    per_name = 2 if task == "points" else 1
+    if len(classes) * per_name != n_out or not all(isinstance(c, str) for c in classes):
         raise BundleError(f"{path}: {len(classes)} class names for {n_out} outputs")
     if task == "multilabel":
         thresholds = _require(manifest, "thresholds", list, path)

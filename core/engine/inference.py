@@ -16,7 +16,7 @@ from core.engine.errors import BundleError
 from core.engine.export import read_manifest
 from core.engine.images import open_rgb
 from core.engine.model import HeadConfig, create_cnn_model
-from core.engine.transforms import Normalize, image_to_uint8_tensor, resize_image
+from core.engine.transforms import Normalize, image_to_uint8_tensor, resize_image, resize_map
 
 ImageInput = str | Path | bytes | Image.Image
 
@@ -30,6 +30,8 @@ class Prediction:
     index: int
     probs: list[float]
     labels: list[str] = field(default_factory=list)
+    points: list[list[float]] = field(default_factory=list)  # points task: (x, y) in the original image's pixels
+    values: list[float] = field(default_factory=list)  # values task
 
     def ranked(self, classes: Sequence[str]) -> list[tuple[str, float]]:
         """(label, probability) for every class, most probable first."""
@@ -48,12 +50,13 @@ class Predictor:
         self.method = m["resize_method"]
         self.normalize = Normalize(tuple(m["normalization"]["mean"]), tuple(m["normalization"]["std"]))
         self.device = torch.device(device)
-        self.multi_label = m["task"] == "multilabel"
+        self.task: str = m["task"]
+        self.multi_label = self.task == "multilabel"
         self.thresholds: list[float] = list(m.get("thresholds", []))
         head = m["head"]
         model = create_cnn_model(
             get_architecture(m["arch"]),
-            len(self.classes),
+            m["n_out"],
             head=HeadConfig(
                 lin_ftrs=list(head["lin_ftrs"]), ps=float(head["ps"]), concat_pool=bool(head["concat_pool"])
             ),
@@ -65,17 +68,29 @@ class Predictor:
             raise BundleError(f"{self.bundle}: the weights do not fit the manifest's model: {str(exc)[:400]}") from exc
         self.model = model.to(self.device).eval()
 
-    def _tensor(self, image: ImageInput) -> torch.Tensor:
-        return image_to_uint8_tensor(resize_image(open_rgb(image), self.size, self.method, None))
+    def _resized(self, image: Image.Image) -> torch.Tensor:
+        return image_to_uint8_tensor(resize_image(image, self.size, self.method, None))
+
+    def _regression(self, output: torch.Tensor, image: Image.Image) -> Prediction:
+        if self.task == "values":
+            return Prediction("", -1, [], values=output.tolist())
+        # Points: [-1, 1] -> resized pixels -> the original image's pixels (undo the resize's affine map).
+        ax, bx, ay, by = resize_map(image.width, image.height, self.size, self.method, None)
+        xy = (output.view(-1, 2) + 1) / 2 * self.size
+        points = [[(x - bx) / ax, (y - by) / ay] for x, y in xy.tolist()]
+        return Prediction("", -1, [], points=points)
 
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[ImageInput]) -> list[Prediction]:
         """Classify several images in one forward pass."""
         if not images:
             return []
-        x = torch.stack([self._tensor(img) for img in images]).to(self.device).float().div_(255)
-        logits = self.model(self.normalize(x)).float()
-        probs = (logits.sigmoid() if self.multi_label else logits.softmax(dim=1)).cpu()
+        opened = [open_rgb(img) for img in images]
+        x = torch.stack([self._resized(img) for img in opened]).to(self.device).float().div_(255)
+        outputs = self.model(self.normalize(x)).float().cpu()
+        if self.task in ("points", "values"):
+            return [self._regression(o, img) for o, img in zip(outputs, opened, strict=True)]
+        probs = outputs.sigmoid() if self.multi_label else outputs.softmax(dim=1)
         out = []
         for p in probs:
             i = int(p.argmax())

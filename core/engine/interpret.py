@@ -220,3 +220,53 @@ class MultiLabelInterpretation:
             for t in tops
         ]
         return plot_images(images, titles, path, "predicted/actual/loss")
+
+
+class RegressionInterpretation:
+    """Points or values: the error of every validation item, its distribution, the trivial baseline
+    (predicting the training mean), and the worst items drawn with true and predicted points."""
+
+    def __init__(self, learn: Learner) -> None:
+        self.learn = learn
+        self.task = learn.dls.task
+        self.preds, self.targs = learn.get_preds(valid=True)
+        _, train_targs = learn.get_preds(valid=False)
+        self.baseline = train_targs.mean(0, keepdim=True).expand_as(self.targs)
+        self.errors = self._errors(self.preds)
+        self.dataset = learn.dls.valid.dataset
+
+    def _errors(self, preds: torch.Tensor) -> torch.Tensor:
+        if self.task == "points":  # mean point distance as a share of the image side
+            return ((preds - self.targs).view(len(preds), -1, 2).norm(dim=2) / 2).mean(dim=1)
+        return (preds - self.targs).abs().mean(dim=1)
+
+    def as_dict(self, k: int = 9) -> dict[str, Any]:
+        """Error summary against the mean-target baseline, and the worst items."""
+        base = self._errors(self.baseline)
+        worst = torch.topk(self.errors, min(k, len(self.errors))).indices.tolist()
+        unit = "share of the image side" if self.task == "points" else "absolute error"
+        return {
+            "task": self.task,
+            "unit": unit,
+            "error_mean": float(self.errors.mean()),
+            "error_median": float(self.errors.median()),
+            "error_p90": float(self.errors.quantile(0.9)),
+            "baseline_mean_target_error": float(base.mean()),
+            "top_losses": [{"item": self.dataset.key(i), "error": float(self.errors[i])} for i in worst],
+        }
+
+    def plot_top_losses(self, path: str | Path, k: int = 9) -> Path:
+        """The worst items; points: true (green dots) and predicted (red crosses)."""
+        worst = torch.topk(self.errors, min(k, len(self.errors))).indices.tolist()
+        images = torch.stack([self.dataset[i][0] for i in worst]).float() / 255
+        titles = [f"{self.errors[i]:.3f}" for i in worst]
+        if self.task == "points":
+            return plot_images(
+                images,
+                titles,
+                path,
+                "error (share of side)",
+                points=[self.targs[i] for i in worst],
+                predicted=[self.preds[i] for i in worst],
+            )
+        return plot_images(images, titles, path, "absolute error")

@@ -38,6 +38,15 @@ class LabelledItems:
     rejected: list[Rejected] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     label_delim: str | None = None  # set: multi-label, each label is a delimited list of classes
+    targets: list[list[float]] | None = None  # regression: numbers per item (points: x0, y0, x1, y1, ... pixels)
+    target_kind: str = "label"  # label | points | values
+
+    @property
+    def task(self) -> str:
+        """classification, multilabel, points or values."""
+        if self.target_kind != "label":
+            return self.target_kind
+        return "multilabel" if self.multi_label else "classification"
 
     @property
     def multi_label(self) -> bool:
@@ -63,6 +72,9 @@ class LabelledItems:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Items per class and split: {class: {"train": n, "valid": n}}."""
+        if self.targets is not None:  # regression: items per split
+            n_valid = sum(self.is_valid)
+            return {"items": {"train": len(self) - n_valid, "valid": n_valid}}
         out = {c: {"train": 0, "valid": 0} for c in self.classes}
         for i, valid in enumerate(self.is_valid):
             for label in self.label_set(i):
@@ -257,3 +269,71 @@ def from_name_re(root: str | Path, pattern: str, valid_pct: float = 0.2, seed: i
         return match.group(1) if match else None
 
     return from_name_func(root, label, valid_pct, seed)
+
+
+def from_targets_csv(
+    root: str | Path,
+    csv_path: str | Path,
+    kind: str = "points",
+    fn_col: str = "name",
+    valid_col: str | None = None,
+    valid_pct: float = 0.2,
+    seed: int = 42,
+) -> LabelledItems:
+    """Regression targets from a CSV: a file-name column, then numbers. kind=points: the numbers are x, y
+    pairs in the image's own pixels (columns like nose_x, nose_y); kind=values: any numbers."""
+    if kind not in ("points", "values"):
+        raise DataError(f"target kind must be points or values, got {kind!r}")
+    root = Path(root).resolve()
+    csv_path = Path(csv_path) if Path(csv_path).is_absolute() else root / csv_path
+    if not csv_path.is_file():
+        raise DataError(f"CSV file {csv_path} not found")
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h for h in (reader.fieldnames or []) if h not in (fn_col, valid_col)]
+        rows = list(reader)
+    if fn_col not in (reader.fieldnames or []):
+        raise DataError(f"{csv_path.name}: no column '{fn_col}' (columns are: {', '.join(reader.fieldnames or [])})")
+    if not header or (kind == "points" and len(header) % 2):
+        raise DataError(f"{csv_path.name}: points need x, y column pairs after '{fn_col}'; found {header}")
+    keys, targets, valid_values, rejected = [], [], [], []
+    for n, row in enumerate(rows, start=2):
+        name = str(row[fn_col]).strip()
+        target = (root / name).resolve()
+        try:
+            values = [float(row[h]) for h in header]
+        except (TypeError, ValueError):
+            rejected.append(Rejected(name, f"{csv_path.name} row {n}: a target is not a number"))
+            continue
+        if not target.is_relative_to(root):
+            rejected.append(Rejected(name, f"{csv_path.name} row {n}: path escapes the dataset folder"))
+        elif not target.is_file():
+            rejected.append(Rejected(name, f"{csv_path.name} row {n}: file not found"))
+        else:
+            keys.append(target.relative_to(root).as_posix())
+            targets.append(values)
+            valid_values.append(str(row[valid_col]) if valid_col else "")
+    flags = split_by_column(valid_values) if valid_col else split_by_rand_pct(keys, valid_pct, seed)
+    problems = _check_files(root, keys)
+    keep = [i for i, p in enumerate(problems) if p is None]
+    rejected += [Rejected(keys[i], p) for i, p in enumerate(problems) if p is not None]
+    names = (
+        header
+        if kind == "values"
+        else [h.removesuffix("_x").removesuffix("x") or f"p{i}" for i, h in enumerate(header[::2])]
+    )
+    items = LabelledItems(
+        root,
+        [keys[i] for i in keep],
+        [""] * len(keep),
+        [flags[i] for i in keep],
+        names,
+        rejected,
+        targets=[targets[i] for i in keep],
+        target_kind=kind,
+    )
+    if not items.keys:
+        raise DataError(f"no usable image in {csv_path.name}.\n{items.summary()}")
+    if not any(items.is_valid) or all(items.is_valid):
+        raise DataError(f"the split leaves no validation or no training image.\n{items.summary()}")
+    return items

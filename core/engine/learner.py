@@ -101,6 +101,7 @@ class Learner:
         self.tag = ""
         self.lr_finding = False
         self.extra: dict[str, Any] = {}  # plain values a recipe keeps with each checkpoint (e.g. the lr it chose)
+        self.head_config: Any = None  # the HeadConfig the model was built with (exported with it)
         self._resume: dict[str, Any] | None = None
 
     # ----- callbacks -----------------------------------------------------------------------------

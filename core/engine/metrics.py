@@ -42,6 +42,23 @@ def fbeta(preds: torch.Tensor, targs: torch.Tensor, beta: float = 2.0, thresh: f
     return ((1 + b2) * precision * recall / (b2 * precision + recall + eps)).mean().item()
 
 
+def point_error(preds: torch.Tensor, targs: torch.Tensor) -> float:
+    """Points: mean distance between predicted and true points, as a share of the image side
+    (coordinates are in [-1, 1], so half the distance there)."""
+    diff = (preds - targs).view(len(preds), -1, 2)
+    return (diff.norm(dim=2) / 2).mean().item()
+
+
+def mae(preds: torch.Tensor, targs: torch.Tensor) -> float:
+    """Values: mean absolute error."""
+    return (preds - targs).abs().mean().item()
+
+
+def rmse(preds: torch.Tensor, targs: torch.Tensor) -> float:
+    """Values: root mean squared error."""
+    return (preds - targs).pow(2).mean().sqrt().item()
+
+
 METRICS: dict[str, Metric] = {
     "error_rate": error_rate,
     "accuracy": accuracy,
@@ -49,6 +66,15 @@ METRICS: dict[str, Metric] = {
     "top_5_accuracy": partial(top_k_accuracy, k=5),
     "accuracy_thresh": accuracy_thresh,
     "fbeta": fbeta,
+    "point_error": point_error,
+    "mae": mae,
+    "rmse": rmse,
+}
+TASK_METRICS = {
+    "classification": ("error_rate", "accuracy"),
+    "multilabel": ("accuracy_thresh", "fbeta"),
+    "points": ("point_error",),
+    "values": ("mae", "rmse"),
 }
 MULTI_LABEL_METRICS = ("accuracy_thresh", "fbeta")
 

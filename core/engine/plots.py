@@ -30,15 +30,28 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def plot_images(images: torch.Tensor, titles: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """A grid of CHW float images in [0, 1], each with its title."""
+def plot_images(
+    images: torch.Tensor,
+    titles: Sequence[str],
+    path: str | Path,
+    title: str = "",
+    points: Sequence[torch.Tensor] | None = None,
+    predicted: Sequence[torch.Tensor] | None = None,
+) -> Path:
+    """A grid of CHW float images in [0, 1], each with its title; points (K x 2 in [-1, 1]) drawn as
+    green dots, predicted points as red crosses."""
     rows, cols = _grid(len(titles))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, t in zip(axes.flat, images, titles, strict=False):
+    for i, (ax, img, t) in enumerate(zip(axes.flat, images, titles, strict=False)):
         ax.imshow(img.permute(1, 2, 0).cpu().numpy())
         ax.set_title(t, fontsize=8)
+        h, w = img.shape[-2:]
+        for pts, style in [(points, "o"), (predicted, "x")]:
+            if pts is not None:
+                xy = (pts[i].view(-1, 2).cpu() + 1) / 2
+                ax.plot(xy[:, 0] * w, xy[:, 1] * h, style, color="lime" if style == "o" else "red", markersize=6)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -49,6 +62,10 @@ def show_batch(dls: Any, path: str | Path, max_n: int = 16, valid: bool = False)
     xb, yb = dls.one_batch(valid=valid)
     n = min(max_n, len(yb))
     images = dls.normalize.decode(xb[:n])
+    if dls.task == "points":
+        return plot_images(images, [""] * n, path, points=list(yb[:n]))
+    if dls.task == "values":
+        return plot_images(images, [" ".join(f"{v:.3g}" for v in y.tolist()) for y in yb[:n]], path)
     return plot_images(images, [label_text(dls.classes, y) for y in yb[:n]], path)
 
 

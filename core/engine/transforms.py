@@ -38,6 +38,24 @@ def resize_image(img: Image.Image, size: int, method: ResizeMethod, rng: np.rand
     raise ValueError(f"resize method must be crop, squish or pad, got {method!r}")
 
 
+def resize_map(
+    width: int, height: int, size: int, method: ResizeMethod, rng: np.random.Generator | None
+) -> tuple[float, float, float, float]:
+    """The affine map (ax, bx, ay, by) from source pixels to resized pixels (x' = ax*x + bx) that
+    resize_image applies, drawing the same random crop position from `rng`."""
+    if method == "squish":
+        return size / width, 0.0, size / height, 0.0
+    if method == "crop":
+        side = min(width, height)
+        fx, fy = (rng.random(), rng.random()) if rng is not None else (0.5, 0.5)
+        left, top = round((width - side) * fx), round((height - side) * fy)
+        s = size / side
+        return s, -left * s, s, -top * s
+    scale = size / max(width, height)
+    nw, nh = max(1, round(width * scale)), max(1, round(height * scale))
+    return nw / width, (size - nw) // 2, nh / height, (size - nh) // 2
+
+
 def image_to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     """HWC PIL image to a CHW uint8 tensor."""
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -97,6 +115,13 @@ class BatchAugment:
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Augment a batch of shape (N, 3, H, W) with values in [0, 1]."""
+        return self.apply(x, gen)[0]
+
+    def apply(
+        self, x: torch.Tensor, gen: torch.Generator, points: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Augment images and move `points` (N, K, 2) in [-1, 1] coordinates with them. Points need an
+        invertible geometry, so a point task must set max_warp=0 (checked by the job spec)."""
         c = self.config
         n = x.shape[0]
         # Draw every random number on the CPU generator first, so results do not depend on the device.
@@ -152,7 +177,11 @@ class BatchAugment:
             b = torch.logit(bright).to(dev, x.dtype)[:, None, None, None]
             k = contrast.to(dev, x.dtype)[:, None, None, None]
             out = torch.where(on, torch.sigmoid(logit * k + b), out)
-        return out
+        if points is not None:
+            # The grid maps output coords to input coords: p_in = A p_out + t, so p_out = A^-1 (p_in - t).
+            a, t = mat[:, :, :2].to(points), mat[:, :, 2].to(points)
+            points = torch.linalg.solve(a[:, None], (points - t[:, None])[..., None])[..., 0]
+        return out, points
 
     @staticmethod
     def _warp(grid: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:

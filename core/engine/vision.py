@@ -13,7 +13,7 @@ from core.engine.data import DataConfig, ImageDataLoaders
 from core.engine.labelling import LabelledItems
 from core.engine.learner import Callback, Learner
 from core.engine.metrics import Metric
-from core.engine.model import create_cnn_model
+from core.engine.model import HeadConfig, create_cnn_model
 from core.engine.pretrained import load_body
 
 
@@ -25,6 +25,8 @@ def cnn_learner(
     metrics: Sequence[Metric] = (),
     cbs: Iterable[Callback] = (),
     device: torch.device | str = "cpu",
+    loss_func: torch.nn.Module | None = None,
+    head: HeadConfig | None = None,
 ) -> tuple[Learner, str]:
     """A learner on `items`, frozen when the body is pretrained, and where the body's weights came from.
     A pretrained body gets the normalization it was trained with; one from scratch, the data's own."""
@@ -32,10 +34,16 @@ def cnn_learner(
     torch.manual_seed(config.seed)
     loaded = load_body(architecture, pretrained)
     dls = ImageDataLoaders(items, config, stats=loaded.stats, device=device)
-    model = create_cnn_model(architecture, dls.c, loaded.body)
-    # Multi-label: a sigmoid per class with binary cross-entropy, instead of softmax cross-entropy.
-    loss = torch.nn.BCEWithLogitsLoss() if dls.multi_label else None
+    head = head or HeadConfig()
+    model = create_cnn_model(architecture, dls.n_out, loaded.body, head)
+    # Multi-label: a sigmoid per class with binary cross-entropy; regression: MSE (or what was given).
+    loss = loss_func or {
+        "multilabel": torch.nn.BCEWithLogitsLoss(),
+        "points": torch.nn.MSELoss(),
+        "values": torch.nn.MSELoss(),
+    }.get(items.task)
     learn = Learner(dls, model, loss_func=loss, metrics=metrics, arch=architecture, cbs=cbs)
+    learn.head_config = head
     if loaded.stats is not None:  # pretrained: stage 1 trains the head first
         learn.freeze()
     return learn, loaded.source

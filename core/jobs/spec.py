@@ -10,7 +10,7 @@ from core.engine.architectures import ARCHITECTURES
 from core.engine.metrics import METRICS
 from core.engine.transforms import AugmentConfig
 
-LabelRule = Literal["folder", "csv", "name_re"]
+LabelRule = Literal["folder", "csv", "name_re", "points", "values"]
 JobKind = Literal["fine_tune", "stage1", "stage2", "lr_find", "interpret"]
 
 
@@ -63,6 +63,10 @@ class TrainSpec(BaseModel):
         "the split always uses `seed`, so related jobs share one validation set",
     )
     metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"])
+    loss: Literal["default", "l1"] = Field("default", description="regression: mean squared error, or l1")
+    head_dropout: float | None = Field(
+        None, ge=0, lt=1, description="the head's dropout (fastai ps); default 0.5, or 0 for points/values regression"
+    )
     augment: bool = True
     num_workers: int | None = Field(None, ge=0, le=64)
     checkpoint_every_n_steps: int | None = Field(None, ge=1)
@@ -108,6 +112,8 @@ class TrainSpec(BaseModel):
 
     @model_validator(mode="after")
     def _rule_fields(self) -> TrainSpec:
+        if self.labels in ("points", "values") and not self.csv:
+            raise ValueError(f"labels={self.labels} needs 'csv': file name, then the target numbers per image")
         if self.labels == "csv" and not self.csv:
             raise ValueError("labels=csv needs 'csv': the CSV file naming each image and its label")
         if self.labels == "name_re" and not self.pattern:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,11 +28,12 @@ from core.engine.callbacks import (
 from core.engine.data import DataConfig, ImageDataLoaders
 from core.engine.errors import CheckpointError, DataError, WeightsMismatch
 from core.engine.export import export_bundle, read_manifest
-from core.engine.interpret import ClassificationInterpretation, MultiLabelInterpretation
-from core.engine.labelling import LabelledItems, from_csv, from_folder, from_name_re
+from core.engine.interpret import ClassificationInterpretation, MultiLabelInterpretation, RegressionInterpretation
+from core.engine.labelling import LabelledItems, from_csv, from_folder, from_name_re, from_targets_csv
 from core.engine.learner import Callback, Learner, LrSpec
 from core.engine.lr_finder import LRFindResult
-from core.engine.metrics import MULTI_LABEL_METRICS, get_metric
+from core.engine.metrics import TASK_METRICS, get_metric
+from core.engine.model import HeadConfig
 from core.engine.plots import plot_losses, plot_lr_find, show_batch
 from core.engine.transforms import get_transforms
 from core.engine.vision import cnn_learner
@@ -45,6 +48,11 @@ def label_items(spec: TrainSpec) -> LabelledItems:
     """Apply the spec's labelling rule to its data folder."""
     if spec.labels == "folder":
         return from_folder(spec.data, valid_pct=spec.valid_pct, seed=spec.seed)
+    if spec.labels in ("points", "values"):
+        assert spec.csv is not None
+        return from_targets_csv(
+            spec.data, spec.csv, spec.labels, spec.fn_col, spec.valid_col, spec.valid_pct, spec.seed
+        )
     if spec.labels == "csv":
         assert spec.csv is not None
         return from_csv(
@@ -83,6 +91,8 @@ def build_learner(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None 
     items = items if items is not None else label_items(spec)
     device = pick_device(spec.device)
     augment = get_transforms(**(spec.transforms or {})) if spec.augment else None
+    if augment is not None and items.target_kind == "points":
+        augment = dataclasses.replace(augment, max_warp=0.0)  # points follow only invertible (affine) transforms
     config = DataConfig(
         size=spec.size,
         resize_method=spec.resize_method,
@@ -103,11 +113,14 @@ def build_learner(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None 
     if device.type == "cuda":
         cbs += [MixedPrecision(), ChannelsLast()]
     names = spec.metrics
-    if items.multi_label and not set(names) & set(MULTI_LABEL_METRICS):
-        names = list(MULTI_LABEL_METRICS)  # error_rate/accuracy assume one class per image
+    if not set(names) & set(TASK_METRICS[items.task]):
+        names = list(TASK_METRICS[items.task])  # the defaults assume one class per image
     metrics = [get_metric(m) for m in names]
     pretrained = spec.init_bundle or spec.pretrained
-    learn, source = cnn_learner(items, spec.arch, config, pretrained, metrics, cbs, device)
+    loss = torch.nn.L1Loss() if spec.loss == "l1" else None
+    ps = spec.head_dropout if spec.head_dropout is not None else (0.0 if items.task in ("points", "values") else 0.5)
+    head = HeadConfig(ps=ps)
+    learn, source = cnn_learner(items, spec.arch, config, pretrained, metrics, cbs, device, loss, head)
     if spec.init_bundle:
         _load_full_weights(learn, spec.init_bundle)
     assert learn.arch is not None
@@ -300,15 +313,28 @@ def _interpret(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]
     """Interpretation of the parent's model on the validation split."""
     manifest = read_manifest(spec.init_bundle) if spec.init_bundle else {}
     summary = write_interpretation(built.learn, ctx, manifest.get("thresholds"))
-    keep = ("error_rate", "most_confused", "per_class", "per_label", "thresholds")
+    keep = (
+        "error_rate",
+        "most_confused",
+        "per_class",
+        "per_label",
+        "thresholds",
+        "error_mean",
+        "error_median",
+        "baseline_mean_target_error",
+    )
     return {k: (v[:10] if k == "most_confused" else v) for k, v in summary.items() if k in keep}
 
 
 def write_interpretation(learn: Learner, ctx: JobContext, thresholds: list[float] | None = None) -> dict[str, Any]:
     """interpretation.json and its plots: confusion matrix and top losses, or for multi-label the per-label
     confusion counts, the threshold curves and top losses."""
-    interp: ClassificationInterpretation | MultiLabelInterpretation
-    if learn.dls.multi_label:
+    interp: ClassificationInterpretation | MultiLabelInterpretation | RegressionInterpretation
+    plots: list[tuple[str, Callable[[Path], Path]]]
+    if learn.dls.task in ("points", "values"):
+        interp = RegressionInterpretation(learn)
+        plots = [("plots/top_losses.png", interp.plot_top_losses)]
+    elif learn.dls.multi_label:
         interp = MultiLabelInterpretation(learn, thresholds)
         plots = [
             ("plots/threshold_curve.png", interp.plot_threshold_curve),
@@ -340,7 +366,7 @@ def finish(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) 
     ctx.artifact_written("export")
     last = learn.recorder.epochs[-1] if learn.recorder.epochs else {}
     metrics = {
-        "error_rate": summary["error_rate"],
+        **({"error_rate": summary["error_rate"]} if "error_rate" in summary else {}),
         **{k: v for k, v in last.items() if k not in ("epoch", "tag", "seconds")},
         "epochs": learn.recorder.epochs,
         "lrs": lrs,

@@ -1,0 +1,129 @@
+"""Keypoint regression on real images (silhouettes on textures): points move with the augmentation,
+MSE training beats predicting the mean point, and prediction answers in the original image's pixels."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.datasets.samples import write_silhouette_points
+from core.engine.data import DataConfig, ImageDataLoaders
+from core.engine.export import read_manifest
+from core.engine.inference import Predictor
+from core.engine.labelling import from_targets_csv
+from core.engine.transforms import AugmentConfig, BatchAugment, get_transforms
+
+FITCYCLE = str(Path(sys.executable).parent / "fitcycle")
+
+
+@pytest.fixture(scope="module")
+def silhouettes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_silhouette_points(tmp_path_factory.mktemp("points") / "data", count=360, seed=4)
+
+
+def test_points_follow_flips_rotation_and_zoom() -> None:
+    # A bright dot: after augmentation the moved point must sit on the moved dot.
+    x = torch.zeros(16, 3, 33, 33)
+    x[:, :, 8, 24] = 1.0
+    point = torch.tensor([[(24.5 / 33) * 2 - 1, (8.5 / 33) * 2 - 1]]).expand(16, 1, 2).clone()
+    cfg = AugmentConfig(max_rotate=20, max_zoom=1.2, max_warp=0, max_lighting=0, p_affine=1.0)
+    out, moved = BatchAugment(cfg).apply(x, torch.Generator().manual_seed(0), point)
+    assert moved is not None
+    for img, p in zip(out, moved[:, 0], strict=True):
+        peak = divmod(int(img[0].argmax()), 33)
+        found = torch.tensor([(peak[1] + 0.5) / 33 * 2 - 1, (peak[0] + 0.5) / 33 * 2 - 1])
+        assert (found - p).abs().max() < 0.12  # within about two pixels
+
+
+def test_targets_load_and_resize_with_the_image(silhouettes: Path) -> None:
+    items = from_targets_csv(silhouettes, "points.csv", "points")
+    assert items.task == "points" and items.classes == ["centroid", "top"]
+    dls = ImageDataLoaders(items, DataConfig(size=48, resize_method="squish", bs=8, augment=None))
+    _, y = dls.valid.dataset[0]
+    raw = items.targets[items.indices(True)[0]]  # type: ignore[index]
+    assert y[0] == pytest.approx(raw[0] / 72 * 2 - 1, abs=1e-5) and y[1] == pytest.approx(raw[1] / 60 * 2 - 1, abs=1e-5)
+    augmented = ImageDataLoaders(
+        items, DataConfig(size=48, resize_method="squish", bs=8, augment=get_transforms(max_warp=0.0))
+    )
+    xb, yb = augmented.one_batch()
+    assert yb.shape == (8, 4) and xb.shape == (8, 3, 48, 48)
+
+
+def _mean_point_error(folder: Path) -> float:
+    with (folder / "points.csv").open() as f:
+        rows = [[float(r[k]) for k in ("centroid_x", "centroid_y", "top_x", "top_y")] for r in csv.DictReader(f)]
+    t = torch.tensor(rows).view(-1, 2, 2) / torch.tensor([72.0, 60.0])
+    return float((t - t.mean(0)).norm(dim=2).mean())
+
+
+def test_train_and_predict_points_through_the_cli(silhouettes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = subprocess.run(
+        [
+            FITCYCLE,
+            "train",
+            str(silhouettes),
+            "--from-points-csv",
+            "points.csv",
+            "--arch",
+            "resnet18",
+            "--pretrained",
+            "none",
+            "--size",
+            "48",
+            "--resize-method",
+            "squish",
+            "--bs",
+            "16",
+            "--freeze-epochs",
+            "0",
+            "--epochs",
+            "8",
+            "--lr",
+            "3e-3",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    interp = json.loads((out / "interpretation.json").read_text())
+    baseline = interp["baseline_mean_target_error"]
+    print(
+        f"point_error {metrics['point_error']:.3f} of the side, mean-point baseline {baseline:.3f} "
+        f"(whole set {_mean_point_error(silhouettes):.3f})"
+    )
+    assert metrics["point_error"] < 0.7 * baseline
+    assert read_manifest(out / "export")["task"] == "points"
+
+    # Predictions come back in the original 72 x 60 pixels.
+    predictor = Predictor(out / "export")
+    with (silhouettes / "points.csv").open() as f:
+        rows = list(csv.DictReader(f))[:30]
+    errors = []
+    for row in rows:
+        p = predictor.predict(silhouettes / row["name"])
+        truth = [(float(row["centroid_x"]), float(row["centroid_y"])), (float(row["top_x"]), float(row["top_y"]))]
+        errors += [((px - tx) ** 2 + (py - ty) ** 2) ** 0.5 for (px, py), (tx, ty) in zip(p.points, truth, strict=True)]
+    assert sum(errors) / len(errors) < 0.7 * _mean_point_error(silhouettes) * 66  # in pixels, ~ side 66
+    line = json.loads(
+        subprocess.run(
+            [FITCYCLE, "predict", str(out / "export"), str(silhouettes / rows[0]["name"]), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    )
+    assert len(line["points"]) == 2
+    assert (out / "plots" / "top_losses.png").is_file()
