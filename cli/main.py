@@ -148,11 +148,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if ctx.checkpoint_file.exists() and not args.resume:
         ctx.checkpoint_file.unlink()  # a fresh run; --resume keeps it
     metrics = run_train(spec, ctx)
-    from core.engine.metrics import TASK_METRICS
-
-    task = next((t for t, names in TASK_METRICS.items() if names[0] in metrics), "classification")
-    main_metric = "error_rate" if "error_rate" in metrics else TASK_METRICS[task][0]
-    print(f"{main_metric} {metrics[main_metric]:.4f}  ->  {Path(args.out) / 'metrics.json'}")
+    main = metrics["main_metric"]
+    print(f"{main} {metrics[main]:.4f}  ->  {Path(args.out) / 'metrics.json'}")
     print(f"export bundle: {Path(args.out) / 'export'}")
     return 0
 

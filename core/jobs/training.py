@@ -365,7 +365,12 @@ def finish(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) 
     export_bundle(learn, ctx.artifact_path("export"), extra={"pretrained": built.body_source}, thresholds=thresholds)
     ctx.artifact_written("export")
     last = learn.recorder.epochs[-1] if learn.recorder.epochs else {}
+    task = learn.dls.task
     metrics = {
+        "task": task,
+        "main_metric": "error_rate"
+        if task == "classification"
+        else TASK_METRICS[task][-1 if task == "multilabel" else 0],
         **({"error_rate": summary["error_rate"]} if "error_rate" in summary else {}),
         **{k: v for k, v in last.items() if k not in ("epoch", "tag", "seconds")},
         "epochs": learn.recorder.epochs,
