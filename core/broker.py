@@ -26,6 +26,7 @@ def make_celery(settings: Settings) -> Celery:
             "data_folder_out": str(queue),
             "processed_folder": str(processed),
             "store_processed": False,
+            "control_folder": str(settings.broker_folder / "control"),  # kombu's default is ./control in the cwd
             "polling_interval": 0.2,  # kombu's default (1 s) would add up to a second to every submit
         }
     else:

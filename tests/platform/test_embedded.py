@@ -38,6 +38,7 @@ def test_fitcycle_serve_runs_the_course_flow(tmp_path: Path, fashion_zip64: Path
         assert (data_dir / "fitcycle.db").is_file()
         assert any((data_dir / "objects").rglob("weights.safetensors"))
         assert (data_dir / "broker" / "queue").is_dir()
+        assert (data_dir / "broker" / "control").is_dir() and not (Path.cwd() / "control").exists()
         assert stage2["state"] == "succeeded"
         cli_client_verbs(
             env | {"FITCYCLE_URL": f"http://127.0.0.1:{port}", "FITCYCLE_KEY": key}, fashion_zip64, tmp_path
