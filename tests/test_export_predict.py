@@ -44,7 +44,7 @@ def test_bundle_holds_no_pickle_and_a_complete_manifest(trained: tuple[Learner, 
 def test_predictor_matches_the_learner_on_cpu(trained: tuple[Learner, Path], fashion_folder: Path) -> None:
     learn, bundle = trained
     predictor = Predictor(bundle)
-    logits, _ = learn.get_preds(valid=True)
+    logits, _ = learn.get_preds()
     ds = learn.dls.valid.dataset
     paths = [ds.items.root / ds.key(i) for i in range(5)]
     preds = predictor.predict_batch(paths)

@@ -34,7 +34,7 @@ class ClassificationInterpretation:
     def __init__(self, learn: Learner) -> None:
         self.learn = learn
         self.classes = learn.dls.classes
-        logits, self.targs = learn.get_preds(valid=True)
+        logits, self.targs = learn.get_preds()
         self.probs = logits.softmax(dim=1)
         self.losses = F.cross_entropy(logits, self.targs, reduction="none")
         self.preds = self.probs.argmax(dim=1)
@@ -131,7 +131,7 @@ class MultiLabelInterpretation:
 
         self.learn = learn
         self.classes = learn.dls.classes
-        logits, self.targs = learn.get_preds(valid=True)
+        logits, self.targs = learn.get_preds()
         self.probs = logits.sigmoid()
         self.losses = F.binary_cross_entropy_with_logits(logits, self.targs, reduction="none").mean(dim=1)
         self.thresholds = thresholds or tune_thresholds(self.probs, self.targs)
@@ -229,8 +229,10 @@ class RegressionInterpretation:
     def __init__(self, learn: Learner) -> None:
         self.learn = learn
         self.task = learn.dls.task
-        self.preds, self.targs = learn.get_preds(valid=True)
-        _, train_targs = learn.get_preds(valid=False)
+        self.preds, self.targs = learn.get_preds()
+        # The baseline needs only the training targets (in model coordinates), not a forward pass over them.
+        train = learn.dls.train.dataset
+        train_targs = torch.stack([train[i][1] for i in range(len(train))])
         self.baseline = train_targs.mean(0, keepdim=True).expand_as(self.targs)
         self.errors = self._errors(self.preds)
         self.dataset = learn.dls.valid.dataset

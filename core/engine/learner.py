@@ -408,24 +408,9 @@ class Learner:
         return run_lr_find(self, start_lr, end_lr, num_it, stop_div)
 
     # ----- inference -------------------------------------------------------------------------------
-    def get_preds(self, valid: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and targets over the validation (or un-augmented training) items, in order."""
+    def get_preds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (or regression outputs) and targets over the validation items, in order."""
         loader = self.dls.valid
-        if not valid:
-            from core.engine.data import DeviceLoader
-
-            ds = self.dls.train.dataset
-            loader = DeviceLoader(
-                ds,
-                self.dls.valid.bs,
-                False,
-                False,
-                self.dls.normalize,
-                None,
-                self.dls.config.seed,
-                0,
-                self.dls.device,
-            )
         self.model.eval()
         preds, targs = [], []
         loader.set_epoch(0, 0)
