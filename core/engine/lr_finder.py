@@ -96,11 +96,12 @@ class LRFinder(Callback):
         if not self.learn.training:
             return
         smooth = self.learn.recorder.smooth_loss
-        if smooth < self.best_loss:
-            self.best_loss = smooth
-        # The first tenth is skipped, as the suggestions skip it: on an already trained model a few noisy
-        # batches can put the barely smoothed loss above 4x a low minimum long before any divergence.
+        # The first tenth neither sets the minimum nor is checked against it, as the suggestions skip it:
+        # there the smoothed loss is an average of a few batches, and on an already trained model one easy
+        # batch can set a minimum that the next few ordinary ones pass 4x over, long before any divergence.
         warmed_up = self.learn.train_iter >= self.num_it // 10
+        if warmed_up and smooth < self.best_loss:
+            self.best_loss = smooth
         if self.stop_div and (math.isnan(smooth) or (warmed_up and smooth > 4 * self.best_loss)):
             raise CancelFitException()
         if self.learn.train_iter + 1 >= self.num_it:
