@@ -22,6 +22,25 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     rule.add_argument("--from-name-re", metavar="PATTERN", help="regex on the file name; group 1 is the label")
     rule.add_argument("--from-points-csv", metavar="FILE", help="keypoints: file name, then x, y pixel column pairs")
     rule.add_argument("--from-values-csv", metavar="FILE", help="value regression: file name, then numbers")
+    rule.add_argument(
+        "--from-masks",
+        action="store_true",
+        help="segmentation: images under --images-dir, each with the mask --mask-template names",
+    )
+    rule.add_argument("--from-masks-csv", metavar="FILE", help="segmentation: CSV with image and mask columns")
+    p.add_argument(
+        "--codes",
+        default=None,
+        help="segmentation: mask value names in order, comma-separated (default: the data's codes.txt)",
+    )
+    p.add_argument("--void", default=None, help="segmentation: the code the loss and metrics ignore (e.g. void)")
+    p.add_argument("--images-dir", default="images", help="segmentation: folder of images (default: images)")
+    p.add_argument(
+        "--mask-template",
+        default="masks/{stem}.png",
+        help="segmentation: mask of each image (default: masks/{stem}.png)",
+    )
+    p.add_argument("--mask-col", default="mask", help="segmentation CSV: the mask column (default: mask)")
     p.add_argument("--fn-col", default="name", help="CSV column with the file name (default: name)")
     p.add_argument("--label-col", default="label", help="CSV column with the label (default: label)")
     p.add_argument("--valid-col", default=None, help="CSV column marking validation rows (true/false)")
@@ -51,6 +70,15 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         labels, extra = "points", {"csv": args.from_points_csv}
     elif args.from_values_csv:
         labels, extra = "values", {"csv": args.from_values_csv}
+    elif args.from_masks or args.from_masks_csv:
+        labels, extra = "masks", {"csv": args.from_masks_csv} if args.from_masks_csv else {}
+        extra |= {
+            "codes": args.codes.split(",") if args.codes else None,
+            "void": args.void,
+            "images_dir": args.images_dir,
+            "mask_template": args.mask_template,
+            "mask_col": args.mask_col,
+        }
     return {
         "data": args.data,
         "labels": labels,
@@ -108,13 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("bundle", help="export folder (with manifest.json)")
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--json", action="store_true", help="one JSON line per image")
+    predict.add_argument(
+        "--mask-dir", default="predicted-masks", help="segmentation: where to write each image's mask PNG"
+    )
 
     sample = verbs.add_parser("sample-data", help="write a real sample dataset as image files (no download)")
     sample.add_argument(
         "name",
-        choices=["fashion-mnist", "animal-mnist", "digits", "fashion-mosaics", "silhouette-points"],
+        choices=[
+            "fashion-mnist",
+            "animal-mnist",
+            "digits",
+            "fashion-mosaics",
+            "silhouette-points",
+            "silhouette-masks",
+        ],
         help="fashion-mosaics: multi-label 2x2 mosaics, labels.csv with a space-delimited 'tags' column; "
-        "silhouette-points: keypoints (centroid, top) of silhouettes on textures, points.csv",
+        "silhouette-points: keypoints (centroid, top) of silhouettes on textures, points.csv; "
+        "silhouette-masks: segmentation, images/ + masks/ + codes.txt (void, brick, grass, gravel, animal)",
     )
     sample.add_argument("dest")
     sample.add_argument("--per-class", type=int, default=100)
@@ -182,6 +221,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             status = EXIT_BAD_INPUT
             continue
         multi = {"labels": p.labels} if predictor.multi_label else {}
+        if predictor.task == "segmentation":
+            out = Path(args.mask_dir) / f"{Path(path).stem}.mask.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(p.mask_png())
+            shares = {c: round(v, 4) for c, v in p.shares.items()}
+            line = {"path": path, "mask": str(out), "shares": shares}
+            print(json.dumps(line) if args.json else f"{path}: mask {out}  {shares}")
+            continue
         if predictor.task in ("points", "values"):
             found = {"points": p.points} if predictor.task == "points" else {"values": p.values}
             print(json.dumps({"path": path, **found}) if args.json else f"{path}: {found}")
@@ -197,12 +244,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
     """fitcycle sample-data."""
-    from core.datasets.samples import write_mosaics, write_sample, write_silhouette_points
+    from core.datasets.samples import write_mosaics, write_sample, write_silhouette_masks, write_silhouette_points
 
     if args.name == "fashion-mosaics":
         dest = write_mosaics(args.dest, count=args.per_class * 4)
     elif args.name == "silhouette-points":
         dest = write_silhouette_points(args.dest, count=args.per_class * 3)
+    elif args.name == "silhouette-masks":
+        dest = write_silhouette_masks(args.dest, count=args.per_class * 3, side=args.size or 64)
     else:
         dest = write_sample(args.name, args.dest, args.per_class, args.size, args.layout)
     print(f"wrote {args.name} to {dest}")

@@ -33,7 +33,7 @@ def test_points_follow_flips_rotation_and_zoom() -> None:
     x[:, :, 8, 24] = 1.0
     point = torch.tensor([[(24.5 / 33) * 2 - 1, (8.5 / 33) * 2 - 1]]).expand(16, 1, 2).clone()
     cfg = AugmentConfig(max_rotate=20, max_zoom=1.2, max_warp=0, max_lighting=0, p_affine=1.0)
-    out, moved = BatchAugment(cfg).apply(x, torch.Generator().manual_seed(0), point)
+    out, moved, _ = BatchAugment(cfg).apply(x, torch.Generator().manual_seed(0), point)
     assert moved is not None
     for img, p in zip(out, moved[:, 0], strict=True):
         peak = divmod(int(img[0].argmax()), 33)

@@ -240,3 +240,55 @@ def write_silhouette_points(
         w.writerow(["name", "centroid_x", "centroid_y", "top_x", "top_y"])
         w.writerows(rows)
     return dest
+
+
+SEGMENTATION_CODES = ("void", "brick", "grass", "gravel", "animal")
+
+
+def write_silhouette_masks(dest: str | Path, count: int = 300, side: int = 64, seed: int = 0) -> Path:
+    """Segmentation data from real images: two scikit-image textures (brick, grass, gravel) split by a
+    random line, with an Animal-MNIST silhouette pasted at a random place and scale. Each pixel's code is
+    its texture or `animal`; a one-pixel ring around the silhouette is `void` (an uncertain edge, as in
+    CamVid). images/NNNNN.png, masks/NNNNN.png (pixel value = code index), codes.txt, and pairs.csv
+    (name, mask) for the CSV rule."""
+    from scipy import ndimage
+    from skimage import data as skdata
+
+    shapes, _, _ = load_animal_mnist()
+    textures = [np.asarray(Image.fromarray(getattr(skdata, n)()).convert("L")) for n in SEGMENTATION_CODES[1:4]]
+    rng = np.random.default_rng(seed)
+    dest = Path(dest)
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    (dest / "masks").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) - side / 2
+    rows = []
+    for i in range(count):
+        first, second = rng.choice(3, size=2, replace=False)
+        crops = []
+        for t in (first, second):
+            tex = textures[t]
+            y0, x0 = int(rng.integers(tex.shape[0] - side)), int(rng.integers(tex.shape[1] - side))
+            crops.append(tex[y0 : y0 + side, x0 : x0 + side].astype(np.float32))
+        angle, offset = rng.uniform(0, 2 * np.pi), rng.uniform(-side / 4, side / 4)
+        other = xx * np.cos(angle) + yy * np.sin(angle) > offset
+        canvas = np.where(other, crops[1], crops[0]) * 0.7
+        mask = np.where(other, second + 1, first + 1).astype(np.uint8)
+        size = int(rng.integers(side // 3, side * 3 // 4))
+        shape = np.asarray(Image.fromarray(shapes[int(rng.integers(len(shapes)))]).resize((size, size)), np.float32)
+        px, py = int(rng.integers(0, side - size)), int(rng.integers(0, side - size))
+        animal = np.zeros((side, side), dtype=bool)
+        animal[py : py + size, px : px + size] = shape > 100
+        canvas[animal] = 235.0
+        mask[animal] = SEGMENTATION_CODES.index("animal")
+        ring = ndimage.binary_dilation(animal) & ~ndimage.binary_erosion(animal)
+        mask[ring] = SEGMENTATION_CODES.index("void")
+        name = f"{i:05d}.png"
+        Image.fromarray(canvas.clip(0, 255).astype(np.uint8)).convert("RGB").save(dest / "images" / name)
+        Image.fromarray(mask).save(dest / "masks" / name)
+        rows.append((f"images/{name}", f"masks/{name}"))
+    (dest / "codes.txt").write_text("\n".join(SEGMENTATION_CODES) + "\n")
+    with (dest / "pairs.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "mask"])
+        w.writerows(rows)
+    return dest

@@ -55,8 +55,11 @@ class Recorder(Callback):
         if not learn.training:
             self._valid_sum += learn.loss.item() * n
             self._valid_n += n
-            self._valid_preds.append(learn.pred.detach().float().cpu())
-            self._valid_targs.append(learn.yb.detach().cpu())
+            pred, targ = learn.pred.detach(), learn.yb.detach()
+            if pred.ndim == 4:  # segmentation: keep each pixel's class, not C logits (the metrics need no more)
+                pred, targ = pred.argmax(dim=1).to(torch.int16), targ.to(torch.int16)
+            self._valid_preds.append(pred.float().cpu() if pred.is_floating_point() else pred.cpu())
+            self._valid_targs.append(targ.cpu())
             return
         loss = learn.loss.item()
         self._count += 1

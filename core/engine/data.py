@@ -10,10 +10,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.engine.images import open_rgb
 from core.engine.labelling import LabelledItems
+from core.engine.masks import IGNORE_INDEX, open_mask
 from core.engine.transforms import (
     IMAGENET_STATS,
     AugmentConfig,
@@ -24,6 +26,16 @@ from core.engine.transforms import (
     resize_image,
     resize_map,
 )
+
+
+def mask_lookup(items: LabelledItems) -> np.ndarray:
+    """Mask value -> class index (int64), with the void code mapped to the ignore index."""
+    assert items.codes is not None
+    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+    for value, name in enumerate(items.codes):
+        if value != items.void_code:
+            lut[value] = items.classes.index(name)
+    return lut
 
 
 def derived_seed(*parts: int | str) -> int:
@@ -48,6 +60,8 @@ class ImageItemsDataset(Dataset[tuple[torch.Tensor, Any]]):
         self.items, self.indices, self.class_to_idx = items, indices, class_to_idx
         self.size, self.method, self.random_crop, self.seed = size, method, random_crop, seed
         self.stream, self.epoch = 0, 0
+        if items.target_kind == "mask":
+            self.mask_lut = mask_lookup(items)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -65,6 +79,19 @@ class ImageItemsDataset(Dataset[tuple[torch.Tensor, Any]]):
             xy = torch.tensor(self.items.targets[idx], dtype=torch.float32).view(-1, 2)  # type: ignore[index]
             xy = torch.stack([xy[:, 0] * ax + bx, xy[:, 1] * ay + by], dim=1) / self.size * 2 - 1
             return image_to_uint8_tensor(img), xy.flatten()
+        if self.items.target_kind == "mask":
+            # The same crop as the image, nearest-neighbour; pad fills with the void code (ignored) if any.
+            again = np.random.default_rng(seed) if self.random_crop else None
+            void = self.items.void_code
+            mask = resize_image(
+                open_mask(self.items.mask_path(idx)),
+                self.size,
+                self.method,
+                again,
+                Image.Resampling.NEAREST,
+                fill=0 if void is None else void,
+            )
+            return image_to_uint8_tensor(img), torch.from_numpy(self.mask_lut[np.asarray(mask)])
         if self.items.target_kind == "values":
             return image_to_uint8_tensor(img), torch.tensor(self.items.targets[idx], dtype=torch.float32)  # type: ignore[index]
         return image_to_uint8_tensor(img), self.target(idx)
@@ -167,9 +194,13 @@ class DeviceLoader:
             if self.augment is not None:
                 gen = torch.Generator().manual_seed(derived_seed(self.seed, "aug", self.stream, self.epoch, batch_idx))
                 if self.dataset.items.target_kind == "points":
-                    x, moved = self.augment.apply(x, gen, yb.view(len(yb), -1, 2))
+                    x, moved, _ = self.augment.apply(x, gen, yb.view(len(yb), -1, 2))
                     assert moved is not None
                     yb = moved.reshape(len(yb), -1)
+                elif self.dataset.items.target_kind == "mask":
+                    x, _, masks = self.augment.apply(x, gen, masks=yb)
+                    assert masks is not None
+                    yb = masks
                 else:
                     x = self.augment(x, gen)
             yield self.normalize(x), yb

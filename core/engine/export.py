@@ -25,7 +25,7 @@ BUNDLE_FORMAT = "fitcycle-bundle"
 BUNDLE_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
-TASKS = ("classification", "multilabel", "points", "values")
+TASKS = ("classification", "multilabel", "points", "values", "segmentation")
 
 
 def fitcycle_version() -> str:
@@ -74,8 +74,15 @@ def build_manifest(
             {"name": "to_float", "scale": 1 / 255},
             {"name": "normalize", "mean": mean, "std": std},
         ],
-        "activation": {"multilabel": "sigmoid", "classification": "softmax"}.get(dls.task, "none"),
+        "activation": {"multilabel": "sigmoid", "classification": "softmax", "segmentation": "softmax"}.get(
+            dls.task, "none"
+        ),
         **({"thresholds": thresholds or [0.2] * len(dls.classes)} if dls.multi_label else {}),
+        **(
+            {"codes": list(dls.items.codes or []), "void_code": dls.items.void_code}
+            if dls.task == "segmentation"
+            else {}
+        ),
         "weights": WEIGHTS_FILE,
         "versions": {
             "fitcycle": fitcycle_version(),
@@ -155,6 +162,12 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         thresholds = _require(manifest, "thresholds", list, path)
         if len(thresholds) != n_out or not all(isinstance(t, int | float) and 0 < t < 1 for t in thresholds):
             raise BundleError(f"{path}: a multilabel bundle needs {n_out} thresholds in (0, 1)")
+    if task == "segmentation":
+        codes = _require(manifest, "codes", list, path)
+        void = manifest.get("void_code")
+        non_void = [c for i, c in enumerate(codes) if i != void]
+        if non_void != classes or (void is not None and not (isinstance(void, int) and 0 <= void < len(codes))):
+            raise BundleError(f"{path}: the codes {codes} (void {void}) do not match the classes {classes}")
     size = _require(manifest, "input_size", int, path)
     if not 8 <= size <= 4096:
         raise BundleError(f"{path}: input_size {size} is out of range")

@@ -1,12 +1,14 @@
-"""The Predictor [fastai: load_learner + predict]: loads an export bundle on CPU and classifies a path,
-bytes or PIL image, one or a batch."""
+"""The Predictor [fastai: load_learner + predict]: loads an export bundle on CPU and answers for a path,
+bytes or PIL image, one or a batch: classes, multi-label sets, points, values or a segmentation mask."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -17,6 +19,7 @@ from core.engine.export import read_manifest
 from core.engine.images import open_rgb
 from core.engine.model import HeadConfig, create_cnn_model
 from core.engine.transforms import Normalize, image_to_uint8_tensor, resize_image, resize_map
+from core.engine.unet import DynamicUnet, UnetConfig
 
 ImageInput = str | Path | bytes | Image.Image
 
@@ -32,6 +35,16 @@ class Prediction:
     labels: list[str] = field(default_factory=list)
     points: list[list[float]] = field(default_factory=list)  # points task: (x, y) in the original image's pixels
     values: list[float] = field(default_factory=list)  # values task
+    mask: Image.Image | None = None  # segmentation: 8-bit mask of code values, the original image's size
+    shares: dict[str, float] = field(default_factory=dict)  # segmentation: share of the image's pixels per class
+
+    def mask_png(self) -> bytes:
+        """The segmentation mask as PNG bytes (pixel value = code index, as in the training masks)."""
+        if self.mask is None:
+            raise ValueError("this prediction has no mask (not a segmentation model)")
+        buf = io.BytesIO()
+        self.mask.save(buf, format="PNG")
+        return buf.getvalue()
 
     def ranked(self, classes: Sequence[str]) -> list[tuple[str, float]]:
         """(label, probability) for every class, most probable first."""
@@ -54,13 +67,21 @@ class Predictor:
         self.multi_label = self.task == "multilabel"
         self.thresholds: list[float] = list(m.get("thresholds", []))
         head = m["head"]
-        model = create_cnn_model(
-            get_architecture(m["arch"]),
-            m["n_out"],
-            head=HeadConfig(
-                lin_ftrs=list(head["lin_ftrs"]), ps=float(head["ps"]), concat_pool=bool(head["concat_pool"])
-            ),
-        )
+        arch = get_architecture(m["arch"])
+        model: torch.nn.Module
+        if self.task == "segmentation":
+            config = UnetConfig(bool(head["blur"]), bool(head["last_cross"]), bool(head["bottle"]))
+            model = DynamicUnet(arch.body(arch.build()), m["n_out"], config)
+            codes = list(m["codes"])
+            self.code_of_class = np.array([codes.index(c) for c in self.classes], dtype=np.uint8)
+        else:
+            model = create_cnn_model(
+                arch,
+                m["n_out"],
+                head=HeadConfig(
+                    lin_ftrs=list(head["lin_ftrs"]), ps=float(head["ps"]), concat_pool=bool(head["concat_pool"])
+                ),
+            )
         state = load_file(str(self.bundle / m["weights"]), device="cpu")
         try:
             model.load_state_dict(state, strict=True)
@@ -80,12 +101,38 @@ class Predictor:
         points = [[(x - bx) / ax, (y - by) / ay] for x, y in xy.tolist()]
         return Prediction("", -1, [], points=points)
 
+    def _segment(self, image: Image.Image) -> Prediction:
+        """The whole image through the fully convolutional U-Net: `crop` keeps the aspect ratio (short side
+        at the training size) instead of cutting, `pad` letterboxes and cuts the padding off again; each
+        pixel's class comes back at the original size (nearest), as its code value."""
+        w, h = image.size
+        if self.method == "crop":
+            scale = self.size / min(w, h)
+            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+            resized, box = image.resize((nw, nh), Image.Resampling.BILINEAR), (0, 0, nw, nh)
+        elif self.method == "pad":
+            scale = self.size / max(w, h)
+            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+            left, top = (self.size - nw) // 2, (self.size - nh) // 2
+            resized, box = resize_image(image, self.size, "pad", None), (left, top, left + nw, top + nh)
+        else:
+            resized, box = resize_image(image, self.size, "squish", None), (0, 0, self.size, self.size)
+        x = image_to_uint8_tensor(resized)[None].to(self.device).float().div_(255)
+        classes = self.model(self.normalize(x))[0].argmax(dim=0).cpu().numpy().astype(np.uint8)
+        classes = classes[box[1] : box[3], box[0] : box[2]]
+        full = np.asarray(Image.fromarray(classes).resize((w, h), Image.Resampling.NEAREST))
+        counts = np.bincount(full.ravel(), minlength=len(self.classes))
+        shares = {c: float(n) / full.size for c, n in zip(self.classes, counts, strict=True)}
+        return Prediction("", -1, [], mask=Image.fromarray(self.code_of_class[full]), shares=shares)
+
     @torch.inference_mode()
     def predict_batch(self, images: Sequence[ImageInput]) -> list[Prediction]:
-        """Classify several images in one forward pass."""
+        """Classify several images in one forward pass (segmentation: one pass each, at its own shape)."""
         if not images:
             return []
         opened = [open_rgb(img) for img in images]
+        if self.task == "segmentation":
+            return [self._segment(img) for img in opened]
         x = torch.stack([self._resized(img) for img in opened]).to(self.device).float().div_(255)
         outputs = self.model(self.normalize(x)).float().cpu()
         if self.task in ("points", "values"):

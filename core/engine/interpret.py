@@ -1,5 +1,6 @@
 """What the model gets wrong [fastai: ClassificationInterpretation]: top losses, the confusion matrix,
-the most confused pairs, per-class precision/recall/F1, and their PNGs."""
+the most confused pairs, per-class precision/recall/F1, and their PNGs; the same questions for
+multi-label, regression and segmentation models."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import torch.nn.functional as F
 
 from core.engine.images import open_rgb
 from core.engine.learner import Learner
-from core.engine.plots import plot_confusion_matrix, plot_images
+from core.engine.masks import IGNORE_INDEX
+from core.engine.metrics import dice_per_class, iou_per_class, pixel_confusion
+from core.engine.plots import plot_bars, plot_confusion_matrix, plot_images, plot_mask_rows
 from core.engine.transforms import image_to_uint8_tensor, resize_image
 
 
@@ -272,3 +275,117 @@ class RegressionInterpretation:
                 predicted=[self.preds[i] for i in worst],
             )
         return plot_images(images, titles, path, "absolute error")
+
+
+class SegmentationInterpretation:
+    """Segmentation: the pixel confusion matrix, per-class IoU and Dice, the majority-class baseline, and the
+    validation images with the highest loss drawn with their true and predicted masks."""
+
+    def __init__(self, learn: Learner, baseline_items: int = 1000) -> None:
+        self.learn = learn
+        self.classes = learn.dls.classes
+        n = len(self.classes)
+        loader = learn.dls.valid
+        self.dataset = loader.dataset
+        learn.model.eval()
+        loader.set_epoch(0, 0)
+        losses, pixel_acc, ious, preds = [], [], [], []
+        self.confusion = torch.zeros(n, n, dtype=torch.long)
+        with torch.no_grad():
+            for xb, yb in loader:
+                logits = learn.model(xb).float()
+                yb = yb.long()
+                per_pixel = F.cross_entropy(logits, yb, ignore_index=IGNORE_INDEX, reduction="none")
+                counted = (yb != IGNORE_INDEX).sum(dim=(1, 2)).clamp_min(1)
+                losses.append((per_pixel.sum(dim=(1, 2)) / counted).cpu())
+                pred = logits.argmax(dim=1)
+                for p, t in zip(pred, yb, strict=True):
+                    cm = pixel_confusion(p[None], t[None], n).cpu()
+                    self.confusion += cm
+                    pixel_acc.append(float(cm.diag().sum() / cm.sum().clamp_min(1)))
+                    ious.append(float(iou_per_class(cm).nanmean()))
+                preds.append(pred.to(torch.int16).cpu())
+        self.losses = torch.cat(losses)
+        self.item_accuracy, self.item_iou = pixel_acc, ious
+        self.preds = torch.cat(preds)
+        self.baseline_class = self._majority_class(baseline_items)
+
+    def _majority_class(self, max_items: int) -> int:
+        """The class most frequent in (up to max_items of) the training masks: the trivial baseline."""
+        train = self.learn.dls.train.dataset
+        step = max(1, len(train) // max_items)
+        counts = torch.zeros(len(self.classes), dtype=torch.long)
+        for i in range(0, len(train), step):
+            mask = train[i][1]
+            counts += torch.bincount(mask[mask != IGNORE_INDEX].flatten(), minlength=len(self.classes))
+        return int(counts.argmax())
+
+    def per_class(self) -> dict[str, dict[str, float]]:
+        """IoU, Dice, recall (pixel accuracy within the class) and pixel shares per class."""
+        cm = self.confusion.double()
+        iou, dice = iou_per_class(self.confusion), dice_per_class(self.confusion)
+        total = cm.sum().clamp_min(1)
+        out = {}
+        for i, c in enumerate(self.classes):
+            actual = float(cm[i].sum())
+            out[c] = {
+                "iou": float(iou[i]),
+                "dice": float(dice[i]),
+                "recall": float(cm[i, i]) / actual if actual else float("nan"),
+                "share_actual": actual / float(total),
+                "share_predicted": float(cm[:, i].sum() / total),
+            }
+        return out
+
+    def baseline(self) -> dict[str, Any]:
+        """Pixel accuracy and mean IoU of predicting the majority training class everywhere."""
+        cm = self.confusion.double()
+        b = self.baseline_class
+        constant = torch.zeros_like(cm)
+        constant[:, b] = cm.sum(dim=1)  # every actual pixel predicted as the majority class
+        return {
+            "class": self.classes[b],
+            "pixel_accuracy": float(cm[b].sum() / cm.sum().clamp_min(1)),
+            "mean_iou": float(iou_per_class(constant.long()).nanmean()),
+        }
+
+    def top_losses(self, k: int = 6) -> list[dict[str, Any]]:
+        """The k validation images with the highest mean pixel loss."""
+        idx = torch.topk(self.losses, min(k, len(self.losses))).indices.tolist()
+        return [
+            {
+                "item": self.dataset.key(i),
+                "loss": float(self.losses[i]),
+                "pixel_accuracy": self.item_accuracy[i],
+                "mean_iou": self.item_iou[i],
+            }
+            for i in idx
+        ]
+
+    def as_dict(self, k: int = 6) -> dict[str, Any]:
+        """Everything above as plain data, for JSON (NaN, for a class absent everywhere, becomes null)."""
+        cm = self.confusion
+        per_class = {c: {m: (None if v != v else v) for m, v in row.items()} for c, row in self.per_class().items()}
+        return {
+            "task": "segmentation",
+            "classes": self.classes,
+            "pixel_accuracy": float(cm.diag().sum() / cm.sum().clamp_min(1)),
+            "mean_iou": float(iou_per_class(cm).nanmean()),
+            "dice": float(dice_per_class(cm).nanmean()),
+            "per_class": per_class,
+            "baseline_majority_class": self.baseline(),
+            "confusion_pixels": cm.tolist(),
+            "top_losses": self.top_losses(k),
+        }
+
+    def plot_top_losses(self, path: str | Path, k: int = 6) -> Path:
+        """The worst images: image, true mask, predicted mask."""
+        idx = torch.topk(self.losses, min(k, len(self.losses))).indices.tolist()
+        samples = [self.dataset[i] for i in idx]
+        images = torch.stack([s[0] for s in samples]).float() / 255
+        titles = [f"{self.dataset.key(i)}\nloss {self.losses[i]:.2f}  iou {self.item_iou[i]:.2f}" for i in idx]
+        return plot_mask_rows(images, [s[1] for s in samples], [self.preds[i] for i in idx], titles, self.classes, path)
+
+    def plot_per_class_iou(self, path: str | Path) -> Path:
+        """Per-class IoU as bars."""
+        return plot_bars({c: row["iou"] for c, row in self.per_class().items()}, path, "IoU")

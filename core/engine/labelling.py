@@ -39,14 +39,24 @@ class LabelledItems:
     empty_classes: list[str] = field(default_factory=list)
     label_delim: str | None = None  # set: multi-label, each label is a delimited list of classes
     targets: list[list[float]] | None = None  # regression: numbers per item (points: x0, y0, x1, y1, ... pixels)
-    target_kind: str = "label"  # label | points | values
+    target_kind: str = "label"  # label | points | values | mask
+    masks: list[str] | None = None  # segmentation: each item's mask file (posix, relative to root)
+    codes: list[str] | None = None  # segmentation: the name of each mask value (classes leave out the void code)
+    void_code: int | None = None  # segmentation: the mask value ignored by the loss and the metrics
 
     @property
     def task(self) -> str:
-        """classification, multilabel, points or values."""
+        """classification, multilabel, points, values or segmentation."""
+        if self.target_kind == "mask":
+            return "segmentation"
         if self.target_kind != "label":
             return self.target_kind
         return "multilabel" if self.multi_label else "classification"
+
+    def mask_path(self, i: int) -> Path:
+        """Absolute path of item i's mask (segmentation)."""
+        assert self.masks is not None, "not a segmentation dataset"
+        return self.root / self.masks[i]
 
     @property
     def multi_label(self) -> bool:
@@ -72,7 +82,7 @@ class LabelledItems:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Items per class and split: {class: {"train": n, "valid": n}}."""
-        if self.targets is not None:  # regression: items per split
+        if self.targets is not None or self.masks is not None:  # regression, segmentation: items per split
             n_valid = sum(self.is_valid)
             return {"items": {"train": len(self) - n_valid, "valid": n_valid}}
         out = {c: {"train": 0, "valid": 0} for c in self.classes}

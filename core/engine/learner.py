@@ -88,7 +88,7 @@ class Learner:
         self.model = model.to(dls.device)
         self.loss_func = loss_func or nn.CrossEntropyLoss()
         self.metrics = list(metrics)
-        self.groups: list[list[nn.Module]] = layer_groups(model, arch) if arch else [[model]]  # type: ignore[arg-type]
+        self.groups: list[list[nn.Module]] = layer_groups(model, arch) if arch else [[model]]
         self.opt: torch.optim.Optimizer | None = None
         self.frozen_to = 0
         self.cbs: list[Callback] = []

@@ -59,6 +59,57 @@ def rmse(preds: torch.Tensor, targs: torch.Tensor) -> float:
     return (preds - targs).pow(2).mean().sqrt().item()
 
 
+IGNORE_INDEX = -100  # segmentation targets: void pixels (as core.engine.masks sets them)
+
+
+def _pixel_classes(preds: torch.Tensor) -> torch.Tensor:
+    """Segmentation: per-pixel class indices from logits (N, C, H, W), or the indices themselves (N, H, W)."""
+    return preds.argmax(dim=1) if preds.ndim == 4 else preds.long()
+
+
+def pixel_confusion(preds: torch.Tensor, targs: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """Segmentation: pixel counts of (actual, predicted) over the non-void pixels, n x n."""
+    pred = _pixel_classes(preds)
+    keep = targs != IGNORE_INDEX
+    t, p = targs[keep].long(), pred[keep]
+    if n is None:
+        both = torch.cat([t, p, torch.zeros(1, dtype=torch.long, device=t.device)])
+        n = preds.shape[1] if preds.ndim == 4 else int(both.max()) + 1
+    return torch.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+
+def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """Intersection over union of each class from a pixel confusion matrix; NaN where a class is absent
+    from both the targets and the predictions."""
+    cm = cm.double()
+    inter = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - inter
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, float("nan")))
+
+
+def dice_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """Dice (2|P∩T| / (|P| + |T|)) of each class; NaN where a class is absent from both."""
+    cm = cm.double()
+    total = cm.sum(0) + cm.sum(1)
+    return torch.where(total > 0, 2 * cm.diag() / total.clamp_min(1), torch.full_like(total, float("nan")))
+
+
+def pixel_accuracy(preds: torch.Tensor, targs: torch.Tensor) -> float:
+    """Segmentation: share of non-void pixels whose predicted class is right [fastai: acc_camvid]."""
+    keep = targs != IGNORE_INDEX
+    return (_pixel_classes(preds)[keep] == targs[keep]).float().mean().item()
+
+
+def dice(preds: torch.Tensor, targs: torch.Tensor) -> float:
+    """Segmentation: Dice averaged over the classes present in targets or predictions [fastai: DiceMulti]."""
+    return float(dice_per_class(pixel_confusion(preds, targs)).nanmean())
+
+
+def mean_iou(preds: torch.Tensor, targs: torch.Tensor) -> float:
+    """Segmentation: intersection over union averaged over the classes present [fastai: JaccardCoeffMulti]."""
+    return float(iou_per_class(pixel_confusion(preds, targs)).nanmean())
+
+
 METRICS: dict[str, Metric] = {
     "error_rate": error_rate,
     "accuracy": accuracy,
@@ -69,12 +120,23 @@ METRICS: dict[str, Metric] = {
     "point_error": point_error,
     "mae": mae,
     "rmse": rmse,
+    "pixel_accuracy": pixel_accuracy,
+    "dice": dice,
+    "mean_iou": mean_iou,
 }
 TASK_METRICS = {
     "classification": ("error_rate", "accuracy"),
     "multilabel": ("accuracy_thresh", "fbeta"),
     "points": ("point_error",),
     "values": ("mae", "rmse"),
+    "segmentation": ("pixel_accuracy", "dice", "mean_iou"),
+}
+MAIN_METRIC = {
+    "classification": "error_rate",
+    "multilabel": "fbeta",
+    "points": "point_error",
+    "values": "mae",
+    "segmentation": "mean_iou",
 }
 MULTI_LABEL_METRICS = ("accuracy_thresh", "fbeta")
 

@@ -66,9 +66,15 @@ def create_cnn_model(
     return nn.Sequential(body, create_head(arch.n_features, n_out, head))
 
 
-def layer_groups(model: nn.Sequential, arch: Architecture) -> list[list[nn.Module]]:
-    """Split (body, head) into layer groups: body pieces cut at arch.split_at, then the head."""
-    body, head = model[0], model[1]
+def layer_groups(model: nn.Module, arch: Architecture) -> list[list[nn.Module]]:
+    """Split (body, head) into layer groups: body pieces cut at arch.split_at, then the head. A classifier
+    is nn.Sequential(body, head); other models (the U-Net) name their `body` and `head`."""
+    body: nn.Module
+    head: nn.Module
+    if isinstance(model, nn.Sequential):
+        body, head = model[0], model[1]
+    else:
+        body, head = model.body, model.head  # type: ignore[assignment]
     children = list(body.children())
     cuts = [0, *arch.split_at, len(children)]
     groups = [children[a:b] for a, b in itertools.pairwise(cuts)]

@@ -11,6 +11,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -30,6 +31,22 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+def class_colours(n: int) -> list[tuple[float, float, float]]:
+    """One RGB colour per class (tab20, repeating past 20)."""
+    cmap = plt.get_cmap("tab20")
+    return [(r, g, b) for r, g, b, _ in (cmap(i % 20) for i in range(n))]
+
+
+def mask_overlay(image: torch.Tensor, mask: torch.Tensor, n_classes: int, alpha: float = 0.5) -> np.ndarray:
+    """An HWC image with each pixel tinted by its class colour (tab20); void pixels (< 0) left as they are."""
+    colours = torch.tensor(class_colours(max(1, n_classes)))
+    img = image.permute(1, 2, 0).cpu().float()
+    m = mask.cpu().long()
+    tint = colours[m.clamp(0, len(colours) - 1)].float()
+    out = torch.where((m >= 0)[..., None], (1 - alpha) * img + alpha * tint, img)
+    return out.clamp(0, 1).numpy()
+
+
 def plot_images(
     images: torch.Tensor,
     titles: Sequence[str],
@@ -37,15 +54,18 @@ def plot_images(
     title: str = "",
     points: Sequence[torch.Tensor] | None = None,
     predicted: Sequence[torch.Tensor] | None = None,
+    masks: Sequence[torch.Tensor] | None = None,
+    classes: Sequence[str] = (),
 ) -> Path:
     """A grid of CHW float images in [0, 1], each with its title; points (K x 2 in [-1, 1]) drawn as
-    green dots, predicted points as red crosses."""
+    green dots, predicted points as red crosses; masks (H x W class indices) as a tint."""
     rows, cols = _grid(len(titles))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, img, t) in enumerate(zip(axes.flat, images, titles, strict=False)):
-        ax.imshow(img.permute(1, 2, 0).cpu().numpy())
+        shown = mask_overlay(img, masks[i], len(classes)) if masks is not None else img.permute(1, 2, 0).cpu().numpy()
+        ax.imshow(shown)
         ax.set_title(t, fontsize=8)
         h, w = img.shape[-2:]
         for pts, style in [(points, "o"), (predicted, "x")]:
@@ -54,6 +74,8 @@ def plot_images(
                 ax.plot(xy[:, 0] * w, xy[:, 1] * h, style, color="lime" if style == "o" else "red", markersize=6)
     if title:
         fig.suptitle(title)
+    if masks is not None:
+        _legend(fig, classes)
     return _save(fig, path)
 
 
@@ -64,6 +86,8 @@ def show_batch(dls: Any, path: str | Path, max_n: int = 16, valid: bool = False)
     images = dls.normalize.decode(xb[:n])
     if dls.task == "points":
         return plot_images(images, [""] * n, path, points=list(yb[:n]))
+    if dls.task == "segmentation":
+        return plot_images(images, [""] * n, path, masks=list(yb[:n]), classes=dls.classes)
     if dls.task == "values":
         return plot_images(images, [" ".join(f"{v:.3g}" for v in y.tolist()) for y in yb[:n]], path)
     return plot_images(images, [label_text(dls.classes, y) for y in yb[:n]], path)
@@ -144,4 +168,46 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | Pa
             )
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
+    return _save(fig, path)
+
+
+def plot_mask_rows(
+    images: torch.Tensor,
+    actual: Sequence[torch.Tensor],
+    predicted: Sequence[torch.Tensor],
+    titles: Sequence[str],
+    classes: Sequence[str],
+    path: str | Path,
+) -> Path:
+    """One row per image: the image, its true mask and the predicted mask, tinted by class, with a legend."""
+    n = len(titles)
+    fig, axes = plt.subplots(n, 3, figsize=(7.2, 2.4 * n), squeeze=False)
+    for r in range(n):
+        panels = [
+            (images[r].permute(1, 2, 0).cpu().numpy(), titles[r]),
+            (mask_overlay(images[r], actual[r], len(classes)), "actual"),
+            (mask_overlay(images[r], predicted[r], len(classes)), "predicted"),
+        ]
+        for ax, (shown, t) in zip(axes[r], panels, strict=True):
+            ax.imshow(shown)
+            ax.set_title(t, fontsize=8)
+            ax.axis("off")
+    _legend(fig, classes)
+    fig.subplots_adjust(top=1 - 0.4 / (2.4 * n))
+    return _save(fig, path)
+
+
+def _legend(fig: Figure, classes: Sequence[str]) -> None:
+    colours = class_colours(len(classes))
+    handles = [matplotlib.patches.Patch(color=colours[i], label=c) for i, c in enumerate(classes)]
+    fig.legend(handles=handles, loc="upper center", ncol=min(6, len(classes)), fontsize=7)
+
+
+def plot_bars(values: dict[str, float], path: str | Path, ylabel: str) -> Path:
+    """One bar per name (per-class IoU, for example)."""
+    fig, ax = plt.subplots(figsize=(max(4, len(values) * 0.6), 3.5))
+    ax.bar(list(values), [0.0 if math.isnan(v) else v for v in values.values()])
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.tick_params(axis="x", rotation=90)
     return _save(fig, path)

@@ -18,22 +18,30 @@ ResizeMethod = Literal["crop", "squish", "pad"]
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def resize_image(img: Image.Image, size: int, method: ResizeMethod, rng: np.random.Generator | None) -> Image.Image:
+def resize_image(
+    img: Image.Image,
+    size: int,
+    method: ResizeMethod,
+    rng: np.random.Generator | None,
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+    fill: int = 0,
+) -> Image.Image:
     """Resize to size x size. `crop` cuts a square (random place when rng is given, else centre),
-    `squish` stretches, `pad` letterboxes with black."""
+    `squish` stretches, `pad` letterboxes with `fill` (black). Masks pass resample=NEAREST, so no
+    value is ever blended into another."""
     w, h = img.size
     if method == "squish":
-        return img.resize((size, size), Image.Resampling.BILINEAR)
+        return img.resize((size, size), resample)
     if method == "crop":
         side = min(w, h)
         fx, fy = (rng.random(), rng.random()) if rng is not None else (0.5, 0.5)
         left, top = round((w - side) * fx), round((h - side) * fy)
-        return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+        return img.resize((size, size), resample, box=(left, top, left + side, top + side))
     if method == "pad":
         scale = size / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        canvas = Image.new("RGB", (size, size))
-        canvas.paste(img.resize((nw, nh), Image.Resampling.BILINEAR), ((size - nw) // 2, (size - nh) // 2))
+        canvas = Image.new(img.mode, (size, size), fill)
+        canvas.paste(img.resize((nw, nh), resample), ((size - nw) // 2, (size - nh) // 2))
         return canvas
     raise ValueError(f"resize method must be crop, squish or pad, got {method!r}")
 
@@ -118,10 +126,16 @@ class BatchAugment:
         return self.apply(x, gen)[0]
 
     def apply(
-        self, x: torch.Tensor, gen: torch.Generator, points: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self,
+        x: torch.Tensor,
+        gen: torch.Generator,
+        points: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Augment images and move `points` (N, K, 2) in [-1, 1] coordinates with them. Points need an
-        invertible geometry, so a point task must set max_warp=0 (checked by the job spec)."""
+        invertible geometry, so a point task must set max_warp=0 (checked by the job spec). `masks`
+        (N, H, W) of integer codes are resampled on the images' own grid, nearest, so every pixel keeps
+        a code that was there; lighting leaves them alone."""
         c = self.config
         n = x.shape[0]
         # Draw every random number on the CPU generator first, so results do not depend on the device.
@@ -169,6 +183,11 @@ class BatchAugment:
         if c.max_warp > 0 and bool(warp_on.any()):
             grid = self._warp(grid, warp.to(dev, x.dtype))
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        if masks is not None:
+            sampled = F.grid_sample(
+                masks[:, None].to(grid.dtype), grid, mode="nearest", padding_mode="reflection", align_corners=False
+            )
+            masks = sampled[:, 0].round().to(masks.dtype)
 
         # Lighting in logit space, as fastai's Brightness and Contrast do.
         if c.max_lighting > 0 and bool(light_on.any()):
@@ -181,7 +200,7 @@ class BatchAugment:
             # The grid maps output coords to input coords: p_in = A p_out + t, so p_out = A^-1 (p_in - t).
             a, t = mat[:, :, :2].to(points), mat[:, :, 2].to(points)
             points = torch.linalg.solve(a[:, None], (points - t[:, None])[..., None])[..., 0]
-        return out, points
+        return out, points, masks
 
     @staticmethod
     def _warp(grid: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""cnn_learner [fastai: cnn_learner / vision_learner]: data + architecture name + pretrained source in,
-a Learner with a cut body, a new head and the layer groups out."""
+"""cnn_learner [fastai: cnn_learner / vision_learner, unet_learner]: data + architecture name + pretrained
+source in, a Learner with a cut body, a new head (a classifier's, or a U-Net decoder for segmentation
+data) and the layer groups out."""
 
 from __future__ import annotations
 
@@ -7,14 +8,27 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from core.engine.architectures import get_architecture
 from core.engine.data import DataConfig, ImageDataLoaders
 from core.engine.labelling import LabelledItems
 from core.engine.learner import Callback, Learner
+from core.engine.masks import IGNORE_INDEX
 from core.engine.metrics import Metric
 from core.engine.model import HeadConfig, create_cnn_model
 from core.engine.pretrained import load_body
+from core.engine.unet import DynamicUnet, UnetConfig
+
+
+class MaskedCrossEntropy(nn.Module):
+    """Per-pixel cross-entropy averaged over the non-void pixels [fastai: CrossEntropyLossFlat(axis=1)
+    with ignore_index]; a batch whose pixels are all void gives 0, not NaN."""
+
+    def forward(self, preds: torch.Tensor, targs: torch.Tensor) -> torch.Tensor:
+        total = F.cross_entropy(preds, targs, ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / (targs != IGNORE_INDEX).sum().clamp_min(1)
 
 
 def cnn_learner(
@@ -35,7 +49,12 @@ def cnn_learner(
     loaded = load_body(architecture, pretrained)
     dls = ImageDataLoaders(items, config, stats=loaded.stats, device=device)
     head = head or HeadConfig()
-    model = create_cnn_model(architecture, dls.n_out, loaded.body, head)
+    model: nn.Module
+    if items.task == "segmentation":  # [fastai: unet_learner]
+        model = DynamicUnet(loaded.body, dls.n_out)
+        loss_func = loss_func or MaskedCrossEntropy()
+    else:
+        model = create_cnn_model(architecture, dls.n_out, loaded.body, head)
     # Multi-label: a sigmoid per class with binary cross-entropy; regression: MSE (or what was given).
     loss = loss_func or {
         "multilabel": torch.nn.BCEWithLogitsLoss(),
@@ -43,7 +62,7 @@ def cnn_learner(
         "values": torch.nn.MSELoss(),
     }.get(items.task)
     learn = Learner(dls, model, loss_func=loss, metrics=metrics, arch=architecture, cbs=cbs)
-    learn.head_config = head
+    learn.head_config = UnetConfig() if items.task == "segmentation" else head
     if loaded.stats is not None:  # pretrained: stage 1 trains the head first
         learn.freeze()
     return learn, loaded.source

@@ -10,7 +10,7 @@ from core.engine.architectures import ARCHITECTURES
 from core.engine.metrics import METRICS
 from core.engine.transforms import AugmentConfig
 
-LabelRule = Literal["folder", "csv", "name_re", "points", "values"]
+LabelRule = Literal["folder", "csv", "name_re", "points", "values", "masks"]
 JobKind = Literal["fine_tune", "stage1", "stage2", "lr_find", "interpret"]
 
 
@@ -40,6 +40,15 @@ class TrainSpec(BaseModel):
     label_delim: str | None = Field(None, description="labels=csv: the label column lists classes split by this")
     valid_col: str | None = None
     pattern: str | None = Field(None, description="regular expression (labels=name_re) whose group 1 is the label")
+    codes: list[str] | None = Field(
+        None, description="labels=masks: the name of each mask value, in order (default: the data's codes.txt)"
+    )
+    void: str | None = Field(None, description="labels=masks: the code whose pixels the loss and metrics ignore")
+    images_dir: str = Field("images", description="labels=masks without csv: the folder of images")
+    mask_template: str = Field(
+        "masks/{stem}.png", description="labels=masks without csv: each image's mask ({stem}, {name}, {parent})"
+    )
+    mask_col: str = Field("mask", description="labels=masks with csv: the column naming each image's mask")
     arch: str = "resnet34"
     pretrained: str = Field("imagenet", description="'imagenet', 'none', or a weights file / export bundle")
     size: int = Field(224, ge=16, le=1024)

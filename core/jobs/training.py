@@ -28,11 +28,17 @@ from core.engine.callbacks import (
 from core.engine.data import DataConfig, ImageDataLoaders
 from core.engine.errors import CheckpointError, DataError, WeightsMismatch
 from core.engine.export import export_bundle, read_manifest
-from core.engine.interpret import ClassificationInterpretation, MultiLabelInterpretation, RegressionInterpretation
+from core.engine.interpret import (
+    ClassificationInterpretation,
+    MultiLabelInterpretation,
+    RegressionInterpretation,
+    SegmentationInterpretation,
+)
 from core.engine.labelling import LabelledItems, from_csv, from_folder, from_name_re, from_targets_csv
 from core.engine.learner import Callback, Learner, LrSpec
 from core.engine.lr_finder import LRFindResult
-from core.engine.metrics import TASK_METRICS, get_metric
+from core.engine.masks import from_mask_csv, from_mask_rule
+from core.engine.metrics import MAIN_METRIC, TASK_METRICS, get_metric
 from core.engine.model import HeadConfig
 from core.engine.plots import plot_losses, plot_lr_find, show_batch
 from core.engine.transforms import get_transforms
@@ -46,6 +52,28 @@ STAGE1_DEFAULT_LR = 3e-3  # the course's stage-1 default
 
 def label_items(spec: TrainSpec) -> LabelledItems:
     """Apply the spec's labelling rule to its data folder."""
+    if spec.labels == "masks":
+        if spec.csv:
+            return from_mask_csv(
+                spec.data,
+                spec.csv,
+                spec.codes,
+                spec.void,
+                spec.fn_col,
+                spec.mask_col,
+                spec.valid_col,
+                valid_pct=spec.valid_pct,
+                seed=spec.seed,
+            )
+        return from_mask_rule(
+            spec.data,
+            spec.codes,
+            spec.void,
+            spec.images_dir,
+            spec.mask_template,
+            valid_pct=spec.valid_pct,
+            seed=spec.seed,
+        )
     if spec.labels == "folder":
         return from_folder(spec.data, valid_pct=spec.valid_pct, seed=spec.seed)
     if spec.labels in ("points", "values"):
@@ -322,6 +350,10 @@ def _interpret(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]
         "error_mean",
         "error_median",
         "baseline_mean_target_error",
+        "pixel_accuracy",
+        "mean_iou",
+        "dice",
+        "baseline_majority_class",
     )
     return {k: (v[:10] if k == "most_confused" else v) for k, v in summary.items() if k in keep}
 
@@ -329,9 +361,17 @@ def _interpret(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]
 def write_interpretation(learn: Learner, ctx: JobContext, thresholds: list[float] | None = None) -> dict[str, Any]:
     """interpretation.json and its plots: confusion matrix and top losses, or for multi-label the per-label
     confusion counts, the threshold curves and top losses."""
-    interp: ClassificationInterpretation | MultiLabelInterpretation | RegressionInterpretation
+    interp: (
+        ClassificationInterpretation | MultiLabelInterpretation | RegressionInterpretation | SegmentationInterpretation
+    )
     plots: list[tuple[str, Callable[[Path], Path]]]
-    if learn.dls.task in ("points", "values"):
+    if learn.dls.task == "segmentation":
+        interp = SegmentationInterpretation(learn)
+        plots = [
+            ("plots/per_class_iou.png", interp.plot_per_class_iou),
+            ("plots/top_losses.png", interp.plot_top_losses),
+        ]
+    elif learn.dls.task in ("points", "values"):
         interp = RegressionInterpretation(learn)
         plots = [("plots/top_losses.png", interp.plot_top_losses)]
     elif learn.dls.multi_label:
@@ -368,9 +408,7 @@ def finish(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) 
     task = learn.dls.task
     metrics = {
         "task": task,
-        "main_metric": "error_rate"
-        if task == "classification"
-        else TASK_METRICS[task][-1 if task == "multilabel" else 0],
+        "main_metric": MAIN_METRIC[task],
         **({"error_rate": summary["error_rate"]} if "error_rate" in summary else {}),
         **{k: v for k, v in last.items() if k not in ("epoch", "tag", "seconds")},
         "epochs": learn.recorder.epochs,
