@@ -37,6 +37,8 @@ class ItemPublic(BaseModel):
     key: str
     label: str
     valid: bool
+    targets: list[float] | None = None
+    mask: str | None = None
 
 
 class ItemsPublic(BaseModel):
@@ -170,6 +172,10 @@ class Predictions(BaseModel):
     labels: list[str] | None = Field(None, description="multi-label: every class above its tuned threshold")
     points: list[list[float]] | None = Field(None, description="points task: (x, y) in the image's own pixels")
     values: list[float] | None = Field(None, description="values task: the predicted numbers")
+    mask: str | None = Field(
+        None, description="segmentation: base64 PNG, the image's size, each pixel's value the index of its code"
+    )
+    shares: dict[str, float] | None = Field(None, description="segmentation: share of the image's pixels per class")
 
 
 class FilePredictions(Predictions):

@@ -4,6 +4,7 @@ job's server-sent events), fetch artifacts and predict. --url/--key or FITCYCLE_
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -28,9 +29,17 @@ def add_remote_verbs(verbs: Any) -> None:
     up = common(ds.add_parser("upload", help="upload an archive as a new dataset version"))
     up.add_argument("name")
     up.add_argument("archive", type=Path)
-    up.add_argument("--labels", choices=["folder", "csv", "name_re"], default="folder")
-    up.add_argument("--csv", default=None)
-    up.add_argument("--pattern", default=None)
+    up.add_argument("--labels", choices=["folder", "csv", "name_re", "points", "values", "masks"], default="folder")
+    up.add_argument("--csv", default=None, help="the CSV inside the archive (labels csv, points, values; masks: pairs)")
+    up.add_argument("--pattern", default=None, help="labels name_re: group 1 is the label")
+    up.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other upload field: label_col, label_delim, valid_col, codes (comma-separated), void, "
+        "images_dir, mask_template, mask_col, valid_pct, seed",
+    )
     common(ds.add_parser("list", help="list datasets"))
 
     jobs = verbs.add_parser("jobs", help="jobs on a fitcycle server").add_subparsers(dest="sub", required=True)
@@ -58,9 +67,10 @@ def add_remote_verbs(verbs: Any) -> None:
     get.add_argument("--out", type=Path, default=None)
 
     models = verbs.add_parser("models", help="models on a fitcycle server").add_subparsers(dest="sub", required=True)
-    pred = common(models.add_parser("predict", help="classify images with a served model"))
+    pred = common(models.add_parser("predict", help="predict images with a served model (any task)"))
     pred.add_argument("model")
     pred.add_argument("images", nargs="+", type=Path)
+    pred.add_argument("--mask-dir", type=Path, default=Path("predicted-masks"), help="segmentation: mask PNGs here")
     common(models.add_parser("list", help="list models"))
 
 
@@ -151,6 +161,9 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
             for k, v in {"name": args.name, "labels": args.labels, "csv": args.csv, "pattern": args.pattern}.items()
             if v
         }
+        for item in args.set:
+            field, _, value = item.partition("=")
+            fields[field] = value
         with args.archive.open("rb") as f:
             print(
                 json.dumps(
@@ -185,7 +198,14 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
         for image in args.images:
             with image.open("rb") as f:
                 result = _check(http.post(f"/models/{args.model}/predict", files={"file": (image.name, f)}))
-            print(json.dumps({"path": str(image), "predictions": result["predictions"][:5]}))
+            if "predictions" in result:
+                result["predictions"] = result["predictions"][:5]
+            if "mask" in result:  # segmentation: the PNG goes to a file, its path into the line
+                out = args.mask_dir / f"{image.stem}.mask.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(base64.b64decode(result["mask"]))
+                result["mask"] = str(out)
+            print(json.dumps({"path": str(image), **result}))
     return 0
 
 

@@ -23,18 +23,39 @@ async def upload_dataset(
     project: ProjectDep,
     name: Annotated[str, Form()],
     archive: Annotated[UploadFile, File(description=".zip, .tar or .tar.gz of images")],
-    labels: Annotated[Literal["folder", "csv", "name_re", "points", "values"], Form()] = "folder",
+    labels: Annotated[Literal["folder", "csv", "name_re", "points", "values", "masks"], Form()] = "folder",
     csv: Annotated[str | None, Form(description="labels=csv: the CSV file inside the archive")] = None,
     fn_col: Annotated[str, Form()] = "name",
     label_col: Annotated[str, Form()] = "label",
     valid_col: Annotated[str | None, Form()] = None,
     label_delim: Annotated[str | None, Form()] = None,
     pattern: Annotated[str | None, Form(description="labels=name_re: group 1 is the label")] = None,
+    codes: Annotated[
+        str | None, Form(description="labels=masks: mask value names in order, comma-separated (default: codes.txt)")
+    ] = None,
+    void: Annotated[str | None, Form(description="labels=masks: the code the loss and metrics ignore")] = None,
+    images_dir: Annotated[str, Form(description="labels=masks without csv: the images' folder")] = "images",
+    mask_template: Annotated[str, Form(description="labels=masks without csv: each image's mask")] = "masks/{stem}.png",
+    mask_col: Annotated[str, Form(description="labels=masks with csv: the mask column")] = "mask",
     valid_pct: Annotated[float, Form(gt=0, lt=1)] = 0.2,
     seed: Annotated[int, Form()] = 42,
 ) -> DatasetPublic:
     """Upload an archive of images as a new immutable version of dataset `name`."""
-    rule = LabelRule(labels, csv, fn_col, label_col, valid_col, pattern, label_delim)
+    code_list = [c.strip() for c in codes.split(",")] if codes else None
+    rule = LabelRule(
+        labels,
+        csv,
+        fn_col,
+        label_col,
+        valid_col,
+        pattern,
+        label_delim,
+        code_list,
+        void,
+        images_dir,
+        mask_template,
+        mask_col,
+    )
     return await run_in_threadpool(
         service.upload, state, project, name, archive.filename or "", archive.file, rule, valid_pct, seed
     )
@@ -59,7 +80,7 @@ def get_dataset(
     return service.to_public(*service.get_version(session, project, dataset_id, version))
 
 
-@router.get("/{dataset_id}/items")
+@router.get("/{dataset_id}/items", response_model_exclude_none=True)
 def list_items(
     state: StateDep,
     session: SessionDep,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import tempfile
 import zipfile
@@ -88,6 +89,8 @@ def _ranked(predictor: Predictor, images: list[bytes]) -> list[Predictions]:
         return [Predictions(points=p.points) for p in preds]
     if predictor.task == "values":
         return [Predictions(values=p.values) for p in preds]
+    if predictor.task == "segmentation":
+        return [Predictions(mask=base64.b64encode(p.mask_png()).decode(), shares=p.shares) for p in preds]
     return [
         Predictions(predictions=p.ranked(predictor.classes), labels=p.labels if predictor.multi_label else None)
         for p in preds

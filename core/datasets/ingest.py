@@ -1,5 +1,5 @@
 """Ingestion: an uploaded archive becomes an immutable dataset version — extracted safely, labelled by a
-rule (folder, csv, name_re), checked image by image, copied to the object store with a manifest.
+rule (folder, csv, name_re, points, values, masks), checked image by image, copied to the object store with a manifest.
 On any error the caller gets a DataError and nothing stays behind."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Literal
 from core.datasets.archives import Limits, extract_archive
 from core.engine.errors import DataError
 from core.engine.labelling import LabelledItems, Rejected, from_csv, from_folder, from_name_re, from_targets_csv
+from core.engine.masks import from_mask_csv, from_mask_rule
 from core.storage.base import ObjectStore
 
 SplitKind = Literal["random", "folder", "column"]
@@ -24,16 +25,25 @@ MANIFEST = "manifest.json"
 class LabelRule:
     """How an uploaded dataset is labelled."""
 
-    kind: Literal["folder", "csv", "name_re", "points", "values"] = "folder"
+    kind: Literal["folder", "csv", "name_re", "points", "values", "masks"] = "folder"
     csv: str | None = None
     fn_col: str = "name"
     label_col: str = "label"
     valid_col: str | None = None
     pattern: str | None = None
     label_delim: str | None = None
+    codes: list[str] | None = None  # masks: value names (default: codes.txt in the archive)
+    void: str | None = None  # masks: the ignored code
+    images_dir: str = "images"  # masks without csv
+    mask_template: str = "masks/{stem}.png"  # masks without csv
+    mask_col: str = "mask"  # masks with csv
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """The rule's set fields (the mask fields only for a masks rule)."""
+        mask_only = {"codes", "void", "images_dir", "mask_template", "mask_col"}
+        return {
+            k: v for k, v in self.__dict__.items() if v is not None and (self.kind == "masks" or k not in mask_only)
+        }
 
 
 @dataclass
@@ -48,6 +58,15 @@ class IngestResult:
 
 def label_folder(root: Path, rule: LabelRule, valid_pct: float, seed: int) -> tuple[LabelledItems, SplitKind]:
     """Apply a labelling rule to an extracted folder."""
+    if rule.kind == "masks":
+        if rule.csv:
+            items = from_mask_csv(
+                root, rule.csv, rule.codes, rule.void, rule.fn_col, rule.mask_col, rule.valid_col, None, valid_pct, seed
+            )
+            return items, "column" if rule.valid_col else "random"
+        return from_mask_rule(
+            root, rule.codes, rule.void, rule.images_dir, rule.mask_template, None, valid_pct, seed
+        ), "random"
     if rule.kind == "folder":
         split: SplitKind = "folder" if (root / "train").is_dir() and (root / "valid").is_dir() else "random"
         return from_folder(root, valid_pct=valid_pct, seed=seed), split
@@ -85,8 +104,15 @@ def manifest_for(items: LabelledItems, split: SplitKind, rule: LabelRule) -> dic
         "split": split,
         "classes": items.classes,
         "target_kind": items.target_kind,
+        **({"codes": items.codes, "void_code": items.void_code} if items.masks is not None else {}),
         "items": [
-            {"key": k, "label": lab, "valid": v, **({"targets": items.targets[n]} if items.targets else {})}
+            {
+                "key": k,
+                "label": lab,
+                "valid": v,
+                **({"targets": items.targets[n]} if items.targets else {}),
+                **({"mask": items.masks[n]} if items.masks is not None else {}),
+            }
             for n, (k, lab, v) in enumerate(zip(items.keys, items.labels, items.is_valid, strict=True))
         ],
     }
@@ -109,7 +135,7 @@ def ingest_archive(
         extracted = extract_archive(archive, work / "data", filename, limits)
         items, split = label_folder(work / "data", rule, valid_pct, seed)
         skipped = [Rejected(k, r) for k, r in (extracted.skipped or [])]
-        for key in items.keys:
+        for key in [*items.keys, *(items.masks or [])]:
             stored.append(f"{prefix}/files/{key}")
             store.put_file(stored[-1], work / "data" / key)
         stored.append(f"{prefix}/{MANIFEST}")

@@ -23,7 +23,8 @@ def materialize(store: ObjectStore, prefix: str, cache_dir: Path) -> tuple[Path,
         shutil.rmtree(tmp, ignore_errors=True)
         manifest = json.loads(store.get_bytes(f"{prefix}/manifest.json"))
         for item in manifest["items"]:
-            store.get_file(f"{prefix}/files/{item['key']}", tmp / "files" / item["key"])
+            for key in (item["key"], *([item["mask"]] if "mask" in item else [])):
+                store.get_file(f"{prefix}/files/{key}", tmp / "files" / key)
         (tmp / "manifest.json").write_text(json.dumps(manifest))
         (tmp / DONE_MARKER).write_text("ok")
         shutil.rmtree(folder, ignore_errors=True)
@@ -42,6 +43,19 @@ def items_from_manifest(folder: Path, manifest: dict[str, Any], valid_pct: float
         flags = [bool(r["valid"]) for r in rows]
     labels = [r["label"] for r in rows]
     kind = manifest.get("target_kind", "label")
+    if kind == "mask":  # segmentation: the masks sit beside the images, the codes travel in the manifest
+        codes, void = list(manifest["codes"]), manifest.get("void_code")
+        return LabelledItems(
+            folder / "files",
+            keys,
+            labels,
+            flags,
+            [c for i, c in enumerate(codes) if i != void],
+            target_kind="mask",
+            masks=[r["mask"] for r in rows],
+            codes=codes,
+            void_code=void,
+        )
     if kind != "label":  # regression: the targets travel in the manifest
         return LabelledItems(
             folder / "files",

@@ -1,17 +1,24 @@
 """The other tasks over REST: multi-label (labels above each class's tuned threshold), keypoints (answers in
-the image's own pixels) and a progressive-resizing plan."""
+the image's own pixels), segmentation (a mask PNG and per-class shares) and a progressive-resizing plan."""
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from core.datasets.samples import write_mosaics, write_silhouette_points
+from core.datasets.samples import write_mosaics, write_silhouette_masks, write_silhouette_points
 from core.engine.inference import Predictor
 from tests.platform.conftest import Stack, make_zip
+from tests.platform.services import BIN
 
 
 def test_multi_label_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> None:
@@ -108,3 +115,68 @@ def test_points_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> None:
     local = Predictor(tmp_path / "bundle").predict(image)
     flat = [v for xy in body["points"] for v in xy]
     assert flat == pytest.approx([v for xy in local.points for v in xy], rel=1e-4, abs=1e-3)
+
+
+def test_segmentation_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> None:
+    a = stack.a
+    folder = write_silhouette_masks(tmp_path / "seg", count=120, side=40, seed=6)
+    archive = make_zip(folder, tmp_path / "s.zip")
+    # Without codes (codes.txt left out of the archive and none given) the upload says what is missing.
+    no_codes = tmp_path / "nocodes"
+    shutil.copytree(folder, no_codes)
+    (no_codes / "codes.txt").unlink()
+    bad = a.upload("seg", make_zip(no_codes, tmp_path / "n.zip"), labels="masks")
+    assert bad.status_code == 422 and "codes.txt" in bad.json()["detail"]
+    bad = a.upload("seg", archive, labels="masks", void="sky")
+    assert bad.status_code == 422 and "void code 'sky'" in bad.json()["detail"]
+    assert all(d["name"] != "seg" for d in a.get("/datasets").json()["data"])  # nothing stored
+
+    res = a.upload("seg", archive, labels="masks", void="void")
+    assert res.status_code == 201, res.text
+    ds = res.json()
+    assert ds["classes"] == ["brick", "grass", "gravel", "animal"] and ds["labels"]["void"] == "void"
+    item = a.get(f"/datasets/{ds['id']}/items", params={"limit": 1}).json()["data"][0]
+    assert item["mask"] == item["key"].replace("images/", "masks/")
+    job = a.wait(
+        a.submit(
+            kind="fine_tune",
+            dataset_id=ds["id"],
+            arch="resnet18",
+            pretrained="none",
+            size=32,
+            bs=16,
+            freeze_epochs=0,
+            epochs=3,
+            lr=3e-3,
+        )["id"]
+    )
+    assert job["state"] == "succeeded", job["error"]
+    result = job["result"]
+    assert result["task"] == "segmentation" and {"pixel_accuracy", "dice", "mean_iou"} <= set(result)
+    interp = a.get(f"/jobs/{job['id']}/artifacts/interpretation.json").json()
+    assert result["pixel_accuracy"] > interp["baseline_majority_class"]["pixel_accuracy"]
+    assert a.get(f"/jobs/{job['id']}/artifacts/plots/top_losses.png").content[:4] == b"\x89PNG"
+
+    image = folder / "images" / "00000.png"
+    body = a.post(f"/models/{job['model_id']}/predict", files={"file": ("x.png", image.read_bytes())}).json()
+    assert set(body) == {"mask", "shares"} and sum(body["shares"].values()) == pytest.approx(1.0)
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask"]))))
+    assert mask.shape == (40, 40) and set(np.unique(mask).tolist()) <= {1, 2, 3, 4}
+    # The endpoint answers exactly what the bundle's Predictor answers in-process.
+    with zipfile.ZipFile(io.BytesIO(a.get(f"/models/{job['model_id']}/bundle").content)) as zf:
+        zf.extractall(tmp_path / "bundle")
+    local = Predictor(tmp_path / "bundle").predict(image)
+    assert local.mask is not None and np.array_equal(np.asarray(local.mask), mask)
+
+    # The CLI client: the mask lands in a file, the line has its path and the shares.
+    env = stack.env | {"FITCYCLE_URL": a.base.removesuffix("/api/v1"), "FITCYCLE_KEY": a.key}
+    res_cli = subprocess.run(
+        [str(BIN / "fitcycle"), "models", "predict", job["model_id"], str(image), "--mask-dir", str(tmp_path / "m")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res_cli.returncode == 0, res_cli.stderr
+    line = json.loads(res_cli.stdout)
+    assert np.array_equal(np.asarray(Image.open(line["mask"])), mask) and set(line["shares"]) == set(ds["classes"])
