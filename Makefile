@@ -55,6 +55,7 @@ bench: setup
 	$(BIN)/python bench/engine_overhead.py
 	PYTHONPATH=. $(BIN)/python bench/queue_latency.py
 	PYTHONPATH=. $(BIN)/python bench/predict_latency.py
+	PYTHONPATH=. $(BIN)/python bench/segmentation_throughput.py
 
 clean:
 	rm -rf runs data .pytest_cache .mypy_cache .ruff_cache

@@ -135,6 +135,7 @@ def test_segmentation_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> N
     assert res.status_code == 201, res.text
     ds = res.json()
     assert ds["classes"] == ["brick", "grass", "gravel", "animal"] and ds["labels"]["void"] == "void"
+    assert a.get(f"/datasets/{ds['id']}/show_batch", params={"size": 32}).content[:4] == b"\x89PNG"
     item = a.get(f"/datasets/{ds['id']}/items", params={"limit": 1}).json()["data"][0]
     assert item["mask"] == item["key"].replace("images/", "masks/")
     job = a.wait(
