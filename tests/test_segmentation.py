@@ -10,11 +10,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from core.datasets.samples import SEGMENTATION_CODES, write_silhouette_masks
 from core.engine.architectures import get_architecture
@@ -28,6 +30,10 @@ from core.engine.metrics import dice, mean_iou, pixel_accuracy
 from core.engine.model import layer_groups
 from core.engine.transforms import AugmentConfig, BatchAugment, get_transforms
 from core.engine.unet import DynamicUnet
+from core.engine.vision import cnn_learner
+from core.jobs.context import LocalJobContext
+from core.jobs.spec import TrainSpec
+from core.jobs.training import run_train
 
 FITCYCLE = str(Path(sys.executable).parent / "fitcycle")
 
@@ -169,3 +175,44 @@ def test_train_and_predict_masks_through_the_cli(scenes: Path, tmp_path: Path) -
     assert predicted.mask is not None and predicted.mask.size == (48, 48)
     known = truth != 0
     assert (mask == truth)[known].mean() > base["pixel_accuracy"]
+
+
+def test_pretrained_body_trains_frozen_then_unfrozen_across_a_plan(
+    scenes: Path, fashion_folder: Path, tmp_path: Path
+) -> None:
+    # A "pretrained" body: a classifier trained on Fashion-MNIST, exported as a bundle.
+    common: dict[str, Any] = {"arch": "resnet18", "bs": 16, "seed": 1}
+    run_train(
+        TrainSpec(data=str(fashion_folder), pretrained="none", size=32, freeze_epochs=0, epochs=1, lr=3e-3, **common),
+        LocalJobContext(tmp_path / "body", show_progress=False),
+    )
+    bundle = tmp_path / "body" / "export"
+    stem_conv = load_file(str(bundle / "weights.safetensors"))["0.0.weight"]  # the body's first convolution
+
+    # Stage 1 leaves the encoder's convolutions as the body had them; stage 2 moves them.
+    items = from_mask_rule(scenes, void="void")
+    config = DataConfig(size=32, bs=16, augment=get_transforms(), seed=1)
+    learn, source = cnn_learner(items, "resnet18", config, bundle, [mean_iou])
+    assert str(bundle) in source and learn.frozen_to == 2
+    learn.fit_one_cycle(1, slice(3e-3))
+    stem = cast(torch.nn.Conv2d, cast(DynamicUnet, learn.model).encoder[0])
+    assert torch.equal(stem.weight, stem_conv)
+    learn.unfreeze()
+    learn.fit_one_cycle(1, slice(3e-5, 3e-4))
+    assert not torch.equal(stem.weight, stem_conv)
+
+    # The job recipe: frozen then unfrozen at each size of a progressive-resizing plan.
+    spec = TrainSpec(
+        data=str(scenes),
+        labels="masks",
+        void="void",
+        pretrained=str(bundle),
+        freeze_epochs=1,
+        epochs=1,
+        lr=3e-3,
+        plan=[{"size": 24}, {"size": 32}],
+        **common,
+    )
+    metrics = run_train(spec, LocalJobContext(tmp_path / "seg", show_progress=False))
+    assert [e["tag"] for e in metrics["epochs"]] == ["24px-stage1", "24px-stage2", "32px-stage1", "32px-stage2"]
+    assert read_manifest(tmp_path / "seg" / "export")["input_size"] == 32
