@@ -20,8 +20,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     rule.add_argument("--from-folder", action="store_true", help="label = parent folder name (the default)")
     rule.add_argument("--from-csv", metavar="FILE", help="CSV with a header: file name and label columns")
     rule.add_argument("--from-name-re", metavar="PATTERN", help="regex on the file name; group 1 is the label")
-    rule.add_argument("--from-points-csv", metavar="FILE", help="keypoints: file name, then x, y pixel column pairs")
-    rule.add_argument("--from-values-csv", metavar="FILE", help="value regression: file name, then numbers")
+    rule.add_argument(
+        "--from-points-csv",
+        metavar="FILE",
+        help="keypoints: CSV of file name, then x, y pixel column pairs (or a .json of points per image)",
+    )
+    rule.add_argument(
+        "--from-values-csv", metavar="FILE", help="value regression: CSV of file name, then numbers (or .json)"
+    )
     rule.add_argument(
         "--from-masks",
         action="store_true",

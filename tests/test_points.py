@@ -14,9 +14,10 @@ import torch
 
 from core.datasets.samples import write_silhouette_points
 from core.engine.data import DataConfig, ImageDataLoaders
+from core.engine.errors import DataError
 from core.engine.export import read_manifest
 from core.engine.inference import Predictor
-from core.engine.labelling import from_targets_csv
+from core.engine.labelling import from_targets_csv, from_targets_json
 from core.engine.transforms import AugmentConfig, BatchAugment, get_transforms
 
 FITCYCLE = str(Path(sys.executable).parent / "fitcycle")
@@ -127,3 +128,32 @@ def test_train_and_predict_points_through_the_cli(silhouettes: Path, tmp_path: P
     )
     assert len(line["points"]) == 2
     assert (out / "plots" / "top_losses.png").is_file()
+
+
+def test_targets_from_json_match_the_csv(silhouettes: Path, tmp_path: Path) -> None:
+    with (silhouettes / "points.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    pairs = {
+        r["name"]: [[float(r["centroid_x"]), float(r["centroid_y"])], [float(r["top_x"]), float(r["top_y"])]]
+        for r in rows
+    }
+    by_csv = from_targets_csv(silhouettes, "points.csv", "points")
+    (tmp_path / "points.json").write_text(json.dumps(pairs))
+    by_map = from_targets_csv(silhouettes, tmp_path / "points.json", "points")
+    assert by_map.keys == by_csv.keys and by_map.targets == by_csv.targets and by_map.is_valid == by_csv.is_valid
+    assert by_map.classes == ["p0", "p1"]
+    records = [{"name": k, "points": v} for k, v in pairs.items()]
+    records[0]["points"] = [[1.0, 2.0]]  # one point where the others have two
+    records[1]["points"] = "12,4"  # not a list of numbers
+    records[2]["name"] = "../escape.png"
+    (tmp_path / "records.json").write_text(json.dumps(records))
+    items = from_targets_json(silhouettes, tmp_path / "records.json", "points")
+    reasons = [r.reason for r in items.rejected]
+    assert len(items) == len(rows) - 3 and sum("are not 2 points numbers" in r for r in reasons) == 2
+    assert any("escapes the dataset folder" in r for r in reasons)
+    values = [{"name": k, "values": [v[0][0] / 72]} for k, v in pairs.items()]
+    (tmp_path / "values.json").write_text(json.dumps(values))
+    assert from_targets_json(silhouettes, tmp_path / "values.json", "values").task == "values"
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        from_targets_json(silhouettes, tmp_path / "bad.json")

@@ -5,6 +5,7 @@ reported (counts and the first paths) instead of crashing an epoch."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -281,6 +282,9 @@ def from_name_re(root: str | Path, pattern: str, valid_pct: float = 0.2, seed: i
     return from_name_func(root, label, valid_pct, seed)
 
 
+TargetRecord = tuple[int, str, list[float] | None, str]  # (row number, file name, numbers or None, valid flag)
+
+
 def from_targets_csv(
     root: str | Path,
     csv_path: str | Path,
@@ -291,9 +295,12 @@ def from_targets_csv(
     seed: int = 42,
 ) -> LabelledItems:
     """Regression targets from a CSV: a file-name column, then numbers. kind=points: the numbers are x, y
-    pairs in the image's own pixels (columns like nose_x, nose_y); kind=values: any numbers."""
+    pairs in the image's own pixels (columns like nose_x, nose_y); kind=values: any numbers. A .json file
+    is read by from_targets_json."""
     if kind not in ("points", "values"):
         raise DataError(f"target kind must be points or values, got {kind!r}")
+    if str(csv_path).lower().endswith(".json"):
+        return from_targets_json(root, csv_path, kind, fn_col, valid_col, valid_pct, seed)
     root = Path(root).resolve()
     csv_path = Path(csv_path) if Path(csv_path).is_absolute() else root / csv_path
     if not csv_path.is_file():
@@ -306,32 +313,108 @@ def from_targets_csv(
         raise DataError(f"{csv_path.name}: no column '{fn_col}' (columns are: {', '.join(reader.fieldnames or [])})")
     if not header or (kind == "points" and len(header) % 2):
         raise DataError(f"{csv_path.name}: points need x, y column pairs after '{fn_col}'; found {header}")
-    keys, targets, valid_values, rejected = [], [], [], []
+    records: list[TargetRecord] = []
     for n, row in enumerate(rows, start=2):
-        name = str(row[fn_col]).strip()
-        target = (root / name).resolve()
         try:
-            values = [float(row[h]) for h in header]
+            values: list[float] | None = [float(row[h]) for h in header]
         except (TypeError, ValueError):
-            rejected.append(Rejected(name, f"{csv_path.name} row {n}: a target is not a number"))
-            continue
-        if not target.is_relative_to(root):
-            rejected.append(Rejected(name, f"{csv_path.name} row {n}: path escapes the dataset folder"))
-        elif not target.is_file():
-            rejected.append(Rejected(name, f"{csv_path.name} row {n}: file not found"))
-        else:
-            keys.append(target.relative_to(root).as_posix())
-            targets.append(values)
-            valid_values.append(str(row[valid_col]) if valid_col else "")
-    flags = split_by_column(valid_values) if valid_col else split_by_rand_pct(keys, valid_pct, seed)
-    problems = _check_files(root, keys)
-    keep = [i for i, p in enumerate(problems) if p is None]
-    rejected += [Rejected(keys[i], p) for i, p in enumerate(problems) if p is not None]
+            values = None
+        records.append((n, str(row[fn_col]).strip(), values, str(row[valid_col]) if valid_col else ""))
     names = (
         header
         if kind == "values"
         else [h.removesuffix("_x").removesuffix("x") or f"p{i}" for i, h in enumerate(header[::2])]
     )
+    return _targets_items(root, csv_path.name, kind, names, records, valid_col, valid_pct, seed)
+
+
+def from_targets_json(
+    root: str | Path,
+    json_path: str | Path,
+    kind: str = "points",
+    fn_col: str = "name",
+    valid_col: str | None = None,
+    valid_pct: float = 0.2,
+    seed: int = 42,
+) -> LabelledItems:
+    """Regression targets from JSON: either {"file name": targets, ...} or a list of records
+    [{"name": ..., "points": [[x, y], ...]} or {"name": ..., "values": [...]}, ...]. Points are x, y pairs in
+    the image's own pixels (a flat [x0, y0, x1, y1] list is accepted too); they are named p0, p1, ..."""
+    root = Path(root).resolve()
+    path = Path(json_path) if Path(json_path).is_absolute() else root / json_path
+    if not path.is_file():
+        raise DataError(f"JSON file {path} not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path.name} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict):
+        raw = [(n, str(name), targets, "") for n, (name, targets) in enumerate(data.items(), start=1)]
+    elif isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        raw = [
+            (n, str(r.get(fn_col, "")), r.get(kind), str(r.get(valid_col, "")) if valid_col else "")
+            for n, r in enumerate(data, start=1)
+        ]
+    else:
+        raise DataError(
+            f'{path.name}: expected {{"file name": targets, ...}} or [{{"{fn_col}": ..., "{kind}": [...]}}, ...]'
+        )
+    records: list[TargetRecord] = []
+    for n, name, targets, valid in raw:
+        flat = _flatten_numbers(targets)
+        if flat is not None and kind == "points" and len(flat) % 2:
+            flat = None
+        records.append((n, name, flat, valid))
+    lengths = Counter(len(r[2]) for r in records if r[2] is not None)
+    if not lengths:
+        raise DataError(f"{path.name}: no record has {kind} as a list of numbers")
+    width = lengths.most_common(1)[0][0]
+    records = [(n, name, v if v is not None and len(v) == width else None, valid) for n, name, v, valid in records]
+    names = [f"p{i}" for i in range(width // 2)] if kind == "points" else [f"v{i}" for i in range(width)]
+    return _targets_items(root, path.name, kind, names, records, valid_col, valid_pct, seed)
+
+
+def _flatten_numbers(targets: Any) -> list[float] | None:
+    """[[x, y], ...] or [a, b, ...] as a flat list of floats; None when it is anything else."""
+    if not isinstance(targets, list):
+        return None
+    flat = [v for t in targets for v in (t if isinstance(t, list) else [t])]
+    if not flat or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
+        return None
+    return [float(v) for v in flat]
+
+
+def _targets_items(
+    root: Path,
+    source: str,
+    kind: str,
+    names: list[str],
+    records: list[TargetRecord],
+    valid_col: str | None,
+    valid_pct: float,
+    seed: int,
+) -> LabelledItems:
+    """Check each record's file and numbers, split, and make the LabelledItems of a regression dataset."""
+    keys, targets, valid_values, rejected = [], [], [], []
+    for n, name, values, valid in records:
+        target = (root / name).resolve()
+        if values is None:
+            rejected.append(Rejected(name, f"{source} row {n}: the targets are not {len(names)} {kind} numbers"))
+        elif not target.is_relative_to(root):
+            rejected.append(Rejected(name, f"{source} row {n}: path escapes the dataset folder"))
+        elif not target.is_file():
+            rejected.append(Rejected(name, f"{source} row {n}: file not found"))
+        else:
+            keys.append(target.relative_to(root).as_posix())
+            targets.append(values)
+            valid_values.append(valid)
+    try:
+        flags = split_by_column(valid_values) if valid_col else split_by_rand_pct(keys, valid_pct, seed)
+    except ValueError as exc:
+        raise DataError(f"{source}, '{valid_col}': {exc}") from exc
+    problems = _check_files(root, keys)
+    keep = [i for i, p in enumerate(problems) if p is None]
+    rejected += [Rejected(keys[i], p) for i, p in enumerate(problems) if p is not None]
     items = LabelledItems(
         root,
         [keys[i] for i in keep],
@@ -343,7 +426,7 @@ def from_targets_csv(
         target_kind=kind,
     )
     if not items.keys:
-        raise DataError(f"no usable image in {csv_path.name}.\n{items.summary()}")
+        raise DataError(f"no usable image in {source}.\n{items.summary()}")
     if not any(items.is_valid) or all(items.is_valid):
         raise DataError(f"the split leaves no validation or no training image.\n{items.summary()}")
     return items
