@@ -17,6 +17,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "core.datasets",
         "core.storage",
         "core.engine.labelling",
+        "core.engine.masks",
         "core.engine.images",
         "core.engine.errors",
         "core.engine.splits",
