@@ -79,7 +79,10 @@ class Predictor:
                 arch,
                 m["n_out"],
                 head=HeadConfig(
-                    lin_ftrs=list(head["lin_ftrs"]), ps=float(head["ps"]), concat_pool=bool(head["concat_pool"])
+                    lin_ftrs=list(head["lin_ftrs"]),
+                    ps=float(head["ps"]),
+                    concat_pool=bool(head["concat_pool"]),
+                    target_scale=bool(head.get("target_scale", False)),
                 ),
             )
         state = load_file(str(self.bundle / m["weights"]), device="cpu")

@@ -23,13 +23,36 @@ class AdaptiveConcatPool2d(nn.Module):
         return torch.cat([self.mp(x), self.ap(x)], 1)
 
 
+class TargetScale(nn.Module):
+    """Regression: out = x * std + mean, with the training targets' statistics as buffers (saved with the
+    weights), so the layers before it learn standardized targets and the model answers in target units."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, n_out: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_out))
+        self.register_buffer("std", torch.ones(n_out))
+
+    def set_stats(self, targets: torch.Tensor) -> None:
+        """Take mean and std (floored, for a constant column) from a (N, n_out) tensor of targets."""
+        self.mean.copy_(targets.float().mean(0))
+        self.std.copy_(targets.float().std(0).nan_to_num(1.0).clamp_min(1e-3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+
 @dataclass(frozen=True)
 class HeadConfig:
-    """fastai's create_head defaults: concat pooling, one hidden layer of 512, dropout 0.25 then 0.5."""
+    """fastai's create_head defaults: concat pooling, one hidden layer of 512, dropout 0.25 then 0.5.
+    target_scale (regression) ends the head with a TargetScale."""
 
     lin_ftrs: list[int] = field(default_factory=lambda: [512])
     ps: float = 0.5
     concat_pool: bool = True
+    target_scale: bool = False
 
     def as_dict(self) -> dict[str, object]:
         """Plain values, for the bundle manifest."""
@@ -50,6 +73,8 @@ def create_head(n_features: int, n_out: int, config: HeadConfig | None = None) -
         layers += [nn.BatchNorm1d(ni), nn.Dropout(p), nn.Linear(ni, no, bias=False)]
         if i < len(sizes) - 2:
             layers.append(nn.ReLU(inplace=True))
+    if cfg.target_scale:
+        layers.append(TargetScale(n_out))
     head = nn.Sequential(*layers)
     for m in head.modules():
         if isinstance(m, nn.Linear):

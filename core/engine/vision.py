@@ -4,6 +4,7 @@ data) and the layer groups out."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,9 +18,20 @@ from core.engine.labelling import LabelledItems
 from core.engine.learner import Callback, Learner
 from core.engine.masks import IGNORE_INDEX
 from core.engine.metrics import Metric
-from core.engine.model import HeadConfig, create_cnn_model
+from core.engine.model import HeadConfig, TargetScale, create_cnn_model
 from core.engine.pretrained import load_body
 from core.engine.unet import DynamicUnet, UnetConfig
+
+
+def training_targets(dls: ImageDataLoaders, max_items: int = 512) -> torch.Tensor:
+    """Regression targets of (up to max_items of) the training set, as the model sees them (points in
+    [-1, 1] after the resize, values as given), without augmentation."""
+    ds = dls.train.dataset
+    step = max(1, len(ds) // max_items)
+    if dls.task == "values":
+        assert dls.items.targets is not None
+        return torch.tensor([dls.items.targets[ds.indices[i]] for i in range(0, len(ds), step)])
+    return torch.stack([ds[i][1] for i in range(0, len(ds), step)])
 
 
 class MaskedCrossEntropy(nn.Module):
@@ -54,7 +66,12 @@ def cnn_learner(
         model = DynamicUnet(loaded.body, dls.n_out)
         loss_func = loss_func or MaskedCrossEntropy()
     else:
+        if items.task in ("points", "values"):  # regression learns standardized targets
+            head = dataclasses.replace(head, target_scale=True)
         model = create_cnn_model(architecture, dls.n_out, loaded.body, head)
+        scale = list(model.modules())[-1]
+        if isinstance(scale, TargetScale):
+            scale.set_stats(training_targets(dls))
     # Multi-label: a sigmoid per class with binary cross-entropy; regression: MSE (or what was given).
     loss = loss_func or {
         "multilabel": torch.nn.BCEWithLogitsLoss(),

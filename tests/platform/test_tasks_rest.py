@@ -181,3 +181,35 @@ def test_segmentation_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> N
     assert res_cli.returncode == 0, res_cli.stderr
     line = json.loads(res_cli.stdout)
     assert np.array_equal(np.asarray(Image.open(line["mask"])), mask) and set(line["shares"]) == set(ds["classes"])
+
+
+def test_values_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> None:
+    from tests.test_values import write_values
+
+    a = stack.a
+    folder = write_values(write_silhouette_masks(tmp_path / "vals", count=100, side=32, seed=8))
+    res = a.upload("values", make_zip(folder, tmp_path / "v.zip"), labels="values", csv="values.csv")
+    assert res.status_code == 201, res.text
+    ds = res.json()
+    assert ds["classes"] == ["animal_share", "animal_height"]
+    item = a.get(f"/datasets/{ds['id']}/items", params={"limit": 1}).json()["data"][0]
+    assert len(item["targets"]) == 2 and "mask" not in item
+    job = a.wait(
+        a.submit(
+            kind="fine_tune",
+            dataset_id=ds["id"],
+            arch="resnet18",
+            pretrained="none",
+            size=32,
+            resize_method="squish",
+            bs=16,
+            freeze_epochs=0,
+            epochs=2,
+            lr=3e-3,
+        )["id"]
+    )
+    assert job["state"] == "succeeded", job["error"]
+    assert job["result"]["main_metric"] == "mae" and {"mae", "rmse"} <= set(job["result"])
+    image = folder / "images" / "00000.png"
+    body = a.post(f"/models/{job['model_id']}/predict", files={"file": ("x.png", image.read_bytes())}).json()
+    assert set(body) == {"values"} and len(body["values"]) == 2
