@@ -340,6 +340,8 @@ def from_targets_json(
     """Regression targets from JSON: either {"file name": targets, ...} or a list of records
     [{"name": ..., "points": [[x, y], ...]} or {"name": ..., "values": [...]}, ...]. Points are x, y pairs in
     the image's own pixels (a flat [x0, y0, x1, y1] list is accepted too); they are named p0, p1, ..."""
+    if kind not in ("points", "values"):
+        raise DataError(f"target kind must be points or values, got {kind!r}")
     root = Path(root).resolve()
     path = Path(json_path) if Path(json_path).is_absolute() else root / json_path
     if not path.is_file():
