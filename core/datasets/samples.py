@@ -242,6 +242,17 @@ def write_silhouette_points(
     return dest
 
 
+def _cross_max(mask: np.ndarray, outside: bool) -> np.ndarray:
+    """Binary dilation by the 4-neighbour cross (pixels beyond the edge count as `outside`)."""
+    p = np.pad(mask, 1, constant_values=outside)
+    return p[1:-1, 1:-1] | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
+
+
+def _cross_min(mask: np.ndarray) -> np.ndarray:
+    """Binary erosion by the 4-neighbour cross (beyond the edge is background)."""
+    return ~_cross_max(~mask, True)
+
+
 SEGMENTATION_CODES = ("void", "brick", "grass", "gravel", "animal")
 
 
@@ -251,7 +262,6 @@ def write_silhouette_masks(dest: str | Path, count: int = 300, side: int = 64, s
     its texture or `animal`; a one-pixel ring around the silhouette is `void` (an uncertain edge, as in
     CamVid). images/NNNNN.png, masks/NNNNN.png (pixel value = code index), codes.txt, and pairs.csv
     (name, mask) for the CSV rule."""
-    from scipy import ndimage
     from skimage import data as skdata
 
     shapes, _, _ = load_animal_mnist()
@@ -280,7 +290,7 @@ def write_silhouette_masks(dest: str | Path, count: int = 300, side: int = 64, s
         animal[py : py + size, px : px + size] = shape > 100
         canvas[animal] = 235.0
         mask[animal] = SEGMENTATION_CODES.index("animal")
-        ring = ndimage.binary_dilation(animal) & ~ndimage.binary_erosion(animal)
+        ring = _cross_max(animal, False) & ~_cross_min(animal)
         mask[ring] = SEGMENTATION_CODES.index("void")
         name = f"{i:05d}.png"
         Image.fromarray(canvas.clip(0, 255).astype(np.uint8)).convert("RGB").save(dest / "images" / name)
