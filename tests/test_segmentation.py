@@ -171,6 +171,14 @@ def test_train_and_predict_masks_through_the_cli(scenes: Path, tmp_path: Path) -
     assert mask.shape == (72, 96) and set(np.unique(mask).tolist()) <= {1, 2, 3, 4}
     assert sum(line["shares"].values()) == pytest.approx(1.0, abs=1e-3)
     truth = np.asarray(Image.open(scenes / "masks" / "00000.png").resize((96, 72), Image.Resampling.NEAREST))
+    # Letterboxed ("pad") and stretched ("squish") inputs come back at the image's size too.
+    for method in ("pad", "squish"):
+        shutil.copytree(out / "export", tmp_path / method)
+        manifest_path = tmp_path / method / "manifest.json"
+        manifest_path.write_text(json.dumps({**manifest, "resize_method": method}))
+        other = Predictor(tmp_path / method).predict(tmp_path / "big.png")
+        assert other.mask is not None and other.mask.size == (96, 72)
+        assert (np.asarray(other.mask) == mask).mean() > 0.6, method  # the same scene, seen another way
     predicted = Predictor(out / "export").predict(scenes / "images" / "00000.png")
     assert predicted.mask is not None and predicted.mask.size == (48, 48)
     known = truth != 0

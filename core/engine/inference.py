@@ -114,10 +114,9 @@ class Predictor:
             nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
             resized, box = image.resize((nw, nh), Image.Resampling.BILINEAR), (0, 0, nw, nh)
         elif self.method == "pad":
-            scale = self.size / max(w, h)
-            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-            left, top = (self.size - nw) // 2, (self.size - nh) // 2
-            resized, box = resize_image(image, self.size, "pad", None), (left, top, left + nw, top + nh)
+            ax, left, ay, top = resize_map(w, h, self.size, "pad", None)
+            box = (int(left), int(top), int(left) + round(ax * w), int(top) + round(ay * h))
+            resized = resize_image(image, self.size, "pad", None)
         else:
             resized, box = resize_image(image, self.size, "squish", None), (0, 0, self.size, self.size)
         x = image_to_uint8_tensor(resized)[None].to(self.device).float().div_(255)

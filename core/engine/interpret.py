@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from core.engine.images import open_rgb
 from core.engine.learner import Learner
-from core.engine.masks import IGNORE_INDEX
+from core.engine.masks import IGNORE_INDEX, open_mask
 from core.engine.metrics import dice_per_class, iou_per_class, pixel_confusion
 from core.engine.plots import plot_bars, plot_confusion_matrix, plot_images, plot_mask_rows
 from core.engine.transforms import image_to_uint8_tensor, resize_image
@@ -314,10 +314,10 @@ class SegmentationInterpretation:
         """The class most frequent in (up to max_items of) the training masks: the trivial baseline."""
         train = self.learn.dls.train.dataset
         step = max(1, len(train) // max_items)
-        counts = torch.zeros(len(self.classes), dtype=torch.long)
-        for i in range(0, len(train), step):
-            mask = train[i][1]
-            counts += torch.bincount(mask[mask != IGNORE_INDEX].flatten(), minlength=len(self.classes))
+        counts = np.zeros(len(self.classes), dtype=np.int64)
+        for i in range(0, len(train), step):  # the mask files alone, at their own size: no image is decoded
+            classes = train.mask_lut[np.asarray(open_mask(train.items.mask_path(train.indices[i])))]
+            counts += np.bincount(classes[classes != IGNORE_INDEX], minlength=len(self.classes))
         return int(counts.argmax())
 
     def per_class(self) -> dict[str, dict[str, float]]:

@@ -7,6 +7,8 @@ from functools import partial
 
 import torch
 
+from core.engine.masks import IGNORE_INDEX
+
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 
 
@@ -57,9 +59,6 @@ def mae(preds: torch.Tensor, targs: torch.Tensor) -> float:
 def rmse(preds: torch.Tensor, targs: torch.Tensor) -> float:
     """Values: root mean squared error."""
     return (preds - targs).pow(2).mean().sqrt().item()
-
-
-IGNORE_INDEX = -100  # segmentation targets: void pixels (as core.engine.masks sets them)
 
 
 def _pixel_classes(preds: torch.Tensor) -> torch.Tensor:

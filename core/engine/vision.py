@@ -69,8 +69,9 @@ def cnn_learner(
         if items.task in ("points", "values"):  # regression learns standardized targets
             head = dataclasses.replace(head, target_scale=True)
         model = create_cnn_model(architecture, dls.n_out, loaded.body, head)
-        scale = list(model.modules())[-1]
-        if isinstance(scale, TargetScale):
+        if head.target_scale:
+            scale = list(model[1].children())[-1]
+            assert isinstance(scale, TargetScale)
             scale.set_stats(training_targets(dls))
     # Multi-label: a sigmoid per class with binary cross-entropy; regression: MSE (or what was given).
     loss = loss_func or {
