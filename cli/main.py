@@ -79,7 +79,7 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     elif args.from_masks or args.from_masks_csv:
         labels, extra = "masks", {"csv": args.from_masks_csv} if args.from_masks_csv else {}
         extra |= {
-            "codes": args.codes.split(",") if args.codes else None,
+            "codes": [c.strip() for c in args.codes.split(",")] if args.codes else None,
             "void": args.void,
             "images_dir": args.images_dir,
             "mask_template": args.mask_template,
@@ -228,9 +228,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         multi = {"labels": p.labels} if predictor.multi_label else {}
         if predictor.task == "segmentation":
-            out = Path(args.mask_dir) / f"{Path(path).stem}.mask.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(p.mask_png())
+            out = write_mask(Path(args.mask_dir), Path(path), p.mask_png())
             shares = {c: round(v, 4) for c, v in p.shares.items()}
             line = {"path": path, "mask": str(out), "shares": shares}
             print(json.dumps(line) if args.json else f"{path}: mask {out}  {shares}")
@@ -246,6 +244,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             print(f"{path}: {p.label} ({p.probs[p.index]:.3f})")
     return status
+
+
+def write_mask(mask_dir: Path, image: Path, png: bytes) -> Path:
+    """A predicted mask as MASK_DIR/<image stem>.mask.png (the local and the remote predict both)."""
+    out = mask_dir / f"{image.stem}.mask.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(png)
+    return out
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:

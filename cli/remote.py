@@ -201,10 +201,9 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
             if "predictions" in result:
                 result["predictions"] = result["predictions"][:5]
             if "mask" in result:  # segmentation: the PNG goes to a file, its path into the line
-                out = args.mask_dir / f"{image.stem}.mask.png"
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(base64.b64decode(result["mask"]))
-                result["mask"] = str(out)
+                from cli.main import write_mask
+
+                result["mask"] = str(write_mask(args.mask_dir, image, base64.b64decode(result["mask"])))
             print(json.dumps({"path": str(image), **result}))
     return 0
 
