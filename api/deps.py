@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from api.errors import Problem
+from api.guard import CALLER
 from api.state import AppState
 from core.config import Settings
-from core.db import domain, repos
+from core.db import domain
 from core.db.session import session_scope
 from core.storage.base import ObjectStore
 
@@ -42,19 +43,35 @@ StoreDep = Annotated[ObjectStore, Depends(get_store)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_project(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> domain.Project:
+def get_caller(request: Request) -> domain.Caller:
+    """The project and key the guard authenticated (before the body was read)."""
+    caller = request.scope.get("state", {}).get(CALLER)
+    if not isinstance(caller, domain.Caller):
+        raise Problem(401, "Unauthorized", "send your project API key as 'Authorization: Bearer KEY'")
+    return caller
+
+
+CallerDep = Annotated[domain.Caller, Depends(get_caller)]
+
+
+def get_project(caller: CallerDep) -> domain.Project:
     """The project whose API key came in `Authorization: Bearer KEY`."""
-    if not authorization or not authorization.lower().startswith("bearer "):
-        raise Problem(
-            401,
-            "Unauthorized",
-            "send your project API key as 'Authorization: Bearer KEY' "
-            "(create one with 'fitcycle keys create --project NAME')",
-        )
-    project = repos.project_for_key(session, authorization.split(" ", 1)[1].strip())
-    if project is None:
-        raise Problem(401, "Unauthorized", "the API key is not valid (revoked, or never issued)")
-    return project
+    return caller.project
 
 
 ProjectDep = Annotated[domain.Project, Depends(get_project)]
+
+
+def get_admin(caller: CallerDep) -> domain.Caller:
+    """A caller whose key is one of its project's admin keys."""
+    if not caller.key.admin:
+        raise Problem(
+            403,
+            "Forbidden",
+            "managing keys needs one of the project's admin keys (made by 'fitcycle keys create', or over REST "
+            "with admin: true by another admin key)",
+        )
+    return caller
+
+
+AdminDep = Annotated[domain.Caller, Depends(get_admin)]

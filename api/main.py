@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_handlers
+from api.guard import Guard
 from api.routes import api_router
 from api.state import AppState
 from core.broker import make_celery
@@ -43,4 +44,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_handlers(app)
     app.include_router(api_router, prefix=API_PREFIX)
+    app.add_middleware(Guard, prefix=API_PREFIX, state=lambda: app.state.fitcycle)
     return app

@@ -58,14 +58,16 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["lr_find", "stage1", "stage2", "fine_tune", "interpret"]
-    dataset_id: str
+    dataset_id: str = Field(max_length=36)
     dataset_version: int | None = Field(None, ge=1, description="default: the latest version")
-    arch: str | None = Field(None, description="default: resnet34, or the parent's architecture")
-    pretrained: str = "imagenet"
+    arch: str | None = Field(None, max_length=50, description="default: resnet34, or the parent's architecture")
+    pretrained: str = Field("imagenet", max_length=36)
     size: int = Field(224, ge=16, le=1024)
     resize_method: Literal["crop", "squish", "pad"] = "crop"
     plan: list[dict[str, Any]] | None = Field(
-        None, description="fine_tune, progressive resizing: [{size, freeze_epochs?, epochs?, lr?}, ...] in order"
+        None,
+        max_length=8,
+        description="fine_tune, progressive resizing: [{size, freeze_epochs?, epochs?, lr?}, ...] in order (at most 8)",
     )
     bs: int = Field(64, ge=1, le=4096)
     freeze_epochs: int = Field(1, ge=0, le=1000)
@@ -74,10 +76,10 @@ class JobCreate(BaseModel):
     valid_pct: float = Field(0.2, gt=0, lt=1)
     seed: int = 42
     augment: bool = True
-    transforms: dict[str, float | bool] | None = None
-    metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"])
-    parent_job_id: str | None = None
-    queue: str | None = None
+    transforms: dict[str, float | bool] | None = Field(None, max_length=32)
+    metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"], max_length=16)
+    parent_job_id: str | None = Field(None, max_length=36)
+    queue: str | None = Field(None, max_length=100, description="one of the server's queues (default: its first)")
 
 
 class JobPublic(BaseModel):
@@ -184,3 +186,33 @@ class FilePredictions(Predictions):
 
 class BatchPredictions(BaseModel):
     results: list[FilePredictions]
+
+
+class KeyCreate(BaseModel):
+    """A new key for the caller's project. Only an admin key may make one (or make another admin)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=200, description="what the key is for (shown in listings)")
+    admin: bool = Field(False, description="an admin key can make, list and revoke the project's keys")
+    expires_in_days: float | None = Field(None, gt=0, le=3650, description="default: never expires")
+
+
+class KeyPublic(BaseModel):
+    id: str
+    prefix: str = Field(description="the key's first characters, to recognise it")
+    name: str
+    admin: bool
+    state: Literal["active", "expired", "revoked"]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="the key itself: shown this once, never again")
+
+
+class KeysPublic(BaseModel):
+    data: list[KeyPublic]
+    count: int

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.errors import Problem
+from api.ratelimit import RateLimiter, make_rate_limiter
 from api.services.predictors import PredictorCache
 from core.config import Settings
 from core.storage.base import ObjectStore
@@ -21,8 +27,34 @@ class AppState:
     store: ObjectStore
     celery: Celery
     predictors: PredictorCache = field(init=False)
+    rate_limiter: RateLimiter = field(init=False)
+    _streams: Counter[str] = field(init=False, default_factory=Counter)
+    _streams_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.predictors = PredictorCache(
             self.store, self.settings.cache_dir / "bundles", self.settings.predictor_cache_size
         )
+        self.rate_limiter = make_rate_limiter(self.settings.celery_broker_url, self.settings.requests_per_minute)
+
+    def check_event_streams(self, project_id: str) -> None:
+        """429 when the project already holds all its open event streams (counted in this API process)."""
+        with self._streams_lock:
+            if self._streams[project_id] >= self.settings.max_event_streams:
+                raise Problem(
+                    429,
+                    "Too many event streams",
+                    f"this project already has {self.settings.max_event_streams} open event streams "
+                    "(FITCYCLE_MAX_EVENT_STREAMS); close one, or poll GET /jobs/{id}",
+                )
+
+    @contextmanager
+    def event_stream(self, project_id: str) -> Iterator[None]:
+        """Hold one of the project's open event streams while the stream runs."""
+        with self._streams_lock:
+            self._streams[project_id] += 1
+        try:
+            yield
+        finally:
+            with self._streams_lock:
+                self._streams[project_id] -= 1

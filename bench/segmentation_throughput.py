@@ -75,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = write_silhouette_masks(Path(tmp) / "scenes", count=args.items, side=args.size, seed=0)
         segmentation = from_mask_rule(root, void="void", valid_pct=0.2, seed=0)
-        classification = from_csv(root, label_by_main_texture(root), valid_pct=0.2, seed=0)
+        classification = from_csv(root, label_by_main_texture(root).name, valid_pct=0.2, seed=0)
         images_per_second(classification, args, device)  # warm-up (allocator, kernels)
         seg, clf = [], []
         for _ in range(args.reps):  # interleaved, so drift in the machine hits both alike

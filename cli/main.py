@@ -66,18 +66,30 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/latest", help="output folder")
 
 
+def _in_data(data: str, path: str | None) -> str | None:
+    """A table the user named on the command line, as the path inside the data folder that the engine takes
+    (`data/fm/labels.csv` and `labels.csv` both name data/fm/labels.csv); other paths are left for the
+    engine to refuse with its message (tables must live inside the dataset)."""
+    if path is None:
+        return None
+    given, root = Path(path), Path(data).resolve()
+    if (given.is_absolute() or given.exists()) and given.resolve().is_relative_to(root):
+        return given.resolve().relative_to(root).as_posix()
+    return path
+
+
 def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
-    labels, extra = "folder", {}
+    labels, extra = "folder", dict[str, Any]()
     if args.from_csv:
-        labels, extra = "csv", {"csv": args.from_csv}
+        labels, extra = "csv", {"csv": _in_data(args.data, args.from_csv)}
     elif args.from_name_re:
         labels, extra = "name_re", {"pattern": args.from_name_re}
     elif args.from_points_csv:
-        labels, extra = "points", {"csv": args.from_points_csv}
+        labels, extra = "points", {"csv": _in_data(args.data, args.from_points_csv)}
     elif args.from_values_csv:
-        labels, extra = "values", {"csv": args.from_values_csv}
+        labels, extra = "values", {"csv": _in_data(args.data, args.from_values_csv)}
     elif args.from_masks or args.from_masks_csv:
-        labels, extra = "masks", {"csv": args.from_masks_csv} if args.from_masks_csv else {}
+        labels, extra = "masks", {"csv": _in_data(args.data, args.from_masks_csv)} if args.from_masks_csv else {}
         extra |= {
             "codes": [c.strip() for c in args.codes.split(",")] if args.codes else None,
             "void": args.void,

@@ -9,8 +9,19 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from core.config import Settings
+
+
+def masked_url(url: str) -> str:
+    """A URL fit to print: its password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -47,7 +58,18 @@ def add_platform_verbs(verbs: Any) -> None:
     key_verbs = keys.add_subparsers(dest="keys_verb", required=True)
     create = key_verbs.add_parser("create", help="create a project if needed and print a new key (last line)")
     create.add_argument("--project", required=True)
+    create.add_argument("--name", default="", help="what the key is for (shown by 'keys list')")
+    create.add_argument("--expires-in-days", type=float, default=None, metavar="DAYS", help="default: never")
+    create.add_argument(
+        "--member", action="store_true", help="a plain key (default: an admin key, which can manage keys over REST)"
+    )
     create.add_argument("--data-dir", default=None)
+    listing = key_verbs.add_parser("list", help="every key (id, prefix, state), or one project's")
+    listing.add_argument("--project", default=None)
+    listing.add_argument("--data-dir", default=None)
+    revoke = key_verbs.add_parser("revoke", help="revoke a key at once, named by the key, its id or its prefix")
+    revoke.add_argument("key", metavar="KEY")
+    revoke.add_argument("--data-dir", default=None)
 
     db = verbs.add_parser("db", help="database migrations")
     db_verbs = db.add_subparsers(dest="db_verb", required=True)
@@ -56,11 +78,29 @@ def add_platform_verbs(verbs: Any) -> None:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from api.admin import create_key
+    from api.admin import KeyNotFound, create_key, list_keys, revoke_key
 
-    name, project_id, key = create_key(settings_from(args), args.project)
-    print(f"project {name} ({project_id})")
-    print(key)
+    settings = settings_from(args)
+    try:
+        if args.keys_verb == "create":
+            name, project_id, key = create_key(
+                settings, args.project, name=args.name, admin=not args.member, expires_in_days=args.expires_in_days
+            )
+            print(f"project {name} ({project_id})")
+            print(key)
+        elif args.keys_verb == "list":
+            rows = list_keys(settings, args.project)
+            print(f"{'PROJECT':<20} {'ID':<36}  {'PREFIX':<10}  {'STATE':<8} {'ROLE':<6} {'EXPIRES':<20} NAME")
+            for project, k in rows:
+                expires = k.expires_at.strftime("%Y-%m-%d %H:%M") if k.expires_at else "never"
+                role = "admin" if k.admin else "member"
+                print(f"{project[:20]:<20} {k.id:<36}  {k.prefix:<10}  {k.state:<8} {role:<6} {expires:<20} {k.name}")
+        else:
+            k = revoke_key(settings, args.key)
+            print(f"revoked key {k.id} ({k.prefix}...); requests with it are refused from now on")
+    except KeyNotFound as exc:
+        print(f"fitcycle keys: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -146,7 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=env, start_new_session=True)
     print(f"fitcycle API on {base}/api/v1  (OpenAPI docs: {base}/docs)", flush=True)
-    print(f"data dir: {settings.data_dir.resolve()}   database: {settings.sqlalchemy_url}", flush=True)
+    print(f"data dir: {settings.data_dir.resolve()}   database: {masked_url(settings.sqlalchemy_url)}", flush=True)
     print(f"create a key: fitcycle keys create --project NAME --data-dir {settings.data_dir}", flush=True)
     if args.demo:
         import threading

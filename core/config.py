@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     s3_secure: bool = False
     broker_url: str | None = Field(None, description="Celery broker; default: filesystem:// under data_dir")
     default_queue: str = "fitcycle"
+    queues: list[str] = Field(
+        default_factory=lambda: ["fitcycle"],
+        description="the queues a job may name (workers listen on them); default_queue must be one of them",
+    )
 
     # Jobs: a worker renews its lease every lease_seconds/3; the reaper re-queues jobs whose lease expired
     # and queued jobs whose message has not been picked up for requeue_after_seconds.
@@ -36,20 +40,37 @@ class Settings(BaseSettings):
     checkpoint_every_n_steps: int | None = 50
     report_every_n_batches: int = 10
 
-    # Uploads.
-    max_upload_bytes: int = 2 * 1024**3
-    max_archive_files: int = 200_000
+    # Request bodies, checked before a byte of the body is read (Content-Length) and while it streams.
+    max_upload_bytes: int = Field(2 * 1024**3, description="POST /datasets: the whole multipart body")
+    max_json_body_bytes: int = Field(1024**2, description="every other request with a body")
+    max_archive_files: int = Field(100_000, description="entries of one archive, whatever their type")
     max_extracted_bytes: int = 8 * 1024**3
+    max_archive_ratio: float = Field(200.0, description="expansion cap, per zip entry and per archive")
 
     # Prediction.
     predictor_cache_size: int = 4
-    max_predict_files: int = 32
-    url_fetch_timeout_seconds: float = 10.0
+    max_predict_files: int = 16
+    max_predict_file_bytes: int = 20 * 1024**2
+
+    # Quotas per project (defaults a single user never meets). Requests per minute are counted in Redis
+    # when the broker is Redis (one count for the whole API fleet), else in the API process.
+    max_active_jobs: int = Field(100, description="queued + running jobs of one project")
+    max_event_streams: int = Field(20, description="open /jobs/{id}/events streams of one project")
+    max_stored_bytes: int = Field(100 * 1024**3, description="dataset files and job artifacts of one project")
+    requests_per_minute: int = Field(1200, description="requests of one project (0: no limit)")
+
+    url_fetch_timeout_seconds: float = Field(10.0, description="one deadline for the whole fetch, redirects too")
     url_fetch_max_bytes: int = 20 * 1024**2
     url_fetch_max_redirects: int = 3
     url_fetch_allow_hosts: list[str] = Field(
         default_factory=list, description="host[:port] exempt from the private-address guard (tests, internal mirrors)"
     )
+
+    @model_validator(mode="after")
+    def _default_queue_is_a_queue(self) -> Settings:
+        if self.default_queue not in self.queues:
+            self.queues = [*self.queues, self.default_queue]
+        return self
 
     @cached_property
     def sqlalchemy_url(self) -> str:

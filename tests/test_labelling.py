@@ -99,7 +99,7 @@ def test_from_name_re_and_func(fashion_names: Path) -> None:
     assert by_func.labels == items.labels
     with pytest.raises(DataError, match="needs a group"):
         from_name_re(fashion_names, r"\d+")
-    with pytest.raises(DataError, match="invalid regular expression"):
+    with pytest.raises(DataError, match="not a valid regular expression"):
         from_name_re(fashion_names, r"([a-z")
 
 

@@ -21,6 +21,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "core.engine.images",
         "core.engine.errors",
         "core.engine.splits",
+        "core.engine.paths",
     ),
     "core/storage": ("core.storage", "core.config"),
     "core/db": ("core.db",),

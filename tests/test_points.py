@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,23 +138,27 @@ def test_targets_from_json_match_the_csv(silhouettes: Path, tmp_path: Path) -> N
         r["name"]: [[float(r["centroid_x"]), float(r["centroid_y"])], [float(r["top_x"]), float(r["top_y"])]]
         for r in rows
     }
-    by_csv = from_targets_csv(silhouettes, "points.csv", "points")
-    (tmp_path / "points.json").write_text(json.dumps(pairs))
-    by_map = from_targets_csv(silhouettes, tmp_path / "points.json", "points")
+    root = tmp_path / "ds"  # the JSON files must sit inside the dataset's folder
+    shutil.copytree(silhouettes, root)
+    by_csv = from_targets_csv(root, "points.csv", "points")
+    (root / "points.json").write_text(json.dumps(pairs))
+    by_map = from_targets_csv(root, "points.json", "points")
     assert by_map.keys == by_csv.keys and by_map.targets == by_csv.targets and by_map.is_valid == by_csv.is_valid
     assert by_map.classes == ["p0", "p1"]
     records = [{"name": k, "points": v} for k, v in pairs.items()]
     records[0]["points"] = [[1.0, 2.0]]  # one point where the others have two
     records[1]["points"] = "12,4"  # not a list of numbers
     records[2]["name"] = "../escape.png"
-    (tmp_path / "records.json").write_text(json.dumps(records))
-    items = from_targets_json(silhouettes, tmp_path / "records.json", "points")
+    (root / "records.json").write_text(json.dumps(records))
+    items = from_targets_json(root, "records.json", "points")
     reasons = [r.reason for r in items.rejected]
     assert len(items) == len(rows) - 3 and sum("are not 2 points numbers" in r for r in reasons) == 2
     assert any("escapes the dataset folder" in r for r in reasons)
     values = [{"name": k, "values": [v[0][0] / 72]} for k, v in pairs.items()]
-    (tmp_path / "values.json").write_text(json.dumps(values))
-    assert from_targets_json(silhouettes, tmp_path / "values.json", "values").task == "values"
-    (tmp_path / "bad.json").write_text("{not json")
+    (root / "values.json").write_text(json.dumps(values))
+    assert from_targets_json(root, "values.json", "values").task == "values"
+    (root / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
-        from_targets_json(silhouettes, tmp_path / "bad.json")
+        from_targets_json(root, "bad.json")
+    with pytest.raises(DataError, match="csv: '/etc/passwd' is absolute"):
+        from_targets_json(root, "/etc/passwd")

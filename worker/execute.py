@@ -126,17 +126,42 @@ def execute_job(rt: Runtime, job_id: str) -> str:
             return "lease lost"
         outcome, error, result, model_id = "cancelled", None, {}, None
     except (FitcycleError, ValidationError, ValueError) as exc:
-        outcome, error, result, model_id = "failed", str(exc), {}, None
+        outcome, error, result, model_id = "failed", one_line(str(exc)), {}, None
     except Exception as exc:
-        outcome, error, result, model_id = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", {}, None
+        log.exception("job %s failed", job.id)
+        outcome, result, model_id = "failed", {}, None
+        error = one_line(f"{type(exc).__name__}: {exc}", 300) + _keep_traceback(ctx)
     finally:
         done.set()
         renewer.join(timeout=5)
         shutil.rmtree(work, ignore_errors=True)
     with session_scope(rt.sessions) as s:
         recorded = repos.finish(s, job.id, rt.owner, outcome, error=error, result=_jsonable(result), model_id=model_id)
-    log.info("job %s %s%s", job.id, outcome, "" if recorded else " (not recorded: no longer the owner)")
+    log.info(
+        "job %s %s%s%s",
+        job.id,
+        outcome,
+        f": {error}" if error else "",
+        "" if recorded else " (not recorded: no longer the owner)",
+    )
     return outcome
+
+
+def one_line(text: str, limit: int = 1000) -> str:
+    """An error as one line a user reads: lines joined, length capped."""
+    flat = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _keep_traceback(ctx: DbJobContext) -> str:
+    """Store the traceback as the job's error.txt artifact (it names server paths: not for the error field)."""
+    try:
+        ctx.artifact_path("error.txt").write_text(traceback.format_exc())
+        ctx.artifact_written("error.txt")
+    except Exception:
+        log.exception("could not store the traceback artifact")
+        return " (the traceback is in the worker log)"
+    return " (the traceback is the job's error.txt artifact and in the worker log)"
 
 
 def _register_model(rt: Runtime, job: domain.Job, ctx: DbJobContext, result: dict[str, Any]) -> str:

@@ -2,10 +2,11 @@
 
 from fastapi import APIRouter
 
-from api.routes import datasets, health, jobs, models
+from api.routes import datasets, health, jobs, keys, models
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)
 api_router.include_router(models.router)
+api_router.include_router(keys.router)

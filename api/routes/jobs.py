@@ -89,7 +89,14 @@ async def job_events(request: Request, state: StateDep, project: ProjectDep, job
         with session_scope(state.sessions) as s:
             return repos.get_job(s, job_id), repos.epoch_metrics(s, job_id), repos.batch_metrics(s, job_id, after_batch)
 
+    state.check_event_streams(project.id)  # 429 before the stream starts when the project has too many open
+
     async def stream() -> AsyncIterator[str]:
+        with state.event_stream(project.id):  # held while the stream runs, released however it ends
+            async for event in events():
+                yield event
+
+    async def events() -> AsyncIterator[str]:
         last_batch, sent_epochs, last_state = 0, 0, None
         while not await request.is_disconnected():
             job, epochs, batches = await run_in_threadpool(snapshot, last_batch)

@@ -80,21 +80,21 @@ def download_bundle(state: StateDep, project: ProjectDep, model_id: str) -> File
     )
 
 
-def _ranked(predictor: Predictor, images: list[bytes]) -> list[Predictions]:
+def _answer(predictor: Predictor, image: bytes, name: str) -> Predictions:
+    """One image through the model, decoded on its own (so one request holds one decoded image at a time)."""
     try:
-        preds = predictor.predict_batch(images)
+        p = predictor.predict(image)
     except (OSError, ValueError) as exc:
-        raise Problem(422, "Unreadable image", f"the upload is not an image we can decode: {exc}") from exc
+        raise Problem(
+            422, "Unreadable image", f"'{name[:200]}' is not an image we can decode ({str(exc)[:200]})", file=name[:200]
+        ) from None
     if predictor.task == "points":
-        return [Predictions(points=p.points) for p in preds]
+        return Predictions(points=p.points)
     if predictor.task == "values":
-        return [Predictions(values=p.values) for p in preds]
+        return Predictions(values=p.values)
     if predictor.task == "segmentation":
-        return [Predictions(mask=base64.b64encode(p.mask_png()).decode(), shares=p.shares) for p in preds]
-    return [
-        Predictions(predictions=p.ranked(predictor.classes), labels=p.labels if predictor.multi_label else None)
-        for p in preds
-    ]
+        return Predictions(mask=base64.b64encode(p.mask_png()).decode(), shares=p.shares)
+    return Predictions(predictions=p.ranked(predictor.classes), labels=p.labels if predictor.multi_label else None)
 
 
 @router.post("/{model_id}/predict", response_model=Predictions | BatchPredictions, response_model_exclude_none=True)
@@ -108,18 +108,27 @@ async def predict(
     several: {"results": [{"filename", "predictions"}, ...]}. Multi-label models add "labels": the classes
     above their tuned thresholds."""
     model = _model(state, project, model_id)
-    if len(file) > state.settings.max_predict_files:
-        raise Problem(413, "Too many files", f"at most {state.settings.max_predict_files} images per request")
-    images = [await f.read() for f in file]
+    settings = state.settings
+    if len(file) > settings.max_predict_files:
+        raise Problem(413, "Too many files", f"at most {settings.max_predict_files} images per request")
+    names = [f.filename or f"file{i}" for i, f in enumerate(file)]
+    for f, name in zip(file, names, strict=True):
+        if (f.size or 0) > settings.max_predict_file_bytes:
+            raise Problem(
+                413,
+                "Image too large",
+                f"'{name[:200]}' is {f.size:,} bytes; the limit is {settings.max_predict_file_bytes:,} per image",
+            )
     predictor = await run_in_threadpool(state.predictors.get, model)
-    ranked = await run_in_threadpool(_ranked, predictor, images)
+    answers = []
+    for f, name in zip(file, names, strict=True):
+        image = await f.read()
+        answers.append(await run_in_threadpool(_answer, predictor, image, name))
+        del image
     if len(file) == 1:
-        return ranked[0]
+        return answers[0]
     return BatchPredictions(
-        results=[
-            FilePredictions(filename=f.filename or f"file{i}", **r.model_dump())
-            for i, (f, r) in enumerate(zip(file, ranked, strict=True))
-        ]
+        results=[FilePredictions(filename=n, **r.model_dump()) for n, r in zip(names, answers, strict=True)]
     )
 
 
@@ -127,7 +136,6 @@ async def predict(
 async def predict_url(state: StateDep, project: ProjectDep, model_id: str, body: PredictUrl) -> Predictions:
     """Fetch a public image URL and classify it (the course's classify-url)."""
     model = _model(state, project, model_id)
-    data = await run_in_threadpool(fetch_image, body.url, state.settings)
+    data = await fetch_image(body.url, state.settings)
     predictor = await run_in_threadpool(state.predictors.get, model)
-    ranked = await run_in_threadpool(_ranked, predictor, [data])
-    return ranked[0]
+    return await run_in_threadpool(_answer, predictor, data, body.url)

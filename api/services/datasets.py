@@ -1,5 +1,6 @@
-"""Dataset uploads: stream the archive to disk (capped), ingest it into the store, then record the
-version in one transaction. A bad archive is a 4xx and leaves nothing behind."""
+"""Dataset uploads: the archive is extracted straight from the request's own spool (the guard capped the
+body before it was read), ingested into the store, then the version is recorded in one transaction. A bad
+archive is a 4xx and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -22,23 +23,18 @@ from core.db.session import session_scope
 from core.engine.errors import DataError
 
 
-def _save_upload(src: BinaryIO, limit: int) -> Path:
-    fd, name = tempfile.mkstemp(prefix="fitcycle-upload-")
-    path, written = Path(name), 0
-    with open(fd, "wb") as out:
-        while block := src.read(1 << 20):
-            written += len(block)
-            if written > limit:
-                out.close()
-                path.unlink()
-                raise Problem(
-                    413,
-                    "Archive too large",
-                    f"the upload is over {limit:,} bytes "
-                    "(FITCYCLE_MAX_UPLOAD_BYTES); split the dataset into several uploads",
-                )
-            out.write(block)
-    return path
+def _check_quota(state: AppState, project: domain.Project, adding: int) -> None:
+    """413 when `adding` more bytes would take the project past its storage quota."""
+    quota = state.settings.max_stored_bytes
+    with session_scope(state.sessions) as s:
+        used = repos.stored_bytes(s, project.id)
+    if used + adding > quota:
+        raise Problem(
+            413,
+            "Storage quota exceeded",
+            f"this project stores {used:,} bytes; {adding:,} more would pass its quota of {quota:,} "
+            "(FITCYCLE_MAX_STORED_BYTES); delete old versions or jobs, or ask for a larger quota",
+        )
 
 
 def upload(
@@ -56,48 +52,49 @@ def upload(
     if not name or len(name) > 200:
         raise Problem(422, "Invalid request", "name: give the dataset a name of 1 to 200 characters")
     settings = state.settings
-    archive = _save_upload(src, settings.max_upload_bytes)
+    src.seek(0, 2)
+    _check_quota(state, project, src.tell())
+    src.seek(0)
+    with session_scope(state.sessions) as s:
+        existing = next((d for d in repos.list_datasets(s, project.id) if d.name == name), None)
+        dataset_id = existing.id if existing else repos.new_id()
+        version = repos.next_version_number(s, existing.id) if existing else 1
+    prefix = f"projects/{project.id}/datasets/{dataset_id}/v{version}"
+    limits = Limits(settings.max_archive_files, settings.max_extracted_bytes, settings.max_archive_ratio)
     try:
+        result = ingest_archive(src, filename, rule, state.store, prefix, limits, valid_pct, seed)
+    except DataError as exc:
+        raise Problem(422, "Unusable dataset", str(exc)) from exc
+    try:
+        _check_quota(state, project, result.n_bytes)
         with session_scope(state.sessions) as s:
-            existing = next((d for d in repos.list_datasets(s, project.id) if d.name == name), None)
-            dataset_id = existing.id if existing else repos.new_id()
-            version = repos.next_version_number(s, existing.id) if existing else 1
-        prefix = f"projects/{project.id}/datasets/{dataset_id}/v{version}"
-        limits = Limits(settings.max_archive_files, settings.max_extracted_bytes)
-        try:
-            result = ingest_archive(archive, filename, rule, state.store, prefix, limits, valid_pct, seed)
-        except DataError as exc:
-            raise Problem(422, "Unusable dataset", str(exc)) from exc
-        try:
-            with session_scope(state.sessions) as s:
-                if existing is None:
-                    repos.create_dataset(s, dataset_id, project.id, name)
-                items = result.items
-                row = repos.add_dataset_version(
-                    s,
-                    id=repos.new_id(),
-                    dataset_id=dataset_id,
-                    version=version,
-                    labels=rule.as_dict(),
-                    split=result.split,
-                    classes=items.classes,
-                    counts=items.counts(),
-                    n_items=len(items),
-                    rejected=[{"key": r.key, "reason": r.reason} for r in result.rejected],
-                    prefix=prefix,
-                )
-                dataset = repos.get_dataset(s, project.id, dataset_id)
-                assert dataset is not None
-                versions = [v.version for v in repos.dataset_versions(s, dataset_id)]
-        except IntegrityError as exc:
-            state.store.delete_prefix(prefix + "/")
-            raise Problem(409, "Conflict", f"another upload of '{name}' finished first; upload again") from exc
-        except BaseException:
-            state.store.delete_prefix(prefix + "/")
-            raise
-        return to_public(dataset, row, versions)
-    finally:
-        archive.unlink(missing_ok=True)
+            if existing is None:
+                repos.create_dataset(s, dataset_id, project.id, name)
+            items = result.items
+            row = repos.add_dataset_version(
+                s,
+                id=repos.new_id(),
+                dataset_id=dataset_id,
+                version=version,
+                labels=rule.as_dict(),
+                split=result.split,
+                classes=items.classes,
+                counts=items.counts(),
+                n_items=len(items),
+                rejected=[{"key": r.key, "reason": r.reason} for r in result.rejected],
+                prefix=prefix,
+                n_bytes=result.n_bytes,
+            )
+            dataset = repos.get_dataset(s, project.id, dataset_id)
+            assert dataset is not None
+            versions = [v.version for v in repos.dataset_versions(s, dataset_id)]
+    except IntegrityError as exc:
+        state.store.delete_prefix(prefix + "/")
+        raise Problem(409, "Conflict", f"another upload of '{name}' finished first; upload again") from exc
+    except BaseException:
+        state.store.delete_prefix(prefix + "/")
+        raise
+    return to_public(dataset, row, versions)
 
 
 def to_public(dataset: domain.Dataset, v: domain.DatasetVersion, versions: list[int]) -> DatasetPublic:

@@ -35,7 +35,21 @@ def _validate_spec(body: JobCreate, fields: dict[str, Any]) -> None:
 
 def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPublic:
     settings = state.settings
+    if body.queue is not None and body.queue not in settings.queues:
+        raise Problem(
+            422,
+            "Invalid job",
+            f"queue: not one of this server's queues; choose one of {', '.join(settings.queues)} (FITCYCLE_QUEUES)",
+        )
     with session_scope(state.sessions) as s:
+        active = repos.active_jobs(s, project.id)
+        if active >= settings.max_active_jobs:
+            raise Problem(
+                429,
+                "Too many active jobs",
+                f"this project has {active} queued or running jobs, its limit (FITCYCLE_MAX_ACTIVE_JOBS); "
+                "wait for some to finish or cancel them",
+            )
         _, version, _ = get_version(s, project, body.dataset_id, body.dataset_version)
         fields = body.model_dump(
             exclude={"dataset_id", "dataset_version", "parent_job_id", "queue", "kind"}, exclude_none=True

@@ -1,11 +1,15 @@
-"""Fetching an image by URL without becoming a proxy into private networks (SSRF): only http(s), every
-hop's host must resolve to public addresses only (no loopback, private, link-local — cloud metadata
-lives there —, multicast, reserved or unspecified), redirects are followed by hand and re-checked,
-and size and time are capped. Plain-http requests go to the checked address itself, so a second DNS
-answer cannot swap in a private one; https keeps the name for TLS (see the closing note on limits)."""
+"""Fetching an image by URL without becoming a proxy into private networks (SSRF). Only http(s); every
+hop's host must resolve to public addresses only — no loopback, private, link-local (cloud metadata lives
+there), multicast, reserved or unspecified address, nor one of those wrapped in IPv6 (IPv4-mapped, 6to4,
+Teredo, NAT64). The connection goes to the vetted address itself, for http and https alike (https keeps the
+name for SNI and certificate checks), so a second DNS answer cannot swap in a private one. Redirects are
+followed by hand and re-checked; the size is capped, and one deadline covers the whole fetch — DNS,
+connects, redirects and a server that drips one byte at a time. It runs on the event loop: a slow server
+holds no API thread."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -15,51 +19,95 @@ import httpx
 from api.errors import Problem
 from core.config import Settings
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix: the last 32 bits are an IPv4 address
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # local-use translation prefix: never public
 
-def _addresses(host: str, port: int) -> list[str]:
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (mapped, 6to4, Teredo server and client, NAT64)."""
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found += list(ip.teredo)
+    if ip in NAT64:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
+def is_public(ip: IPAddress) -> bool:
+    """True for an address a public image server may have."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in NAT64_LOCAL:
+            return False
+        inner = embedded_ipv4(ip)
+        if inner:
+            return all(is_public(v4) for v4 in inner)
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_link_local)
+
+
+async def _addresses(host: str, port: int) -> list[str]:
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise Problem(400, "Bad URL", f"cannot resolve host '{host}': {exc}") from exc
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise Problem(400, "Bad URL", f"cannot resolve host '{host[:200]}': {exc}") from None
     return sorted({str(info[4][0]) for info in infos})
 
 
-def check_public(host: str, port: int, allow: list[str]) -> str:
-    """Resolve host and refuse unless every address is public; returns one address to connect to."""
-    addrs = _addresses(host, port)
+async def vetted_address(host: str, port: int, allow: list[str]) -> str:
+    """Resolve host and refuse unless every address is public; returns the address to connect to."""
+    addrs = await _addresses(host, port)
     if f"{host}:{port}" in allow or host in allow:
         return addrs[0]
     for a in addrs:
-        ip = ipaddress.ip_address(a.split("%")[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        if not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
+        if not is_public(ipaddress.ip_address(a.split("%")[0])):
             raise Problem(
                 400,
                 "URL refused",
-                f"'{host}' resolves to {a}, a non-public address (loopback, private, link-local or "
-                "metadata); only public http(s) URLs can be fetched",
+                f"'{host[:200]}' resolves to {a}, a non-public address (loopback, private, link-local or "
+                "metadata, possibly wrapped in IPv6); only public http(s) URLs can be fetched",
             )
     return addrs[0]
 
 
-def fetch_image(url: str, settings: Settings) -> bytes:
-    """The bytes at url, after the checks above; 4xx Problems for everything a user can fix."""
+async def fetch_image(url: str, settings: Settings) -> bytes:
+    """The bytes at url, after the checks above, within one deadline; 4xx Problems for what a user can fix."""
+    deadline = settings.url_fetch_timeout_seconds
+    try:
+        async with asyncio.timeout(deadline):
+            return await _fetch(url, settings)
+    except TimeoutError:
+        raise Problem(
+            504,
+            "URL fetch timed out",
+            f"the image did not arrive within {deadline}s (FITCYCLE_URL_FETCH_TIMEOUT_SECONDS)",
+        ) from None
+
+
+async def _fetch(url: str, settings: Settings) -> bytes:
+    limit = settings.url_fetch_max_bytes
     for _ in range(settings.url_fetch_max_redirects + 1):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise Problem(400, "Bad URL", f"only http:// and https:// URLs can be fetched, got '{url[:200]}'")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        address = check_public(parts.hostname, port, settings.url_fetch_allow_hosts)
-        target, headers = url, {"User-Agent": "fitcycle/0.1"}
-        if parts.scheme == "http":
-            host = f"[{address}]" if ":" in address else address
-            target = urlunsplit(("http", f"{host}:{port}", parts.path or "/", parts.query, ""))
-            headers["Host"] = parts.netloc
         try:
-            with (
-                httpx.Client(timeout=settings.url_fetch_timeout_seconds, follow_redirects=False) as client,
-                client.stream("GET", target, headers=headers) as resp,
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise Problem(400, "Bad URL", f"the port of '{url[:200]}' is not a number from 1 to 65535") from None
+        address = await vetted_address(parts.hostname, port, settings.url_fetch_allow_hosts)
+        host = f"[{address}]" if ":" in address else address
+        target = urlunsplit((parts.scheme, f"{host}:{port}", parts.path or "/", parts.query, ""))
+        headers = {"User-Agent": "fitcycle/0.1", "Host": parts.netloc.rsplit("@", 1)[-1]}
+        extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+        try:
+            async with (
+                httpx.AsyncClient(
+                    follow_redirects=False, trust_env=False, timeout=settings.url_fetch_timeout_seconds
+                ) as client,
+                client.stream("GET", target, headers=headers, extensions=extensions) as resp,
             ):
                 if resp.is_redirect:
                     location = resp.headers.get("location")
@@ -69,25 +117,15 @@ def fetch_image(url: str, settings: Settings) -> bytes:
                     continue
                 if resp.status_code != 200:
                     raise Problem(400, "URL fetch failed", f"{parts.hostname} answered HTTP {resp.status_code}")
-                declared = int(resp.headers.get("content-length") or 0)
-                if declared > settings.url_fetch_max_bytes:
-                    raise Problem(
-                        413,
-                        "Too Large",
-                        f"the image is {declared:,} bytes; the limit is {settings.url_fetch_max_bytes:,}",
-                    )
+                declared = resp.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise Problem(413, "Too Large", f"the image is {int(declared):,} bytes; the limit is {limit:,}")
                 data = bytearray()
-                for chunk in resp.iter_bytes():
+                async for chunk in resp.aiter_bytes():
                     data += chunk
-                    if len(data) > settings.url_fetch_max_bytes:
-                        raise Problem(413, "Too Large", f"the image is over {settings.url_fetch_max_bytes:,} bytes")
+                    if len(data) > limit:
+                        raise Problem(413, "Too Large", f"the image is over {limit:,} bytes")
                 return bytes(data)
-        except httpx.TimeoutException as exc:
-            raise Problem(
-                504,
-                "URL fetch timed out",
-                f"no answer from {parts.hostname} within {settings.url_fetch_timeout_seconds}s",
-            ) from exc
         except httpx.HTTPError as exc:
-            raise Problem(400, "URL fetch failed", f"could not fetch the URL: {exc}") from exc
+            raise Problem(400, "URL fetch failed", f"could not fetch the URL: {type(exc).__name__}") from None
     raise Problem(400, "Too many redirects", f"more than {settings.url_fetch_max_redirects} redirects")

@@ -1,16 +1,20 @@
 """Safe extraction of uploaded archives (.zip, .tar, .tar.gz): no path may escape the target folder,
-no links or device files, and caps on file count and on bytes actually written (headers can lie, so
-sizes are counted while extracting; that also stops compression bombs)."""
+no links or device files, and caps on entries (every entry counts, whatever its type; a zip's entry count
+is read from its end record before its directory is parsed, so a zip of a million empty entries costs
+nothing), on bytes actually written (headers can lie, so sizes are counted while extracting) and on the
+compression ratio, per entry and overall (a bomb stops at the first entry that expands too far)."""
 
 from __future__ import annotations
 
 import os
 import stat
+import struct
 import tarfile
 import zipfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, BinaryIO
 
 from core.engine.errors import DataError
 from core.engine.images import IMAGE_EXTENSIONS
@@ -24,10 +28,13 @@ class ArchiveError(DataError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Caps on what one archive may hold."""
+    """Caps on what one archive may hold. The ratio caps apply past `ratio_floor` bytes (a few small, very
+    compressible files, such as CSVs, stay fine)."""
 
-    max_files: int = 200_000
+    max_files: int = 100_000
     max_bytes: int = 8 * 1024**3
+    max_ratio: float = 200.0
+    ratio_floor: int = 16 * 1024**2
 
 
 @dataclass
@@ -36,50 +43,119 @@ class Extracted:
 
     files: int = 0
     bytes: int = 0
+    entries: int = 0
     skipped: list[tuple[str, str]] | None = None
+    archive_bytes: int = 0
+
+
+def _shown(name: str) -> str:
+    """A member name for a message: shortened, control characters escaped."""
+    return (name[:200] + ("..." if len(name) > 200 else "")).encode("unicode_escape").decode("ascii")
 
 
 def _safe_name(name: str) -> PurePosixPath | None:
     """A member name as a relative path inside the target, or None for names to skip silently."""
+    if any(ord(c) < 32 for c in name):
+        raise ArchiveError(f"archive member '{_shown(name)}' has a control character (NUL, newline...) in its name")
+    if len(name.encode("utf-8", "surrogateescape")) > 1024:
+        raise ArchiveError(f"archive member '{_shown(name)}' has a name over 1,024 bytes")
     name = name.replace("\\", "/")
     path = PurePosixPath(name)
     if path.is_absolute() or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise ArchiveError(f"archive member '{name}' has an absolute path; archives must hold relative paths")
+        raise ArchiveError(f"archive member '{_shown(name)}' has an absolute path; archives must hold relative paths")
     if any(part == ".." for part in path.parts):
-        raise ArchiveError(f"archive member '{name}' escapes the dataset folder ('..' in its path)")
+        raise ArchiveError(f"archive member '{_shown(name)}' escapes the dataset folder ('..' in its path)")
     if any(part.startswith(".") or part == "__MACOSX" for part in path.parts):
         return None  # hidden files and macOS resource forks
     return path
 
 
-def _copy_capped(src: IO[bytes], dest: Path, state: Extracted, limits: Limits, name: str) -> None:
+def _copy_capped(
+    src: IO[bytes], dest: Path, state: Extracted, limits: Limits, name: str, compressed: int | None = None
+) -> None:
+    """Copy one member, counting bytes as they are written: the overall cap, the overall ratio against the
+    archive's size, and (zip) this entry's ratio against its compressed size."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    overall_cap = max(limits.ratio_floor, int(limits.max_ratio * state.archive_bytes))
+    entry_cap = None if compressed is None else max(limits.ratio_floor, int(limits.max_ratio * compressed))
+    written = 0
     with dest.open("wb") as out:
         while block := src.read(1 << 20):
             state.bytes += len(block)
+            written += len(block)
             if state.bytes > limits.max_bytes:
                 raise ArchiveError(
-                    f"the archive expands past {limits.max_bytes:,} bytes (at '{name}'); "
+                    f"the archive expands past {limits.max_bytes:,} bytes (at '{_shown(name)}'); "
                     "split the dataset or raise FITCYCLE_MAX_EXTRACTED_BYTES"
+                )
+            if state.bytes > overall_cap or (entry_cap is not None and written > entry_cap):
+                raise ArchiveError(
+                    f"the archive expands more than {limits.max_ratio:.0f}:1 (at '{_shown(name)}'): "
+                    "that is a compression bomb, not a dataset of images"
                 )
             out.write(block)
 
 
-def _admit(path: PurePosixPath, state: Extracted, limits: Limits) -> bool:
+def _count_entry(state: Extracted, limits: Limits) -> None:
+    """Every entry counts toward the cap: files, folders, and files of types we skip."""
+    state.entries += 1
+    if state.entries > limits.max_files:
+        raise ArchiveError(
+            f"the archive holds more than {limits.max_files:,} entries; split the dataset or raise "
+            "FITCYCLE_MAX_ARCHIVE_FILES"
+        )
+
+
+def _admit(path: PurePosixPath, state: Extracted) -> bool:
     if path.suffix.lower() not in ALLOWED_EXTENSIONS:
         assert state.skipped is not None
-        state.skipped.append((str(path), f"file type '{path.suffix or '(none)'}' is not allowed"))
+        if len(state.skipped) < 1000:  # the report is capped; the entry cap bounds the work
+            state.skipped.append((_shown(str(path)), f"file type '{_shown(path.suffix) or '(none)'}' is not allowed"))
         return False
     state.files += 1
-    if state.files > limits.max_files:
-        raise ArchiveError(f"the archive holds more than {limits.max_files:,} files")
     return True
 
 
-def extract_archive(archive: Path, target: Path, filename: str, limits: Limits) -> Extracted:
-    """Extract `archive` (named `filename` by the uploader) into `target`, refusing anything unsafe."""
+def _size(source: Path | BinaryIO) -> int:
+    if isinstance(source, Path):
+        return source.stat().st_size
+    source.seek(0, os.SEEK_END)
+    size = source.tell()
+    source.seek(0)
+    return size
+
+
+def zip_entry_count(source: Path | BinaryIO) -> int:
+    """The number of entries a zip declares in its end-of-central-directory record (zip64 too), read
+    without parsing the directory. Raises ArchiveError when there is no end record."""
+    size = _size(source)
+    with source.open("rb") if isinstance(source, Path) else nullcontext(source) as f:
+        tail_len = min(size, 22 + 65535)
+        f.seek(size - tail_len)
+        tail = f.read(tail_len)
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            raise ArchiveError("not a readable zip archive: no end-of-central-directory record")
+        count = struct.unpack("<H", tail[at + 10 : at + 12])[0]
+        locator = at - 20
+        if count == 0xFFFF and locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":
+            (record_at,) = struct.unpack("<Q", tail[locator + 8 : locator + 16])
+            if record_at + 56 > size:
+                raise ArchiveError("not a readable zip archive: its zip64 record points past the end")
+            f.seek(record_at)
+            record = f.read(56)
+            if record[:4] != b"PK\x06\x06":
+                raise ArchiveError("not a readable zip archive: broken zip64 end record")
+            count = struct.unpack("<Q", record[32:40])[0]
+        f.seek(0)
+    return int(count)
+
+
+def extract_archive(archive: Path | BinaryIO, target: Path, filename: str, limits: Limits) -> Extracted:
+    """Extract `archive` (a file, or a seekable binary stream such as the upload's own spool; named
+    `filename` by the uploader) into `target`, refusing anything unsafe."""
     target.mkdir(parents=True, exist_ok=True)
-    state = Extracted(skipped=[])
+    state = Extracted(skipped=[], archive_bytes=_size(archive))
     lower = filename.lower()
     if lower.endswith(".zip"):
         _extract_zip(archive, target, state, limits)
@@ -89,55 +165,76 @@ def extract_archive(archive: Path, target: Path, filename: str, limits: Limits) 
         raise ArchiveError(f"'{filename}' is not a .zip, .tar or .tar.gz archive")
     if state.files == 0:
         raise ArchiveError("the archive holds no image or CSV file")
+    if state.skipped and len(state.skipped) >= 1000:
+        state.skipped.append(("...", "more files of types that are not allowed were skipped (only 1,000 listed)"))
     return state
 
 
-def _extract_zip(archive: Path, target: Path, state: Extracted, limits: Limits) -> None:
+def _extract_zip(archive: Path | BinaryIO, target: Path, state: Extracted, limits: Limits) -> None:
+    declared = zip_entry_count(archive)
+    if declared > limits.max_files:
+        raise ArchiveError(
+            f"the archive holds {declared:,} entries, more than {limits.max_files:,}; split the dataset or raise "
+            "FITCYCLE_MAX_ARCHIVE_FILES"
+        )
     try:
         zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as exc:
-        raise ArchiveError(f"not a readable zip archive: {exc}") from exc
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ArchiveError(f"not a readable zip archive: {str(exc)[:200]}") from exc
     with zf:
         for info in zf.infolist():
+            _count_entry(state, limits)
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
-                raise ArchiveError(f"archive member '{info.filename}' is a symbolic link; links are not allowed")
+                raise ArchiveError(
+                    f"archive member '{_shown(info.filename)}' is a symbolic link; links are not allowed"
+                )
             path = _safe_name(info.filename)
             if path is None or info.is_dir():
                 continue
-            if not _admit(path, state, limits):
+            if not _admit(path, state):
                 continue
             try:
                 with zf.open(info) as src:
-                    _copy_capped(src, target.joinpath(*path.parts), state, limits, info.filename)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise ArchiveError(f"archive member '{info.filename}' is corrupt: {exc}") from exc
+                    _copy_capped(
+                        src, target.joinpath(*path.parts), state, limits, info.filename, max(1, info.compress_size)
+                    )
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+                raise ArchiveError(f"archive member '{_shown(info.filename)}' is corrupt: {str(exc)[:200]}") from exc
 
 
-def _extract_tar(archive: Path, target: Path, state: Extracted, limits: Limits) -> None:
+def _extract_tar(archive: Path | BinaryIO, target: Path, state: Extracted, limits: Limits) -> None:
     try:
-        tf = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the with-block below, once open succeeded
+        # closed by the with-block below, once open succeeded
+        tf = (
+            tarfile.open(archive, "r:*")  # noqa: SIM115
+            if isinstance(archive, Path)
+            else tarfile.open(fileobj=archive, mode="r:*")  # noqa: SIM115
+        )
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ArchiveError(f"not a readable tar archive: {exc}") from exc
     with tf:
         try:
             for member in tf:
+                # tarfile keeps every header it has read; we need none of them (memory stays flat)
+                tf.members = []  # type: ignore[attr-defined]
+                _count_entry(state, limits)
                 if member.issym() or member.islnk():
-                    raise ArchiveError(f"archive member '{member.name}' is a link; links are not allowed")
+                    raise ArchiveError(f"archive member '{_shown(member.name)}' is a link; links are not allowed")
                 if member.isdev() or member.isfifo():
-                    raise ArchiveError(f"archive member '{member.name}' is a device or pipe")
+                    raise ArchiveError(f"archive member '{_shown(member.name)}' is a device or pipe")
                 path = _safe_name(member.name)
                 if path is None or member.isdir() or not member.isfile():
                     continue
-                if not _admit(path, state, limits):
+                if not _admit(path, state):
                     continue
                 src = tf.extractfile(member)
                 if src is None:
                     continue
                 with src:
                     _copy_capped(src, target.joinpath(*path.parts), state, limits, member.name)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise ArchiveError(f"the tar archive is corrupt: {exc}") from exc
+        except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError) as exc:
+            raise ArchiveError(f"the tar archive is corrupt: {str(exc)[:200]}") from exc
     # Belt and braces: nothing written may resolve outside the target.
     root = target.resolve()
     for dirpath, _, names in os.walk(target):

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from core.datasets.archives import Limits, extract_archive
 from core.engine.errors import DataError
@@ -54,6 +54,7 @@ class IngestResult:
     split: SplitKind
     rejected: list[Rejected] = field(default_factory=list)
     prefix: str = ""
+    n_bytes: int = 0  # what the version's files take in the store
 
 
 def label_folder(root: Path, rule: LabelRule, valid_pct: float, seed: int) -> tuple[LabelledItems, SplitKind]:
@@ -119,7 +120,7 @@ def manifest_for(items: LabelledItems, split: SplitKind, rule: LabelRule) -> dic
 
 
 def ingest_archive(
-    archive: Path,
+    archive: Path | BinaryIO,
     filename: str,
     rule: LabelRule,
     store: ObjectStore,
@@ -135,12 +136,15 @@ def ingest_archive(
         extracted = extract_archive(archive, work / "data", filename, limits)
         items, split = label_folder(work / "data", rule, valid_pct, seed)
         skipped = [Rejected(k, r) for k, r in (extracted.skipped or [])]
+        n_bytes = 0
         for key in [*items.keys, *(items.masks or [])]:
             stored.append(f"{prefix}/files/{key}")
+            n_bytes += (work / "data" / key).stat().st_size
             store.put_file(stored[-1], work / "data" / key)
+        manifest = json.dumps(manifest_for(items, split, rule)).encode()
         stored.append(f"{prefix}/{MANIFEST}")
-        store.put_bytes(stored[-1], json.dumps(manifest_for(items, split, rule)).encode(), "application/json")
-        return IngestResult(items, split, skipped + items.rejected, prefix)
+        store.put_bytes(stored[-1], manifest, "application/json")
+        return IngestResult(items, split, skipped + items.rejected, prefix, n_bytes + len(manifest))
     except BaseException:
         for key in stored:
             store.delete(key)

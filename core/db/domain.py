@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -37,6 +37,38 @@ class DatasetVersion:
     rejected: list[dict[str, str]]
     prefix: str
     created_at: datetime
+    n_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A project key as listed: never the key itself, only its first characters."""
+
+    id: str
+    project_id: str
+    prefix: str
+    name: str
+    admin: bool
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def state(self) -> str:
+        """active, expired or revoked."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= datetime.now(UTC):
+            return "expired"
+        return "active"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made a request: the project and the key it came with."""
+
+    project: Project
+    key: ApiKey
 
 
 @dataclass(frozen=True)

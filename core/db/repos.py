@@ -65,21 +65,80 @@ def get_or_create_project(s: Session, name: str) -> d.Project:
     return _to(d.Project, row)
 
 
-def create_api_key(s: Session, project_id: str) -> str:
-    """Make a new key for a project; only its hash is stored. Returns the key (shown once)."""
+def list_projects(s: Session) -> list[d.Project]:
+    return [_to(d.Project, r) for r in s.scalars(select(ProjectRow).order_by(ProjectRow.name))]
+
+
+def create_api_key(
+    s: Session, project_id: str, *, name: str = "", admin: bool = False, expires_at: datetime | None = None
+) -> tuple[str, d.ApiKey]:
+    """Make a new key for a project; only its hash is stored. Returns the key (shown once) and its record."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    s.add(ApiKeyRow(id=new_id(), project_id=project_id, prefix=key[:10], key_hash=hash_key(key)))
+    row = ApiKeyRow(
+        id=new_id(),
+        project_id=project_id,
+        prefix=key[:10],
+        key_hash=hash_key(key),
+        name=name,
+        admin=admin,
+        created_at=utcnow(),
+        expires_at=expires_at,
+    )
+    s.add(row)
     s.flush()
+    return key, _api_key(row)
+
+
+def _api_key(row: ApiKeyRow) -> d.ApiKey:
+    key = _to(d.ApiKey, row)
+    for name in ("created_at", "expires_at", "revoked_at"):
+        object.__setattr__(key, name, _aware(getattr(key, name)))
     return key
 
 
-def project_for_key(s: Session, key: str) -> d.Project | None:
-    row = s.scalar(
-        select(ProjectRow)
+def caller_for_key(s: Session, key: str) -> d.Caller | None:
+    """The project and key record of a key that is neither revoked nor expired (looked up every time: a
+    revoked key is refused at once)."""
+    found = s.execute(
+        select(ProjectRow, ApiKeyRow)
         .join(ApiKeyRow, ApiKeyRow.project_id == ProjectRow.id)
         .where(ApiKeyRow.key_hash == hash_key(key), ApiKeyRow.revoked_at.is_(None))
-    )
-    return _to(d.Project, row) if row else None
+    ).first()
+    if found is None:
+        return None
+    record = _api_key(found[1])
+    if record.state != "active":
+        return None
+    return d.Caller(_to(d.Project, found[0]), record)
+
+
+def list_api_keys(s: Session, project_id: str | None = None) -> list[tuple[str, d.ApiKey]]:
+    """(project name, key record) of every key, oldest first; of one project when given."""
+    q = select(ProjectRow.name, ApiKeyRow).join(ProjectRow, ApiKeyRow.project_id == ProjectRow.id)
+    if project_id is not None:
+        q = q.where(ApiKeyRow.project_id == project_id)
+    return [(name, _api_key(row)) for name, row in s.execute(q.order_by(ApiKeyRow.created_at))]
+
+
+def find_api_keys(s: Session, ref: str) -> list[d.ApiKey]:
+    """Keys matching a reference: the whole key, its id, or a prefix of the key (at least 6 characters)."""
+    ref = ref.strip()
+    rows = list(s.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(ref))))
+    rows = rows or list(s.scalars(select(ApiKeyRow).where(ApiKeyRow.id == ref)))
+    if not rows and len(ref) >= 6:
+        rows = list(s.scalars(select(ApiKeyRow).where(ApiKeyRow.prefix.startswith(ref[:10], autoescape=True))))
+    return [_api_key(r) for r in rows]
+
+
+def revoke_api_key(s: Session, key_id: str) -> d.ApiKey | None:
+    """Mark a key revoked (once; revoking again keeps the first time)."""
+    row = s.get(ApiKeyRow, key_id)
+    if row is None:
+        return None
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        s.flush()
+    return _api_key(row)
 
 
 # ----- datasets ------------------------------------------------------------------------------------
@@ -126,6 +185,29 @@ def dataset_versions(s: Session, dataset_id: str) -> list[d.DatasetVersion]:
         select(DatasetVersionRow).where(DatasetVersionRow.dataset_id == dataset_id).order_by(DatasetVersionRow.version)
     )
     return [_to(d.DatasetVersion, r) for r in rows]
+
+
+def stored_bytes(s: Session, project_id: str) -> int:
+    """What a project's dataset versions and job artifacts take in the object store."""
+    datasets = s.scalar(
+        select(func.coalesce(func.sum(DatasetVersionRow.n_bytes), 0))
+        .join(DatasetRow, DatasetVersionRow.dataset_id == DatasetRow.id)
+        .where(DatasetRow.project_id == project_id)
+    )
+    artifacts = s.scalar(
+        select(func.coalesce(func.sum(ArtifactRow.size), 0))
+        .join(JobRow, ArtifactRow.job_id == JobRow.id)
+        .where(JobRow.project_id == project_id)
+    )
+    return int(datasets or 0) + int(artifacts or 0)
+
+
+def active_jobs(s: Session, project_id: str) -> int:
+    """Queued and running jobs of a project."""
+    return int(
+        s.scalar(select(func.count()).where(JobRow.project_id == project_id, JobRow.state.in_(("queued", "running"))))
+        or 0
+    )
 
 
 def get_version(s: Session, version_id: str) -> d.DatasetVersion | None:

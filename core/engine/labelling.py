@@ -4,9 +4,8 @@ reported (counts and the first paths) instead of crashing an epoch."""
 
 from __future__ import annotations
 
-import csv
 import json
-import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import regex
+
 from core.engine.errors import DataError
 from core.engine.images import image_problem, is_image_name
+from core.engine.paths import inside, read_csv, read_text
 from core.engine.splits import split_by_column, split_by_folder, split_by_rand_pct
 
 
@@ -132,10 +134,10 @@ def _finish(
     empty = sorted(set(declared_classes) - present)
     items = LabelledItems(root, keys, labels, is_valid, classes, rejected, empty, label_delim)
     if not keys:
-        raise DataError(f"no usable image under {root}.\n{items.summary()}")
+        raise DataError(f"no usable image in the dataset folder '{root.name}'.\n{items.summary()}")
     if len(classes) < 2:
         raise DataError(
-            f"found {len(classes)} class ({', '.join(classes)}) under {root}: a classifier needs at least 2.\n"
+            f"found {len(classes)} class ({', '.join(classes)}) in '{root.name}': a classifier needs at least 2.\n"
             f"{items.summary()}"
         )
     if not any(is_valid) or all(is_valid):
@@ -207,9 +209,9 @@ def from_rows(
                 raise DataError(f"{source}: no column '{col}' (columns are: {', '.join(map(str, row))})")
         name = str(row[fn_col]).strip()
         label = str(row[label_col]).strip()
-        target = (root / name).resolve()
-        if not target.is_relative_to(root):
-            rejected.append(Rejected(name, f"{source} row {n}: path escapes the dataset folder"))
+        target = row_target(root, name)
+        if target is None:
+            rejected.append(Rejected(name[:200], f"{source} row {n}: path escapes the dataset folder"))
         elif not target.is_file():
             rejected.append(Rejected(name, f"{source} row {n}: file not found"))
         elif not label and label_delim is None:
@@ -227,6 +229,14 @@ def from_rows(
     return _finish(root, keys, labels, flags, rejected, label_delim=label_delim)
 
 
+def row_target(root: Path, name: str) -> Path | None:
+    """A file name from a table row resolved inside root, or None when it is not a path inside it."""
+    try:
+        return inside(root, name, "row")
+    except DataError:
+        return None
+
+
 def from_df(root: str | Path, df: Any, **kwargs: Any) -> LabelledItems:
     """Label images from a pandas DataFrame (or a list of dicts) with file-name and label columns."""
     rows = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
@@ -234,19 +244,16 @@ def from_df(root: str | Path, df: Any, **kwargs: Any) -> LabelledItems:
 
 
 def from_csv(
-    root: str | Path, csv_path: str | Path, fn_col: str = "name", label_col: str = "label", **kwargs: Any
+    root: str | Path, csv_path: str, fn_col: str = "name", label_col: str = "label", **kwargs: Any
 ) -> LabelledItems:
-    """Label images from a CSV file with a header naming the file-name and label columns."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_absolute() and not csv_path.exists():
-        csv_path = Path(root) / csv_path
-    if not csv_path.is_file():
-        raise DataError(f"CSV file {csv_path} not found")
-    with csv_path.open(newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
+    """Label images from a CSV file (a path inside root) with a header naming the file-name and label columns."""
+    path = inside(root, str(csv_path), "csv")
+    if not path.is_file():
+        raise DataError(f"csv: no file '{csv_path}' in the dataset")
+    _, rows = read_csv(path, "csv", str(csv_path))
     if not rows:
-        raise DataError(f"{csv_path} has a header but no rows")
-    return from_rows(root, rows, fn_col, label_col, source=str(csv_path.name), **kwargs)
+        raise DataError(f"csv: '{csv_path}' has a header but no rows")
+    return from_rows(root, rows, fn_col, label_col, source=path.name, **kwargs)
 
 
 def from_name_func(
@@ -266,20 +273,45 @@ def from_name_func(
     return _finish(root, kept_keys, labels, split_by_rand_pct(kept_keys, valid_pct, seed), rejected)
 
 
-def from_name_re(root: str | Path, pattern: str, valid_pct: float = 0.2, seed: int = 42) -> LabelledItems:
-    """Label each image by the first group of a regular expression searched in its file name."""
+MAX_PATTERN_CHARS = 500
+MATCH_SECONDS = 0.05  # one file name
+MATCHING_BUDGET_SECONDS = 5.0  # all file names of one dataset
+
+
+def name_pattern(pattern: str) -> Callable[[str], str | None]:
+    """A user's regular expression as a labelling function (group 1 of a search in the file name). Matching
+    runs under the `regex` package's timeout: a pattern that backtracks without end (`^((a+)+)$`) stops at
+    MATCH_SECONDS per name and MATCHING_BUDGET_SECONDS per dataset with a DataError, instead of holding a CPU."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise DataError(f"pattern: over {MAX_PATTERN_CHARS} characters; a file-name pattern needs far fewer")
     try:
-        regex = re.compile(pattern)
-    except re.error as exc:
-        raise DataError(f"invalid regular expression {pattern!r}: {exc}") from exc
-    if regex.groups < 1:
-        raise DataError(f"the pattern {pattern!r} needs a group, e.g. r'^([a-z]+)_\\d+\\.png$', to capture the label")
+        compiled = regex.compile(pattern)
+    except (regex.error, RecursionError, OverflowError) as exc:
+        raise DataError(f"pattern: not a valid regular expression: {str(exc)[:200]}") from None
+    if compiled.groups < 1:
+        raise DataError("pattern: needs a group, e.g. '^([a-z]+)_\\d+\\.png$', to capture the label")
+    spent = 0.0
 
     def label(key: str) -> str | None:
-        match = regex.search(key.rsplit("/", 1)[-1])
+        nonlocal spent
+        name = key.rsplit("/", 1)[-1]
+        start = time.monotonic()
+        try:
+            match = compiled.search(name, timeout=max(0.001, min(MATCH_SECONDS, MATCHING_BUDGET_SECONDS - spent)))
+        except TimeoutError:
+            raise DataError(
+                f"pattern: matching gave up after {MATCH_SECONDS}s on one file name (or {MATCHING_BUDGET_SECONDS}s "
+                "in all): nested repetition like '(a+)+' backtracks without end; simplify the pattern"
+            ) from None
+        spent += time.monotonic() - start
         return match.group(1) if match else None
 
-    return from_name_func(root, label, valid_pct, seed)
+    return label
+
+
+def from_name_re(root: str | Path, pattern: str, valid_pct: float = 0.2, seed: int = 42) -> LabelledItems:
+    """Label each image by the first group of a regular expression searched in its file name."""
+    return from_name_func(root, name_pattern(pattern), valid_pct, seed)
 
 
 TargetRecord = tuple[int, str, list[float] | None, str]  # (row number, file name, numbers or None, valid flag)
@@ -302,15 +334,13 @@ def from_targets_csv(
     if str(csv_path).lower().endswith(".json"):
         return from_targets_json(root, csv_path, kind, fn_col, valid_col, valid_pct, seed)
     root = Path(root).resolve()
-    csv_path = Path(csv_path) if Path(csv_path).is_absolute() else root / csv_path
+    csv_path = inside(root, str(csv_path), "csv")
     if not csv_path.is_file():
-        raise DataError(f"CSV file {csv_path} not found")
-    with csv_path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h for h in (reader.fieldnames or []) if h not in (fn_col, valid_col)]
-        rows = list(reader)
-    if fn_col not in (reader.fieldnames or []):
-        raise DataError(f"{csv_path.name}: no column '{fn_col}' (columns are: {', '.join(reader.fieldnames or [])})")
+        raise DataError(f"csv: no file '{csv_path.relative_to(root).as_posix()}' in the dataset")
+    columns, rows = read_csv(csv_path, "csv", csv_path.name)
+    header = [h for h in columns if h not in (fn_col, valid_col)]
+    if fn_col not in columns:
+        raise DataError(f"{csv_path.name}: no column '{fn_col}' (columns are: {', '.join(columns)})")
     if not header or (kind == "points" and len(header) % 2):
         raise DataError(f"{csv_path.name}: points need x, y column pairs after '{fn_col}'; found {header}")
     records: list[TargetRecord] = []
@@ -343,13 +373,14 @@ def from_targets_json(
     if kind not in ("points", "values"):
         raise DataError(f"target kind must be points or values, got {kind!r}")
     root = Path(root).resolve()
-    path = Path(json_path) if Path(json_path).is_absolute() else root / json_path
+    path = inside(root, str(json_path), "csv")
     if not path.is_file():
-        raise DataError(f"JSON file {path} not found")
+        raise DataError(f"csv: no file '{path.relative_to(root).as_posix()}' in the dataset")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path.name} is not valid JSON: {exc}") from exc
+        data = json.loads(read_text(path, "csv", path.name))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        where = f"line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "nesting"
+        raise DataError(f"{path.name} is not valid JSON ({where}); check the file") from None
     if isinstance(data, dict):
         raw = [(n, str(name), targets, "") for n, (name, targets) in enumerate(data.items(), start=1)]
     elif isinstance(data, list) and all(isinstance(r, dict) for r in data):
@@ -399,11 +430,11 @@ def _targets_items(
     """Check each record's file and numbers, split, and make the LabelledItems of a regression dataset."""
     keys, targets, valid_values, rejected = [], [], [], []
     for n, name, values, valid in records:
-        target = (root / name).resolve()
+        target = row_target(root, name)
         if values is None:
-            rejected.append(Rejected(name, f"{source} row {n}: the targets are not {len(names)} {kind} numbers"))
-        elif not target.is_relative_to(root):
-            rejected.append(Rejected(name, f"{source} row {n}: path escapes the dataset folder"))
+            rejected.append(Rejected(name[:200], f"{source} row {n}: the targets are not {len(names)} {kind} numbers"))
+        elif target is None:
+            rejected.append(Rejected(name[:200], f"{source} row {n}: path escapes the dataset folder"))
         elif not target.is_file():
             rejected.append(Rejected(name, f"{source} row {n}: file not found"))
         else:

@@ -5,7 +5,6 @@ mask, no value without a code."""
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +14,8 @@ from PIL import Image
 
 from core.engine.errors import DataError
 from core.engine.images import MAX_PIXELS, image_problem, is_image_name
-from core.engine.labelling import LabelledItems, Rejected
+from core.engine.labelling import LabelledItems, Rejected, row_target
+from core.engine.paths import check_template, fill_template, inside, read_csv, read_text
 from core.engine.splits import split_by_column, split_by_rand_pct
 
 CODES_FILE = "codes.txt"
@@ -29,13 +29,14 @@ def read_codes(root: Path, codes: Sequence[str] | None, codes_file: str | None =
     if codes:
         names = [str(c).strip() for c in codes]
     else:
-        path = root / (codes_file or CODES_FILE)
-        if not path.resolve().is_relative_to(root.resolve()) or not path.is_file():
+        path = inside(root, codes_file or CODES_FILE, "codes_file")
+        if not path.is_file():
             raise DataError(
                 f"segmentation needs the name of each mask value: pass codes (e.g. background,road,car) "
                 f"or put a {codes_file or CODES_FILE} in the dataset folder, one name per line, in value order"
             )
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = read_text(path, "codes_file", path.name, max_bytes=64 * 1024)
+        names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(set(names)) != len(names) or not all(names):
         raise DataError(f"codes must be distinct, non-empty names; got {names}")
     if not 2 <= len(names) <= MAX_CODES:
@@ -75,6 +76,8 @@ def mask_problem(image: Path, mask: Path, n_codes: int) -> str | None:
             if m.size != size:
                 return f"mask is {m.width}x{m.height} but the image is {size[0]}x{size[1]}"
             top = int(np.asarray(m).max())
+    except Image.DecompressionBombError:
+        return "mask is over the pixel limit"
     except (OSError, SyntaxError, ValueError) as exc:
         return f"unreadable mask: {exc}"
     if top >= n_codes:
@@ -140,11 +143,12 @@ def from_mask_rule(
     get_y_fn]. Placeholders: {stem} (file name without extension), {name}, {suffix}, {parent} (the image's
     folder relative to images/). The default pairs images/a.jpg with masks/a.png."""
     root = Path(root).resolve()
+    check_template(mask_template)
     names = read_codes(root, codes, codes_file)
     void_code = resolve_void(names, void)
-    folder = root / images
+    folder = inside(root, images, "images_dir")
     if not folder.is_dir():
-        raise DataError(f"no '{images}' folder under {root}: the naming rule looks for the images there")
+        raise DataError(f"images_dir: no '{images}' folder in the dataset: the naming rule looks for the images there")
     keys, masks, rejected = [], [], []
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.is_symlink() or any(part.startswith(".") for part in p.relative_to(root).parts):
@@ -154,15 +158,12 @@ def from_mask_rule(
             rejected.append(Rejected(key, f"unsupported file type '{p.suffix or '(none)'}'"))
             continue
         parent = p.parent.relative_to(folder).as_posix()
+        values = {"stem": p.stem, "name": p.name, "suffix": p.suffix, "parent": parent}
+        mask_key = fill_template(mask_template, values)
         try:
-            mask_key = mask_template.format(stem=p.stem, name=p.name, suffix=p.suffix, parent=parent)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise DataError(
-                f"mask template {mask_template!r}: {exc!r}; use {{stem}}, {{name}}, {{suffix}} or {{parent}}"
-            ) from None
-        target = (root / mask_key).resolve()
-        if not target.is_relative_to(root):
-            rejected.append(Rejected(key, f"mask path {mask_key} escapes the dataset folder"))
+            target = inside(root, mask_key, "mask_template")
+        except DataError:
+            rejected.append(Rejected(key, "its mask path escapes the dataset folder"))
             continue
         keys.append(key)
         masks.append(target.relative_to(root).as_posix())
@@ -187,22 +188,19 @@ def from_mask_csv(
     root = Path(root).resolve()
     names = read_codes(root, codes, codes_file)
     void_code = resolve_void(names, void)
-    path = Path(csv_path) if Path(csv_path).is_absolute() else root / csv_path
+    path = inside(root, str(csv_path), "csv")
     if not path.is_file():
-        raise DataError(f"CSV file {path} not found")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        columns = list(reader.fieldnames or [])
+        raise DataError(f"csv: no file '{path.relative_to(root).as_posix()}' in the dataset")
+    columns, rows = read_csv(path, "csv", path.name)
     for col in (fn_col, mask_col, *([valid_col] if valid_col else [])):
         if col not in columns:
             raise DataError(f"{path.name}: no column '{col}' (columns are: {', '.join(columns)})")
     keys, masks, valid_values, rejected = [], [], [], []
     for n, row in enumerate(rows, start=2):
         name, mask = str(row[fn_col]).strip(), str(row[mask_col]).strip()
-        image_path, mask_path = (root / name).resolve(), (root / mask).resolve()
-        if not image_path.is_relative_to(root) or not mask_path.is_relative_to(root):
-            rejected.append(Rejected(name, f"{path.name} row {n}: path escapes the dataset folder"))
+        image_path, mask_path = row_target(root, name), row_target(root, mask)
+        if image_path is None or mask_path is None:
+            rejected.append(Rejected(name[:200], f"{path.name} row {n}: path escapes the dataset folder"))
         elif not image_path.is_file():
             rejected.append(Rejected(name, f"{path.name} row {n}: file not found"))
         else:

@@ -54,7 +54,9 @@ class TrainSpec(BaseModel):
     size: int = Field(224, ge=16, le=1024)
     resize_method: Literal["crop", "squish", "pad"] = "crop"
     plan: list[PlanStep] | None = Field(
-        None, description="progressive resizing: for each size, rebuild the data, stage 1 frozen, stage 2 unfrozen"
+        None,
+        max_length=8,
+        description="progressive resizing: for each size, rebuild the data, stage 1 frozen, stage 2 unfrozen",
     )
     bs: int = Field(64, ge=1, le=4096)
     freeze_epochs: int = Field(1, ge=0, le=1000)

@@ -135,7 +135,7 @@ def test_csv_naming_missing_files(stack: Stack, tmp_path: Path) -> None:
     assert res.status_code == 201, res.text
     assert res.json()["rejected"] == [{"key": "img/missing.png", "reason": "labels.csv row 10: file not found"}]
     res = stack.a.upload("csv", write_zip(tmp_path / "c.zip", members), labels="csv", csv="nope.csv")
-    assert res.status_code == 422 and "nope.csv not found" in res.json()["detail"]
+    assert res.status_code == 422 and "csv: no file 'nope.csv' in the dataset" in res.json()["detail"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,162 @@
+"""The gate every API request passes before a route runs, as plain ASGI so that it acts before a byte of
+the body is read: the project key is checked from the headers (401, body unread), the project's request
+rate is counted (429), and the body is capped by route — at once from Content-Length, and again while it
+streams, for bodies that do not declare their length (413). A route only ever sees a request that passed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.config import Settings
+from core.db import domain, repos
+from core.db.session import session_scope
+
+log = logging.getLogger("fitcycle.api")
+CALLER = "fitcycle_caller"  # the key of the authenticated domain.Caller in the request's scope state
+OPEN_PATHS = ("/health", "/openapi.json")  # under the API prefix, answered without a key
+PREDICT = re.compile(r"^/models/[^/]+/predict$")
+
+
+class BodyTooLarge(Exception):
+    """Raised into the app by `receive` once a body passes its cap."""
+
+
+def body_limit(settings: Settings, method: str, path: str) -> int:
+    """The most bytes a request's body may have on this route."""
+    if method == "POST" and path == "/datasets":
+        return settings.max_upload_bytes
+    if method == "POST" and PREDICT.match(path):
+        return settings.max_predict_files * settings.max_predict_file_bytes + 1024**2  # + the multipart framing
+    return settings.max_json_body_bytes
+
+
+def _problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> list[Message]:
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
+    raw = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    # The body may be left unread: say so, so that the server closes the connection instead of reading on.
+    raw.append((b"connection", b"close"))
+    return [
+        {"type": "http.response.start", "status": status, "headers": raw},
+        {"type": "http.response.body", "body": body},
+    ]
+
+
+class Guard:
+    """ASGI middleware: authenticate, rate-limit and cap the body of every request under `prefix`."""
+
+    def __init__(self, app: ASGIApp, prefix: str, state: Callable[[], Any]) -> None:
+        self.app, self.prefix, self.state = app, prefix, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(self.prefix + "/"):
+            await self.app(scope, receive, send)
+            return
+        route = path[len(self.prefix) :]
+        if route in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        state = self.state()
+        settings: Settings = state.settings
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+        # 1. Who is asking: from the headers alone; the body is not read for an unknown caller.
+        caller = await run_in_threadpool(_authenticate, state, headers.get("authorization"))
+        if isinstance(caller, str):
+            await _send_all(send, _problem(401, "Unauthorized", caller, {"WWW-Authenticate": "Bearer"}))
+            return
+
+        # 2. How often: per project, per minute.
+        retry_after = await state.rate_limiter.hit(caller.project.id)
+        if retry_after is not None:
+            await _send_all(
+                send,
+                _problem(
+                    429,
+                    "Too Many Requests",
+                    f"this project is over {settings.requests_per_minute} requests a minute "
+                    f"(FITCYCLE_REQUESTS_PER_MINUTE); retry in {retry_after:.0f}s",
+                    {"Retry-After": str(max(1, round(retry_after)))},
+                ),
+            )
+            return
+
+        # 3. How much: the declared length first, then the bytes as they arrive.
+        limit = body_limit(settings, scope.get("method", "GET"), route)
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _send_all(send, _too_large(limit, route))
+            return
+        scope.setdefault("state", {})[CALLER] = caller
+        await self._capped(scope, receive, send, limit, route)
+
+    async def _capped(self, scope: Scope, receive: Receive, send: Send, limit: int, route: str) -> None:
+        received, over, started = 0, False, False
+
+        async def counting_receive() -> Message:
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    over = True
+                    raise BodyTooLarge(f"over {limit} bytes")
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if over:  # whatever the app answers to the broken body, the client hears 413
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _send_all(send, _too_large(limit, route))
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+            if not started:
+                await _send_all(send, _too_large(limit, route))
+
+
+def _too_large(limit: int, route: str) -> list[Message]:
+    if route == "/datasets":
+        how = "split the dataset into several uploads, or raise FITCYCLE_MAX_UPLOAD_BYTES"
+    elif PREDICT.match(route):
+        how = "send at most FITCYCLE_MAX_PREDICT_FILES images of FITCYCLE_MAX_PREDICT_FILE_BYTES each"
+    else:
+        how = "send a smaller JSON body"
+    return _problem(413, "Request too large", f"the request body is over {limit:,} bytes; {how}")
+
+
+async def _send_all(send: Send, messages: list[Message]) -> None:
+    for message in messages:
+        await send(message)
+
+
+def _authenticate(state: Any, authorization: str | None) -> domain.Caller | str:
+    """The caller behind `Authorization: Bearer KEY`, or why there is none (looked up on every request, so a
+    revoked or expired key is refused at once)."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        return (
+            "send your project API key as 'Authorization: Bearer KEY' "
+            "(create one with 'fitcycle keys create --project NAME')"
+        )
+    key = authorization.split(" ", 1)[1].strip()
+    if not key or len(key) > 200:
+        return "the API key is not valid (revoked, expired, or never issued)"
+    with session_scope(state.sessions) as s:
+        caller = repos.caller_for_key(s, key)
+    return caller if caller is not None else "the API key is not valid (revoked, expired, or never issued)"

@@ -1,0 +1,31 @@
+"""Keys: a project's admin key makes, lists and revokes the project's keys. A revoked key is refused from
+the next request on (keys are looked up on every request; nothing caches them)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import AdminDep, StateDep
+from api.schemas import KeyCreate, KeyCreated, KeysPublic
+from api.services import keys as service
+
+router = APIRouter(prefix="/keys", tags=["keys"])
+
+
+@router.post("", status_code=201)
+async def create_key(state: StateDep, admin: AdminDep, body: KeyCreate) -> KeyCreated:
+    """A new key for this project; the answer holds the key itself, shown this once."""
+    return await run_in_threadpool(service.create, state, admin, body)
+
+
+@router.get("")
+async def list_keys(state: StateDep, admin: AdminDep) -> KeysPublic:
+    """Every key of this project (never the keys themselves: their prefixes)."""
+    return await run_in_threadpool(service.list_all, state, admin)
+
+
+@router.delete("/{key_id}")
+async def revoke_key(state: StateDep, admin: AdminDep, key_id: str) -> KeysPublic:
+    """Revoke a key of this project at once; answers the project's keys as they now are."""
+    return await run_in_threadpool(service.revoke, state, admin, key_id)

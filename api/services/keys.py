@@ -1,0 +1,49 @@
+"""Keys over REST: make, list and revoke a project's keys, one transaction each."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from api.errors import not_found
+from api.schemas import KeyCreate, KeyCreated, KeyPublic, KeysPublic
+from api.state import AppState
+from core.db import domain, repos
+from core.db.models import utcnow
+from core.db.session import session_scope
+
+
+def to_public(key: domain.ApiKey) -> KeyPublic:
+    return KeyPublic(
+        id=key.id,
+        prefix=key.prefix,
+        name=key.name,
+        admin=key.admin,
+        state=key.state,
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        revoked_at=key.revoked_at,
+    )
+
+
+def create(state: AppState, admin: domain.Caller, body: KeyCreate) -> KeyCreated:
+    expires = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    with session_scope(state.sessions) as s:
+        key, record = repos.create_api_key(
+            s, admin.project.id, name=body.name.strip(), admin=body.admin, expires_at=expires
+        )
+    return KeyCreated(**to_public(record).model_dump(), key=key)
+
+
+def list_all(state: AppState, admin: domain.Caller) -> KeysPublic:
+    with session_scope(state.sessions) as s:
+        keys = [k for _, k in repos.list_api_keys(s, admin.project.id)]
+    return KeysPublic(data=[to_public(k) for k in keys], count=len(keys))
+
+
+def revoke(state: AppState, admin: domain.Caller, key_id: str) -> KeysPublic:
+    with session_scope(state.sessions) as s:
+        key = next((k for _, k in repos.list_api_keys(s, admin.project.id) if k.id == key_id), None)
+        if key is None:
+            raise not_found("key", key_id[:40])
+        repos.revoke_api_key(s, key.id)
+    return list_all(state, admin)
