@@ -15,6 +15,10 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 FASHION_4 = ["trouser", "bag", "sneaker", "dress"]
 
+# The distributed stack (SeaweedFS, PostgreSQL, Redis, API and worker processes), shared by tests/platform and
+# tests/security: started once per session, and only when a test asks for it.
+pytest_plugins = ["tests.platform.stack"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _require_fashion_mnist() -> None:

@@ -130,7 +130,8 @@ def execute_job(rt: Runtime, job_id: str) -> str:
     except Exception as exc:
         log.exception("job %s failed", job.id)
         outcome, result, model_id = "failed", {}, None
-        error = one_line(f"{type(exc).__name__}: {exc}", 300) + _keep_traceback(ctx)
+        # Its text can name server paths and hosts: the user reads the kind of error, the operator the rest.
+        error = f"the worker hit an internal error ({type(exc).__name__})" + _keep_traceback(ctx)
     finally:
         done.set()
         renewer.join(timeout=5)
@@ -160,8 +161,8 @@ def _keep_traceback(ctx: DbJobContext) -> str:
         ctx.artifact_written("error.txt")
     except Exception:
         log.exception("could not store the traceback artifact")
-        return " (the traceback is in the worker log)"
-    return " (the traceback is the job's error.txt artifact and in the worker log)"
+        return "; the traceback is in the worker log"
+    return "; the traceback is the job's error.txt artifact and in the worker log"
 
 
 def _register_model(rt: Runtime, job: domain.Job, ctx: DbJobContext, result: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.platform.conftest import ImageServer, Stack
+from tests.platform.stack import ImageServer, Stack
 
 
 def png_bytes(size: tuple[int, int] = (32, 32), value: int = 128) -> bytes:
@@ -73,6 +74,11 @@ def assert_nothing_changed(stack: Stack, stored_before: tuple[dict, list[str]]) 
         (
             "zip-bomb",
             lambda p: write_zip(p / "a.zip", {**good_members(), "cats/zeros.csv": bytes(40 * 1024**2)}),
+            "expands more than 200:1",
+        ),
+        (
+            "over-the-extracted-cap",  # incompressible, so the ratio cap passes and the byte cap (30 MB) stops it
+            lambda p: write_zip(p / "a.zip", {**good_members(), "cats/noise.csv": os.urandom(31 * 1024**2)}),
             "expands past",
         ),
         ("not-an-archive", lambda p: (p / "a.rar").write_bytes(b"Rar!") and p / "a.rar", "is not a .zip, .tar"),

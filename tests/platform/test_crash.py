@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from core.datasets.samples import write_sample
-from tests.platform.conftest import Stack, make_zip
 from tests.platform.services import wait_for
+from tests.platform.stack import Stack, make_zip
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.platform.conftest import ImageServer, Stack
 from tests.platform.services import Client
+from tests.platform.stack import ImageServer, Stack
 
 LITE = {"arch": "efficientnet_lite0", "size": 64, "bs": 16, "seed": 3}
 

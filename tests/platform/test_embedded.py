@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.platform.conftest import ImageServer
 from tests.platform.services import BIN, Client, fitcycle, free_port, start, wait_for
+from tests.platform.stack import ImageServer
 from tests.platform.test_e2e_distributed import course_flow
 
 

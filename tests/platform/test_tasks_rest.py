@@ -17,8 +17,8 @@ from PIL import Image
 
 from core.datasets.samples import write_mosaics, write_silhouette_masks, write_silhouette_points
 from core.engine.inference import Predictor
-from tests.platform.conftest import Stack, make_zip
 from tests.platform.services import BIN
+from tests.platform.stack import Stack, make_zip
 
 
 def test_multi_label_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> None:

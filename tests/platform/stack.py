@@ -1,5 +1,6 @@
-"""The distributed stack for platform tests: SeaweedFS (S3), PostgreSQL, Redis, an API process and a
-worker process, with two projects (A and B) and their keys."""
+"""The distributed stack for platform and security tests (a pytest plugin, loaded by tests/conftest.py, so both
+folders share one stack per session): SeaweedFS (S3), PostgreSQL, Redis, an API process and a worker process,
+with two projects (A and B) and their keys."""
 
 from __future__ import annotations
 
@@ -99,11 +100,13 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, image_server: ImageServer) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
+    (workdir / "tmp").mkdir()  # the processes' TMPDIR: where request bodies spool (tests look in it)
     with seaweedfs(workdir / "s3") as s3, postgres_database() as pg, redis_database() as broker:
         host = image_server.base.removeprefix("http://")
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
+            "TMPDIR": str(workdir / "tmp"),
             "FITCYCLE_DATA_DIR": str(workdir / "data"),
             "FITCYCLE_DATABASE_URL": pg,
             "FITCYCLE_STORAGE": "s3",

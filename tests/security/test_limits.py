@@ -1,0 +1,69 @@
+"""Limits before work: the key is checked before the body is read, bodies are capped per route, archives
+cannot amplify, and predict holds one decoded image at a time with a pixel cap."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.platform.stack import Stack
+from tests.security.attacks import many_entry_zip, png_claiming, raw_post
+from tests.security.conftest import Victim, rss_bytes
+
+
+def spool_files(stack: Stack) -> list[Path]:
+    return sorted(Path(stack.env["TMPDIR"]).iterdir())
+
+
+def test_an_anonymous_gigabyte_is_refused_before_it_is_read(stack: Stack, unchanged: Victim) -> None:
+    before = spool_files(stack)
+    for headers in ({}, {"Authorization": "Bearer fc_not-a-key"}):
+        status, sent = raw_post(stack.a.base, "/datasets", headers, declared=1024**3)
+        assert status == 401
+        assert sent < 16 * 1024**2, f"{sent:,} bytes went out before the answer"
+    assert spool_files(stack) == before
+
+
+def test_a_declared_body_over_the_cap_is_413_before_it_is_read(stack: Stack, unchanged: Victim) -> None:
+    auth = {"Authorization": f"Bearer {unchanged.client.key}"}
+    status, sent = raw_post(stack.a.base, "/datasets", auth, declared=3 * 1024**3)
+    assert status == 413 and sent < 16 * 1024**2
+    status, sent = raw_post(stack.a.base, "/jobs", auth, declared=50 * 1024**2)
+    assert status == 413 and sent < 16 * 1024**2
+
+
+def test_a_chunked_body_over_the_cap_is_stopped_while_it_streams(unchanged: Victim) -> None:
+    def body() -> object:
+        yield b'{"kind": "stage1", "dataset_id": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    res = unchanged.client.post("/jobs", content=body(), headers={"Content-Type": "application/json"})
+    assert res.status_code == 413, res.text
+    assert "over 1,048,576 bytes" in res.json()["detail"]
+
+
+def test_a_zip_of_200k_entries_costs_neither_memory_nor_time(stack: Stack, unchanged: Victim, tmp_path: Path) -> None:
+    archive = many_entry_zip(tmp_path / "many.zip", 200_000)
+    assert archive.stat().st_size > 15 * 1024**2
+    before = rss_bytes(stack.api.proc.pid)
+    start = time.monotonic()
+    res = unchanged.client.upload("pets", archive)
+    assert res.status_code == 422 and "200,000 entries" in res.json()["detail"], res.text
+    assert time.monotonic() - start < 10
+    grew = rss_bytes(stack.api.proc.pid) - before
+    assert grew < 50 * 1024**2, f"the API grew by {grew / 1024**2:.0f} MB"
+
+
+def test_predict_refuses_bombs_and_oversized_files_by_name(victim: Victim, victim_model: str) -> None:
+    model, a = victim_model, victim.client
+    bomb = png_claiming(20000, 20000)
+    res = a.post(f"/models/{model}/predict", files={"file": ("huge.png", bomb)})
+    assert res.status_code == 422 and "'huge.png'" in res.json()["detail"] and "pixel limit" in res.json()["detail"]
+    res = a.post(f"/models/{model}/predict", files={"file": ("big.png", b"\0" * (21 * 1024**2))})
+    assert res.status_code == 413 and "'big.png'" in res.json()["detail"]
+    res = a.post(f"/models/{model}/predict", files=[("file", (f"{i}.png", b"x")) for i in range(17)])
+    assert res.status_code == 413 and "at most 16" in res.json()["detail"]
+    res = a.post(f"/models/{model}/predict", files={"file": ("notes.txt", b"hello")})
+    assert res.status_code == 422 and "'notes.txt'" in res.json()["detail"] and "BytesIO" not in res.text
