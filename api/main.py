@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.docs import install_docs
 from api.errors import install_handlers
 from api.guard import Guard
 from api.routes import api_router
@@ -38,11 +39,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="fitcycle",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,
+        redoc_url=None,
         openapi_url=f"{API_PREFIX}/openapi.json",
         description="Train, serve and retrain image models the fast.ai way.",
     )
     install_handlers(app)
+    install_docs(app, f"{API_PREFIX}/openapi.json")
     app.include_router(api_router, prefix=API_PREFIX)
     app.add_middleware(Guard, prefix=API_PREFIX, state=lambda: app.state.fitcycle)
     return app

@@ -60,7 +60,9 @@ class JobCreate(BaseModel):
     kind: Literal["lr_find", "stage1", "stage2", "fine_tune", "interpret"]
     dataset_id: str = Field(max_length=36)
     dataset_version: int | None = Field(None, ge=1, description="default: the latest version")
-    arch: str | None = Field(None, max_length=50, description="default: resnet34, or the parent's architecture")
+    arch: str | None = Field(
+        None, max_length=50, description="default: efficientnet_lite0 (ImageNet weights ship with it), or the parent's"
+    )
     pretrained: str = Field("imagenet", max_length=36)
     size: int = Field(224, ge=16, le=1024)
     resize_method: Literal["crop", "squish", "pad"] = "crop"
@@ -186,6 +188,18 @@ class FilePredictions(Predictions):
 
 class BatchPredictions(BaseModel):
     results: list[FilePredictions]
+
+
+class ArchitecturePublic(BaseModel):
+    name: str
+    imagenet_weights: bool = Field(description="whether ImageNet weights are on this server (pretrained='imagenet')")
+    default: bool
+    layer_groups: int = Field(description="groups for discriminative learning rates (the head included)")
+
+
+class ArchitecturesPublic(BaseModel):
+    data: list[ArchitecturePublic]
+    count: int
 
 
 class KeyCreate(BaseModel):

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from core.jobs.spec import DEFAULT_ARCH
+
 EXIT_BAD_INPUT = 2
 
 
@@ -53,7 +55,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--label-delim", default=None, help="multi-label: the CSV label column lists classes split by this (e.g. ' ')"
     )
-    p.add_argument("--arch", default="resnet34", help="resnet18/34/50/101 or efficientnet_lite0")
+    p.add_argument(
+        "--arch", default=DEFAULT_ARCH, help=f"resnet18/34/50/101 or efficientnet_lite0 (default {DEFAULT_ARCH})"
+    )
     p.add_argument("--pretrained", default="imagenet", help="imagenet, none, or a weights file / export folder")
     p.add_argument("--size", type=int, default=224, help="image size in pixels (default 224)")
     p.add_argument("--resize-method", choices=["crop", "squish", "pad"], default="crop")
@@ -287,8 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.engine.errors import FitcycleError
 
     args = build_parser().parse_args(argv)
-    from cli.platform import cmd_db, cmd_keys, cmd_serve, cmd_worker
+    from cli.platform import cmd_db, cmd_keys, cmd_worker
     from cli.remote import cmd_remote
+    from cli.serve import cmd_serve
 
     handlers = {
         "train": cmd_train,

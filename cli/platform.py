@@ -1,11 +1,8 @@
-"""Platform verbs: serve (API + one worker, embedded default), worker, keys, db."""
+"""Platform verbs: serve (API + one worker, embedded default; its code is in cli/serve.py), worker, keys, db."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,10 +35,12 @@ def add_platform_verbs(verbs: Any) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--data-dir", default=None, help="everything lives here (default: data/fitcycle)")
     serve.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
+    serve.add_argument("--access-log", action="store_true", help="log every request (default: warnings and errors)")
     serve.add_argument(
         "--demo",
         action="store_true",
-        help="create a 'demo' key, upload a sample dataset, queue a fine-tune job on it, print how to follow it",
+        help="a 'demo' project with a sample dataset and a fine-tune job on it (reused on later runs), "
+        "and how to follow it",
     )
 
     worker = verbs.add_parser("worker", help="run a worker against the configured database, store and broker")
@@ -53,6 +52,7 @@ def add_platform_verbs(verbs: Any) -> None:
         choices=["solo", "prefork"],
         help="solo: the job runs in this process (one job per process, nothing forked after torch is loaded)",
     )
+    worker.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)  # `serve` waits for it
 
     keys = verbs.add_parser("keys", help="API keys")
     key_verbs = keys.add_subparsers(dest="keys_verb", required=True)
@@ -115,90 +115,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from worker.app import run_worker
 
     settings = settings_from(args)
-    run_worker(settings, args.queues.split(",") if args.queues else None, pool=args.pool)
-    return 0
-
-
-def _demo(settings: Settings, base: str) -> None:
-    """Once the server answers: a 'demo' project key, a real sample dataset uploaded over REST, and a
-    fine-tune job queued on it; prints how to follow it."""
-    import shutil
-    import time
-
-    import httpx
-
-    from api.admin import create_key
-    from core.datasets.samples import write_sample
-
-    _, _, key = create_key(settings, "demo")
-    folder = settings.data_dir / "demo" / "fashion-mnist"
-    archive = settings.data_dir / "demo" / "fashion-mnist.zip"
-    if not archive.exists():
-        write_sample("fashion-mnist", folder, per_class=100, size=64)
-        shutil.make_archive(str(archive.with_suffix("")), "zip", folder)
-    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120)
-    for _ in range(600):
-        try:
-            if http.get("/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    with archive.open("rb") as f:
-        ds = http.post("/datasets", data={"name": "fashion-mnist"}, files={"archive": (archive.name, f)}).json()
-    spec = {
-        "kind": "fine_tune",
-        "dataset_id": ds["id"],
-        "arch": "efficientnet_lite0",
-        "pretrained": "imagenet",
-        "size": 64,
-        "bs": 32,
-        "freeze_epochs": 1,
-        "epochs": 2,
-        "lr": "find",
-    }
-    job = http.post("/jobs", json=spec).json()
-    server = base.removesuffix("/api/v1")
-    print(
-        f"""
-Demo: dataset {ds["id"]} ({ds["n_items"]} Fashion-MNIST images) uploaded; fine-tune job {job["id"]} queued.
-  export FITCYCLE_URL={server} FITCYCLE_KEY={key}
-  fitcycle jobs watch {job["id"]}                       # progress bar with loss and metrics
-  curl -sN -H "Authorization: Bearer $FITCYCLE_KEY" {base}/jobs/{job["id"]}/events
-  curl -s  -H "Authorization: Bearer $FITCYCLE_KEY" {base}/jobs/{job["id"]}/metrics
-  fitcycle models predict <model_id from 'fitcycle jobs show {job["id"]}'> {folder}/bag/0000.png
-""",
-        flush=True,
-    )
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from api.admin import prepare_database
-    from api.main import create_app
-
-    settings = settings_from(args)
-    prepare_database(settings)
-    base = f"http://{args.host}:{args.port}"
-    env = {**os.environ, "FITCYCLE_DATA_DIR": str(settings.data_dir.resolve())}
-    worker = None
-    if not args.no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=env, start_new_session=True)
-    print(f"fitcycle API on {base}/api/v1  (OpenAPI docs: {base}/docs)", flush=True)
-    print(f"data dir: {settings.data_dir.resolve()}   database: {masked_url(settings.sqlalchemy_url)}", flush=True)
-    print(f"create a key: fitcycle keys create --project NAME --data-dir {settings.data_dir}", flush=True)
-    if args.demo:
-        import threading
-
-        threading.Thread(target=_demo, args=(settings, f"{base}/api/v1"), daemon=True).start()
-    try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
-    finally:
-        if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+    ready = Path(args.ready_file) if args.ready_file else None
+    run_worker(settings, args.queues.split(",") if args.queues else None, pool=args.pool, ready_file=ready)
     return 0

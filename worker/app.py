@@ -7,9 +7,13 @@ import os
 import socket
 import threading
 import uuid
+import warnings
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import SecurityWarning
+from celery.signals import worker_ready
 
 from core.broker import RUN_JOB, enqueue, make_celery
 from core.config import Settings
@@ -51,15 +55,41 @@ def start_reaper(app: Celery, rt: Runtime, stop: threading.Event) -> threading.T
     return thread
 
 
-def run_worker(
-    settings: Settings, queues: list[str] | None = None, pool: str = "solo", extra: list[str] | None = None
-) -> None:
-    """Run a worker until stopped: one job at a time, prefetch 1."""
+def _quiet_start_up(ready_file: Path | None) -> None:
+    """Keep the worker's start-up to what a user needs: our own INFO lines, no migration chatter, no
+    banner; Celery's root warning replaced by one line that says what to do."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "celery.worker.consumer", "celery.apps.worker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)  # "No hostname was supplied" (filesystem://)
+    warnings.filterwarnings("ignore", category=SecurityWarning)
+    if os.geteuid() == 0:
+        log.info(
+            "running as root: fine on a laptop or in CI; on a shared host run `fitcycle worker` as an "
+            "unprivileged user (deploy/Dockerfile runs it as uid 10001)"
+        )
+    if ready_file is not None:
+
+        @worker_ready.connect(weak=False)
+        def _ready(**_: Any) -> None:
+            ready_file.write_text(str(os.getpid()))
+            log.info("worker ready: one job at a time")
+
+
+def run_worker(
+    settings: Settings,
+    queues: list[str] | None = None,
+    pool: str = "solo",
+    extra: list[str] | None = None,
+    ready_file: Path | None = None,
+) -> None:
+    """Run a worker until stopped: one job at a time, prefetch 1. `ready_file` is written once it consumes."""
+    _quiet_start_up(ready_file)
     app, rt = build_worker(settings)
     stop = threading.Event()
     start_reaper(app, rt, stop)
     args: list[Any] = [
+        "--quiet",  # no banner
         "worker",
         f"--pool={pool}",
         "--concurrency=1",

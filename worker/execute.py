@@ -78,6 +78,7 @@ def resolve_spec(rt: Runtime, job: domain.Job, data: Path) -> TrainSpec:
                 sweeps = repos.child_jobs(s, parent.id, "lr_find")
                 if sweeps:
                     fields["lr_suggestion"] = sweeps[0].result["suggestions"]["valley"]
+                    fields["lr_suggestion_from"] = f"lr_find job {sweeps[0].id}"
     if isinstance(fields.get("lr"), list):
         fields["lr"] = tuple(fields["lr"])
     return TrainSpec(**fields)

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from api.routes import datasets, health, jobs, keys, models
+from api.routes import architectures, datasets, health, jobs, keys, models
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -10,3 +10,4 @@ api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)
 api_router.include_router(models.router)
 api_router.include_router(keys.router)
+api_router.include_router(architectures.router)

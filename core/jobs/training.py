@@ -296,17 +296,31 @@ def _stage1(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
     return finish(spec, ctx, built, {"base_lr": base_lr, "stage1": learn.lrs_for_groups(lr)})
 
 
-def stage2_rates(spec: TrainSpec, learn: Learner, ctx: JobContext) -> tuple[float, float]:
-    """Stage 2's (low, high): given, or 'auto' as in the course — slice(suggestion/10, stage-1 lr/5)."""
+def stage2_rates(spec: TrainSpec, learn: Learner, ctx: JobContext) -> tuple[float, float, dict[str, Any]]:
+    """Stage 2's (low, high) and how they were chosen: given, or 'auto' as in the course —
+    slice(valley suggestion / 10, stage-1 lr / 5)."""
     if isinstance(spec.lr, tuple):
-        return spec.lr
+        return spec.lr[0], spec.lr[1], {"policy": "given", "low": spec.lr[0], "high": spec.lr[1]}
     if isinstance(spec.lr, float):
-        return spec.lr / LR_MULT, spec.lr
-    suggestion = spec.lr_suggestion
+        lo, hi = spec.lr / LR_MULT, spec.lr
+        return lo, hi, {"policy": f"given base rate, spread {LR_MULT}x over the groups", "low": lo, "high": hi}
+    suggestion, source = spec.lr_suggestion, spec.lr_suggestion_from or "the parent's lr_find job"
     if suggestion is None:  # no lr_find of the parent: sweep the unfrozen parent model here
-        suggestion = find_lr(learn, ctx).suggestions["valley"]
-    high = (spec.stage1_lr or STAGE1_DEFAULT_LR) / 5
-    return min(suggestion / 10, high / 10), high
+        suggestion, source = find_lr(learn, ctx).suggestions["valley"], "a sweep of the unfrozen model in this job"
+    stage1 = spec.stage1_lr or STAGE1_DEFAULT_LR
+    high = stage1 / 5
+    low = min(suggestion / 10, high / 10)
+    how = {
+        "policy": "auto: slice(valley / 10, stage-1 lr / 5)",
+        "suggestion": "valley",
+        "suggestion_lr": suggestion,
+        "suggestion_from": source,
+        "stage1_lr": stage1,
+        "stage1_lr_from": "the parent job" if spec.stage1_lr else f"the stage-1 default {STAGE1_DEFAULT_LR}",
+        "low": low,
+        "high": high,
+    }
+    return low, high, how
 
 
 def _stage2(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
@@ -319,10 +333,15 @@ def _stage2(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
         lo, hi = learn.extra["stage2_lr"]
     else:
         _show_batch(learn, ctx)
-        lo, hi = stage2_rates(spec, learn, ctx)
-        learn.extra = {"stage2_lr": [lo, hi], "base_lr": hi}
+        lo, hi, how = stage2_rates(spec, learn, ctx)
+        learn.extra = {"stage2_lr": [lo, hi], "base_lr": hi, "stage2_rates": how}
     learn.fit_one_cycle(spec.epochs, slice(lo, hi), tag="stage2", resume=resume)
-    return finish(spec, ctx, built, {"stage2_range": [lo, hi], "stage2": learn.lrs_for_groups(slice(lo, hi))})
+    lrs = {
+        "stage2_range": [lo, hi],
+        "stage2": learn.lrs_for_groups(slice(lo, hi)),
+        "stage2_rates": learn.extra.get("stage2_rates", {}),
+    }
+    return finish(spec, ctx, built, lrs)
 
 
 def _lr_find(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:

@@ -1,0 +1,218 @@
+"""`fitcycle serve`: the API and one worker on one machine. Start-up is quiet; once the API answers and the
+worker is ready it prints, last, what to run next — with the path of this very `fitcycle` (it is not on PATH
+after `make run`). `--demo` makes (or, on later runs, reuses) a demo project, its key, a real sample dataset
+and a fine-tune job, and says which it reused."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cli.platform import masked_url, settings_from
+from core.config import Settings
+
+DEMO_DATASET = "fashion-mnist"
+DEMO_JOB = {
+    "kind": "fine_tune",
+    "arch": "efficientnet_lite0",
+    "pretrained": "imagenet",
+    "size": 64,
+    "bs": 32,
+    "freeze_epochs": 1,
+    "epochs": 2,
+    "lr": "find",
+}
+
+
+def fitcycle_command() -> str:
+    """How to run this fitcycle from the current folder (e.g. `.venv/bin/fitcycle`)."""
+    exe = Path(sys.executable).parent / "fitcycle"
+    try:
+        shown = exe.relative_to(Path.cwd())
+    except ValueError:
+        shown = exe
+    return shlex.quote(str(shown))
+
+
+def _wait_ready(base: str, ready_file: Path | None, timeout: float = 600) -> bool:
+    """True once the API answers /health and the worker (if any) has written its ready file."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            api_ok = httpx.get(f"{base}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            api_ok = False
+        if api_ok and (ready_file is None or ready_file.exists()):
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def _demo_key(settings: Settings, base: str) -> tuple[str, bool]:
+    """The demo project's key: the one kept in the data dir while it still works, else a new one."""
+    from api.admin import create_key
+
+    path = settings.data_dir / "demo" / "key"
+    if path.is_file():
+        key = path.read_text().strip()
+        if httpx.get(f"{base}/datasets", headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code == 200:
+            return key, True
+    _, _, key = create_key(settings, "demo", name="demo")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key, False
+
+
+@dataclass
+class Demo:
+    """What the demo made or reused."""
+
+    said: list[str]
+    key: str
+    job_id: str
+    model_id: str | None
+    sample: Path
+
+
+def _demo(settings: Settings, base: str) -> Demo:
+    """Make or reuse the demo's key, dataset and job."""
+    from core.datasets.samples import write_sample
+
+    key, key_reused = _demo_key(settings, base)
+    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=300)
+    folder = settings.data_dir / "demo" / DEMO_DATASET
+    said = [f"demo key {'reused' if key_reused else 'created'} (kept in {settings.data_dir / 'demo' / 'key'})"]
+
+    datasets = http.get("/datasets").json()["data"]
+    ds = next((d for d in datasets if d["name"] == DEMO_DATASET), None)
+    if ds is None:
+        archive = settings.data_dir / "demo" / f"{DEMO_DATASET}.zip"
+        if not archive.exists():
+            write_sample("fashion-mnist", folder, per_class=100, size=64)
+            shutil.make_archive(str(archive.with_suffix("")), "zip", folder)
+        with archive.open("rb") as f:
+            res = http.post("/datasets", data={"name": DEMO_DATASET}, files={"archive": (archive.name, f)})
+        res.raise_for_status()
+        ds = res.json()
+        said.append(f"dataset {ds['id']} uploaded: {ds['n_items']} Fashion-MNIST images")
+    else:
+        said.append(f"dataset {ds['id']} reused (version {ds['version']}, {ds['n_items']} images)")
+
+    jobs = http.get("/jobs", params={"limit": 500}).json()["data"]
+    job = next(
+        (
+            j
+            for j in jobs
+            if j["dataset_version_id"] == ds["version_id"]
+            and j["kind"] == "fine_tune"
+            and j["state"] not in ("failed", "cancelled")
+        ),
+        None,
+    )
+    if job is None:
+        res = http.post("/jobs", json={**DEMO_JOB, "dataset_id": ds["id"]})
+        res.raise_for_status()
+        job = res.json()
+        said.append(f"fine-tune job {job['id']} queued")
+    else:
+        model = f", model {job['model_id']}" if job.get("model_id") else ""
+        said.append(f"fine-tune job {job['id']} reused ({job['state']}{model}): nothing new queued")
+    return Demo(said, key, job["id"], job.get("model_id"), folder)
+
+
+def _banner(settings: Settings, base: str, demo: Demo | None) -> str:
+    fc = fitcycle_command()
+    server = base.removesuffix("/api/v1")
+    lines = [
+        "",
+        "fitcycle is ready.",
+        f"  API       {base}      docs {server}/docs",
+        f"  data dir  {settings.data_dir.resolve()}   database {masked_url(settings.sqlalchemy_url)}",
+        f"  the CLI   {fc}   (or: source {Path(fc).parent}/activate, then fitcycle ...)",
+    ]
+    if demo is None:
+        lines.append(f"  a key:    {fc} keys create --project NAME --data-dir {settings.data_dir}")
+        return "\n".join(lines) + "\n"
+    job, model = demo.job_id, demo.model_id
+    lines += [
+        "Demo: " + "; ".join(demo.said),
+        f"  export FITCYCLE_URL={server} FITCYCLE_KEY={demo.key}",
+        f"  {fc} jobs watch {job}            # progress bar with loss and metrics",
+        f"  {fc} jobs show {job}",
+        f'  curl -sN -H "Authorization: Bearer $FITCYCLE_KEY" {base}/jobs/{job}/events',
+        f"  {fc} models predict {model or '<model_id from jobs show>'} {demo.sample}/bag/0000.png",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _announce(settings: Settings, base: str, ready_file: Path | None, demo: bool) -> None:
+    if not _wait_ready(base, ready_file):
+        print("fitcycle: the API or the worker did not come up within 10 minutes; see the log above", flush=True)
+        return
+    try:
+        print(_banner(settings, base, _demo(settings, base) if demo else None), flush=True)
+    except httpx.HTTPError as exc:
+        print(f"fitcycle: the demo could not be set up: {exc}", flush=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.admin import prepare_database
+    from api.main import create_app
+
+    settings = settings_from(args)
+    prepare_database(settings)
+    base = f"http://{args.host}:{args.port}/api/v1"
+    env = {**os.environ, "FITCYCLE_DATA_DIR": str(settings.data_dir.resolve())}
+    worker, ready_file = None, None
+    if not args.no_worker:
+        ready_file = settings.data_dir / ".worker-ready"
+        ready_file.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "cli.main", "worker", "--ready-file", str(ready_file)]
+        worker = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    print(f"fitcycle: starting the API on {base}" + ("" if args.no_worker else " and one worker"), flush=True)
+    threading.Thread(target=_announce, args=(settings, base, ready_file, args.demo), daemon=True).start()
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_level="info" if args.access_log else "warning",
+            access_log=args.access_log,
+        )
+    finally:
+        _stop(worker)
+    return 0
+
+
+def _die_with_parent() -> None:
+    """In the worker, before it runs: ask Linux for SIGTERM when `serve` dies, however it dies. (uvicorn
+    re-raises the SIGTERM it caught once it has shut down, so the process ends before any `finally` of ours.)"""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _stop(worker: subprocess.Popen[Any] | None) -> None:
+    if worker is not None and worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
