@@ -26,6 +26,9 @@ class DatasetPublic(BaseModel):
     rejected: list[Rejection]
     created_at: datetime
     versions: list[int] = Field(default_factory=list)
+    warnings: list[str] = Field(
+        default_factory=list, description="e.g. classes whose validation share is far from valid_pct"
+    )
 
 
 class DatasetsPublic(BaseModel):
@@ -170,6 +173,7 @@ class PredictUrl(BaseModel):
 class Predictions(BaseModel):
     """[label, probability] pairs, most probable first (the course's classify-url answer)."""
 
+    top: tuple[str, float] | None = Field(None, description="classification: the most probable (label, probability)")
     predictions: list[tuple[str, float]] | None = Field(
         None, description="classification: every class, most probable first"
     )
@@ -184,6 +188,7 @@ class Predictions(BaseModel):
 
 class FilePredictions(Predictions):
     filename: str
+    error: str | None = Field(None, description="why this file got no answer (the others still did)")
 
 
 class BatchPredictions(BaseModel):
@@ -200,6 +205,14 @@ class ArchitecturePublic(BaseModel):
 class ArchitecturesPublic(BaseModel):
     data: list[ArchitecturePublic]
     count: int
+
+
+class Deleted(BaseModel):
+    """What a DELETE removed."""
+
+    deleted: str = Field(description="what it was, e.g. 'dataset 1234 (versions 1, 2)'")
+    objects: int = Field(description="objects removed from storage")
+    bytes: int = Field(description="bytes those objects took, as recorded")
 
 
 class KeyCreate(BaseModel):

@@ -40,7 +40,11 @@ def add_remote_verbs(verbs: Any) -> None:
         help="any other upload field: label_col, label_delim, valid_col, codes (comma-separated), void, "
         "images_dir, mask_template, mask_col, valid_pct, seed",
     )
-    common(ds.add_parser("list", help="list datasets"))
+    ds_list = common(ds.add_parser("list", help="list datasets (a table; --json for scripts)"))
+    ds_list.add_argument("--json", action="store_true")
+    ds_delete = common(ds.add_parser("delete", help="delete a dataset (or one --version) and its files"))
+    ds_delete.add_argument("dataset")
+    ds_delete.add_argument("--version", type=int, default=None)
 
     jobs = verbs.add_parser("jobs", help="jobs on a fitcycle server").add_subparsers(dest="sub", required=True)
     submit = common(jobs.add_parser("submit", help="queue a job (and watch it with --watch)"))
@@ -55,6 +59,11 @@ def add_remote_verbs(verbs: Any) -> None:
         help="any job field, value as JSON when it parses (e.g. --set epochs=2 --set lr=[1e-5,1e-3])",
     )
     submit.add_argument("--watch", action="store_true")
+    jobs_list = common(jobs.add_parser("list", help="list jobs, newest first (a table; --json for scripts)"))
+    jobs_list.add_argument("--json", action="store_true")
+    jobs_list.add_argument("--limit", type=int, default=50)
+    jobs_delete = common(jobs.add_parser("delete", help="delete a finished job and its artifacts"))
+    jobs_delete.add_argument("job")
     watch = common(jobs.add_parser("watch", help="follow a job: progress bar with loss and metrics"))
     watch.add_argument("job")
     show = common(jobs.add_parser("show", help="a job as JSON"))
@@ -71,7 +80,10 @@ def add_remote_verbs(verbs: Any) -> None:
     pred.add_argument("model")
     pred.add_argument("images", nargs="+", type=Path)
     pred.add_argument("--mask-dir", type=Path, default=Path("predicted-masks"), help="segmentation: mask PNGs here")
-    common(models.add_parser("list", help="list models"))
+    models_list = common(models.add_parser("list", help="list models (a table; --json for scripts)"))
+    models_list.add_argument("--json", action="store_true")
+    models_delete = common(models.add_parser("delete", help="delete a model and its bundle"))
+    models_delete.add_argument("model")
 
 
 class RemoteError(Exception):
@@ -105,9 +117,39 @@ def _value(text: str) -> Any:
         return text
 
 
+class StageBar:
+    """One progress bar per stage of a job, over its batches: filled to 100% when the stage ends, closed
+    before the next one opens (so earlier bars are never redrawn under the epoch lines)."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm[Any] | None = None
+        self.stage: str | None = None
+
+    def on_state(self, progress: dict[str, Any]) -> None:
+        total = (progress.get("n_epoch") or 0) * (progress.get("n_batches") or 0)
+        stage = progress.get("stage")
+        if not stage or not total or (stage == self.stage and self.bar is not None and self.bar.total == total):
+            return
+        self.finish()
+        self.stage = stage
+        self.bar = tqdm(total=total, desc=stage, file=sys.stderr, dynamic_ncols=True, unit="batch")
+
+    def on_batch(self, row: dict[str, Any]) -> None:
+        if self.bar is not None and row.get("tag") == self.stage:
+            self.bar.update(max(0, row["iter"] + 1 - self.bar.n))
+            self.bar.set_postfix(loss=f"{row['smooth_loss']:.4f}", lr=f"{row['lr']:.1e}")
+
+    def finish(self, complete: bool = True) -> None:
+        if self.bar is not None:
+            if complete and self.bar.total:
+                self.bar.update(self.bar.total - self.bar.n)
+            self.bar.close()
+        self.bar = None
+
+
 def watch_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
-    """A progress bar over the job's batches, with loss and the latest epoch's metrics; returns the job."""
-    bar = None
+    """A progress bar over each stage's batches, with loss, and a line per epoch; returns the job."""
+    bars = StageBar()
     with http.stream("GET", f"/jobs/{job_id}/events") as stream:
         event = None
         for line in stream.iter_lines():
@@ -116,16 +158,9 @@ def watch_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
             elif line.startswith("data: ") and event:
                 data = json.loads(line[6:])
                 if event == "state":
-                    p = data.get("progress") or {}
-                    total = (p.get("n_epoch") or 0) * (p.get("n_batches") or 0)
-                    stage = p.get("stage") or data["state"]
-                    if bar is None or (total and bar.total != total) or bar.desc != stage:
-                        if bar is not None:
-                            bar.close()
-                        bar = tqdm(total=total or None, desc=stage, file=sys.stderr, dynamic_ncols=True)
-                elif event == "batch" and bar is not None:
-                    bar.n = data["iter"] + 1
-                    bar.set_postfix(loss=f"{data['smooth_loss']:.4f}", lr=f"{data['lr']:.1e}")
+                    bars.on_state(data.get("progress") or {})
+                elif event == "batch":
+                    bars.on_batch(data)
                 elif event == "epoch":
                     metrics = " ".join(f"{k}={v:.4f}" for k, v in data["metrics"].items() if v is not None)
                     tqdm.write(
@@ -134,10 +169,59 @@ def watch_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
                         file=sys.stderr,
                     )
                 elif event == "end":
+                    bars.finish(complete=data.get("state") == "succeeded")
                     break
-    if bar is not None:
-        bar.close()
+    bars.finish(complete=False)
     return dict(_check(http.get(f"/jobs/{job_id}")))
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    """Rows as aligned columns under a header."""
+    cells = [header, *[["" if v is None else str(v) for v in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def _when(stamp: str | None) -> str:
+    return (stamp or "")[:16].replace("T", " ")
+
+
+def _listing(verb: str, items: list[dict[str, Any]]) -> str:
+    if verb == "datasets":
+        return table(
+            [
+                [d["id"], d["name"], d["version"], d["n_items"], len(d["classes"]), _when(d["created_at"])]
+                for d in items
+            ],
+            ["ID", "NAME", "VERSION", "ITEMS", "CLASSES", "CREATED"],
+        )
+    if verb == "models":
+        return table(
+            [
+                [
+                    m["id"],
+                    m["arch"],
+                    m["metrics"].get("task", ""),
+                    _main_metric(m["metrics"]),
+                    m["job_id"],
+                    _when(m["created_at"]),
+                ]
+                for m in items
+            ],
+            ["ID", "ARCH", "TASK", "METRIC", "JOB", "CREATED"],
+        )
+    rows = []
+    for j in items:
+        p = j.get("progress") or {}
+        where = f"{p.get('stage', '')} {p.get('epoch', 0) + 1}/{p.get('n_epoch')}" if p.get("n_epoch") else ""
+        rows.append([j["id"], j["kind"], j["state"], where, _main_metric(j["result"]), _when(j["created_at"])])
+    return table(rows, ["ID", "KIND", "STATE", "PROGRESS", "METRIC", "CREATED"])
+
+
+def _main_metric(result: dict[str, Any]) -> str:
+    name = result.get("main_metric")
+    value = result.get(name) if name else None
+    return f"{name}={value:.4f}" if isinstance(value, int | float) else ""
 
 
 def cmd_remote(args: argparse.Namespace) -> int:
@@ -170,8 +254,15 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
                     _check(http.post("/datasets", data=fields, files={"archive": (args.archive.name, f)})), indent=1
                 )
             )
-    elif verb in (("datasets", "list"), ("models", "list")):
-        print(json.dumps(_check(http.get(f"/{args.verb}")), indent=1))
+    elif args.sub == "list":
+        params = {"limit": args.limit} if args.verb == "jobs" else {}
+        items = _check(http.get(f"/{args.verb}", params=params))["data"]
+        print(json.dumps(items, indent=1) if args.json else _listing(args.verb, items))
+    elif args.sub == "delete":
+        ident = {"datasets": "dataset", "jobs": "job", "models": "model"}[args.verb]
+        params = {"version": args.version} if args.verb == "datasets" and args.version else {}
+        gone = _check(http.delete(f"/{args.verb}/{getattr(args, ident)}", params=params))
+        print(f"deleted {gone['deleted']}: {gone['objects']} objects, {gone['bytes'] / 1024**2:.1f} MB")
     elif verb == ("jobs", "submit"):
         spec: dict[str, Any] = {"kind": args.kind, "dataset_id": args.dataset}
         if args.parent:
@@ -188,7 +279,13 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
     elif verb == ("jobs", "show"):
         print(json.dumps(_check(http.get(f"/jobs/{args.job}")), indent=1))
     elif verb == ("jobs", "cancel"):
-        print(_check(http.post(f"/jobs/{args.job}/cancel"))["state"])
+        job = _check(http.post(f"/jobs/{args.job}/cancel"))
+        if job["state"] == "cancelled":
+            print(f"job {job['id']} cancelled before it started")
+        else:
+            p = job.get("progress") or {}
+            at = f" (now at {p.get('stage')} epoch {p.get('epoch', 0) + 1}, batch {p.get('batch')})" if p else ""
+            print(f"job {job['id']}: cancel requested{at}; it stops at its next batch and keeps its last checkpoint")
     elif verb == ("jobs", "artifact"):
         data = _check(http.get(f"/jobs/{args.job}/artifacts/{args.name}"))
         out = args.out or Path(args.name.rsplit("/", 1)[-1])

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = 10.0
     requeue_after_seconds: float = 600.0
     checkpoint_every_n_steps: int | None = 50
+    drop_finished_checkpoints: bool = Field(
+        True, description="delete a job's checkpoint once it succeeded and its export bundle is stored"
+    )
     report_every_n_batches: int = 10
 
     # Request bodies, checked before a byte of the body is read (Content-Length) and while it streams.

@@ -3,7 +3,6 @@ store (recorded as artifact rows), and 'should I stop?' asks the database (cance
 
 from __future__ import annotations
 
-import mimetypes
 import tempfile
 import threading
 import time
@@ -16,13 +15,22 @@ from core.db import repos
 from core.db.session import session_scope
 from core.engine.checkpoint import load_checkpoint, save_checkpoint
 from core.storage.base import ObjectStore
+from core.storage.layout import job_prefix
 
 CHECKPOINT = "checkpoints/last.pt"
 
 
-def job_prefix(project_id: str, job_id: str) -> str:
-    """Where a job's objects live in the store."""
-    return f"projects/{project_id}/jobs/{job_id}"
+CONTENT_TYPES = {
+    ".json": "application/json",
+    ".png": "image/png",
+    ".txt": "text/plain; charset=utf-8",
+    ".csv": "text/csv; charset=utf-8",
+}
+
+
+def content_type_of(name: str) -> str:
+    """Our own table: the system's guesses are wrong for our files (.pt came out as a SNES page table)."""
+    return CONTENT_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
 
 
 class DbJobContext:
@@ -96,7 +104,7 @@ class DbJobContext:
 
     def _upload(self, name: str, path: Path) -> None:
         key = f"{self.prefix}/artifacts/{name}"
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        content_type = content_type_of(name)
         size = self.store.put_file(key, path, content_type)
         with session_scope(self.sessions) as s:
             repos.record_artifact(s, self.job_id, name, key, size, content_type)

@@ -25,7 +25,8 @@ from core.engine.export import read_manifest
 from core.jobs.spec import TrainSpec
 from core.jobs.training import run_job
 from core.storage.base import ObjectStore, download_prefix
-from worker.context import DbJobContext, job_prefix, new_work_dir
+from core.storage.layout import job_prefix
+from worker.context import DbJobContext, new_work_dir
 
 log = logging.getLogger("fitcycle.worker")
 MODEL_KINDS = ("fine_tune", "stage1", "stage2")
@@ -120,6 +121,8 @@ def execute_job(rt: Runtime, job_id: str) -> str:
         items = items_from_manifest(folder, manifest, spec.valid_pct, spec.seed)
         result = run_job(spec, ctx, items)
         model_id = _register_model(rt, job, ctx, result) if job.kind in MODEL_KINDS else None
+        if model_id is not None and rt.settings.drop_finished_checkpoints:
+            result["checkpoint_bytes_freed"] = _drop_checkpoints(rt, job)
         outcome, error = "succeeded", None
     except TrainingStopped:
         if ctx.lease_lost.is_set():
@@ -164,6 +167,16 @@ def _keep_traceback(ctx: DbJobContext) -> str:
         log.exception("could not store the traceback artifact")
         return "; the traceback is in the worker log"
     return "; the traceback is the job's error.txt artifact and in the worker log"
+
+
+def _drop_checkpoints(rt: Runtime, job: domain.Job) -> int:
+    """A succeeded job's checkpoints are dead weight once its export bundle is stored (nothing resumes a
+    finished job): delete them, and say how much that freed. Failed and cancelled jobs keep theirs."""
+    with session_scope(rt.sessions) as s:
+        freed = repos.delete_artifacts(s, job.id, "checkpoints/")
+    rt.store.delete_prefix(f"{job_prefix(job.project_id, job.id)}/artifacts/checkpoints/")
+    log.info("job %s: its export is stored; dropped its checkpoints (%.1f MB freed)", job.id, freed / 1024**2)
+    return freed
 
 
 def _register_model(rt: Runtime, job: domain.Job, ctx: DbJobContext, result: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from api.deps import ProjectDep, SessionDep, StateDep
-from api.schemas import DatasetPublic, DatasetsPublic, ItemsPublic, LabelsPublic
+from api.schemas import DatasetPublic, DatasetsPublic, Deleted, ItemsPublic, LabelsPublic
 from api.services import datasets as service
 from core.datasets.ingest import LabelRule
 from core.db import repos
@@ -59,6 +59,14 @@ async def upload_dataset(
     return await run_in_threadpool(
         service.upload, state, project, name, archive.filename or "", archive.file, rule, valid_pct, seed
     )
+
+
+@router.delete("/{dataset_id}")
+async def delete_dataset(
+    state: StateDep, project: ProjectDep, dataset_id: str, version: Annotated[int | None, Query(ge=1)] = None
+) -> Deleted:
+    """Delete the dataset (or one `version`) with its stored files; 409 while jobs were made on it."""
+    return await run_in_threadpool(service.delete, state, project, dataset_id, version)
 
 
 @router.get("")

@@ -17,6 +17,7 @@ from api.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
     BatchRow,
+    Deleted,
     EpochRow,
     JobCreate,
     JobPublic,
@@ -59,6 +60,13 @@ def _job(session: Any, project: domain.Project, job_id: str) -> domain.Job:
 def get_job(session: SessionDep, project: ProjectDep, job_id: str) -> JobPublic:
     """State, progress (epoch, batch, ETA), error text, and model_id once it made one."""
     return service.to_public(_job(session, project, job_id))
+
+
+@router.delete("/{job_id}")
+async def delete_job(state: StateDep, project: ProjectDep, job_id: str) -> Deleted:
+    """Delete a finished job, its metrics and its stored artifacts; 409 while it runs, has a model, or has
+    children."""
+    return await run_in_threadpool(service.delete, state, project, job_id)
 
 
 @router.get("/{job_id}/metrics")

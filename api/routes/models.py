@@ -15,7 +15,8 @@ from starlette.background import BackgroundTask
 
 from api.deps import ProjectDep, SessionDep, StateDep
 from api.errors import Problem, not_found
-from api.schemas import BatchPredictions, FilePredictions, ModelPublic, ModelsPublic, Predictions, PredictUrl
+from api.schemas import BatchPredictions, Deleted, FilePredictions, ModelPublic, ModelsPublic, Predictions, PredictUrl
+from api.services import models as models_service
 from api.services.urlfetch import fetch_image
 from core.db import domain, repos
 from core.db.session import session_scope
@@ -57,6 +58,12 @@ def get_model(request: Request, state: StateDep, project: ProjectDep, model_id: 
     return _public(request, _model(state, project, model_id))
 
 
+@router.delete("/{model_id}")
+async def delete_model(state: StateDep, project: ProjectDep, model_id: str) -> Deleted:
+    """Delete a model and its bundle (the job that made it stays); 409 while queued or running jobs use it."""
+    return await run_in_threadpool(models_service.delete, state, project, model_id)
+
+
 @router.get(
     "/{model_id}/bundle",
     name="download_bundle",
@@ -94,7 +101,8 @@ def _answer(predictor: Predictor, image: bytes, name: str) -> Predictions:
         return Predictions(values=p.values)
     if predictor.task == "segmentation":
         return Predictions(mask=base64.b64encode(p.mask_png()).decode(), shares=p.shares)
-    return Predictions(predictions=p.ranked(predictor.classes), labels=p.labels if predictor.multi_label else None)
+    ranked = p.ranked(predictor.classes)
+    return Predictions(top=ranked[0], predictions=ranked, labels=p.labels if predictor.multi_label else None)
 
 
 @router.post("/{model_id}/predict", response_model=Predictions | BatchPredictions, response_model_exclude_none=True)
@@ -104,9 +112,10 @@ async def predict(
     model_id: str,
     file: Annotated[list[UploadFile], File(description="one image, or several")],
 ) -> Predictions | BatchPredictions:
-    """Classify uploaded images. One file: {"predictions": [[label, p], ...]}, most probable first;
-    several: {"results": [{"filename", "predictions"}, ...]}. Multi-label models add "labels": the classes
-    above their tuned thresholds."""
+    """Classify uploaded images. One file: {"top": [label, p], "predictions": [[label, p], ...]}, most probable
+    first (a file that is not an image: 422); several: {"results": [{"filename", "top", "predictions"} or
+    {"filename", "error"}, ...]}, one per file in order. Multi-label models add "labels": the classes above
+    their tuned thresholds; other tasks answer points, values or a mask."""
     model = _model(state, project, model_id)
     settings = state.settings
     if len(file) > settings.max_predict_files:
@@ -120,16 +129,16 @@ async def predict(
                 f"'{name[:200]}' is {f.size:,} bytes; the limit is {settings.max_predict_file_bytes:,} per image",
             )
     predictor = await run_in_threadpool(state.predictors.get, model)
-    answers = []
-    for f, name in zip(file, names, strict=True):
-        image = await f.read()
-        answers.append(await run_in_threadpool(_answer, predictor, image, name))
-        del image
     if len(file) == 1:
-        return answers[0]
-    return BatchPredictions(
-        results=[FilePredictions(filename=n, **r.model_dump()) for n, r in zip(names, answers, strict=True)]
-    )
+        return await run_in_threadpool(_answer, predictor, await file[0].read(), names[0])
+    results = []
+    for f, name in zip(file, names, strict=True):  # one bad file gets its own error; the others their answers
+        try:
+            answer = await run_in_threadpool(_answer, predictor, await f.read(), name)
+            results.append(FilePredictions(filename=name, **answer.model_dump()))
+        except Problem as exc:
+            results.append(FilePredictions(filename=name, error=exc.detail))
+    return BatchPredictions(results=results)
 
 
 @router.post("/{model_id}/predict-url", response_model_exclude_none=True)

@@ -14,13 +14,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Problem, not_found
-from api.schemas import DatasetPublic, ItemPublic, Rejection
+from api.schemas import DatasetPublic, Deleted, ItemPublic, Rejection
 from api.state import AppState
 from core.datasets.archives import Limits
 from core.datasets.ingest import LabelRule, ingest_archive
 from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.errors import DataError
+from core.engine.splits import lopsided_classes
 
 
 def _check_quota(state: AppState, project: domain.Project, adding: int) -> None:
@@ -111,6 +112,7 @@ def to_public(dataset: domain.Dataset, v: domain.DatasetVersion, versions: list[
         rejected=[Rejection(**r) for r in v.rejected],
         created_at=v.created_at,
         versions=versions,
+        warnings=lopsided_classes(v.counts, float(v.labels.get("valid_pct", 0.2))) if v.split == "random" else [],
     )
 
 
@@ -157,3 +159,31 @@ def show_batch_png(state: AppState, version: domain.DatasetVersion, size: int, s
         shutil.rmtree(out.parent, ignore_errors=True)
     state.store.put_bytes(key, data, "image/png")
     return data
+
+
+def delete(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> Deleted:
+    """Delete one version, or the whole dataset, with its files; 409 while any job was made on it."""
+    with session_scope(state.sessions) as s:
+        dataset, chosen, numbers = get_version(s, project, dataset_id, version)
+        targets = [chosen] if version is not None else repos.dataset_versions(s, dataset_id)
+        jobs = repos.jobs_on_versions(s, [v.id for v in targets])
+        if jobs:
+            active = [j for j in jobs if not j.is_terminal]
+            listed = ", ".join(f"{j.id} ({j.kind}, {j.state})" for j in (active or jobs)[:5])
+            more = f" and {len(jobs) - 5} more" if len(jobs) > 5 else ""
+            why = "is in use by running or queued jobs" if active else "is the record of jobs that trained on it"
+            raise Problem(
+                409,
+                "Dataset in use",
+                f"dataset '{dataset.name}'{f' version {version}' if version else ''} {why}: {listed}{more}; "
+                + ("cancel them and wait for them to stop" if active else "delete those jobs (and their models) first"),
+                jobs=[j.id for j in jobs],
+            )
+        if version is not None and len(numbers) > 1:
+            repos.delete_dataset_version(s, chosen.id)
+            what = f"dataset '{dataset.name}' version {version}"
+        else:
+            repos.delete_dataset(s, dataset_id)
+            what = f"dataset '{dataset.name}' (versions {', '.join(map(str, numbers))})"
+    objects = sum(state.store.delete_prefix(v.prefix + "/") for v in targets)
+    return Deleted(deleted=what, objects=objects, bytes=sum(v.n_bytes for v in targets))

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.errors import Problem, not_found
-from api.schemas import JobCreate, JobPublic
+from api.schemas import Deleted, JobCreate, JobPublic
 from api.services.datasets import get_version
 from api.state import AppState
 from core.broker import enqueue
@@ -17,6 +17,7 @@ from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.architectures import ARCHITECTURES, get_architecture, imagenet_weights
 from core.jobs.spec import DEFAULT_ARCH, TrainSpec
+from core.storage.layout import job_prefix
 
 PARENT_KINDS = {"stage2": "a stage-1 (or fine_tune) job", "interpret": "a job that produced a model"}
 
@@ -209,3 +210,28 @@ def to_public(job: domain.Job) -> JobPublic:
         error=job.error,
         model_id=job.model_id,
     )
+
+
+def delete(state: AppState, project: domain.Project, job_id: str) -> Deleted:
+    """Delete a finished job with its metrics and stored artifacts; 409 while it runs, while it has a model,
+    or while other jobs continue from it."""
+    with session_scope(state.sessions) as s:
+        job = repos.get_job(s, job_id, project.id)
+        if job is None:
+            raise not_found("job", job_id)
+        if not job.is_terminal:
+            raise Problem(409, "Job not finished", f"job {job_id} is {job.state}; cancel it, then delete it")
+        if job.model_id is not None:
+            raise Problem(
+                409,
+                "Job has a model",
+                f"job {job_id} made model {job.model_id}; delete the model first (DELETE /models/{job.model_id})",
+            )
+        children = repos.children_of(s, job_id)
+        if children:
+            listed = ", ".join(f"{c.id} ({c.kind}, {c.state})" for c in children[:5])
+            raise Problem(409, "Job has children", f"jobs continue from job {job_id}: {listed}; delete them first")
+        freed = repos.stored_bytes_of_job(s, job_id)
+        repos.delete_job(s, job_id)
+    objects = state.store.delete_prefix(job_prefix(project.id, job_id) + "/")
+    return Deleted(deleted=f"{job.kind} job {job_id} ({job.state})", objects=objects, bytes=freed)

@@ -31,3 +31,11 @@ class PredictorCache:
             while len(self._cache) > self.size:
                 self._cache.popitem(last=False)
         return predictor
+
+    def forget(self, model_id: str) -> None:
+        """Drop a deleted model from memory and its local bundle copy from disk."""
+        import shutil
+
+        with self._lock:
+            self._cache.pop(model_id, None)
+        shutil.rmtree(self.folder / model_id, ignore_errors=True)

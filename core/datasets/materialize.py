@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.engine.labelling import LabelledItems
-from core.engine.splits import split_by_rand_pct
+from core.engine.splits import split_by_rand_pct, split_by_rand_pct_per_class
 from core.storage.base import ObjectStore
 
 DONE_MARKER = ".complete"
@@ -37,12 +37,15 @@ def items_from_manifest(folder: Path, manifest: dict[str, Any], valid_pct: float
     with the job's valid_pct and seed (stable per item, so new images never move old ones)."""
     rows = manifest["items"]
     keys = [r["key"] for r in rows]
-    if manifest["split"] == "random":
-        flags = split_by_rand_pct(keys, valid_pct, seed)
-    else:
-        flags = [bool(r["valid"]) for r in rows]
     labels = [r["label"] for r in rows]
     kind = manifest.get("target_kind", "label")
+    delim = manifest.get("labels", {}).get("label_delim")
+    if manifest["split"] != "random":
+        flags = [bool(r["valid"]) for r in rows]
+    elif kind == "label" and not delim:  # single-label: as at upload, every class of 5+ gets a validation item
+        flags = split_by_rand_pct_per_class(keys, labels, valid_pct, seed)
+    else:
+        flags = split_by_rand_pct(keys, valid_pct, seed)
     if kind == "mask":  # segmentation: the masks sit beside the images, the codes travel in the manifest
         codes, void = list(manifest["codes"]), manifest.get("void_code")
         return LabelledItems(
@@ -66,7 +69,6 @@ def items_from_manifest(folder: Path, manifest: dict[str, Any], valid_pct: float
             targets=[r["targets"] for r in rows],
             target_kind=kind,
         )
-    delim = manifest.get("labels", {}).get("label_delim")
     if delim:  # multi-label: the classes are the manifest's (union of every item's label set)
         return LabelledItems(folder / "files", keys, labels, flags, list(manifest["classes"]), label_delim=delim)
     return LabelledItems(folder / "files", keys, labels, flags, sorted(set(labels)))

@@ -10,7 +10,7 @@ from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -477,3 +477,58 @@ def get_model(s: Session, model_id: str, project_id: str | None = None) -> d.Mod
 def list_models(s: Session, project_id: str) -> list[d.Model]:
     rows = s.scalars(select(ModelRow).where(ModelRow.project_id == project_id).order_by(ModelRow.created_at))
     return [_to(d.Model, r) for r in rows]
+
+
+# ----- deleting ------------------------------------------------------------------------------------
+def jobs_on_versions(s: Session, version_ids: list[str]) -> list[d.Job]:
+    """Every job that trained or evaluated on one of these dataset versions."""
+    rows = s.scalars(select(JobRow).where(JobRow.dataset_version_id.in_(version_ids)).order_by(JobRow.created_at))
+    return [_job(r) for r in rows]
+
+
+def children_of(s: Session, job_id: str) -> list[d.Job]:
+    """Jobs that continue from this one (any kind, any state)."""
+    return [_job(r) for r in s.scalars(select(JobRow).where(JobRow.parent_job_id == job_id))]
+
+
+def jobs_using_model(s: Session, project_id: str, model_id: str) -> list[d.Job]:
+    """Queued or running jobs that start from this model (pretrained = its id)."""
+    rows = s.scalars(select(JobRow).where(JobRow.project_id == project_id, JobRow.state.in_(("queued", "running"))))
+    return [_job(r) for r in rows if (r.spec or {}).get("pretrained_model_id") == model_id]
+
+
+def delete_dataset_version(s: Session, version_id: str) -> None:
+    s.execute(delete(DatasetVersionRow).where(DatasetVersionRow.id == version_id))
+
+
+def delete_dataset(s: Session, dataset_id: str) -> None:
+    s.execute(delete(DatasetVersionRow).where(DatasetVersionRow.dataset_id == dataset_id))
+    s.execute(delete(DatasetRow).where(DatasetRow.id == dataset_id))
+
+
+def delete_job(s: Session, job_id: str) -> None:
+    """The job row with its metrics and artifact rows."""
+    for table in (EpochMetricRow, BatchMetricRow, ArtifactRow):
+        s.execute(delete(table).where(table.job_id == job_id))
+    s.execute(delete(JobRow).where(JobRow.id == job_id))
+
+
+def delete_model(s: Session, model_id: str) -> None:
+    """The model row; its job keeps its record (model_id cleared)."""
+    row = s.get(ModelRow, model_id)
+    if row is None:
+        return
+    s.execute(update(JobRow).where(JobRow.model_id == model_id).values(model_id=None))
+    s.execute(delete(ModelRow).where(ModelRow.id == model_id))
+
+
+def delete_artifacts(s: Session, job_id: str, prefix: str) -> int:
+    """Forget a job's artifacts whose names start with prefix; returns the bytes they took."""
+    where = (ArtifactRow.job_id == job_id, ArtifactRow.name.startswith(prefix, autoescape=True))
+    freed = s.scalar(select(func.coalesce(func.sum(ArtifactRow.size), 0)).where(*where)) or 0
+    s.execute(delete(ArtifactRow).where(*where))
+    return int(freed)
+
+
+def stored_bytes_of_job(s: Session, job_id: str) -> int:
+    return int(s.scalar(select(func.coalesce(func.sum(ArtifactRow.size), 0)).where(ArtifactRow.job_id == job_id)) or 0)

@@ -230,7 +230,8 @@ class MetricsSink(Protocol):
 
 
 class ReportCallback(Callback):
-    """Sends every `batch_every`-th batch row and every epoch row to a MetricsSink."""
+    """Sends every epoch row, and batch rows to a MetricsSink: every `batch_every`-th, more often when an
+    epoch is short (at least ten a epoch, every batch for epochs under ten), and always an epoch's last."""
 
     order = 65
     run_in_lr_find = False
@@ -239,8 +240,13 @@ class ReportCallback(Callback):
         self.sink, self.batch_every = sink, max(1, batch_every)
 
     def after_batch(self) -> None:
-        if self.learn.training and self.learn.train_iter % self.batch_every == 0:
-            self.sink.on_batch(self.learn.recorder.batches[-1])
+        learn = self.learn
+        if not learn.training:
+            return
+        n_batches = len(learn.dl)
+        every = max(1, min(self.batch_every, n_batches // 10))
+        if learn.train_iter % every == 0 or learn.iter + 1 >= n_batches:
+            self.sink.on_batch(learn.recorder.batches[-1])
 
     def after_epoch(self) -> None:
         if self.learn.recorder.epochs:

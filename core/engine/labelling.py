@@ -18,7 +18,7 @@ import regex
 from core.engine.errors import DataError
 from core.engine.images import image_problem, is_image_name
 from core.engine.paths import inside, read_csv, read_text
-from core.engine.splits import split_by_column, split_by_folder, split_by_rand_pct
+from core.engine.splits import split_by_column, split_by_folder, split_by_rand_pct, split_by_rand_pct_per_class
 
 
 @dataclass(frozen=True)
@@ -121,14 +121,19 @@ def _finish(
     rejected: list[Rejected],
     declared_classes: Iterable[str] = (),
     label_delim: str | None = None,
+    random_split: tuple[float, int] | None = None,
 ) -> LabelledItems:
-    """Drop unreadable files, work out the classes, and refuse datasets that cannot train."""
+    """Drop unreadable files, work out the classes, and refuse datasets that cannot train. A random split
+    (valid_pct, seed) is drawn over the readable items, so that every class of 5 or more gets a
+    validation item (single-label data)."""
     problems = _check_files(root, keys)
     kept = [i for i, p in enumerate(problems) if p is None]
     rejected = rejected + [Rejected(keys[i], p) for i, p in enumerate(problems) if p is not None]
     keys = [keys[i] for i in kept]
     labels = [labels[i] for i in kept]
     is_valid = [is_valid[i] for i in kept]
+    if random_split is not None and label_delim is None:
+        is_valid = split_by_rand_pct_per_class(keys, labels, *random_split)
     present = {c for lab in labels for c in lab.split(label_delim) if c} if label_delim else set(labels)
     classes = sorted(present)
     empty = sorted(set(declared_classes) - present)
@@ -185,7 +190,7 @@ def from_folder(
         for d in base.iterdir()
         if d.is_dir() and not d.name.startswith(".")
     }
-    return _finish(root, keys, labels, flags, rejected, declared)
+    return _finish(root, keys, labels, flags, rejected, declared, random_split=None if by_folder else (valid_pct, seed))
 
 
 def from_rows(
@@ -226,7 +231,8 @@ def from_rows(
         raise DataError(f"{source}, column '{valid_col}': {exc}") from exc
     if label_delim is not None:
         labels = [label_delim.join(sorted({c for c in lab.split(label_delim) if c})) for lab in labels]
-    return _finish(root, keys, labels, flags, rejected, label_delim=label_delim)
+    random_split = None if valid_col else (valid_pct, seed)
+    return _finish(root, keys, labels, flags, rejected, label_delim=label_delim, random_split=random_split)
 
 
 def row_target(root: Path, name: str) -> Path | None:
@@ -270,7 +276,8 @@ def from_name_func(
             labels.append(str(label))
         else:
             rejected.append(Rejected(key, "the labelling rule gave no label"))
-    return _finish(root, kept_keys, labels, split_by_rand_pct(kept_keys, valid_pct, seed), rejected)
+    flags = split_by_rand_pct(kept_keys, valid_pct, seed)
+    return _finish(root, kept_keys, labels, flags, rejected, random_split=(valid_pct, seed))
 
 
 MAX_PATTERN_CHARS = 500

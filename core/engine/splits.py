@@ -41,3 +41,38 @@ def split_by_column(values: Sequence[str]) -> list[bool]:
             raise ValueError(f"row {row}: '{value}' is not a valid-column value (use true/false or 1/0)")
         flags.append(v in truthy)
     return flags
+
+
+MIN_ITEMS_FOR_A_VALID_ITEM = 5
+
+
+def split_by_rand_pct_per_class(
+    keys: Sequence[str], labels: Sequence[str], valid_pct: float = 0.2, seed: int = 42
+) -> list[bool]:
+    """The stable hash split, with one guarantee for small data: every class with at least 5 items gets at
+    least one validation item (its item with the lowest hash joins validation). Items keep their place as
+    data grows, except that one item of a class the hash left out of validation."""
+    flags = split_by_rand_pct(keys, valid_pct, seed)
+    if valid_pct <= 0:
+        return flags
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    for members in by_class.values():
+        if len(members) >= MIN_ITEMS_FOR_A_VALID_ITEM and not any(flags[i] for i in members):
+            flags[min(members, key=lambda i: hash_fraction(seed, keys[i]))] = True
+    return flags
+
+
+def lopsided_classes(counts: dict[str, dict[str, int]], valid_pct: float) -> list[str]:
+    """Warnings for classes whose validation share is far from valid_pct (half or twice it, 10+ items)."""
+    out = []
+    for name, c in counts.items():
+        n = c.get("train", 0) + c.get("valid", 0)
+        share = c.get("valid", 0) / n if n else 0.0
+        if n >= 10 and (share < valid_pct / 2 or share > valid_pct * 2):
+            out.append(
+                f"class '{name}': {c.get('valid', 0)} of {n} items in validation ({share:.0%}; valid_pct is "
+                f"{valid_pct:.0%}): its validation metrics will be noisy"
+            )
+    return out

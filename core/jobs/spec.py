@@ -17,6 +17,17 @@ DEFAULT_ARCH = "efficientnet_lite0"
 JobKind = Literal["fine_tune", "stage1", "stage2", "lr_find", "interpret"]
 
 
+# The fields each labelling rule reads.
+RULE_FIELDS: dict[str, set[str]] = {
+    "folder": set(),
+    "csv": {"csv", "fn_col", "label_col", "valid_col", "label_delim"},
+    "name_re": {"pattern"},
+    "points": {"csv", "fn_col", "valid_col"},
+    "values": {"csv", "fn_col", "valid_col"},
+    "masks": {"csv", "fn_col", "mask_col", "valid_col", "codes", "void", "images_dir", "mask_template"},
+}
+
+
 class PlanStep(BaseModel):
     """One size of a progressive-resizing plan; unset fields take the job's own."""
 
@@ -144,6 +155,12 @@ class TrainSpec(BaseModel):
         if self.lr == "auto" and self.kind != "stage2":
             raise ValueError("lr 'auto' is for stage 2 only")
         return self
+
+    def summary(self) -> dict[str, object]:
+        """The spec as a job records it: the set fields, and of the labelling fields only the rule's own (a
+        classification job carries no mask template)."""
+        drop = set().union(*RULE_FIELDS.values()) - RULE_FIELDS[self.labels]
+        return {k: v for k, v in self.model_dump().items() if k not in drop and v is not None}
 
     @property
     def is_pretrained(self) -> bool:

@@ -436,7 +436,7 @@ def finish(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) 
         "classes": built.items.classes,
         "counts": built.items.counts(),
         "rejected": [r.__dict__ for r in built.items.rejected],
-        "spec": spec.model_dump(),
+        "spec": spec.summary(),
     }
     ctx.artifact_path("metrics.json").write_text(json.dumps(metrics, indent=1))
     ctx.artifact_written("metrics.json")

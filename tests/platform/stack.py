@@ -93,6 +93,11 @@ class Stack:
     def store(self) -> S3Store:
         return S3Store(self.s3.endpoint, self.s3.access_key, self.s3.secret_key, BUCKET)
 
+    def new_project(self, name: str, *extra: str) -> tuple[Client, str]:
+        """A client with a new admin key of project `name` (made if needed), and the project's id."""
+        out = fitcycle("keys", "create", "--project", name, *extra, env=self.env).strip().splitlines()
+        return Client(self.a.base, out[-1]), out[0].split("(")[1][:-1]
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in [self.api, *self.workers])
 

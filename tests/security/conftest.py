@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.platform.services import Client, Process, fitcycle, free_port, start, wait_for
+from tests.platform.services import Client, Process, free_port, start, wait_for
 from tests.platform.stack import Stack
 from tests.security.attacks import good_members, write_zip
 
@@ -51,14 +51,9 @@ class Victim:
         }
 
 
-def new_project(stack: Stack, name: str, *extra: str) -> tuple[Client, str]:
-    out = fitcycle("keys", "create", "--project", name, *extra, env=stack.env).strip().splitlines()
-    return Client(stack.a.base, out[-1]), out[0].split("(")[1][:-1]
-
-
 @pytest.fixture(scope="session")
 def victim(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Victim:
-    client, project_id = new_project(stack, "gamma")
+    client, project_id = stack.new_project("gamma")
     archive = write_zip(tmp_path_factory.mktemp("victim") / "pets.zip", good_members())
     res = client.upload("pets", archive)
     assert res.status_code == 201, res.text
@@ -145,7 +140,7 @@ def tight(stack: Stack, drip_server: str) -> Iterator[Tight]:
     }
     port = free_port()
     api = start("tight-api", ["serve", "--no-worker", "--port", str(port)], env, stack.workdir)
-    client, project_id = new_project(stack, "delta")
+    client, project_id = stack.new_project("delta")
     client = Client(f"http://127.0.0.1:{port}/api/v1", client.key)
     try:
         wait_for(lambda: client.get("/health").status_code == 200, 90, "the tight API to answer")

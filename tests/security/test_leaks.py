@@ -13,11 +13,10 @@ from core.config import Settings
 from core.db.session import upgrade
 from tests.platform.stack import Stack
 from tests.security.attacks import good_members, write_zip
-from tests.security.conftest import new_project
 
 
 def test_a_crashed_job_says_one_line_and_keeps_its_traceback_as_an_artifact(stack: Stack, tmp_path: Path) -> None:
-    client, project_id = new_project(stack, "zeta")
+    client, project_id = stack.new_project("zeta")
     ds = client.upload("vanishing", write_zip(tmp_path / "a.zip", good_members())).json()
     stack.store().delete_prefix(f"projects/{project_id}/datasets/")  # the files disappear under the job
     job = client.submit(kind="stage1", dataset_id=ds["id"], arch="resnet18", pretrained="none", size=32, epochs=1)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from tests.platform.stack import Stack
-from tests.security.attacks import many_entry_zip, png_claiming, raw_post
+from tests.security.attacks import many_entry_zip, png_bytes, png_claiming, raw_post
 from tests.security.conftest import Victim, rss_bytes
 
 
@@ -67,3 +67,13 @@ def test_predict_refuses_bombs_and_oversized_files_by_name(victim: Victim, victi
     assert res.status_code == 413 and "at most 16" in res.json()["detail"]
     res = a.post(f"/models/{model}/predict", files={"file": ("notes.txt", b"hello")})
     assert res.status_code == 422 and "'notes.txt'" in res.json()["detail"] and "BytesIO" not in res.text
+
+
+def test_a_bad_file_in_a_batch_gets_its_own_error(victim: Victim, victim_model: str) -> None:
+    files = [("file", ("a.png", png_bytes(value=40))), ("file", ("b.txt", b"hello")), ("file", ("c.png", png_bytes()))]
+    res = victim.client.post(f"/models/{victim_model}/predict", files=files)
+    assert res.status_code == 200, res.text
+    a, b, c = res.json()["results"]
+    assert [a["filename"], b["filename"], c["filename"]] == ["a.png", "b.txt", "c.png"]
+    assert a["top"] == a["predictions"][0] and c["top"][0] in ("cats", "dogs")
+    assert "'b.txt'" in b["error"] and "predictions" not in b
