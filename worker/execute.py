@@ -181,7 +181,7 @@ def _drop_checkpoints(rt: Runtime, job: domain.Job) -> int:
 
 def _register_model(rt: Runtime, job: domain.Job, ctx: DbJobContext, result: dict[str, Any]) -> str:
     manifest = read_manifest(ctx.artifact_path("export"))
-    keep = {k: v for k, v in result.items() if isinstance(v, int | float) or k == "lrs"}
+    keep = {k: v for k, v in result.items() if isinstance(v, int | float) or k in ("lrs", "task", "main_metric")}
     with session_scope(rt.sessions) as s:
         model = repos.create_model(
             s,

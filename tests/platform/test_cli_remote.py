@@ -1,0 +1,70 @@
+"""The CLI's client verbs against the running stack, as a user sees them: tables (and --json), a watched job
+whose bar ends at 100% with the loss on it, every batch reported when epochs are short, cancel and delete."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.platform.services import BIN
+from tests.platform.stack import Stack
+
+
+def run(stack: Stack, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**stack.env, "FITCYCLE_URL": stack.a.base.removesuffix("/api/v1"), "FITCYCLE_KEY": key}
+    return subprocess.run([str(BIN / "fitcycle"), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_lists_are_tables_and_a_watched_job_reaches_100_percent(stack: Stack, fashion_zip: Path) -> None:
+    client, _ = stack.new_project("cli-user")
+    up = run(stack, client.key, "datasets", "upload", "fashion", str(fashion_zip))
+    assert up.returncode == 0, up.stderr
+    ds = json.loads(up.stdout)
+
+    listing = run(stack, client.key, "datasets", "list").stdout.splitlines()
+    assert listing[0].split() == ["ID", "NAME", "VERSION", "ITEMS", "CLASSES", "CREATED"]
+    assert listing[1].split()[:5] == [ds["id"], "fashion", "1", "120", "4"]
+    assert json.loads(run(stack, client.key, "datasets", "list", "--json").stdout)[0]["id"] == ds["id"]
+
+    # 96 training images in batches of 16: 6 batches an epoch, under ten, so every batch is reported.
+    watched = run(
+        stack,
+        client.key,
+        "jobs",
+        "submit",
+        "stage1",
+        "--dataset",
+        ds["id"],
+        "--watch",
+        "--set",
+        "arch=resnet18",
+        "--set",
+        "pretrained=none",
+        "--set",
+        "size=32",
+        "--set",
+        "bs=16",
+        "--set",
+        "epochs=2",
+    )
+    assert watched.returncode == 0, watched.stderr
+    job_id = watched.stdout.splitlines()[0]
+    bar_lines = [line for line in watched.stderr.replace("\r", "\n").splitlines() if line.startswith("stage1")]
+    assert any("100%" in line and "12/12" in line and "loss=" in line for line in bar_lines), watched.stderr
+    assert "stage1 epoch 0: train_loss=" in watched.stderr and "stage1 epoch 1: train_loss=" in watched.stderr
+    batches = client.get(f"/jobs/{job_id}/metrics").json()["batches"]
+    assert [b["iter"] for b in batches] == list(range(12))
+
+    jobs = run(stack, client.key, "jobs", "list").stdout.splitlines()
+    assert jobs[0].split() == ["ID", "KIND", "STATE", "PROGRESS", "METRIC", "CREATED"]
+    assert jobs[1].split()[:3] == [job_id, "stage1", "succeeded"] and "error_rate=" in jobs[1]
+    models = run(stack, client.key, "models", "list").stdout.splitlines()
+    assert models[0].split() == ["ID", "ARCH", "TASK", "METRIC", "JOB", "CREATED"]
+    assert "resnet18" in models[1] and "classification" in models[1] and job_id in models[1]
+
+    cancel = run(stack, client.key, "jobs", "cancel", job_id)
+    assert cancel.returncode == 2 and "nothing to cancel" in cancel.stderr
+    model_id = models[1].split()[0]
+    gone = run(stack, client.key, "models", "delete", model_id)
+    assert gone.returncode == 0 and gone.stdout.startswith(f"deleted model {model_id}"), gone.stderr
