@@ -109,8 +109,9 @@ def load_body(arch: Architecture, pretrained: str | Path | None) -> PretrainedBo
                 return PretrainedBody(body, f"imagenet ({path})", arch.stats)
         raise PretrainedWeightsNotFound(
             f"no ImageNet weights for {arch.name} on this machine; tried: {', '.join(map(str, tried))}. "
-            "Nothing is downloaded: put the weights file at one of those paths, or pass a local file "
-            "(--pretrained PATH: .safetensors, a state dict, or a fitcycle export bundle), or --pretrained none."
+            "Nothing is downloaded: put the weights file at one of those paths, or set pretrained to a local file "
+            "(.safetensors, a state dict, or a fitcycle export folder), or to 'none' to train from scratch, or choose "
+            "efficientnet_lite0, whose ImageNet weights install with fitcycle."
         )
     path = Path(pretrained)
     if path.is_dir() and (path / "manifest.json").is_file():

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.platform.services import BIN, Client, fitcycle, free_port, start, wait_for
+from tests.platform.services import BIN, Client, Process, fitcycle, free_port, start, wait_for
 from tests.platform.stack import ImageServer
 from tests.platform.test_e2e_distributed import course_flow
 
@@ -104,3 +105,54 @@ def cli_client_verbs(env: dict[str, str], archive: Path, tmp_path: Path) -> None
         timeout=60,
     )
     assert bad.returncode == 2 and "404" in bad.stderr and "no dataset 'nope'" in bad.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def _serve_demo(data_dir: Path, env: dict[str, str], logdir: Path) -> tuple[Process, int, str]:
+    """`fitcycle serve --demo` until its ready banner is out: (process, port, output so far)."""
+    port = free_port()
+    serve = start("serve", ["serve", "--data-dir", str(data_dir), "--port", str(port), "--demo"], env, logdir)
+    wait_for(lambda: "  export FITCYCLE_URL=" in serve.tail(20000), 300, "the demo banner", interval=0.5)
+    return serve, port, serve.tail(20000)
+
+
+@pytest.mark.slow
+def test_make_run_twice_reuses_the_demo_and_leaves_no_worker_behind(tmp_path: Path) -> None:
+    """`make run` is `fitcycle serve --demo`: the ready banner comes after the start-up logs, with commands
+    that run as printed; a second start reuses the demo's key, dataset and job; killing serve (SIGTERM, then
+    SIGKILL) takes its worker with it."""
+    data_dir = tmp_path / "fitcycle"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FITCYCLE_")} | {"PYTHONUNBUFFERED": "1"}
+
+    serve, port, first = _serve_demo(data_dir, env, tmp_path)
+    worker = int((data_dir / ".worker-ready").read_text())
+    try:
+        assert first.index("fitcycle is ready.") > first.index("worker ready")
+        assert "alembic" not in first and "-------------- fitcycle@" not in first  # no migration chatter, no banner
+        assert "demo key created" in first and "uploaded: 1000 Fashion-MNIST images" in first and "queued" in first
+        watch = next(line for line in first.splitlines() if " jobs watch " in line).split("#")[0].split()
+        assert watch[0] == ".venv/bin/fitcycle" or Path(watch[0]).is_absolute(), watch
+        key = first.split("FITCYCLE_KEY=", 1)[1].split()[0]
+        follow = {"FITCYCLE_URL": f"http://127.0.0.1:{port}", "FITCYCLE_KEY": key}
+        res = subprocess.run(watch, env=env | follow, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0 and json.loads(res.stdout)["state"] == "succeeded", res.stderr
+    finally:
+        os.kill(serve.proc.pid, signal.SIGTERM)
+        serve.proc.wait(timeout=60)
+    wait_for(lambda: not _alive(worker), 30, "the worker to end with serve (SIGTERM)")
+
+    serve, _, second = _serve_demo(data_dir, env, tmp_path)
+    worker = int((data_dir / ".worker-ready").read_text())
+    os.kill(serve.proc.pid, signal.SIGKILL)
+    serve.proc.wait(timeout=60)
+    wait_for(lambda: not _alive(worker), 30, "the worker to end with serve (SIGKILL)")
+    assert "demo key reused" in second and "reused (version 1, 1000 images)" in second
+    assert "reused (succeeded, model " in second and "nothing new queued" in second
