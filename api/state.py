@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from celery import Celery
@@ -37,8 +36,9 @@ class AppState:
         )
         self.rate_limiter = make_rate_limiter(self.settings.celery_broker_url, self.settings.requests_per_minute)
 
-    def check_event_streams(self, project_id: str) -> None:
-        """429 when the project already holds all its open event streams (counted in this API process)."""
+    def hold_event_stream(self, project_id: str) -> Callable[[], None]:
+        """Take one of the project's open event streams (counted in this API process), or 429 when all are
+        taken; returns the release, which is safe to call more than once."""
         with self._streams_lock:
             if self._streams[project_id] >= self.settings.max_event_streams:
                 raise Problem(
@@ -47,14 +47,14 @@ class AppState:
                     f"this project already has {self.settings.max_event_streams} open event streams "
                     "(FITCYCLE_MAX_EVENT_STREAMS); close one, or poll GET /jobs/{id}",
                 )
-
-    @contextmanager
-    def event_stream(self, project_id: str) -> Iterator[None]:
-        """Hold one of the project's open event streams while the stream runs."""
-        with self._streams_lock:
             self._streams[project_id] += 1
-        try:
-            yield
-        finally:
+        released = False
+
+        def release() -> None:
+            nonlocal released
             with self._streams_lock:
-                self._streams[project_id] -= 1
+                if not released:
+                    released = True
+                    self._streams[project_id] -= 1
+
+        return release

@@ -288,7 +288,7 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fitcycle` console script."""
-    from core.engine.errors import FitcycleError
+    from core.engine.errors import FitcycleError, PretrainedWeightsNotFound
 
     args = build_parser().parse_args(argv)
     from cli.platform import cmd_db, cmd_keys, cmd_worker
@@ -317,6 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except (FitcycleError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, PretrainedWeightsNotFound):  # the engine's words are the same for every interface
+            print(
+                "on the command line: --pretrained PATH, --pretrained none, or --arch efficientnet_lite0",
+                file=sys.stderr,
+            )
         return EXIT_BAD_INPUT
 
 

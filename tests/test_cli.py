@@ -141,6 +141,7 @@ def test_lr_find_verb_prints_suggestions(fashion_names: Path, tmp_path: Path) ->
         (["--arch", "vgg99"], "arch: Value error, unknown architecture 'vgg99'"),
         (["--lr", "-1"], "lr: Value error, learning rate must be in (0, 10)"),
         (["--pretrained", "imagenet"], "no ImageNet weights for resnet18 on this machine; tried:"),
+        (["--pretrained", "imagenet"], "on the command line: --pretrained PATH, --pretrained none"),
         (["--pretrained", "/nowhere/weights.pt"], "pretrained weights '/nowhere/weights.pt' not found"),
     ],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -95,14 +96,19 @@ async def job_events(request: Request, state: StateDep, project: ProjectDep, job
 
     def snapshot(after_batch: int) -> tuple[domain.Job | None, list[Any], list[tuple[int, Any]]]:
         with session_scope(state.sessions) as s:
+            if repos.caller_for_key(s, key) is None:  # revoked or expired while the stream was open
+                return None, [], []
             return repos.get_job(s, job_id), repos.epoch_metrics(s, job_id), repos.batch_metrics(s, job_id, after_batch)
 
-    state.check_event_streams(project.id)  # 429 before the stream starts when the project has too many open
+    release = state.hold_event_stream(project.id)  # 429 here when the project has too many open
+    key = (request.headers.get("authorization") or "").split(" ", 1)[-1].strip()
 
     async def stream() -> AsyncIterator[str]:
-        with state.event_stream(project.id):  # held while the stream runs, released however it ends
+        try:
             async for event in events():
                 yield event
+        finally:
+            release()
 
     async def events() -> AsyncIterator[str]:
         last_batch, sent_epochs, last_state = 0, 0, None
@@ -126,8 +132,10 @@ async def job_events(request: Request, state: StateDep, project: ProjectDep, job
                 return
             await asyncio.sleep(0.5)
 
+    body = stream()
+    weakref.finalize(body, release)  # a stream that never started (the client left at once) gives its slot back
     return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
 
 

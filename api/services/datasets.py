@@ -21,10 +21,11 @@ from core.datasets.ingest import LabelRule, ingest_archive
 from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.errors import DataError
+from core.engine.labelling import Rejected
 from core.engine.splits import lopsided_classes
 
 
-def _check_quota(state: AppState, project: domain.Project, adding: int) -> None:
+def check_quota(state: AppState, project: domain.Project, adding: int) -> None:
     """413 when `adding` more bytes would take the project past its storage quota."""
     quota = state.settings.max_stored_bytes
     with session_scope(state.sessions) as s:
@@ -36,6 +37,17 @@ def _check_quota(state: AppState, project: domain.Project, adding: int) -> None:
             f"this project stores {used:,} bytes; {adding:,} more would pass its quota of {quota:,} "
             "(FITCYCLE_MAX_STORED_BYTES); delete old versions or jobs, or ask for a larger quota",
         )
+
+
+MAX_REJECTED_LISTED = 1000
+
+
+def _capped(rejected: list[Rejected]) -> list[dict[str, str]]:
+    """The rejected files as stored and answered: the first 1,000, then one line for the rest."""
+    out = [{"key": r.key[:300], "reason": r.reason[:300]} for r in rejected[:MAX_REJECTED_LISTED]]
+    if len(rejected) > MAX_REJECTED_LISTED:
+        out.append({"key": "...", "reason": f"{len(rejected) - MAX_REJECTED_LISTED:,} more files rejected"})
+    return out
 
 
 def upload(
@@ -54,7 +66,7 @@ def upload(
         raise Problem(422, "Invalid request", "name: give the dataset a name of 1 to 200 characters")
     settings = state.settings
     src.seek(0, 2)
-    _check_quota(state, project, src.tell())
+    check_quota(state, project, src.tell())
     src.seek(0)
     with session_scope(state.sessions) as s:
         existing = next((d for d in repos.list_datasets(s, project.id) if d.name == name), None)
@@ -67,7 +79,7 @@ def upload(
     except DataError as exc:
         raise Problem(422, "Unusable dataset", str(exc)) from exc
     try:
-        _check_quota(state, project, result.n_bytes)
+        check_quota(state, project, result.n_bytes)
         with session_scope(state.sessions) as s:
             if existing is None:
                 repos.create_dataset(s, dataset_id, project.id, name)
@@ -82,7 +94,7 @@ def upload(
                 classes=items.classes,
                 counts=items.counts(),
                 n_items=len(items),
-                rejected=[{"key": r.key, "reason": r.reason} for r in result.rejected],
+                rejected=_capped(result.rejected),
                 prefix=prefix,
                 n_bytes=result.n_bytes,
             )
@@ -140,8 +152,10 @@ def items(state: AppState, version: domain.DatasetVersion, offset: int, limit: i
 
 def show_batch_png(state: AppState, version: domain.DatasetVersion, size: int, seed: int) -> bytes:
     """A PNG of one augmented training batch, as the engine would train on it (cached in the store)."""
-    key = f"{version.prefix}/show_batch-{size}-{seed}.png"
-    if state.store.exists(key):
+    # Only the default picture is kept in the store: any other size or seed is drawn anew, so that a loop
+    # over seeds cannot fill the project's storage outside its quota.
+    key = f"{version.prefix}/show_batch-{size}-{seed}.png" if (size, seed) == (128, 42) else None
+    if key is not None and state.store.exists(key):
         return state.store.get_bytes(key)
     from core.datasets.materialize import items_from_manifest, materialize
     from core.engine.data import DataConfig, ImageDataLoaders
@@ -157,7 +171,8 @@ def show_batch_png(state: AppState, version: domain.DatasetVersion, size: int, s
         data = out.read_bytes()
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
-    state.store.put_bytes(key, data, "image/png")
+    if key is not None:
+        state.store.put_bytes(key, data, "image/png")
     return data
 
 

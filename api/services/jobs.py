@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import Problem, not_found
 from api.schemas import Deleted, JobCreate, JobPublic
-from api.services.datasets import get_version
+from api.services.datasets import check_quota, get_version
 from api.state import AppState
 from core.broker import enqueue
 from core.db import domain, repos
@@ -110,6 +110,7 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
             "Invalid job",
             f"queue: not one of this server's queues; choose one of {', '.join(settings.queues)} (FITCYCLE_QUEUES)",
         )
+    check_quota(state, project, 0)  # a project at its storage quota makes no more artifacts
     with session_scope(state.sessions) as s:
         active = repos.active_jobs(s, project.id)
         if active >= settings.max_active_jobs:

@@ -43,6 +43,8 @@ def is_public(ip: IPAddress) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip in NAT64_LOCAL:
             return False
+        if ip.is_site_local:  # fec0::/10, deprecated but not "private" to Python 3.11
+            return False
         inner = embedded_ipv4(ip)
         if inner:
             return all(is_public(v4) for v4 in inner)

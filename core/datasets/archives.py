@@ -48,6 +48,13 @@ class Extracted:
     archive_bytes: int = 0
 
 
+def _why(exc: BaseException) -> str:
+    """An error's reason without the server paths an OSError names."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)[:200]
+
+
 def _shown(name: str) -> str:
     """A member name for a message: shortened, control characters escaped."""
     return (name[:200] + ("..." if len(name) > 200 else "")).encode("unicode_escape").decode("ascii")
@@ -125,9 +132,11 @@ def _size(source: Path | BinaryIO) -> int:
     return size
 
 
-def zip_entry_count(source: Path | BinaryIO) -> int:
-    """The number of entries a zip declares in its end-of-central-directory record (zip64 too), read
-    without parsing the directory. Raises ArchiveError when there is no end record."""
+def zip_entry_count(source: Path | BinaryIO, cap: int) -> int:
+    """How many entries a zip holds, found without `zipfile`: the count its end record declares, and the
+    records of its central directory walked one by one (an end record can lie; zipfile believes the
+    directory's byte size, not the count) — the walk stops past `cap`, so a lying zip costs nothing.
+    Raises ArchiveError when there is no end record."""
     size = _size(source)
     with source.open("rb") if isinstance(source, Path) else nullcontext(source) as f:
         tail_len = min(size, 22 + 65535)
@@ -136,9 +145,10 @@ def zip_entry_count(source: Path | BinaryIO) -> int:
         at = tail.rfind(b"PK\x05\x06")
         if at < 0 or len(tail) - at < 22:
             raise ArchiveError("not a readable zip archive: no end-of-central-directory record")
-        count = struct.unpack("<H", tail[at + 10 : at + 12])[0]
+        count, dir_size = struct.unpack("<HI", tail[at + 10 : at + 16])
+        dir_end = size - tail_len + at
         locator = at - 20
-        if count == 0xFFFF and locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":
+        if locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":
             (record_at,) = struct.unpack("<Q", tail[locator + 8 : locator + 16])
             if record_at + 56 > size:
                 raise ArchiveError("not a readable zip archive: its zip64 record points past the end")
@@ -146,9 +156,34 @@ def zip_entry_count(source: Path | BinaryIO) -> int:
             record = f.read(56)
             if record[:4] != b"PK\x06\x06":
                 raise ArchiveError("not a readable zip archive: broken zip64 end record")
-            count = struct.unpack("<Q", record[32:40])[0]
+            count, dir_size = struct.unpack("<QQ", record[32:48])
+            dir_end = record_at
+        walked = _walk_directory(f, max(0, dir_end - dir_size), dir_end, cap)
         f.seek(0)
-    return int(count)
+    return max(int(count), walked)
+
+
+def _walk_directory(f: IO[bytes], start: int, end: int, cap: int) -> int:
+    """Count central-directory records between start and end, stopping once past cap."""
+    f.seek(start)
+    buf, pos, n = b"", start, 0
+    while pos < end and n <= cap:
+        if len(buf) < 46:
+            buf += f.read(min(1 << 20, end - pos - len(buf)) or 0)
+            if len(buf) < 46:
+                break
+        if buf[:4] != b"PK\x01\x02":
+            break  # not a directory record: zipfile will say what is wrong
+        name_len, extra_len, comment_len = struct.unpack("<HHH", buf[28:34])
+        step = 46 + name_len + extra_len + comment_len
+        n += 1
+        pos += step
+        if step <= len(buf):
+            buf = buf[step:]
+        else:
+            f.seek(pos)
+            buf = b""
+    return n
 
 
 def extract_archive(archive: Path | BinaryIO, target: Path, filename: str, limits: Limits) -> Extracted:
@@ -171,16 +206,16 @@ def extract_archive(archive: Path | BinaryIO, target: Path, filename: str, limit
 
 
 def _extract_zip(archive: Path | BinaryIO, target: Path, state: Extracted, limits: Limits) -> None:
-    declared = zip_entry_count(archive)
-    if declared > limits.max_files:
+    entries = zip_entry_count(archive, limits.max_files)
+    if entries > limits.max_files:
         raise ArchiveError(
-            f"the archive holds {declared:,} entries, more than {limits.max_files:,}; split the dataset or raise "
-            "FITCYCLE_MAX_ARCHIVE_FILES"
+            f"the archive holds {entries:,} entries or more, more than {limits.max_files:,}; split the dataset or "
+            "raise FITCYCLE_MAX_ARCHIVE_FILES"
         )
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ArchiveError(f"not a readable zip archive: {str(exc)[:200]}") from exc
+        raise ArchiveError(f"not a readable zip archive: {_why(exc)}") from exc
     with zf:
         for info in zf.infolist():
             _count_entry(state, limits)
@@ -200,19 +235,36 @@ def _extract_zip(archive: Path | BinaryIO, target: Path, state: Extracted, limit
                         src, target.joinpath(*path.parts), state, limits, info.filename, max(1, info.compress_size)
                     )
             except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
-                raise ArchiveError(f"archive member '{_shown(info.filename)}' is corrupt: {str(exc)[:200]}") from exc
+                raise ArchiveError(f"archive member '{_shown(info.filename)}' is corrupt: {_why(exc)}") from exc
+
+
+MAX_TAR_HEADER_BYTES = 64 * 1024
+LONG_HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, b"X")
+
+
+class _CappedTarInfo(tarfile.TarInfo):
+    """A tar header whose extended headers (GNU long names, pax records) are size-capped before tarfile
+    reads them: tarfile reads such a header's whole data into memory, before any extraction cap applies."""
+
+    def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:  # private hook of tarfile, stable since 3.x
+        if self.type in LONG_HEADER_TYPES and self.size > MAX_TAR_HEADER_BYTES:
+            raise ArchiveError(
+                f"the archive has an extended tar header of {self.size:,} bytes (the limit is "
+                f"{MAX_TAR_HEADER_BYTES:,}); names and pax records are never that long"
+            )
+        return super()._proc_member(tf)  # type: ignore[misc]
 
 
 def _extract_tar(archive: Path | BinaryIO, target: Path, state: Extracted, limits: Limits) -> None:
     try:
         # closed by the with-block below, once open succeeded
         tf = (
-            tarfile.open(archive, "r:*")  # noqa: SIM115
+            tarfile.open(archive, "r:*", tarinfo=_CappedTarInfo)  # noqa: SIM115
             if isinstance(archive, Path)
-            else tarfile.open(fileobj=archive, mode="r:*")  # noqa: SIM115
+            else tarfile.open(fileobj=archive, mode="r:*", tarinfo=_CappedTarInfo)  # noqa: SIM115
         )
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ArchiveError(f"not a readable tar archive: {exc}") from exc
+        raise ArchiveError(f"not a readable tar archive: {_why(exc)}") from exc
     with tf:
         try:
             for member in tf:
@@ -234,7 +286,7 @@ def _extract_tar(archive: Path | BinaryIO, target: Path, state: Extracted, limit
                 with src:
                     _copy_capped(src, target.joinpath(*path.parts), state, limits, member.name)
         except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError) as exc:
-            raise ArchiveError(f"the tar archive is corrupt: {str(exc)[:200]}") from exc
+            raise ArchiveError(f"the tar archive is corrupt: {_why(exc)}") from exc
     # Belt and braces: nothing written may resolve outside the target.
     root = target.resolve()
     for dirpath, _, names in os.walk(target):

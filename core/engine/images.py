@@ -31,6 +31,8 @@ def open_rgb(source: str | Path | bytes | Image.Image) -> Image.Image:
         raise ValueError(f"image is over the {MAX_PIXELS:,} pixel limit") from None
     except UnidentifiedImageError:  # its message names a Python object, not the file
         raise ValueError("not an image in a format we read (PNG, JPEG, BMP, GIF, WebP, TIFF)") from None
+    if not isinstance(source, Image.Image) and img.format not in ALLOWED_FORMATS:
+        raise ValueError(f"image format {img.format} is not one we read (PNG, JPEG, BMP, GIF, WebP, TIFF)")
     if img.width * img.height > MAX_PIXELS:
         raise ValueError(f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,} pixel limit")
     return img.convert("RGB")

@@ -17,7 +17,7 @@ import regex
 
 from core.engine.errors import DataError
 from core.engine.images import image_problem, is_image_name
-from core.engine.paths import inside, read_csv, read_text
+from core.engine.paths import MAX_TABLE_ROWS, inside, read_csv, read_text
 from core.engine.splits import split_by_column, split_by_folder, split_by_rand_pct, split_by_rand_pct_per_class
 
 
@@ -208,6 +208,7 @@ def from_rows(
     the label column lists several classes (multi-label, [fastai: label_from_df(label_delim=' ')])."""
     root = Path(root).resolve()
     keys, labels, valid_values, rejected = [], [], [], []
+    seen: set[Path] = set()
     for n, row in enumerate(rows, start=2 if source.endswith(".csv") else 1):
         for col in (fn_col, label_col, *([valid_col] if valid_col else [])):
             if col not in row:
@@ -217,11 +218,14 @@ def from_rows(
         target = row_target(root, name)
         if target is None:
             rejected.append(Rejected(name[:200], f"{source} row {n}: path escapes the dataset folder"))
+        elif target in seen:
+            rejected.append(Rejected(name[:200], f"{source} row {n}: the file is listed on an earlier row"))
         elif not target.is_file():
             rejected.append(Rejected(name, f"{source} row {n}: file not found"))
         elif not label and label_delim is None:
             rejected.append(Rejected(name, f"{source} row {n}: empty label"))
         else:
+            seen.add(target)
             keys.append(target.relative_to(root).as_posix())
             labels.append(label)
             valid_values.append(str(row[valid_col]) if valid_col else "")
@@ -436,15 +440,21 @@ def _targets_items(
 ) -> LabelledItems:
     """Check each record's file and numbers, split, and make the LabelledItems of a regression dataset."""
     keys, targets, valid_values, rejected = [], [], [], []
+    seen: set[Path] = set()
+    if len(records) > MAX_TABLE_ROWS:
+        raise DataError(f"{source}: more than {MAX_TABLE_ROWS:,} records; split the dataset")
     for n, name, values, valid in records:
         target = row_target(root, name)
         if values is None:
             rejected.append(Rejected(name[:200], f"{source} row {n}: the targets are not {len(names)} {kind} numbers"))
         elif target is None:
             rejected.append(Rejected(name[:200], f"{source} row {n}: path escapes the dataset folder"))
+        elif target in seen:
+            rejected.append(Rejected(name[:200], f"{source} row {n}: the file is listed on an earlier row"))
         elif not target.is_file():
-            rejected.append(Rejected(name, f"{source} row {n}: file not found"))
+            rejected.append(Rejected(name[:200], f"{source} row {n}: file not found"))
         else:
+            seen.add(target)
             keys.append(target.relative_to(root).as_posix())
             targets.append(values)
             valid_values.append(valid)

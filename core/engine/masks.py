@@ -196,14 +196,18 @@ def from_mask_csv(
         if col not in columns:
             raise DataError(f"{path.name}: no column '{col}' (columns are: {', '.join(columns)})")
     keys, masks, valid_values, rejected = [], [], [], []
+    seen: set[Path] = set()
     for n, row in enumerate(rows, start=2):
         name, mask = str(row[fn_col]).strip(), str(row[mask_col]).strip()
         image_path, mask_path = row_target(root, name), row_target(root, mask)
         if image_path is None or mask_path is None:
             rejected.append(Rejected(name[:200], f"{path.name} row {n}: path escapes the dataset folder"))
+        elif image_path in seen:
+            rejected.append(Rejected(name[:200], f"{path.name} row {n}: the image is listed on an earlier row"))
         elif not image_path.is_file():
             rejected.append(Rejected(name, f"{path.name} row {n}: file not found"))
         else:
+            seen.add(image_path)
             keys.append(image_path.relative_to(root).as_posix())
             masks.append(mask_path.relative_to(root).as_posix())
             valid_values.append(str(row[valid_col]) if valid_col else "")

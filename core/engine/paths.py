@@ -14,7 +14,8 @@ from core.engine.errors import DataError
 
 MAX_NAME_CHARS = 1024
 MAX_TEMPLATE_CHARS = 300
-MAX_TABLE_BYTES = 64 * 1024**2
+MAX_TABLE_BYTES = 16 * 1024**2
+MAX_TABLE_ROWS = 200_000  # with the byte cap, bounds what a parsed table holds in memory (~100 MB at most)
 TEMPLATE_FIELDS = ("stem", "name", "suffix", "parent")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
@@ -92,8 +93,13 @@ def read_csv(path: Path, field: str, shown: str) -> tuple[list[str], list[dict[s
     """(columns, rows) of a CSV with a header; every decoding or parsing problem is a DataError."""
     text = read_text(path, field, shown)
     reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows: list[dict[str, str]] = []
     try:
-        rows = list(reader)
+        for row in reader:
+            if len(rows) >= MAX_TABLE_ROWS:
+                raise DataError(f"{field}: '{_shown(shown)}' has more than {MAX_TABLE_ROWS:,} rows; split the dataset")
+            rows.append(row)
     except csv.Error as exc:
         raise DataError(f"{field}: '{_shown(shown)}' line {reader.line_num}: {exc}") from None
+    del text
     return [str(c) for c in (reader.fieldnames or [])], rows

@@ -3,6 +3,7 @@ cannot amplify, and predict holds one decoded image at a time with a pixel cap."
 
 from __future__ import annotations
 
+import struct
 import time
 from pathlib import Path
 
@@ -77,3 +78,17 @@ def test_a_bad_file_in_a_batch_gets_its_own_error(victim: Victim, victim_model: 
     assert [a["filename"], b["filename"], c["filename"]] == ["a.png", "b.txt", "c.png"]
     assert a["top"] == a["predictions"][0] and c["top"][0] in ("cats", "dogs")
     assert "'b.txt'" in b["error"] and "predictions" not in b
+
+
+def test_a_zip_whose_end_record_lies_about_its_entries_is_still_refused(
+    stack: Stack, unchanged: Victim, tmp_path: Path
+) -> None:
+    archive = many_entry_zip(tmp_path / "liar.zip", 200_000)
+    data = bytearray(archive.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 8 : end + 12] = struct.pack("<HH", 1, 1)  # "one entry", says the end record
+    archive.write_bytes(data)
+    before = rss_bytes(stack.api.proc.pid)
+    res = unchanged.client.upload("pets", archive)
+    assert res.status_code == 422 and "entries or more" in res.json()["detail"], res.text
+    assert rss_bytes(stack.api.proc.pid) - before < 50 * 1024**2

@@ -90,6 +90,17 @@ def nul_in_tar_name(p: Path) -> Path:
     return p / "a.tar.gz"
 
 
+def long_tar_header(p: Path) -> Path:
+    """A GNU long-name header of 1 MB: tarfile would read all of it into memory before any cap."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo("cats/" + "x" * 1024**2 + ".png")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+    (p / "a.tar.gz").write_bytes(buf.getvalue())
+    return p / "a.tar.gz"
+
+
 def latin1_csv(p: Path) -> Path:
     rows = "name,label\ncats/0.png,\xe9t\xe9\n".encode("latin-1")
     return write_zip(p / "a.zip", {**good_members(), "labels.csv": rows})
@@ -108,6 +119,7 @@ def deep_json(p: Path) -> Path:
     ("make", "fields", "message"),
     [
         (nul_in_tar_name, {}, "control character"),
+        (long_tar_header, {}, "extended tar header of 1,048,"),
         (latin1_csv, {"labels": "csv", "csv": "labels.csv"}, "not UTF-8"),
         (huge_field_csv, {"labels": "csv", "csv": "labels.csv"}, "field larger than field limit"),
         (deep_json, {"labels": "values", "csv": "t.json"}, "not valid JSON"),
@@ -129,3 +141,16 @@ def test_a_mask_that_claims_400_megapixels_is_rejected_with_a_reason(
     assert res.status_code == 201, res.text
     rejected = {r["key"]: r["reason"] for r in res.json()["rejected"]}
     assert "pixel limit" in rejected["images/0.png"]
+
+
+def test_a_table_naming_one_file_thousands_of_times_costs_one_check(victim: Victim, tmp_path: Path) -> None:
+    members = good_members()
+    rows = ["name,label", *(f"{k},{k.split('/')[0]}" for k in members), *(["cats/0.png,cats"] * 5000)]
+    members["labels.csv"] = "\n".join(rows).encode()
+    start = time.monotonic()
+    res = victim.client.upload("dupes", write_zip(tmp_path / "d.zip", members), labels="csv", csv="labels.csv")
+    assert res.status_code == 201, res.text
+    body = res.json()
+    assert body["n_items"] == 12 and time.monotonic() - start < 20
+    assert len(body["rejected"]) == 1001 and "listed on an earlier row" in body["rejected"][0]["reason"]
+    assert body["rejected"][-1] == {"key": "...", "reason": "4,000 more files rejected"}

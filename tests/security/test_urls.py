@@ -25,6 +25,7 @@ from tests.security.conftest import Victim
         ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo with a non-public client
         ("::ffff:169.254.169.254", False),
         ("fd00::1", False),
+        ("fec0::1", False),  # site-local
         ("8.8.8.8", True),
         ("2002:808:808::1", True),
         ("2606:4700:4700::1111", True),
