@@ -89,12 +89,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(f"project {name} ({project_id})")
             print(key)
         elif args.keys_verb == "list":
-            rows = list_keys(settings, args.project)
-            print(f"{'PROJECT':<20} {'ID':<36}  {'PREFIX':<10}  {'STATE':<8} {'ROLE':<6} {'EXPIRES':<20} NAME")
-            for project, k in rows:
-                expires = k.expires_at.strftime("%Y-%m-%d %H:%M") if k.expires_at else "never"
-                role = "admin" if k.admin else "member"
-                print(f"{project[:20]:<20} {k.id:<36}  {k.prefix:<10}  {k.state:<8} {role:<6} {expires:<20} {k.name}")
+            from cli.remote import table
+
+            rows = [
+                [
+                    project,
+                    k.id,
+                    k.prefix,
+                    k.state,
+                    "admin" if k.admin else "member",
+                    k.expires_at.strftime("%Y-%m-%d %H:%M") if k.expires_at else "never",
+                    k.name,
+                ]
+                for project, k in list_keys(settings, args.project)
+            ]
+            print(table(rows, ["PROJECT", "ID", "PREFIX", "STATE", "ROLE", "EXPIRES", "NAME"]))
         else:
             k = revoke_key(settings, args.key)
             print(f"revoked key {k.id} ({k.prefix}...); requests with it are refused from now on")
