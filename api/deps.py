@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 
 from api.errors import Problem
 from api.guard import CALLER
 from api.state import AppState
-from core.config import Settings
 from core.db import domain
-from core.db.session import session_scope
-from core.storage.base import ObjectStore
 
 
 def get_state(request: Request) -> AppState:
@@ -23,24 +18,6 @@ def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
-
-
-def get_settings(state: StateDep) -> Settings:
-    return state.settings
-
-
-def get_store(state: StateDep) -> ObjectStore:
-    return state.store
-
-
-def get_session(state: StateDep) -> Iterator[Session]:
-    with session_scope(state.sessions) as session:
-        yield session
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[ObjectStore, Depends(get_store)]
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def get_caller(request: Request) -> domain.Caller:

@@ -1,11 +1,24 @@
-"""HTTP shapes: their own pydantic models, separate from database rows and domain objects."""
+"""HTTP shapes: their own pydantic models, separate from database rows and domain objects. An answer about a
+domain object (a `Public`) is read off it by field name, so each resource's field list is written once, here."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.jobs.spec import JobKind, JobSettings
+
+
+class Public(BaseModel):
+    """An answer made from a domain object: each field is the object's attribute of the same name (a property
+    too); `extra` gives what the object does not hold (a URL, its dataset's name)."""
+
+    @classmethod
+    def of(cls, obj: object, **extra: Any) -> Self:
+        values = {name: getattr(obj, name) for name in cls.model_fields if name not in extra and hasattr(obj, name)}
+        return cls.model_validate({**values, **extra})
 
 
 class Rejection(BaseModel):
@@ -13,7 +26,7 @@ class Rejection(BaseModel):
     reason: str
 
 
-class DatasetPublic(BaseModel):
+class DatasetPublic(Public):
     id: str
     name: str
     version: int
@@ -49,45 +62,40 @@ class ItemsPublic(BaseModel):
     count: int
 
 
-class LabelsPublic(BaseModel):
+class LabelsPublic(Public):
     classes: list[str]
     counts: dict[str, dict[str, int]]
 
 
-class JobCreate(BaseModel):
-    """A job to queue. `pretrained` is 'imagenet', 'none' or a model id; `parent_job_id` continues from
-    that job's model (how stage 2 follows stage 1); `lr` is a number, [low, high], 'find' or 'auto'."""
+class JobCreate(JobSettings):
+    """A job to queue: the training settings of a job spec, with the spec's defaults and checks, and what only
+    a job over REST names: its kind, dataset, parent and queue. `parent_job_id` continues from that job's model
+    (how stage 2 follows stage 1) and takes its settings unless given; `lr` is a number, [low, high], 'find' or
+    'auto'."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["lr_find", "stage1", "stage2", "fine_tune", "interpret"]
+    kind: JobKind
     dataset_id: str = Field(max_length=36)
     dataset_version: int | None = Field(None, ge=1, description="default: the latest version")
-    arch: str | None = Field(
-        None, max_length=50, description="default: efficientnet_lite0 (ImageNet weights ship with it), or the parent's"
-    )
-    pretrained: str = Field("imagenet", max_length=36)
-    size: int = Field(224, ge=16, le=1024)
-    resize_method: Literal["crop", "squish", "pad"] = "crop"
-    plan: list[dict[str, Any]] | None = Field(
-        None,
-        max_length=8,
-        description="fine_tune, progressive resizing: [{size, freeze_epochs?, epochs?, lr?}, ...] in order (at most 8)",
-    )
-    bs: int = Field(64, ge=1, le=4096)
-    freeze_epochs: int = Field(1, ge=0, le=1000)
-    epochs: int = Field(1, ge=0, le=1000)
-    lr: float | list[float] | Literal["find", "auto"] | None = None
-    valid_pct: float = Field(0.2, gt=0, lt=1)
-    seed: int = 42
-    augment: bool = True
-    transforms: dict[str, float | bool] | None = Field(None, max_length=32)
-    metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"], max_length=16)
     parent_job_id: str | None = Field(None, max_length=36)
     queue: str | None = Field(None, max_length=100, description="one of the server's queues (default: its first)")
+    # Where a REST job differs from the spec: a model id for weights, and None for "the server decides".
+    pretrained: str = Field("imagenet", max_length=36, description="'imagenet', 'none', or a model of this project")
+    arch: str | None = Field(  # type: ignore[assignment]
+        None, max_length=50, description="default: efficientnet_lite0 (ImageNet weights ship with it), or the parent's"
+    )
+    lr: float | tuple[float, float] | Literal["find", "auto"] | None = Field(  # type: ignore[assignment]
+        None, description="default: 'auto' for stage2, 3e-3 for stage1, 2e-3 otherwise"
+    )
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _rate_range(cls, v: object) -> object:
+        if isinstance(v, list) and len(v) != 2:
+            raise ValueError("a rate range is [low, high]")
+        return v
 
 
-class JobPublic(BaseModel):
+class JobPublic(Public):
     id: str
     kind: str
     state: str
@@ -114,7 +122,7 @@ class JobsPublic(BaseModel):
     count: int
 
 
-class EpochRow(BaseModel):
+class EpochRow(Public):
     tag: str
     epoch: int
     train_loss: float | None
@@ -123,7 +131,7 @@ class EpochRow(BaseModel):
     metrics: dict[str, float | None]
 
 
-class BatchRow(BaseModel):
+class BatchRow(Public):
     tag: str
     iter: int
     epoch: int
@@ -139,7 +147,7 @@ class MetricsPublic(BaseModel):
     batches: list[BatchRow]
 
 
-class ArtifactPublic(BaseModel):
+class ArtifactPublic(Public):
     name: str
     size: int
     content_type: str
@@ -151,7 +159,7 @@ class ArtifactsPublic(BaseModel):
     count: int
 
 
-class ModelPublic(BaseModel):
+class ModelPublic(Public):
     id: str
     job_id: str
     arch: str
@@ -225,7 +233,7 @@ class KeyCreate(BaseModel):
     expires_in_days: float | None = Field(None, gt=0, le=3650, description="default: never expires")
 
 
-class KeyPublic(BaseModel):
+class KeyPublic(Public):
     id: str
     prefix: str = Field(description="the key's first characters, to recognise it")
     name: str

@@ -23,8 +23,9 @@ from PIL import Image
 from core.datasets.samples import SEGMENTATION_CODES, write_silhouette_masks
 from core.engine.callbacks import ChannelsLast, MixedPrecision
 from core.engine.data import DataConfig
-from core.engine.labelling import LabelledItems, from_csv
-from core.engine.learner import Callback
+from core.engine.events import Callback
+from core.engine.items import LabelledItems, MaskItems
+from core.engine.labelling import from_csv
 from core.engine.masks import from_mask_rule
 from core.engine.metrics import error_rate, pixel_accuracy
 from core.engine.transforms import get_transforms
@@ -48,7 +49,7 @@ def images_per_second(items: LabelledItems, args: argparse.Namespace, device: to
     """Train one cycle of args.epochs from scratch; training images seen per second (validation included)."""
     config = DataConfig(size=args.size, bs=args.bs, augment=get_transforms(), seed=0, num_workers=args.workers)
     cbs: list[Callback] = [MixedPrecision(), ChannelsLast()] if device.type == "cuda" else []
-    metric = pixel_accuracy if items.task == "segmentation" else error_rate
+    metric = pixel_accuracy if isinstance(items, MaskItems) else error_rate
     learn, _ = cnn_learner(items, args.arch, config, "none", [metric], cbs, device)
     learn.unfreeze()
     if device.type == "cuda":

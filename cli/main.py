@@ -230,7 +230,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """fitcycle predict."""
+    """fitcycle predict: one line per image, the same answer the REST API gives (--json), or a few words."""
+    from cli.answers import with_files
     from core.engine.inference import Predictor
 
     predictor = Predictor(args.bundle)
@@ -242,32 +243,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: {path}: cannot read the image: {exc}", file=sys.stderr)
             status = EXIT_BAD_INPUT
             continue
-        multi = {"labels": p.labels} if predictor.multi_label else {}
-        if predictor.task == "segmentation":
-            out = write_mask(Path(args.mask_dir), Path(path), p.mask_png())
-            shares = {c: round(v, 4) for c, v in p.shares.items()}
-            line = {"path": path, "mask": str(out), "shares": shares}
-            print(json.dumps(line) if args.json else f"{path}: mask {out}  {shares}")
-            continue
-        if predictor.task in ("points", "values"):
-            found = {"points": p.points} if predictor.task == "points" else {"values": p.values}
-            print(json.dumps({"path": path, **found}) if args.json else f"{path}: {found}")
-            continue
+        answer = with_files(p.public(), Path(path), Path(args.mask_dir))
         if args.json:
-            print(json.dumps({"path": path, "label": p.label, "index": p.index, "probs": p.probs, **multi}))
-        elif predictor.multi_label:
-            print(f"{path}: {' '.join(p.labels) or '(no label above its threshold)'}")
+            print(json.dumps({"path": path, **answer}))
         else:
-            print(f"{path}: {p.label} ({p.probs[p.index]:.3f})")
+            print(f"{path}: {p.text()}" + (f"  (mask: {answer['mask']})" if "mask" in answer else ""))
     return status
-
-
-def write_mask(mask_dir: Path, image: Path, png: bytes) -> Path:
-    """A predicted mask as MASK_DIR/<image stem>.mask.png (the local and the remote predict both)."""
-    out = mask_dir / f"{image.stem}.mask.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(png)
-    return out
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:

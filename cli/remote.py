@@ -4,7 +4,6 @@ job's server-sent events), fetch artifacts and predict. --url/--key or FITCYCLE_
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
@@ -13,6 +12,9 @@ from typing import Any
 
 import httpx
 from tqdm import tqdm
+
+from cli.answers import with_files
+from core.engine.rules import RULE_KINDS
 
 
 def add_remote_verbs(verbs: Any) -> None:
@@ -29,7 +31,7 @@ def add_remote_verbs(verbs: Any) -> None:
     up = common(ds.add_parser("upload", help="upload an archive as a new dataset version"))
     up.add_argument("name")
     up.add_argument("archive", type=Path)
-    up.add_argument("--labels", choices=["folder", "csv", "name_re", "points", "values", "masks"], default="folder")
+    up.add_argument("--labels", choices=RULE_KINDS, default="folder")
     up.add_argument("--csv", default=None, help="the CSV inside the archive (labels csv, points, values; masks: pairs)")
     up.add_argument("--pattern", default=None, help="labels name_re: group 1 is the label")
     up.add_argument(
@@ -297,11 +299,7 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
                 result = _check(http.post(f"/models/{args.model}/predict", files={"file": (image.name, f)}))
             if "predictions" in result:
                 result["predictions"] = result["predictions"][:5]
-            if "mask" in result:  # segmentation: the PNG goes to a file, its path into the line
-                from cli.main import write_mask
-
-                result["mask"] = str(write_mask(args.mask_dir, image, base64.b64decode(result["mask"])))
-            print(json.dumps({"path": str(image), **result}))
+            print(json.dumps({"path": str(image), **with_files(result, image, args.mask_dir)}))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from core.engine.export import export_bundle, read_manifest
 from core.engine.inference import Predictor
 from core.engine.learner import Learner
 from core.engine.pretrained import load_body
+from core.engine.tasks.classification import ClassPrediction
 from tests.test_learner import make_learner
 
 
@@ -48,14 +50,16 @@ def test_predictor_matches_the_learner_on_cpu(trained: tuple[Learner, Path], fas
     ds = learn.dls.valid.dataset
     paths = [ds.items.root / ds.key(i) for i in range(5)]
     preds = predictor.predict_batch(paths)
-    for i, p in enumerate(preds):
+    assert all(isinstance(p, ClassPrediction) for p in preds)
+    for i, p in enumerate(cast(list[ClassPrediction], preds)):
         assert p.probs == pytest.approx(logits[i].softmax(0).tolist(), abs=1e-5)
         assert p.label == predictor.classes[p.index] and abs(sum(p.probs) - 1) < 1e-5
     # A path, bytes and a PIL image give the same answer.
     one = predictor.predict(paths[0])
-    assert predictor.predict(paths[0].read_bytes()).probs == pytest.approx(one.probs)
-    assert predictor.predict(Image.open(paths[0])).probs == pytest.approx(one.probs)
-    assert one.ranked(predictor.classes)[0] == (one.label, max(one.probs))
+    assert isinstance(one, ClassPrediction)
+    assert predictor.predict(paths[0].read_bytes()).public() == pytest.approx(one.public())
+    assert predictor.predict(Image.open(paths[0])).public() == pytest.approx(one.public())
+    assert one.ranked()[0] == (one.label, max(one.probs)) == one.public()["top"]
 
 
 def test_a_bundle_can_be_the_next_pretrained_body(trained: tuple[Learner, Path]) -> None:

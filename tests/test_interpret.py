@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.engine.interpret import ClassificationInterpretation
 from core.engine.plots import plot_losses, show_batch
+from core.engine.tasks.classification import ClassificationInterpretation
 from tests.test_learner import make_learner
 
 

@@ -16,8 +16,9 @@ from core.engine.callbacks import CheckpointCallback, GradientAccumulation, Stop
 from core.engine.checkpoint import load_checkpoint, save_checkpoint
 from core.engine.data import DataConfig, ImageDataLoaders
 from core.engine.errors import CheckpointError
+from core.engine.events import Callback
 from core.engine.labelling import from_folder
-from core.engine.learner import NORM_TYPES, Callback, Learner
+from core.engine.learner import NORM_TYPES, Learner
 from core.engine.metrics import accuracy, error_rate
 from core.engine.model import create_cnn_model
 from core.engine.transforms import get_transforms

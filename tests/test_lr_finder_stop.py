@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.engine.learner import CancelFitException
+from core.engine.events import CancelFitException
 from core.engine.lr_finder import LRFinder
 
 

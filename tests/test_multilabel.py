@@ -15,8 +15,10 @@ import torch
 from core.datasets.samples import write_mosaics
 from core.engine.export import read_manifest
 from core.engine.inference import Predictor
+from core.engine.items import MultiLabelItems
 from core.engine.labelling import from_csv
 from core.engine.metrics import accuracy_thresh, fbeta
+from core.engine.tasks.multilabel import MultiLabelPrediction
 
 FITCYCLE = str(Path(sys.executable).parent / "fitcycle")
 
@@ -28,7 +30,7 @@ def mosaics(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_delimited_labels_make_multi_hot_targets(mosaics: Path) -> None:
     items = from_csv(mosaics, "labels.csv", label_col="tags", label_delim=" ")
-    assert items.multi_label and items.classes == ["bag", "dress", "sneaker", "trouser"]
+    assert isinstance(items, MultiLabelItems) and items.classes == ["bag", "dress", "sneaker", "trouser"]
     assert any(len(items.label_set(i)) >= 2 for i in range(len(items)))
     assert any(items.label_set(i) == [] for i in range(len(items)))  # all-blank mosaics carry no tag
 
@@ -110,6 +112,7 @@ def test_train_and_predict_multi_label_through_the_cli(mosaics: Path, tmp_path: 
     predictor = Predictor(out / "export")
     images = sorted((mosaics / "images").glob("*.png"))[:20]
     for p in predictor.predict_batch(images):
+        assert isinstance(p, MultiLabelPrediction)
         above = [c for c, v, t in zip(predictor.classes, p.probs, manifest["thresholds"], strict=True) if v > t]
         assert p.labels == above
     line = subprocess.run(

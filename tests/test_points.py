@@ -19,6 +19,8 @@ from core.engine.errors import DataError
 from core.engine.export import read_manifest
 from core.engine.inference import Predictor
 from core.engine.labelling import from_targets_csv, from_targets_json
+from core.engine.tasks import task_of
+from core.engine.tasks.points import PointsPrediction
 from core.engine.transforms import AugmentConfig, BatchAugment, get_transforms
 
 FITCYCLE = str(Path(sys.executable).parent / "fitcycle")
@@ -45,10 +47,10 @@ def test_points_follow_flips_rotation_and_zoom() -> None:
 
 def test_targets_load_and_resize_with_the_image(silhouettes: Path) -> None:
     items = from_targets_csv(silhouettes, "points.csv", "points")
-    assert items.task == "points" and items.classes == ["centroid", "top"]
+    assert task_of(items).name == "points" and items.classes == ["centroid", "top"]
     dls = ImageDataLoaders(items, DataConfig(size=48, resize_method="squish", bs=8, augment=None))
     _, y = dls.valid.dataset[0]
-    raw = items.targets[items.indices(True)[0]]  # type: ignore[index]
+    raw = items.targets[items.indices(True)[0]]
     assert y[0] == pytest.approx(raw[0] / 72 * 2 - 1, abs=1e-5) and y[1] == pytest.approx(raw[1] / 60 * 2 - 1, abs=1e-5)
     augmented = ImageDataLoaders(
         items, DataConfig(size=48, resize_method="squish", bs=8, augment=get_transforms(max_warp=0.0))
@@ -116,6 +118,7 @@ def test_train_and_predict_points_through_the_cli(silhouettes: Path, tmp_path: P
     errors = []
     for row in rows:
         p = predictor.predict(silhouettes / row["name"])
+        assert isinstance(p, PointsPrediction)
         truth = [(float(row["centroid_x"]), float(row["centroid_y"])), (float(row["top_x"]), float(row["top_y"]))]
         errors += [((px - tx) ** 2 + (py - ty) ** 2) ** 0.5 for (px, py), (tx, ty) in zip(p.points, truth, strict=True)]
     assert sum(errors) / len(errors) < 0.7 * _mean_point_error(silhouettes) * 66  # in pixels, ~ side 66
@@ -156,7 +159,7 @@ def test_targets_from_json_match_the_csv(silhouettes: Path, tmp_path: Path) -> N
     assert any("escapes the dataset folder" in r for r in reasons)
     values = [{"name": k, "values": [v[0][0] / 72]} for k, v in pairs.items()]
     (root / "values.json").write_text(json.dumps(values))
-    assert from_targets_json(root, "values.json", "values").task == "values"
+    assert task_of(from_targets_json(root, "values.json", "values")).name == "values"
     (root / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         from_targets_json(root, "bad.json")

@@ -24,10 +24,13 @@ from core.engine.data import DataConfig, ImageDataLoaders
 from core.engine.errors import DataError
 from core.engine.export import read_manifest
 from core.engine.inference import Predictor
+from core.engine.items import IGNORE_INDEX
 from core.engine.learner import NORM_TYPES, Learner
-from core.engine.masks import IGNORE_INDEX, from_mask_csv, from_mask_rule
+from core.engine.masks import from_mask_csv, from_mask_rule
 from core.engine.metrics import dice, mean_iou, pixel_accuracy
 from core.engine.model import layer_groups
+from core.engine.tasks import task_of
+from core.engine.tasks.segmentation import MaskPrediction
 from core.engine.transforms import AugmentConfig, BatchAugment, get_transforms
 from core.engine.unet import DynamicUnet
 from core.engine.vision import cnn_learner
@@ -45,7 +48,7 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_pairs_by_rule_and_by_csv(scenes: Path) -> None:
     items = from_mask_rule(scenes, void="void", valid_pct=0.25, seed=1)
-    assert items.task == "segmentation" and items.codes == list(SEGMENTATION_CODES)
+    assert task_of(items).name == "segmentation" and items.codes == list(SEGMENTATION_CODES)
     assert items.classes == ["brick", "grass", "gravel", "animal"] and items.void_code == 0
     assert len(items) == 240 and items.masks is not None and items.masks[0] == "masks/00000.png"
     by_csv = from_mask_csv(scenes, "pairs.csv", void="void", valid_pct=0.25, seed=1)
@@ -120,7 +123,7 @@ def test_unet_shapes_groups_and_freezing() -> None:
     groups = layer_groups(model, arch)
     assert len(groups) == 3
     dls = type("D", (), {"device": torch.device("cpu")})()
-    learn = Learner(dls, model, arch=arch)
+    learn = Learner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), arch=arch)
     learn.freeze()
     for module in model.encoder.modules():
         for p in module.parameters(recurse=False):
@@ -177,10 +180,10 @@ def test_train_and_predict_masks_through_the_cli(scenes: Path, tmp_path: Path) -
         manifest_path = tmp_path / method / "manifest.json"
         manifest_path.write_text(json.dumps({**manifest, "resize_method": method}))
         other = Predictor(tmp_path / method).predict(tmp_path / "big.png")
-        assert other.mask is not None and other.mask.size == (96, 72)
+        assert isinstance(other, MaskPrediction) and other.mask.size == (96, 72)
         assert (np.asarray(other.mask) == mask).mean() > 0.6, method  # the same scene, seen another way
     predicted = Predictor(out / "export").predict(scenes / "images" / "00000.png")
-    assert predicted.mask is not None and predicted.mask.size == (48, 48)
+    assert isinstance(predicted, MaskPrediction) and predicted.mask.size == (48, 48)
     known = truth != 0
     assert (mask == truth)[known].mean() > base["pixel_accuracy"]
 

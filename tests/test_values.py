@@ -66,4 +66,6 @@ def test_train_and_predict_values_through_the_cli(scenes: Path, tmp_path: Path) 
             timeout=120,
         ).stdout
     )
-    assert len(line["values"]) == 2 and all(isinstance(v, float) for v in line["values"])
+    # The CLI prints what the bundle's Predictor answers in-process: the same numbers, in the target order.
+    local = predictor.predict(scenes / "images" / "00000.png").public()
+    assert set(line) == {"path", "values"} and line["values"] == pytest.approx(local["values"], rel=1e-5)

@@ -16,12 +16,14 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
-from core.datasets.materialize import items_from_manifest, materialize
+from core.datasets.materialize import materialize
 from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.callbacks import TrainingStopped
 from core.engine.errors import FitcycleError
 from core.engine.export import read_manifest
+from core.engine.items import stored_items
+from core.jobs.rates import AutoRateHints
 from core.jobs.spec import TrainSpec
 from core.jobs.training import run_job
 from core.storage.base import ObjectStore, download_prefix
@@ -75,11 +77,12 @@ def resolve_spec(rt: Runtime, job: domain.Job, data: Path) -> TrainSpec:
             fields["init_bundle"] = str(fetch_bundle(rt, model))
             fields.setdefault("arch", model.arch)
             if job.kind == "stage2" and fields.get("lr", "auto") == "auto":
-                fields["stage1_lr"] = parent.result.get("lrs", {}).get("base_lr")
                 sweeps = repos.child_jobs(s, parent.id, "lr_find")
-                if sweeps:
-                    fields["lr_suggestion"] = sweeps[0].result["suggestions"]["valley"]
-                    fields["lr_suggestion_from"] = f"lr_find job {sweeps[0].id}"
+                sweep = sweeps[0] if sweeps else None
+                hints = AutoRateHints.from_results(
+                    parent.result, sweep.id if sweep else None, sweep.result if sweep else None
+                )
+                fields.update(hints.spec_fields())
     if isinstance(fields.get("lr"), list):
         fields["lr"] = tuple(fields["lr"])
     return TrainSpec(**fields)
@@ -118,7 +121,7 @@ def execute_job(rt: Runtime, job_id: str) -> str:
     try:
         folder, manifest = materialize(rt.store, version.prefix, rt.settings.cache_dir / "datasets")
         spec = resolve_spec(rt, job, folder / "files")
-        items = items_from_manifest(folder, manifest, spec.valid_pct, spec.seed)
+        items = stored_items(folder / "files", manifest, spec.valid_pct, spec.seed)
         result = run_job(spec, ctx, items)
         model_id = _register_model(rt, job, ctx, result) if job.kind in MODEL_KINDS else None
         if model_id is not None and rt.settings.drop_finished_checkpoints:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from api.deps import ProjectDep, SessionDep, StateDep
+from api.deps import ProjectDep, StateDep
 from api.schemas import DatasetPublic, DatasetsPublic, Deleted, ItemsPublic, LabelsPublic
 from api.services import datasets as service
-from core.datasets.ingest import LabelRule
-from core.db import repos
+from core.engine.rules import LabelRule, RuleKind
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -23,7 +22,7 @@ async def upload_dataset(
     project: ProjectDep,
     name: Annotated[str, Form()],
     archive: Annotated[UploadFile, File(description=".zip, .tar or .tar.gz of images")],
-    labels: Annotated[Literal["folder", "csv", "name_re", "points", "values", "masks"], Form()] = "folder",
+    labels: Annotated[RuleKind, Form()] = "folder",
     csv: Annotated[str | None, Form(description="labels=csv: the CSV file inside the archive")] = None,
     fn_col: Annotated[str, Form()] = "name",
     label_col: Annotated[str, Form()] = "label",
@@ -42,20 +41,20 @@ async def upload_dataset(
 ) -> DatasetPublic:
     """Upload an archive of images as a new immutable version of dataset `name`."""
     code_list = [c.strip() for c in codes.split(",")] if codes else None
-    rule = LabelRule(
-        labels,
-        csv,
-        fn_col,
-        label_col,
-        valid_col,
-        pattern,
-        label_delim,
-        code_list,
-        void,
-        images_dir,
-        mask_template,
-        mask_col,
-    )
+    fields = {
+        "csv": csv,
+        "fn_col": fn_col,
+        "label_col": label_col,
+        "valid_col": valid_col,
+        "pattern": pattern,
+        "label_delim": label_delim,
+        "codes": code_list,
+        "void": void,
+        "images_dir": images_dir,
+        "mask_template": mask_template,
+        "mask_col": mask_col,
+    }
+    rule = LabelRule.of(labels, fields)
     return await run_in_threadpool(
         service.upload, state, project, name, archive.filename or "", archive.file, rule, valid_pct, seed
     )
@@ -70,28 +69,22 @@ async def delete_dataset(
 
 
 @router.get("")
-def list_datasets(session: SessionDep, project: ProjectDep) -> DatasetsPublic:
+async def list_datasets(state: StateDep, project: ProjectDep) -> DatasetsPublic:
     """Every dataset of the project, each at its latest version."""
-    out = []
-    for d in repos.list_datasets(session, project.id):
-        versions = repos.dataset_versions(session, d.id)
-        if versions:
-            out.append(service.to_public(d, versions[-1], [v.version for v in versions]))
-    return DatasetsPublic(data=out, count=len(out))
+    return await run_in_threadpool(service.list_all, state, project)
 
 
 @router.get("/{dataset_id}")
-def get_dataset(
-    session: SessionDep, project: ProjectDep, dataset_id: str, version: Annotated[int | None, Query(ge=1)] = None
+async def get_dataset(
+    state: StateDep, project: ProjectDep, dataset_id: str, version: Annotated[int | None, Query(ge=1)] = None
 ) -> DatasetPublic:
     """One dataset at a version (default: the latest)."""
-    return service.to_public(*service.get_version(session, project, dataset_id, version))
+    return await run_in_threadpool(service.get, state, project, dataset_id, version)
 
 
 @router.get("/{dataset_id}/items", response_model_exclude_none=True)
-def list_items(
+async def list_items(
     state: StateDep,
-    session: SessionDep,
     project: ProjectDep,
     dataset_id: str,
     version: Annotated[int | None, Query(ge=1)] = None,
@@ -99,31 +92,29 @@ def list_items(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ItemsPublic:
     """The version's items: key, label, and the fixed split flag."""
-    _, v, _ = service.get_version(session, project, dataset_id, version)
-    data, count = service.items(state, v, offset, limit)
-    return ItemsPublic(data=data, count=count)
+    return await run_in_threadpool(service.items, state, project, dataset_id, version, offset, limit)
 
 
 @router.get("/{dataset_id}/labels")
-def get_labels(
-    session: SessionDep, project: ProjectDep, dataset_id: str, version: Annotated[int | None, Query(ge=1)] = None
+async def get_labels(
+    state: StateDep, project: ProjectDep, dataset_id: str, version: Annotated[int | None, Query(ge=1)] = None
 ) -> LabelsPublic:
     """Classes and counts per class and split."""
-    _, v, _ = service.get_version(session, project, dataset_id, version)
-    return LabelsPublic(classes=v.classes, counts=v.counts)
+    return await run_in_threadpool(service.labels, state, project, dataset_id, version)
 
 
 @router.get("/{dataset_id}/show_batch", response_class=Response, responses={200: {"content": {"image/png": {}}}})
 async def show_batch(
     state: StateDep,
-    session: SessionDep,
     project: ProjectDep,
     dataset_id: str,
     version: Annotated[int | None, Query(ge=1)] = None,
     size: Annotated[int, Query(ge=16, le=512)] = 128,
     seed: int = 42,
+    valid_pct: Annotated[
+        float | None, Query(gt=0, lt=1, description="a random split's validation share (default: the upload's)")
+    ] = None,
 ) -> Response:
-    """A PNG of one augmented training batch with its labels."""
-    _, v, _ = service.get_version(session, project, dataset_id, version)
-    png = await run_in_threadpool(service.show_batch_png, state, v, size, seed)
+    """A PNG of one augmented training batch with its labels (augmented as training would: points never warp)."""
+    png = await run_in_threadpool(service.show_batch, state, project, dataset_id, version, size, seed, valid_pct)
     return Response(png, media_type="image/png")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import os
-import tempfile
-import zipfile
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, File, Request, UploadFile
@@ -13,55 +11,42 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import ProjectDep, SessionDep, StateDep
-from api.errors import Problem, not_found
+from api.deps import ProjectDep, StateDep
+from api.errors import Problem
 from api.schemas import BatchPredictions, Deleted, FilePredictions, ModelPublic, ModelsPublic, Predictions, PredictUrl
-from api.services import models as models_service
+from api.services import models as service
 from api.services.urlfetch import fetch_image
-from core.db import domain, repos
-from core.db.session import session_scope
+from api.state import AppState
+from core.db import domain
 from core.engine.inference import Predictor
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
-def _public(request: Request, m: domain.Model) -> ModelPublic:
-    return ModelPublic(
-        id=m.id,
-        job_id=m.job_id,
-        arch=m.arch,
-        classes=m.classes,
-        metrics=m.metrics,
-        created_at=m.created_at,
-        bundle_url=str(request.url_for("download_bundle", model_id=m.id)),
-    )
+def _bundle_url(request: Request) -> Callable[[str], str]:
+    return lambda model_id: str(request.url_for("download_bundle", model_id=model_id))
 
 
-def _model(state: StateDep, project: domain.Project, model_id: str) -> domain.Model:
-    with session_scope(state.sessions) as s:
-        model = repos.get_model(s, model_id, project.id)
-    if model is None:
-        raise not_found("model", model_id)
-    return model
+def _model(state: AppState, project: domain.Project, model_id: str) -> domain.Model:
+    return service.find(state, project, model_id)
 
 
 @router.get("")
-def list_models(request: Request, session: SessionDep, project: ProjectDep) -> ModelsPublic:
+async def list_models(request: Request, state: StateDep, project: ProjectDep) -> ModelsPublic:
     """The project's models, oldest first."""
-    data = [_public(request, m) for m in repos.list_models(session, project.id)]
-    return ModelsPublic(data=data, count=len(data))
+    return await run_in_threadpool(service.list_all, state, project, _bundle_url(request))
 
 
 @router.get("/{model_id}")
-def get_model(request: Request, state: StateDep, project: ProjectDep, model_id: str) -> ModelPublic:
+async def get_model(request: Request, state: StateDep, project: ProjectDep, model_id: str) -> ModelPublic:
     """Metrics, classes and the job that made it."""
-    return _public(request, _model(state, project, model_id))
+    return await run_in_threadpool(service.get, state, project, model_id, _bundle_url(request))
 
 
 @router.delete("/{model_id}")
 async def delete_model(state: StateDep, project: ProjectDep, model_id: str) -> Deleted:
     """Delete a model and its bundle (the job that made it stays); 409 while queued or running jobs use it."""
-    return await run_in_threadpool(models_service.delete, state, project, model_id)
+    return await run_in_threadpool(service.delete, state, project, model_id)
 
 
 @router.get(
@@ -70,15 +55,9 @@ async def delete_model(state: StateDep, project: ProjectDep, model_id: str) -> D
     response_class=FileResponse,
     responses={200: {"content": {"application/zip": {}}}},
 )
-def download_bundle(state: StateDep, project: ProjectDep, model_id: str) -> FileResponse:
+async def download_bundle(state: StateDep, project: ProjectDep, model_id: str) -> FileResponse:
     """The export bundle (weights.safetensors + manifest.json) as a zip, streamed from a temporary file."""
-    model = _model(state, project, model_id)
-    fd, name = tempfile.mkstemp(prefix="fitcycle-bundle-", suffix=".zip")
-    with os.fdopen(fd, "wb") as out, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
-        for key in state.store.list(model.bundle_prefix + "/"):
-            with zf.open(key[len(model.bundle_prefix) + 1 :], "w") as member:
-                for block in state.store.open(key):
-                    member.write(block)
+    name = await run_in_threadpool(service.bundle_zip, state, project, model_id)
     return FileResponse(
         name,
         media_type="application/zip",
@@ -95,14 +74,7 @@ def _answer(predictor: Predictor, image: bytes, name: str) -> Predictions:
         raise Problem(
             422, "Unreadable image", f"'{name[:200]}' is not an image we can decode ({str(exc)[:200]})", file=name[:200]
         ) from None
-    if predictor.task == "points":
-        return Predictions(points=p.points)
-    if predictor.task == "values":
-        return Predictions(values=p.values)
-    if predictor.task == "segmentation":
-        return Predictions(mask=base64.b64encode(p.mask_png()).decode(), shares=p.shares)
-    ranked = p.ranked(predictor.classes)
-    return Predictions(top=ranked[0], predictions=ranked, labels=p.labels if predictor.multi_label else None)
+    return Predictions(**p.public())
 
 
 @router.post("/{model_id}/predict", response_model=Predictions | BatchPredictions, response_model_exclude_none=True)

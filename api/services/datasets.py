@@ -1,6 +1,6 @@
-"""Dataset uploads: the archive is extracted straight from the request's own spool (the guard capped the
+"""Datasets. Uploads: the archive is extracted straight from the request's own spool (the guard capped the
 body before it was read), ingested into the store, then the version is recorded in one transaction. A bad
-archive is a 4xx and leaves nothing behind."""
+archive is a 4xx and leaves nothing behind. Then: list and read them, their items, labels and a batch; delete."""
 
 from __future__ import annotations
 
@@ -14,15 +14,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Problem, not_found
-from api.schemas import DatasetPublic, Deleted, ItemPublic, Rejection
+from api.schemas import DatasetPublic, DatasetsPublic, Deleted, ItemPublic, ItemsPublic, LabelsPublic
 from api.state import AppState
 from core.datasets.archives import Limits
-from core.datasets.ingest import LabelRule, ingest_archive
+from core.datasets.ingest import ingest_archive
 from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.errors import DataError
 from core.engine.labelling import Rejected
+from core.engine.rules import LabelRule
 from core.engine.splits import lopsided_classes
+from core.storage.layout import dataset_version_prefix
 
 
 def check_quota(state: AppState, project: domain.Project, adding: int) -> None:
@@ -72,7 +74,7 @@ def upload(
         existing = next((d for d in repos.list_datasets(s, project.id) if d.name == name), None)
         dataset_id = existing.id if existing else repos.new_id()
         version = repos.next_version_number(s, existing.id) if existing else 1
-    prefix = f"projects/{project.id}/datasets/{dataset_id}/v{version}"
+    prefix = dataset_version_prefix(project.id, dataset_id, version)
     limits = Limits(settings.max_archive_files, settings.max_extracted_bytes, settings.max_archive_ratio)
     try:
         result = ingest_archive(src, filename, rule, state.store, prefix, limits, valid_pct, seed)
@@ -89,7 +91,7 @@ def upload(
                 id=repos.new_id(),
                 dataset_id=dataset_id,
                 version=version,
-                labels=rule.as_dict(),
+                labels=rule.as_dict() | {"valid_pct": valid_pct, "seed": seed},  # the split's settings too
                 split=result.split,
                 classes=items.classes,
                 counts=items.counts(),
@@ -107,25 +109,13 @@ def upload(
     except BaseException:
         state.store.delete_prefix(prefix + "/")
         raise
-    return to_public(dataset, row, versions)
+    return _public(dataset, row, versions)
 
 
-def to_public(dataset: domain.Dataset, v: domain.DatasetVersion, versions: list[int]) -> DatasetPublic:
-    return DatasetPublic(
-        id=dataset.id,
-        name=dataset.name,
-        version=v.version,
-        version_id=v.id,
-        labels=v.labels,
-        split=v.split,
-        classes=v.classes,
-        counts=v.counts,
-        n_items=v.n_items,
-        rejected=[Rejection(**r) for r in v.rejected],
-        created_at=v.created_at,
-        versions=versions,
-        warnings=lopsided_classes(v.counts, float(v.labels.get("valid_pct", 0.2))) if v.split == "random" else [],
-    )
+def _public(dataset: domain.Dataset, v: domain.DatasetVersion, versions: list[int]) -> DatasetPublic:
+    """The version as answered, under its dataset's id and name."""
+    warnings = lopsided_classes(v.counts, float(v.labels.get("valid_pct", 0.2))) if v.split == "random" else []
+    return DatasetPublic.of(v, id=dataset.id, name=dataset.name, version_id=v.id, versions=versions, warnings=warnings)
 
 
 def get_version(
@@ -144,26 +134,73 @@ def get_version(
     return dataset, chosen, [v.version for v in versions]
 
 
-def items(state: AppState, version: domain.DatasetVersion, offset: int, limit: int) -> tuple[list[ItemPublic], int]:
-    manifest: dict[str, Any] = json.loads(state.store.get_bytes(f"{version.prefix}/manifest.json"))
+def _version(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> domain.DatasetVersion:
+    with session_scope(state.sessions) as s:
+        return get_version(s, project, dataset_id, version)[1]
+
+
+def list_all(state: AppState, project: domain.Project) -> DatasetsPublic:
+    """Every dataset of the project, each at its latest version."""
+    out = []
+    with session_scope(state.sessions) as s:
+        for d in repos.list_datasets(s, project.id):
+            versions = repos.dataset_versions(s, d.id)
+            if versions:
+                out.append(_public(d, versions[-1], [v.version for v in versions]))
+    return DatasetsPublic(data=out, count=len(out))
+
+
+def get(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> DatasetPublic:
+    with session_scope(state.sessions) as s:
+        return _public(*get_version(s, project, dataset_id, version))
+
+
+def labels(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> LabelsPublic:
+    return LabelsPublic.of(_version(state, project, dataset_id, version))
+
+
+def items(
+    state: AppState, project: domain.Project, dataset_id: str, version: int | None, offset: int, limit: int
+) -> ItemsPublic:
+    v = _version(state, project, dataset_id, version)
+    manifest: dict[str, Any] = json.loads(state.store.get_bytes(f"{v.prefix}/manifest.json"))
     rows = manifest["items"]
-    return [ItemPublic(**r) for r in rows[offset : offset + limit]], len(rows)
+    return ItemsPublic(data=[ItemPublic(**r) for r in rows[offset : offset + limit]], count=len(rows))
 
 
-def show_batch_png(state: AppState, version: domain.DatasetVersion, size: int, seed: int) -> bytes:
-    """A PNG of one augmented training batch, as the engine would train on it (cached in the store)."""
-    # Only the default picture is kept in the store: any other size or seed is drawn anew, so that a loop
-    # over seeds cannot fill the project's storage outside its quota.
-    key = f"{version.prefix}/show_batch-{size}-{seed}.png" if (size, seed) == (128, 42) else None
+def show_batch(
+    state: AppState,
+    project: domain.Project,
+    dataset_id: str,
+    version: int | None,
+    size: int,
+    seed: int,
+    valid_pct: float | None = None,
+) -> bytes:
+    return show_batch_png(state, _version(state, project, dataset_id, version), size, seed, valid_pct)
+
+
+def show_batch_png(
+    state: AppState, version: domain.DatasetVersion, size: int, seed: int, valid_pct: float | None = None
+) -> bytes:
+    """A PNG of one augmented training batch, as the engine would train on it (cached in the store). A random
+    split is drawn with `valid_pct` (default: the upload's), as a job with that valid_pct would draw it."""
+    uploaded = float(version.labels.get("valid_pct", 0.2))
+    valid_pct = uploaded if valid_pct is None else valid_pct
+    # Only the default picture is kept in the store: any other size, seed or split is drawn anew, so that a
+    # loop over seeds cannot fill the project's storage outside its quota.
+    default = (size, seed, valid_pct) == (128, 42, uploaded)
+    key = f"{version.prefix}/show_batch-{size}-{seed}.png" if default else None
     if key is not None and state.store.exists(key):
         return state.store.get_bytes(key)
-    from core.datasets.materialize import items_from_manifest, materialize
+    from core.datasets.materialize import materialize
     from core.engine.data import DataConfig, ImageDataLoaders
+    from core.engine.items import stored_items
     from core.engine.plots import show_batch
     from core.engine.transforms import get_transforms
 
     folder, manifest = materialize(state.store, version.prefix, state.settings.cache_dir / "datasets")
-    labelled = items_from_manifest(folder, manifest, 0.2, seed)
+    labelled = stored_items(folder / "files", manifest, valid_pct, seed)
     dls = ImageDataLoaders(labelled, DataConfig(size=size, bs=16, augment=get_transforms(), seed=seed))
     out = Path(tempfile.mkdtemp()) / "batch.png"
     try:

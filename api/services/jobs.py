@@ -1,15 +1,29 @@
 """Jobs: validate the spec, write the row, commit, THEN enqueue (the row is the truth, the message
-only carries its id); cancel; and the public shapes."""
+only carries its id); list and read them, their metrics, live events and artifacts; cancel and delete."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.errors import Problem, not_found
-from api.schemas import Deleted, JobCreate, JobPublic
+from api.schemas import (
+    ArtifactPublic,
+    ArtifactsPublic,
+    BatchRow,
+    Deleted,
+    EpochRow,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    MetricsPublic,
+)
 from api.services.datasets import check_quota, get_version
 from api.state import AppState
 from core.broker import enqueue
@@ -124,10 +138,6 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
         fields = body.model_dump(
             exclude={"dataset_id", "dataset_version", "parent_job_id", "queue", "kind"}, exclude_none=True
         )
-        if isinstance(body.lr, list):
-            if len(body.lr) != 2:
-                raise Problem(422, "Invalid job", "lr: a rate range is [low, high]")
-            fields["lr"] = tuple(body.lr)
         if body.lr is None:
             fields["lr"] = "auto" if body.kind == "stage2" else 3e-3 if body.kind == "stage1" else 2e-3
         parent = _parent(s, project, body)
@@ -169,57 +179,115 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
     with session_scope(state.sessions) as s:
         fresh = repos.get_job(s, job.id)
     assert fresh is not None
-    return to_public(fresh)
+    return JobPublic.of(fresh)
 
 
 def _json(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
 
 
+def _job(s: Session, project: domain.Project, job_id: str) -> domain.Job:
+    job = repos.get_job(s, job_id, project.id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+def find(state: AppState, project: domain.Project, job_id: str) -> domain.Job:
+    """The job, or 404 when this project has none by that id."""
+    with session_scope(state.sessions) as s:
+        return _job(s, project, job_id)
+
+
+def list_all(state: AppState, project: domain.Project, offset: int, limit: int) -> JobsPublic:
+    with session_scope(state.sessions) as s:
+        jobs, count = repos.list_jobs(s, project.id, limit, offset)
+    return JobsPublic(data=[JobPublic.of(j) for j in jobs], count=count)
+
+
+def get(state: AppState, project: domain.Project, job_id: str) -> JobPublic:
+    return JobPublic.of(find(state, project, job_id))
+
+
+def metrics(state: AppState, project: domain.Project, job_id: str) -> MetricsPublic:
+    with session_scope(state.sessions) as s:
+        _job(s, project, job_id)
+        epochs = [EpochRow.of(e) for e in repos.epoch_metrics(s, job_id)]
+        batches = [BatchRow.of(b) for _, b in repos.batch_metrics(s, job_id)]
+    return MetricsPublic(epochs=epochs, batches=batches)
+
+
+def artifacts(state: AppState, project: domain.Project, job_id: str, url: Callable[[str], str]) -> ArtifactsPublic:
+    """The job's artifacts, each with its download `url(name)`."""
+    with session_scope(state.sessions) as s:
+        _job(s, project, job_id)
+        data = [ArtifactPublic.of(a, url=url(a.name)) for a in repos.artifacts(s, job_id)]
+    return ArtifactsPublic(data=data, count=len(data))
+
+
+def open_artifact(
+    state: AppState, project: domain.Project, job_id: str, name: str
+) -> tuple[domain.Artifact, Iterator[bytes]]:
+    """One artifact's record and its bytes, streamed from the store."""
+    with session_scope(state.sessions) as s:
+        _job(s, project, job_id)
+        artifact = repos.get_artifact(s, job_id, name)
+    if artifact is None:
+        raise not_found("artifact", name)
+    return artifact, state.store.open(artifact.key)
+
+
+def _snapshot(
+    state: AppState, key: str, job_id: str, after_batch: int
+) -> tuple[domain.Job | None, list[domain.EpochMetric], list[tuple[int, domain.BatchMetric]]]:
+    with session_scope(state.sessions) as s:
+        if repos.caller_for_key(s, key) is None:  # revoked or expired while the stream was open
+            return None, [], []
+        return repos.get_job(s, job_id), repos.epoch_metrics(s, job_id), repos.batch_metrics(s, job_id, after_batch)
+
+
+async def events(
+    state: AppState, key: str, job_id: str, disconnected: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[str]:
+    """Server-sent events until the job is over, the client left or its key stopped working: `state` on
+    every change, `epoch` and `batch` rows as they arrive, and `end`."""
+    last_batch, sent_epochs, last_state = 0, 0, None
+    while not await disconnected():
+        job, epochs, batches = await run_in_threadpool(_snapshot, state, key, job_id, last_batch)
+        if job is None:
+            return
+        for row_id, b in batches:
+            last_batch = row_id
+            yield f"event: batch\ndata: {json.dumps(b.__dict__)}\n\n"
+        for e in epochs[sent_epochs:]:
+            yield f"event: epoch\ndata: {json.dumps(e.__dict__)}\n\n"
+        sent_epochs = len(epochs)
+        public = JobPublic.of(job)
+        current = (public.state, public.epoch, public.batch)
+        if current != last_state:
+            last_state = current
+            yield f"event: state\ndata: {public.model_dump_json()}\n\n"
+        if job.is_terminal:
+            yield f"event: end\ndata: {json.dumps({'state': job.state})}\n\n"
+            return
+        await asyncio.sleep(0.5)
+
+
 def cancel(state: AppState, project: domain.Project, job_id: str) -> JobPublic:
     with session_scope(state.sessions) as s:
-        job = repos.get_job(s, job_id, project.id)
-        if job is None:
-            raise not_found("job", job_id)
+        job = _job(s, project, job_id)
         if job.is_terminal:
             raise Problem(409, "Already finished", f"job {job_id} is {job.state}; nothing to cancel")
         updated = repos.request_cancel(s, job_id)
     assert updated is not None
-    return to_public(updated)
-
-
-def to_public(job: domain.Job) -> JobPublic:
-    p = job.progress or {}
-    return JobPublic(
-        id=job.id,
-        kind=job.kind,
-        state=job.state,
-        dataset_version_id=job.dataset_version_id,
-        parent_job_id=job.parent_job_id,
-        queue=job.queue,
-        spec=job.spec,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        attempts=job.attempts,
-        cancel_requested=job.cancel_requested,
-        epoch=p.get("epoch"),
-        batch=p.get("batch"),
-        eta_seconds=p.get("eta_seconds"),
-        progress=p,
-        result=job.result,
-        error=job.error,
-        model_id=job.model_id,
-    )
+    return JobPublic.of(updated)
 
 
 def delete(state: AppState, project: domain.Project, job_id: str) -> Deleted:
     """Delete a finished job with its metrics and stored artifacts; 409 while it runs, while it has a model,
     or while other jobs continue from it."""
     with session_scope(state.sessions) as s:
-        job = repos.get_job(s, job_id, project.id)
-        if job is None:
-            raise not_found("job", job_id)
+        job = _job(s, project, job_id)
         if not job.is_terminal:
             raise Problem(409, "Job not finished", f"job {job_id} is {job.state}; cancel it, then delete it")
         if job.model_id is not None:

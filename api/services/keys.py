@@ -12,32 +12,19 @@ from core.db.models import utcnow
 from core.db.session import session_scope
 
 
-def to_public(key: domain.ApiKey) -> KeyPublic:
-    return KeyPublic(
-        id=key.id,
-        prefix=key.prefix,
-        name=key.name,
-        admin=key.admin,
-        state=key.state,
-        created_at=key.created_at,
-        expires_at=key.expires_at,
-        revoked_at=key.revoked_at,
-    )
-
-
 def create(state: AppState, admin: domain.Caller, body: KeyCreate) -> KeyCreated:
     expires = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
     with session_scope(state.sessions) as s:
         key, record = repos.create_api_key(
             s, admin.project.id, name=body.name.strip(), admin=body.admin, expires_at=expires
         )
-    return KeyCreated(**to_public(record).model_dump(), key=key)
+    return KeyCreated.of(record, key=key)
 
 
 def list_all(state: AppState, admin: domain.Caller) -> KeysPublic:
     with session_scope(state.sessions) as s:
         keys = [k for _, k in repos.list_api_keys(s, admin.project.id)]
-    return KeysPublic(data=[to_public(k) for k in keys], count=len(keys))
+    return KeysPublic(data=[KeyPublic.of(k) for k in keys], count=len(keys))
 
 
 def revoke(state: AppState, admin: domain.Caller, key_id: str) -> KeysPublic:

@@ -1,12 +1,56 @@
-"""Models: deleting one (its bundle goes from storage and from the predictor cache)."""
+"""Models: list and read them, zip a bundle for download, and delete one (its bundle goes from storage and
+from the predictor cache)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable
+
 from api.errors import Problem, not_found
-from api.schemas import Deleted
+from api.schemas import Deleted, ModelPublic, ModelsPublic
 from api.state import AppState
 from core.db import domain, repos
 from core.db.session import session_scope
+
+
+def find(state: AppState, project: domain.Project, model_id: str) -> domain.Model:
+    """The model, or 404 when this project has none by that id."""
+    with session_scope(state.sessions) as s:
+        model = repos.get_model(s, model_id, project.id)
+    if model is None:
+        raise not_found("model", model_id)
+    return model
+
+
+def list_all(state: AppState, project: domain.Project, bundle_url: Callable[[str], str]) -> ModelsPublic:
+    """The project's models, oldest first, each with `bundle_url(model id)`."""
+    with session_scope(state.sessions) as s:
+        models = repos.list_models(s, project.id)
+    data = [ModelPublic.of(m, bundle_url=bundle_url(m.id)) for m in models]
+    return ModelsPublic(data=data, count=len(data))
+
+
+def get(state: AppState, project: domain.Project, model_id: str, bundle_url: Callable[[str], str]) -> ModelPublic:
+    return ModelPublic.of(find(state, project, model_id), bundle_url=bundle_url(model_id))
+
+
+def bundle_zip(state: AppState, project: domain.Project, model_id: str) -> str:
+    """The export bundle (weights.safetensors + manifest.json) as a zip in a temporary file, streamed from the
+    store into it; the caller deletes the file."""
+    model = find(state, project, model_id)
+    fd, name = tempfile.mkstemp(prefix="fitcycle-bundle-", suffix=".zip")
+    try:
+        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+            for key in state.store.list(model.bundle_prefix + "/"):
+                with zf.open(key[len(model.bundle_prefix) + 1 :], "w") as member:
+                    for block in state.store.open(key):
+                        member.write(block)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return name
 
 
 def delete(state: AppState, project: domain.Project, model_id: str) -> Deleted:

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
-JOB_STATES = ("queued", "running", *TERMINAL_STATES)
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,21 @@ class Job:
     def is_terminal(self) -> bool:
         """True once the job succeeded, failed or was cancelled."""
         return self.state in TERMINAL_STATES
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch it is in, from its last progress report."""
+        return self.progress.get("epoch")
+
+    @property
+    def batch(self) -> int | None:
+        """The batch of that epoch it is at."""
+        return self.progress.get("batch")
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds its worker expects the current stage still to take."""
+        return self.progress.get("eta_seconds")
 
 
 @dataclass(frozen=True)

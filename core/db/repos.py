@@ -7,8 +7,8 @@ import math
 import secrets
 import uuid
 from dataclasses import fields
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -29,7 +29,10 @@ from core.db.models import (
     utcnow,
 )
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+D = TypeVar("D", bound="DataclassInstance")
 KEY_PREFIX = "fc_"
 
 
@@ -38,16 +41,15 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def _to(cls: type[T], row: object) -> T:
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    return cls(**{n: getattr(row, n) for n in names})
+def _to(cls: type[D], row: object) -> D:
+    """A domain object from a row: each of the dataclass's fields read from the row's attribute of the same
+    name (so the dataclass is the one field list), and every datetime in UTC."""
+    return cls(**{f.name: _utc(getattr(row, f.name)) for f in fields(cls)})
 
 
-def _aware(t: datetime | None) -> datetime | None:
+def _utc(value: Any) -> Any:
     """SQLite hands back naive datetimes; treat them as the UTC they were written in."""
-    from datetime import UTC
-
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+    return value.replace(tzinfo=UTC) if isinstance(value, datetime) and value.tzinfo is None else value
 
 
 # ----- projects and keys ---------------------------------------------------------------------------
@@ -86,14 +88,7 @@ def create_api_key(
     )
     s.add(row)
     s.flush()
-    return key, _api_key(row)
-
-
-def _api_key(row: ApiKeyRow) -> d.ApiKey:
-    key = _to(d.ApiKey, row)
-    for name in ("created_at", "expires_at", "revoked_at"):
-        object.__setattr__(key, name, _aware(getattr(key, name)))
-    return key
+    return key, _to(d.ApiKey, row)
 
 
 def caller_for_key(s: Session, key: str) -> d.Caller | None:
@@ -106,7 +101,7 @@ def caller_for_key(s: Session, key: str) -> d.Caller | None:
     ).first()
     if found is None:
         return None
-    record = _api_key(found[1])
+    record = _to(d.ApiKey, found[1])
     if record.state != "active":
         return None
     return d.Caller(_to(d.Project, found[0]), record)
@@ -117,7 +112,7 @@ def list_api_keys(s: Session, project_id: str | None = None) -> list[tuple[str, 
     q = select(ProjectRow.name, ApiKeyRow).join(ProjectRow, ApiKeyRow.project_id == ProjectRow.id)
     if project_id is not None:
         q = q.where(ApiKeyRow.project_id == project_id)
-    return [(name, _api_key(row)) for name, row in s.execute(q.order_by(ApiKeyRow.created_at))]
+    return [(name, _to(d.ApiKey, row)) for name, row in s.execute(q.order_by(ApiKeyRow.created_at))]
 
 
 def find_api_keys(s: Session, ref: str) -> list[d.ApiKey]:
@@ -127,7 +122,7 @@ def find_api_keys(s: Session, ref: str) -> list[d.ApiKey]:
     rows = rows or list(s.scalars(select(ApiKeyRow).where(ApiKeyRow.id == ref)))
     if not rows and len(ref) >= 6:
         rows = list(s.scalars(select(ApiKeyRow).where(ApiKeyRow.prefix.startswith(ref[:10], autoescape=True))))
-    return [_api_key(r) for r in rows]
+    return [_to(d.ApiKey, r) for r in rows]
 
 
 def revoke_api_key(s: Session, key_id: str) -> d.ApiKey | None:
@@ -138,19 +133,10 @@ def revoke_api_key(s: Session, key_id: str) -> d.ApiKey | None:
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         s.flush()
-    return _api_key(row)
+    return _to(d.ApiKey, row)
 
 
 # ----- datasets ------------------------------------------------------------------------------------
-def get_or_create_dataset(s: Session, project_id: str, name: str) -> d.Dataset:
-    row = s.scalar(select(DatasetRow).where(DatasetRow.project_id == project_id, DatasetRow.name == name))
-    if row is None:
-        row = DatasetRow(id=new_id(), project_id=project_id, name=name)
-        s.add(row)
-        s.flush()
-    return _to(d.Dataset, row)
-
-
 def create_dataset(s: Session, dataset_id: str, project_id: str, name: str) -> d.Dataset:
     row = DatasetRow(id=dataset_id, project_id=project_id, name=name)
     s.add(row)
@@ -216,32 +202,25 @@ def get_version(s: Session, version_id: str) -> d.DatasetVersion | None:
 
 
 # ----- jobs: the state machine -----------------------------------------------------------------------
-def _job(row: JobRow) -> d.Job:
-    job = _to(d.Job, row)
-    for name in ("created_at", "enqueued_at", "started_at", "finished_at", "lease_expires_at"):
-        object.__setattr__(job, name, _aware(getattr(job, name)))
-    return job
-
-
 def create_job(s: Session, **values: Any) -> d.Job:
     row = JobRow(id=new_id(), state="queued", **values)
     s.add(row)
     s.flush()
-    return _job(row)
+    return _to(d.Job, row)
 
 
 def get_job(s: Session, job_id: str, project_id: str | None = None) -> d.Job | None:
     row = s.get(JobRow, job_id)
     if row is None or (project_id is not None and row.project_id != project_id):
         return None
-    return _job(row)
+    return _to(d.Job, row)
 
 
 def list_jobs(s: Session, project_id: str, limit: int = 100, offset: int = 0) -> tuple[list[d.Job], int]:
     q = select(JobRow).where(JobRow.project_id == project_id)
     total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
     rows = s.scalars(q.order_by(JobRow.created_at.desc()).limit(limit).offset(offset))
-    return [_job(r) for r in rows], total
+    return [_to(d.Job, r) for r in rows], total
 
 
 def mark_enqueued(s: Session, job_id: str) -> None:
@@ -361,7 +340,7 @@ def child_jobs(s: Session, parent_job_id: str, kind: str, state: str = "succeede
         .where(JobRow.parent_job_id == parent_job_id, JobRow.kind == kind, JobRow.state == state)
         .order_by(JobRow.finished_at.desc())
     )
-    return [_job(r) for r in rows]
+    return [_to(d.Job, r) for r in rows]
 
 
 # ----- metrics (idempotent: a resumed job re-reporting an epoch replaces it) ---------------------------
@@ -483,18 +462,18 @@ def list_models(s: Session, project_id: str) -> list[d.Model]:
 def jobs_on_versions(s: Session, version_ids: list[str]) -> list[d.Job]:
     """Every job that trained or evaluated on one of these dataset versions."""
     rows = s.scalars(select(JobRow).where(JobRow.dataset_version_id.in_(version_ids)).order_by(JobRow.created_at))
-    return [_job(r) for r in rows]
+    return [_to(d.Job, r) for r in rows]
 
 
 def children_of(s: Session, job_id: str) -> list[d.Job]:
     """Jobs that continue from this one (any kind, any state)."""
-    return [_job(r) for r in s.scalars(select(JobRow).where(JobRow.parent_job_id == job_id))]
+    return [_to(d.Job, r) for r in s.scalars(select(JobRow).where(JobRow.parent_job_id == job_id))]
 
 
 def jobs_using_model(s: Session, project_id: str, model_id: str) -> list[d.Job]:
     """Queued or running jobs that start from this model (pretrained = its id)."""
     rows = s.scalars(select(JobRow).where(JobRow.project_id == project_id, JobRow.state.in_(("queued", "running"))))
-    return [_job(r) for r in rows if (r.spec or {}).get("pretrained_model_id") == model_id]
+    return [_to(d.Job, r) for r in rows if (r.spec or {}).get("pretrained_model_id") == model_id]
 
 
 def delete_dataset_version(s: Session, version_id: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from core.engine.learner import Callback, CancelStepException
+from core.engine.events import Callback, CancelStepException
 from core.engine.metrics import metric_name
 from core.engine.schedules import one_cycle_lr, one_cycle_mom
 

@@ -3,19 +3,18 @@ batch to the training device, augment it there and normalize it [fastai: ImageDa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.engine.images import open_rgb
-from core.engine.labelling import LabelledItems
-from core.engine.masks import IGNORE_INDEX, open_mask
+from core.engine.items import LabelledItems
+from core.engine.tasks import Grid, Task, task_of
 from core.engine.transforms import (
     IMAGENET_STATS,
     AugmentConfig,
@@ -23,19 +22,7 @@ from core.engine.transforms import (
     Normalize,
     ResizeMethod,
     image_to_uint8_tensor,
-    resize_image,
-    resize_map,
 )
-
-
-def mask_lookup(items: LabelledItems) -> np.ndarray:
-    """Mask value -> class index (int64), with the void code mapped to the ignore index."""
-    assert items.codes is not None
-    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
-    for value, name in enumerate(items.codes):
-        if value != items.void_code:
-            lut[value] = items.classes.index(name)
-    return lut
 
 
 def derived_seed(*parts: int | str) -> int:
@@ -45,73 +32,36 @@ def derived_seed(*parts: int | str) -> int:
 
 
 class ImageItemsDataset(Dataset[tuple[torch.Tensor, Any]]):
-    """Indexable (uint8 CHW image, class index) pairs. A random crop is seeded per (seed, epoch, item)."""
+    """Indexable (uint8 CHW image, target) pairs; the task makes the target on the image's grid. A random
+    crop is seeded per (seed, stream, epoch, item)."""
 
     def __init__(
         self,
         items: LabelledItems,
+        task: Task,
         indices: list[int],
-        class_to_idx: dict[str, int],
         size: int,
         method: ResizeMethod,
         random_crop: bool,
         seed: int,
     ) -> None:
-        self.items, self.indices, self.class_to_idx = items, indices, class_to_idx
+        self.items, self.task, self.indices = items, task, indices
         self.size, self.method, self.random_crop, self.seed = size, method, random_crop, seed
         self.stream, self.epoch = 0, 0
-        if items.target_kind == "mask":
-            self.mask_lut = mask_lookup(items)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
         idx = self.indices[i]
-        seed = derived_seed(self.seed, self.stream, self.epoch, idx)
-        rng = np.random.default_rng(seed) if self.random_crop else None
         original = open_rgb(self.items.path(idx))
-        img = resize_image(original, self.size, self.method, rng)
-        if self.items.target_kind == "points":
-            # The same crop as the image (a generator with the same seed draws the same position).
-            again = np.random.default_rng(seed) if self.random_crop else None
-            ax, bx, ay, by = resize_map(original.width, original.height, self.size, self.method, again)
-            xy = torch.tensor(self.items.targets[idx], dtype=torch.float32).view(-1, 2)  # type: ignore[index]
-            xy = torch.stack([xy[:, 0] * ax + bx, xy[:, 1] * ay + by], dim=1) / self.size * 2 - 1
-            return image_to_uint8_tensor(img), xy.flatten()
-        if self.items.target_kind == "mask":
-            # The same crop as the image, nearest-neighbour; pad fills with the void code (ignored) if any.
-            again = np.random.default_rng(seed) if self.random_crop else None
-            void = self.items.void_code
-            mask = resize_image(
-                open_mask(self.items.mask_path(idx)),
-                self.size,
-                self.method,
-                again,
-                Image.Resampling.NEAREST,
-                fill=0 if void is None else void,
-            )
-            return image_to_uint8_tensor(img), torch.from_numpy(self.mask_lut[np.asarray(mask)])
-        if self.items.target_kind == "values":
-            return image_to_uint8_tensor(img), torch.tensor(self.items.targets[idx], dtype=torch.float32)  # type: ignore[index]
-        return image_to_uint8_tensor(img), self.target(idx)
-
-    def target(self, idx: int) -> Any:
-        """A class index, or for multi-label data a multi-hot float vector."""
-        if not self.items.multi_label:
-            return self.class_to_idx[self.items.labels[idx]]
-        hot = torch.zeros(len(self.class_to_idx))
-        for c in self.items.label_set(idx):
-            hot[self.class_to_idx[c]] = 1.0
-        return hot
+        seed = derived_seed(self.seed, self.stream, self.epoch, idx) if self.random_crop else None
+        grid = Grid(original.width, original.height, self.size, self.method, seed)
+        return image_to_uint8_tensor(grid.resize(original)), self.task.target(self.items, idx, grid)
 
     def key(self, i: int) -> str:
         """The item's stable key (its path relative to the dataset root)."""
         return self.items.keys[self.indices[i]]
-
-    def label(self, i: int) -> str:
-        """The item's label."""
-        return self.items.labels[self.indices[i]]
 
 
 class EpochSampler(Sampler[int]):
@@ -193,16 +143,7 @@ class DeviceLoader:
             yb = yb.to(self.device, non_blocking=True)
             if self.augment is not None:
                 gen = torch.Generator().manual_seed(derived_seed(self.seed, "aug", self.stream, self.epoch, batch_idx))
-                if self.dataset.items.target_kind == "points":
-                    x, moved, _ = self.augment.apply(x, gen, yb.view(len(yb), -1, 2))
-                    assert moved is not None
-                    yb = moved.reshape(len(yb), -1)
-                elif self.dataset.items.target_kind == "mask":
-                    x, _, masks = self.augment.apply(x, gen, masks=yb)
-                    assert masks is not None
-                    yb = masks
-                else:
-                    x = self.augment(x, gen)
+                x, yb = self.dataset.task.augment(self.augment, x, yb, gen)
             yield self.normalize(x), yb
             batch_idx += 1
         self.set_epoch(self.epoch, 0)
@@ -221,7 +162,7 @@ class DataConfig:
 
 
 class ImageDataLoaders:
-    """Train and valid loaders over LabelledItems, with the classes and normalization they share."""
+    """Train and valid loaders over labelled items, with the task, classes and normalization they share."""
 
     def __init__(
         self,
@@ -230,42 +171,31 @@ class ImageDataLoaders:
         stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.items, self.config = items, config
+        self.items = items
+        self.task = task_of(items)
         self.device = torch.device(device)
         self.classes = list(items.classes)
-        class_to_idx = {c: i for i, c in enumerate(self.classes)}
         workers = config.num_workers
         if workers is None:
             workers = 0 if self.device.type == "cpu" else min(8, torch.multiprocessing.cpu_count())
-        c = config
-
-        train_ds = ImageItemsDataset(items, items.indices(False), class_to_idx, c.size, c.resize_method, True, c.seed)
-        valid_ds = ImageItemsDataset(items, items.indices(True), class_to_idx, c.size, c.resize_method, False, c.seed)
-        if len(train_ds) < c.bs:
+        n_train = len(items.indices(False))
+        if n_train < config.bs:
             # One full batch is the least the training loop needs (the last partial batch is dropped).
-            c.bs = max(1, len(train_ds))
+            config = dataclasses.replace(config, bs=max(1, n_train))
+        self.config = c = config
+
+        train_ds = ImageItemsDataset(items, self.task, items.indices(False), c.size, c.resize_method, True, c.seed)
+        valid_ds = ImageItemsDataset(items, self.task, items.indices(True), c.size, c.resize_method, False, c.seed)
         self.stats = stats if stats is not None else dataset_stats(train_ds)
         self.normalize = Normalize(*self.stats)
-        augment = BatchAugment(c.augment) if c.augment is not None else None
+        augment = BatchAugment(self.task.limit_augment(c.augment)) if c.augment is not None else None
         self.train = DeviceLoader(train_ds, c.bs, True, True, self.normalize, augment, c.seed, workers, self.device)
         self.valid = DeviceLoader(valid_ds, c.bs * 2, False, False, self.normalize, None, c.seed, workers, self.device)
 
     @property
-    def multi_label(self) -> bool:
-        """True for multi-label data (sigmoid outputs, binary cross-entropy)."""
-        return self.items.multi_label
-
-    @property
     def n_out(self) -> int:
-        """Model outputs: one per class, or per target number (points: 2 per point)."""
-        if self.items.targets is not None:
-            return len(self.items.targets[0]) if self.items.targets else 0
-        return len(self.classes)
-
-    @property
-    def task(self) -> str:
-        """classification, multilabel, points or values."""
-        return self.items.task
+        """Model outputs (one per class; points: two per point)."""
+        return self.task.n_out(self.items)
 
     @property
     def c(self) -> int:
@@ -282,18 +212,6 @@ class ImageDataLoaders:
         """The first batch of train (augmented) or valid, without moving the epoch."""
         loader = self.valid if valid else self.train
         return next(iter(loader))
-
-    def describe(self) -> dict[str, Any]:
-        """Plain facts about the data, for manifests and reports."""
-        return {
-            "classes": self.classes,
-            "size": self.config.size,
-            "resize_method": self.config.resize_method,
-            "n_train": len(self.train.dataset),
-            "n_valid": len(self.valid.dataset),
-            "mean": list(self.stats[0]),
-            "std": list(self.stats[1]),
-        }
 
 
 def dataset_stats(ds: ImageItemsDataset, max_items: int = 512) -> tuple[tuple[float, ...], tuple[float, ...]]:

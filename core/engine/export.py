@@ -20,12 +20,13 @@ from core.engine.architectures import ARCHITECTURES
 from core.engine.errors import BundleError
 from core.engine.learner import Learner
 from core.engine.model import HeadConfig
+from core.engine.tasks import TASKS, get_task
+from core.engine.tasks.base import manifest_field
 
 BUNDLE_FORMAT = "fitcycle-bundle"
 BUNDLE_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
-TASKS = ("classification", "multilabel", "points", "values", "segmentation")
 
 
 def fitcycle_version() -> str:
@@ -51,7 +52,7 @@ def build_manifest(
     extra: dict[str, Any] | None = None,
     thresholds: list[float] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a trained classifier."""
+    """The manifest of a trained model: the common fields, then its task's own."""
     if learn.arch is None:
         raise BundleError("only learners built from a known architecture can be exported")
     dls = learn.dls
@@ -60,7 +61,7 @@ def build_manifest(
     return {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
-        "task": dls.task,
+        "task": dls.task.name,
         "arch": learn.arch.name,
         "head": (head or learn.head_config or HeadConfig()).as_dict(),
         "classes": list(dls.classes),
@@ -74,15 +75,8 @@ def build_manifest(
             {"name": "to_float", "scale": 1 / 255},
             {"name": "normalize", "mean": mean, "std": std},
         ],
-        "activation": {"multilabel": "sigmoid", "classification": "softmax", "segmentation": "softmax"}.get(
-            dls.task, "none"
-        ),
-        **({"thresholds": thresholds or [0.2] * len(dls.classes)} if dls.multi_label else {}),
-        **(
-            {"codes": list(dls.items.codes or []), "void_code": dls.items.void_code}
-            if dls.task == "segmentation"
-            else {}
-        ),
+        "activation": dls.task.activation,
+        **dls.task.manifest_fields(dls, thresholds),
         "weights": WEIGHTS_FILE,
         "versions": {
             "fitcycle": fitcycle_version(),
@@ -119,15 +113,6 @@ def export_bundle(
     return folder
 
 
-def _require(manifest: dict[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:
-    if key not in manifest:
-        raise BundleError(f"{where}: manifest.json has no '{key}'; re-export the model with fitcycle")
-    value = manifest[key]
-    if not isinstance(value, kind):
-        raise BundleError(f"{where}: manifest.json '{key}' should be {kind}, found {type(value).__name__}")
-    return value
-
-
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """Read and check a bundle's manifest: every field present, of the right type, and consistent."""
     folder = Path(folder)
@@ -144,39 +129,25 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise BundleError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: 'format' should be '{BUNDLE_FORMAT}'")
-    version = _require(manifest, "format_version", int, path)
+    version = manifest_field(manifest, "format_version", int, path)
     if version > BUNDLE_VERSION:
         raise BundleError(f"{path}: bundle format {version} is newer than this fitcycle reads ({BUNDLE_VERSION})")
-    task = _require(manifest, "task", str, path)
-    if task not in TASKS:
-        raise BundleError(f"{path}: task '{task}' is not one this fitcycle serves ({', '.join(TASKS)})")
-    arch = _require(manifest, "arch", str, path)
+    name = manifest_field(manifest, "task", str, path)
+    if name not in TASKS:
+        raise BundleError(f"{path}: task '{name}' is not one this fitcycle serves ({', '.join(TASKS)})")
+    arch = manifest_field(manifest, "arch", str, path)
     if arch not in ARCHITECTURES:
         raise BundleError(f"{path}: unknown architecture '{arch}'")
-    classes = _require(manifest, "classes", list, path)
-    n_out = _require(manifest, "n_out", int, path)
-    per_name = 2 if task == "points" else 1
-    if len(classes) * per_name != n_out or not all(isinstance(c, str) for c in classes):
-        raise BundleError(f"{path}: {len(classes)} class names for {n_out} outputs")
-    if task == "multilabel":
-        thresholds = _require(manifest, "thresholds", list, path)
-        if len(thresholds) != n_out or not all(isinstance(t, int | float) and 0 < t < 1 for t in thresholds):
-            raise BundleError(f"{path}: a multilabel bundle needs {n_out} thresholds in (0, 1)")
-    if task == "segmentation":
-        codes = _require(manifest, "codes", list, path)
-        void = manifest.get("void_code")
-        non_void = [c for i, c in enumerate(codes) if i != void]
-        if non_void != classes or (void is not None and not (isinstance(void, int) and 0 <= void < len(codes))):
-            raise BundleError(f"{path}: the codes {codes} (void {void}) do not match the classes {classes}")
-    size = _require(manifest, "input_size", int, path)
+    get_task(name).check_manifest(manifest, path)
+    size = manifest_field(manifest, "input_size", int, path)
     if not 8 <= size <= 4096:
         raise BundleError(f"{path}: input_size {size} is out of range")
-    _require(manifest, "resize_method", str, path)
-    norm = _require(manifest, "normalization", dict, path)
+    manifest_field(manifest, "resize_method", str, path)
+    norm = manifest_field(manifest, "normalization", dict, path)
     if len(norm.get("mean", [])) != 3 or len(norm.get("std", [])) != 3:
         raise BundleError(f"{path}: normalization needs 3 means and 3 stds")
-    _require(manifest, "head", dict, path)
-    weights = folder / _require(manifest, "weights", str, path)
+    manifest_field(manifest, "head", dict, path)
+    weights = folder / manifest_field(manifest, "weights", str, path)
     if not weights.is_file() or weights.parent.resolve() != folder.resolve():
         raise BundleError(f"{folder}: weights file '{manifest['weights']}' is missing")
     expected = manifest.get("weights_sha256")

@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,94 +16,9 @@ import regex
 
 from core.engine.errors import DataError
 from core.engine.images import image_problem, is_image_name
+from core.engine.items import TARGET_ITEMS, ClassItems, MultiLabelItems, Rejected, TargetItems
 from core.engine.paths import MAX_TABLE_ROWS, inside, read_csv, read_text
 from core.engine.splits import split_by_column, split_by_folder, split_by_rand_pct, split_by_rand_pct_per_class
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A file left out of the dataset, and why."""
-
-    key: str
-    reason: str
-
-
-@dataclass
-class LabelledItems:
-    """Image files with their labels, train/valid flags and the problems found while labelling."""
-
-    root: Path
-    keys: list[str]  # posix paths relative to root: the stable identity of an item
-    labels: list[str]
-    is_valid: list[bool]
-    classes: list[str]
-    rejected: list[Rejected] = field(default_factory=list)
-    empty_classes: list[str] = field(default_factory=list)
-    label_delim: str | None = None  # set: multi-label, each label is a delimited list of classes
-    targets: list[list[float]] | None = None  # regression: numbers per item (points: x0, y0, x1, y1, ... pixels)
-    target_kind: str = "label"  # label | points | values | mask
-    masks: list[str] | None = None  # segmentation: each item's mask file (posix, relative to root)
-    codes: list[str] | None = None  # segmentation: the name of each mask value (classes leave out the void code)
-    void_code: int | None = None  # segmentation: the mask value ignored by the loss and the metrics
-
-    @property
-    def task(self) -> str:
-        """classification, multilabel, points, values or segmentation."""
-        if self.target_kind == "mask":
-            return "segmentation"
-        if self.target_kind != "label":
-            return self.target_kind
-        return "multilabel" if self.multi_label else "classification"
-
-    def mask_path(self, i: int) -> Path:
-        """Absolute path of item i's mask (segmentation)."""
-        assert self.masks is not None, "not a segmentation dataset"
-        return self.root / self.masks[i]
-
-    @property
-    def multi_label(self) -> bool:
-        """True when an item may carry several classes."""
-        return self.label_delim is not None
-
-    def label_set(self, i: int) -> list[str]:
-        """The classes of item i (one for single-label data)."""
-        if self.label_delim is None:
-            return [self.labels[i]]
-        return [c for c in self.labels[i].split(self.label_delim) if c]
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def path(self, i: int) -> Path:
-        """Absolute path of item i."""
-        return self.root / self.keys[i]
-
-    def indices(self, valid: bool) -> list[int]:
-        """Indices of the train (valid=False) or validation (valid=True) items."""
-        return [i for i, v in enumerate(self.is_valid) if v == valid]
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Items per class and split: {class: {"train": n, "valid": n}}."""
-        if self.targets is not None or self.masks is not None:  # regression, segmentation: items per split
-            n_valid = sum(self.is_valid)
-            return {"items": {"train": len(self) - n_valid, "valid": n_valid}}
-        out = {c: {"train": 0, "valid": 0} for c in self.classes}
-        for i, valid in enumerate(self.is_valid):
-            for label in self.label_set(i):
-                out[label]["valid" if valid else "train"] += 1
-        return out
-
-    def summary(self) -> str:
-        """One paragraph a person can read: sizes, and what was rejected and why."""
-        n_valid = sum(self.is_valid)
-        lines = [f"{len(self)} images in {len(self.classes)} classes ({len(self) - n_valid} train, {n_valid} valid)"]
-        if self.rejected:
-            reasons = Counter(r.reason.split(":")[0] for r in self.rejected)
-            first = "; ".join(f"{r.key} ({r.reason})" for r in self.rejected[:3])
-            lines.append(f"{len(self.rejected)} files rejected ({dict(reasons)}); first: {first}")
-        if self.empty_classes:
-            lines.append(f"classes with no usable image, left out: {', '.join(self.empty_classes)}")
-        return "\n".join(lines)
 
 
 def _check_files(root: Path, keys: Sequence[str]) -> list[str | None]:
@@ -122,7 +36,7 @@ def _finish(
     declared_classes: Iterable[str] = (),
     label_delim: str | None = None,
     random_split: tuple[float, int] | None = None,
-) -> LabelledItems:
+) -> ClassItems:
     """Drop unreadable files, work out the classes, and refuse datasets that cannot train. A random split
     (valid_pct, seed) is drawn over the readable items, so that every class of 5 or more gets a
     validation item (single-label data)."""
@@ -137,7 +51,11 @@ def _finish(
     present = {c for lab in labels for c in lab.split(label_delim) if c} if label_delim else set(labels)
     classes = sorted(present)
     empty = sorted(set(declared_classes) - present)
-    items = LabelledItems(root, keys, labels, is_valid, classes, rejected, empty, label_delim)
+    items: ClassItems = (
+        ClassItems(root, keys, is_valid, classes, rejected, empty, labels=labels)
+        if label_delim is None
+        else MultiLabelItems(root, keys, is_valid, classes, rejected, empty, labels=labels, label_delim=label_delim)
+    )
     if not keys:
         raise DataError(f"no usable image in the dataset folder '{root.name}'.\n{items.summary()}")
     if len(classes) < 2:
@@ -172,7 +90,7 @@ def _list_files(root: Path) -> tuple[list[str], list[Rejected]]:
 
 def from_folder(
     root: str | Path, train: str = "train", valid: str = "valid", valid_pct: float = 0.2, seed: int = 42
-) -> LabelledItems:
+) -> ClassItems:
     """Label each image by its parent folder. With train/ and valid/ folders they make the split;
     otherwise a stable random split of `valid_pct`."""
     root = Path(root)
@@ -203,7 +121,7 @@ def from_rows(
     seed: int = 42,
     source: str = "rows",
     label_delim: str | None = None,
-) -> LabelledItems:
+) -> ClassItems:
     """Label images from records of (file name, label[, is_valid]) [fastai: from_df]. With `label_delim`
     the label column lists several classes (multi-label, [fastai: label_from_df(label_delim=' ')])."""
     root = Path(root).resolve()
@@ -247,7 +165,7 @@ def row_target(root: Path, name: str) -> Path | None:
         return None
 
 
-def from_df(root: str | Path, df: Any, **kwargs: Any) -> LabelledItems:
+def from_df(root: str | Path, df: Any, **kwargs: Any) -> ClassItems:
     """Label images from a pandas DataFrame (or a list of dicts) with file-name and label columns."""
     rows = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
     return from_rows(root, rows, source="dataframe", **kwargs)
@@ -255,7 +173,7 @@ def from_df(root: str | Path, df: Any, **kwargs: Any) -> LabelledItems:
 
 def from_csv(
     root: str | Path, csv_path: str, fn_col: str = "name", label_col: str = "label", **kwargs: Any
-) -> LabelledItems:
+) -> ClassItems:
     """Label images from a CSV file (a path inside root) with a header naming the file-name and label columns."""
     path = inside(root, str(csv_path), "csv")
     if not path.is_file():
@@ -268,7 +186,7 @@ def from_csv(
 
 def from_name_func(
     root: str | Path, label_func: Callable[[str], str | None], valid_pct: float = 0.2, seed: int = 42
-) -> LabelledItems:
+) -> ClassItems:
     """Label each image by a function of its path relative to root; None or '' rejects the file."""
     root = Path(root)
     keys, rejected = _list_files(root)
@@ -320,12 +238,19 @@ def name_pattern(pattern: str) -> Callable[[str], str | None]:
     return label
 
 
-def from_name_re(root: str | Path, pattern: str, valid_pct: float = 0.2, seed: int = 42) -> LabelledItems:
+def from_name_re(root: str | Path, pattern: str, valid_pct: float = 0.2, seed: int = 42) -> ClassItems:
     """Label each image by the first group of a regular expression searched in its file name."""
     return from_name_func(root, name_pattern(pattern), valid_pct, seed)
 
 
 TargetRecord = tuple[int, str, list[float] | None, str]  # (row number, file name, numbers or None, valid flag)
+
+
+def _target_type(kind: str) -> type[TargetItems]:
+    """The items type of a regression labelling rule ("points" or "values")."""
+    if kind not in TARGET_ITEMS:
+        raise DataError(f"target kind must be one of {', '.join(TARGET_ITEMS)}; got {kind!r}")
+    return TARGET_ITEMS[kind]
 
 
 def from_targets_csv(
@@ -336,12 +261,11 @@ def from_targets_csv(
     valid_col: str | None = None,
     valid_pct: float = 0.2,
     seed: int = 42,
-) -> LabelledItems:
+) -> TargetItems:
     """Regression targets from a CSV: a file-name column, then numbers. kind=points: the numbers are x, y
     pairs in the image's own pixels (columns like nose_x, nose_y); kind=values: any numbers. A .json file
     is read by from_targets_json."""
-    if kind not in ("points", "values"):
-        raise DataError(f"target kind must be points or values, got {kind!r}")
+    items_type = _target_type(kind)
     if str(csv_path).lower().endswith(".json"):
         return from_targets_json(root, csv_path, kind, fn_col, valid_col, valid_pct, seed)
     root = Path(root).resolve()
@@ -352,7 +276,7 @@ def from_targets_csv(
     header = [h for h in columns if h not in (fn_col, valid_col)]
     if fn_col not in columns:
         raise DataError(f"{csv_path.name}: no column '{fn_col}' (columns are: {', '.join(columns)})")
-    if not header or (kind == "points" and len(header) % 2):
+    if not header or (items_type.pairs and len(header) % 2):
         raise DataError(f"{csv_path.name}: points need x, y column pairs after '{fn_col}'; found {header}")
     records: list[TargetRecord] = []
     for n, row in enumerate(rows, start=2):
@@ -361,12 +285,8 @@ def from_targets_csv(
         except (TypeError, ValueError):
             values = None
         records.append((n, str(row[fn_col]).strip(), values, str(row[valid_col]) if valid_col else ""))
-    names = (
-        header
-        if kind == "values"
-        else [h.removesuffix("_x").removesuffix("x") or f"p{i}" for i, h in enumerate(header[::2])]
-    )
-    return _targets_items(root, csv_path.name, kind, names, records, valid_col, valid_pct, seed)
+    names = items_type.target_names(header)
+    return _targets_items(root, csv_path.name, items_type, names, records, valid_col, valid_pct, seed)
 
 
 def from_targets_json(
@@ -377,12 +297,11 @@ def from_targets_json(
     valid_col: str | None = None,
     valid_pct: float = 0.2,
     seed: int = 42,
-) -> LabelledItems:
+) -> TargetItems:
     """Regression targets from JSON: either {"file name": targets, ...} or a list of records
     [{"name": ..., "points": [[x, y], ...]} or {"name": ..., "values": [...]}, ...]. Points are x, y pairs in
     the image's own pixels (a flat [x0, y0, x1, y1] list is accepted too); they are named p0, p1, ..."""
-    if kind not in ("points", "values"):
-        raise DataError(f"target kind must be points or values, got {kind!r}")
+    items_type = _target_type(kind)
     root = Path(root).resolve()
     path = inside(root, str(json_path), "csv")
     if not path.is_file():
@@ -406,7 +325,7 @@ def from_targets_json(
     records: list[TargetRecord] = []
     for n, name, targets, valid in raw:
         flat = _flatten_numbers(targets)
-        if flat is not None and kind == "points" and len(flat) % 2:
+        if flat is not None and items_type.pairs and len(flat) % 2:
             flat = None
         records.append((n, name, flat, valid))
     lengths = Counter(len(r[2]) for r in records if r[2] is not None)
@@ -414,8 +333,9 @@ def from_targets_json(
         raise DataError(f"{path.name}: no record has {kind} as a list of numbers")
     width = lengths.most_common(1)[0][0]
     records = [(n, name, v if v is not None and len(v) == width else None, valid) for n, name, v, valid in records]
-    names = [f"p{i}" for i in range(width // 2)] if kind == "points" else [f"v{i}" for i in range(width)]
-    return _targets_items(root, path.name, kind, names, records, valid_col, valid_pct, seed)
+    return _targets_items(
+        root, path.name, items_type, items_type.default_names(width), records, valid_col, valid_pct, seed
+    )
 
 
 def _flatten_numbers(targets: Any) -> list[float] | None:
@@ -431,14 +351,14 @@ def _flatten_numbers(targets: Any) -> list[float] | None:
 def _targets_items(
     root: Path,
     source: str,
-    kind: str,
+    items_type: type[TargetItems],
     names: list[str],
     records: list[TargetRecord],
     valid_col: str | None,
     valid_pct: float,
     seed: int,
-) -> LabelledItems:
-    """Check each record's file and numbers, split, and make the LabelledItems of a regression dataset."""
+) -> TargetItems:
+    """Check each record's file and numbers, split, and make the items of a regression dataset."""
     keys, targets, valid_values, rejected = [], [], [], []
     seen: set[Path] = set()
     if len(records) > MAX_TABLE_ROWS:
@@ -446,7 +366,11 @@ def _targets_items(
     for n, name, values, valid in records:
         target = row_target(root, name)
         if values is None:
-            rejected.append(Rejected(name[:200], f"{source} row {n}: the targets are not {len(names)} {kind} numbers"))
+            rejected.append(
+                Rejected(
+                    name[:200], f"{source} row {n}: the targets are not {len(names)} {items_type.target_kind} numbers"
+                )
+            )
         elif target is None:
             rejected.append(Rejected(name[:200], f"{source} row {n}: path escapes the dataset folder"))
         elif target in seen:
@@ -465,15 +389,13 @@ def _targets_items(
     problems = _check_files(root, keys)
     keep = [i for i, p in enumerate(problems) if p is None]
     rejected += [Rejected(keys[i], p) for i, p in enumerate(problems) if p is not None]
-    items = LabelledItems(
+    items = items_type(
         root,
         [keys[i] for i in keep],
-        [""] * len(keep),
         [flags[i] for i in keep],
         names,
         rejected,
         targets=[targets[i] for i in keep],
-        target_kind=kind,
     )
     if not items.keys:
         raise DataError(f"no usable image in {source}.\n{items.summary()}")

@@ -7,65 +7,71 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from core.engine.architectures import Architecture
+from core.engine.callbacks import OneCycleScheduler, Recorder
 from core.engine.data import ImageDataLoaders
 from core.engine.errors import CheckpointError
+from core.engine.events import (
+    Callback,
+    CancelBackwardException,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    CancelStepException,
+    CancelTrainException,
+    CancelValidException,
+    LrSpec,
+)
+from core.engine.lr_finder import LRFindResult, run_lr_find
 from core.engine.metrics import Metric
 from core.engine.model import layer_groups
 
+LR_MULT = 100  # fastai fine_tune: stage 2 spreads base_lr/2 over 100x from the first group to the head
 CHECKPOINT_FORMAT = "fitcycle-checkpoint"
 CHECKPOINT_VERSION = 1
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
-class CancelFitException(Exception):
-    """Stop fitting now (after_cancel_fit then after_fit run)."""
+@dataclass(frozen=True)
+class Phase:
+    """One fit of the fine-tune recipe: stage 1 (frozen body), stage 2 (unfrozen, discriminative rates) or
+    training from scratch, for some epochs at a base rate (and, in a progressive-resizing plan, a size)."""
+
+    tag: str  # names the phase in metrics and checkpoints: where a resumed job picks up
+    what: Literal["stage1", "stage2", "scratch"]
+    epochs: int
+    lr: float
+    size: int | None = None
+
+    def rates(self) -> LrSpec:
+        """Stage 1: slice(lr) (body lr/10, head lr); stage 2: slice(lr/2/LR_MULT, lr/2); scratch: lr everywhere."""
+        if self.what == "stage1":
+            return slice(self.lr)
+        if self.what == "stage2":
+            return slice(self.lr / 2 / LR_MULT, self.lr / 2)
+        return self.lr
 
 
-class CancelEpochException(Exception):
-    """Skip the rest of this epoch."""
-
-
-class CancelTrainException(Exception):
-    """Skip the rest of this epoch's training batches."""
-
-
-class CancelValidException(Exception):
-    """Skip this epoch's validation."""
-
-
-class CancelBatchException(Exception):
-    """Skip the rest of this batch."""
-
-
-class CancelBackwardException(Exception):
-    """Skip the backward pass of this batch."""
-
-
-class CancelStepException(Exception):
-    """Skip the optimizer step of this batch (gradients are kept)."""
-
-
-class Callback:
-    """Override any of the event methods; `order` sorts callbacks (lower runs first)."""
-
-    order = 0
-    run_in_lr_find = True  # False: stays out of lr_find's throw-away run (checkpoints, reports)
-    learn: Learner
-
-    def __call__(self, event: str) -> None:
-        handler = getattr(self, event, None)
-        if handler is not None:
-            handler()
-
-
-LrSpec = float | slice | Sequence[float]
+def fine_tune_phases(
+    epochs: int, lr: float, freeze_epochs: int = 1, pretrained: bool = True, prefix: str = "", size: int | None = None
+) -> list[Phase]:
+    """The recipe as phases: a pretrained body trains frozen for freeze_epochs, then unfrozen for epochs;
+    a body from scratch trains unfrozen for both. Phases of zero epochs are left out."""
+    if not pretrained:
+        return [Phase(f"{prefix}train", "scratch", freeze_epochs + epochs, lr, size)]
+    phases = []
+    if freeze_epochs:
+        phases.append(Phase(f"{prefix}stage1", "stage1", freeze_epochs, lr, size))
+    if epochs:
+        phases.append(Phase(f"{prefix}stage2", "stage2", epochs, lr, size))
+    return phases
 
 
 class Learner:
@@ -82,11 +88,9 @@ class Learner:
         moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
         cbs: Iterable[Callback] = (),
     ) -> None:
-        from core.engine.callbacks import Recorder  # the loop needs a recorder; callbacks need Learner
-
         self.dls, self.arch, self.wd, self.moms = dls, arch, wd, moms
         self.model = model.to(dls.device)
-        self.loss_func = loss_func or nn.CrossEntropyLoss()
+        self.loss_func = loss_func or dls.task.loss()  # the data knows its loss [fastai: dls.loss_func]
         self.metrics = list(metrics)
         self.groups: list[list[nn.Module]] = layer_groups(model, arch) if arch else [[model]]
         self.opt: torch.optim.Optimizer | None = None
@@ -127,10 +131,6 @@ class Learner:
             yield
         finally:
             self.remove_cbs(cbs)
-
-    def get_cb(self, kind: type) -> Any:
-        """The first attached callback of a type, or None."""
-        return next((c for c in self.cbs if isinstance(c, kind)), None)
 
     def __call__(self, event: str) -> None:
         for cb in list(self.cbs):
@@ -376,35 +376,36 @@ class Learner:
     ) -> None:
         """One-cycle training [fastai v2: fit_one_cycle]: cosine warm-up from lr_max/div to lr_max over
         pct_start, cosine down to lr_max/div_final; momentum 0.95 -> 0.85 -> 0.95."""
-        from core.engine.callbacks import OneCycleScheduler
-
         sched = OneCycleScheduler(self.lrs_for_groups(lr_max), div, div_final, pct_start, moms or self.moms)
         self.fit(n_epoch, lr_max, cbs=[sched, *cbs], resume=resume, tag=tag)
 
+    def fit_phase(self, phase: Phase, cbs: Iterable[Callback] = (), resume: dict[str, Any] | None = None) -> None:
+        """One phase of the fine-tune recipe [fastai v2: fine_tune]: stage 1 freezes the body and runs
+        one-cycle on the head (pct_start 0.99); stage 2 unfreezes and spreads the rates over the groups
+        (pct_start 0.3, div 5); from scratch there is nothing to protect: one rate for every group."""
+        rates = phase.rates()
+        if phase.what == "stage1":
+            self.freeze()
+            self.fit_one_cycle(phase.epochs, rates, pct_start=0.99, cbs=cbs, resume=resume, tag=phase.tag)
+        elif phase.what == "stage2":
+            self.unfreeze()
+            self.fit_one_cycle(phase.epochs, rates, pct_start=0.3, div=5.0, cbs=cbs, resume=resume, tag=phase.tag)
+        else:
+            self.unfreeze()
+            self.fit_one_cycle(phase.epochs, rates, cbs=cbs, resume=resume, tag=phase.tag)
+
     def fine_tune(
-        self,
-        epochs: int,
-        base_lr: float = 2e-3,
-        freeze_epochs: int = 1,
-        lr_mult: float = 100,
-        pct_start: float = 0.3,
-        div: float = 5.0,
-        cbs: Iterable[Callback] = (),
+        self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, cbs: Iterable[Callback] = ()
     ) -> None:
         """Stage 1 frozen, then stage 2 unfrozen with discriminative rates [fastai v2: fine_tune]."""
-        self.freeze()
-        self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs, tag="stage1")
-        base_lr /= 2
-        self.unfreeze()
-        self.fit_one_cycle(
-            epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, cbs=cbs, tag="stage2"
-        )
+        for phase in fine_tune_phases(epochs, base_lr, freeze_epochs):
+            self.fit_phase(phase, cbs)
 
-    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True) -> Any:
+    def lr_find(
+        self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True
+    ) -> LRFindResult:
         """Sweep the learning rate exponentially and suggest one; the model and optimizer are restored
-        exactly afterwards [fastai: lr_find]. Returns an LRFindResult."""
-        from core.engine.lr_finder import run_lr_find
-
+        exactly afterwards [fastai: lr_find]."""
         return run_lr_find(self, start_lr, end_lr, num_it, stop_div)
 
     # ----- inference -------------------------------------------------------------------------------

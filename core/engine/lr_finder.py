@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from core.engine.learner import Callback, CancelFitException, CancelValidException
+from core.engine.events import Callback, CancelFitException, CancelValidException
 from core.engine.schedules import sched_exp
 
 if TYPE_CHECKING:

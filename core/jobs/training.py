@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,74 +26,25 @@ from core.engine.callbacks import (
 )
 from core.engine.data import DataConfig, ImageDataLoaders
 from core.engine.errors import CheckpointError, DataError, WeightsMismatch
+from core.engine.events import Callback
 from core.engine.export import export_bundle, read_manifest
-from core.engine.interpret import (
-    ClassificationInterpretation,
-    MultiLabelInterpretation,
-    RegressionInterpretation,
-    SegmentationInterpretation,
-)
-from core.engine.labelling import LabelledItems, from_csv, from_folder, from_name_re, from_targets_csv
-from core.engine.learner import Callback, Learner, LrSpec
+from core.engine.items import LabelledItems
+from core.engine.learner import Learner, LrSpec, Phase, fine_tune_phases
 from core.engine.lr_finder import LRFindResult
-from core.engine.masks import from_mask_csv, from_mask_rule
-from core.engine.metrics import MAIN_METRIC, TASK_METRICS, get_metric
+from core.engine.metrics import get_metric
 from core.engine.model import HeadConfig
 from core.engine.plots import plot_losses, plot_lr_find, show_batch
+from core.engine.tasks import task_of
 from core.engine.transforms import get_transforms
 from core.engine.vision import cnn_learner
 from core.jobs.context import JobContext
+from core.jobs.rates import STAGE1_DEFAULT_LR, stage2_rates
 from core.jobs.spec import PlanStep, TrainSpec
-
-LR_MULT = 100  # fastai fine_tune: stage 2 spreads base_lr/2 over 100x from head to first group
-STAGE1_DEFAULT_LR = 3e-3  # the course's stage-1 default
 
 
 def label_items(spec: TrainSpec) -> LabelledItems:
     """Apply the spec's labelling rule to its data folder."""
-    if spec.labels == "masks":
-        if spec.csv:
-            return from_mask_csv(
-                spec.data,
-                spec.csv,
-                spec.codes,
-                spec.void,
-                spec.fn_col,
-                spec.mask_col,
-                spec.valid_col,
-                valid_pct=spec.valid_pct,
-                seed=spec.seed,
-            )
-        return from_mask_rule(
-            spec.data,
-            spec.codes,
-            spec.void,
-            spec.images_dir,
-            spec.mask_template,
-            valid_pct=spec.valid_pct,
-            seed=spec.seed,
-        )
-    if spec.labels == "folder":
-        return from_folder(spec.data, valid_pct=spec.valid_pct, seed=spec.seed)
-    if spec.labels in ("points", "values"):
-        assert spec.csv is not None
-        return from_targets_csv(
-            spec.data, spec.csv, spec.labels, spec.fn_col, spec.valid_col, spec.valid_pct, spec.seed
-        )
-    if spec.labels == "csv":
-        assert spec.csv is not None
-        return from_csv(
-            spec.data,
-            spec.csv,
-            spec.fn_col,
-            spec.label_col,
-            valid_col=spec.valid_col,
-            valid_pct=spec.valid_pct,
-            seed=spec.seed,
-            label_delim=spec.label_delim,
-        )
-    assert spec.pattern is not None
-    return from_name_re(spec.data, spec.pattern, valid_pct=spec.valid_pct, seed=spec.seed)
+    return spec.rule().apply(Path(spec.data), spec.valid_pct, spec.seed)[0]
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -117,10 +67,9 @@ class Built:
 def build_learner(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None) -> Built:
     """Data, pretrained body, head (or a parent's full weights), and the callbacks to the context."""
     items = items if items is not None else label_items(spec)
+    task = task_of(items)
     device = pick_device(spec.device)
-    augment = get_transforms(**(spec.transforms or {})) if spec.augment else None
-    if augment is not None and items.target_kind == "points":
-        augment = dataclasses.replace(augment, max_warp=0.0)  # points follow only invertible (affine) transforms
+    augment = get_transforms(**(spec.transforms or {})) if spec.augment else None  # the task limits it
     config = DataConfig(
         size=spec.size,
         resize_method=spec.resize_method,
@@ -141,13 +90,12 @@ def build_learner(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None 
     if device.type == "cuda":
         cbs += [MixedPrecision(), ChannelsLast()]
     names = spec.metrics
-    if not set(names) & set(TASK_METRICS[items.task]):
-        names = list(TASK_METRICS[items.task])  # the defaults assume one class per image
+    if not set(names) & set(task.metrics):
+        names = list(task.metrics)  # the defaults assume one class per image
     metrics = [get_metric(m) for m in names]
     pretrained = spec.init_bundle or spec.pretrained
     loss = torch.nn.L1Loss() if spec.loss == "l1" else None
-    ps = spec.head_dropout if spec.head_dropout is not None else (0.0 if items.task in ("points", "values") else 0.5)
-    head = HeadConfig(ps=ps)
+    head = HeadConfig(ps=spec.head_dropout if spec.head_dropout is not None else task.head_dropout)
     learn, source = cnn_learner(items, spec.arch, config, pretrained, metrics, cbs, device, loss, head)
     if spec.init_bundle:
         _load_full_weights(learn, spec.init_bundle)
@@ -241,48 +189,35 @@ def _use_size(learn: Learner, size: int) -> None:
 
 
 def _fine_tune(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
-    """Stage 1 frozen then stage 2 unfrozen [fastai fine_tune], once per size of the plan (one size
-    without a plan). Runs as a list of phases so that a checkpoint's tag says where to resume."""
+    """The fine-tune recipe (Learner.fit_phase), once per size of the plan (one size without a plan). Runs
+    as a list of phases so that a checkpoint's tag says where to resume."""
     learn = built.learn
     if spec.is_pretrained:
         learn.freeze()
     resume, base_lr = _resume_and_base_lr(spec, ctx, learn, 2e-3)
-    phases: list[tuple[str, int, str, int, float]] = []  # (tag, size, what, epochs, lr)
+    phases: list[Phase] = []
     for step in spec.plan or [PlanStep(size=spec.size)]:
-        prefix = f"{step.size}px-" if spec.plan else ""
-        freeze_epochs = spec.freeze_epochs if step.freeze_epochs is None else step.freeze_epochs
-        epochs = spec.epochs if step.epochs is None else step.epochs
-        lr = step.lr or base_lr
-        if not spec.is_pretrained:
-            phases.append((f"{prefix}train", step.size, "scratch", freeze_epochs + epochs, lr))
-            continue
-        if freeze_epochs:
-            phases.append((f"{prefix}stage1", step.size, "stage1", freeze_epochs, lr))
-        if epochs:
-            phases.append((f"{prefix}stage2", step.size, "stage2", epochs, lr))
-    tags = [p[0] for p in phases]
+        phases += fine_tune_phases(
+            spec.epochs if step.epochs is None else step.epochs,
+            step.lr or base_lr,
+            spec.freeze_epochs if step.freeze_epochs is None else step.freeze_epochs,
+            pretrained=spec.is_pretrained,
+            prefix=f"{step.size}px-" if spec.plan else "",
+            size=step.size,
+        )
+    tags = [p.tag for p in phases]
     start = 0
     if resume is not None:
         if resume["tag"] not in tags:
             raise CheckpointError(f"the checkpoint is from phase '{resume['tag']}', which this job does not have")
         start = tags.index(resume["tag"])
     lrs: dict[str, Any] = {"base_lr": base_lr}
-    for i, (tag, size, what, epochs, lr) in enumerate(phases):
-        rates: LrSpec = {"stage1": slice(lr), "stage2": slice(lr / 2 / LR_MULT, lr / 2)}.get(what, lr)
-        lrs[tag] = learn.lrs_for_groups(rates)
+    for i, phase in enumerate(phases):
+        lrs[phase.tag] = learn.lrs_for_groups(phase.rates())
         if i < start:
             continue
-        _use_size(learn, size)
-        state = resume if i == start else None
-        if what == "stage1":  # frozen body, one-cycle on the head, pct_start 0.99
-            learn.freeze()
-            learn.fit_one_cycle(epochs, rates, pct_start=0.99, tag=tag, resume=state)
-        elif what == "stage2":  # unfrozen, from lr/2/100 (first group) to lr/2 (head)
-            learn.unfreeze()
-            learn.fit_one_cycle(epochs, rates, pct_start=0.3, div=5.0, tag=tag, resume=state)
-        else:  # from scratch there is nothing to protect: one rate for every group
-            learn.unfreeze()
-            learn.fit_one_cycle(epochs, rates, tag=tag, resume=state)
+        _use_size(learn, phase.size or spec.size)
+        learn.fit_phase(phase, resume=resume if i == start else None)
     return finish(spec, ctx, built, lrs)
 
 
@@ -296,33 +231,6 @@ def _stage1(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
     return finish(spec, ctx, built, {"base_lr": base_lr, "stage1": learn.lrs_for_groups(lr)})
 
 
-def stage2_rates(spec: TrainSpec, learn: Learner, ctx: JobContext) -> tuple[float, float, dict[str, Any]]:
-    """Stage 2's (low, high) and how they were chosen: given, or 'auto' as in the course —
-    slice(valley suggestion / 10, stage-1 lr / 5)."""
-    if isinstance(spec.lr, tuple):
-        return spec.lr[0], spec.lr[1], {"policy": "given", "low": spec.lr[0], "high": spec.lr[1]}
-    if isinstance(spec.lr, float):
-        lo, hi = spec.lr / LR_MULT, spec.lr
-        return lo, hi, {"policy": f"given base rate, spread {LR_MULT}x over the groups", "low": lo, "high": hi}
-    suggestion, source = spec.lr_suggestion, spec.lr_suggestion_from or "the parent's lr_find job"
-    if suggestion is None:  # no lr_find of the parent: sweep the unfrozen parent model here
-        suggestion, source = find_lr(learn, ctx).suggestions["valley"], "a sweep of the unfrozen model in this job"
-    stage1 = spec.stage1_lr or STAGE1_DEFAULT_LR
-    high = stage1 / 5
-    low = min(suggestion / 10, high / 10)
-    how = {
-        "policy": "auto: slice(valley / 10, stage-1 lr / 5)",
-        "suggestion": "valley",
-        "suggestion_lr": suggestion,
-        "suggestion_from": source,
-        "stage1_lr": stage1,
-        "stage1_lr_from": "the parent job" if spec.stage1_lr else f"the stage-1 default {STAGE1_DEFAULT_LR}",
-        "low": low,
-        "high": high,
-    }
-    return low, high, how
-
-
 def _stage2(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
     """Unfreeze the parent's model and train every group with discriminative rates."""
     learn = built.learn
@@ -333,7 +241,7 @@ def _stage2(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
         lo, hi = learn.extra["stage2_lr"]
     else:
         _show_batch(learn, ctx)
-        lo, hi, how = stage2_rates(spec, learn, ctx)
+        lo, hi, how = stage2_rates(spec, lambda: find_lr(learn, ctx).suggestions["valley"])
         learn.extra = {"stage2_lr": [lo, hi], "base_lr": hi, "stage2_rates": how}
     learn.fit_one_cycle(spec.epochs, slice(lo, hi), tag="stage2", resume=resume)
     lrs = {
@@ -378,37 +286,13 @@ def _interpret(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]
 
 
 def write_interpretation(learn: Learner, ctx: JobContext, thresholds: list[float] | None = None) -> dict[str, Any]:
-    """interpretation.json and its plots: confusion matrix and top losses, or for multi-label the per-label
-    confusion counts, the threshold curves and top losses."""
-    interp: (
-        ClassificationInterpretation | MultiLabelInterpretation | RegressionInterpretation | SegmentationInterpretation
-    )
-    plots: list[tuple[str, Callable[[Path], Path]]]
-    if learn.dls.task == "segmentation":
-        interp = SegmentationInterpretation(learn)
-        plots = [
-            ("plots/per_class_iou.png", interp.plot_per_class_iou),
-            ("plots/top_losses.png", interp.plot_top_losses),
-        ]
-    elif learn.dls.task in ("points", "values"):
-        interp = RegressionInterpretation(learn)
-        plots = [("plots/top_losses.png", interp.plot_top_losses)]
-    elif learn.dls.multi_label:
-        interp = MultiLabelInterpretation(learn, thresholds)
-        plots = [
-            ("plots/threshold_curve.png", interp.plot_threshold_curve),
-            ("plots/top_losses.png", interp.plot_top_losses),
-        ]
-    else:
-        interp = ClassificationInterpretation.from_learner(learn)
-        plots = [
-            ("plots/confusion_matrix.png", interp.plot_confusion_matrix),
-            ("plots/top_losses.png", interp.plot_top_losses),
-        ]
+    """interpretation.json and its plots, as the task interprets its model (multi-label: with the given
+    thresholds, else tuned ones)."""
+    interp = learn.dls.task.interpret(learn, thresholds)
     summary = interp.as_dict()
     ctx.artifact_path("interpretation.json").write_text(json.dumps(summary, indent=1))
     ctx.artifact_written("interpretation.json")
-    for name, draw in plots:
+    for name, draw in interp.plots():
         draw(ctx.artifact_path(name))
         ctx.artifact_written(name)
     return summary
@@ -426,8 +310,8 @@ def finish(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) 
     last = learn.recorder.epochs[-1] if learn.recorder.epochs else {}
     task = learn.dls.task
     metrics = {
-        "task": task,
-        "main_metric": MAIN_METRIC[task],
+        "task": task.name,
+        "main_metric": task.main_metric,
         **({"error_rate": summary["error_rate"]} if "error_rate" in summary else {}),
         **{k: v for k, v in last.items() if k not in ("epoch", "tag", "seconds")},
         "epochs": learn.recorder.epochs,

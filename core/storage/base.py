@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 
 class ObjectNotFound(KeyError):
@@ -54,15 +54,6 @@ class ObjectStore(Protocol):
 
     def ping(self) -> None:
         """Raise when the store does not answer."""
-
-
-def copy_stream(src: BinaryIO, dst: BinaryIO, chunk: int = 1 << 20) -> int:
-    """Copy in chunks; returns bytes copied."""
-    n = 0
-    while block := src.read(chunk):
-        dst.write(block)
-        n += len(block)
-    return n
 
 
 def download_prefix(store: ObjectStore, prefix: str, folder: Path) -> Path:

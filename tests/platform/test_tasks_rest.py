@@ -17,6 +17,7 @@ from PIL import Image
 
 from core.datasets.samples import write_mosaics, write_silhouette_masks, write_silhouette_points
 from core.engine.inference import Predictor
+from core.engine.tasks.segmentation import MaskPrediction
 from tests.platform.services import BIN
 from tests.platform.stack import Stack, make_zip
 
@@ -112,9 +113,9 @@ def test_points_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> None:
     # The endpoint answers exactly what the bundle's Predictor answers in-process (original pixels).
     with zipfile.ZipFile(io.BytesIO(a.get(f"/models/{job['model_id']}/bundle").content)) as zf:
         zf.extractall(tmp_path / "bundle")
-    local = Predictor(tmp_path / "bundle").predict(image)
+    local = Predictor(tmp_path / "bundle").predict(image).public()
     flat = [v for xy in body["points"] for v in xy]
-    assert flat == pytest.approx([v for xy in local.points for v in xy], rel=1e-4, abs=1e-3)
+    assert flat == pytest.approx([v for xy in local["points"] for v in xy], rel=1e-4, abs=1e-3)
 
 
 def test_segmentation_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> None:
@@ -167,7 +168,7 @@ def test_segmentation_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> N
     with zipfile.ZipFile(io.BytesIO(a.get(f"/models/{job['model_id']}/bundle").content)) as zf:
         zf.extractall(tmp_path / "bundle")
     local = Predictor(tmp_path / "bundle").predict(image)
-    assert local.mask is not None and np.array_equal(np.asarray(local.mask), mask)
+    assert isinstance(local, MaskPrediction) and np.array_equal(np.asarray(local.mask), mask)
 
     # The CLI client: the mask lands in a file, the line has its path and the shares.
     env = stack.env | {"FITCYCLE_URL": a.base.removesuffix("/api/v1"), "FITCYCLE_KEY": a.key}
@@ -213,3 +214,8 @@ def test_values_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> None:
     image = folder / "images" / "00000.png"
     body = a.post(f"/models/{job['model_id']}/predict", files={"file": ("x.png", image.read_bytes())}).json()
     assert set(body) == {"values"} and len(body["values"]) == 2
+    # The endpoint answers exactly what the bundle's Predictor answers in-process.
+    with zipfile.ZipFile(io.BytesIO(a.get(f"/models/{job['model_id']}/bundle").content)) as zf:
+        zf.extractall(tmp_path / "values-bundle")
+    local = Predictor(tmp_path / "values-bundle").predict(image).public()
+    assert body["values"] == pytest.approx(local["values"], rel=1e-4, abs=1e-5)

@@ -1,0 +1,130 @@
+"""Labelling rules: the one description of how a folder of images becomes labelled items, shared by the
+CLI and job specs (a local folder) and by dataset uploads (an extracted archive). A rule names its kind
+and the fields that kind reads; `apply` runs it and says which split it made."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from core.engine.errors import DataError
+from core.engine.items import LabelledItems
+from core.engine.labelling import from_csv, from_folder, from_name_re, from_targets_csv
+from core.engine.masks import from_mask_csv, from_mask_rule
+
+RuleKind = Literal["folder", "csv", "name_re", "points", "values", "masks"]
+RULE_KINDS: tuple[str, ...] = get_args(RuleKind)
+SplitKind = Literal["random", "folder", "column"]
+
+# The fields each kind of rule reads (the others are left out of what a dataset or a job records).
+RULE_FIELDS: dict[str, frozenset[str]] = {
+    "folder": frozenset(),
+    "csv": frozenset({"csv", "fn_col", "label_col", "valid_col", "label_delim"}),
+    "name_re": frozenset({"pattern"}),
+    "points": frozenset({"csv", "fn_col", "valid_col"}),
+    "values": frozenset({"csv", "fn_col", "valid_col"}),
+    "masks": frozenset({"csv", "fn_col", "mask_col", "valid_col", "codes", "void", "images_dir", "mask_template"}),
+}
+# What a kind cannot do without, and how to say so.
+REQUIRED: dict[str, tuple[str, str]] = {
+    "csv": ("csv", "the CSV file naming each image and its label"),
+    "points": ("csv", "file name, then the target numbers per image"),
+    "values": ("csv", "file name, then the target numbers per image"),
+    "name_re": ("pattern", "a regular expression whose group 1 is the label"),
+}
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """How a folder of images is labelled."""
+
+    kind: RuleKind = "folder"
+    csv: str | None = None  # csv, points, values: the table; masks: image/mask pairs (else the template)
+    fn_col: str = "name"
+    label_col: str = "label"
+    valid_col: str | None = None
+    pattern: str | None = None  # name_re
+    label_delim: str | None = None  # csv: multi-label, the label column lists classes split by this
+    codes: list[str] | None = None  # masks: value names (default: codes.txt in the data)
+    void: str | None = None  # masks: the ignored code
+    images_dir: str = "images"  # masks without csv
+    mask_template: str = "masks/{stem}.png"  # masks without csv
+    mask_col: str = "mask"  # masks with csv
+
+    @classmethod
+    def of(cls, kind: str, fields: dict[str, Any]) -> LabelRule:
+        """A rule of `kind` from a bag of fields (a spec, a form): only the kind's own are taken."""
+        if kind not in RULE_FIELDS:
+            raise DataError(f"labels: '{kind}' is not a labelling rule; choose one of {', '.join(RULE_KINDS)}")
+        own = {k: v for k, v in fields.items() if k in RULE_FIELDS[kind] and v is not None}
+        return cls(kind, **own)  # type: ignore[arg-type]  # kind was checked against RULE_FIELDS
+
+    def problem(self) -> str | None:
+        """What the rule lacks, as a sentence naming the field, or None."""
+        if self.kind in REQUIRED:
+            name, what = REQUIRED[self.kind]
+            if not getattr(self, name):
+                return f"labels={self.kind} needs '{name}': {what}"
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The kind and its own set fields: what a dataset version and a job record."""
+        own = RULE_FIELDS[self.kind]
+        return {"kind": self.kind} | {k: v for k, v in asdict(self).items() if k in own and v is not None}
+
+    def apply(self, root: Path, valid_pct: float = 0.2, seed: int = 42) -> tuple[LabelledItems, SplitKind]:
+        """Label the images under root; returns the items and the split they got."""
+        problem = self.problem()
+        if problem is not None:
+            raise DataError(problem)
+        items = READERS[self.kind](self, root, valid_pct, seed)
+        if self.kind == "folder":
+            return items, "folder" if (root / "train").is_dir() and (root / "valid").is_dir() else "random"
+        by_column = self.valid_col is not None and "valid_col" in RULE_FIELDS[self.kind]
+        if self.kind == "masks" and not self.csv:  # the naming rule has no table, so no column
+            by_column = False
+        return items, "column" if by_column else "random"
+
+
+def _masks(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems:
+    if r.csv:
+        return from_mask_csv(
+            root, r.csv, r.codes, r.void, r.fn_col, r.mask_col, r.valid_col, valid_pct=valid_pct, seed=seed
+        )
+    return from_mask_rule(root, r.codes, r.void, r.images_dir, r.mask_template, valid_pct=valid_pct, seed=seed)
+
+
+def _csv(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems:
+    assert r.csv is not None  # problem() checked it
+    return from_csv(
+        root,
+        r.csv,
+        r.fn_col,
+        r.label_col,
+        valid_col=r.valid_col,
+        valid_pct=valid_pct,
+        seed=seed,
+        label_delim=r.label_delim,
+    )
+
+
+def _targets(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems:
+    assert r.csv is not None  # problem() checked it
+    return from_targets_csv(root, r.csv, r.kind, r.fn_col, r.valid_col, valid_pct, seed)
+
+
+def _name_re(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems:
+    assert r.pattern is not None  # problem() checked it
+    return from_name_re(root, r.pattern, valid_pct=valid_pct, seed=seed)
+
+
+READERS: dict[str, Callable[[LabelRule, Path, float, int], LabelledItems]] = {
+    "folder": lambda r, root, valid_pct, seed: from_folder(root, valid_pct=valid_pct, seed=seed),
+    "csv": _csv,
+    "name_re": _name_re,
+    "points": _targets,
+    "values": _targets,
+    "masks": _masks,
+}

@@ -1,0 +1,174 @@
+"""The Task: everything that makes classification, multi-label, points, values or segmentation what it is
+[fastai: the blocks — CategoryBlock, MultiCategoryBlock, PointBlock, RegressionBlock, MaskBlock — that carry
+their own target decoding, loss and display]. The data loaders, the learner, export, inference,
+interpretation and plots are task-free: they ask the task."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from core.engine.architectures import Architecture
+from core.engine.errors import BundleError
+from core.engine.items import LabelledItems
+from core.engine.model import HeadConfig, create_cnn_model
+from core.engine.transforms import AugmentConfig, BatchAugment, ResizeMethod, resize_image, resize_map
+
+if TYPE_CHECKING:
+    from core.engine.data import ImageDataLoaders
+    from core.engine.inference import Predictor
+    from core.engine.learner import Learner
+
+
+@dataclass(frozen=True)
+class Grid:
+    """How one image is resized for the model: its own size, the target size and method, and the seed of a
+    random crop (None: centred). A target drawn on the image (points, a mask) follows the same grid."""
+
+    width: int
+    height: int
+    size: int
+    method: ResizeMethod
+    seed: int | None = None
+
+    def rng(self) -> np.random.Generator | None:
+        """A fresh generator: every call draws the same crop position."""
+        return np.random.default_rng(self.seed) if self.seed is not None else None
+
+    def resize(
+        self, img: Image.Image, resample: Image.Resampling = Image.Resampling.BILINEAR, fill: int = 0
+    ) -> Image.Image:
+        """The image (or a mask, with NEAREST) resized on this grid."""
+        return resize_image(img, self.size, self.method, self.rng(), resample, fill=fill)
+
+    def affine(self) -> tuple[float, float, float, float]:
+        """(ax, bx, ay, by): source pixels to resized pixels, x' = ax * x + bx."""
+        return resize_map(self.width, self.height, self.size, self.method, self.rng())
+
+
+class Prediction(Protocol):
+    """One image's answer."""
+
+    def public(self) -> dict[str, Any]:
+        """The answer as JSON-ready values: what the REST API, the CLI and the remote client print."""
+        ...
+
+    def text(self) -> str:
+        """The answer in a few words, for a terminal."""
+        ...
+
+
+class Interpretation(Protocol):
+    """What a model gets wrong on the validation set."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, for interpretation.json."""
+        ...
+
+    def plots(self) -> list[tuple[str, Callable[[Path], Path]]]:
+        """(artifact name, a function that draws it to a path), for each picture of it."""
+        ...
+
+
+def manifest_field(manifest: dict[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:
+    """A bundle manifest's field, checked for presence and type."""
+    if key not in manifest:
+        raise BundleError(f"{where}: manifest.json has no '{key}'; re-export the model with fitcycle")
+    value = manifest[key]
+    if not isinstance(value, kind):
+        raise BundleError(f"{where}: manifest.json '{key}' should be {kind}, found {type(value).__name__}")
+    return value
+
+
+class Task(ABC):
+    """One kind of target. Subclasses set the class variables and implement the abstract methods; the
+    defaults fit a head on a pooled body that outputs `outputs_per_class` numbers per class."""
+
+    name: ClassVar[str]  # stored in bundles and job results: do not rename
+    items_type: ClassVar[type[LabelledItems]]
+    metrics: ClassVar[tuple[str, ...]]  # the default metrics, the main one among them
+    main_metric: ClassVar[str]
+    activation: ClassVar[str] = "none"  # what turns outputs into probabilities (the manifest says it)
+    head_dropout: ClassVar[float] = 0.5  # fastai's ps
+    outputs_per_class: ClassVar[int] = 1
+
+    # ----- data ----------------------------------------------------------------------------------
+    def n_out(self, items: LabelledItems) -> int:
+        """Model outputs for these items."""
+        return len(items.classes) * self.outputs_per_class
+
+    def limit_augment(self, config: AugmentConfig) -> AugmentConfig:
+        """The augmentation this task's targets can follow (the default: all of it)."""
+        return config
+
+    @abstractmethod
+    def target(self, items: Any, i: int, grid: Grid) -> Any:
+        """Item i's target as the model learns it, on the image's grid."""
+
+    def augment(
+        self, augment: BatchAugment, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment a batch on its device; targets drawn on the image move with it."""
+        return augment(x, gen), y
+
+    # ----- model ---------------------------------------------------------------------------------
+    def build_model(
+        self, arch: Architecture, body: nn.Sequential, dls: ImageDataLoaders, head: HeadConfig
+    ) -> tuple[nn.Module, Any]:
+        """The model to train on `body`, and the head configuration to export with it."""
+        return create_cnn_model(arch, dls.n_out, body, head), head
+
+    @abstractmethod
+    def loss(self) -> nn.Module:
+        """The default loss [fastai: the block's loss_func]."""
+
+    # ----- export bundles --------------------------------------------------------------------------
+    def manifest_fields(self, dls: ImageDataLoaders, thresholds: list[float] | None) -> dict[str, Any]:
+        """What a bundle's manifest needs beyond the common fields."""
+        return {}
+
+    def check_manifest(self, manifest: dict[str, Any], where: Path) -> None:
+        """Refuse a manifest this task cannot serve (a BundleError that says what is wrong)."""
+        classes = manifest_field(manifest, "classes", list, where)
+        n_out = manifest_field(manifest, "n_out", int, where)
+        if len(classes) * self.outputs_per_class != n_out or not all(isinstance(c, str) for c in classes):
+            raise BundleError(f"{where}: {len(classes)} class names for {n_out} outputs")
+
+    # ----- inference -------------------------------------------------------------------------------
+    def inference_model(self, arch: Architecture, manifest: dict[str, Any]) -> nn.Module:
+        """The bundle's model, untrained, ready for its weights."""
+        head = manifest["head"]
+        config = HeadConfig(
+            lin_ftrs=list(head["lin_ftrs"]),
+            ps=float(head["ps"]),
+            concat_pool=bool(head["concat_pool"]),
+            target_scale=bool(head.get("target_scale", False)),
+        )
+        return create_cnn_model(arch, manifest["n_out"], head=config)
+
+    def predict(self, predictor: Predictor, images: Sequence[Image.Image]) -> list[Prediction]:
+        """Answers for several images: one forward pass at the training size, then each output decoded. A
+        task whose model sees each image at its own shape (segmentation) overrides this instead of decode."""
+        outputs = predictor.forward(images)
+        return [self.decode(o, img, predictor) for o, img in zip(outputs, images, strict=True)]
+
+    def decode(self, output: torch.Tensor, image: Image.Image, predictor: Predictor) -> Prediction:
+        """One image's model output (from predict's batch) as its answer."""
+        raise NotImplementedError(f"the {self.name} task answers in predict, not decode")
+
+    # ----- looking at the data and the model ---------------------------------------------------------
+    @abstractmethod
+    def interpret(self, learn: Learner, thresholds: list[float] | None = None) -> Interpretation:
+        """What the learner's model gets wrong on its validation set."""
+
+    @abstractmethod
+    def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
+        """Decoded images (N, 3, H, W in [0, 1]) with their targets drawn or written, to a PNG."""

@@ -1,0 +1,100 @@
+"""What the two regression tasks (points, values) share [fastai: RegressionBlock, PointBlock]: the model
+learns standardized targets (the head ends in a TargetScale set from the training targets), mean squared
+error, no head dropout by default, and an interpretation against the trivial baseline of predicting the
+training mean."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from core.engine.architectures import Architecture
+from core.engine.model import HeadConfig, TargetScale, create_cnn_model
+from core.engine.tasks.base import Task
+
+if TYPE_CHECKING:
+    from core.engine.data import ImageDataLoaders
+    from core.engine.learner import Learner
+
+
+class RegressionTask(Task):
+    """Numbers per image."""
+
+    head_dropout: ClassVar[float] = 0.0
+    unit: ClassVar[str]  # what an item's error is measured in
+
+    def build_model(
+        self, arch: Architecture, body: nn.Sequential, dls: ImageDataLoaders, head: HeadConfig
+    ) -> tuple[nn.Module, Any]:
+        head = dataclasses.replace(head, target_scale=True)
+        model = create_cnn_model(arch, dls.n_out, body, head)
+        scale = list(model[1].children())[-1]
+        assert isinstance(scale, TargetScale)
+        scale.set_stats(self.training_targets(dls))
+        return model, head
+
+    @abstractmethod
+    def training_targets(self, dls: ImageDataLoaders, max_items: int = 512) -> torch.Tensor:
+        """Targets of (up to max_items of) the training set as the model sees them, without augmentation."""
+
+    def loss(self) -> nn.Module:
+        return nn.MSELoss()
+
+    @abstractmethod
+    def errors(self, preds: torch.Tensor, targs: torch.Tensor) -> torch.Tensor:
+        """Each item's error, in `unit`."""
+
+    @abstractmethod
+    def plot_worst(
+        self, images: torch.Tensor, titles: list[str], path: Path, targs: list[torch.Tensor], preds: list[torch.Tensor]
+    ) -> Path:
+        """The worst items, drawn."""
+
+    def interpret(self, learn: Learner, thresholds: list[float] | None = None) -> RegressionInterpretation:
+        return RegressionInterpretation(learn, self)
+
+
+class RegressionInterpretation:
+    """The error of every validation item, its distribution, the trivial baseline (predicting the training
+    mean), and the worst items."""
+
+    def __init__(self, learn: Learner, task: RegressionTask) -> None:
+        self.learn, self.task = learn, task
+        self.preds, self.targs = learn.get_preds()
+        # The baseline needs only the training targets (in model coordinates), not a forward pass over them.
+        train = learn.dls.train.dataset
+        train_targs = torch.stack([train[i][1] for i in range(len(train))])
+        self.baseline = train_targs.mean(0, keepdim=True).expand_as(self.targs)
+        self.errors = task.errors(self.preds, self.targs)
+        self.dataset = learn.dls.valid.dataset
+
+    def as_dict(self, k: int = 9) -> dict[str, Any]:
+        """Error summary against the mean-target baseline, and the worst items."""
+        base = self.task.errors(self.baseline, self.targs)
+        worst = torch.topk(self.errors, min(k, len(self.errors))).indices.tolist()
+        return {
+            "task": self.task.name,
+            "unit": self.task.unit,
+            "error_mean": float(self.errors.mean()),
+            "error_median": float(self.errors.median()),
+            "error_p90": float(self.errors.quantile(0.9)),
+            "baseline_mean_target_error": float(base.mean()),
+            "top_losses": [{"item": self.dataset.key(i), "error": float(self.errors[i])} for i in worst],
+        }
+
+    def plots(self) -> list[tuple[str, Callable[[Path], Path]]]:
+        return [("plots/top_losses.png", self.plot_top_losses)]
+
+    def plot_top_losses(self, path: str | Path, k: int = 9) -> Path:
+        """The worst items, titled with their error."""
+        worst = torch.topk(self.errors, min(k, len(self.errors))).indices.tolist()
+        images = torch.stack([self.dataset[i][0] for i in worst]).float() / 255
+        titles = [f"{self.errors[i]:.3f}" for i in worst]
+        targs, preds = [self.targs[i] for i in worst], [self.preds[i] for i in worst]
+        return self.task.plot_worst(images, titles, Path(path), targs, preds)
