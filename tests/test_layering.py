@@ -183,7 +183,7 @@ def test_only_the_task_modules_name_a_concrete_task(package: str) -> None:
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             named = _names_a_task(node)
-            if named is not None:
+            if named is not None and isinstance(node, ast.Compare):
                 bad.append(f"{where}:{node.lineno} compares with the task '{named}'")
             elif isinstance(node, ast.Constant) and node.value in TASKS and node.value not in SHARED_NAMES:
                 bad.append(f"{where}:{node.lineno} names the task '{node.value}'")

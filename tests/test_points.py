@@ -66,6 +66,22 @@ def _mean_point_error(folder: Path) -> float:
     return float((t - t.mean(0)).norm(dim=2).mean())
 
 
+def test_every_loader_of_points_data_keeps_the_warp_off(silhouettes: Path) -> None:
+    """The no-warp rule lives in the task, so the API's show_batch (which builds its own loaders) follows it
+    too; and the loaders leave the caller's config alone when they shrink the batch size."""
+    items = from_targets_csv(silhouettes, "points.csv", "points")
+    augment = get_transforms(max_warp=0.4)
+    config = DataConfig(size=32, bs=4096, augment=augment)
+    dls = ImageDataLoaders(items, config)
+    assert dls.train.augment is not None and dls.train.augment.config.max_warp == 0.0
+    assert dls.train.augment.config.max_rotate == augment.max_rotate  # only the warp is limited
+    assert config.bs == 4096 and config.augment is augment and augment.max_warp == 0.4  # not mutated
+    assert dls.config.bs == len(items.indices(False))
+    as_values = from_targets_csv(silhouettes, "points.csv", "values")  # the same numbers as values: warp stays
+    values_augment = ImageDataLoaders(as_values, config).train.augment
+    assert values_augment is not None and values_augment.config.max_warp == 0.4
+
+
 def test_train_and_predict_points_through_the_cli(silhouettes: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     res = subprocess.run(

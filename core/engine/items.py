@@ -94,8 +94,8 @@ class LabelledItems:
 
 
 @dataclass(kw_only=True)
-class ClassItems(LabelledItems):
-    """One class per image."""
+class LabelItems(LabelledItems):
+    """Images labelled with classes (one, or several)."""
 
     labels: list[str]
     target_kind: ClassVar[str] = "label"
@@ -120,6 +120,11 @@ class ClassItems(LabelledItems):
     def record(self, i: int) -> dict[str, Any]:
         return {"label": self.labels[i]}
 
+
+@dataclass(kw_only=True)
+class ClassItems(LabelItems):
+    """One class per image."""
+
     @staticmethod
     def random_split(keys: Sequence[str], rows: Sequence[dict[str, Any]], valid_pct: float, seed: int) -> list[bool]:
         """As at upload: every class of 5 or more items gets a validation item."""
@@ -134,17 +139,13 @@ class ClassItems(LabelledItems):
 
 
 @dataclass(kw_only=True)
-class MultiLabelItems(ClassItems):
+class MultiLabelItems(LabelItems):
     """Several classes per image: each label is a `label_delim`-delimited list of classes."""
 
     label_delim: str
 
     def label_set(self, i: int) -> list[str]:
         return [c for c in self.labels[i].split(self.label_delim) if c]
-
-    @staticmethod
-    def random_split(keys: Sequence[str], rows: Sequence[dict[str, Any]], valid_pct: float, seed: int) -> list[bool]:
-        return split_by_rand_pct(keys, valid_pct, seed)
 
     @classmethod
     def from_records(
@@ -264,8 +265,8 @@ TARGET_ITEMS: dict[str, type[TargetItems]] = {t.target_kind: t for t in (PointIt
 
 def stored_type(manifest: dict[str, Any]) -> type[LabelledItems]:
     """The items type a dataset version's manifest holds."""
-    kind = manifest.get("target_kind", ClassItems.target_kind)
-    if kind == ClassItems.target_kind:
+    kind = manifest.get("target_kind", LabelItems.target_kind)
+    if kind == LabelItems.target_kind:
         return MultiLabelItems if manifest.get("labels", {}).get("label_delim") else ClassItems
     for t in (PointItems, ValueItems, MaskItems):
         if t.target_kind == kind:

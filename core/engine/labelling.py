@@ -16,7 +16,7 @@ import regex
 
 from core.engine.errors import DataError
 from core.engine.images import image_problem, is_image_name
-from core.engine.items import TARGET_ITEMS, ClassItems, MultiLabelItems, Rejected, TargetItems
+from core.engine.items import TARGET_ITEMS, ClassItems, LabelItems, MultiLabelItems, Rejected, TargetItems
 from core.engine.paths import MAX_TABLE_ROWS, inside, read_csv, read_text
 from core.engine.splits import split_by_column, split_by_folder, split_by_rand_pct, split_by_rand_pct_per_class
 
@@ -36,7 +36,7 @@ def _finish(
     declared_classes: Iterable[str] = (),
     label_delim: str | None = None,
     random_split: tuple[float, int] | None = None,
-) -> ClassItems:
+) -> LabelItems:
     """Drop unreadable files, work out the classes, and refuse datasets that cannot train. A random split
     (valid_pct, seed) is drawn over the readable items, so that every class of 5 or more gets a
     validation item (single-label data)."""
@@ -51,7 +51,7 @@ def _finish(
     present = {c for lab in labels for c in lab.split(label_delim) if c} if label_delim else set(labels)
     classes = sorted(present)
     empty = sorted(set(declared_classes) - present)
-    items: ClassItems = (
+    items: LabelItems = (
         ClassItems(root, keys, is_valid, classes, rejected, empty, labels=labels)
         if label_delim is None
         else MultiLabelItems(root, keys, is_valid, classes, rejected, empty, labels=labels, label_delim=label_delim)
@@ -90,7 +90,7 @@ def _list_files(root: Path) -> tuple[list[str], list[Rejected]]:
 
 def from_folder(
     root: str | Path, train: str = "train", valid: str = "valid", valid_pct: float = 0.2, seed: int = 42
-) -> ClassItems:
+) -> LabelItems:
     """Label each image by its parent folder. With train/ and valid/ folders they make the split;
     otherwise a stable random split of `valid_pct`."""
     root = Path(root)
@@ -121,7 +121,7 @@ def from_rows(
     seed: int = 42,
     source: str = "rows",
     label_delim: str | None = None,
-) -> ClassItems:
+) -> LabelItems:
     """Label images from records of (file name, label[, is_valid]) [fastai: from_df]. With `label_delim`
     the label column lists several classes (multi-label, [fastai: label_from_df(label_delim=' ')])."""
     root = Path(root).resolve()
@@ -165,7 +165,7 @@ def row_target(root: Path, name: str) -> Path | None:
         return None
 
 
-def from_df(root: str | Path, df: Any, **kwargs: Any) -> ClassItems:
+def from_df(root: str | Path, df: Any, **kwargs: Any) -> LabelItems:
     """Label images from a pandas DataFrame (or a list of dicts) with file-name and label columns."""
     rows = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
     return from_rows(root, rows, source="dataframe", **kwargs)
@@ -173,7 +173,7 @@ def from_df(root: str | Path, df: Any, **kwargs: Any) -> ClassItems:
 
 def from_csv(
     root: str | Path, csv_path: str, fn_col: str = "name", label_col: str = "label", **kwargs: Any
-) -> ClassItems:
+) -> LabelItems:
     """Label images from a CSV file (a path inside root) with a header naming the file-name and label columns."""
     path = inside(root, str(csv_path), "csv")
     if not path.is_file():
@@ -186,7 +186,7 @@ def from_csv(
 
 def from_name_func(
     root: str | Path, label_func: Callable[[str], str | None], valid_pct: float = 0.2, seed: int = 42
-) -> ClassItems:
+) -> LabelItems:
     """Label each image by a function of its path relative to root; None or '' rejects the file."""
     root = Path(root)
     keys, rejected = _list_files(root)
@@ -238,7 +238,7 @@ def name_pattern(pattern: str) -> Callable[[str], str | None]:
     return label
 
 
-def from_name_re(root: str | Path, pattern: str, valid_pct: float = 0.2, seed: int = 42) -> ClassItems:
+def from_name_re(root: str | Path, pattern: str, valid_pct: float = 0.2, seed: int = 42) -> LabelItems:
     """Label each image by the first group of a regular expression searched in its file name."""
     return from_name_func(root, name_pattern(pattern), valid_pct, seed)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from core.engine.errors import DataError
 from core.engine.items import LabelledItems
@@ -59,7 +59,7 @@ class LabelRule:
         if kind not in RULE_FIELDS:
             raise DataError(f"labels: '{kind}' is not a labelling rule; choose one of {', '.join(RULE_KINDS)}")
         own = {k: v for k, v in fields.items() if k in RULE_FIELDS[kind] and v is not None}
-        return cls(kind, **own)  # type: ignore[arg-type]  # kind was checked against RULE_FIELDS
+        return cls(cast(RuleKind, kind), **own)
 
     def problem(self) -> str | None:
         """What the rule lacks, as a sentence naming the field, or None."""
@@ -88,6 +88,13 @@ class LabelRule:
         return items, "column" if by_column else "random"
 
 
+def _required(r: LabelRule, name: str) -> str:
+    value = getattr(r, name)
+    if not value:
+        raise DataError(r.problem() or f"labels={r.kind} needs '{name}'")
+    return str(value)
+
+
 def _masks(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems:
     if r.csv:
         return from_mask_csv(
@@ -97,10 +104,9 @@ def _masks(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledIte
 
 
 def _csv(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems:
-    assert r.csv is not None  # problem() checked it
     return from_csv(
         root,
-        r.csv,
+        _required(r, "csv"),
         r.fn_col,
         r.label_col,
         valid_col=r.valid_col,
@@ -111,13 +117,11 @@ def _csv(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems
 
 
 def _targets(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems:
-    assert r.csv is not None  # problem() checked it
-    return from_targets_csv(root, r.csv, r.kind, r.fn_col, r.valid_col, valid_pct, seed)
+    return from_targets_csv(root, _required(r, "csv"), r.kind, r.fn_col, r.valid_col, valid_pct, seed)
 
 
 def _name_re(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems:
-    assert r.pattern is not None  # problem() checked it
-    return from_name_re(root, r.pattern, valid_pct=valid_pct, seed=seed)
+    return from_name_re(root, _required(r, "pattern"), valid_pct=valid_pct, seed=seed)
 
 
 READERS: dict[str, Callable[[LabelRule, Path, float, int], LabelledItems]] = {

@@ -133,7 +133,7 @@ class BatchAugment:
         masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Augment images and move `points` (N, K, 2) in [-1, 1] coordinates with them. Points need an
-        invertible geometry, so a point task must set max_warp=0 (checked by the job spec). `masks`
+        invertible geometry, so the points task sets max_warp=0 (Task.limit_augment). `masks`
         (N, H, W) of integer codes are resampled on the images' own grid, nearest, so every pixel keeps
         a code that was there; lighting leaves them alone."""
         c = self.config
