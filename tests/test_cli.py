@@ -74,8 +74,15 @@ def test_predict_json_lines(scratch_run: Path, fashion_folder: Path) -> None:
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     assert [line["path"] for line in lines] == [str(p) for p in images]
     for line in lines:
-        assert set(line) == {"path", "label", "index", "probs"} and len(line["probs"]) == 4
-        assert line["label"] == ["bag", "dress", "sneaker", "trouser"][line["index"]]
+        # The REST API's answer: every class ranked, the most probable first.
+        assert set(line) == {"path", "top", "predictions"} and len(line["predictions"]) == 4
+        assert line["top"] == line["predictions"][0] and {c for c, _ in line["predictions"]} == {
+            "bag",
+            "dress",
+            "sneaker",
+            "trouser",
+        }
+        assert sum(p for _, p in line["predictions"]) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_fine_tune_from_a_bundle_with_lr_find_over_a_csv(scratch_run: Path, fashion_csv: Path, tmp_path: Path) -> None:
