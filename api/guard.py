@@ -21,7 +21,8 @@ from core.db.session import session_scope
 log = logging.getLogger("fitcycle.api")
 CALLER = "fitcycle_caller"  # the key of the authenticated domain.Caller in the request's scope state
 OPEN_PATHS = ("/health", "/openapi.json")  # under the API prefix, answered without a key
-PREDICT = re.compile(r"^/models/[^/]+/predict$")
+PREDICT = re.compile(r"^/(models/[^/]+|registry/[^/]+)/predict$")
+MASKS = re.compile(r"^/(predictions/[^/]+/feedback|datasets/[^/]+/versions)$")
 
 
 class BodyTooLarge(Exception):
@@ -34,6 +35,8 @@ def body_limit(settings: Settings, method: str, path: str) -> int:
         return settings.max_upload_bytes
     if method == "POST" and PREDICT.match(path):
         return settings.max_predict_files * settings.max_predict_file_bytes + 1024**2  # + the multipart framing
+    if method == "POST" and MASKS.match(path):  # feedback and version cuts may carry base64 masks
+        return settings.max_edits_body_bytes
     return settings.max_json_body_bytes
 
 

@@ -42,6 +42,9 @@ class DatasetPublic(Public):
     warnings: list[str] = Field(
         default_factory=list, description="e.g. classes whose validation share is far from valid_pct"
     )
+    parent_version: int | None = Field(None, description="the version this one was cut from")
+    note: str = ""
+    changes: dict[str, Any] = Field(default_factory=dict, description="what the cut changed in its parent")
 
 
 class DatasetsPublic(BaseModel):
@@ -78,6 +81,12 @@ class JobCreate(JobSettings):
     dataset_version: int | None = Field(None, ge=1, description="default: the latest version")
     parent_job_id: str | None = Field(None, max_length=36)
     queue: str | None = Field(None, max_length=100, description="one of the server's queues (default: its first)")
+    name: str | None = Field(
+        None, max_length=200, description="the registry name its model joins (default: the dataset's name)"
+    )
+    from_model: str | None = Field(
+        None, max_length=36, description="retrain: the model to start from (default: the name's champion)"
+    )
     # Where a REST job differs from the spec: a model id for weights, and None for "the server decides".
     pretrained: str = Field("imagenet", max_length=36, description="'imagenet', 'none', or a model of this project")
     arch: str | None = Field(  # type: ignore[assignment]
@@ -167,6 +176,9 @@ class ModelPublic(Public):
     metrics: dict[str, Any]
     created_at: datetime
     bundle_url: str
+    name: str | None = Field(None, description="its registry name")
+    version: int | None = Field(None, description="its version under that name")
+    dataset_version_id: str | None = Field(None, description="the dataset version it learnt from")
 
 
 class ModelsPublic(BaseModel):
@@ -192,6 +204,7 @@ class Predictions(BaseModel):
         None, description="segmentation: base64 PNG, the image's size, each pixel's value the index of its code"
     )
     shares: dict[str, float] | None = Field(None, description="segmentation: share of the image's pixels per class")
+    prediction_id: str | None = Field(None, description="the logged prediction: send feedback to it")
 
 
 class FilePredictions(Predictions):
@@ -251,3 +264,151 @@ class KeyCreated(KeyPublic):
 class KeysPublic(BaseModel):
     data: list[KeyPublic]
     count: int
+
+
+class ProjectSettings(BaseModel):
+    """The caller's project's settings (an admin key changes them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_inputs: bool | None = Field(
+        None, description="store each predicted image (what feedback turns into training items); default on"
+    )
+
+
+class ProjectPublic(BaseModel):
+    id: str
+    name: str
+    settings: dict[str, Any]
+
+
+class DecisionPublic(Public):
+    id: str
+    name: str
+    action: str = Field(description="promoted | rejected | approved (waits for a person) | manual")
+    model_id: str
+    champion_id: str | None = Field(description="the champion before the decision")
+    scores: dict[str, Any]
+    reason: str
+    actor: str
+    job_id: str | None
+    created_at: datetime
+
+
+class RegistryEntry(BaseModel):
+    name: str
+    champion_id: str | None
+    challenger_id: str | None
+    policy: dict[str, Any]
+    versions: int
+
+
+class RegistryPublic(BaseModel):
+    data: list[RegistryEntry]
+    count: int
+
+
+class RegistryDetail(RegistryEntry):
+    models: list[ModelPublic]
+    decisions: list[DecisionPublic]
+
+
+class DecisionsPublic(BaseModel):
+    data: list[DecisionPublic]
+    count: int
+
+
+class Promote(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = Field(max_length=36)
+    reason: str = Field("", max_length=2000)
+
+
+class PolicyUpdate(BaseModel):
+    """A name's retraining policy; unset fields keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_feedback: int | None = Field(None, ge=1, le=1_000_000)
+    min_improvement: float | None = Field(None, ge=-1, le=1)
+    max_class_drop: float | None = Field(None, ge=0, le=1)
+    auto_promote: bool | None = None
+
+
+class PredictionPublic(Public):
+    id: str
+    model_id: str
+    name: str | None
+    source: str
+    filename: str
+    answer: dict[str, Any]
+    uncertainty: float
+    has_input: bool
+    created_at: datetime
+
+
+class PredictionsPublic(BaseModel):
+    data: list[PredictionPublic]
+    count: int
+
+
+class FeedbackCreate(BaseModel):
+    """One of: the task's target (label, labels, points, values, mask) or {"correct": true}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, max_length=200)
+    labels: list[str] | None = Field(None, max_length=1000)
+    points: list[list[float]] | list[float] | None = Field(None, max_length=10_000)
+    values: list[float] | None = Field(None, max_length=10_000)
+    mask: str | None = Field(None, description="base64 PNG")
+    correct: bool | None = None
+
+
+class FeedbackPublic(Public):
+    id: str
+    prediction_id: str
+    target: dict[str, Any]
+    key_id: str
+    used_in: str | None
+    created_at: datetime
+
+
+class FeedbackList(BaseModel):
+    data: list[FeedbackPublic]
+    count: int
+
+
+class Relabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item: str = Field(max_length=1000)
+    label: str | None = Field(None, max_length=200)
+    labels: list[str] | None = Field(None, max_length=1000)
+    points: list[list[float]] | list[float] | None = Field(None, max_length=10_000)
+    values: list[float] | None = Field(None, max_length=10_000)
+    mask: str | None = None
+
+
+class VersionCreate(BaseModel):
+    """A new version cut from another: feedback added, items relabelled or removed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    from_version: int | None = Field(None, ge=1, description="default: the latest")
+    add_feedback: Literal["all"] | list[str] | None = Field(
+        None, description='"all" unused feedback on this dataset\'s models, or prediction ids'
+    )
+    relabel: list[Relabel] = Field(default_factory=list, max_length=100_000)
+    remove: list[str] = Field(default_factory=list, max_length=100_000)
+    note: str = Field("", max_length=2000)
+
+
+class VersionDiff(BaseModel):
+    version: int
+    against: int
+    added: list[str]
+    removed: list[str]
+    relabelled: list[dict[str, Any]]
+    counts: dict[str, int]

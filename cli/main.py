@@ -288,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "datasets": cmd_remote,
         "jobs": cmd_remote,
         "models": cmd_remote,
+        "registry": cmd_remote,
+        "predictions": cmd_remote,
+        "feedback": cmd_remote,
     }
     try:
         return handlers[args.verb](args)

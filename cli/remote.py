@@ -4,6 +4,7 @@ job's server-sent events), fetch artifacts and predict. --url/--key or FITCYCLE_
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from cli.answers import with_files
 from core.engine.rules import RULE_KINDS
+from core.jobs.spec import JOB_KINDS
 
 
 def add_remote_verbs(verbs: Any) -> None:
@@ -50,7 +52,7 @@ def add_remote_verbs(verbs: Any) -> None:
 
     jobs = verbs.add_parser("jobs", help="jobs on a fitcycle server").add_subparsers(dest="sub", required=True)
     submit = common(jobs.add_parser("submit", help="queue a job (and watch it with --watch)"))
-    submit.add_argument("kind", choices=["lr_find", "stage1", "stage2", "fine_tune", "interpret"])
+    submit.add_argument("kind", choices=JOB_KINDS)
     submit.add_argument("--dataset", required=True, help="dataset id")
     submit.add_argument("--parent", default=None, help="parent job id (stage2, interpret)")
     submit.add_argument(
@@ -86,6 +88,64 @@ def add_remote_verbs(verbs: Any) -> None:
     models_list.add_argument("--json", action="store_true")
     models_delete = common(models.add_parser("delete", help="delete a model and its bundle"))
     models_delete.add_argument("model")
+
+    version = common(ds.add_parser("version", help="cut a new version: feedback added, items relabelled or removed"))
+    version.add_argument("dataset")
+    version.add_argument("--from", dest="from_version", type=int, default=None, help="default: the latest version")
+    version.add_argument(
+        "--add-feedback", default=None, metavar="all|ID,ID", help="unused feedback on this dataset's models, or ids"
+    )
+    version.add_argument(
+        "--edits", type=Path, default=None, help='a JSON file {"relabel": [{"item", "label"...}], "remove": [KEY]}'
+    )
+    version.add_argument("--remove", nargs="*", default=[], metavar="KEY")
+    version.add_argument("--note", default="")
+    versions = common(ds.add_parser("versions", help="a dataset's versions and what each changed"))
+    versions.add_argument("dataset")
+    versions.add_argument("--json", action="store_true")
+
+    reg = verbs.add_parser("registry", help="model names: champion, challenger, decisions").add_subparsers(
+        dest="sub", required=True
+    )
+    reg_list = common(reg.add_parser("list", help="every model name (a table; --json for scripts)"))
+    reg_list.add_argument("--json", action="store_true")
+    reg_show = common(reg.add_parser("show", help="a name's versions, champion and decisions, as JSON"))
+    reg_show.add_argument("name")
+    reg_promote = common(reg.add_parser("promote", help="make a model the name's champion (also to roll back)"))
+    reg_promote.add_argument("name")
+    reg_promote.add_argument("model")
+    reg_promote.add_argument("--reason", default="")
+    reg_predict = common(reg.add_parser("predict", help="the name's champion answers; prints the prediction ids"))
+    reg_predict.add_argument("name")
+    reg_predict.add_argument("images", nargs="+", type=Path)
+    reg_predict.add_argument("--mask-dir", type=Path, default=Path("predicted-masks"))
+    reg_policy = common(reg.add_parser("policy", help="set a name's retraining policy"))
+    reg_policy.add_argument("name")
+    reg_policy.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="min_feedback=20 ...")
+
+    preds = verbs.add_parser("predictions", help="logged predictions").add_subparsers(dest="sub", required=True)
+    preds_list = common(preds.add_parser("list", help="most uncertain (or recent) first: what to label next"))
+    preds_list.add_argument("--name", default=None)
+    preds_list.add_argument("--model", default=None)
+    preds_list.add_argument("--order", choices=["uncertainty", "recent"], default="uncertainty")
+    preds_list.add_argument("--limit", type=int, default=20)
+    preds_list.add_argument("--unlabelled", action="store_true", help="only those without feedback yet")
+    preds_list.add_argument("--json", action="store_true")
+
+    fb = verbs.add_parser("feedback", help="correct predictions").add_subparsers(dest="sub", required=True)
+    send = common(fb.add_parser("send", help="the right answer for a prediction"))
+    send.add_argument("prediction")
+    target = send.add_mutually_exclusive_group(required=True)
+    target.add_argument("--label", help="classification (a new class is allowed)")
+    target.add_argument("--labels", help="multi-label: comma-separated classes ('' for none)")
+    target.add_argument("--points", help="points: JSON [[x, y], ...] in the image's pixels")
+    target.add_argument("--values", help="values: JSON [v, ...]")
+    target.add_argument("--mask", type=Path, help="segmentation: a mask PNG (values = code indices)")
+    target.add_argument("--correct", action="store_true", help="the prediction was right")
+    send.add_argument("--idempotency-key", default=None)
+    fb_list = common(fb.add_parser("list", help="feedback, oldest first"))
+    fb_list.add_argument("--name", default=None)
+    fb_list.add_argument("--unused", action="store_true", help="not yet in a dataset version")
 
 
 class RemoteError(Exception):
@@ -239,8 +299,108 @@ def cmd_remote(args: argparse.Namespace) -> int:
         return 2
 
 
+def _feedback_body(args: argparse.Namespace) -> dict[str, Any]:
+    if args.correct:
+        return {"correct": True}
+    if args.label is not None:
+        return {"label": args.label}
+    if args.labels is not None:
+        return {"labels": [c.strip() for c in args.labels.split(",") if c.strip()]}
+    if args.points is not None:
+        return {"points": json.loads(args.points)}
+    if args.values is not None:
+        return {"values": json.loads(args.values)}
+    return {"mask": base64.b64encode(args.mask.read_bytes()).decode()}
+
+
+def _version_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"note": args.note, "remove": list(args.remove)}
+    if args.from_version is not None:
+        body["from_version"] = args.from_version
+    if args.add_feedback:
+        body["add_feedback"] = "all" if args.add_feedback == "all" else args.add_feedback.split(",")
+    if args.edits is not None:
+        edits = json.loads(args.edits.read_text())
+        body["relabel"] = edits.get("relabel", [])
+        body["remove"] += edits.get("remove", [])
+    return body
+
+
+def _registry_table(items: list[dict[str, Any]]) -> str:
+    return table(
+        [[e["name"], e["versions"], e["champion_id"], e["challenger_id"] or ""] for e in items],
+        ["NAME", "VERSIONS", "CHAMPION", "CHALLENGER"],
+    )
+
+
+def _predictions_table(items: list[dict[str, Any]]) -> str:
+    rows = []
+    for p in items:
+        answer = p["answer"]
+        said = (answer.get("top") or [""])[0] if "top" in answer else " ".join(answer.get("labels", [])) or "-"
+        rows.append([p["id"], f"{p['uncertainty']:.3f}", said, p["filename"][:40], _when(p["created_at"])])
+    return table(rows, ["PREDICTION", "UNCERTAINTY", "ANSWER", "FILE", "CREATED"])
+
+
+def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
+    """Registry, predictions, feedback and dataset versions."""
+    verb = (args.verb, args.sub)
+    if verb == ("registry", "list"):
+        items = _check(http.get("/registry"))["data"]
+        print(json.dumps(items, indent=1) if args.json else _registry_table(items))
+    elif verb == ("registry", "show"):
+        print(json.dumps(_check(http.get(f"/registry/{args.name}")), indent=1))
+    elif verb == ("registry", "promote"):
+        body = {"model_id": args.model, "reason": args.reason}
+        decision = _check(http.post(f"/registry/{args.name}/promote", json=body))
+        print(f"{args.name}: champion is now {decision['model_id']} (was {decision['champion_id']})")
+    elif verb == ("registry", "predict"):
+        for image in args.images:
+            with image.open("rb") as f:
+                result = _check(http.post(f"/registry/{args.name}/predict", files={"file": (image.name, f)}))
+            if "predictions" in result:
+                result["predictions"] = result["predictions"][:5]
+            print(json.dumps({"path": str(image), **with_files(result, image, args.mask_dir)}))
+    elif verb == ("registry", "policy"):
+        policy = {k: _value(v) for k, _, v in (item.partition("=") for item in args.set)}
+        print(json.dumps(_check(http.put(f"/registry/{args.name}/policy", json=policy)), indent=1))
+    elif verb == ("predictions", "list"):
+        params: dict[str, Any] = {"order": args.order, "limit": args.limit, "unlabelled": args.unlabelled}
+        params |= {k: v for k, v in {"name": args.name, "model_id": args.model}.items() if v}
+        items = _check(http.get("/predictions", params=params))["data"]
+        print(json.dumps(items, indent=1) if args.json else _predictions_table(items))
+    elif verb == ("feedback", "send"):
+        headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+        stored = _check(
+            http.post(f"/predictions/{args.prediction}/feedback", json=_feedback_body(args), headers=headers)
+        )
+        print(f"feedback {stored['id']} on prediction {stored['prediction_id']}: {json.dumps(stored['target'])}")
+    elif verb == ("feedback", "list"):
+        params = {"unused": args.unused} | ({"name": args.name} if args.name else {})
+        print(json.dumps(_check(http.get("/feedback", params=params))["data"], indent=1))
+    elif verb == ("datasets", "version"):
+        made = _check(http.post(f"/datasets/{args.dataset}/versions", json=_version_body(args)))
+        changes = json.dumps(made["changes"])
+        print(f"dataset {made['id']} version {made['version']} (from {made['parent_version']}): {changes}")
+        print(json.dumps(made["counts"]))
+    elif verb == ("datasets", "versions"):
+        items = _check(http.get(f"/datasets/{args.dataset}/versions"))["data"]
+        rows = [
+            [v["version"], v["parent_version"] or "", v["n_items"], len(v["classes"]), v["note"][:40]] for v in items
+        ]
+        print(
+            json.dumps(items, indent=1) if args.json else table(rows, ["VERSION", "FROM", "ITEMS", "CLASSES", "NOTE"])
+        )
+    return 0
+
+
 def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
     verb = (args.verb, args.sub)
+    if args.verb in ("registry", "predictions", "feedback") or verb in (
+        ("datasets", "version"),
+        ("datasets", "versions"),
+    ):
+        return _dispatch_loop(args, http)
     if verb == ("datasets", "upload"):
         fields = {
             k: v

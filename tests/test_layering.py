@@ -23,6 +23,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "core.storage",
         "core.engine.items",
         "core.engine.rules",
+        "core.engine.tasks",
         "core.engine.labelling",
         "core.engine.masks",
         "core.engine.images",

@@ -22,16 +22,17 @@ from core.db.session import session_scope
 from core.engine.callbacks import TrainingStopped
 from core.engine.errors import FitcycleError
 from core.engine.export import read_manifest
-from core.engine.items import stored_items
+from core.engine.items import LabelledItems, stored_items
 from core.jobs.rates import AutoRateHints
 from core.jobs.spec import TrainSpec
 from core.jobs.training import run_job
 from core.storage.base import ObjectStore, download_prefix
 from core.storage.layout import job_prefix
 from worker.context import DbJobContext, new_work_dir
+from worker.evaluate import evaluate_retrain, name_of
 
 log = logging.getLogger("fitcycle.worker")
-MODEL_KINDS = ("fine_tune", "stage1", "stage2")
+MODEL_KINDS = ("fine_tune", "stage1", "stage2", "retrain")
 
 
 @dataclass
@@ -83,6 +84,12 @@ def resolve_spec(rt: Runtime, job: domain.Job, data: Path) -> TrainSpec:
                     parent.result, sweep.id if sweep else None, sweep.result if sweep else None
                 )
                 fields.update(hints.spec_fields())
+        from_model = job.spec.get("from_model_id")
+        if from_model:  # a retrain: the full weights of the model it starts from
+            model = repos.get_model(s, from_model, job.project_id)
+            if model is None:
+                raise FitcycleError(f"model {from_model} (the retrain's starting point) no longer exists")
+            fields["init_bundle"] = str(fetch_bundle(rt, model))
     if isinstance(fields.get("lr"), list):
         fields["lr"] = tuple(fields["lr"])
     return TrainSpec(**fields)
@@ -123,7 +130,7 @@ def execute_job(rt: Runtime, job_id: str) -> str:
         spec = resolve_spec(rt, job, folder / "files")
         items = stored_items(folder / "files", manifest, spec.valid_pct, spec.seed)
         result = run_job(spec, ctx, items)
-        model_id = _register_model(rt, job, ctx, result) if job.kind in MODEL_KINDS else None
+        model_id = _register_model(rt, job, ctx, result, items) if job.kind in MODEL_KINDS else None
         if model_id is not None and rt.settings.drop_finished_checkpoints:
             result["checkpoint_bytes_freed"] = _drop_checkpoints(rt, job)
         outcome, error = "succeeded", None
@@ -182,7 +189,10 @@ def _drop_checkpoints(rt: Runtime, job: domain.Job) -> int:
     return freed
 
 
-def _register_model(rt: Runtime, job: domain.Job, ctx: DbJobContext, result: dict[str, Any]) -> str:
+def _register_model(
+    rt: Runtime, job: domain.Job, ctx: DbJobContext, result: dict[str, Any], items: LabelledItems
+) -> str:
+    """The model row, in the registry under its name; a retrain's model is then evaluated against the champion."""
     manifest = read_manifest(ctx.artifact_path("export"))
     keep = {k: v for k, v in result.items() if isinstance(v, int | float) or k in ("lrs", "task", "main_metric")}
     with session_scope(rt.sessions) as s:
@@ -194,6 +204,17 @@ def _register_model(rt: Runtime, job: domain.Job, ctx: DbJobContext, result: dic
             classes=manifest["classes"],
             metrics=keep,
             bundle_prefix=f"{job_prefix(job.project_id, job.id)}/artifacts/export",
+            dataset_version_id=job.dataset_version_id,
+        )
+        name = name_of(s, job)
+        entry = repos.model_name(s, job.project_id, name)
+        champion = repos.get_model(s, entry.champion_id, job.project_id) if entry and entry.champion_id else None
+        model = repos.register_model(s, model.id, name, as_challenger=job.kind == "retrain")
+    result["name"], result["version"] = model.name, model.version
+    if job.kind == "retrain":
+        champion_bundle = fetch_bundle(rt, champion) if champion is not None else None
+        result["decision"] = evaluate_retrain(
+            rt.sessions, job, model, ctx.artifact_path("export"), champion_bundle, champion, items
         )
     return model.id
 

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from api.routes import architectures, datasets, health, jobs, keys, models
+from api.routes import architectures, datasets, health, jobs, keys, models, predictions, project, registry
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -11,3 +11,6 @@ api_router.include_router(jobs.router)
 api_router.include_router(models.router)
 api_router.include_router(keys.router)
 api_router.include_router(architectures.router)
+api_router.include_router(registry.router)
+api_router.include_router(predictions.router)
+api_router.include_router(project.router)

@@ -9,8 +9,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from api.deps import ProjectDep, StateDep
-from api.schemas import DatasetPublic, DatasetsPublic, Deleted, ItemsPublic, LabelsPublic
+from api.schemas import DatasetPublic, DatasetsPublic, Deleted, ItemsPublic, LabelsPublic, VersionCreate, VersionDiff
 from api.services import datasets as service
+from api.services import versions as versions_service
 from core.engine.rules import LabelRule, RuleKind
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -118,3 +119,29 @@ async def show_batch(
     """A PNG of one augmented training batch with its labels (augmented as training would: points never warp)."""
     png = await run_in_threadpool(service.show_batch, state, project, dataset_id, version, size, seed, valid_pct)
     return Response(png, media_type="image/png")
+
+
+@router.post("/{dataset_id}/versions", status_code=201)
+async def cut_version(state: StateDep, project: ProjectDep, dataset_id: str, body: VersionCreate) -> DatasetPublic:
+    """A new immutable version cut from `from_version` (default: the latest): `add_feedback` ("all" unused
+    feedback on this dataset's models, or prediction ids), `relabel` ([{"item": KEY, "label"|"labels"|"points"|
+    "values"|"mask": ...}]), `remove` ([KEY, ...]), `note`. Items keep their split; new ones get their own."""
+    return await run_in_threadpool(versions_service.cut, state, project, dataset_id, body)
+
+
+@router.get("/{dataset_id}/versions")
+async def list_versions(state: StateDep, project: ProjectDep, dataset_id: str) -> DatasetsPublic:
+    """Every version, oldest first, with counts and what each cut changed."""
+    return await run_in_threadpool(versions_service.list_versions, state, project, dataset_id)
+
+
+@router.get("/{dataset_id}/versions/{version}/diff")
+async def version_diff(
+    state: StateDep,
+    project: ProjectDep,
+    dataset_id: str,
+    version: int,
+    against: Annotated[int | None, Query(ge=1, description="default: the version it was cut from")] = None,
+) -> VersionDiff:
+    """Items added, removed and relabelled from `against` to `version`."""
+    return await run_in_threadpool(versions_service.version_diff, state, project, dataset_id, version, against)

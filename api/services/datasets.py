@@ -109,10 +109,10 @@ def upload(
     except BaseException:
         state.store.delete_prefix(prefix + "/")
         raise
-    return _public(dataset, row, versions)
+    return version_public(dataset, row, versions)
 
 
-def _public(dataset: domain.Dataset, v: domain.DatasetVersion, versions: list[int]) -> DatasetPublic:
+def version_public(dataset: domain.Dataset, v: domain.DatasetVersion, versions: list[int]) -> DatasetPublic:
     """The version as answered, under its dataset's id and name."""
     warnings = lopsided_classes(v.counts, float(v.labels.get("valid_pct", 0.2))) if v.split == "random" else []
     return DatasetPublic.of(v, id=dataset.id, name=dataset.name, version_id=v.id, versions=versions, warnings=warnings)
@@ -146,13 +146,13 @@ def list_all(state: AppState, project: domain.Project) -> DatasetsPublic:
         for d in repos.list_datasets(s, project.id):
             versions = repos.dataset_versions(s, d.id)
             if versions:
-                out.append(_public(d, versions[-1], [v.version for v in versions]))
+                out.append(version_public(d, versions[-1], [v.version for v in versions]))
     return DatasetsPublic(data=out, count=len(out))
 
 
 def get(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> DatasetPublic:
     with session_scope(state.sessions) as s:
-        return _public(*get_version(s, project, dataset_id, version))
+        return version_public(*get_version(s, project, dataset_id, version))
 
 
 def labels(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> LabelsPublic:

@@ -39,7 +39,7 @@ PARENT_KINDS = {"stage2": "a stage-1 (or fine_tune) job", "interpret": "a job th
 def _validate_spec(body: JobCreate, fields: dict[str, Any]) -> None:
     """Run the engine's own validation now, so a bad spec is a 422 instead of a failed job."""
     probe = {**fields, "data": ".", "kind": body.kind}
-    if body.kind in ("stage2", "interpret"):
+    if body.kind in ("stage2", "interpret", "retrain"):
         probe["init_bundle"] = "<parent>"
     try:
         TrainSpec(**probe)
@@ -116,6 +116,42 @@ def _require_imagenet_weights(arch_name: str) -> None:
     )
 
 
+# A retrain starts close to where it should end: the stage-1 and stage-2 defaults, scaled down.
+RETRAIN_DEFAULTS = {"freeze_epochs": 1, "epochs": 2, "lr": 1e-3}
+NOT_SPEC = {"pretrained_model_id", "name", "from_model_id"}  # what the API records beside the engine's spec
+
+
+def _retrain_from(s: Session, project: domain.Project, body: JobCreate, fields: dict[str, Any]) -> None:
+    """A retrain starts from `from_model`, else the name's champion: its architecture, its pictures (size,
+    resize, augmentation) and its split settings, unless the request sets them; smaller defaults."""
+    name = fields["name"]
+    model_id = body.from_model
+    if model_id is None:
+        entry = repos.model_name(s, project.id, name)
+        model_id = entry.champion_id if entry else None
+        if model_id is None:
+            raise Problem(
+                422,
+                "Invalid job",
+                f"name: '{name}' has no champion to retrain; train a model under that name first (or give from_model)",
+                field="name",
+            )
+    model = repos.get_model(s, model_id, project.id)
+    if model is None:
+        raise Problem(422, "Invalid job", f"from_model: no model {model_id} in this project", field="from_model")
+    if body.arch is not None and body.arch != model.arch:
+        raise Problem(422, "Invalid job", f"arch: a retrain keeps its model's architecture ({model.arch})")
+    fields["arch"] = model.arch
+    fields["from_model_id"] = model.id
+    made_by = repos.get_job(s, model.job_id, project.id)
+    for key in INHERITED:
+        if key not in body.model_fields_set and made_by is not None and key in made_by.spec:
+            fields[key] = made_by.spec[key]
+    for key, value in RETRAIN_DEFAULTS.items():
+        if key not in body.model_fields_set:
+            fields[key] = value
+
+
 def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPublic:
     settings = state.settings
     if body.queue is not None and body.queue not in settings.queues:
@@ -134,11 +170,14 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
                 f"this project has {active} queued or running jobs, its limit (FITCYCLE_MAX_ACTIVE_JOBS); "
                 "wait for some to finish or cancel them",
             )
-        _, version, _ = get_version(s, project, body.dataset_id, body.dataset_version)
+        dataset, version, _ = get_version(s, project, body.dataset_id, body.dataset_version)
         fields = body.model_dump(
-            exclude={"dataset_id", "dataset_version", "parent_job_id", "queue", "kind"}, exclude_none=True
+            exclude={"dataset_id", "dataset_version", "parent_job_id", "queue", "kind", "from_model"}, exclude_none=True
         )
-        if body.lr is None:
+        fields["name"] = body.name or dataset.name
+        if body.kind == "retrain":
+            _retrain_from(s, project, body, fields)
+        if body.lr is None and "lr" not in fields:
             fields["lr"] = "auto" if body.kind == "stage2" else 3e-3 if body.kind == "stage1" else 2e-3
         parent = _parent(s, project, body)
         if parent is not None:
@@ -156,9 +195,9 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
             fields["pretrained_model_id"] = model.id
             fields.setdefault("arch", model.arch)
         fields.setdefault("arch", DEFAULT_ARCH)
-        if parent is None and fields.get("pretrained") == "imagenet" and body.kind != "interpret":
+        if parent is None and fields.get("pretrained") == "imagenet" and body.kind not in ("interpret", "retrain"):
             _require_imagenet_weights(fields["arch"])
-        _validate_spec(body, {k: v for k, v in fields.items() if k != "pretrained_model_id"})
+        _validate_spec(body, {k: v for k, v in fields.items() if k not in NOT_SPEC})
         queue = body.queue or settings.default_queue
         job = repos.create_job(
             s,

@@ -66,7 +66,18 @@ def delete(state: AppState, project: domain.Project, model_id: str) -> Deleted:
             raise Problem(
                 409, "Model in use", f"model {model_id} is in use by {listed}; cancel those jobs or wait for them"
             )
+        entry = repos.model_name(s, project.id, model.name) if model.name else None
+        others = repos.models_of_name(s, project.id, model.name) if model.name else []
+        if entry is not None and entry.champion_id == model_id and len(others) > 1:
+            raise Problem(
+                409,
+                "Model is a champion",
+                f"model {model_id} answers for '{model.name}'; promote another of its models first "
+                f"(POST /registry/{model.name}/promote)",
+            )
         freed = repos.delete_artifacts(s, model.job_id, "export/")
+        if entry is not None and len(others) <= 1:  # the name's last model: the name goes with it
+            repos.delete_model_name(s, entry.id)
         repos.delete_model(s, model_id)
     objects = state.store.delete_prefix(model.bundle_prefix + "/")
     state.predictors.forget(model_id)

@@ -13,6 +13,12 @@ TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 class Project:
     id: str
     name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keep_inputs(self) -> bool:
+        """Whether predicted images are stored (what feedback turns into training items); default on."""
+        return bool(self.settings.get("keep_inputs", True))
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,9 @@ class DatasetVersion:
     prefix: str
     created_at: datetime
     n_bytes: int = 0
+    parent_version: int | None = None
+    note: str = ""
+    changes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -155,4 +164,66 @@ class Model:
     classes: list[str]
     metrics: dict[str, Any]
     bundle_prefix: str
+    created_at: datetime
+    name: str | None = None
+    version: int | None = None
+    dataset_version_id: str | None = None
+
+    @property
+    def task(self) -> str:
+        """The task it answers (as its job recorded it)."""
+        return str(self.metrics.get("task", ""))
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """A registry entry: the champion answers for the name; a challenger waits for (or lost) its decision."""
+
+    id: str
+    project_id: str
+    name: str
+    champion_id: str | None
+    challenger_id: str | None
+    policy: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Decision:
+    id: str
+    project_id: str
+    name: str
+    action: str  # promoted | rejected | manual
+    model_id: str
+    champion_id: str | None
+    scores: dict[str, Any]
+    reason: str
+    actor: str
+    job_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    id: str
+    project_id: str
+    model_id: str
+    name: str | None
+    source: str
+    filename: str
+    input_key: str | None
+    answer: dict[str, Any]
+    uncertainty: float
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Feedback:
+    id: str
+    project_id: str
+    prediction_id: str
+    target: dict[str, Any]
+    key_id: str
+    idempotency_key: str | None
+    used_in: str | None
     created_at: datetime

@@ -42,6 +42,7 @@ class ProjectRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # e.g. keep_inputs
 
 
 class ApiKeyRow(Base):
@@ -81,6 +82,10 @@ class DatasetVersionRow(Base):
     prefix: Mapped[str] = mapped_column(String(300))  # object-store prefix of files/ and manifest.json
     n_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # stored files' bytes
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A version cut from another (feedback, relabels, removals): which one, why, and what changed.
+    parent_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    note: Mapped[str] = mapped_column(Text, default="", server_default="")
+    changes: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class JobRow(Base):
@@ -158,4 +163,71 @@ class ModelRow(Base):
     classes: Mapped[list[Any]] = mapped_column()
     metrics: Mapped[dict[str, Any]] = mapped_column()
     bundle_prefix: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The registry: the model name it belongs to, its version under that name, and the data it learnt from.
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    version: Mapped[int | None] = mapped_column(Integer, default=None)
+    dataset_version_id: Mapped[str | None] = mapped_column(String(36), default=None)
+
+
+class ModelNameRow(Base):
+    """A registry entry: the champion serves the name, a challenger waits for (or lost) its decision."""
+
+    __tablename__ = "model_names"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    champion_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    challenger_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DecisionRow(Base):
+    """One change (or refusal to change) of a name's champion, with the scores and the reason."""
+
+    __tablename__ = "decisions"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(20))  # promoted | rejected | manual
+    model_id: Mapped[str] = mapped_column(String(36))  # the challenger, or the model promoted by hand
+    champion_id: Mapped[str | None] = mapped_column(String(36), default=None)  # the champion it was weighed against
+    scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(200), default="")  # "gate", or the key that promoted
+    job_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PredictionRow(Base):
+    """One answered image: the active-learning queue, and what feedback corrects."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_project_created", "project_id", "created_at"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    model_id: Mapped[str] = mapped_column(String(36), index=True)
+    name: Mapped[str | None] = mapped_column(String(200), default=None)  # the model's registry name
+    source: Mapped[str] = mapped_column(String(20))  # file | url | name
+    filename: Mapped[str] = mapped_column(String(300), default="")
+    input_key: Mapped[str | None] = mapped_column(String(500), default=None)  # the image in the store, if kept
+    answer: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    uncertainty: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FeedbackRow(Base):
+    """A person's correction of a prediction (or its confirmation), in the task's own target shape."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("project_id", "idempotency_key"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    prediction_id: Mapped[str] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), index=True)
+    target: Mapped[dict[str, Any]] = mapped_column()
+    key_id: Mapped[str] = mapped_column(String(36))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    used_in: Mapped[str | None] = mapped_column(String(36), default=None)  # the dataset version it went into
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

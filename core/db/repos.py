@@ -22,9 +22,13 @@ from core.db.models import (
     BatchMetricRow,
     DatasetRow,
     DatasetVersionRow,
+    DecisionRow,
     EpochMetricRow,
+    FeedbackRow,
     JobRow,
+    ModelNameRow,
     ModelRow,
+    PredictionRow,
     ProjectRow,
     utcnow,
 )
@@ -64,6 +68,14 @@ def get_or_create_project(s: Session, name: str) -> d.Project:
         row = ProjectRow(id=new_id(), name=name)
         s.add(row)
         s.flush()
+    return _to(d.Project, row)
+
+
+def update_project_settings(s: Session, project_id: str, changes: dict[str, Any]) -> d.Project:
+    row = s.get(ProjectRow, project_id)
+    assert row is not None, project_id
+    row.settings = {**(row.settings or {}), **changes}
+    s.flush()
     return _to(d.Project, row)
 
 
@@ -142,6 +154,11 @@ def create_dataset(s: Session, dataset_id: str, project_id: str, name: str) -> d
     s.add(row)
     s.flush()
     return _to(d.Dataset, row)
+
+
+def lock_dataset(s: Session, dataset_id: str) -> None:
+    """Hold the dataset's row until the transaction ends: one version cut at a time (PostgreSQL)."""
+    s.execute(select(DatasetRow.id).where(DatasetRow.id == dataset_id).with_for_update())
 
 
 def next_version_number(s: Session, dataset_id: str) -> int:
@@ -458,6 +475,174 @@ def list_models(s: Session, project_id: str) -> list[d.Model]:
     return [_to(d.Model, r) for r in rows]
 
 
+# ----- the registry ----------------------------------------------------------------------------------
+def model_name(s: Session, project_id: str, name: str, lock: bool = False) -> d.ModelName | None:
+    q = select(ModelNameRow).where(ModelNameRow.project_id == project_id, ModelNameRow.name == name)
+    row = s.scalar(q.with_for_update() if lock else q)
+    return _to(d.ModelName, row) if row else None
+
+
+def list_model_names(s: Session, project_id: str) -> list[d.ModelName]:
+    rows = s.scalars(select(ModelNameRow).where(ModelNameRow.project_id == project_id).order_by(ModelNameRow.name))
+    return [_to(d.ModelName, r) for r in rows]
+
+
+def register_model(s: Session, model_id: str, name: str, as_challenger: bool) -> d.Model:
+    """Give a model the next version of `name` (made on first use). The first model of a name becomes its
+    champion; a later one becomes the challenger when `as_challenger` (a retrain), else just a version."""
+    row = s.get(ModelRow, model_id)
+    assert row is not None, model_id
+    entry = s.scalar(
+        select(ModelNameRow)
+        .where(ModelNameRow.project_id == row.project_id, ModelNameRow.name == name)
+        .with_for_update()
+    )
+    if entry is None:
+        entry = ModelNameRow(id=new_id(), project_id=row.project_id, name=name, policy={})
+        s.add(entry)
+        s.flush()
+    if row.name != name or row.version is None:
+        top = s.scalar(
+            select(func.max(ModelRow.version)).where(ModelRow.project_id == row.project_id, ModelRow.name == name)
+        )
+        row.name, row.version = name, int(top or 0) + 1
+    if entry.champion_id is None:
+        entry.champion_id = row.id
+    elif as_challenger and entry.champion_id != row.id:
+        entry.challenger_id = row.id
+    s.flush()
+    return _to(d.Model, row)
+
+
+def models_of_name(s: Session, project_id: str, name: str) -> list[d.Model]:
+    rows = s.scalars(
+        select(ModelRow).where(ModelRow.project_id == project_id, ModelRow.name == name).order_by(ModelRow.version)
+    )
+    return [_to(d.Model, r) for r in rows]
+
+
+def set_champion(s: Session, project_id: str, name: str, model_id: str, decision: dict[str, Any]) -> d.Decision:
+    """Make model_id the champion of name (the old one is recorded in the decision) and record it."""
+    entry = s.scalar(
+        select(ModelNameRow).where(ModelNameRow.project_id == project_id, ModelNameRow.name == name).with_for_update()
+    )
+    assert entry is not None, name
+    previous = entry.champion_id
+    entry.champion_id = model_id
+    if entry.challenger_id == model_id:
+        entry.challenger_id = None
+    return record_decision(s, project_id, name, model_id=model_id, champion_id=previous, **decision)
+
+
+def record_decision(s: Session, project_id: str, name: str, **values: Any) -> d.Decision:
+    row = DecisionRow(id=new_id(), project_id=project_id, name=name, **values)
+    s.add(row)
+    s.flush()
+    return _to(d.Decision, row)
+
+
+def decisions(s: Session, project_id: str, name: str) -> list[d.Decision]:
+    rows = s.scalars(
+        select(DecisionRow)
+        .where(DecisionRow.project_id == project_id, DecisionRow.name == name)
+        .order_by(DecisionRow.created_at)
+    )
+    return [_to(d.Decision, r) for r in rows]
+
+
+def delete_model_name(s: Session, entry_id: str) -> None:
+    s.execute(delete(ModelNameRow).where(ModelNameRow.id == entry_id))
+
+
+def set_policy(s: Session, project_id: str, name: str, policy: dict[str, Any]) -> d.ModelName | None:
+    entry = s.scalar(select(ModelNameRow).where(ModelNameRow.project_id == project_id, ModelNameRow.name == name))
+    if entry is None:
+        return None
+    entry.policy = policy
+    s.flush()
+    return _to(d.ModelName, entry)
+
+
+# ----- predictions and feedback ------------------------------------------------------------------------
+def record_prediction(s: Session, **values: Any) -> d.PredictionRecord:
+    row = PredictionRow(**values)
+    s.add(row)
+    s.flush()
+    return _to(d.PredictionRecord, row)
+
+
+def get_prediction(s: Session, project_id: str, prediction_id: str) -> d.PredictionRecord | None:
+    row = s.get(PredictionRow, prediction_id)
+    return _to(d.PredictionRecord, row) if row and row.project_id == project_id else None
+
+
+def list_predictions(
+    s: Session, project_id: str, name: str | None, model_id: str | None, order: str, limit: int, unlabelled: bool
+) -> list[d.PredictionRecord]:
+    q = select(PredictionRow).where(PredictionRow.project_id == project_id)
+    if name is not None:
+        q = q.where(PredictionRow.name == name)
+    if model_id is not None:
+        q = q.where(PredictionRow.model_id == model_id)
+    if unlabelled:
+        q = q.where(~select(FeedbackRow.id).where(FeedbackRow.prediction_id == PredictionRow.id).exists())
+    if order == "uncertainty":
+        q = q.order_by(PredictionRow.uncertainty.desc(), PredictionRow.created_at.desc())
+    else:
+        q = q.order_by(PredictionRow.created_at.desc())
+    return [_to(d.PredictionRecord, r) for r in s.scalars(q.limit(limit))]
+
+
+def add_feedback(s: Session, **values: Any) -> tuple[d.Feedback, bool]:
+    """Store feedback; with an idempotency key already used in the project, the stored one (and False)."""
+    key = values.get("idempotency_key")
+    if key is not None:
+        found = s.scalar(
+            select(FeedbackRow).where(
+                FeedbackRow.project_id == values["project_id"], FeedbackRow.idempotency_key == key
+            )
+        )
+        if found is not None:
+            return _to(d.Feedback, found), False
+    row = FeedbackRow(**{"id": new_id(), **values})
+    s.add(row)
+    s.flush()
+    return _to(d.Feedback, row), True
+
+
+def list_feedback(
+    s: Session, project_id: str, name: str | None = None, unused: bool = False, prediction_ids: list[str] | None = None
+) -> list[tuple[d.Feedback, d.PredictionRecord]]:
+    """Feedback with its prediction, oldest first."""
+    q = (
+        select(FeedbackRow, PredictionRow)
+        .join(PredictionRow, FeedbackRow.prediction_id == PredictionRow.id)
+        .where(FeedbackRow.project_id == project_id)
+    )
+    if name is not None:
+        q = q.where(PredictionRow.name == name)
+    if unused:
+        q = q.where(FeedbackRow.used_in.is_(None))
+    if prediction_ids is not None:
+        q = q.where(FeedbackRow.prediction_id.in_(prediction_ids))
+    rows = s.execute(q.order_by(FeedbackRow.created_at))
+    return [(_to(d.Feedback, f), _to(d.PredictionRecord, p)) for f, p in rows]
+
+
+def mark_feedback_used(s: Session, feedback_ids: list[str], version_id: str) -> None:
+    if feedback_ids:
+        s.execute(update(FeedbackRow).where(FeedbackRow.id.in_(feedback_ids)).values(used_in=version_id))
+
+
+def count_unused_feedback(s: Session, project_id: str, name: str) -> int:
+    q = (
+        select(func.count(FeedbackRow.id))
+        .join(PredictionRow, FeedbackRow.prediction_id == PredictionRow.id)
+        .where(FeedbackRow.project_id == project_id, PredictionRow.name == name, FeedbackRow.used_in.is_(None))
+    )
+    return int(s.scalar(q) or 0)
+
+
 # ----- deleting ------------------------------------------------------------------------------------
 def jobs_on_versions(s: Session, version_ids: list[str]) -> list[d.Job]:
     """Every job that trained or evaluated on one of these dataset versions."""
@@ -498,6 +683,7 @@ def delete_model(s: Session, model_id: str) -> None:
     if row is None:
         return
     s.execute(update(JobRow).where(JobRow.model_id == model_id).values(model_id=None))
+    s.execute(update(ModelNameRow).where(ModelNameRow.challenger_id == model_id).values(challenger_id=None))
     s.execute(delete(ModelRow).where(ModelRow.id == model_id))
 
 

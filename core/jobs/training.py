@@ -98,20 +98,57 @@ def build_learner(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None 
     head = HeadConfig(ps=spec.head_dropout if spec.head_dropout is not None else task.head_dropout)
     learn, source = cnn_learner(items, spec.arch, config, pretrained, metrics, cbs, device, loss, head)
     if spec.init_bundle:
-        _load_full_weights(learn, spec.init_bundle)
+        _load_full_weights(learn, spec.init_bundle, remap=spec.kind == "retrain")
     assert learn.arch is not None
     return Built(learn, items, learn.arch, source)
 
 
-def _load_full_weights(learn: Learner, bundle: str) -> None:
-    """Continue from a parent job's model: same architecture and classes, body and head."""
+def _load_full_weights(learn: Learner, bundle: str, remap: bool = False) -> None:
+    """Continue from a parent job's model: same architecture, body and head. With `remap` (a retrain) the
+    class list may have changed: the output layer is rebuilt and the rows of the classes that persist are
+    copied from the old one (a new class starts from the fresh head's rows)."""
     manifest = read_manifest(bundle)
-    if manifest["classes"] != learn.dls.classes:
+    old, new = list(manifest["classes"]), list(learn.dls.classes)
+    state = load_file(f"{bundle}/{manifest['weights']}", device=str(learn.dls.device))
+    if old == new:
+        learn.model.load_state_dict(state)
+        return
+    if not remap:
         raise WeightsMismatch(
-            f"the parent model was trained on classes {manifest['classes']}, this dataset has {learn.dls.classes}; "
+            f"the parent model was trained on classes {old}, this dataset has {new}; "
             "continue on the same dataset, or start a new stage 1 from the parent model with pretrained=<model id>"
         )
-    learn.model.load_state_dict(load_file(f"{bundle}/{manifest['weights']}", device=str(learn.dls.device)))
+    per = learn.dls.task.outputs_per_class
+    own = learn.model.state_dict()
+    out_keys = output_keys(own, len(new) * per)
+    rows = [(old.index(c), j) for j, c in enumerate(new) if c in old]
+    merged = {}
+    for key, mine in own.items():
+        theirs = state.get(key)
+        if key in out_keys and theirs is not None and theirs.ndim and theirs.shape[0] == len(old) * per:
+            fresh = mine.clone()
+            for a, b in rows:
+                fresh[b * per : (b + 1) * per] = theirs[a * per : (a + 1) * per]
+            merged[key] = fresh
+        elif theirs is not None and theirs.shape == mine.shape:
+            merged[key] = theirs
+        else:
+            raise WeightsMismatch(f"the parent model's '{key}' does not fit this model; retrain from the same arch")
+    learn.model.load_state_dict(merged)
+
+
+def output_keys(state: dict[str, torch.Tensor], n_out: int) -> set[str]:
+    """The state keys of a model's output layer: the trailing run of tensors with one row per output (the last
+    Linear or 1x1 conv, its norm and a TargetScale), scalars such as a norm's step count skipped."""
+    keys: set[str] = set()
+    for key in reversed(list(state)):
+        tensor = state[key]
+        if tensor.ndim == 0:
+            continue
+        if tensor.shape[0] != n_out:
+            break
+        keys.add(key)
+    return keys
 
 
 def _write_lr_find(result: LRFindResult, ctx: JobContext) -> None:
@@ -147,6 +184,7 @@ def run_job(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None
         "stage2": _stage2,
         "lr_find": _lr_find,
         "interpret": _interpret,
+        "retrain": _fine_tune,  # from the champion's full weights, with the retrain's (smaller) epochs and rate
     }
     return runners[spec.kind](spec, ctx, built)
 

@@ -43,6 +43,9 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool:
         """Whether an object is stored under key."""
 
+    def copy(self, src: str, dst: str) -> int:
+        """Copy an object inside the store (no round trip through this process where the store can); its size."""
+
     def list(self, prefix: str) -> list[str]:
         """Every key under a prefix, sorted."""
 

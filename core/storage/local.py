@@ -47,6 +47,12 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> int:
         return self._write_from(key, data)
 
+    def copy(self, src: str, dst: str) -> int:
+        source = self._path(src)
+        if not source.is_file():
+            raise ObjectNotFound(src)
+        return self._write_from(dst, source)
+
     def get_file(self, key: str, path: Path) -> Path:
         src = self._path(key)
         if not src.is_file():

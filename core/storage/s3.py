@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from minio import Minio
+from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
@@ -41,6 +42,16 @@ class S3Store:
         self._ensure_bucket()
         self.client.put_object(self.bucket, check_key(key), io.BytesIO(data), len(data), content_type=content_type)
         return len(data)
+
+    def copy(self, src: str, dst: str) -> int:
+        self._ensure_bucket()
+        try:
+            self.client.copy_object(self.bucket, check_key(dst), CopySource(self.bucket, check_key(src)))
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NotFound"):
+                raise ObjectNotFound(src) from None
+            raise
+        return self.size(dst)
 
     def get_file(self, key: str, path: Path) -> Path:
         path = Path(path)

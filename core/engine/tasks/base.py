@@ -5,6 +5,7 @@ interpretation and plots are task-free: they ask the task."""
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from core.engine.architectures import Architecture
-from core.engine.errors import BundleError
+from core.engine.errors import BundleError, DataError
 from core.engine.items import LabelledItems
 from core.engine.model import HeadConfig, create_cnn_model
 from core.engine.transforms import AugmentConfig, BatchAugment, ResizeMethod, resize_image, resize_map
@@ -65,6 +66,11 @@ class Prediction(Protocol):
         """The answer in a few words, for a terminal."""
         ...
 
+    @property
+    def uncertainty(self) -> float:
+        """How unsure the model is, 0 (sure) and up, comparable within a task: the active-learning order."""
+        ...
+
 
 class Interpretation(Protocol):
     """What a model gets wrong on the validation set."""
@@ -76,6 +82,61 @@ class Interpretation(Protocol):
     def plots(self) -> list[tuple[str, Callable[[Path], Path]]]:
         """(artifact name, a function that draws it to a path), for each picture of it."""
         ...
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A person's target for one image, checked, in the task's shape: the JSON to store, and for a mask the
+    PNG to store beside it."""
+
+    target: dict[str, Any]
+    mask_png: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A model's score on labelled items, computed in label space from its answers, so that two models with
+    different class lists (a retrain that added a class) are scored on the same items the same way."""
+
+    metric: str
+    value: float
+    higher_is_better: bool
+    per_class: dict[str, float]  # recall per class (classification, multi-label), IoU (segmentation); {} else
+    n_items: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "value": self.value,
+            "higher_is_better": self.higher_is_better,
+            "per_class": self.per_class,
+            "n_items": self.n_items,
+        }
+
+
+MAX_LABEL_CHARS = 200
+
+
+def check_label(value: Any, where: str) -> str:
+    """A class name from a request: a non-empty line of text (a new class is allowed)."""
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: a class name is a non-empty string")
+    label = value.strip()
+    if len(label) > MAX_LABEL_CHARS or any(ord(c) < 32 for c in label) or "/" in label:
+        raise DataError(f"{where}: a class name has at most {MAX_LABEL_CHARS} characters, no '/' or control characters")
+    return label
+
+
+def check_numbers(value: Any, n: int, where: str) -> list[float]:
+    """`n` finite numbers from a request (a flat list, or [[x, y], ...] pairs flattened)."""
+    flat = [v for t in value for v in (t if isinstance(t, list) else [t])] if isinstance(value, list) else None
+    if (
+        flat is None
+        or len(flat) != n
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in flat)
+    ):
+        raise DataError(f"{where}: expected {n} numbers")
+    return [float(v) for v in flat]
 
 
 def manifest_field(manifest: dict[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:
@@ -172,3 +233,22 @@ class Task(ABC):
     @abstractmethod
     def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
         """Decoded images (N, 3, H, W in [0, 1]) with their targets drawn or written, to a PNG."""
+
+    # ----- the feedback loop -----------------------------------------------------------------------
+    @abstractmethod
+    def correction(self, body: dict[str, Any], manifest: dict[str, Any], image_size: tuple[int, int]) -> Correction:
+        """A person's target for an image of `image_size`, in this task's shape ({"label"}, {"labels"},
+        {"points"}, {"values"} or {"mask"}), checked against the model's (or dataset's) manifest: a DataError
+        that names the field otherwise. A class outside the manifest's classes is allowed (a new class)."""
+
+    @abstractmethod
+    def confirmed(self, answer: dict[str, Any]) -> Correction:
+        """{"correct": true}: the model's own answer (its public()) as the target."""
+
+    @abstractmethod
+    def record(self, target: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+        """A stored target as a dataset manifest's item fields (label, targets, or mask: the item's mask key)."""
+
+    @abstractmethod
+    def score(self, predictions: Sequence[Prediction], items: Any, indices: Sequence[int]) -> Scores:
+        """Answers for items[indices] scored against their targets, in label space."""

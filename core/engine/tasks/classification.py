@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from core.engine.errors import DataError
 from core.engine.interpret import validation_images
-from core.engine.items import ClassItems
+from core.engine.items import ClassItems, LabelItems
 from core.engine.plots import plot_confusion_matrix, plot_images
-from core.engine.tasks.base import Grid, Task
+from core.engine.tasks.base import Correction, Grid, Prediction, Scores, Task, check_label
 
 if TYPE_CHECKING:
     from core.engine.inference import Predictor
@@ -44,6 +45,12 @@ class ClassPrediction:
 
     def text(self) -> str:
         return f"{self.label} ({self.probs[self.index]:.3f})"
+
+    @property
+    def uncertainty(self) -> float:
+        """1 - the margin between the two most probable classes."""
+        top = sorted(self.probs, reverse=True)[:2]
+        return 1.0 - (top[0] - (top[1] if len(top) > 1 else 0.0))
 
 
 @dataclass(frozen=True)
@@ -173,3 +180,24 @@ class ClassificationTask(Task):
 
     def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
         return plot_images(images, [classes[int(y)] for y in targets], path)
+
+    def correction(self, body: dict[str, Any], manifest: dict[str, Any], image_size: tuple[int, int]) -> Correction:
+        if "label" not in body:
+            raise DataError('label: a classification target is {"label": CLASS} (a new class is allowed)')
+        return Correction({"label": check_label(body["label"], "label")})
+
+    def confirmed(self, answer: dict[str, Any]) -> Correction:
+        return Correction({"label": answer["top"][0]})
+
+    def record(self, target: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+        return {"label": target["label"]}
+
+    def score(self, predictions: Sequence[Prediction], items: LabelItems, indices: Sequence[int]) -> Scores:
+        """Accuracy, and recall per true class."""
+        hits: dict[str, list[bool]] = {}
+        for p, i in zip(predictions, indices, strict=True):
+            assert isinstance(p, ClassPrediction)
+            hits.setdefault(items.labels[i], []).append(p.label == items.labels[i])
+        flat = [h for hs in hits.values() for h in hs]
+        per_class = {c: sum(hs) / len(hs) for c, hs in sorted(hits.items())}
+        return Scores("accuracy", sum(flat) / max(1, len(flat)), True, per_class, len(flat))

@@ -5,6 +5,7 @@ tuned on the validation set after training and stored in the export bundle so pr
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from core.engine.errors import BundleError
+from core.engine.errors import BundleError, DataError
 from core.engine.interpret import validation_images
 from core.engine.items import MultiLabelItems
 from core.engine.metrics import fbeta
 from core.engine.plots import plot_images, plot_threshold_curves
-from core.engine.tasks.base import Grid, Task, manifest_field
+from core.engine.tasks.base import Correction, Grid, Prediction, Scores, Task, check_label, manifest_field
 from core.engine.tasks.classification import ClassPrediction
 
 if TYPE_CHECKING:
@@ -72,12 +73,20 @@ class MultiLabelPrediction(ClassPrediction):
     """Every class above its tuned threshold (`labels`); label/index are the most probable class."""
 
     labels: list[str]
+    thresholds: list[float]
 
     def public(self) -> dict[str, Any]:
         return super().public() | {"labels": self.labels}
 
     def text(self) -> str:
         return " ".join(self.labels) or "(no label above its threshold)"
+
+    @property
+    def uncertainty(self) -> float:
+        """How close the class nearest its threshold is to it: 1 on the threshold, 0 at 0 or 1."""
+        return max(
+            1.0 - abs(p - t) / (t if p < t else 1.0 - t) for p, t in zip(self.probs, self.thresholds, strict=True)
+        )
 
 
 class MultiLabelInterpretation:
@@ -203,10 +212,39 @@ class MultiLabelTask(Task):
         i, probs = int(p.argmax()), p.tolist()
         thresholds = predictor.manifest["thresholds"]
         chosen = [c for c, v, t in zip(predictor.classes, probs, thresholds, strict=True) if v > t]
-        return MultiLabelPrediction(predictor.classes[i], i, probs, predictor.classes, chosen)
+        return MultiLabelPrediction(predictor.classes[i], i, probs, predictor.classes, chosen, list(thresholds))
 
     def interpret(self, learn: Learner, thresholds: list[float] | None = None) -> MultiLabelInterpretation:
         return MultiLabelInterpretation(learn, thresholds)
+
+    def correction(self, body: dict[str, Any], manifest: dict[str, Any], image_size: tuple[int, int]) -> Correction:
+        labels = body.get("labels")
+        if not isinstance(labels, list) or len(labels) > 1000:
+            raise DataError('labels: a multi-label target is {"labels": [CLASS, ...]} (new classes are allowed)')
+        return Correction({"labels": sorted({check_label(c, "labels") for c in labels})})
+
+    def confirmed(self, answer: dict[str, Any]) -> Correction:
+        return Correction({"labels": list(answer["labels"])})
+
+    def record(self, target: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+        delim = manifest["labels"]["label_delim"]
+        if any(delim in c for c in target["labels"]):
+            raise DataError(f"labels: a class name cannot hold the dataset's label delimiter {delim!r}")
+        return {"label": delim.join(target["labels"])}
+
+    def score(self, predictions: Sequence[Prediction], items: MultiLabelItems, indices: Sequence[int]) -> Scores:
+        """F-beta (beta 2) of the predicted label sets, averaged over items; recall per true class."""
+        b2, total, found, present = 4.0, 0.0, Counter[str](), Counter[str]()
+        for p, i in zip(predictions, indices, strict=True):
+            assert isinstance(p, MultiLabelPrediction)
+            true, pred = set(items.label_set(i)), set(p.labels)
+            tp = len(true & pred)
+            precision, recall = tp / max(1, len(pred)), tp / max(1, len(true))
+            total += (1 + b2) * precision * recall / (b2 * precision + recall) if precision + recall else 0.0
+            present.update(true)
+            found.update(true & pred)
+        per_class = {c: found[c] / n for c, n in sorted(present.items())}
+        return Scores("fbeta", total / max(1, len(indices)), True, per_class, len(indices))
 
     def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
         titles = [

@@ -28,12 +28,17 @@ class PointsPrediction:
     """(x, y) per point, in the original image's pixels."""
 
     points: list[list[float]]
+    spread: float = 0.0  # under test-time augmentation, as a share of the image's side
 
     def public(self) -> dict[str, Any]:
         return {"points": self.points}
 
     def text(self) -> str:
         return " ".join(f"({x:.1f}, {y:.1f})" for x, y in self.points)
+
+    @property
+    def uncertainty(self) -> float:
+        return self.spread
 
 
 class PointsTask(RegressionTask):
@@ -43,6 +48,7 @@ class PointsTask(RegressionTask):
     main_metric = "point_error"
     outputs_per_class = 2  # a class per point, x and y each
     unit = "share of the image side"
+    answer_key = "points"
 
     def limit_augment(self, config: AugmentConfig) -> AugmentConfig:
         return dataclasses.replace(config, max_warp=0.0)
@@ -70,11 +76,21 @@ class PointsTask(RegressionTask):
         """Mean point distance as a share of the image side (coordinates span 2)."""
         return ((preds - targs).view(len(preds), -1, 2).norm(dim=2) / 2).mean(dim=1)
 
-    def decode(self, output: torch.Tensor, image: Image.Image, predictor: Predictor) -> PointsPrediction:
+    def answer_vector(self, output: torch.Tensor, image: Image.Image, predictor: Predictor) -> torch.Tensor:
         # [-1, 1] -> resized pixels -> the original image's pixels (undo the resize's affine map).
         ax, bx, ay, by = resize_map(image.width, image.height, predictor.size, predictor.method, None)
         xy = (output.view(-1, 2) + 1) / 2 * predictor.size
-        return PointsPrediction([[(x - bx) / ax, (y - by) / ay] for x, y in xy.tolist()])
+        return torch.stack([(xy[:, 0] - bx) / ax, (xy[:, 1] - by) / ay], dim=1).flatten()
+
+    def spread_scale(self, image: Image.Image) -> float:
+        return float(max(image.size))
+
+    def decoded(self, answer: torch.Tensor, spread: float) -> PointsPrediction:
+        return PointsPrediction(answer.view(-1, 2).tolist(), spread)
+
+    def item_error(self, answer: torch.Tensor, truth: torch.Tensor, size: tuple[int, int]) -> float:
+        """Mean point distance as a share of the image's longer side."""
+        return float((answer.view(-1, 2) - truth.view(-1, 2)).norm(dim=1).mean()) / max(size)
 
     def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
         return plot_images(images, [""] * len(images), path, points=list(targets))

@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from PIL import Image, ImageEnhance
 from torch import nn
 
 from core.engine.architectures import Architecture
+from core.engine.errors import DataError
+from core.engine.items import TargetItems
 from core.engine.model import HeadConfig, TargetScale, create_cnn_model
-from core.engine.tasks.base import Task
+from core.engine.tasks.base import Correction, Prediction, Scores, Task, check_numbers
 
 if TYPE_CHECKING:
     from core.engine.data import ImageDataLoaders
+    from core.engine.inference import Predictor
     from core.engine.learner import Learner
 
 
@@ -58,6 +62,70 @@ class RegressionTask(Task):
 
     def interpret(self, learn: Learner, thresholds: list[float] | None = None) -> RegressionInterpretation:
         return RegressionInterpretation(learn, self)
+
+    def predict(self, predictor: Predictor, images: Sequence[Image.Image]) -> list[Prediction]:
+        """Each image's answer, and its spread under test-time augmentation: the same images a little darker,
+        brighter and flatter (lighting only, so every variant keeps the geometry the answer is in)."""
+        variants = [list(images)] + [[change(img) for img in images] for change in TTA]
+        outputs = [predictor.forward(v) for v in variants]
+        out = []
+        for n, img in enumerate(images):
+            answers = torch.stack([self.answer_vector(o[n], img, predictor) for o in outputs])
+            spread = float(answers.std(dim=0).mean()) / self.spread_scale(img)
+            out.append(self.decoded(answers[0], spread))
+        return out
+
+    @abstractmethod
+    def answer_vector(self, output: torch.Tensor, image: Image.Image, predictor: Predictor) -> torch.Tensor:
+        """One output in the answer's units (points: the image's pixels), flat."""
+
+    def spread_scale(self, image: Image.Image) -> float:
+        """What the spread is divided by (points: the image's side)."""
+        return 1.0
+
+    @abstractmethod
+    def decoded(self, answer: torch.Tensor, spread: float) -> Prediction:
+        """The answer vector as this task's prediction."""
+
+    def decode(self, output: torch.Tensor, image: Image.Image, predictor: Predictor) -> Prediction:
+        return self.decoded(self.answer_vector(output, image, predictor), 0.0)
+
+    def score(self, predictions: Sequence[Prediction], items: TargetItems, indices: Sequence[int]) -> Scores:
+        """The mean of each item's error in `unit`."""
+        errors = []
+        for p, i in zip(predictions, indices, strict=True):
+            truth = torch.tensor(items.targets[i])
+            answer = torch.tensor(
+                [v for xy in p.public()[self.answer_key] for v in (xy if isinstance(xy, list) else [xy])]
+            )
+            with Image.open(items.path(i)) as img:
+                errors.append(self.item_error(answer, truth, img.size))
+        return Scores(self.main_metric, sum(errors) / max(1, len(errors)), False, {}, len(errors))
+
+    answer_key: ClassVar[str]
+
+    @abstractmethod
+    def item_error(self, answer: torch.Tensor, truth: torch.Tensor, size: tuple[int, int]) -> float:
+        """One item's error, in the main metric's unit, from its answer and its true targets (both as given)."""
+
+    def correction(self, body: dict[str, Any], manifest: dict[str, Any], image_size: tuple[int, int]) -> Correction:
+        n = len(manifest["classes"]) * self.outputs_per_class
+        if self.answer_key not in body:
+            raise DataError(f"{self.answer_key}: a {self.name} target is {{{self.answer_key!r}: [...]}} ({n} numbers)")
+        return Correction({self.answer_key: check_numbers(body[self.answer_key], n, self.answer_key)})
+
+    def confirmed(self, answer: dict[str, Any]) -> Correction:
+        return Correction({self.answer_key: flatten(answer[self.answer_key])})
+
+    def record(self, target: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+        return {"label": "", "targets": list(target[self.answer_key])}
+
+
+TTA: tuple[Callable[[Image.Image], Image.Image], ...] = (
+    lambda img: ImageEnhance.Brightness(img).enhance(0.85),
+    lambda img: ImageEnhance.Brightness(img).enhance(1.15),
+    lambda img: ImageEnhance.Contrast(img).enhance(0.8),
+)
 
 
 class RegressionInterpretation:
@@ -98,3 +166,8 @@ class RegressionInterpretation:
         titles = [f"{self.errors[i]:.3f}" for i in worst]
         targs, preds = [self.targs[i] for i in worst], [self.preds[i] for i in worst]
         return self.task.plot_worst(images, titles, Path(path), targs, preds)
+
+
+def flatten(values: list[Any]) -> list[float]:
+    """[[x, y], ...] or [a, b, ...] as one flat list."""
+    return [float(v) for t in values for v in (t if isinstance(t, list) else [t])]

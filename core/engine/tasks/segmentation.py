@@ -19,13 +19,14 @@ from PIL import Image
 from torch import nn
 
 from core.engine.architectures import Architecture
-from core.engine.errors import BundleError
+from core.engine.errors import BundleError, DataError
+from core.engine.images import MAX_PIXELS
 from core.engine.items import IGNORE_INDEX, MaskItems
-from core.engine.masks import open_mask
+from core.engine.masks import MASK_MODES, open_mask
 from core.engine.metrics import dice_per_class, iou_per_class, pixel_confusion
 from core.engine.model import HeadConfig
 from core.engine.plots import plot_bars, plot_images, plot_mask_rows
-from core.engine.tasks.base import Grid, Prediction, Task, manifest_field
+from core.engine.tasks.base import Correction, Grid, Prediction, Scores, Task, manifest_field
 from core.engine.transforms import BatchAugment, image_to_uint8_tensor, resize_image, resize_map
 from core.engine.unet import DynamicUnet, UnetConfig
 
@@ -41,6 +42,7 @@ class MaskPrediction:
 
     mask: Image.Image
     shares: dict[str, float]
+    entropy: float = 0.0  # mean per-pixel entropy of the class probabilities (nats)
 
     def mask_png(self) -> bytes:
         """The mask as PNG bytes (pixel value = code index, as in the training masks)."""
@@ -53,6 +55,13 @@ class MaskPrediction:
 
     def text(self) -> str:
         return "  ".join(f"{c} {v:.1%}" for c, v in self.shares.items())
+
+    @property
+    def uncertainty(self) -> float:
+        return self.entropy
+
+
+MAX_MASK_BASE64 = 28 * 1024 * 1024  # a 20 MB PNG, base64-encoded
 
 
 class MaskedCrossEntropy(nn.Module):
@@ -257,15 +266,63 @@ class SegmentationTask(Task):
         else:
             resized, box = resize_image(image, size, "squish", None), (0, 0, size, size)
         x = image_to_uint8_tensor(resized)[None].to(predictor.device).float().div_(255)
-        classes = predictor.model(predictor.normalize(x))[0].argmax(dim=0).cpu().numpy().astype(np.uint8)
-        classes = classes[box[1] : box[3], box[0] : box[2]]
+        logits = predictor.model(predictor.normalize(x))[0].float()[:, box[1] : box[3], box[0] : box[2]]
+        entropy = float(-(logits.softmax(dim=0) * logits.log_softmax(dim=0)).sum(dim=0).mean())
+        classes = logits.argmax(dim=0).cpu().numpy().astype(np.uint8)
         full = np.asarray(Image.fromarray(classes).resize((w, h), Image.Resampling.NEAREST))
         counts = np.bincount(full.ravel(), minlength=len(predictor.classes))
         shares = {c: float(n) / full.size for c, n in zip(predictor.classes, counts, strict=True)}
-        return MaskPrediction(Image.fromarray(code_of_class[full]), shares)
+        return MaskPrediction(Image.fromarray(code_of_class[full]), shares, entropy)
 
     def interpret(self, learn: Learner, thresholds: list[float] | None = None) -> SegmentationInterpretation:
         return SegmentationInterpretation(learn)
 
     def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
         return plot_images(images, [""] * len(images), path, masks=list(targets), classes=classes)
+
+    def correction(self, body: dict[str, Any], manifest: dict[str, Any], image_size: tuple[int, int]) -> Correction:
+        """{"mask": base64 PNG}: single-channel, the image's size, each value the index of a code."""
+        data = body.get("mask")
+        if not isinstance(data, str) or len(data) > MAX_MASK_BASE64:
+            raise DataError(
+                f"mask: a segmentation target is {{'mask': a base64 PNG}} of at most {MAX_MASK_BASE64:,} characters"
+            )
+        try:
+            png = base64.b64decode(data, validate=True)
+            with Image.open(io.BytesIO(png)) as m:
+                if m.format != "PNG" or m.mode not in MASK_MODES:
+                    raise DataError("mask: a single-channel PNG (grayscale or palette), each value a code's index")
+                if m.width * m.height > MAX_PIXELS:
+                    raise DataError("mask: over the pixel limit")
+                values = np.asarray(m if m.mode in ("L", "P") else m.convert("I")).astype(np.int64)
+                size = m.size
+        except (ValueError, OSError, Image.DecompressionBombError) as exc:
+            raise DataError(f"mask: not a PNG we can read ({type(exc).__name__})") from None
+        if size != image_size:
+            raise DataError(f"mask: it is {size[0]}x{size[1]}, the image is {image_size[0]}x{image_size[1]}")
+        codes = manifest["codes"]
+        if values.size and int(values.max()) >= len(codes):
+            raise DataError(f"mask: value {int(values.max())} has no code (codes are 0-{len(codes) - 1}: {codes})")
+        buf = io.BytesIO()
+        Image.fromarray(values.astype(np.uint8), mode="L").save(buf, format="PNG")
+        return Correction({"mask": ""}, buf.getvalue())
+
+    def confirmed(self, answer: dict[str, Any]) -> Correction:
+        return Correction({"mask": ""}, base64.b64decode(answer["mask"]))
+
+    def record(self, target: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+        return {"label": "", "mask": target["mask"]}
+
+    def score(self, predictions: Sequence[Prediction], items: MaskItems, indices: Sequence[int]) -> Scores:
+        """Mean IoU over the classes present (by code value; void pixels left out), and IoU per class."""
+        n = len(items.codes)
+        cm = torch.zeros(n, n, dtype=torch.long)
+        for p, i in zip(predictions, indices, strict=True):
+            assert isinstance(p, MaskPrediction)
+            truth = torch.from_numpy(np.asarray(open_mask(items.mask_path(i))).astype(np.int64))
+            pred = torch.from_numpy(np.asarray(p.mask).astype(np.int64))
+            keep = truth != (items.void_code if items.void_code is not None else -1)
+            cm += torch.bincount(truth[keep] * n + pred[keep].clamp(0, n - 1), minlength=n * n).reshape(n, n)
+        iou = iou_per_class(cm)
+        per_class = {c: float(iou[v]) for v, c in enumerate(items.codes) if v != items.void_code and iou[v] == iou[v]}
+        return Scores("mean_iou", sum(per_class.values()) / max(1, len(per_class)), True, per_class, len(indices))

@@ -26,12 +26,17 @@ class ValuesPrediction:
     """The predicted numbers, in the order of the target names."""
 
     values: list[float]
+    spread: float = 0.0  # under test-time augmentation, in the values' own units
 
     def public(self) -> dict[str, Any]:
         return {"values": self.values}
 
     def text(self) -> str:
         return " ".join(f"{v:.4g}" for v in self.values)
+
+    @property
+    def uncertainty(self) -> float:
+        return self.spread
 
 
 class ValuesTask(RegressionTask):
@@ -40,6 +45,7 @@ class ValuesTask(RegressionTask):
     metrics = ("mae", "rmse")
     main_metric = "mae"
     unit = "absolute error"
+    answer_key = "values"
 
     def target(self, items: ValueItems, i: int, grid: Grid) -> torch.Tensor:
         return torch.tensor(items.targets[i], dtype=torch.float32)
@@ -54,8 +60,15 @@ class ValuesTask(RegressionTask):
     def errors(self, preds: torch.Tensor, targs: torch.Tensor) -> torch.Tensor:
         return (preds - targs).abs().mean(dim=1)
 
-    def decode(self, output: torch.Tensor, image: Image.Image, predictor: Predictor) -> ValuesPrediction:
-        return ValuesPrediction(output.tolist())
+    def answer_vector(self, output: torch.Tensor, image: Image.Image, predictor: Predictor) -> torch.Tensor:
+        return output
+
+    def decoded(self, answer: torch.Tensor, spread: float) -> ValuesPrediction:
+        return ValuesPrediction(answer.tolist(), spread)
+
+    def item_error(self, answer: torch.Tensor, truth: torch.Tensor, size: tuple[int, int]) -> float:
+        """Mean absolute error over the values."""
+        return float((answer - truth).abs().mean())
 
     def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
         return plot_images(images, [" ".join(f"{v:.3g}" for v in y.tolist()) for y in targets], path)

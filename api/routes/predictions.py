@@ -1,0 +1,57 @@
+"""The prediction log (the active-learning queue) and feedback on predictions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import CallerDep, ProjectDep, StateDep
+from api.schemas import FeedbackCreate, FeedbackList, FeedbackPublic, PredictionsPublic
+from api.services import feedback as service
+
+router = APIRouter(tags=["feedback"])
+
+
+@router.get("/predictions")
+async def list_predictions(
+    state: StateDep,
+    project: ProjectDep,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    model_id: Annotated[str | None, Query(max_length=36)] = None,
+    order: Annotated[str, Query(pattern="^(uncertainty|recent)$")] = "recent",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    unlabelled: bool = False,
+) -> PredictionsPublic:
+    """Logged predictions, most uncertain (order=uncertainty: label these first) or most recent first."""
+    return await run_in_threadpool(service.list_predictions, state, project, name, model_id, order, limit, unlabelled)
+
+
+@router.post("/predictions/{prediction_id}/feedback", status_code=201)
+async def give_feedback(
+    response: Response,
+    state: StateDep,
+    caller: CallerDep,
+    prediction_id: str,
+    body: FeedbackCreate,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> FeedbackPublic:
+    """The right answer for a prediction, in its task's shape ({"label"}, {"labels"}, {"points"}, {"values"},
+    {"mask": base64 PNG}) or {"correct": true}. A class the model does not know is allowed (a new class).
+    With an Idempotency-Key header, sending it again stores nothing new (200 with the stored one)."""
+    stored, created = await run_in_threadpool(service.give, state, caller, prediction_id, body, idempotency_key)
+    if not created:
+        response.status_code = 200
+    return stored
+
+
+@router.get("/feedback")
+async def list_feedback(
+    state: StateDep,
+    project: ProjectDep,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    unused: bool = False,
+) -> FeedbackList:
+    """Feedback, oldest first (`unused`: not yet in a dataset version)."""
+    return await run_in_threadpool(service.list_feedback, state, project, name, unused)

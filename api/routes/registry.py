@@ -1,0 +1,73 @@
+"""The model registry: names, champion and challenger, decisions, promotion by hand, policy, and predict by
+name (the champion answers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, File, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import CallerDep, ProjectDep, StateDep
+from api.schemas import (
+    BatchPredictions,
+    DecisionPublic,
+    DecisionsPublic,
+    PolicyUpdate,
+    Predictions,
+    Promote,
+    RegistryDetail,
+    RegistryEntry,
+    RegistryPublic,
+)
+from api.services import predict as predict_service
+from api.services import registry as service
+
+router = APIRouter(prefix="/registry", tags=["registry"])
+
+
+def _bundle_url(request: Request) -> Callable[[str], str]:
+    return lambda model_id: str(request.url_for("download_bundle", model_id=model_id))
+
+
+@router.get("")
+async def list_names(state: StateDep, project: ProjectDep) -> RegistryPublic:
+    """Every model name of the project with its champion, challenger and policy."""
+    return await run_in_threadpool(service.list_all, state, project)
+
+
+@router.get("/{name}")
+async def get_name(request: Request, state: StateDep, project: ProjectDep, name: str) -> RegistryDetail:
+    """A name's versions with their metrics, its champion and challenger, and its decisions."""
+    return await run_in_threadpool(service.get, state, project, name, _bundle_url(request))
+
+
+@router.get("/{name}/decisions")
+async def get_decisions(state: StateDep, project: ProjectDep, name: str) -> DecisionsPublic:
+    """Each promotion or refusal: both scores and the reason."""
+    return await run_in_threadpool(service.decisions, state, project, name)
+
+
+@router.post("/{name}/promote")
+async def promote(state: StateDep, caller: CallerDep, name: str, body: Promote) -> DecisionPublic:
+    """Make one of the name's models its champion (also how to roll back); recorded with who and why."""
+    return await run_in_threadpool(service.promote, state, caller, name, body)
+
+
+@router.put("/{name}/policy")
+async def set_policy(state: StateDep, project: ProjectDep, name: str, body: PolicyUpdate) -> RegistryEntry:
+    """min_feedback, min_improvement, max_class_drop and auto_promote for the name's retrains."""
+    return await run_in_threadpool(service.set_policy, state, project, name, body)
+
+
+@router.post("/{name}/predict", response_model=Predictions | BatchPredictions, response_model_exclude_none=True)
+async def predict(
+    state: StateDep,
+    project: ProjectDep,
+    name: str,
+    file: Annotated[list[UploadFile], File(description="one image, or several")],
+) -> Predictions | BatchPredictions:
+    """The name's champion answers, as POST /models/{id}/predict does; each answer is logged."""
+    model = await run_in_threadpool(service.champion, state, project, name)
+    return await predict_service.answer_files(state, project, model, file, "name")

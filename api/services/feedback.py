@@ -1,0 +1,118 @@
+"""The prediction log as an active-learning queue, and feedback: a person's correction (or confirmation) of a
+prediction, checked by the model's task like an upload's target and stored with who sent it and when."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+from PIL import Image
+
+from api.errors import Problem, not_found
+from api.schemas import FeedbackCreate, FeedbackList, FeedbackPublic, PredictionPublic, PredictionsPublic
+from api.state import AppState
+from core.db import domain, repos
+from core.db.session import session_scope
+from core.engine.errors import DataError
+from core.engine.tasks import Correction, get_task
+from core.storage.layout import feedback_prefix
+
+ORDERS = ("uncertainty", "recent")
+
+
+def _public(p: domain.PredictionRecord) -> PredictionPublic:
+    return PredictionPublic.of(p, has_input=p.input_key is not None)
+
+
+def list_predictions(
+    state: AppState,
+    project: domain.Project,
+    name: str | None,
+    model_id: str | None,
+    order: str,
+    limit: int,
+    unlabelled: bool,
+) -> PredictionsPublic:
+    """Most uncertain (or most recent) first; `unlabelled` leaves out those that already have feedback."""
+    with session_scope(state.sessions) as s:
+        rows = repos.list_predictions(s, project.id, name, model_id, order, limit, unlabelled)
+    data = [_public(p) for p in rows]
+    return PredictionsPublic(data=data, count=len(data))
+
+
+def correction_of(
+    state: AppState, task_name: str, manifest: dict[str, Any], body: dict[str, Any], image: bytes
+) -> Correction:
+    """A target in the task's shape for this image, checked (422 naming the field otherwise)."""
+    try:
+        with Image.open(io.BytesIO(image)) as img:
+            size = img.size
+        return get_task(task_name).correction(body, manifest, size)
+    except DataError as exc:
+        raise Problem(422, "Invalid feedback", str(exc)) from None
+
+
+def give(
+    state: AppState, caller: domain.Caller, prediction_id: str, body: FeedbackCreate, idempotency_key: str | None
+) -> tuple[FeedbackPublic, bool]:
+    """Store feedback on a prediction; the same Idempotency-Key again answers the stored one (and False)."""
+    project = caller.project
+    given = body.model_dump(exclude_none=True)
+    if len(given) != 1:
+        raise Problem(
+            422,
+            "Invalid feedback",
+            "send exactly one of label, labels, points, values, mask or correct (got "
+            f"{', '.join(sorted(given)) or 'none'})",
+        )
+    with session_scope(state.sessions) as s:
+        prediction = repos.get_prediction(s, project.id, prediction_id)
+        if prediction is None:
+            raise not_found("prediction", prediction_id)
+        model = repos.get_model(s, prediction.model_id, project.id)
+    if model is None:
+        raise Problem(409, "Model deleted", f"the model that made prediction {prediction_id} was deleted")
+    if prediction.input_key is None:
+        raise Problem(
+            409,
+            "Input not kept",
+            f"prediction {prediction_id}'s image was not kept (the project's keep_inputs was off), so a correction "
+            "of it cannot become a training item",
+        )
+    task = get_task(model.task)
+    manifest = state.predictors.get(model).manifest
+    if body.correct is not None:
+        if not body.correct:
+            raise Problem(422, "Invalid feedback", 'correct: send {"correct": true}, or the right target instead')
+        answer = dict(prediction.answer)
+        if "mask" in answer:
+            answer["mask"] = base64.b64encode(state.store.get_bytes(answer["mask"])).decode()
+        correction = task.confirmed(answer)
+    else:
+        correction = correction_of(state, task.name, manifest, given, state.store.get_bytes(prediction.input_key))
+    feedback_id = repos.new_id()
+    target = dict(correction.target)
+    if correction.mask_png is not None:
+        target["mask"] = f"{feedback_prefix(project.id, feedback_id)}.mask.png"
+        state.store.put_bytes(target["mask"], correction.mask_png, "image/png")
+    with session_scope(state.sessions) as s:
+        stored, created = repos.add_feedback(
+            s,
+            id=feedback_id,
+            project_id=project.id,
+            prediction_id=prediction_id,
+            target=target,
+            key_id=caller.key.id,
+            idempotency_key=idempotency_key,
+        )
+    if not created and correction.mask_png is not None:
+        state.store.delete(target["mask"])
+    return FeedbackPublic.of(stored), created
+
+
+def list_feedback(state: AppState, project: domain.Project, name: str | None, unused: bool) -> FeedbackList:
+    with session_scope(state.sessions) as s:
+        rows = repos.list_feedback(s, project.id, name=name, unused=unused)
+    data = [FeedbackPublic.of(f) for f, _ in rows]
+    return FeedbackList(data=data, count=len(data))

@@ -1,0 +1,94 @@
+"""Answering images, and the prediction log: every answer (by model, by registry name, by URL) is stored with
+its uncertainty and, when the project keeps inputs, the image itself, so that people can correct the least
+certain ones first and their corrections can become training items."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from fastapi import UploadFile
+from fastapi.concurrency import run_in_threadpool
+from PIL import Image
+
+from api.errors import Problem
+from api.schemas import BatchPredictions, FilePredictions, Predictions
+from api.state import AppState
+from core.db import domain, repos
+from core.db.session import session_scope
+from core.storage.layout import prediction_prefix
+
+# Image formats the Predictor decodes -> the extension a kept input is stored (and trained) under.
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif"}
+
+
+async def answer_files(
+    state: AppState, project: domain.Project, model: domain.Model, files: list[UploadFile], source: str
+) -> Predictions | BatchPredictions:
+    """One file: its answer (a file that is not an image: 422). Several: one answer or error per file, in order."""
+    settings = state.settings
+    if len(files) > settings.max_predict_files:
+        raise Problem(413, "Too many files", f"at most {settings.max_predict_files} images per request")
+    names = [f.filename or f"file{i}" for i, f in enumerate(files)]
+    for f, name in zip(files, names, strict=True):
+        if (f.size or 0) > settings.max_predict_file_bytes:
+            raise Problem(
+                413,
+                "Image too large",
+                f"'{name[:200]}' is {f.size:,} bytes; the limit is {settings.max_predict_file_bytes:,} per image",
+            )
+    await run_in_threadpool(state.predictors.get, model)  # load it once, before the files
+    if len(files) == 1:
+        return await run_in_threadpool(answer, state, project, model, await files[0].read(), names[0], source)
+    results = []
+    for f, name in zip(files, names, strict=True):  # one bad file gets its own error; the others their answers
+        try:
+            one = await run_in_threadpool(answer, state, project, model, await f.read(), name, source)
+            results.append(FilePredictions(filename=name, **one.model_dump()))
+        except Problem as exc:
+            results.append(FilePredictions(filename=name, error=exc.detail))
+    return BatchPredictions(results=results)
+
+
+def answer(
+    state: AppState, project: domain.Project, model: domain.Model, image: bytes, filename: str, source: str
+) -> Predictions:
+    """One image through the model (decoded on its own, so one request holds one decoded image at a time),
+    logged; the answer carries its prediction_id."""
+    predictor = state.predictors.get(model)
+    try:
+        p = predictor.predict(image)
+        with Image.open(io.BytesIO(image)) as img:
+            fmt = img.format or ""
+    except (OSError, ValueError) as exc:
+        raise Problem(
+            422,
+            "Unreadable image",
+            f"'{filename[:200]}' is not an image we can decode ({str(exc)[:200]})",
+            file=filename[:200],
+        ) from None
+    public = p.public()
+    prediction_id = repos.new_id()
+    prefix = prediction_prefix(project.id, prediction_id)
+    logged = dict(public)
+    input_key = None
+    if project.keep_inputs:
+        input_key = f"{prefix}{EXTENSIONS.get(fmt, '.png')}"
+        state.store.put_bytes(input_key, image, f"image/{fmt.lower() or 'png'}")
+    if isinstance(public.get("mask"), str):  # the mask is kept as a PNG beside it, not as base64 in a row
+        logged["mask"] = f"{prefix}.mask.png"
+        state.store.put_bytes(logged["mask"], base64.b64decode(public["mask"]), "image/png")
+    with session_scope(state.sessions) as s:
+        repos.record_prediction(
+            s,
+            id=prediction_id,
+            project_id=project.id,
+            model_id=model.id,
+            name=model.name,
+            source=source,
+            filename=filename[:300],
+            input_key=input_key,
+            answer=logged,
+            uncertainty=float(p.uncertainty),
+        )
+    return Predictions(**public, prediction_id=prediction_id)

@@ -1,0 +1,116 @@
+"""The model registry: names, their champion (the model that answers for the name) and challenger, the
+decisions that changed them, promotion by hand (also how to roll back), and the retraining policy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from api.errors import Problem, not_found
+from api.schemas import (
+    DecisionPublic,
+    DecisionsPublic,
+    ModelPublic,
+    PolicyUpdate,
+    Promote,
+    RegistryDetail,
+    RegistryEntry,
+    RegistryPublic,
+)
+from api.state import AppState
+from core.db import domain, repos
+from core.db.session import session_scope
+from core.jobs.gate import Policy
+
+
+def _entry(entry: domain.ModelName, versions: int) -> RegistryEntry:
+    return RegistryEntry(
+        name=entry.name,
+        champion_id=entry.champion_id,
+        challenger_id=entry.challenger_id,
+        policy=Policy.of(entry.policy).as_dict(),
+        versions=versions,
+    )
+
+
+def list_all(state: AppState, project: domain.Project) -> RegistryPublic:
+    with session_scope(state.sessions) as s:
+        data = [
+            _entry(e, len(repos.models_of_name(s, project.id, e.name))) for e in repos.list_model_names(s, project.id)
+        ]
+    return RegistryPublic(data=data, count=len(data))
+
+
+def find(state: AppState, project: domain.Project, name: str) -> domain.ModelName:
+    with session_scope(state.sessions) as s:
+        entry = repos.model_name(s, project.id, name)
+    if entry is None:
+        raise not_found("model name", name)
+    return entry
+
+
+def get(state: AppState, project: domain.Project, name: str, bundle_url: Callable[[str], str]) -> RegistryDetail:
+    with session_scope(state.sessions) as s:
+        entry = repos.model_name(s, project.id, name)
+        if entry is None:
+            raise not_found("model name", name)
+        models = repos.models_of_name(s, project.id, name)
+        decisions = repos.decisions(s, project.id, name)
+    return RegistryDetail(
+        **_entry(entry, len(models)).model_dump(),
+        models=[ModelPublic.of(m, bundle_url=bundle_url(m.id)) for m in models],
+        decisions=[DecisionPublic.of(d) for d in decisions],
+    )
+
+
+def decisions(state: AppState, project: domain.Project, name: str) -> DecisionsPublic:
+    find(state, project, name)
+    with session_scope(state.sessions) as s:
+        data = [DecisionPublic.of(d) for d in repos.decisions(s, project.id, name)]
+    return DecisionsPublic(data=data, count=len(data))
+
+
+def champion(state: AppState, project: domain.Project, name: str) -> domain.Model:
+    """The model answering for `name` (409 while it has none)."""
+    entry = find(state, project, name)
+    with session_scope(state.sessions) as s:
+        model = repos.get_model(s, entry.champion_id or "", project.id)
+    if model is None:
+        raise Problem(409, "No champion", f"'{name}' has no champion; promote one of its models")
+    return model
+
+
+def promote(state: AppState, caller: domain.Caller, name: str, body: Promote) -> DecisionPublic:
+    """Make one of the name's models its champion, by hand (recorded with who and why)."""
+    project = caller.project
+    find(state, project, name)
+    with session_scope(state.sessions) as s:
+        model = repos.get_model(s, body.model_id, project.id)
+        if model is None or model.name != name:
+            raise Problem(
+                422, "Invalid request", f"model_id: {body.model_id} is not a model of '{name}'", field="model_id"
+            )
+        decision = repos.set_champion(
+            s,
+            project.id,
+            name,
+            model.id,
+            {
+                "action": "manual",
+                "scores": {},
+                "reason": body.reason or "promoted by hand",
+                "actor": f"key {caller.key.prefix} ({caller.key.name})"
+                if caller.key.name
+                else f"key {caller.key.prefix}",
+            },
+        )
+    return DecisionPublic.of(decision)
+
+
+def set_policy(state: AppState, project: domain.Project, name: str, body: PolicyUpdate) -> RegistryEntry:
+    entry = find(state, project, name)
+    policy = Policy.of({**entry.policy, **body.model_dump(exclude_none=True)})
+    with session_scope(state.sessions) as s:
+        updated = repos.set_policy(s, project.id, name, policy.as_dict())
+        assert updated is not None
+        versions = len(repos.models_of_name(s, project.id, name))
+    return _entry(updated, versions)

@@ -1,0 +1,158 @@
+"""Dataset versions cut from others: feedback added, items relabelled or removed (core.datasets.versions does
+the cutting). One cut at a time per dataset (its row is locked), so concurrent cuts get distinct numbers and
+no feedback goes into two versions or none."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from api.errors import Problem
+from api.schemas import DatasetPublic, DatasetsPublic, VersionCreate, VersionDiff
+from api.services.datasets import check_quota, get_version, version_public
+from api.services.feedback import correction_of
+from api.state import AppState
+from core.datasets.versions import PINNED, Edits, NewItem, cut_version, dataset_task, diff
+from core.db import domain, repos
+from core.db.session import session_scope
+from core.engine.errors import DataError
+from core.engine.tasks import Correction
+from core.storage.layout import dataset_version_prefix
+
+
+def _manifest(state: AppState, version: domain.DatasetVersion) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads(state.store.get_bytes(f"{version.prefix}/manifest.json"))
+    return manifest
+
+
+def list_versions(state: AppState, project: domain.Project, dataset_id: str) -> DatasetsPublic:
+    """Every version of the dataset, oldest first, each with what it changed."""
+    with session_scope(state.sessions) as s:
+        dataset, _, numbers = get_version(s, project, dataset_id, None)
+        data = [version_public(dataset, v, numbers) for v in repos.dataset_versions(s, dataset_id)]
+    return DatasetsPublic(data=data, count=len(data))
+
+
+def version_diff(
+    state: AppState, project: domain.Project, dataset_id: str, version: int, against: int | None
+) -> VersionDiff:
+    """What changed from `against` (default: the version it was cut from, else the one before) to `version`."""
+    with session_scope(state.sessions) as s:
+        _, new, numbers = get_version(s, project, dataset_id, version)
+        base_number = against or new.parent_version or max([n for n in numbers if n < version], default=version)
+        _, old, _ = get_version(s, project, dataset_id, base_number)
+    changes = diff(_manifest(state, old), _manifest(state, new))
+    return VersionDiff(version=version, against=old.version, **changes)
+
+
+def _feedback_items(
+    state: AppState, project: domain.Project, dataset: domain.Dataset, manifest: dict[str, Any], wanted: str | list[str]
+) -> tuple[list[NewItem], list[str], list[str]]:
+    """The feedback to add as new items (the latest per prediction), its ids, and what was left out and why."""
+    with session_scope(state.sessions) as s:
+        if wanted == "all":
+            rows = repos.list_feedback(s, project.id, unused=True)
+        else:
+            rows = repos.list_feedback(s, project.id, prediction_ids=list(wanted))
+            missing = set(wanted) - {p.id for _, p in rows}
+            if missing:
+                raise Problem(
+                    422, "Invalid version", f"add_feedback: no feedback on predictions {sorted(missing)[:10]}"
+                )
+        versions = {v.id for v in repos.dataset_versions(s, dataset.id)}
+        models = {m.id: m for m in repos.list_models(s, project.id)}
+    latest: dict[str, tuple[domain.Feedback, domain.PredictionRecord]] = {}
+    for f, p in rows:  # oldest first: a later correction of the same prediction wins
+        model = models.get(p.model_id)
+        if wanted == "all" and (model is None or model.dataset_version_id not in versions):
+            continue  # feedback on another dataset's models
+        latest[p.id] = (f, p)
+    items, used, skipped = [], [], []
+    for f, p in latest.values():
+        if p.input_key is None:
+            skipped.append(f"prediction {p.id}: its image was not kept")
+            continue
+        target = dict(f.target)
+        mask_png = state.store.get_bytes(target["mask"]) if "mask" in target else None
+        body = {**target, **({"mask": base64.b64encode(mask_png).decode()} if mask_png is not None else {})}
+        try:
+            correction = correction_of(
+                state, dataset_task(manifest).name, manifest, body, state.store.get_bytes(p.input_key)
+            )
+        except Problem as exc:
+            skipped.append(f"prediction {p.id}: {exc.detail}")
+            continue
+        suffix = p.input_key.rsplit(".", 1)[-1]
+        items.append(NewItem(f"feedback/{p.id}.{suffix}", p.input_key, correction, p.id))
+        used.append(f.id)
+    return items, used, skipped
+
+
+def cut(state: AppState, project: domain.Project, dataset_id: str, body: VersionCreate) -> DatasetPublic:
+    """A new version from `from_version` (default: the latest) with the edits; 201 with its counts and changes."""
+    with session_scope(state.sessions) as s:
+        dataset, parent, _ = get_version(s, project, dataset_id, body.from_version)
+    manifest = _manifest(state, parent)
+    task_name = dataset_task(manifest).name
+    relabels: list[tuple[str, Correction]] = []
+    keys = {r["key"] for r in manifest["items"]}
+    for edit in body.relabel:
+        if edit.item not in keys:
+            raise Problem(422, "Invalid version", f"relabel: no item '{edit.item[:200]}' in version {parent.version}")
+        target = edit.model_dump(exclude={"item"}, exclude_none=True)
+        image = state.store.get_bytes(f"{parent.prefix}/files/{edit.item}")
+        relabels.append((edit.item, correction_of(state, task_name, manifest, target, image)))
+    add, used, skipped = (
+        ([], [], [])
+        if body.add_feedback is None
+        else _feedback_items(state, project, dataset, manifest, body.add_feedback)
+    )
+    if not (add or relabels or body.remove):
+        raise Problem(
+            422,
+            "Invalid version",
+            "nothing to change: give add_feedback, relabel or remove"
+            + (f" ({len(skipped)} feedback left out: {skipped[0]})" if skipped else ""),
+        )
+    edits = Edits(remove=list(body.remove), relabel=relabels, add=add, note=body.note)
+    valid_pct, seed = float(parent.labels.get("valid_pct", 0.2)), int(parent.labels.get("seed", 42))
+    check_quota(state, project, 0)
+    with session_scope(state.sessions) as s:
+        # One cut of a dataset at a time: the dataset's row is locked until this version is recorded.
+        repos.lock_dataset(s, dataset.id)
+        number = repos.next_version_number(s, dataset.id)
+        prefix = dataset_version_prefix(project.id, dataset.id, number)
+        if used:  # feedback taken by a cut that finished first is left to it
+            taken = {f.id for f, _ in repos.list_feedback(s, project.id) if f.used_in is not None}
+            add = [a for a, f in zip(add, used, strict=True) if f not in taken]
+            used = [f for f in used if f not in taken]
+            edits.add = add
+        try:
+            result = cut_version(state.store, parent.prefix, manifest, prefix, edits, valid_pct, seed)
+        except DataError as exc:
+            raise Problem(422, "Invalid version", str(exc)) from None
+        try:
+            row = repos.add_dataset_version(
+                s,
+                id=repos.new_id(),
+                dataset_id=dataset.id,
+                version=number,
+                labels=parent.labels,
+                split=PINNED,
+                classes=result.classes,
+                counts=result.counts,
+                n_items=result.n_items,
+                rejected=[{"key": "", "reason": r} for r in skipped[:1000]],
+                prefix=prefix,
+                n_bytes=result.n_bytes,
+                parent_version=parent.version,
+                note=body.note,
+                changes={**result.changes, "feedback": len(used), "feedback_left_out": len(skipped)},
+            )
+            repos.mark_feedback_used(s, used, row.id)
+            numbers = [v.version for v in repos.dataset_versions(s, dataset.id)]
+        except BaseException:
+            state.store.delete_prefix(prefix + "/")
+            raise
+    return version_public(dataset, row, numbers)

@@ -1,0 +1,139 @@
+"""The feedback loop's parts without the platform: the promotion gate, corrections in each task's shape, the
+uncertainty of answers, retraining weights with a changed class list, and cutting a dataset version."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.datasets.samples import write_sample
+from core.datasets.versions import Edits, NewItem, cut_version, diff
+from core.engine.errors import DataError
+from core.engine.items import stored_items
+from core.engine.tasks import Correction, Scores, get_task
+from core.engine.tasks.classification import ClassPrediction
+from core.engine.tasks.multilabel import MultiLabelPrediction
+from core.jobs.gate import Policy, decide
+from core.jobs.training import output_keys
+from core.storage.local import LocalStore
+
+MANIFEST = {"classes": ["bag", "dress"], "codes": ["void", "a", "b"], "labels": {"label_delim": " "}}
+
+
+def scores(value: float, per_class: dict[str, float], higher: bool = True) -> Scores:
+    return Scores("accuracy" if higher else "mae", value, higher, per_class, 10)
+
+
+def test_the_gate_promotes_only_a_better_challenger_that_drops_no_class() -> None:
+    policy = Policy(min_improvement=0.01, max_class_drop=0.05)
+    champion = scores(0.80, {"a": 0.8, "b": 0.8})
+    assert decide(scores(0.85, {"a": 0.82, "b": 0.88}), champion, policy).promote
+    worse = decide(scores(0.805, {"a": 0.8, "b": 0.81}), champion, policy)
+    assert not worse.promote and "not >= 0.8100" in worse.reason
+    dropped = decide(scores(0.90, {"a": 0.70, "b": 1.0}), champion, policy)
+    assert not dropped.promote and "class 'a' drops 0.100" in dropped.reason
+    # Lower is better for errors; a class the challenger does not know counts as dropped to 0.
+    assert decide(scores(0.10, {}, higher=False), scores(0.20, {}, higher=False), policy).promote
+    assert not decide(scores(0.9, {"a": 0.9}), scores(0.8, {"a": 0.8, "gone": 0.5}), policy).promote
+    assert decide(scores(0.1, {}), None, policy).reason == "the name has no champion"
+    assert Policy.of({"min_feedback": 20, "unknown": 1}) == Policy(min_feedback=20)
+
+
+def png(array: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8), mode="L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_corrections_take_each_tasks_shape_and_name_the_field_when_wrong() -> None:
+    size = (8, 6)
+    assert get_task("classification").correction({"label": " shirt "}, MANIFEST, size).target == {"label": "shirt"}
+    for bad in ({"label": ""}, {"label": "a/b"}, {"labels": ["a"]}):
+        with pytest.raises(DataError, match="label"):
+            get_task("classification").correction(bad, MANIFEST, size)
+    labels = get_task("multilabel").correction({"labels": ["dress", "bag", "bag"]}, MANIFEST, size)
+    assert labels.target == {"labels": ["bag", "dress"]}
+    assert get_task("multilabel").record(labels.target, MANIFEST) == {"label": "bag dress"}
+    with pytest.raises(DataError, match="delimiter"):
+        get_task("multilabel").record({"labels": ["a b"]}, MANIFEST)
+    points = get_task("points").correction({"points": [[1, 2], [3, 4]]}, MANIFEST, size)
+    assert points.target == {"points": [1.0, 2.0, 3.0, 4.0]}
+    with pytest.raises(DataError, match="points: expected 4 numbers"):
+        get_task("points").correction({"points": [[1, 2]]}, MANIFEST, size)
+    with pytest.raises(DataError, match="values"):
+        get_task("values").correction({"values": [1.0, float("nan")]}, MANIFEST, size)
+    mask = np.zeros((6, 8))
+    mask[2:, 3:] = 2
+    made = get_task("segmentation").correction({"mask": png(mask)}, MANIFEST, size)
+    assert made.mask_png is not None and np.array_equal(np.asarray(Image.open(io.BytesIO(made.mask_png))), mask)
+    with pytest.raises(DataError, match="mask: it is 6x8, the image is 8x6"):
+        get_task("segmentation").correction({"mask": png(mask.T)}, MANIFEST, size)
+    with pytest.raises(DataError, match="value 3 has no code"):
+        get_task("segmentation").correction({"mask": png(mask + 1)}, MANIFEST, size)
+    with pytest.raises(DataError, match="not a PNG"):
+        get_task("segmentation").correction({"mask": "bm90IGEgcG5n"}, MANIFEST, size)
+
+
+def test_uncertainty_is_highest_where_the_model_hesitates() -> None:
+    sure = ClassPrediction("a", 0, [0.9, 0.05, 0.05], ["a", "b", "c"])
+    torn = ClassPrediction("a", 0, [0.45, 0.44, 0.11], ["a", "b", "c"])
+    assert sure.uncertainty == pytest.approx(0.15) and torn.uncertainty == pytest.approx(0.99)
+    near = MultiLabelPrediction("a", 0, [0.21, 0.9], ["a", "b"], ["a", "b"], [0.2, 0.2])
+    far = MultiLabelPrediction("b", 1, [0.0, 1.0], ["a", "b"], ["b"], [0.2, 0.2])
+    assert near.uncertainty > 0.9 > 0.0 == pytest.approx(far.uncertainty)
+
+
+def test_a_changed_class_list_keeps_the_rows_of_the_classes_that_stay() -> None:
+    head = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3, bias=True))
+    state = head.state_dict()
+    assert output_keys(state, 3) == {"2.weight", "2.bias"}  # the 8-wide norm before it is not the output
+    assert output_keys(state, 8) == set()  # the last layer has 3 rows, not 8
+
+
+def test_cut_a_version_keeps_splits_adds_feedback_and_relabels(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    folder = write_sample("fashion-mnist", tmp_path / "data", per_class=10, size=16, classes=["bag", "dress"])
+    keys = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    for k in keys:
+        store.put_file(f"v1/files/{k}", folder / k)
+    parent = {
+        "format": "fitcycle-dataset",
+        "format_version": 1,
+        "labels": {"kind": "folder"},
+        "split": "random",
+        "classes": ["bag", "dress"],
+        "target_kind": "label",
+        "items": [{"key": k, "label": k.split("/")[0], "valid": False} for k in keys],
+    }
+    store.put_file("predictions/p1.png", folder / keys[0])
+    relabel = ("dress/0000.png", Correction({"label": "bag"}))
+    add = NewItem("feedback/p1.png", "predictions/p1.png", Correction({"label": "shirt"}), "p1")
+    edits = Edits(remove=["bag/0001.png"], relabel=[relabel], add=[add], note="fixes")
+    cut = cut_version(store, "v1", parent, "v2", edits, 0.2, 42)
+    before = stored_items(Path("."), parent, 0.2, 42)
+    after = stored_items(Path("."), cut.manifest, 0.5, 7)  # a pinned split ignores a job's valid_pct and seed
+    old = dict(zip(before.keys, before.is_valid, strict=True))
+    assert all(old[k] == v for k, v in zip(after.keys, after.is_valid, strict=True) if k in old)
+    assert cut.classes == ["bag", "dress", "shirt"] and cut.changes["new_classes"] == ["shirt"]
+    assert cut.n_items == 20 and store.exists("v2/files/feedback/p1.png") and not store.exists("v2/files/bag/0001.png")
+    assert json.loads(store.get_bytes("v2/manifest.json"))["split"] == "pinned"
+    changed = diff(parent, cut.manifest)
+    assert changed["counts"] == {
+        "added": 1,
+        "removed": 1,
+        "relabelled": 1,
+        "split_moved": changed["counts"]["split_moved"],
+    }
+    assert changed["relabelled"] == [
+        {"item": "dress/0000.png", "before": {"label": "dress"}, "after": {"label": "bag"}}
+    ]
+    with pytest.raises(DataError, match=r"remove: no item .nope\.png."):
+        cut_version(store, "v1", parent, "v3", Edits(remove=["nope.png"]), 0.2, 42)
+    assert not store.list("v3/")  # nothing left behind
