@@ -3,6 +3,7 @@ a database not at the migrations' head."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 from api.docs import install_docs
 from api.errors import install_handlers
 from api.guard import Guard
+from api.loops import fleet_loop
 from api.routes import api_router
 from api.state import AppState
 from core.broker import make_celery
@@ -32,7 +34,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.fitcycle = AppState(
             settings, engine, make_sessionmaker(engine), make_store(settings), make_celery(settings)
         )
+        stop = asyncio.Event()
+        loop = asyncio.create_task(fleet_loop(app.state.fitcycle, stop)) if settings.loop_interval_seconds else None
         yield
+        stop.set()
+        if loop is not None:
+            await loop
         engine.dispose()
 
     app = FastAPI(

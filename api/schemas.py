@@ -412,3 +412,60 @@ class VersionDiff(BaseModel):
     removed: list[str]
     relabelled: list[dict[str, Any]]
     counts: dict[str, int]
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2048, description="http(s); fetched through the same SSRF guard as predict-url")
+    events: list[Literal["job.succeeded", "job.failed", "model.promoted", "retrain.rejected"]] = Field(
+        min_length=1, max_length=4
+    )
+    secret: str = Field(min_length=16, max_length=200, description="signs each delivery (HMAC-SHA256)")
+
+
+class WebhookPublic(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    created_at: datetime
+
+
+class WebhooksPublic(BaseModel):
+    data: list[WebhookPublic]
+    count: int
+
+
+class DeliveryPublic(Public):
+    id: str
+    webhook_id: str
+    event: str
+    payload: dict[str, Any]
+    state: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class DeliveriesPublic(BaseModel):
+    data: list[DeliveryPublic]
+    count: int
+
+
+class Suspect(BaseModel):
+    item: str
+    valid: bool
+    label: str = Field(description="the label the item has")
+    suggested: str = Field(description="the class the out-of-fold model thinks it is")
+    probability: float = Field(description="of the suggested class")
+    given_probability: float = Field(description="of the given label")
+    loss: float = Field(description="-log(given_probability): the order of the list")
+    image_url: str
+
+
+class SuspectsPublic(BaseModel):
+    data: list[Suspect]
+    count: int = Field(description="suspects in all (data holds the first `limit`)")
+    dataset_id: str
+    version: int

@@ -291,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "registry": cmd_remote,
         "predictions": cmd_remote,
         "feedback": cmd_remote,
+        "clean": cmd_remote,
     }
     try:
         return handlers[args.verb](args)

@@ -132,6 +132,17 @@ def add_remote_verbs(verbs: Any) -> None:
     preds_list.add_argument("--unlabelled", action="store_true", help="only those without feedback yet")
     preds_list.add_argument("--json", action="store_true")
 
+    clean = common(verbs.add_parser("clean", help="an interpret job's suspects: labels its models doubt"))
+    clean.set_defaults(sub="suspects")
+    clean.add_argument("job", help="an interpret job")
+    clean.add_argument("--limit", type=int, default=30)
+    clean.add_argument(
+        "--edits",
+        type=Path,
+        default=None,
+        help="write their suggested relabels as an edits file for 'datasets version'",
+    )
+
     fb = verbs.add_parser("feedback", help="correct predictions").add_subparsers(dest="sub", required=True)
     send = common(fb.add_parser("send", help="the right answer for a prediction"))
     send.add_argument("prediction")
@@ -375,6 +386,30 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
             http.post(f"/predictions/{args.prediction}/feedback", json=_feedback_body(args), headers=headers)
         )
         print(f"feedback {stored['id']} on prediction {stored['prediction_id']}: {json.dumps(stored['target'])}")
+    elif verb == ("clean", "suspects"):
+        found = _check(http.get(f"/jobs/{args.job}/suspects", params={"limit": args.limit}))
+        rows = [
+            [
+                r["item"],
+                "valid" if r["valid"] else "train",
+                r["label"],
+                r["suggested"],
+                f"{r['probability']:.3f}",
+                f"{r['loss']:.2f}",
+            ]
+            for r in found["data"]
+        ]
+        print(table(rows, ["ITEM", "SPLIT", "LABEL", "SUGGESTED", "P(SUGGESTED)", "LOSS"]))
+        if args.edits is not None:
+            relabel = [
+                {"item": r["item"], "label": r["suggested"]} for r in found["data"] if r["suggested"] != r["label"]
+            ]
+            args.edits.write_text(json.dumps({"relabel": relabel}, indent=1))
+            print(
+                f"{len(relabel)} relabels -> {args.edits}; apply them with: fitcycle datasets version "
+                f"{found['dataset_id']} --from {found['version']} --edits {args.edits}",
+                file=sys.stderr,
+            )
     elif verb == ("feedback", "list"):
         params = {"unused": args.unused} | ({"name": args.name} if args.name else {})
         print(json.dumps(_check(http.get("/feedback", params=params))["data"], indent=1))
@@ -396,7 +431,7 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
 
 def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
     verb = (args.verb, args.sub)
-    if args.verb in ("registry", "predictions", "feedback") or verb in (
+    if args.verb in ("registry", "predictions", "feedback", "clean") or verb in (
         ("datasets", "version"),
         ("datasets", "versions"),
     ):

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # and queued jobs whose message has not been picked up for requeue_after_seconds.
     lease_seconds: float = 60.0
     reaper_interval_seconds: float = 10.0
+    loop_interval_seconds: float = Field(
+        10.0, ge=0, description="the fleet loop (webhooks, retraining policies), in one API process; 0: off"
+    )
     requeue_after_seconds: float = 600.0
     checkpoint_every_n_steps: int | None = 50
     drop_finished_checkpoints: bool = Field(

@@ -73,5 +73,8 @@ def evaluate_retrain(
                 actor="gate",
                 job_id=job.id,
             )
+        event = "model.promoted" if decision.action == "promoted" else "retrain.rejected"
+        if decision.action != "approved":
+            repos.emit(s, job.project_id, event, decision.event())
     log.info("job %s: %s %s (%s)", job.id, decision.action, challenger.id, decision.reason)
     return {"action": decision.action, "reason": decision.reason, "scores": scores, "decision_id": decision.id}

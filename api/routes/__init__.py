@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from api.routes import architectures, datasets, health, jobs, keys, models, predictions, project, registry
+from api.routes import architectures, datasets, health, jobs, keys, models, predictions, project, registry, webhooks
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -14,3 +14,4 @@ api_router.include_router(architectures.router)
 api_router.include_router(registry.router)
 api_router.include_router(predictions.router)
 api_router.include_router(project.router)
+api_router.include_router(webhooks.router)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ProjectDep, StateDep
 from api.schemas import DatasetPublic, DatasetsPublic, Deleted, ItemsPublic, LabelsPublic, VersionCreate, VersionDiff
@@ -145,3 +145,16 @@ async def version_diff(
 ) -> VersionDiff:
     """Items added, removed and relabelled from `against` to `version`."""
     return await run_in_threadpool(versions_service.version_diff, state, project, dataset_id, version, against)
+
+
+@router.get("/{dataset_id}/items/{key:path}/image", name="item_image", response_class=StreamingResponse)
+async def item_image(
+    state: StateDep,
+    project: ProjectDep,
+    dataset_id: str,
+    key: str,
+    version: Annotated[int | None, Query(ge=1)] = None,
+) -> StreamingResponse:
+    """One item's image (an item of the version's manifest; default: the latest version)."""
+    content_type, chunks = await run_in_threadpool(service.item_image, state, project, dataset_id, key, version)
+    return StreamingResponse(chunks, media_type=content_type)

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.deps import ProjectDep, StateDep
-from api.schemas import ArtifactsPublic, Deleted, JobCreate, JobPublic, JobsPublic, MetricsPublic
+from api.schemas import ArtifactsPublic, Deleted, JobCreate, JobPublic, JobsPublic, MetricsPublic, SuspectsPublic
 from api.services import jobs as service
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -91,6 +91,23 @@ async def list_artifacts(request: Request, state: StateDep, project: ProjectDep,
         return str(request.url_for("download_artifact", job_id=job_id, name=name))
 
     return await run_in_threadpool(service.artifacts, state, project, job_id, url)
+
+
+@router.get("/{job_id}/suspects")
+async def get_suspects(
+    request: Request,
+    state: StateDep,
+    project: ProjectDep,
+    job_id: str,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> SuspectsPublic:
+    """An interpret job's cleaner: items whose label the out-of-fold model doubts most, with a suggested label."""
+
+    def image_url(dataset_id: str, key: str, version: int) -> str:
+        url = request.url_for("item_image", dataset_id=dataset_id, key=key)
+        return str(url.include_query_params(version=version))
+
+    return await run_in_threadpool(service.suspects, state, project, job_id, limit, image_url)
 
 
 @router.get("/{job_id}/artifacts/{name:path}", name="download_artifact", response_class=StreamingResponse)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -211,6 +212,21 @@ def show_batch_png(
     if key is not None:
         state.store.put_bytes(key, data, "image/png")
     return data
+
+
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+
+def item_image(
+    state: AppState, project: domain.Project, dataset_id: str, key: str, version: int | None
+) -> tuple[str, Iterator[bytes]]:
+    """An item's image: only a key the version's manifest lists (no other object of the store)."""
+    chosen = _version(state, project, dataset_id, version)
+    manifest = json.loads(state.store.get_bytes(f"{chosen.prefix}/manifest.json"))
+    if not any(r["key"] == key for r in manifest["items"]):
+        raise not_found("item", key[:200])
+    suffix = "." + key.rsplit(".", 1)[-1].lower() if "." in key else ""
+    return IMAGE_TYPES.get(suffix, "application/octet-stream"), state.store.open(f"{chosen.prefix}/files/{key}")
 
 
 def delete(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> Deleted:

@@ -23,6 +23,8 @@ from api.schemas import (
     JobPublic,
     JobsPublic,
     MetricsPublic,
+    Suspect,
+    SuspectsPublic,
 )
 from api.services.datasets import check_quota, get_version
 from api.state import AppState
@@ -97,6 +99,11 @@ def _inherit(s: Session, project: domain.Project, body: JobCreate, parent: domai
     for name in INHERITED:
         if name not in body.model_fields_set and name in parent.spec:
             fields[name] = parent.spec[name]
+    if body.kind == "interpret" and "pretrained" not in body.model_fields_set:
+        # The cleaner's fold models start where the parent's did (its body, or its pretrained model).
+        for name in ("pretrained", "pretrained_model_id"):
+            if name in parent.spec:
+                fields[name] = parent.spec[name]
 
 
 def _require_imagenet_weights(arch_name: str) -> None:
@@ -274,6 +281,25 @@ def open_artifact(
     if artifact is None:
         raise not_found("artifact", name)
     return artifact, state.store.open(artifact.key)
+
+
+def suspects(
+    state: AppState, project: domain.Project, job_id: str, limit: int, image_url: Callable[[str, str, int], str]
+) -> SuspectsPublic:
+    """An interpret job's suspects, most doubted first, each with the URL of its image."""
+    with session_scope(state.sessions) as s:
+        job = _job(s, project, job_id)
+        artifact = repos.get_artifact(s, job_id, "suspects.json")
+        version = repos.get_version(s, job.dataset_version_id)
+    if artifact is None or version is None:
+        raise Problem(
+            404,
+            "No suspects",
+            f"job {job_id} has no suspects: they come from an interpret job of a classifier with folds >= 2",
+        )
+    rows = json.loads(state.store.get_bytes(artifact.key))
+    data = [Suspect(**r, image_url=image_url(version.dataset_id, r["item"], version.version)) for r in rows[:limit]]
+    return SuspectsPublic(data=data, count=len(rows), dataset_id=version.dataset_id, version=version.version)
 
 
 def _snapshot(

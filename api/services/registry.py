@@ -103,6 +103,7 @@ def promote(state: AppState, caller: domain.Caller, name: str, body: Promote) ->
                 else f"key {caller.key.prefix}",
             },
         )
+        repos.emit(s, project.id, "model.promoted", decision.event())
     return DecisionPublic.of(decision)
 
 

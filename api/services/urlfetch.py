@@ -89,21 +89,50 @@ async def fetch_image(url: str, settings: Settings) -> bytes:
         ) from None
 
 
+async def _vetted_target(url: str, settings: Settings) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The URL rewritten to its vetted address, the headers (Host) and extensions (SNI) to send it with."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Problem(400, "Bad URL", f"only http:// and https:// URLs can be fetched, got '{url[:200]}'")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise Problem(400, "Bad URL", f"the port of '{url[:200]}' is not a number from 1 to 65535") from None
+    address = await vetted_address(parts.hostname, port, settings.url_fetch_allow_hosts)
+    host = f"[{address}]" if ":" in address else address
+    target = urlunsplit((parts.scheme, f"{host}:{port}", parts.path or "/", parts.query, ""))
+    headers = {"User-Agent": "fitcycle/0.1", "Host": parts.netloc.rsplit("@", 1)[-1]}
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    return target, headers, extensions
+
+
+async def post_json(url: str, body: bytes, headers: dict[str, str], settings: Settings) -> int:
+    """POST a JSON body to url through the same checks, within the same deadline; no redirect is followed (a
+    webhook receiver answers itself). Returns the status; a Problem when the URL is refused or unreachable."""
+    try:
+        async with asyncio.timeout(settings.url_fetch_timeout_seconds):
+            target, base, extensions = await _vetted_target(url, settings)
+            async with httpx.AsyncClient(
+                follow_redirects=False, trust_env=False, timeout=settings.url_fetch_timeout_seconds
+            ) as client:
+                resp = await client.post(
+                    target,
+                    content=body,
+                    headers={**base, **headers, "Content-Type": "application/json"},
+                    extensions=extensions,
+                )
+                return resp.status_code
+    except TimeoutError:
+        raise Problem(504, "Timed out", f"no answer within {settings.url_fetch_timeout_seconds}s") from None
+    except httpx.HTTPError as exc:
+        raise Problem(400, "Delivery failed", f"could not reach the URL: {type(exc).__name__}") from None
+
+
 async def _fetch(url: str, settings: Settings) -> bytes:
     limit = settings.url_fetch_max_bytes
     for _ in range(settings.url_fetch_max_redirects + 1):
+        target, headers, extensions = await _vetted_target(url, settings)
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise Problem(400, "Bad URL", f"only http:// and https:// URLs can be fetched, got '{url[:200]}'")
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise Problem(400, "Bad URL", f"the port of '{url[:200]}' is not a number from 1 to 65535") from None
-        address = await vetted_address(parts.hostname, port, settings.url_fetch_allow_hosts)
-        host = f"[{address}]" if ":" in address else address
-        target = urlunsplit((parts.scheme, f"{host}:{port}", parts.path or "/", parts.query, ""))
-        headers = {"User-Agent": "fitcycle/0.1", "Host": parts.netloc.rsplit("@", 1)[-1]}
-        extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
         try:
             async with (
                 httpx.AsyncClient(

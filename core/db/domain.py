@@ -202,6 +202,18 @@ class Decision:
     job_id: str | None
     created_at: datetime
 
+    def event(self) -> dict[str, Any]:
+        """What a webhook hears of this decision."""
+        return {
+            "name": self.name,
+            "action": self.action,
+            "model_id": self.model_id,
+            "champion_before": self.champion_id,
+            "reason": self.reason,
+            "scores": self.scores,
+            "job_id": self.job_id,
+        }
+
 
 @dataclass(frozen=True)
 class PredictionRecord:
@@ -227,3 +239,31 @@ class Feedback:
     idempotency_key: str | None
     used_in: str | None
     created_at: datetime
+
+
+WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "model.promoted", "retrain.rejected")
+
+
+@dataclass(frozen=True)
+class Webhook:
+    id: str
+    project_id: str
+    url: str
+    events: list[str]
+    secret: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: str
+    project_id: str
+    webhook_id: str
+    event: str
+    payload: dict[str, Any]
+    state: str  # pending | delivered | failed
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None

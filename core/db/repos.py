@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.db import domain as d
@@ -23,13 +24,16 @@ from core.db.models import (
     DatasetRow,
     DatasetVersionRow,
     DecisionRow,
+    DeliveryRow,
     EpochMetricRow,
     FeedbackRow,
+    FleetLeaseRow,
     JobRow,
     ModelNameRow,
     ModelRow,
     PredictionRow,
     ProjectRow,
+    WebhookRow,
     utcnow,
 )
 
@@ -69,6 +73,11 @@ def get_or_create_project(s: Session, name: str) -> d.Project:
         s.add(row)
         s.flush()
     return _to(d.Project, row)
+
+
+def get_project(s: Session, project_id: str) -> d.Project | None:
+    row = s.get(ProjectRow, project_id)
+    return _to(d.Project, row) if row else None
 
 
 def update_project_settings(s: Session, project_id: str, changes: dict[str, Any]) -> d.Project:
@@ -641,6 +650,103 @@ def count_unused_feedback(s: Session, project_id: str, name: str) -> int:
         .where(FeedbackRow.project_id == project_id, PredictionRow.name == name, FeedbackRow.used_in.is_(None))
     )
     return int(s.scalar(q) or 0)
+
+
+# ----- webhooks and the fleet's own loop -------------------------------------------------------------
+def create_webhook(s: Session, **values: Any) -> d.Webhook:
+    row = WebhookRow(**{"id": new_id(), **values})
+    s.add(row)
+    s.flush()
+    return _to(d.Webhook, row)
+
+
+def list_webhooks(s: Session, project_id: str) -> list[d.Webhook]:
+    rows = s.scalars(select(WebhookRow).where(WebhookRow.project_id == project_id).order_by(WebhookRow.created_at))
+    return [_to(d.Webhook, r) for r in rows]
+
+
+def delete_webhook(s: Session, project_id: str, webhook_id: str) -> bool:
+    done = s.execute(delete(WebhookRow).where(WebhookRow.id == webhook_id, WebhookRow.project_id == project_id))
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+def emit(s: Session, project_id: str, event: str, payload: dict[str, Any]) -> int:
+    """Queue `event` for every webhook of the project that asked for it; returns how many deliveries."""
+    hooks = [h for h in list_webhooks(s, project_id) if event in h.events]
+    for hook in hooks:
+        s.add(DeliveryRow(id=new_id(), project_id=project_id, webhook_id=hook.id, event=event, payload=payload))
+    s.flush()
+    return len(hooks)
+
+
+def due_deliveries(s: Session, limit: int = 50) -> list[tuple[d.Delivery, d.Webhook]]:
+    q = (
+        select(DeliveryRow, WebhookRow)
+        .join(WebhookRow, DeliveryRow.webhook_id == WebhookRow.id)
+        .where(DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= utcnow())
+        .order_by(DeliveryRow.next_attempt_at)
+        .limit(limit)
+    )
+    return [(_to(d.Delivery, r), _to(d.Webhook, w)) for r, w in s.execute(q)]
+
+
+def delivery_attempted(s: Session, delivery_id: str, error: str | None, retry_at: datetime | None) -> None:
+    """Record an attempt: delivered (no error), pending again until retry_at, or failed (no retry_at)."""
+    row = s.get(DeliveryRow, delivery_id)
+    if row is None:
+        return
+    row.attempts += 1
+    row.last_error = error
+    if error is None:
+        row.state, row.delivered_at = "delivered", utcnow()
+    elif retry_at is not None:
+        row.next_attempt_at = retry_at
+    else:
+        row.state = "failed"
+    s.flush()
+
+
+def list_deliveries(s: Session, project_id: str, webhook_id: str) -> list[d.Delivery]:
+    rows = s.scalars(
+        select(DeliveryRow)
+        .where(DeliveryRow.project_id == project_id, DeliveryRow.webhook_id == webhook_id)
+        .order_by(DeliveryRow.created_at)
+    )
+    return [_to(d.Delivery, r) for r in rows]
+
+
+def hold_fleet_lease(s: Session, name: str, owner: str, seconds: float) -> bool:
+    """Take or renew the fleet-wide lease `name` for `owner`; False while another process holds it."""
+    now = utcnow()
+    row = s.scalar(select(FleetLeaseRow).where(FleetLeaseRow.name == name).with_for_update())
+    if row is None:
+        s.add(FleetLeaseRow(name=name, owner=owner, expires_at=now + timedelta(seconds=seconds)))
+        try:
+            s.flush()
+        except IntegrityError:  # another process made it first
+            s.rollback()
+            return False
+        return True
+    if row.owner != owner and _utc(row.expires_at) > now:
+        return False
+    row.owner, row.expires_at = owner, now + timedelta(seconds=seconds)
+    s.flush()
+    return True
+
+
+def policy_names(s: Session) -> list[d.ModelName]:
+    """Every registry name, of every project, whose policy was set (an unset policy retrains nothing)."""
+    rows = s.scalars(select(ModelNameRow).order_by(ModelNameRow.created_at))
+    return [_to(d.ModelName, r) for r in rows if (r.policy or {}).get("min_feedback")]
+
+
+def active_retrains(s: Session, project_id: str, name: str) -> int:
+    rows = s.scalars(
+        select(JobRow).where(
+            JobRow.project_id == project_id, JobRow.kind == "retrain", JobRow.state.in_(("queued", "running"))
+        )
+    )
+    return sum(1 for r in rows if (r.spec or {}).get("name") == name)
 
 
 # ----- deleting ------------------------------------------------------------------------------------

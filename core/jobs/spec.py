@@ -56,6 +56,10 @@ class JobSettings(BaseModel):
     seed: int = 42
     metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"], max_length=16)
     augment: bool = True
+    folds: int = Field(
+        4, ge=0, le=10, description="interpret: folds of the cleaner's out-of-fold predictions (0: none)"
+    )
+    cleaner_epochs: int = Field(2, ge=1, le=20, description="interpret: epochs of each fold's cheap model")
 
     @field_validator("arch")
     @classmethod

@@ -37,6 +37,7 @@ from core.engine.plots import plot_losses, plot_lr_find, show_batch
 from core.engine.tasks import task_of
 from core.engine.transforms import get_transforms
 from core.engine.vision import cnn_learner
+from core.jobs.cleaner import suspects
 from core.jobs.context import JobContext
 from core.jobs.rates import STAGE1_DEFAULT_LR, stage2_rates
 from core.jobs.spec import PlanStep, TrainSpec
@@ -306,6 +307,10 @@ def _interpret(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]
     """Interpretation of the parent's model on the validation split."""
     manifest = read_manifest(spec.init_bundle) if spec.init_bundle else {}
     summary = write_interpretation(built.learn, ctx, manifest.get("thresholds"))
+    found = suspects(spec, ctx, built.items, spec.folds, build_learner)
+    if found:
+        ctx.artifact_path("suspects.json").write_text(json.dumps(found))
+        ctx.artifact_written("suspects.json")
     keep = (
         "error_rate",
         "most_confused",
@@ -320,7 +325,8 @@ def _interpret(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]
         "dice",
         "baseline_majority_class",
     )
-    return {k: (v[:10] if k == "most_confused" else v) for k, v in summary.items() if k in keep}
+    result = {k: (v[:10] if k == "most_confused" else v) for k, v in summary.items() if k in keep}
+    return result | ({"suspects": len(found), "folds": spec.folds} if found else {})
 
 
 def write_interpretation(learn: Learner, ctx: JobContext, thresholds: list[float] | None = None) -> dict[str, Any]:

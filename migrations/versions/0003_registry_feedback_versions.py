@@ -1,4 +1,4 @@
-"""the feedback loop: project settings, model registry (names, champion, challenger, decisions), prediction log, feedback,
+"""the feedback loop: project settings, webhooks and their deliveries, fleet leases, model registry (names, champion, challenger, decisions), prediction log, feedback,
 models' name/version/training data, and dataset versions cut from others (parent, note, changes)
 
 Revision ID: 0003
@@ -105,7 +105,59 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_feedback_project_id"), ["project_id"], unique=False)
 
 
+    op.create_table(
+        "webhooks",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("project_id", sa.String(length=36), nullable=False),
+        sa.Column("url", sa.String(length=2048), nullable=False),
+        sa.Column("events", sa.JSON(), nullable=False),
+        sa.Column("secret", sa.String(length=200), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["project_id"], ["projects.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("webhooks", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_webhooks_project_id"), ["project_id"], unique=False)
+    op.create_table(
+        "deliveries",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("project_id", sa.String(length=36), nullable=False),
+        sa.Column("webhook_id", sa.String(length=36), nullable=False),
+        sa.Column("event", sa.String(length=50), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("state", sa.String(length=20), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["project_id"], ["projects.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["webhook_id"], ["webhooks.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.create_index("ix_deliveries_state_next", ["state", "next_attempt_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_deliveries_project_id"), ["project_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_deliveries_webhook_id"), ["webhook_id"], unique=False)
+    op.create_table(
+        "fleet_leases",
+        sa.Column("name", sa.String(length=50), nullable=False),
+        sa.Column("owner", sa.String(length=200), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table("fleet_leases")
+    with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_deliveries_webhook_id"))
+        batch_op.drop_index(batch_op.f("ix_deliveries_project_id"))
+        batch_op.drop_index("ix_deliveries_state_next")
+    op.drop_table("deliveries")
+    with op.batch_alter_table("webhooks", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_webhooks_project_id"))
+    op.drop_table("webhooks")
     with op.batch_alter_table("feedback", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_feedback_project_id"))
         batch_op.drop_index(batch_op.f("ix_feedback_prediction_id"))

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -34,7 +35,16 @@ BUCKET = "fitcycle-test"
 
 
 class ImageHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files from a folder; /to-metadata redirects to the cloud metadata address."""
+    """Serves files from a folder; /to-metadata redirects to the cloud metadata address; a POST (a webhook
+    delivery) is kept in `received` with its headers and answered 204."""
+
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        ImageHandler.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(204)
+        self.end_headers()
 
     def do_GET(self) -> None:
         if self.path == "/to-metadata":
@@ -122,6 +132,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, image_server: ImageServer) -
             "FITCYCLE_BROKER_URL": broker,
             "FITCYCLE_LEASE_SECONDS": "6",
             "FITCYCLE_REAPER_INTERVAL_SECONDS": "1",
+            "FITCYCLE_LOOP_INTERVAL_SECONDS": "1",
             "FITCYCLE_CHECKPOINT_EVERY_N_STEPS": "3",
             "FITCYCLE_REPORT_EVERY_N_BATCHES": "1",
             "FITCYCLE_MAX_EXTRACTED_BYTES": str(30 * 1024**2),

@@ -1,0 +1,80 @@
+"""The fleet's own loop, run by whichever API process holds the fleet lease (one at a time however many API
+replicas run): it delivers due webhooks, and applies each registry name's policy — once a name has
+`min_feedback` unused corrections and no retrain under way, it cuts a dataset version with them and queues a
+retrain; the retrain's evaluate step then scores it and the gate decides (worker/evaluate.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+
+from fastapi.concurrency import run_in_threadpool
+
+from api.errors import Problem
+from api.schemas import JobCreate, VersionCreate
+from api.services import jobs, versions
+from api.services.webhooks import deliver_due
+from api.state import AppState
+from core.db import repos
+from core.db.session import session_scope
+from core.jobs.gate import Policy
+
+log = logging.getLogger("fitcycle.loop")
+LEASE = "feedback-loop"
+
+
+def policy_pass(state: AppState) -> list[str]:
+    """Cut a version and queue a retrain for every name whose policy's feedback threshold is reached."""
+    done = []
+    with session_scope(state.sessions) as s:
+        entries = repos.policy_names(s)
+    for entry in entries:
+        policy = Policy.of(entry.policy)
+        with session_scope(state.sessions) as s:
+            waiting = repos.count_unused_feedback(s, entry.project_id, entry.name)
+            busy = repos.active_retrains(s, entry.project_id, entry.name)
+            champion = repos.get_model(s, entry.champion_id or "", entry.project_id)
+            version = repos.get_version(s, champion.dataset_version_id or "") if champion else None
+            project = repos.get_project(s, entry.project_id)
+        if waiting < policy.min_feedback or busy or version is None or project is None:
+            continue
+        try:
+            cut = versions.cut(
+                state,
+                project,
+                version.dataset_id,
+                VersionCreate(add_feedback="all", note=f"policy: {waiting} new corrections for '{entry.name}'"),
+            )
+            job = jobs.create(state, project, JobCreate(kind="retrain", dataset_id=version.dataset_id, name=entry.name))
+        except Problem as exc:
+            log.warning("policy of '%s': %s", entry.name, exc.detail)
+            continue
+        log.info(
+            "policy of '%s': version %d with %d corrections, retrain job %s", entry.name, cut.version, waiting, job.id
+        )
+        done.append(job.id)
+    return done
+
+
+async def fleet_loop(state: AppState, stop: asyncio.Event) -> None:
+    """Every loop_interval_seconds: hold the fleet lease, then deliver webhooks and apply policies."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    interval = state.settings.loop_interval_seconds
+
+    def hold() -> bool:
+        with session_scope(state.sessions) as s:
+            return repos.hold_fleet_lease(s, LEASE, owner, interval * 3)
+
+    while not stop.is_set():
+        try:
+            if await run_in_threadpool(hold):
+                await deliver_due(state)
+                await run_in_threadpool(policy_pass, state)
+        except Exception:  # a database blip: next time
+            log.exception("fleet loop pass failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
