@@ -83,11 +83,13 @@ def _load_into(module: nn.Module, state: StateDict, what: str, ignore_prefix: st
 
 
 def body_from_state_dict(arch: Architecture, state: StateDict, what: str) -> nn.Sequential:
-    """Build arch's body from a fitcycle model's weights ("0." = body) or a full classifier's."""
-    if any(k.startswith("0.") for k in state):
-        body = arch.body(arch.build())
-        _load_into(body, {k[2:]: v for k, v in state.items() if k.startswith("0.")}, what)
-        return body
+    """Build arch's body from a fitcycle model's weights (a classifier's "0." or a U-Net's "encoder." is the
+    body) or a full classifier's."""
+    for prefix in ("0.", "encoder."):
+        if any(k.startswith(prefix) for k in state):
+            body = arch.body(arch.build())
+            _load_into(body, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, what)
+            return body
     if any(k.startswith("_conv_stem.") for k in state):
         state = convert_lukemelas_state_dict(state)
     full = arch.build()

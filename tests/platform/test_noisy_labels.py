@@ -5,6 +5,7 @@ a version whose retrain the gate promotes, and the champion's accuracy on held-o
 from __future__ import annotations
 
 import csv
+import os
 import random
 import shutil
 import time
@@ -29,7 +30,7 @@ def accuracy(c: Client, model_id: str, images: list[Path]) -> float:
 
 def test_noisy_labels_cleaned_corrected_retrained_and_promoted(stack: Stack, tmp_path: Path) -> None:
     c, _ = stack.new_project("noisy")
-    rng = random.Random(0)
+    rng = random.Random(int(os.environ.get("FITCYCLE_NOISY_SEED", "0")))  # other seeds: measured, see the note
     pool = write_sample("fashion-mnist", tmp_path / "pool", per_class=PER_CLASS + 75 + 40, size=32, classes=CLASSES)
     v1, new, held_out = [], [], []
     for cls in CLASSES:
@@ -66,7 +67,7 @@ def test_noisy_labels_cleaned_corrected_retrained_and_promoted(stack: Stack, tmp
 
     # The cleaner: out-of-fold suspects over training and validation items.
     interp = c.wait(
-        c.submit(kind="interpret", dataset_id=ds["id"], parent_job_id=first["id"], folds=4, cleaner_epochs=4)["id"]
+        c.submit(kind="interpret", dataset_id=ds["id"], parent_job_id=first["id"], folds=4, cleaner_epochs=8)["id"]
     )
     assert interp["state"] == "succeeded", interp["error"]
     found = c.get(f"/jobs/{interp['id']}/suspects", params={"limit": 10_000}).json()
