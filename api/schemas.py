@@ -330,7 +330,9 @@ class PolicyUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_feedback: int | None = Field(None, ge=1, le=1_000_000)
+    min_feedback: int | None = Field(
+        None, ge=1, le=1_000_000, description="set it to retrain on its own once this many corrections wait"
+    )
     min_improvement: float | None = Field(None, ge=-1, le=1)
     max_class_drop: float | None = Field(None, ge=0, le=1)
     auto_promote: bool | None = None

@@ -137,3 +137,23 @@ def test_cut_a_version_keeps_splits_adds_feedback_and_relabels(tmp_path: Path) -
     with pytest.raises(DataError, match=r"remove: no item .nope\.png."):
         cut_version(store, "v1", parent, "v3", Edits(remove=["nope.png"]), 0.2, 42)
     assert not store.list("v3/")  # nothing left behind
+
+
+def test_one_process_of_the_fleet_holds_the_loop_at_a_time(tmp_path: Path) -> None:
+    import time
+
+    from core.db import repos
+    from core.db.session import make_engine, make_sessionmaker, session_scope, upgrade
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    sessions = make_sessionmaker(make_engine(url))
+
+    def hold(owner: str, seconds: float) -> bool:
+        with session_scope(sessions) as s:
+            return repos.hold_fleet_lease(s, "loop", owner, seconds)
+
+    assert hold("a", 0.5) and hold("a", 0.5)  # taken, then renewed by its holder
+    assert not hold("b", 0.5)  # held by a
+    time.sleep(0.6)
+    assert hold("b", 30) and not hold("a", 30)  # a's lease ran out: b took it

@@ -109,9 +109,10 @@ def promote(state: AppState, caller: domain.Caller, name: str, body: Promote) ->
 
 def set_policy(state: AppState, project: domain.Project, name: str, body: PolicyUpdate) -> RegistryEntry:
     entry = find(state, project, name)
-    policy = Policy.of({**entry.policy, **body.model_dump(exclude_none=True)})
+    # Only what was set is stored: a policy without min_feedback never retrains on its own.
+    stored = {**entry.policy, **body.model_dump(exclude_none=True)}
     with session_scope(state.sessions) as s:
-        updated = repos.set_policy(s, project.id, name, policy.as_dict())
+        updated = repos.set_policy(s, project.id, name, stored)
         assert updated is not None
         versions = len(repos.models_of_name(s, project.id, name))
     return _entry(updated, versions)

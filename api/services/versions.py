@@ -8,6 +8,8 @@ import base64
 import json
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from api.errors import Problem
 from api.schemas import DatasetPublic, DatasetsPublic, VersionCreate, VersionDiff
 from api.services.datasets import check_quota, get_version, version_public
@@ -152,6 +154,9 @@ def cut(state: AppState, project: domain.Project, dataset_id: str, body: Version
             )
             repos.mark_feedback_used(s, used, row.id)
             numbers = [v.version for v in repos.dataset_versions(s, dataset.id)]
+        except IntegrityError as exc:  # SQLite takes no row lock: a cut that raced this one took the number
+            state.store.delete_prefix(prefix + "/")
+            raise Problem(409, "Conflict", f"version {number} was cut at the same moment; send this again") from exc
         except BaseException:
             state.store.delete_prefix(prefix + "/")
             raise

@@ -614,8 +614,19 @@ def add_feedback(s: Session, **values: Any) -> tuple[d.Feedback, bool]:
         if found is not None:
             return _to(d.Feedback, found), False
     row = FeedbackRow(**{"id": new_id(), **values})
-    s.add(row)
-    s.flush()
+    try:
+        with s.begin_nested():  # a savepoint: the same key sent twice at once stores one
+            s.add(row)
+            s.flush()
+    except IntegrityError:
+        found = s.scalar(
+            select(FeedbackRow).where(
+                FeedbackRow.project_id == values["project_id"], FeedbackRow.idempotency_key == key
+            )
+        )
+        if found is None:
+            raise
+        return _to(d.Feedback, found), False
     return _to(d.Feedback, row), True
 
 

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 from core.engine.items import ClassItems, LabelledItems
+from core.engine.learner import Phase
 from core.jobs.context import JobContext, LocalJobContext
+from core.jobs.rates import STAGE1_DEFAULT_LR
 from core.jobs.spec import TrainSpec
 
 
@@ -54,10 +56,10 @@ def out_of_fold_probs(spec: TrainSpec, ctx: JobContext, items: ClassItems, folds
         with tempfile.TemporaryDirectory(prefix="fitcycle-fold-") as scratch:
             built = build(cheap, FoldContext(Path(scratch), ctx), fold_items)
             learn = built.learn
-            if cheap.is_pretrained:
-                learn.fine_tune(cheap.epochs, 2e-3, freeze_epochs=1)
-            else:
-                learn.fit_one_cycle(cheap.epochs, 3e-3)
+            # Cheap, and slow to learn the noise it is looking for: a pretrained body stays frozen and only
+            # the head trains (a probe of its features); a body from scratch trains whole.
+            phase = Phase(f"fold{f}", "stage1" if cheap.is_pretrained else "scratch", cheap.epochs, STAGE1_DEFAULT_LR)
+            learn.fit_phase(phase)
             logits, _ = learn.get_preds()
         # get_preds answers the valid items in order; map the learner's classes onto the items' classes.
         index = [items.class_index[c] for c in learn.dls.classes]

@@ -1,5 +1,6 @@
-"""the feedback loop: project settings, webhooks and their deliveries, fleet leases, model registry (names, champion, challenger, decisions), prediction log, feedback,
-models' name/version/training data, and dataset versions cut from others (parent, note, changes)
+"""the feedback loop: project settings, webhooks and their deliveries, fleet leases, the model registry
+(names, champion, challenger, decisions), the prediction log, feedback, models' name/version/training data,
+and dataset versions cut from others (parent, note, changes)
 
 Revision ID: 0003
 Revises: 0002
@@ -103,7 +104,6 @@ def upgrade() -> None:
     with op.batch_alter_table("feedback", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_feedback_prediction_id"), ["prediction_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_feedback_project_id"), ["project_id"], unique=False)
-
 
     op.create_table(
         "webhooks",
