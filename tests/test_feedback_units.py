@@ -157,3 +157,29 @@ def test_one_process_of_the_fleet_holds_the_loop_at_a_time(tmp_path: Path) -> No
     assert not hold("b", 0.5)  # held by a
     time.sleep(0.6)
     assert hold("b", 30) and not hold("a", 30)  # a's lease ran out: b took it
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_feedback_loop_migration_goes_down_and_up_again(tmp_path: Path, backend: str) -> None:
+    """0003 has a downgrade: head -> 0002 -> head, on SQLite and on a fresh PostgreSQL database."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from core.db.session import _alembic_config, current_revision, make_engine, upgrade
+    from tests.platform.services import postgres_database
+
+    with postgres_database() as pg:
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}" if backend == "sqlite" else pg
+        upgrade(url)
+        engine = make_engine(url)
+        assert {"model_names", "predictions", "feedback", "webhooks"} <= set(inspect(engine).get_table_names())
+        engine.dispose()
+        command.downgrade(_alembic_config(url), "0002")
+        engine = make_engine(url)
+        assert current_revision(engine) == "0002" and "predictions" not in inspect(engine).get_table_names()
+        assert "settings" not in {c["name"] for c in inspect(engine).get_columns("projects")}
+        engine.dispose()
+        upgrade(url)
+        engine = make_engine(url)
+        assert "feedback" in inspect(engine).get_table_names()
+        engine.dispose()
