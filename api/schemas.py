@@ -4,7 +4,7 @@ domain object (a `Public`) is read off it by field name, so each resource's fiel
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -266,6 +266,9 @@ class KeysPublic(BaseModel):
     count: int
 
 
+Pair = Annotated[list[float], Field(min_length=2, max_length=2)]  # a point: [x, y]
+
+
 class ProjectSettings(BaseModel):
     """The caller's project's settings (an admin key changes them)."""
 
@@ -362,9 +365,9 @@ class FeedbackCreate(BaseModel):
 
     label: str | None = Field(None, max_length=200)
     labels: list[str] | None = Field(None, max_length=1000)
-    points: list[list[float]] | list[float] | None = Field(None, max_length=10_000)
+    points: list[Pair] | list[float] | None = Field(None, max_length=10_000)
     values: list[float] | None = Field(None, max_length=10_000)
-    mask: str | None = Field(None, description="base64 PNG")
+    mask: str | None = Field(None, max_length=28 * 1024 * 1024, description="base64 PNG")
     correct: bool | None = None
 
 
@@ -388,9 +391,9 @@ class Relabel(BaseModel):
     item: str = Field(max_length=1000)
     label: str | None = Field(None, max_length=200)
     labels: list[str] | None = Field(None, max_length=1000)
-    points: list[list[float]] | list[float] | None = Field(None, max_length=10_000)
+    points: list[Pair] | list[float] | None = Field(None, max_length=10_000)
     values: list[float] | None = Field(None, max_length=10_000)
-    mask: str | None = None
+    mask: str | None = Field(None, max_length=28 * 1024 * 1024)
 
 
 class VersionCreate(BaseModel):
@@ -399,8 +402,10 @@ class VersionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     from_version: int | None = Field(None, ge=1, description="default: the latest")
-    add_feedback: Literal["all"] | list[str] | None = Field(
-        None, description='"all" unused feedback on this dataset\'s models, or prediction ids'
+    add_feedback: Literal["all"] | list[Annotated[str, Field(max_length=36)]] | None = Field(
+        None,
+        max_length=100_000,
+        description='"all" unused feedback on this dataset\'s models, or prediction ids',
     )
     relabel: list[Relabel] = Field(default_factory=list, max_length=100_000)
     remove: list[str] = Field(default_factory=list, max_length=100_000)

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2 * 1024**3, description="POST /datasets: the whole multipart body")
     max_json_body_bytes: int = Field(1024**2, description="every other request with a body")
     max_edits_body_bytes: int = Field(
-        64 * 1024**2, description="feedback and dataset-version cuts, which may carry base64 masks"
+        30 * 1024**2, description="feedback and dataset-version cuts, which may carry base64 masks"
     )
     max_archive_files: int = Field(100_000, description="entries of one archive, whatever their type")
     max_extracted_bytes: int = 8 * 1024**3

@@ -183,3 +183,24 @@ def test_the_feedback_loop_migration_goes_down_and_up_again(tmp_path: Path, back
         engine = make_engine(url)
         assert "feedback" in inspect(engine).get_table_names()
         engine.dispose()
+
+
+def test_a_huge_mask_for_a_small_image_is_refused_before_it_is_decoded() -> None:
+    bomb = io.BytesIO()
+    Image.new("1", (8000, 5000)).save(bomb, format="PNG")  # a few KB of PNG, 40 Mpx of pixels
+    # Cut off its pixel data: only a check made before decoding can still say what is wrong with its size.
+    body = {"mask": base64.b64encode(bomb.getvalue()[:200]).decode()}
+    with pytest.raises(DataError, match="mask: it is 8000x5000, the image is 10x10"):
+        get_task("segmentation").correction(body, MANIFEST, (10, 10))
+
+
+def test_a_webhook_url_httpx_cannot_send_is_a_refusal_not_a_crash() -> None:
+    import asyncio
+
+    from api.errors import Problem
+    from api.services.urlfetch import post_json
+    from core.config import Settings
+
+    settings = Settings(url_fetch_allow_hosts=["127.0.0.1"], url_fetch_timeout_seconds=2)
+    with pytest.raises(Problem, match="could not reach the URL"):
+        asyncio.run(post_json("http://127.0.0.1:9/\x01", b"{}", {}, settings))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -79,4 +80,5 @@ async def predict_url(state: StateDep, project: ProjectDep, model_id: str, body:
     """Fetch a public image URL and classify it (the course's classify-url)."""
     model = await run_in_threadpool(service.find, state, project, model_id)
     data = await fetch_image(body.url, state.settings)
-    return await run_in_threadpool(predict_service.answer, state, project, model, data, body.url, "url")
+    shown = urlsplit(body.url)._replace(netloc=urlsplit(body.url).hostname or "", query="", fragment="").geturl()
+    return await run_in_threadpool(predict_service.answer, state, project, model, data, shown, "url")

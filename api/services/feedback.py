@@ -108,6 +108,12 @@ def give(
         )
     if not created and correction.mask_png is not None:
         state.store.delete(target["mask"])
+    if not created and stored.prediction_id != prediction_id:
+        raise Problem(
+            409,
+            "Idempotency-Key reused",
+            f"this Idempotency-Key was sent with feedback on prediction {stored.prediction_id}; use a new key",
+        )
     return FeedbackPublic.of(stored), created
 
 

@@ -124,7 +124,7 @@ async def post_json(url: str, body: bytes, headers: dict[str, str], settings: Se
                 return resp.status_code
     except TimeoutError:
         raise Problem(504, "Timed out", f"no answer within {settings.url_fetch_timeout_seconds}s") from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         raise Problem(400, "Delivery failed", f"could not reach the URL: {type(exc).__name__}") from None
 
 

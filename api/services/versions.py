@@ -82,8 +82,12 @@ def _feedback_items(
             correction = correction_of(
                 state, dataset_task(manifest).name, manifest, body, state.store.get_bytes(p.input_key)
             )
+            dataset_task(manifest).record(correction.target, manifest)  # e.g. a label holding the delimiter
         except Problem as exc:
             skipped.append(f"prediction {p.id}: {exc.detail}")
+            continue
+        except DataError as exc:
+            skipped.append(f"prediction {p.id}: {exc}")
             continue
         suffix = p.input_key.rsplit(".", 1)[-1]
         items.append(NewItem(f"feedback/{p.id}.{suffix}", p.input_key, correction, p.id))
@@ -119,12 +123,14 @@ def cut(state: AppState, project: domain.Project, dataset_id: str, body: Version
         )
     edits = Edits(remove=list(body.remove), relabel=relabels, add=add, note=body.note)
     valid_pct, seed = float(parent.labels.get("valid_pct", 0.2)), int(parent.labels.get("seed", 42))
-    check_quota(state, project, 0)
+    check_quota(state, project, parent.n_bytes)  # a cut copies its parent's files
     with session_scope(state.sessions) as s:
         # One cut of a dataset at a time: the dataset's row is locked until this version is recorded.
         repos.lock_dataset(s, dataset.id)
         number = repos.next_version_number(s, dataset.id)
-        prefix = dataset_version_prefix(project.id, dataset.id, number)
+        # Its own prefix, even for the same number: a cut that loses a race (SQLite takes no row lock) deletes
+        # only what it wrote, never the winner's files.
+        prefix = f"{dataset_version_prefix(project.id, dataset.id, number)}-{repos.new_id()[:8]}"
         if used:  # feedback taken by a cut that finished first is left to it
             taken = {f.id for f, _ in repos.list_feedback(s, project.id) if f.used_in is not None}
             add = [a for a, f in zip(add, used, strict=True) if f not in taken]

@@ -11,6 +11,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+import httpx
+
 from api.errors import Problem, not_found
 from api.schemas import DeliveriesPublic, DeliveryPublic, WebhookCreate, WebhookPublic, WebhooksPublic
 from api.services.urlfetch import post_json
@@ -19,6 +21,7 @@ from core.db import domain, repos
 from core.db.session import session_scope
 
 MAX_ATTEMPTS = 6  # the first try and 5 retries, 2 s to 32 s apart
+MAX_WEBHOOKS = 20  # per project: each event is one delivery per webhook, sent by one shared loop
 
 
 def _public(h: domain.Webhook) -> WebhookPublic:
@@ -27,9 +30,15 @@ def _public(h: domain.Webhook) -> WebhookPublic:
 
 def create(state: AppState, project: domain.Project, body: WebhookCreate) -> WebhookPublic:
     parts = urlsplit(body.url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Problem(422, "Invalid webhook", "url: an http:// or https:// URL", field="url")
+    try:
+        httpx.URL(body.url)
+    except (httpx.InvalidURL, ValueError):
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(ord(ch) <= 32 for ch in body.url):
+        raise Problem(422, "Invalid webhook", "url: an http:// or https:// URL without spaces or control characters")
     with session_scope(state.sessions) as s:
+        if len(repos.list_webhooks(s, project.id)) >= MAX_WEBHOOKS:
+            raise Problem(422, "Too many webhooks", f"a project has at most {MAX_WEBHOOKS}; delete one first")
         hook = repos.create_webhook(
             s, project_id=project.id, url=body.url, events=sorted(set(body.events)), secret=body.secret
         )
@@ -95,6 +104,8 @@ async def deliver_due(state: AppState) -> int:
             error = None if 200 <= status < 300 else f"answered HTTP {status}"
         except Problem as exc:
             error = exc.detail
+        except Exception as exc:  # one bad delivery must not stop the others (nor the loop)
+            error = f"could not deliver ({type(exc).__name__})"
         await run_in_threadpool(record, delivery, error)
         delivered += error is None
     return delivered

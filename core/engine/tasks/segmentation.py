@@ -287,24 +287,28 @@ class SegmentationTask(Task):
             raise DataError(
                 f"mask: a segmentation target is {{'mask': a base64 PNG}} of at most {MAX_MASK_BASE64:,} characters"
             )
+        codes = manifest["codes"]
         try:
             png = base64.b64decode(data, validate=True)
             with Image.open(io.BytesIO(png)) as m:
+                # Everything that needs no pixels first: a large mask for a small image is refused undecoded.
                 if m.format != "PNG" or m.mode not in MASK_MODES:
                     raise DataError("mask: a single-channel PNG (grayscale or palette), each value a code's index")
+                if m.size != image_size:
+                    raise DataError(f"mask: it is {m.width}x{m.height}, the image is {image_size[0]}x{image_size[1]}")
                 if m.width * m.height > MAX_PIXELS:
                     raise DataError("mask: over the pixel limit")
-                values = np.asarray(m if m.mode in ("L", "P") else m.convert("I")).astype(np.int64)
-                size = m.size
+                raw = np.asarray(m)  # the image's own size at most: checked above
+                top = int(raw.max()) if raw.size else 0
+                if top >= len(codes):
+                    raise DataError(f"mask: value {top} has no code (codes are 0-{len(codes) - 1}: {codes})")
+                values = raw.astype(np.uint8)
+        except DataError:
+            raise
         except (ValueError, OSError, Image.DecompressionBombError) as exc:
             raise DataError(f"mask: not a PNG we can read ({type(exc).__name__})") from None
-        if size != image_size:
-            raise DataError(f"mask: it is {size[0]}x{size[1]}, the image is {image_size[0]}x{image_size[1]}")
-        codes = manifest["codes"]
-        if values.size and int(values.max()) >= len(codes):
-            raise DataError(f"mask: value {int(values.max())} has no code (codes are 0-{len(codes) - 1}: {codes})")
         buf = io.BytesIO()
-        Image.fromarray(values.astype(np.uint8), mode="L").save(buf, format="PNG")
+        Image.fromarray(values, mode="L").save(buf, format="PNG")
         return Correction({"mask": ""}, buf.getvalue())
 
     def confirmed(self, answer: dict[str, Any]) -> Correction:
