@@ -99,7 +99,8 @@ def test_noisy_labels_cleaned_corrected_retrained_and_promoted(stack: Stack, tmp
     policy = {"min_improvement": 0.0, "max_class_drop": 0.2}
     assert c.http.put("/registry/noisy/policy", json=policy).status_code == 200
     started = time.monotonic()
-    retrain = c.wait(c.submit(kind="retrain", dataset_id=ds["id"])["id"])
+    # Twice the data it started from, so the same budget as the first training, not the retrain's smaller one.
+    retrain = c.wait(c.submit(kind="retrain", dataset_id=ds["id"], freeze_epochs=1, epochs=3, lr=2e-3)["id"])
     retrain_seconds = time.monotonic() - started
     assert retrain["state"] == "succeeded", retrain["error"]
     decision = retrain["result"]["decision"]
