@@ -358,8 +358,8 @@ class PredictionsPublic(BaseModel):
     count: int
 
 
-class FeedbackCreate(BaseModel):
-    """One of: the task's target (label, labels, points, values, mask) or {"correct": true}."""
+class Target(BaseModel):
+    """A target in its task's shape: label, labels, points ([x, y] pixels), values or mask (base64 PNG)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -368,6 +368,11 @@ class FeedbackCreate(BaseModel):
     points: list[Pair] | list[float] | None = Field(None, max_length=10_000)
     values: list[float] | None = Field(None, max_length=10_000)
     mask: str | None = Field(None, max_length=28 * 1024 * 1024, description="base64 PNG")
+
+
+class FeedbackCreate(Target):
+    """One of: the task's target (label, labels, points, values, mask) or {"correct": true}."""
+
     correct: bool | None = None
 
 
@@ -385,15 +390,8 @@ class FeedbackList(BaseModel):
     count: int
 
 
-class Relabel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Relabel(Target):
     item: str = Field(max_length=1000)
-    label: str | None = Field(None, max_length=200)
-    labels: list[str] | None = Field(None, max_length=1000)
-    points: list[Pair] | list[float] | None = Field(None, max_length=10_000)
-    values: list[float] | None = Field(None, max_length=10_000)
-    mask: str | None = Field(None, max_length=28 * 1024 * 1024)
 
 
 class VersionCreate(BaseModel):

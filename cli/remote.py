@@ -310,6 +310,16 @@ def cmd_remote(args: argparse.Namespace) -> int:
         return 2
 
 
+def _predict(http: httpx.Client, path: str, images: list[Path], mask_dir: Path) -> None:
+    """One JSON line per image: the answer (top 5 classes), a mask written to a file."""
+    for image in images:
+        with image.open("rb") as f:
+            result = _check(http.post(path, files={"file": (image.name, f)}))
+        if "predictions" in result:
+            result["predictions"] = result["predictions"][:5]
+        print(json.dumps({"path": str(image), **with_files(result, image, mask_dir)}))
+
+
 def _feedback_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.correct:
         return {"correct": True}
@@ -366,12 +376,7 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
         decision = _check(http.post(f"/registry/{args.name}/promote", json=body))
         print(f"{args.name}: champion is now {decision['model_id']} (was {decision['champion_id']})")
     elif verb == ("registry", "predict"):
-        for image in args.images:
-            with image.open("rb") as f:
-                result = _check(http.post(f"/registry/{args.name}/predict", files={"file": (image.name, f)}))
-            if "predictions" in result:
-                result["predictions"] = result["predictions"][:5]
-            print(json.dumps({"path": str(image), **with_files(result, image, args.mask_dir)}))
+        _predict(http, f"/registry/{args.name}/predict", args.images, args.mask_dir)
     elif verb == ("registry", "policy"):
         policy = {k: _value(v) for k, _, v in (item.partition("=") for item in args.set)}
         print(json.dumps(_check(http.put(f"/registry/{args.name}/policy", json=policy)), indent=1))
@@ -489,12 +494,7 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
         out.write_bytes(data if isinstance(data, bytes) else json.dumps(data).encode())
         print(out)
     elif verb == ("models", "predict"):
-        for image in args.images:
-            with image.open("rb") as f:
-                result = _check(http.post(f"/models/{args.model}/predict", files={"file": (image.name, f)}))
-            if "predictions" in result:
-                result["predictions"] = result["predictions"][:5]
-            print(json.dumps({"path": str(image), **with_files(result, image, args.mask_dir)}))
+        _predict(http, f"/models/{args.model}/predict", args.images, args.mask_dir)
     return 0
 
 

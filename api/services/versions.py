@@ -70,6 +70,7 @@ def _feedback_items(
         if wanted == "all" and (model is None or model.dataset_version_id not in versions):
             continue  # feedback on another dataset's models
         latest[p.id] = (f, p)
+    task = dataset_task(manifest)
     items, used, skipped = [], [], []
     for f, p in latest.values():
         if p.input_key is None:
@@ -79,10 +80,8 @@ def _feedback_items(
         mask_png = state.store.get_bytes(target["mask"]) if "mask" in target else None
         body = {**target, **({"mask": base64.b64encode(mask_png).decode()} if mask_png is not None else {})}
         try:
-            correction = correction_of(
-                state, dataset_task(manifest).name, manifest, body, state.store.get_bytes(p.input_key)
-            )
-            dataset_task(manifest).record(correction.target, manifest)  # e.g. a label holding the delimiter
+            correction = correction_of(state, task.name, manifest, body, state.store.get_bytes(p.input_key))
+            task.record(correction.target, manifest)  # e.g. a label holding the delimiter
         except Problem as exc:
             skipped.append(f"prediction {p.id}: {exc.detail}")
             continue

@@ -51,11 +51,6 @@ class CutVersion:
     changes: dict[str, Any]
 
 
-def parent_flags(manifest: dict[str, Any], valid_pct: float, seed: int) -> list[bool]:
-    """The validation flags a job sees on a stored version (its upload's valid_pct and seed for a random one)."""
-    return stored_items(Path("."), manifest, valid_pct, seed).is_valid
-
-
 def dataset_task(manifest: dict[str, Any]) -> Task:
     """The task a stored version's items are for."""
     return task_of(stored_items(Path("."), manifest, 0.2, 42))
@@ -73,8 +68,9 @@ def cut_version(
     """Write the new version under `prefix` (files/ and manifest.json); on any error nothing stays behind."""
     if len(edits.remove) + len(edits.relabel) + len(edits.add) > MAX_EDITS:
         raise DataError(f"at most {MAX_EDITS:,} edits per version")
-    task = dataset_task(parent)
-    flags = parent_flags(parent, valid_pct, seed)
+    # The flags a job sees on the parent (its upload's valid_pct and seed for a random split), and its task.
+    parent_items = stored_items(Path("."), parent, valid_pct, seed)
+    task, flags = task_of(parent_items), parent_items.is_valid
     items: dict[str, dict[str, Any]] = {
         r["key"]: {**r, "valid": v} for r, v in zip(parent["items"], flags, strict=True)
     }
