@@ -269,13 +269,27 @@ class KeysPublic(BaseModel):
 Pair = Annotated[list[float], Field(min_length=2, max_length=2)]  # a point: [x, y]
 
 
+class GoldRef(BaseModel):
+    """A dataset version kept as the project's gold set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str = Field(max_length=64)
+    version: int | None = Field(None, ge=1, description="default: the dataset's latest version, pinned now")
+
+
 class ProjectSettings(BaseModel):
-    """The caller's project's settings (an admin key changes them)."""
+    """The caller's project's settings (an admin key changes them); a field left out stays as it is."""
 
     model_config = ConfigDict(extra="forbid")
 
     keep_inputs: bool | None = Field(
         None, description="store each predicted image (what feedback turns into training items); default on"
+    )
+    gold: GoldRef | None = Field(
+        None,
+        description="a frozen dataset version the promotion gate also scores challenger and champion on (all "
+        "its items; keep it out of training); null to stop",
     )
 
 
@@ -461,11 +475,19 @@ class DeliveriesPublic(BaseModel):
 class Suspect(BaseModel):
     item: str
     valid: bool
-    label: str = Field(description="the label the item has")
-    suggested: str = Field(description="the class the out-of-fold model thinks it is")
-    probability: float = Field(description="of the suggested class")
-    given_probability: float = Field(description="of the given label")
-    loss: float = Field(description="-log(given_probability): the order of the list")
+    given: dict[str, Any] = Field(
+        description="the item's target: {label}, {labels}, {points}, {values}; a mask's item: {shares} of its classes"
+    )
+    suggested: dict[str, Any] = Field(
+        description="the out-of-fold model's answer as a relabel ({label}, {labels}, {points}, {values}, {mask}): "
+        "{'item': item, **suggested} in a version's relabel accepts it"
+    )
+    probability: float | None = Field(None, description="classification: of the suggested class")
+    given_probability: float | None = Field(None, description="classification: of the given label")
+    loss: float = Field(
+        description="the order of the list: -log(given_probability) for a class, mean binary cross-entropy for a "
+        "label set, the item's error for points or values, the share of pixels that disagree for a mask"
+    )
     image_url: str
 
 

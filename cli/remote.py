@@ -132,7 +132,19 @@ def add_remote_verbs(verbs: Any) -> None:
     preds_list.add_argument("--unlabelled", action="store_true", help="only those without feedback yet")
     preds_list.add_argument("--json", action="store_true")
 
-    clean = common(verbs.add_parser("clean", help="an interpret job's suspects: labels its models doubt"))
+    proj = verbs.add_parser("project", help="the key's project and its settings").add_subparsers(
+        dest="sub", required=True
+    )
+    common(proj.add_parser("show", help="the project and its settings, as JSON"))
+    proj_set = common(proj.add_parser("set", help="change settings (an admin key)"))
+    proj_set.add_argument("--keep-inputs", choices=["on", "off"], default=None, help="store predicted images")
+    gold = proj_set.add_mutually_exclusive_group()
+    gold.add_argument(
+        "--gold", metavar="DATASET[:VERSION]", default=None, help="the gold set the promotion gate also scores on"
+    )
+    gold.add_argument("--no-gold", action="store_true", help="stop scoring on a gold set")
+
+    clean = common(verbs.add_parser("clean", help="an interpret job's suspects: targets its models doubt"))
     clean.set_defaults(sub="suspects")
     clean.add_argument("job", help="an interpret job")
     clean.add_argument("--limit", type=int, default=30)
@@ -397,24 +409,36 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
             [
                 r["item"],
                 "valid" if r["valid"] else "train",
-                r["label"],
-                r["suggested"],
-                f"{r['probability']:.3f}",
-                f"{r['loss']:.2f}",
+                _target_text(r["given"]),
+                _target_text(r["suggested"]),
+                "" if r["probability"] is None else f"{r['probability']:.3f}",
+                f"{r['loss']:.3f}",
             ]
             for r in found["data"]
         ]
-        print(table(rows, ["ITEM", "SPLIT", "LABEL", "SUGGESTED", "P(SUGGESTED)", "LOSS"]))
+        print(table(rows, ["ITEM", "SPLIT", "GIVEN", "SUGGESTED", "P(SUGGESTED)", "LOSS"]))
         if args.edits is not None:
-            relabel = [
-                {"item": r["item"], "label": r["suggested"]} for r in found["data"] if r["suggested"] != r["label"]
-            ]
+            relabel = [{"item": r["item"], **r["suggested"]} for r in found["data"] if r["suggested"] != r["given"]]
             args.edits.write_text(json.dumps({"relabel": relabel}, indent=1))
             print(
                 f"{len(relabel)} relabels -> {args.edits}; apply them with: fitcycle datasets version "
                 f"{found['dataset_id']} --from {found['version']} --edits {args.edits}",
                 file=sys.stderr,
             )
+    elif verb == ("project", "show"):
+        print(json.dumps(_check(http.get("/project")), indent=1))
+    elif verb == ("project", "set"):
+        settings: dict[str, Any] = {}
+        if args.keep_inputs is not None:
+            settings["keep_inputs"] = args.keep_inputs == "on"
+        if args.no_gold:
+            settings["gold"] = None
+        elif args.gold is not None:
+            dataset, _, number = args.gold.partition(":")
+            if number and not number.isdigit():
+                raise RemoteError(f"--gold {args.gold}: DATASET_ID, or DATASET_ID:VERSION with a version number")
+            settings["gold"] = {"dataset_id": dataset} | ({"version": int(number)} if number else {})
+        print(json.dumps(_check(http.patch("/project", json=settings)), indent=1))
     elif verb == ("feedback", "list"):
         params = {"unused": args.unused} | ({"name": args.name} if args.name else {})
         print(json.dumps(_check(http.get("/feedback", params=params))["data"], indent=1))
@@ -434,9 +458,25 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
     return 0
 
 
+def _target_text(target: dict[str, Any], width: int = 40) -> str:
+    """A target in a table cell: a label, a label set, rounded numbers, or a mask's class shares."""
+    if "label" in target:
+        text = str(target["label"])
+    elif "labels" in target:
+        text = ",".join(target["labels"]) or "(none)"
+    elif "mask" in target:
+        text = "(a mask)"
+    elif "shares" in target:
+        text = " ".join(f"{c}:{s:.0%}" for c, s in target["shares"].items())
+    else:
+        numbers: list[Any] = next(iter(target.values()), [])
+        text = json.dumps(json.loads(json.dumps(numbers), parse_float=lambda v: round(float(v), 1)))
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
     verb = (args.verb, args.sub)
-    if args.verb in ("registry", "predictions", "feedback", "clean") or verb in (
+    if args.verb in ("registry", "predictions", "feedback", "clean", "project") or verb in (
         ("datasets", "version"),
         ("datasets", "versions"),
     ):

@@ -1,18 +1,20 @@
 """After a model-making job: its model joins its registry name (the first of a name becomes the champion);
 after a retrain, the evaluate step scores challenger and champion on the same validation items of the new
-dataset version, records the gate's decision, and promotes the challenger when the gate and the policy
-allow."""
+dataset version (and on every item of the project's gold set, when it has one of the same task), records
+the gate's decision, and promotes the challenger when the gate and the policy allow."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.items import LabelledItems
-from core.jobs.gate import Policy, decide, score_bundle
+from core.engine.tasks import task_of
+from core.jobs.gate import Policy, decide_with_gold, score_bundle
 
 log = logging.getLogger("fitcycle.worker")
 
@@ -27,6 +29,35 @@ def name_of(s: Any, job: domain.Job) -> str:
     return dataset.name if dataset else "default"
 
 
+@dataclass(frozen=True)
+class GoldSet:
+    """The project's gold set as the evaluate step found it: what the project names, and its items (None, and
+    why, when it cannot be scored)."""
+
+    ref: dict[str, Any]
+    items: LabelledItems | None
+    missing: str = ""
+
+
+def _gold_scores(
+    gold: GoldSet | None, items: LabelledItems, challenger_bundle: Path, champion_bundle: Path | None
+) -> dict[str, Any] | None:
+    """Both models' scores on every gold item, or the reason the gold set was skipped."""
+    if gold is None:
+        return None
+    shown = {k: gold.ref.get(k) for k in ("dataset_id", "dataset", "version")}
+    skipped = gold.missing
+    if gold.items is not None and task_of(gold.items) is not task_of(items):
+        skipped = f"a {task_of(gold.items).name} gold set cannot score a {task_of(items).name} model"
+    if gold.items is None or skipped:
+        return shown | {"challenger": None, "champion": None, "skipped": skipped}
+    return shown | {
+        "challenger": score_bundle(challenger_bundle, gold.items, "all"),
+        "champion": score_bundle(champion_bundle, gold.items, "all") if champion_bundle is not None else None,
+        "skipped": None,
+    }
+
+
 def evaluate_retrain(
     sessions: Any,
     job: domain.Job,
@@ -35,20 +66,33 @@ def evaluate_retrain(
     champion_bundle: Path | None,
     champion: domain.Model | None,
     items: LabelledItems,
+    gold: GoldSet | None = None,
 ) -> dict[str, Any]:
-    """Score both on the items' validation split, decide, record; returns the decision for the job's result."""
+    """Score both on the items' validation split (and the gold set), decide, record; returns the decision for
+    the job's result."""
     assert challenger.name is not None
     challenger_scores = score_bundle(challenger_bundle, items)
     champion_scores = score_bundle(champion_bundle, items) if champion_bundle is not None else None
+    on_gold = _gold_scores(gold, items, challenger_bundle, champion_bundle)
     with session_scope(sessions) as s:
         entry = repos.model_name(s, job.project_id, challenger.name)
         policy = Policy.of(entry.policy if entry else {})
-    verdict = decide(challenger_scores, champion_scores, policy)
-    scores = {
+    verdict = decide_with_gold(
+        challenger_scores,
+        champion_scores,
+        policy,
+        on_gold["challenger"] if on_gold else None,
+        on_gold["champion"] if on_gold else None,
+    )
+    scores: dict[str, Any] = {
         "challenger": challenger_scores.as_dict(),
         "champion": champion_scores.as_dict() if champion_scores else None,
         "policy": policy.as_dict(),
     }
+    if on_gold is not None:
+        scores["gold"] = on_gold | {
+            side: on_gold[side].as_dict() if on_gold[side] is not None else None for side in ("challenger", "champion")
+        }
     with session_scope(sessions) as s:
         if verdict.promote and policy.auto_promote:
             decision = repos.set_champion(

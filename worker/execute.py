@@ -24,15 +24,14 @@ from core.engine.errors import FitcycleError
 from core.engine.export import read_manifest
 from core.engine.items import LabelledItems, stored_items
 from core.jobs.rates import AutoRateHints
-from core.jobs.spec import TrainSpec
+from core.jobs.spec import MODEL_KINDS, TrainSpec
 from core.jobs.training import run_job
 from core.storage.base import ObjectStore, download_prefix
 from core.storage.layout import job_prefix
 from worker.context import DbJobContext, new_work_dir
-from worker.evaluate import evaluate_retrain, name_of
+from worker.evaluate import GoldSet, evaluate_retrain, name_of
 
 log = logging.getLogger("fitcycle.worker")
-MODEL_KINDS = ("fine_tune", "stage1", "stage2", "retrain")
 
 
 @dataclass
@@ -217,9 +216,23 @@ def _register_model(
     if job.kind == "retrain":
         champion_bundle = fetch_bundle(rt, champion) if champion is not None else None
         result["decision"] = evaluate_retrain(
-            rt.sessions, job, model, ctx.artifact_path("export"), champion_bundle, champion, items
+            rt.sessions, job, model, ctx.artifact_path("export"), champion_bundle, champion, items, gold_set(rt, job)
         )
     return model.id
+
+
+def gold_set(rt: Runtime, job: domain.Job) -> GoldSet | None:
+    """The project's gold set (the dataset version it names, fetched), or None when the project has none."""
+    with session_scope(rt.sessions) as s:
+        project = repos.get_project(s, job.project_id)
+        gold = project.gold if project else None
+        version = repos.get_version(s, gold["version_id"]) if gold else None
+    if gold is None:
+        return None
+    if version is None:
+        return GoldSet(gold, None, "the gold dataset version no longer exists")
+    folder, manifest = materialize(rt.store, version.prefix, rt.settings.cache_dir / "datasets")
+    return GoldSet(gold, stored_items(folder / "files", manifest, 0.2, 42))  # every item counts: no split
 
 
 def _jsonable(result: dict[str, Any]) -> dict[str, Any]:

@@ -234,6 +234,15 @@ def delete(state: AppState, project: domain.Project, dataset_id: str, version: i
     with session_scope(state.sessions) as s:
         dataset, chosen, numbers = get_version(s, project, dataset_id, version)
         targets = [chosen] if version is not None else repos.dataset_versions(s, dataset_id)
+        current = repos.get_project(s, project.id)
+        gold = current.gold if current else None
+        if gold and gold["version_id"] in {v.id for v in targets}:
+            raise Problem(
+                409,
+                "Dataset in use",
+                f"dataset '{dataset.name}' version {gold['version']} is the project's gold set; "
+                'unset it first: PATCH /project {"gold": null}',
+            )
         jobs = repos.jobs_on_versions(s, [v.id for v in targets])
         if jobs:
             active = [j for j in jobs if not j.is_terminal]

@@ -32,7 +32,7 @@ from core.broker import enqueue
 from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.architectures import ARCHITECTURES, get_architecture, imagenet_weights
-from core.jobs.spec import DEFAULT_ARCH, TrainSpec
+from core.jobs.spec import DEFAULT_ARCH, MODEL_KINDS, TrainSpec
 from core.storage.layout import job_prefix
 
 PARENT_KINDS = {"stage2": "a stage-1 (or fine_tune) job", "interpret": "a job that produced a model"}
@@ -70,7 +70,7 @@ def _parent(s: Session, project: domain.Project, body: JobCreate) -> domain.Job 
     parent = repos.get_job(s, body.parent_job_id, project.id)
     if parent is None:
         raise not_found("job", body.parent_job_id)
-    if parent.kind not in ("stage1", "stage2", "fine_tune"):
+    if parent.kind not in MODEL_KINDS:
         raise Problem(
             422, "Invalid job", f"parent_job_id: job {parent.id} is a {parent.kind} job, which makes no model"
         )
@@ -295,7 +295,7 @@ def suspects(
         raise Problem(
             404,
             "No suspects",
-            f"job {job_id} has no suspects: they come from an interpret job of a classifier with folds >= 2",
+            f"job {job_id} has no suspects: they come from an interpret job with folds >= 2",
         )
     rows = json.loads(state.store.get_bytes(artifact.key))
     data = [Suspect(**r, image_url=image_url(version.dataset_id, r["item"], version.version)) for r in rows[:limit]]

@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from api.errors import Problem
 from api.schemas import ProjectPublic, ProjectSettings
+from api.services.datasets import get_version
 from api.state import AppState
 from core.db import domain, repos
 from core.db.session import session_scope
 
 
 def public(project: domain.Project) -> ProjectPublic:
-    return ProjectPublic(id=project.id, name=project.name, settings={"keep_inputs": project.keep_inputs})
+    gold = project.gold
+    shown = {k: gold[k] for k in ("dataset_id", "dataset", "version")} if gold else None
+    return ProjectPublic(id=project.id, name=project.name, settings={"keep_inputs": project.keep_inputs, "gold": shown})
 
 
 def update(state: AppState, project: domain.Project, body: ProjectSettings) -> ProjectPublic:
+    """Change the settings the body names; a gold set is pinned to one version of one of the project's datasets."""
+    changes: dict[str, Any] = {}
+    sent = body.model_dump(exclude_unset=True)
     with session_scope(state.sessions) as s:
-        updated = repos.update_project_settings(s, project.id, body.model_dump(exclude_none=True))
+        if sent.get("keep_inputs") is not None:
+            changes["keep_inputs"] = sent["keep_inputs"]
+        if "gold" in sent:
+            if body.gold is None:
+                changes["gold"] = None
+            else:
+                dataset, version, _ = get_version(s, project, body.gold.dataset_id, body.gold.version)
+                if version.n_items == 0:
+                    raise Problem(422, "Empty gold set", f"dataset '{dataset.name}' version {version.version} is empty")
+                changes["gold"] = {
+                    "dataset_id": dataset.id,
+                    "dataset": dataset.name,
+                    "version": version.version,
+                    "version_id": version.id,
+                }
+        updated = repos.update_project_settings(s, project.id, changes)
     return public(updated)

@@ -20,6 +20,13 @@ class Project:
         """Whether predicted images are stored (what feedback turns into training items); default on."""
         return bool(self.settings.get("keep_inputs", True))
 
+    @property
+    def gold(self) -> dict[str, Any] | None:
+        """The frozen dataset version the promotion gate also scores on: {dataset_id, dataset, version,
+        version_id}, or None."""
+        gold = self.settings.get("gold")
+        return dict(gold) if gold else None
+
 
 @dataclass(frozen=True)
 class Dataset:

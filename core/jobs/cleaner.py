@@ -1,4 +1,5 @@
-"""The cleaner [fastai: ImageClassifierCleaner], as data: the items whose given label the model doubts most.
+"""The cleaner [fastai: ImageClassifierCleaner], as data, for every task: the items whose given target (label,
+label set, points, values, mask) the model doubts most.
 Every item, training and validation alike, is judged by a model that never saw it: the items are split into
 k folds by a hash of their key, and a cheap model (the job's body and recipe, fewer epochs) is trained on
 the other folds and predicts the held-out one (out-of-fold predictions)."""
@@ -7,16 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from core.engine.items import ClassItems, LabelledItems
+from core.engine.export import export_bundle
+from core.engine.inference import Predictor
+from core.engine.items import LabelledItems
 from core.engine.learner import Phase
+from core.engine.tasks import Prediction, task_of
 from core.jobs.context import JobContext, LocalJobContext
 from core.jobs.rates import STAGE1_DEFAULT_LR
 from core.jobs.spec import TrainSpec
@@ -41,10 +42,13 @@ def fold_of(key: str, seed: int, folds: int) -> int:
 Build = Callable[[TrainSpec, JobContext, LabelledItems], Any]  # core.jobs.training.build_learner
 
 
-def out_of_fold_probs(spec: TrainSpec, ctx: JobContext, items: ClassItems, folds: int, build: Build) -> torch.Tensor:
-    """Each item's class probabilities from the model of the folds that left it out (N x classes)."""
+def out_of_fold_answers(
+    spec: TrainSpec, ctx: JobContext, items: LabelledItems, folds: int, build: Build, batch: int = 64
+) -> dict[int, Prediction]:
+    """Each item's answer from the model of the folds that left it out: the fold's model is exported and
+    answers its held-out images the way a served model would (so every task's answers are in label space)."""
     groups = [fold_of(k, spec.seed, folds) for k in items.keys]
-    probs = torch.full((len(items), len(items.classes)), float("nan"))
+    answers: dict[int, Prediction] = {}
     cheap = spec.model_copy(
         update={"kind": "fine_tune", "init_bundle": None, "epochs": max(1, spec.cleaner_epochs), "plan": None}
     )
@@ -55,41 +59,36 @@ def out_of_fold_probs(spec: TrainSpec, ctx: JobContext, items: ClassItems, folds
         fold_items = dataclasses.replace(items, is_valid=[g == f for g in groups])
         with tempfile.TemporaryDirectory(prefix="fitcycle-fold-") as scratch:
             built = build(cheap, FoldContext(Path(scratch), ctx), fold_items)
-            learn = built.learn
             # Cheap, and slow to learn the noise it is looking for: a pretrained body stays frozen and only
             # the head trains (a probe of its features); a body from scratch trains whole.
             phase = Phase(f"fold{f}", "stage1" if cheap.is_pretrained else "scratch", cheap.epochs, STAGE1_DEFAULT_LR)
-            learn.fit_phase(phase)
-            logits, _ = learn.get_preds()
-        # get_preds answers the valid items in order; map the learner's classes onto the items' classes.
-        index = [items.class_index[c] for c in learn.dls.classes]
-        fold_probs = torch.zeros(len(held), len(items.classes))
-        fold_probs[:, index] = logits.softmax(dim=1)
-        probs[held] = fold_probs
-    return probs
+            built.learn.fit_phase(phase)
+            predictor = Predictor(export_bundle(built.learn, Path(scratch) / "bundle"))
+            for start in range(0, len(held), batch):
+                chunk = held[start : start + batch]
+                answers.update(zip(chunk, predictor.predict_batch([items.path(i) for i in chunk]), strict=True))
+    return answers
 
 
 def suspects(spec: TrainSpec, ctx: JobContext, items: LabelledItems, folds: int, build: Build) -> list[dict[str, Any]]:
-    """Items ordered by how much the out-of-fold model doubts their label: key, split, given label, suggested
-    label, the suggestion's probability, the given label's probability and its loss (-log of it)."""
-    if not isinstance(items, ClassItems) or folds < 2:
+    """Items ordered by how much the out-of-fold model doubts their given target (the task's Doubt): key,
+    split, given and suggested targets (a version's relabel shape), the loss, and for classification the
+    probabilities of the suggested and the given class."""
+    if folds < 2:
         return []
-    probs = out_of_fold_probs(spec, ctx, items, folds, build)
+    task = task_of(items)
     rows = []
-    for i, p in enumerate(probs):
-        if torch.isnan(p).any():
-            continue
-        given = items.class_index[items.labels[i]]
-        top = int(p.argmax())
+    for i, answer in out_of_fold_answers(spec, ctx, items, folds, build).items():
+        doubt = task.doubt(answer, items, i)
         rows.append(
             {
                 "item": items.keys[i],
                 "valid": items.is_valid[i],
-                "label": items.labels[i],
-                "suggested": items.classes[top],
-                "probability": float(p[top]),
-                "given_probability": float(p[given]),
-                "loss": -math.log(max(float(p[given]), 1e-12)),
+                "given": doubt.given,
+                "suggested": doubt.suggested,
+                "probability": doubt.probability,
+                "given_probability": doubt.given_probability,
+                "loss": doubt.loss,
             }
         )
     return sorted(rows, key=lambda r: -r["loss"])

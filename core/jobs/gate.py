@@ -77,13 +77,31 @@ def decide(challenger: Scores, champion: Scores | None, policy: Policy) -> Decis
     )
 
 
-def score_bundle(bundle: Path, items: LabelledItems, valid: bool = True, batch: int = 32) -> Scores:
-    """A bundle's answers on the items' validation (or training) split, scored by the items' task."""
+def decide_with_gold(
+    challenger: Scores,
+    champion: Scores | None,
+    policy: Policy,
+    gold_challenger: Scores | None = None,
+    gold_champion: Scores | None = None,
+) -> Decision:
+    """The gate on the new version's validation items, and also on the project's gold items when both were
+    scored there: the challenger must pass both."""
+    verdict = decide(challenger, champion, policy)
+    if gold_challenger is None or gold_champion is None:
+        return verdict
+    on_gold = decide(gold_challenger, gold_champion, policy)
+    promote = verdict.promote and on_gold.promote
+    return Decision(promote, f"validation: {verdict.reason}; gold: {on_gold.reason}")
+
+
+def score_bundle(bundle: Path, items: LabelledItems, split: str = "valid", batch: int = 32) -> Scores:
+    """A bundle's answers on the items' validation split ("valid"), training split ("train") or every item
+    ("all": a gold set), scored by the items' task."""
     predictor = Predictor(bundle)
     task = task_of(items)
     if predictor.task is not task:
         raise ValueError(f"a {predictor.task.name} model cannot be scored on {task.name} data")
-    indices = items.indices(valid)
+    indices = list(range(len(items))) if split == "all" else items.indices(split == "valid")
     answers = []
     for start in range(0, len(indices), batch):
         answers += predictor.predict_batch([items.path(i) for i in indices[start : start + batch]])

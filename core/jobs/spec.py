@@ -16,6 +16,7 @@ from core.engine.transforms import AugmentConfig
 DEFAULT_ARCH = "efficientnet_lite0"
 JobKind = Literal["fine_tune", "stage1", "stage2", "lr_find", "interpret", "retrain"]
 JOB_KINDS: tuple[str, ...] = get_args(JobKind)
+MODEL_KINDS: tuple[str, ...] = ("fine_tune", "stage1", "stage2", "retrain")  # the kinds that make a model
 
 
 class PlanStep(BaseModel):

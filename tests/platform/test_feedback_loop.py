@@ -159,12 +159,30 @@ def test_a_new_class_from_feedback_gets_its_own_row(loop: dict[str, Any], stack:
     assert (
         c.http.put("/registry/fashion/policy", json={"min_improvement": -1.0, "max_class_drop": 1.0}).status_code == 200
     )
-    job = c.wait(c.submit(kind="retrain", dataset_id=ds["id"], epochs=3)["id"])
+    champion = c.get("/registry/fashion").json()["champion_id"]
+    one_epoch = {"freeze_epochs": 0, "epochs": 1, "lr": 1e-3}
+    job = c.wait(c.submit(kind="retrain", dataset_id=ds["id"], **one_epoch)["id"])
     assert job["state"] == "succeeded", job["error"]
     model = c.get(f"/models/{job['model_id']}").json()
     assert model["classes"] == sorted([*CLASSES, "shirt"]) and model["version"] == 4
     answer = predict(c, "fashion", sorted((shirts / "shirt").glob("*.png"))[0])
     assert "shirt" in dict(answer["predictions"])  # the champion answers with the new class among its own
+
+    # The head's old rows are worth keeping: after the same one epoch, the retrain knows the old classes
+    # better than the champion's body under a fresh 5-class head (same data, version, validation items).
+    fresh = c.wait(
+        c.submit(kind="fine_tune", dataset_id=ds["id"], pretrained=champion, name="fresh-head", **one_epoch)["id"]
+    )
+    assert fresh["state"] == "succeeded", fresh["error"]
+
+    def old_class_recall(model_job: dict[str, Any]) -> float:
+        seen = c.wait(c.submit(kind="interpret", dataset_id=ds["id"], parent_job_id=model_job["id"], folds=0)["id"])
+        assert seen["state"] == "succeeded", seen["error"]
+        return sum(seen["result"]["per_class"][k]["recall"] for k in CLASSES) / len(CLASSES)
+
+    kept, started = old_class_recall(job), old_class_recall(fresh)
+    print(f"new class: old classes' mean recall after one epoch: kept rows {kept:.3f}, fresh head {started:.3f}")
+    assert kept > started
 
 
 def test_the_cli_walks_the_loop(loop: dict[str, Any], stack: Stack) -> None:

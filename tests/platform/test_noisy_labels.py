@@ -84,7 +84,7 @@ def test_noisy_labels_cleaned_corrected_retrained_and_promoted(stack: Stack, tmp
     assert c.get(top[0]["image_url"].split("/api/v1", 1)[1]).content[:4] == b"\x89PNG"
 
     # Accept the suggestions of the top 30%; then 300 new images predicted by name and corrected.
-    relabel = [{"item": s["item"], "label": s["suggested"]} for s in top if s["suggested"] != s["label"]]
+    relabel = [{"item": s["item"], **s["suggested"]} for s in top if s["suggested"] != s["given"]]
     v2 = c.post(f"/datasets/{ds['id']}/versions", json={"relabel": relabel, "note": "cleaner"}).json()
     assert v2["changes"]["relabelled"] == len(relabel)
     for image in new:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from core.engine.items import LabelledItems
-from core.engine.tasks.base import Correction, Grid, Interpretation, Prediction, Scores, Task
+from core.engine.tasks.base import Correction, Doubt, Grid, Interpretation, Prediction, Scores, Task
 from core.engine.tasks.classification import ClassificationTask
 from core.engine.tasks.multilabel import MultiLabelTask
 from core.engine.tasks.points import PointsTask
@@ -32,4 +32,15 @@ def task_of(items: LabelledItems) -> Task:
     raise TypeError(f"no task learns from {type(items).__name__}")
 
 
-__all__ = ["TASKS", "Correction", "Grid", "Interpretation", "Prediction", "Scores", "Task", "get_task", "task_of"]
+__all__ = [
+    "TASKS",
+    "Correction",
+    "Doubt",
+    "Grid",
+    "Interpretation",
+    "Prediction",
+    "Scores",
+    "Task",
+    "get_task",
+    "task_of",
+]

@@ -114,6 +114,20 @@ class Scores:
         }
 
 
+@dataclass(frozen=True)
+class Doubt:
+    """How far one item's given target is from the answer of a model that never saw it (the cleaner's row):
+    `loss` orders the items (higher: more doubtful), `given` and `suggested` are targets in the shape a version's
+    relabel takes ({"label"}, {"labels"}, {"points"}, {"values"}, {"mask"}), so `{"item": key, **suggested}` is
+    the edit that accepts the suggestion. Classification adds the probabilities of both classes."""
+
+    loss: float
+    given: dict[str, Any]
+    suggested: dict[str, Any]
+    probability: float | None = None
+    given_probability: float | None = None
+
+
 MAX_LABEL_CHARS = 200
 
 
@@ -252,3 +266,7 @@ class Task(ABC):
     @abstractmethod
     def score(self, predictions: Sequence[Prediction], items: Any, indices: Sequence[int]) -> Scores:
         """Answers for items[indices] scored against their targets, in label space."""
+
+    @abstractmethod
+    def doubt(self, prediction: Prediction, items: Any, i: int) -> Doubt:
+        """How much an answer from a model that never saw item i doubts its given target (the cleaner)."""

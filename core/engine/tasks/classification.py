@@ -4,6 +4,7 @@ pairs and the top losses [fastai: ClassificationInterpretation]."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from core.engine.errors import DataError
 from core.engine.interpret import validation_images
 from core.engine.items import ClassItems, LabelItems
 from core.engine.plots import plot_confusion_matrix, plot_images
-from core.engine.tasks.base import Correction, Grid, Prediction, Scores, Task, check_label
+from core.engine.tasks.base import Correction, Doubt, Grid, Prediction, Scores, Task, check_label
 
 if TYPE_CHECKING:
     from core.engine.inference import Predictor
@@ -191,6 +192,19 @@ class ClassificationTask(Task):
 
     def record(self, target: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
         return {"label": target["label"]}
+
+    def doubt(self, prediction: Prediction, items: LabelItems, i: int) -> Doubt:
+        """-log of the given class's probability (0 when the model does not know the class)."""
+        assert isinstance(prediction, ClassPrediction)
+        given = items.labels[i]
+        p_given = prediction.probs[prediction.classes.index(given)] if given in prediction.classes else 0.0
+        return Doubt(
+            -math.log(max(p_given, 1e-12)),
+            {"label": given},
+            {"label": prediction.label},
+            prediction.probs[prediction.index],
+            p_given,
+        )
 
     def score(self, predictions: Sequence[Prediction], items: LabelItems, indices: Sequence[int]) -> Scores:
         """Accuracy, and recall per true class."""

@@ -5,6 +5,7 @@ tuned on the validation set after training and stored in the export bundle so pr
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from core.engine.interpret import validation_images
 from core.engine.items import MultiLabelItems
 from core.engine.metrics import fbeta
 from core.engine.plots import plot_images, plot_threshold_curves
-from core.engine.tasks.base import Correction, Grid, Prediction, Scores, Task, check_label, manifest_field
+from core.engine.tasks.base import Correction, Doubt, Grid, Prediction, Scores, Task, check_label, manifest_field
 from core.engine.tasks.classification import ClassPrediction
 
 if TYPE_CHECKING:
@@ -231,6 +232,18 @@ class MultiLabelTask(Task):
         if any(delim in c for c in target["labels"]):
             raise DataError(f"labels: a class name cannot hold the dataset's label delimiter {delim!r}")
         return {"label": delim.join(target["labels"])}
+
+    def doubt(self, prediction: Prediction, items: MultiLabelItems, i: int) -> Doubt:
+        """The mean binary cross-entropy of the given label set under the answer's probabilities (a given class
+        the model does not know counts as probability 0)."""
+        assert isinstance(prediction, MultiLabelPrediction)
+        given = set(items.label_set(i))
+        terms = [
+            -math.log(max(p if c in given else 1.0 - p, 1e-12))
+            for c, p in zip(prediction.classes, prediction.probs, strict=True)
+        ]
+        terms += [-math.log(1e-12) for c in given if c not in prediction.classes]
+        return Doubt(sum(terms) / max(1, len(terms)), {"labels": sorted(given)}, {"labels": list(prediction.labels)})
 
     def score(self, predictions: Sequence[Prediction], items: MultiLabelItems, indices: Sequence[int]) -> Scores:
         """F-beta (beta 2) of the predicted label sets, averaged over items; recall per true class."""

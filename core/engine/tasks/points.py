@@ -92,6 +92,9 @@ class PointsTask(RegressionTask):
         """Mean point distance as a share of the image's longer side."""
         return float((answer.view(-1, 2) - truth.view(-1, 2)).norm(dim=1).mean()) / max(size)
 
+    def shaped(self, targets: Sequence[float]) -> list[Any]:
+        return [[float(targets[k]), float(targets[k + 1])] for k in range(0, len(targets), 2)]
+
     def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
         return plot_images(images, [""] * len(images), path, points=list(targets))
 

@@ -19,7 +19,7 @@ from core.engine.architectures import Architecture
 from core.engine.errors import DataError
 from core.engine.items import TargetItems
 from core.engine.model import HeadConfig, TargetScale, create_cnn_model
-from core.engine.tasks.base import Correction, Prediction, Scores, Task, check_numbers
+from core.engine.tasks.base import Correction, Doubt, Prediction, Scores, Task, check_numbers
 
 if TYPE_CHECKING:
     from core.engine.data import ImageDataLoaders
@@ -103,6 +103,17 @@ class RegressionTask(Task):
         return Scores(self.main_metric, sum(errors) / max(1, len(errors)), False, {}, len(errors))
 
     answer_key: ClassVar[str]
+
+    def doubt(self, prediction: Prediction, items: TargetItems, i: int) -> Doubt:
+        """The item's error (in `unit`) between the answer and its given targets."""
+        answer = prediction.public()[self.answer_key]
+        with Image.open(items.path(i)) as img:
+            error = self.item_error(torch.tensor(flatten(answer)), torch.tensor(items.targets[i]), img.size)
+        return Doubt(error, {self.answer_key: self.shaped(items.targets[i])}, {self.answer_key: answer})
+
+    def shaped(self, targets: Sequence[float]) -> list[Any]:
+        """An item's flat targets in the shape its answers take (points: [x, y] pairs)."""
+        return list(targets)
 
     @abstractmethod
     def item_error(self, answer: torch.Tensor, truth: torch.Tensor, size: tuple[int, int]) -> float:

@@ -26,7 +26,7 @@ from core.engine.masks import MASK_MODES, open_mask
 from core.engine.metrics import dice_per_class, iou_per_class, pixel_confusion
 from core.engine.model import HeadConfig
 from core.engine.plots import plot_bars, plot_images, plot_mask_rows
-from core.engine.tasks.base import Correction, Grid, Prediction, Scores, Task, manifest_field
+from core.engine.tasks.base import Correction, Doubt, Grid, Prediction, Scores, Task, manifest_field
 from core.engine.transforms import BatchAugment, image_to_uint8_tensor, resize_image, resize_map
 from core.engine.unet import DynamicUnet, UnetConfig
 
@@ -316,6 +316,17 @@ class SegmentationTask(Task):
 
     def record(self, target: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
         return {"label": "", "mask": target["mask"]}
+
+    def doubt(self, prediction: Prediction, items: MaskItems, i: int) -> Doubt:
+        """The share of the item's (non-void) pixels where the answer's class differs from the given mask's;
+        `given` shows the given mask's share of each class (the mask itself is the item's)."""
+        assert isinstance(prediction, MaskPrediction)
+        truth = np.asarray(open_mask(items.mask_path(i))).astype(np.int64)
+        pred = np.asarray(prediction.mask).astype(np.int64)
+        keep = truth != (items.void_code if items.void_code is not None else -1)
+        wrong = float((pred[keep] != truth[keep]).mean()) if keep.any() else 0.0
+        shares = {c: round(float((truth == v).mean()), 4) for v, c in enumerate(items.codes) if (truth == v).any()}
+        return Doubt(wrong, {"shares": shares}, {"mask": prediction.public()["mask"]})
 
     def score(self, predictions: Sequence[Prediction], items: MaskItems, indices: Sequence[int]) -> Scores:
         """Mean IoU over the classes present (by code value; void pixels left out), and IoU per class."""
