@@ -8,7 +8,26 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: setup run train-demo test lint typecheck pytest bench clean
 
-setup: $(STAMP) $(FASHION_MNIST)
+UI := api/ui
+UI_STAMP := $(UI)/node_modules/.installed
+CHROMIUM := /usr/bin/chromium
+
+setup: $(STAMP) $(FASHION_MNIST) $(UI_STAMP) $(CHROMIUM)
+
+# The web UI's pinned front-end packages (package-lock.json), fetched from the npm registry; served from
+# node_modules, never committed, nothing fetched at run time.
+$(UI_STAMP): $(UI)/package.json $(UI)/package-lock.json
+	npm ci --prefix $(UI) --no-audit --no-fund --silent
+	@touch $(UI_STAMP)
+
+# Debian's Chromium for the browser tests (Playwright drives it through executable_path; its own browser
+# downloads cannot work here).
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null; \
+	else \
+	  echo "Chromium is missing: run 'sudo apt-get install chromium'" >&2; exit 1; \
+	fi
 
 # Idempotent: the venv is made once, and reinstalled only when pyproject.toml changes.
 $(STAMP): pyproject.toml

@@ -1,14 +1,17 @@
 """The gate every API request passes before a route runs, as plain ASGI so that it acts before a byte of
-the body is read: the project key is checked from the headers (401, body unread), the project's request
+the body is read: the project key is checked from the headers (401, body unread) — `Authorization: Bearer
+KEY`, or the web UI's session cookie, which must bring its CSRF token on every unsafe method — the project's request
 rate is counted (429), and the body is capped by route — at once from Content-Length, and again while it
 streams, for bodies that do not declare their length (413). A route only ever sees a request that passed."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
 from collections.abc import Callable
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +23,11 @@ from core.db.session import session_scope
 
 log = logging.getLogger("fitcycle.api")
 CALLER = "fitcycle_caller"  # the key of the authenticated domain.Caller in the request's scope state
+API_KEY = "fitcycle_key"  # the key of the caller's raw API key in the scope state (streams re-check it)
+SESSION_COOKIE = "fitcycle_session"  # the web UI's sign-in: the project key, HttpOnly, SameSite=Strict
+CSRF_COOKIE = "fitcycle_csrf"  # a random token per browser; pages echo it, unsafe requests send it back
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 OPEN_PATHS = ("/health", "/openapi.json")  # under the API prefix, answered without a key
 PREDICT = re.compile(r"^/(models/[^/]+|registry/[^/]+)/predict$")
 MASKS = re.compile(r"^/(predictions/[^/]+/feedback|datasets/[^/]+/versions)$")
@@ -72,7 +80,11 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
         # 1. Who is asking: from the headers alone; the body is not read for an unknown caller.
-        caller = await run_in_threadpool(_authenticate, state, headers.get("authorization"))
+        key, refusal = presented_key(headers, scope.get("method", "GET"))
+        if refusal:
+            await _send_all(send, _problem(403, "Forbidden", refusal))
+            return
+        caller = await run_in_threadpool(_authenticate, state, key)
         if isinstance(caller, str):
             await _send_all(send, _problem(401, "Unauthorized", caller, {"WWW-Authenticate": "Bearer"}))
             return
@@ -99,6 +111,7 @@ class Guard:
             await _send_all(send, _too_large(limit, route))
             return
         scope.setdefault("state", {})[CALLER] = caller
+        scope["state"][API_KEY] = key
         await self._capped(scope, receive, send, limit, route)
 
     async def _capped(self, scope: Scope, receive: Receive, send: Send, limit: int, route: str) -> None:
@@ -149,15 +162,43 @@ async def _send_all(send: Send, messages: list[Message]) -> None:
         await send(message)
 
 
-def _authenticate(state: Any, authorization: str | None) -> domain.Caller | str:
-    """The caller behind `Authorization: Bearer KEY`, or why there is none (looked up on every request, so a
-    revoked or expired key is refused at once)."""
-    if not authorization or not authorization.lower().startswith("bearer "):
+def cookies(headers: dict[str, str]) -> dict[str, str]:
+    """The request's cookies (the last of a repeated name wins)."""
+    jar = SimpleCookie()
+    try:
+        jar.load(headers.get("cookie", ""))
+    except CookieError:
+        return {}
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def presented_key(headers: dict[str, str], method: str) -> tuple[str | None, str]:
+    """The key a request presents — `Authorization: Bearer KEY`, else the UI's session cookie — and, for a
+    cookie on an unsafe method without the matching CSRF token, why it is refused."""
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        if not authorization.lower().startswith("bearer "):
+            return None, ""
+        return authorization.split(" ", 1)[1].strip(), ""
+    jar = cookies(headers)
+    key = jar.get(SESSION_COOKIE)
+    if key is None:
+        return None, ""
+    if method not in SAFE_METHODS:
+        expected, sent = jar.get(CSRF_COOKIE, ""), headers.get(CSRF_HEADER, "")
+        if not expected or not hmac.compare_digest(expected.encode(), sent.encode()):
+            return None, f"a signed-in browser's {method} needs the page's CSRF token in the X-CSRF-Token header"
+    return key, ""
+
+
+def _authenticate(state: Any, key: str | None) -> domain.Caller | str:
+    """The caller behind a key, or why there is none (looked up on every request, so a revoked or expired key
+    is refused at once)."""
+    if key is None:
         return (
             "send your project API key as 'Authorization: Bearer KEY' "
             "(create one with 'fitcycle keys create --project NAME')"
         )
-    key = authorization.split(" ", 1)[1].strip()
     if not key or len(key) > 200:
         return "the API key is not valid (revoked, expired, or never issued)"
     with session_scope(state.sessions) as s:

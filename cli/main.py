@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     from cli.platform import cmd_db, cmd_keys, cmd_worker
-    from cli.remote import cmd_remote
+    from cli.remote import REMOTE_VERBS, cmd_remote
     from cli.serve import cmd_serve
 
     handlers = {
@@ -285,13 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "worker": cmd_worker,
         "keys": cmd_keys,
         "db": cmd_db,
-        "datasets": cmd_remote,
-        "jobs": cmd_remote,
-        "models": cmd_remote,
-        "registry": cmd_remote,
-        "predictions": cmd_remote,
-        "feedback": cmd_remote,
-        "clean": cmd_remote,
+        **dict.fromkeys(REMOTE_VERBS, cmd_remote),
     }
     try:
         return handlers[args.verb](args)

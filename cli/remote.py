@@ -171,6 +171,11 @@ def add_remote_verbs(verbs: Any) -> None:
     fb_list.add_argument("--unused", action="store_true", help="not yet in a dataset version")
 
 
+# The verbs that talk to a server (cli.main sends them here); the feedback loop's share one dispatcher.
+LOOP_VERBS = ("registry", "predictions", "feedback", "clean", "project")
+REMOTE_VERBS = ("datasets", "jobs", "models", *LOOP_VERBS)
+
+
 class RemoteError(Exception):
     """The server answered with a problem."""
 
@@ -476,7 +481,7 @@ def _target_text(target: dict[str, Any], width: int = 40) -> str:
 
 def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
     verb = (args.verb, args.sub)
-    if args.verb in ("registry", "predictions", "feedback", "clean", "project") or verb in (
+    if args.verb in LOOP_VERBS or verb in (
         ("datasets", "version"),
         ("datasets", "versions"),
     ):

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.deps import ProjectDep, StateDep
+from api.guard import API_KEY
 from api.schemas import ArtifactsPublic, Deleted, JobCreate, JobPublic, JobsPublic, MetricsPublic, SuspectsPublic
 from api.services import jobs as service
 
@@ -67,7 +68,7 @@ async def job_events(request: Request, state: StateDep, project: ProjectDep, job
     arrive, and `end` when it is over."""
     await run_in_threadpool(service.find, state, project, job_id)
     release = state.hold_event_stream(project.id)  # 429 here when the project has too many open
-    key = (request.headers.get("authorization") or "").split(" ", 1)[-1].strip()
+    key = str(request.scope["state"][API_KEY])
 
     async def stream() -> AsyncIterator[str]:
         try:

@@ -140,6 +140,15 @@ def _version(state: AppState, project: domain.Project, dataset_id: str, version:
         return get_version(s, project, dataset_id, version)[1]
 
 
+def version_by_id(state: AppState, project: domain.Project, version_id: str) -> domain.DatasetVersion:
+    """A version by its id (a job's), when its dataset is this project's."""
+    with session_scope(state.sessions) as s:
+        version = repos.get_version(s, version_id)
+        if version is None or repos.get_dataset(s, project.id, version.dataset_id) is None:
+            raise not_found("dataset version", version_id)
+        return version
+
+
 def list_all(state: AppState, project: domain.Project) -> DatasetsPublic:
     """Every dataset of the project, each at its latest version."""
     out = []
@@ -220,10 +229,11 @@ IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
 def item_image(
     state: AppState, project: domain.Project, dataset_id: str, key: str, version: int | None
 ) -> tuple[str, Iterator[bytes]]:
-    """An item's image: only a key the version's manifest lists (no other object of the store)."""
+    """An item's image, or a segmentation item's mask: only a key the version's manifest lists (no other object
+    of the store)."""
     chosen = _version(state, project, dataset_id, version)
     manifest = json.loads(state.store.get_bytes(f"{chosen.prefix}/manifest.json"))
-    if not any(r["key"] == key for r in manifest["items"]):
+    if not any(r["key"] == key or r.get("mask") == key for r in manifest["items"]):
         raise not_found("item", key[:200])
     suffix = "." + key.rsplit(".", 1)[-1].lower() if "." in key else ""
     return IMAGE_TYPES.get(suffix, "application/octet-stream"), state.store.open(f"{chosen.prefix}/files/{key}")

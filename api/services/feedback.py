@@ -41,6 +41,29 @@ def list_predictions(
     return PredictionsPublic(data=data, count=len(data))
 
 
+def input_image(state: AppState, project: domain.Project, prediction_id: str) -> tuple[str, bytes]:
+    """A logged prediction's kept input image and its media type (from its first bytes)."""
+    with session_scope(state.sessions) as s:
+        record = repos.get_prediction(s, project.id, prediction_id)
+    if record is None:
+        raise not_found("prediction", prediction_id)
+    if record.input_key is None:
+        raise Problem(404, "No image", f"prediction {prediction_id} kept no image (the project's keep_inputs was off)")
+    data = state.store.get_bytes(record.input_key)
+    return media_type_of(data), data
+
+
+def media_type_of(data: bytes) -> str:
+    """An image's media type from its signature (never from a name a user chose)."""
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
+
+
 def correction_of(
     state: AppState, task_name: str, manifest: dict[str, Any], body: dict[str, Any], image: bytes
 ) -> Correction:

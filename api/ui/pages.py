@@ -1,0 +1,332 @@
+"""The web UI's pages: server-rendered from the same services the REST API answers with (no business logic
+here or in the templates); what changes state is done by the page's script calling the REST API with the
+session cookie and the CSRF token (see session.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from api.errors import Problem
+from api.guard import SESSION_COOKIE
+from api.services import datasets as datasets_service
+from api.services import feedback as feedback_service
+from api.services import jobs as jobs_service
+from api.services import models as models_service
+from api.services import registry as registry_service
+from api.services import versions as versions_service
+from api.state import AppState
+from api.ui.session import (
+    PageCaller,
+    caller_of,
+    csrf_ok,
+    csrf_token,
+    local_path,
+    remember_csrf,
+    sign_in,
+    sign_out,
+)
+from core.db import domain
+from core.jobs.spec import JOB_KINDS
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+router = APIRouter(include_in_schema=False)
+ITEMS_PER_PAGE = 48
+MAX_ARTIFACT_JSON = 8 * 1024**2
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.fitcycle
+    return state
+
+
+def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """A page, with the CSRF token in its meta tag and forms (and its cookie set when new)."""
+    context.setdefault("caller", None)
+    response = templates.TemplateResponse(
+        request, template, {"csrf": csrf_token(request), **context}, status_code=status
+    )
+    remember_csrf(request, response)
+    return response
+
+
+def bundle_url(request: Request) -> Callable[[str], str]:
+    return lambda model_id: str(request.url_for("download_bundle", model_id=model_id))
+
+
+def artifact_url(request: Request, job_id: str) -> Callable[[str], str]:
+    return lambda name: str(request.url_for("download_artifact", job_id=job_id, name=name))
+
+
+def item_url(request: Request, dataset_id: str, version: int) -> Callable[[str], str]:
+    """An item's (or its mask's) image in one version of a dataset, through the REST API."""
+
+    def url(key: str) -> str:
+        return str(request.url_for("item_image", dataset_id=dataset_id, key=key).include_query_params(version=version))
+
+    return url
+
+
+# ----- signing in and out ------------------------------------------------------------------------------
+@router.get("/")
+def home(request: Request) -> Response:
+    caller = caller_of(_state(request), request.cookies.get(SESSION_COOKIE))
+    return RedirectResponse("/datasets" if caller else "/signin", status_code=303)
+
+
+@router.get("/signin")
+def signin_page(request: Request, next: Annotated[str | None, Query(max_length=2000)] = None) -> Response:
+    return render(request, "signin.html", title="Sign in", next=local_path(next), error=None)
+
+
+@router.post("/signin")
+def signin(
+    request: Request,
+    key: Annotated[str, Form(max_length=200)] = "",
+    csrf: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/datasets",
+) -> Response:
+    if not csrf_ok(request, csrf):
+        return render(
+            request, "signin.html", 403, title="Sign in", next=local_path(next), error=CSRF_MESSAGE
+        )
+    caller = caller_of(_state(request), key.strip())
+    if caller is None:
+        error = (
+            "That key was not accepted: it is revoked, expired, or was never issued. Check it, or make one with "
+            "'fitcycle keys create --project NAME'."
+        )
+        return render(request, "signin.html", 401, title="Sign in", next=local_path(next), error=error)
+    response = RedirectResponse(local_path(next), status_code=303)
+    sign_in(request, response, key.strip())
+    return response
+
+
+CSRF_MESSAGE = "This form has expired (its security token did not match): reload the page and send it again."
+
+
+@router.get("/signout")
+def signout_page(request: Request) -> Response:
+    caller = caller_of(_state(request), request.cookies.get(SESSION_COOKIE))
+    if caller is None:
+        return RedirectResponse("/signin", status_code=303)
+    return render(request, "signout.html", title="Sign out", caller=caller)
+
+
+@router.post("/signout")
+def signout(request: Request, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
+    if not csrf_ok(request, csrf):
+        return render(request, "error.html", 403, title="Refused", message=CSRF_MESSAGE)
+    response = RedirectResponse("/signin", status_code=303)
+    sign_out(request, response)
+    return response
+
+
+# ----- datasets ----------------------------------------------------------------------------------------
+@router.get("/datasets")
+def datasets_page(request: Request, caller: PageCaller) -> Response:
+    found = datasets_service.list_all(_state(request), caller.project)
+    return render(request, "datasets.html", title="Datasets", caller=caller, datasets=found.data)
+
+
+@router.get("/datasets/{dataset_id}")
+def dataset_page(
+    request: Request,
+    caller: PageCaller,
+    dataset_id: str,
+    version: Annotated[int | None, Query(ge=1)] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> Response:
+    state, project = _state(request), caller.project
+    dataset = datasets_service.get(state, project, dataset_id, version)
+    items = datasets_service.items(
+        state, project, dataset_id, dataset.version, (page - 1) * ITEMS_PER_PAGE, ITEMS_PER_PAGE
+    )
+    versions = versions_service.list_versions(state, project, dataset_id).data
+    diffs = {
+        v.version: versions_service.version_diff(state, project, dataset_id, v.version, None)
+        for v in versions
+        if v.parent_version is not None and v.version == dataset.version
+    }
+    pages = max(1, -(-items.count // ITEMS_PER_PAGE))
+    return render(
+        request,
+        "dataset.html",
+        title=dataset.name,
+        caller=caller,
+        dataset=dataset,
+        items=items.data,
+        n_items=items.count,
+        page=page,
+        pages=pages,
+        versions=versions,
+        diffs=diffs,
+        image_url=item_url(request, dataset_id, dataset.version),
+    )
+
+
+# ----- jobs --------------------------------------------------------------------------------------------
+@router.get("/jobs")
+def jobs_page(request: Request, caller: PageCaller, page: Annotated[int, Query(ge=1, le=100_000)] = 1) -> Response:
+    state, project = _state(request), caller.project
+    found = jobs_service.list_all(state, project, (page - 1) * 50, 50)
+    datasets = datasets_service.list_all(state, project).data
+    models = models_service.list_all(state, project, bundle_url(request)).data
+    return render(
+        request,
+        "jobs.html",
+        title="Jobs",
+        caller=caller,
+        jobs=found.data,
+        count=found.count,
+        page=page,
+        datasets=datasets,
+        models=models,
+        kinds=JOB_KINDS,
+        parents=[j for j in found.data if j.model_id],
+    )
+
+
+def _artifact_json(state: AppState, project: domain.Project, job_id: str, name: str) -> Any:
+    """One of the job's own JSON artifacts (written by fitcycle, read with a size cap), or None."""
+    try:
+        artifact, chunks = jobs_service.open_artifact(state, project, job_id, name)
+    except Problem:
+        return None
+    if artifact.size > MAX_ARTIFACT_JSON:
+        return None
+    return json.loads(b"".join(chunks))
+
+
+@router.get("/jobs/{job_id}")
+def job_page(request: Request, caller: PageCaller, job_id: str) -> Response:
+    state, project = _state(request), caller.project
+    job = jobs_service.get(state, project, job_id)
+    metrics = jobs_service.metrics(state, project, job_id)
+    artifacts = jobs_service.artifacts(state, project, job_id, artifact_url(request, job_id))
+    lr_find = _artifact_json(state, project, job_id, "lr_find.json") if job.kind == "lr_find" else None
+    version = datasets_service.version_by_id(state, project, job.dataset_version_id)
+    return render(
+        request,
+        "job.html",
+        title=f"Job {job.kind}",
+        caller=caller,
+        job=job,
+        epochs=metrics.epochs,
+        artifacts=artifacts.data,
+        lr_find=lr_find,
+        dataset_id=version.dataset_id,
+        plots=[a for a in artifacts.data if a.name.endswith(".png")],
+    )
+
+
+@router.get("/jobs/{job_id}/interpretation")
+def interpretation_page(request: Request, caller: PageCaller, job_id: str) -> Response:
+    state, project = _state(request), caller.project
+    job = jobs_service.get(state, project, job_id)
+    summary = _artifact_json(state, project, job_id, "interpretation.json")
+    artifacts = jobs_service.artifacts(state, project, job_id, artifact_url(request, job_id))
+    version = datasets_service.version_by_id(state, project, job.dataset_version_id)
+    return render(
+        request,
+        "interpretation.html",
+        title="Interpretation",
+        caller=caller,
+        job=job,
+        summary=summary,
+        plots=[a for a in artifacts.data if a.name.startswith("plots/") or a.name.endswith(".png")],
+        image_url=item_url(request, version.dataset_id, version.version),
+    )
+
+
+@router.get("/jobs/{job_id}/cleaner")
+def cleaner_page(request: Request, caller: PageCaller, job_id: str) -> Response:
+    state, project = _state(request), caller.project
+    job = jobs_service.get(state, project, job_id)
+
+    def image_url(dataset_id: str, key: str, version: int) -> str:
+        url = request.url_for("item_image", dataset_id=dataset_id, key=key)
+        return str(url.include_query_params(version=version))
+
+    found = jobs_service.suspects(state, project, job_id, 60, image_url)
+    dataset = datasets_service.get(state, project, found.dataset_id, found.version)
+    return render(
+        request,
+        "cleaner.html",
+        title="Cleaner",
+        caller=caller,
+        job=job,
+        suspects=found.data,
+        count=found.count,
+        dataset=dataset,
+    )
+
+
+# ----- models and the registry -------------------------------------------------------------------------
+@router.get("/models")
+def models_page(request: Request, caller: PageCaller) -> Response:
+    state, project = _state(request), caller.project
+    names = registry_service.list_all(state, project).data
+    models = models_service.list_all(state, project, bundle_url(request)).data
+    return render(request, "models.html", title="Models", caller=caller, names=names, models=models)
+
+
+@router.get("/registry/{name}")
+def registry_page(request: Request, caller: PageCaller, name: str) -> Response:
+    state, project = _state(request), caller.project
+    entry = registry_service.get(state, project, name, bundle_url(request))
+    return render(request, "registry.html", title=name, caller=caller, entry=entry)
+
+
+# ----- serving and feedback ----------------------------------------------------------------------------
+@router.get("/playground")
+def playground_page(
+    request: Request,
+    caller: PageCaller,
+    model: Annotated[str | None, Query(max_length=36)] = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    state, project = _state(request), caller.project
+    names = registry_service.list_all(state, project).data
+    models = models_service.list_all(state, project, bundle_url(request)).data
+    feedback = feedback_service.list_feedback(state, project, None, False).count
+    return render(
+        request,
+        "playground.html",
+        title="Playground",
+        caller=caller,
+        names=names,
+        models=models,
+        chosen_model=model,
+        chosen_name=name,
+        feedback_count=feedback,
+    )
+
+
+@router.get("/predictions")
+def predictions_page(
+    request: Request,
+    caller: PageCaller,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    state, project = _state(request), caller.project
+    found = feedback_service.list_predictions(state, project, name, None, "uncertainty", 40, True)
+    models = {m.id: m for m in models_service.list_all(state, project, bundle_url(request)).data}
+    names = registry_service.list_all(state, project).data
+    return render(
+        request,
+        "predictions.html",
+        title="Predictions",
+        caller=caller,
+        predictions=found.data,
+        models=models,
+        names=names,
+        name=name,
+    )
