@@ -15,6 +15,7 @@ from api.guard import Guard
 from api.loops import fleet_loop
 from api.routes import api_router
 from api.state import AppState
+from api.ui import install_ui
 from core.broker import make_celery
 from core.config import Settings
 from core.db.session import make_engine, make_sessionmaker, require_head
@@ -54,5 +55,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     install_docs(app, f"{API_PREFIX}/openapi.json")
     app.include_router(api_router, prefix=API_PREFIX)
+    install_ui(app, API_PREFIX)
     app.add_middleware(Guard, prefix=API_PREFIX, state=lambda: app.state.fitcycle)
     return app

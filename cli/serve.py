@@ -139,6 +139,7 @@ def _banner(settings: Settings, base: str, demo: Demo | None) -> str:
     lines = [
         "",
         "fitcycle is ready.",
+        f"  web UI    {server}/   (sign in with a project key)",
         f"  API       {base}      docs {server}/docs",
         f"  data dir  {settings.data_dir.resolve()}   database {masked_url(settings.sqlalchemy_url)}",
         f"  the CLI   {fc}   (or: source {Path(fc).parent}/activate, then fitcycle ...)",

@@ -28,7 +28,9 @@ async def list_predictions(
     return await run_in_threadpool(service.list_predictions, state, project, name, model_id, order, limit, unlabelled)
 
 
-@router.get("/predictions/{prediction_id}/image", response_class=Response, responses={200: {"content": {"image/*": {}}}})
+@router.get(
+    "/predictions/{prediction_id}/image", response_class=Response, responses={200: {"content": {"image/*": {}}}}
+)
 async def prediction_image(state: StateDep, project: ProjectDep, prediction_id: str) -> Response:
     """The image a prediction answered (kept when the project's keep_inputs is on)."""
     media_type, data = await run_in_threadpool(service.input_image, state, project, prediction_id)

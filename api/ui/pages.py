@@ -94,9 +94,7 @@ def signin(
     next: Annotated[str, Form(max_length=2000)] = "/datasets",
 ) -> Response:
     if not csrf_ok(request, csrf):
-        return render(
-            request, "signin.html", 403, title="Sign in", next=local_path(next), error=CSRF_MESSAGE
-        )
+        return render(request, "signin.html", 403, title="Sign in", next=local_path(next), error=CSRF_MESSAGE)
     caller = caller_of(_state(request), key.strip())
     if caller is None:
         error = (

@@ -1,0 +1,135 @@
+// The playground: an image (dropped, chosen or by URL) to a model or a name's champion; the answer drawn on
+// the image; a correction posted as feedback on the logged prediction.
+"use strict";
+
+(() => {
+  const form = document.querySelector("[data-playground]");
+  if (!form) return;
+  const canvas = document.getElementById("answer-canvas");
+  const bars = document.getElementById("bars");
+  const legend = document.getElementById("legend");
+  const correct = document.querySelector("[data-correct]");
+  const help = document.getElementById("correct-help");
+  let last = null; // {answer, kind}
+  let clicked = []; // points placed on the image for a points correction
+
+  function kindOf(a) {
+    if (a.mask) return "mask";
+    if (a.points) return "points";
+    if (a.values) return "values";
+    if (a.labels) return "labels";
+    return "label";
+  }
+
+  async function imageFor(answer, file) {
+    const img = new Image();
+    img.src = answer.prediction_id ? `/api/v1/predictions/${answer.prediction_id}/image` : URL.createObjectURL(file);
+    try { await img.decode(); } catch { if (file) { img.src = URL.createObjectURL(file); await img.decode(); } }
+    return img;
+  }
+
+  async function show(answer, file) {
+    last = { answer, kind: kindOf(answer) };
+    clicked = [];
+    document.getElementById("answer").hidden = false;
+    const img = await imageFor(answer, file).catch(() => null);
+    const ctx = canvas.getContext("2d");
+    if (img) {
+      canvas.width = img.naturalWidth;
+      canvas.height = img.naturalHeight;
+      ctx.drawImage(img, 0, 0);
+    }
+    bars.replaceChildren();
+    legend.replaceChildren();
+    for (const [label, p] of (answer.predictions || []).slice(0, 5)) {
+      const li = document.createElement("li");
+      li.innerHTML = `<span class="bar-label"></span><meter min="0" max="1"></meter><span class="bar-value"></span>`;
+      li.querySelector(".bar-label").textContent = label;
+      li.querySelector("meter").value = p;
+      li.querySelector(".bar-value").textContent = p.toFixed(3);
+      if (answer.labels && answer.labels.includes(label)) li.classList.add("chosen");
+      bars.append(li);
+    }
+    if (answer.points && img) fc.drawPoints(ctx, answer.points, Math.max(2, img.naturalWidth / 50));
+    if (answer.mask && img) {
+      const mask = new Image();
+      mask.src = "data:image/png;base64," + answer.mask;
+      await mask.decode();
+      const layer = document.createElement("canvas");
+      fc.colourMask(mask, layer);
+      ctx.drawImage(layer, 0, 0, canvas.width, canvas.height);
+      for (const [cls, share] of Object.entries(answer.shares || {})) {
+        const item = document.createElement("span");
+        item.textContent = `${cls} ${(share * 100).toFixed(0)}%`;
+        legend.append(item);
+      }
+    }
+    const shown = { ...answer };
+    delete shown.mask;
+    document.getElementById("answer-text").textContent = JSON.stringify(shown, null, 1);
+    const hints = {
+      label: "Type the right class (a new one is allowed).",
+      labels: "Type the right classes, comma-separated.",
+      points: `Click the ${answer.points ? answer.points.length : ""} right points on the image, in order, then send.`,
+      values: "Type the right values, comma-separated.",
+      mask: "Masks are corrected through the API or the CLI (fitcycle feedback send ID --mask FILE); here you can confirm it.",
+    };
+    help.textContent = hints[last.kind];
+    correct.elements.answer.hidden = last.kind === "mask" || last.kind === "points";
+    document.querySelector('label[for="correct-label"]').hidden = correct.elements.answer.hidden;
+    const list = document.getElementById("answer-classes");
+    list.replaceChildren(...(answer.predictions || []).map(([c]) => Object.assign(document.createElement("option"), { value: c })));
+  }
+
+  canvas.addEventListener("click", (ev) => {
+    if (!last || last.kind !== "points") return;
+    const box = canvas.getBoundingClientRect();
+    const x = ((ev.clientX - box.left) / box.width) * canvas.width;
+    const y = ((ev.clientY - box.top) / box.height) * canvas.height;
+    clicked.push([Math.round(x * 10) / 10, Math.round(y * 10) / 10]);
+    fc.drawPoints(canvas.getContext("2d"), [clicked[clicked.length - 1]], Math.max(2, canvas.width / 50));
+  });
+
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const [kind, id] = form.elements.target.value.split(/:(.*)/s);
+    const file = form.elements.file.files[0];
+    const url = form.elements.url.value.trim();
+    if (!file && !url) { fc.say("Choose or drop an image, or give a URL.", "error"); return; }
+    const answer = await fc.act("Predict", async () => {
+      if (file) {
+        const data = new FormData();
+        data.append("file", file);
+        const base = kind === "name" ? `/registry/${encodeURIComponent(id)}` : `/models/${id}`;
+        return fc.api("POST", `${base}/predict`, data);
+      }
+      const model = kind === "name" ? (await fc.api("GET", `/registry/${encodeURIComponent(id)}`)).champion_id : id;
+      return fc.api("POST", `/models/${model}/predict-url`, { url });
+    });
+    if (answer) await show(answer, file);
+  });
+
+  async function send(body) {
+    const stored = await fc.act("Send the feedback", () =>
+      fc.api("POST", `/predictions/${last.answer.prediction_id}/feedback`, body));
+    if (stored) {
+      const all = await fc.api("GET", "/feedback");
+      document.querySelector("[data-feedback-count]").textContent = String(all.count);
+    }
+  }
+
+  correct.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!last) return;
+    const text = correct.elements.answer.value.trim();
+    const body = {
+      label: () => ({ label: text }),
+      labels: () => ({ labels: text ? text.split(",").map((s) => s.trim()).filter(Boolean) : [] }),
+      values: () => ({ values: text.split(",").map(Number) }),
+      points: () => ({ points: clicked }),
+      mask: () => ({ correct: true }),
+    }[last.kind]();
+    await send(body);
+  });
+  correct.querySelector("[data-right]").addEventListener("click", () => last && send({ correct: true }));
+})();

@@ -1,0 +1,251 @@
+"""The web UI in a real browser: Playwright drives Debian's Chromium against a real `fitcycle serve` (SQLite, a
+local store, the filesystem broker and its worker). A user signs in, uploads an archive, trains while the
+curve grows, reads the interpretation, cleans labels into a new version, retrains and sees the gate's
+decision, asks the playground and corrects it, labels from the queue, and signs out. Screenshots of every page
+at 1280 px and 390 px go to tests/ui/screenshots/ (git-ignored)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from core.datasets.samples import write_sample
+from tests.platform.services import Client, fitcycle, free_port, start, wait_for
+from tests.platform.stack import make_zip
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).parent / "screenshots"
+CLASSES = ["trouser", "bag", "sneaker", "dress"]
+# As the machine's notes say: no sandbox as root, and none of Chromium's own calls to the network.
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """`fitcycle serve` on a fresh data dir, a project key, and an archive of real images to upload."""
+    tmp = tmp_path_factory.mktemp("ui")
+    data_dir = tmp / "fitcycle"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FITCYCLE_")}
+    env.update(PYTHONUNBUFFERED="1", FITCYCLE_REPORT_EVERY_N_BATCHES="1")
+    key = fitcycle("keys", "create", "--project", "browser", "--data-dir", str(data_dir), env=env).splitlines()[-1]
+    port = free_port()
+    serve = start("serve", ["serve", "--data-dir", str(data_dir), "--port", str(port)], env, tmp)
+    base = f"http://127.0.0.1:{port}"
+    client = Client(f"{base}/api/v1", key)
+    try:
+        wait_for(lambda: client.get("/health").status_code == 200, 90, "fitcycle serve to answer /health")
+        folder = write_sample("fashion-mnist", tmp / "clothes", per_class=36, size=32, classes=CLASSES)
+        new = write_sample("fashion-mnist", tmp / "new", per_class=40, size=32, classes=CLASSES)
+        yield {
+            "base": base,
+            "key": key,
+            "client": client,
+            "archive": make_zip(folder, tmp / "clothes.zip"),
+            "photo": sorted((new / "bag").glob("*.png"))[-1],
+            "serve": serve,
+        }
+    except BaseException:
+        print(serve.tail(8000))
+        raise
+    finally:
+        serve.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.exists(), "Chromium is missing: 'make setup' installs Debian's chromium (apt-get install chromium)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield b
+        b.close()
+
+
+def shoot(page: Page, name: str) -> None:
+    """The page at 1280 px and at a 390 px phone width."""
+    SHOTS.mkdir(exist_ok=True)
+    for width, height in ((1280, 900), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_a_user_goes_around_the_loop_in_the_browser(served: dict[str, Any], browser: Browser) -> None:
+    if SHOTS.exists():
+        shutil.rmtree(SHOTS)
+    base, client = served["base"], served["client"]
+    context = browser.new_context(base_url=base, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        walk(page, served, client)
+    except BaseException:
+        page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
+        print(served["serve"].tail(6000))
+        raise
+    assert errors == [], f"scripts failed in the page: {errors}"
+    context.close()
+
+
+def walk(page: Page, served: dict[str, Any], client: Client) -> None:
+    # Sign in: a page asked for without a session goes to /signin and comes back after.
+    page.goto("/jobs")
+    expect(page).to_have_url(re.compile(r"/signin\?next=/jobs$"))
+    shoot(page, "signin")
+    page.get_by_label("Project key").fill("fc_not_a_key")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("That key was not accepted")
+    page.get_by_label("Project key").fill(served["key"])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/jobs$"))
+    session = next(c for c in page.context.cookies() if c["name"] == "fitcycle_session")
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert page.evaluate("document.cookie") == ""  # nothing the page's scripts can read
+
+    # A state-changing API call from the signed-in browser without the page's CSRF token is refused.
+    refused = page.request.post("/api/v1/jobs", data={"kind": "fine_tune", "dataset_id": "x"})
+    assert refused.status == 403 and "CSRF" in refused.json()["detail"]
+
+    # Upload an archive: counts per class and split, then the dataset page.
+    page.goto("/datasets")
+    page.get_by_label("Archive").set_input_files(str(served["archive"]))
+    page.get_by_label("Dataset name").fill("clothes")
+    page.get_by_role("button", name="Upload").click()
+    result = page.locator("#upload-result")
+    expect(result).to_contain_text("clothes v1: 144 items")
+    for cls in CLASSES:
+        expect(result.locator("td", has_text=cls)).to_have_count(1)
+    shoot(page, "datasets")
+    result.get_by_role("link", name="Open the dataset").click()
+    expect(page.locator("ul.items li")).to_have_count(48)  # the first page of the grid
+    expect(page.get_by_role("img", name=re.compile("a training batch"))).to_be_visible()
+    shoot(page, "dataset")
+    dataset_id = page.url.rsplit("/", 1)[-1]
+
+    # A fine_tune from the form; its page shows the curve gaining points while it runs, with no reload.
+    page.goto("/jobs")
+    form = page.locator("[data-job-form]")
+    form.get_by_label("Kind").select_option("fine_tune")
+    form.get_by_label("Architecture").fill("resnet18")
+    form.get_by_label("Pretrained").select_option("none")
+    form.get_by_label("Image size (px)").fill("32")
+    form.get_by_label("Batch size").fill("16")
+    form.get_by_label("Frozen epochs (stage 1 of fine_tune)").fill("0")
+    form.get_by_label("Epochs", exact=True).fill("4")
+    form.get_by_label("Learning rate (a number, low,high, find or auto)").fill("0.003")
+    form.get_by_role("button", name="Queue the job").click()
+    expect(page).to_have_url(re.compile(r"/jobs/[0-9a-f-]{36}$"))
+    train_id = page.url.rsplit("/", 1)[-1]
+    page.evaluate("window.__sameDocument = true")
+    chart = page.locator("#loss-chart")
+    first = int(chart.get_attribute("data-points") or 0)
+    page.wait_for_function(
+        "n => Number(document.querySelector('#loss-chart').dataset.points) > n", arg=first, timeout=120_000
+    )
+    expect(page.locator("[data-job-page] [data-field=state]")).to_have_text("succeeded", timeout=180_000)
+    page.wait_for_function("() => document.querySelectorAll('#epochs tbody tr').length === 4")
+    grown = int(chart.get_attribute("data-points") or 0)
+    assert grown > first and page.evaluate("window.__sameDocument") is True  # the same page, never reloaded
+    assert page.evaluate("window.fcCharts.metric.data[0].length") == 4  # one point per epoch
+    page.reload()
+    shoot(page, "job")
+
+    # Interpret it, with the cleaner's out-of-fold suspects.
+    job = client.submit(kind="interpret", dataset_id=dataset_id, parent_job_id=train_id, folds=2, cleaner_epochs=1)
+    assert client.wait(job["id"])["state"] == "succeeded"
+    page.goto(f"/jobs/{job['id']}")
+    page.get_by_role("link", name="Interpretation", exact=True).click()
+    expect(page.locator("table.confusion")).to_be_visible()
+    expect(page.locator("table.confusion tbody tr")).to_have_count(len(CLASSES))
+    expect(page.get_by_role("heading", name="Top losses")).to_be_visible()
+    assert page.locator("h2#tl-h + ul li").count() >= 1
+    shoot(page, "interpretation")
+
+    # The cleaner: relabel two items, remove one (by keyboard), create the version, retrain from the champion.
+    page.goto(f"/jobs/{job['id']}/cleaner")
+    cards = page.locator(".suspect")
+    assert cards.count() >= 3
+    keys = [cards.nth(i).get_attribute("data-item") for i in range(3)]
+    labels = []
+    for i in range(2):  # each to a class it does not have
+        given = json.loads(cards.nth(i).get_attribute("data-given") or "{}")["label"]
+        labels.append(next(c for c in CLASSES if c != given))
+        cards.nth(i).locator(".relabel").fill(labels[-1])
+    cards.nth(2).focus()
+    page.keyboard.press("r")
+    expect(page.locator("[data-edit-count]")).to_have_text("2 relabelled, 1 removed")
+    shoot(page, "cleaner")
+    page.get_by_role("button", name="Create version").click()
+    expect(page.locator("#cleaner-result")).to_contain_text("Version 2 of clothes")
+    version = client.get(f"/datasets/{dataset_id}/versions/2/diff").json()
+    assert version["counts"]["removed"] == 1 and keys[2] in version["removed"]
+    relabelled = {r["item"]: r["after"]["label"] for r in version["relabelled"]}
+    assert {k: relabelled.get(k) for k in keys[:2]} == dict(zip(keys[:2], labels, strict=True))
+    page.get_by_role("button", name="Retrain from champion").click()
+    expect(page).to_have_url(re.compile(r"/jobs/[0-9a-f-]{36}$"))
+    expect(page.locator("[data-job-page] [data-field=state]")).to_have_text("succeeded", timeout=240_000)
+    page.reload()
+    expect(page.get_by_role("heading", name=re.compile(r"^The gate: (promoted|rejected)$"))).to_be_visible()
+
+    # The registry shows the decision with both scores.
+    page.goto("/models")
+    page.get_by_role("link", name="clothes").first.click()
+    decision = page.locator("h2#decisions-h + table tbody tr")
+    expect(decision).to_have_count(1)  # the gate's on the retrain (the first model became champion by right)
+    expect(decision).to_contain_text("gate")
+    expect(decision.locator("td").nth(3)).to_contain_text("accuracy")  # the challenger's score, and the champion's
+    expect(decision.locator("td").nth(4)).to_contain_text("accuracy")
+    shoot(page, "registry")
+    page.goto("/models")
+    shoot(page, "models")
+
+    # The playground: an image to the name's champion; the answer drawn; a correction counted.
+    page.goto("/playground?name=clothes")
+    page.get_by_label("Image", exact=True).set_input_files(str(served["photo"]))
+    page.get_by_role("button", name="Predict").click()
+    expect(page.locator("#bars li")).to_have_count(len(CLASSES))
+    before = int(page.locator("[data-feedback-count]").inner_text())
+    page.get_by_label("The right answer").fill("bag")
+    page.get_by_role("button", name="Send the correction").click()
+    expect(page.locator("[data-feedback-count]")).to_have_text(str(before + 1))
+    shoot(page, "playground")
+
+    # The queue: a second prediction waits for a label; one click labels it and it leaves.
+    client.post("/registry/clothes/predict", files={"file": ("x.png", served["photo"].read_bytes())})
+    page.goto("/predictions")
+    queued = page.locator("[data-prediction]")
+    n = queued.count()
+    assert n >= 1
+    shoot(page, "predictions")
+    queued.first.get_by_role("button", name="bag", exact=True).click()
+    expect(queued).to_have_count(n - 1)
+
+    # Every page fits a phone: nothing wider than the screen but tables, which scroll in their own box.
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/datasets", "/jobs", "/models", "/playground", "/predictions"):
+        page.goto(path)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    # Sign out: the pages and the API refuse the browser.
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/signin$"))
+    page.goto("/datasets")
+    expect(page).to_have_url(re.compile(r"/signin\?next=/datasets$"))
+    assert page.request.get("/api/v1/datasets").status == 401
