@@ -316,7 +316,8 @@ class RegistryEntry(BaseModel):
     name: str
     champion_id: str | None
     challenger_id: str | None
-    policy: dict[str, Any]
+    policy: dict[str, Any] = Field(description="the policy with its defaults filled in")
+    retrains_on_feedback: bool = Field(False, description="whether the policy sets min_feedback (the loop retrains)")
     versions: int
 
 

@@ -28,6 +28,7 @@ def _entry(entry: domain.ModelName, versions: int) -> RegistryEntry:
         champion_id=entry.champion_id,
         challenger_id=entry.challenger_id,
         policy=Policy.of(entry.policy).as_dict(),
+        retrains_on_feedback="min_feedback" in entry.policy,
         versions=versions,
     )
 

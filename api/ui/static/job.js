@@ -54,8 +54,9 @@
   function onEpoch(e) {
     addEpochRow(e);
     if (charts.loss && charts.loss.data[0].length) {
-      const last = charts.loss.data[0].length - 1;
-      charts.loss.data[2][last] = e.valid_loss;
+      // At the epoch's last batch (the events may bring every batch before the first epoch row).
+      const at = epochEnd[`${e.tag}:${e.epoch}`] ?? charts.loss.data[0].length - 1;
+      charts.loss.data[2][at] = e.valid_loss;
       redraw(charts.loss);
     }
     if (!metricEl || !window.uPlot) return;
@@ -73,9 +74,11 @@
     }
   }
 
+  const epochEnd = {}; // "tag:epoch" -> the index of its last batch on the loss chart
   function onBatch(b) {
     if (!charts.loss) return;
     const d = charts.loss.data;
+    epochEnd[`${b.tag}:${b.epoch}`] = d[0].length;
     d[0].push(d[0].length + 1);
     d[1].push(b.smooth_loss);
     d[2].push(null);
