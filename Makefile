@@ -75,6 +75,7 @@ bench: setup
 	PYTHONPATH=. $(BIN)/python bench/queue_latency.py
 	PYTHONPATH=. $(BIN)/python bench/predict_latency.py
 	PYTHONPATH=. $(BIN)/python bench/segmentation_throughput.py
+	PYTHONPATH=. $(BIN)/python bench/ui_pages.py
 
 clean:
 	rm -rf runs data .pytest_cache .mypy_cache .ruff_cache
