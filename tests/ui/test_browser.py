@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from core.datasets.samples import write_sample
+from core.datasets.samples import write_sample, write_silhouette_masks, write_silhouette_points
 from tests.platform.services import Client, fitcycle, free_port, start, wait_for
 from tests.platform.stack import make_zip
 
@@ -59,6 +59,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             "archive": make_zip(folder, tmp / "clothes.zip"),
             "photo": sorted((new / "bag").glob("*.png"))[-1],
             "serve": serve,
+            "tmp": tmp,
         }
     except BaseException:
         print(serve.tail(8000))
@@ -165,6 +166,37 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     assert page.evaluate("window.fcCharts.metric.data[0].length") == 4  # one point per epoch
     page.reload()
     shoot(page, "job")
+
+    # lr_find from the trained model: the curve with its suggestions; one of them starts stage 2, whose state
+    # the jobs list follows live (here: cancelled from elsewhere, seen without a reload).
+    sweep = client.submit(kind="lr_find", dataset_id=dataset_id, parent_job_id=train_id)
+    assert client.wait(sweep["id"])["state"] == "succeeded"
+    page.goto(f"/jobs/{sweep['id']}")
+    expect(page.locator("#lr-chart canvas")).to_have_count(1)
+    use = page.get_by_role("button", name="Use this rate for stage 2")
+    assert use.count() >= 2
+    shoot(page, "lr-find")
+    use.first.click()
+    expect(page.get_by_role("heading", name=re.compile("^stage2 job"))).to_be_visible()
+    stage2_id = page.url.rsplit("/", 1)[-1]
+    page.goto("/jobs")
+    page.evaluate("window.__sameDocument = true")
+    client.post(f"/jobs/{stage2_id}/cancel")
+    expect(page.locator(f'tr[data-job="{stage2_id}"] [data-field=state]')).to_have_text("cancelled", timeout=60_000)
+    assert page.evaluate("window.__sameDocument") is True
+    shoot(page, "jobs")
+    client.wait(stage2_id)
+
+    # A segmentation dataset's grid draws each mask over its image; a points dataset's, each point.
+    masks = write_silhouette_masks(served["tmp"] / "scenes", count=12, side=32, seed=1)
+    scenes = client.upload("scenes", make_zip(masks, served["tmp"] / "s.zip"), labels="masks", void="void").json()
+    page.goto(f"/datasets/{scenes['id']}")
+    expect(page.locator("figure.overlay canvas.mask")).to_have_count(12)
+    shoot(page, "dataset-masks")
+    points = write_silhouette_points(served["tmp"] / "points", count=8, seed=1)
+    marked = client.upload("marks", make_zip(points, served["tmp"] / "p.zip"), labels="points", csv="points.csv")
+    page.goto(f"/datasets/{marked.json()['id']}")
+    expect(page.locator("figure.overlay canvas.mask")).to_have_count(8)
 
     # Interpret it, with the cleaner's out-of-fold suspects.
     job = client.submit(kind="interpret", dataset_id=dataset_id, parent_job_id=train_id, folds=2, cleaner_epochs=1)

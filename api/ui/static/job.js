@@ -65,7 +65,7 @@
       metricNames.push(...names);
       charts.metric = chart(metricEl, names.map((n, i) => ({
         label: n, stroke: ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"][i % 4], points: { show: true, size: 6 },
-      })), { xLabel: "epoch" });
+      })), { xLabel: "epoch", uplot: { axes: [{ incrs: [1, 2, 5, 10, 20, 50, 100] }, {}] } });
     }
     if (charts.metric) {
       charts.metric.data[0].push(charts.metric.data[0].length + 1);
@@ -129,7 +129,13 @@
     const c = chart(lrEl, [
       { label: "loss", stroke: "#1f77b4" },
       { label: "suggestions", stroke: "transparent", points: { show: true, size: 10, fill: "#d62728", stroke: "#d62728" } },
-    ], { xLabel: "learning rate", uplot: { scales: { x: { time: false, distr: 3 } } } });
+    ], {
+      xLabel: "learning rate",
+      uplot: {
+        scales: { x: { time: false, distr: 3 } },
+        axes: [{ values: (u, vals) => vals.map((v) => (v ? v.toExponential(0) : "")) }, {}],
+      },
+    });
     c.data[0].push(...found.lrs);
     c.data[1].push(...found.losses);
     c.data[2].push(...marks);
