@@ -35,9 +35,8 @@ def _entry(entry: domain.ModelName, versions: int) -> RegistryEntry:
 
 def list_all(state: AppState, project: domain.Project) -> RegistryPublic:
     with session_scope(state.sessions) as s:
-        data = [
-            _entry(e, len(repos.models_of_name(s, project.id, e.name))) for e in repos.list_model_names(s, project.id)
-        ]
+        counts = repos.versions_per_name(s, project.id)
+        data = [_entry(e, counts.get(e.name, 0)) for e in repos.list_model_names(s, project.id)]
     return RegistryPublic(data=data, count=len(data))
 
 

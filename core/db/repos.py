@@ -192,6 +192,20 @@ def list_datasets(s: Session, project_id: str) -> list[d.Dataset]:
     return [_to(d.Dataset, r) for r in rows]
 
 
+def project_versions(s: Session, project_id: str) -> dict[str, list[d.DatasetVersion]]:
+    """Every version of every dataset of a project, by dataset id, oldest first (one query)."""
+    rows = s.scalars(
+        select(DatasetVersionRow)
+        .join(DatasetRow, DatasetRow.id == DatasetVersionRow.dataset_id)
+        .where(DatasetRow.project_id == project_id)
+        .order_by(DatasetVersionRow.dataset_id, DatasetVersionRow.version)
+    )
+    out: dict[str, list[d.DatasetVersion]] = {}
+    for r in rows:
+        out.setdefault(r.dataset_id, []).append(_to(d.DatasetVersion, r))
+    return out
+
+
 def dataset_versions(s: Session, dataset_id: str) -> list[d.DatasetVersion]:
     rows = s.scalars(
         select(DatasetVersionRow).where(DatasetVersionRow.dataset_id == dataset_id).order_by(DatasetVersionRow.version)
@@ -521,6 +535,16 @@ def register_model(s: Session, model_id: str, name: str, as_challenger: bool) ->
         entry.challenger_id = row.id
     s.flush()
     return _to(d.Model, row)
+
+
+def versions_per_name(s: Session, project_id: str) -> dict[str, int]:
+    """How many models each registry name of a project has (one query)."""
+    rows = s.execute(
+        select(ModelRow.name, func.count())
+        .where(ModelRow.project_id == project_id, ModelRow.name.is_not(None))
+        .group_by(ModelRow.name)
+    )
+    return {str(name): int(n) for name, n in rows}
 
 
 def models_of_name(s: Session, project_id: str, name: str) -> list[d.Model]:

@@ -6,6 +6,7 @@ at 1280 px and 390 px go to tests/ui/screenshots/ (git-ignored)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -86,6 +87,19 @@ def shoot(page: Page, name: str) -> None:
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
+def drop_file(page: Page, zone: str, path: Path, mime: str) -> None:
+    """Drop a file on a drop zone, as dragging it from the desktop does."""
+    transfer = page.evaluate_handle(
+        """([name, b64, type]) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, { type }));
+            return dt;
+        }""",
+        [path.name, base64.b64encode(path.read_bytes()).decode(), mime],
+    )
+    page.dispatch_event(zone, "drop", {"dataTransfer": transfer})
+
+
 def test_a_user_goes_around_the_loop_in_the_browser(served: dict[str, Any], browser: Browser) -> None:
     if SHOTS.exists():
         shutil.rmtree(SHOTS)
@@ -125,7 +139,8 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
 
     # Upload an archive: counts per class and split, then the dataset page.
     page.goto("/datasets")
-    page.get_by_label("Archive").set_input_files(str(served["archive"]))
+    drop_file(page, "[data-upload] [data-drop]", served["archive"], "application/zip")
+    assert page.get_by_label("Archive").evaluate("input => input.files[0].name") == "clothes.zip"
     page.get_by_label("Dataset name").fill("clothes")
     page.get_by_role("button", name="Upload").click()
     result = page.locator("#upload-result")
@@ -249,7 +264,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
 
     # The playground: an image to the name's champion; the answer drawn; a correction counted.
     page.goto("/playground?name=clothes")
-    page.get_by_label("Image", exact=True).set_input_files(str(served["photo"]))
+    drop_file(page, "[data-playground] [data-drop]", served["photo"], "image/png")
     page.get_by_role("button", name="Predict").click()
     expect(page.locator("#bars li")).to_have_count(len(CLASSES))
     before = int(page.locator("[data-feedback-count]").inner_text())
