@@ -11,10 +11,11 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings
@@ -23,8 +24,8 @@ from core.db.session import session_scope
 
 log = logging.getLogger("fitcycle.api")
 CALLER = "fitcycle_caller"  # the key of the authenticated domain.Caller in the request's scope state
-API_KEY = "fitcycle_key"  # the key of the caller's raw API key in the scope state (streams re-check it)
-SESSION_COOKIE = "fitcycle_session"  # the web UI's sign-in: the project key, HttpOnly, SameSite=Strict
+CREDENTIAL = "fitcycle_credential"  # ("bearer", key) or ("session", token) in the scope state (streams re-check it)
+SESSION_COOKIE = "fitcycle_session"  # the web UI's sign-in: a session token (not the key), HttpOnly, SameSite=Strict
 CSRF_COOKIE = "fitcycle_csrf"  # a random token per browser; pages echo it, unsafe requests send it back
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -80,11 +81,11 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
         # 1. Who is asking: from the headers alone; the body is not read for an unknown caller.
-        key, refusal = presented_key(headers, scope.get("method", "GET"))
+        credential, refusal = presented_credential(headers, scope.get("method", "GET"))
         if refusal:
             await _send_all(send, _problem(403, "Forbidden", refusal))
             return
-        caller = await run_in_threadpool(_authenticate, state, key)
+        caller = await run_in_threadpool(_authenticate, state, credential)
         if isinstance(caller, str):
             await _send_all(send, _problem(401, "Unauthorized", caller, {"WWW-Authenticate": "Bearer"}))
             return
@@ -111,7 +112,7 @@ class Guard:
             await _send_all(send, _too_large(limit, route))
             return
         scope.setdefault("state", {})[CALLER] = caller
-        scope["state"][API_KEY] = key
+        scope["state"][CREDENTIAL] = credential
         await self._capped(scope, receive, send, limit, route)
 
     async def _capped(self, scope: Scope, receive: Receive, send: Send, limit: int, route: str) -> None:
@@ -163,41 +164,65 @@ async def _send_all(send: Send, messages: list[Message]) -> None:
 
 
 def cookies(headers: dict[str, str]) -> dict[str, str]:
-    """The request's cookies (the last of a repeated name wins)."""
-    jar = SimpleCookie()
-    try:
-        jar.load(headers.get("cookie", ""))
-    except CookieError:
-        return {}
-    return {name: morsel.value for name, morsel in jar.items()}
+    """The request's cookies, parsed as browsers send them (one odd cookie spoils none of the others)."""
+    return cookie_parser(headers.get("cookie", ""))
 
 
-def presented_key(headers: dict[str, str], method: str) -> tuple[str | None, str]:
-    """The key a request presents — `Authorization: Bearer KEY`, else the UI's session cookie — and, for a
-    cookie on an unsafe method without the matching CSRF token, why it is refused."""
+def same_origin(headers: dict[str, str]) -> bool:
+    """Whether a browser says the request comes from this site's own pages: Sec-Fetch-Site, else Origin, when
+    sent (a browser sends one of them on every unsafe request)."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
+    origin = headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == headers.get("host", "")
+
+
+def csrf_matches(expected: str | None, sent: str | None) -> bool:
+    """A CSRF token sent back equals the browser's cookie (a real one: 32 characters at least)."""
+    return (
+        expected is not None
+        and len(expected) >= 32
+        and sent is not None
+        and hmac.compare_digest(expected.encode(), sent.encode())
+    )
+
+
+def presented_credential(headers: dict[str, str], method: str) -> tuple[tuple[str, str] | None, str]:
+    """What a request presents — ("bearer", key) from `Authorization: Bearer KEY`, else ("session", token) from
+    the web UI's cookie — and, for a cookie on an unsafe method from another site or without the page's CSRF
+    token, why it is refused."""
     authorization = headers.get("authorization")
     if authorization is not None:
         if not authorization.lower().startswith("bearer "):
             return None, ""
-        return authorization.split(" ", 1)[1].strip(), ""
+        return ("bearer", authorization.split(" ", 1)[1].strip()), ""
     jar = cookies(headers)
-    key = jar.get(SESSION_COOKIE)
-    if key is None:
+    token = jar.get(SESSION_COOKIE)
+    if token is None:
         return None, ""
     if method not in SAFE_METHODS:
-        expected, sent = jar.get(CSRF_COOKIE, ""), headers.get(CSRF_HEADER, "")
-        if not expected or not hmac.compare_digest(expected.encode(), sent.encode()):
+        if not same_origin(headers):
+            return None, f"a signed-in browser's {method} must come from this site's own pages"
+        if not csrf_matches(jar.get(CSRF_COOKIE), headers.get(CSRF_HEADER)):
             return None, f"a signed-in browser's {method} needs the page's CSRF token in the X-CSRF-Token header"
-    return key, ""
+    return ("session", token), ""
 
 
-def _authenticate(state: Any, key: str | None) -> domain.Caller | str:
-    """The caller behind a key, or why there is none (looked up on every request, so a revoked or expired key
-    is refused at once)."""
-    if key is None:
+def _authenticate(state: Any, credential: tuple[str, str] | None) -> domain.Caller | str:
+    """The caller behind a key or a web UI session, or why there is none (looked up on every request, so a
+    revoked or expired key, or an ended session, is refused at once)."""
+    if credential is None:
         return (
             "send your project API key as 'Authorization: Bearer KEY' "
             "(create one with 'fitcycle keys create --project NAME')"
+        )
+    kind, key = credential
+    if kind == "session":
+        with session_scope(state.sessions) as s:
+            caller = repos.caller_for(s, credential) if 0 < len(key) <= 200 else None
+        return (
+            caller if caller is not None else "your web UI sign-in has ended (signed out, expired or its key revoked)"
         )
     if not key or len(key) > 200:
         return "the API key is not valid (revoked, expired, or never issued)"

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     # and queued jobs whose message has not been picked up for requeue_after_seconds.
     lease_seconds: float = 60.0
     reaper_interval_seconds: float = 10.0
+    secure_cookies: bool | None = Field(
+        None,
+        description="mark the web UI's cookies Secure (https only); default: when the request came over https. "
+        "Set it true behind a TLS-terminating proxy",
+    )
+    ui_session_days: int = Field(7, ge=1, le=90, description="how long a web UI sign-in lasts")
     loop_interval_seconds: float = Field(
         10.0, ge=0, description="the fleet loop (webhooks, retraining policies), in one API process; 0: off"
     )

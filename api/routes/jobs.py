@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from api.deps import ProjectDep, StateDep
-from api.guard import API_KEY
+from api.guard import CREDENTIAL
 from api.schemas import ArtifactsPublic, Deleted, JobCreate, JobPublic, JobsPublic, MetricsPublic, SuspectsPublic
 from api.services import jobs as service
 
@@ -68,11 +68,11 @@ async def job_events(request: Request, state: StateDep, project: ProjectDep, job
     arrive, and `end` when it is over."""
     await run_in_threadpool(service.find, state, project, job_id)
     release = state.hold_event_stream(project.id)  # 429 here when the project has too many open
-    key = str(request.scope["state"][API_KEY])
+    credential = request.scope["state"][CREDENTIAL]
 
     async def stream() -> AsyncIterator[str]:
         try:
-            async for event in service.events(state, key, job_id, request.is_disconnected):
+            async for event in service.events(state, credential, job_id, request.is_disconnected):
                 yield event
         finally:
             release()

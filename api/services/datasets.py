@@ -245,8 +245,7 @@ def delete(state: AppState, project: domain.Project, dataset_id: str, version: i
     with session_scope(state.sessions) as s:
         dataset, chosen, numbers = get_version(s, project, dataset_id, version)
         targets = [chosen] if version is not None else repos.dataset_versions(s, dataset_id)
-        current = repos.get_project(s, project.id)
-        gold = current.gold if current else None
+        gold = repos.lock_project(s, project.id).gold  # a gold set chosen meanwhile waits for this delete
         if gold and gold["version_id"] in {v.id for v in targets}:
             raise Problem(
                 409,

@@ -303,22 +303,22 @@ def suspects(
 
 
 def _snapshot(
-    state: AppState, key: str, job_id: str, after_batch: int
+    state: AppState, credential: tuple[str, str], job_id: str, after_batch: int
 ) -> tuple[domain.Job | None, list[domain.EpochMetric], list[tuple[int, domain.BatchMetric]]]:
     with session_scope(state.sessions) as s:
-        if repos.caller_for_key(s, key) is None:  # revoked or expired while the stream was open
+        if repos.caller_for(s, credential) is None:  # revoked, expired or signed out while the stream was open
             return None, [], []
         return repos.get_job(s, job_id), repos.epoch_metrics(s, job_id), repos.batch_metrics(s, job_id, after_batch)
 
 
 async def events(
-    state: AppState, key: str, job_id: str, disconnected: Callable[[], Awaitable[bool]]
+    state: AppState, credential: tuple[str, str], job_id: str, disconnected: Callable[[], Awaitable[bool]]
 ) -> AsyncIterator[str]:
     """Server-sent events until the job is over, the client left or its key stopped working: `state` on
     every change, `epoch` and `batch` rows as they arrive, and `end`."""
     last_batch, sent_epochs, last_state = 0, 0, None
     while not await disconnected():
-        job, epochs, batches = await run_in_threadpool(_snapshot, state, key, job_id, last_batch)
+        job, epochs, batches = await run_in_threadpool(_snapshot, state, credential, job_id, last_batch)
         if job is None:
             return
         for row_id, b in batches:

@@ -23,6 +23,7 @@ def update(state: AppState, project: domain.Project, body: ProjectSettings) -> P
     changes: dict[str, Any] = {}
     sent = body.model_dump(exclude_unset=True)
     with session_scope(state.sessions) as s:
+        repos.lock_project(s, project.id)  # a delete of the chosen version waits, or finishes first
         if sent.get("keep_inputs") is not None:
             changes["keep_inputs"] = sent["keep_inputs"]
         if "gold" in sent:

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -25,8 +26,9 @@ from api.state import AppState
 from api.ui.session import (
     PageCaller,
     caller_of,
-    csrf_ok,
     csrf_token,
+    form_ok,
+    key_caller,
     local_path,
     remember_csrf,
     sign_in,
@@ -53,23 +55,27 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
     response = templates.TemplateResponse(
         request, template, {"csrf": csrf_token(request), **context}, status_code=status
     )
+    response.headers["Cache-Control"] = "no-store"  # nothing of a project's stays in the cache after sign-out
     remember_csrf(request, response)
     return response
 
 
+# Links to the REST API's downloads and images are paths on this site (never an absolute http:// URL behind a
+# TLS proxy), with every user-chosen part percent-encoded.
 def bundle_url(request: Request) -> Callable[[str], str]:
-    return lambda model_id: str(request.url_for("download_bundle", model_id=model_id))
+    return lambda model_id: str(request.app.url_path_for("download_bundle", model_id=quote(model_id, safe="")))
 
 
 def artifact_url(request: Request, job_id: str) -> Callable[[str], str]:
-    return lambda name: str(request.url_for("download_artifact", job_id=job_id, name=name))
+    return lambda name: str(request.app.url_path_for("download_artifact", job_id=job_id, name=quote(name)))
 
 
 def item_url(request: Request, dataset_id: str, version: int) -> Callable[[str], str]:
     """An item's (or its mask's) image in one version of a dataset, through the REST API."""
 
     def url(key: str) -> str:
-        return str(request.url_for("item_image", dataset_id=dataset_id, key=key).include_query_params(version=version))
+        path = request.app.url_path_for("item_image", dataset_id=dataset_id, key=quote(key))
+        return f"{path}?version={version}"
 
     return url
 
@@ -93,9 +99,9 @@ def signin(
     csrf: Annotated[str, Form(max_length=200)] = "",
     next: Annotated[str, Form(max_length=2000)] = "/datasets",
 ) -> Response:
-    if not csrf_ok(request, csrf):
+    if not form_ok(request, csrf):
         return render(request, "signin.html", 403, title="Sign in", next=local_path(next), error=CSRF_MESSAGE)
-    caller = caller_of(_state(request), key.strip())
+    caller = key_caller(_state(request), key.strip())
     if caller is None:
         error = (
             "That key was not accepted: it is revoked, expired, or was never issued. Check it, or make one with "
@@ -103,7 +109,7 @@ def signin(
         )
         return render(request, "signin.html", 401, title="Sign in", next=local_path(next), error=error)
     response = RedirectResponse(local_path(next), status_code=303)
-    sign_in(request, response, key.strip())
+    sign_in(request, response, caller)
     return response
 
 
@@ -120,7 +126,7 @@ def signout_page(request: Request) -> Response:
 
 @router.post("/signout")
 def signout(request: Request, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
-    if not csrf_ok(request, csrf):
+    if not form_ok(request, csrf):
         return render(request, "error.html", 403, title="Refused", message=CSRF_MESSAGE)
     response = RedirectResponse("/signin", status_code=303)
     sign_out(request, response)
@@ -250,8 +256,7 @@ def cleaner_page(request: Request, caller: PageCaller, job_id: str) -> Response:
     job = jobs_service.get(state, project, job_id)
 
     def image_url(dataset_id: str, key: str, version: int) -> str:
-        url = request.url_for("item_image", dataset_id=dataset_id, key=key)
-        return str(url.include_query_params(version=version))
+        return item_url(request, dataset_id, version)(key)
 
     found = jobs_service.suspects(state, project, job_id, 60, image_url)
     dataset = datasets_service.get(state, project, found.dataset_id, found.version)

@@ -1,23 +1,23 @@
-"""The web UI's sign-in: the project key lives in an HttpOnly, SameSite=Strict cookie (never in the page or
-localStorage), and every state-changing request brings back a per-browser CSRF token (double submit: a random
-cookie, echoed by the page in a form field or the X-CSRF-Token header). The REST API's guard accepts the same
-cookie and checks the same token, so the pages' scripts call the REST API itself."""
+"""The web UI's sign-in. Signing in with a project key makes a server-side session (ui_sessions: the hash of
+a random token, the key it was made with, an expiry); the browser keeps only the token, in an HttpOnly,
+SameSite=Strict cookie, never the key. Signing out ends the session on the server; revoking the key ends its
+sessions too. Every state-changing request brings back a per-browser CSRF token (double submit: a random
+cookie, echoed by the page in a form field or the X-CSRF-Token header) and must come from this site's own
+pages (Sec-Fetch-Site / Origin). The REST API's guard accepts the same session cookie with the same checks,
+so the pages' scripts call the REST API itself."""
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.guard import CSRF_COOKIE, SESSION_COOKIE
+from api.guard import CSRF_COOKIE, SESSION_COOKIE, csrf_matches, same_origin
 from api.state import AppState
 from core.db import domain, repos
 from core.db.session import session_scope
-
-SESSION_DAYS = 7
 
 
 class SignInRequired(Exception):
@@ -26,6 +26,11 @@ class SignInRequired(Exception):
     def __init__(self, next_path: str) -> None:
         super().__init__(next_path)
         self.next_path = next_path
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.fitcycle
+    return state
 
 
 def csrf_token(request: Request) -> str:
@@ -40,37 +45,63 @@ def remember_csrf(request: Request, response: Response) -> None:
     """Set the CSRF cookie when this request made a new token."""
     new = request.state.__dict__.get("new_csrf")
     if new:
-        _cookie(request, response, CSRF_COOKIE, new, max_age=SESSION_DAYS * 86400)
+        _csrf_cookie(request, response, new)
 
 
-def csrf_ok(request: Request, sent: str | None) -> bool:
-    """A form's (or header's) token matches the browser's cookie."""
-    expected = request.cookies.get(CSRF_COOKIE, "")
-    return bool(expected) and sent is not None and hmac.compare_digest(expected.encode(), sent.encode())
+def form_ok(request: Request, sent: str | None) -> bool:
+    """A form post from this site's own page, with the browser's CSRF token."""
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    return same_origin(headers) and csrf_matches(request.cookies.get(CSRF_COOKIE), sent)
 
 
-def sign_in(request: Request, response: Response, key: str) -> None:
-    _cookie(request, response, SESSION_COOKIE, key, max_age=SESSION_DAYS * 86400)
+def sign_in(request: Request, response: Response, caller: domain.Caller) -> None:
+    """A new session for the caller's key; the CSRF token is rotated with it."""
+    settings = _state(request).settings
+    with session_scope(_state(request).sessions) as s:
+        token = repos.create_ui_session(s, caller.key.id, settings.ui_session_days)
+    _cookie(request, response, SESSION_COOKIE, token, settings.ui_session_days * 86400, "strict")
+    _csrf_cookie(request, response, secrets.token_urlsafe(32))
 
 
 def sign_out(request: Request, response: Response) -> None:
+    """End the session on the server, forget its cookie, rotate the CSRF token, and clear the cached pages."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if token and len(token) <= 200:
+        with session_scope(_state(request).sessions) as s:
+            repos.end_ui_session(s, token)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    _csrf_cookie(request, response, secrets.token_urlsafe(32))
+    response.headers["Clear-Site-Data"] = '"cache"'
 
 
-def _cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+def _csrf_cookie(request: Request, response: Response, value: str) -> None:
+    # Lax: it is not a credential (a page arriving from a link must not mint a new one and break open tabs).
+    _cookie(request, response, CSRF_COOKIE, value, _state(request).settings.ui_session_days * 86400, "lax")
+
+
+def _cookie(request: Request, response: Response, name: str, value: str, max_age: int, samesite: str) -> None:
+    configured = _state(request).settings.secure_cookies
     response.set_cookie(
         name,
         value,
         max_age=max_age,
         path="/",
         httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
+        samesite=samesite,  # type: ignore[arg-type]
+        secure=configured if configured is not None else request.url.scheme == "https",
     )
 
 
-def caller_of(state: AppState, key: str | None) -> domain.Caller | None:
-    """The caller behind a session's key (looked up every time: a revoked key signs the browser out)."""
+def caller_of(state: AppState, token: str | None) -> domain.Caller | None:
+    """The caller behind a session token (looked up every time: signing out or revoking the key ends it)."""
+    if not token or len(token) > 200:
+        return None
+    with session_scope(state.sessions) as s:
+        return repos.caller_for_session(s, token)
+
+
+def key_caller(state: AppState, key: str) -> domain.Caller | None:
+    """The caller behind a key typed into the sign-in form."""
     if not key or len(key) > 200:
         return None
     with session_scope(state.sessions) as s:
@@ -79,8 +110,7 @@ def caller_of(state: AppState, key: str | None) -> domain.Caller | None:
 
 async def page_caller(request: Request) -> domain.Caller:
     """The signed-in caller of a page, or a redirect to /signin that comes back here."""
-    state: AppState = request.app.state.fitcycle
-    caller = await run_in_threadpool(caller_of, state, request.cookies.get(SESSION_COOKIE))
+    caller = await run_in_threadpool(caller_of, _state(request), request.cookies.get(SESSION_COOKIE))
     if caller is None:
         raise SignInRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
     return caller
@@ -90,7 +120,14 @@ PageCaller = Annotated[domain.Caller, Depends(page_caller)]
 
 
 def local_path(value: str | None, default: str = "/datasets") -> str:
-    """A redirect target that stays on this site (a path, never //host or a scheme)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    """A redirect target that stays on this site: a path, never //host, a scheme, a backslash or a control
+    character."""
+    if (
+        not value
+        or not value.startswith("/")
+        or value.startswith("//")
+        or "\\" in value
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+    ):
         return default
     return value

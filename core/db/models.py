@@ -233,6 +233,16 @@ class FeedbackRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class UiSessionRow(Base):
+    """A web UI sign-in: the hash of the browser's random token, the key it was made with, and its expiry."""
+
+    __tablename__ = "ui_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
 class WebhookRow(Base):
     """Where a project wants to hear about events, and the secret its deliveries are signed with."""
 

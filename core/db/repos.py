@@ -33,6 +33,7 @@ from core.db.models import (
     ModelRow,
     PredictionRow,
     ProjectRow,
+    UiSessionRow,
     WebhookRow,
     utcnow,
 )
@@ -66,6 +67,43 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+SESSION_PREFIX = "fs_"
+
+
+def create_ui_session(s: Session, key_id: str, days: int) -> str:
+    """A new web UI session for a key: returns its token (only the hash is stored)."""
+    token = SESSION_PREFIX + secrets.token_urlsafe(32)
+    s.add(UiSessionRow(token_hash=hash_key(token), key_id=key_id, expires_at=utcnow() + timedelta(days=days)))
+    s.flush()
+    return token
+
+
+def end_ui_session(s: Session, token: str) -> None:
+    s.execute(delete(UiSessionRow).where(UiSessionRow.token_hash == hash_key(token)))
+
+
+def caller_for_session(s: Session, token: str) -> d.Caller | None:
+    """The caller behind a web UI session that has not expired, made with a key that still works."""
+    row = s.get(UiSessionRow, hash_key(token))
+    if row is None or _utc(row.expires_at) <= utcnow():
+        return None
+    found = s.execute(
+        select(ProjectRow, ApiKeyRow)
+        .join(ApiKeyRow, ApiKeyRow.project_id == ProjectRow.id)
+        .where(ApiKeyRow.id == row.key_id, ApiKeyRow.revoked_at.is_(None))
+    ).first()
+    if found is None:
+        return None
+    record = _to(d.ApiKey, found[1])
+    return d.Caller(_to(d.Project, found[0]), record) if record.state == "active" else None
+
+
+def caller_for(s: Session, credential: tuple[str, str]) -> d.Caller | None:
+    """The caller behind ("bearer", key) or ("session", token)."""
+    kind, secret = credential
+    return caller_for_session(s, secret) if kind == "session" else caller_for_key(s, secret)
+
+
 def get_or_create_project(s: Session, name: str) -> d.Project:
     row = s.scalar(select(ProjectRow).where(ProjectRow.name == name))
     if row is None:
@@ -78,6 +116,14 @@ def get_or_create_project(s: Session, name: str) -> d.Project:
 def get_project(s: Session, project_id: str) -> d.Project | None:
     row = s.get(ProjectRow, project_id)
     return _to(d.Project, row) if row else None
+
+
+def lock_project(s: Session, project_id: str) -> d.Project:
+    """The project, its row locked until the transaction ends (PostgreSQL; SQLite writes one at a time): what
+    two transactions that read and change its settings (the gold set) take first."""
+    row = s.get(ProjectRow, project_id, with_for_update=True)
+    assert row is not None, project_id
+    return _to(d.Project, row)
 
 
 def update_project_settings(s: Session, project_id: str, changes: dict[str, Any]) -> d.Project:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -23,6 +24,7 @@ from tests.platform.services import Client, fitcycle, free_port, start, wait_for
 from tests.platform.stack import make_zip
 
 CHROMIUM = Path("/usr/bin/chromium")
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 SHOTS = Path(__file__).parent / "screenshots"
 CLASSES = ["trouser", "bag", "sneaker", "dress"]
 # As the machine's notes say: no sandbox as root, and none of Chromium's own calls to the network.
@@ -131,11 +133,18 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     expect(page).to_have_url(re.compile(r"/jobs$"))
     session = next(c for c in page.context.cookies() if c["name"] == "fitcycle_session")
     assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert session["value"].startswith("fs_") and served["key"] not in session["value"]  # a session, not the key
     assert page.evaluate("document.cookie") == ""  # nothing the page's scripts can read
 
-    # A state-changing API call from the signed-in browser without the page's CSRF token is refused.
+    # A state-changing API call from the signed-in browser without the page's CSRF token is refused, and so is
+    # one with it that another site sent.
     refused = page.request.post("/api/v1/jobs", data={"kind": "fine_tune", "dataset_id": "x"})
     assert refused.status == 403 and "CSRF" in refused.json()["detail"]
+    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content") or ""
+    elsewhere = {"X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site"}
+    refused = page.request.post("/api/v1/jobs", data={"kind": "fine_tune", "dataset_id": "x"}, headers=elsewhere)
+    assert refused.status == 403 and "this site's own pages" in refused.json()["detail"]
+    assert page.request.post("/api/v1/jobs", data={"kind": "x"}, headers={"X-CSRF-Token": csrf}).status == 422
 
     # Upload an archive: counts per class and split, then the dataset page.
     page.goto("/datasets")
@@ -285,14 +294,36 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
 
     # Every page fits a phone: nothing wider than the screen but tables, which scroll in their own box.
     page.set_viewport_size({"width": 390, "height": 844})
-    for path in ("/datasets", "/jobs", "/models", "/playground", "/predictions"):
+    every = ["/datasets", f"/datasets/{dataset_id}", "/jobs", f"/jobs/{train_id}", f"/jobs/{sweep['id']}"]
+    every += [f"/jobs/{job['id']}/interpretation", f"/jobs/{job['id']}/cleaner", "/models", "/registry/clothes"]
+    for path in [*every, "/playground", "/predictions"]:
         page.goto(path)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
     page.set_viewport_size({"width": 1280, "height": 900})
 
-    # Sign out: the pages and the API refuse the browser.
+    # Sign out: the pages and the API refuse the browser, and the session is over on the server too.
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(re.compile(r"/signin$"))
     page.goto("/datasets")
     expect(page).to_have_url(re.compile(r"/signin\?next=/datasets$"))
     assert page.request.get("/api/v1/datasets").status == 401
+    replayed = httpx.get(f"{served['base']}/api/v1/datasets", cookies={"fitcycle_session": session["value"]})
+    assert replayed.status_code == 401 and "sign-in has ended" in replayed.json()["detail"]
+
+
+def test_the_pages_forms_are_small_and_the_sign_in_needs_its_token(served: dict[str, Any]) -> None:
+    base = served["base"]
+    big = httpx.post(f"{base}/signin", content=b"key=" + b"x" * 20_000, headers=FORM)
+    assert big.status_code == 413
+    multipart = httpx.post(f"{base}/signin", files={"junk": ("j", b"x")})
+    assert multipart.status_code == 415
+    no_token = httpx.post(f"{base}/signin", data={"key": served["key"]})
+    assert no_token.status_code == 403 and "fitcycle_session" not in no_token.headers.get("set-cookie", "")
+    page = httpx.get(f"{base}/signin")
+    assert (
+        page.headers["cache-control"] == "no-store"
+        and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    )
+    api = httpx.get(f"{base}/api/v1/health")
+    assert api.headers["x-content-type-options"] == "nosniff" and "sandbox" in api.headers["content-security-policy"]
+    assert "content-security-policy" not in httpx.get(f"{base}/docs").headers  # Swagger UI's inline script runs
