@@ -12,7 +12,7 @@ UI := api/ui
 UI_STAMP := $(UI)/node_modules/.installed
 CHROMIUM := /usr/bin/chromium
 
-setup: $(STAMP) $(FASHION_MNIST) $(UI_STAMP) $(CHROMIUM)
+setup: $(STAMP) $(FASHION_MNIST) $(UI_STAMP)
 
 # The web UI's pinned front-end packages (package-lock.json), fetched from the npm registry; served from
 # node_modules, never committed, nothing fetched at run time.
@@ -20,7 +20,7 @@ $(UI_STAMP): $(UI)/package.json $(UI)/package-lock.json
 	npm ci --prefix $(UI) --no-audit --no-fund --silent
 	@touch $(UI_STAMP)
 
-# Debian's Chromium for the browser tests (Playwright drives it through executable_path; its own browser
+# Debian's Chromium for the browser tests only (Playwright drives it through executable_path; its own browser
 # downloads cannot work here).
 $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then \
@@ -65,7 +65,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup
+pytest: setup $(CHROMIUM)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

@@ -174,9 +174,12 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     form.get_by_label("Frozen epochs (stage 1 of fine_tune)").fill("0")
     form.get_by_label("Epochs", exact=True).fill("4")
     form.get_by_label("Learning rate (a number, low,high, find or auto)").fill("0.003")
+    form.get_by_label(re.compile("^Any other setting")).fill('seed=7\nmetrics=["accuracy", "error_rate"]')
     form.get_by_role("button", name="Queue the job").click()
     expect(page).to_have_url(re.compile(r"/jobs/[0-9a-f-]{36}$"))
     train_id = page.url.rsplit("/", 1)[-1]
+    spec = client.get(f"/jobs/{train_id}").json()["spec"]
+    assert spec["seed"] == 7 and spec["epochs"] == 4 and spec["lr"] == 0.003 and spec["arch"] == "resnet18"
     page.evaluate("window.__sameDocument = true")
     chart = page.locator("#loss-chart")
     first = int(chart.get_attribute("data-points") or 0)
@@ -268,6 +271,19 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     expect(decision.locator("td").nth(3)).to_contain_text("accuracy")  # the challenger's score, and the champion's
     expect(decision.locator("td").nth(4)).to_contain_text("accuracy")
     shoot(page, "registry")
+    # Promote the other version by hand (a roll back, or taking the challenger), with a reason; then the policy.
+    page.once("dialog", lambda dialog: dialog.accept("checked by hand"))
+    page.locator("button[data-promote]").first.click()
+    expect(decision).to_have_count(2)
+    expect(decision.first).to_contain_text("checked by hand")
+    policy = page.locator("[data-policy]")
+    policy.get_by_label("Retrain after this much new feedback").fill("30")
+    policy.get_by_label("Largest drop allowed for one class").fill("0.2")
+    policy.get_by_role("button", name="Save the policy").click()
+    expect(page.locator("#status")).to_contain_text("Save the policy: done")
+    saved = client.get("/registry/clothes").json()
+    assert saved["policy"]["min_feedback"] == 30 and saved["policy"]["max_class_drop"] == 0.2
+    assert saved["retrains_on_feedback"] is True
     page.goto("/models")
     shoot(page, "models")
 

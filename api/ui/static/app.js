@@ -61,6 +61,17 @@ const fc = (() => {
           const [size, epochs] = step.split(":").map((s) => parseInt(s, 10));
           return epochs === undefined ? { size } : { size, epochs };
         });
+      if (type === "fields") {
+        for (const line of v.split("\n")) {
+          const at = line.indexOf("=");
+          if (at < 1) continue;
+          const raw = line.slice(at + 1).trim();
+          let value = raw;
+          try { value = JSON.parse(raw); } catch { /* a plain string */ }
+          body[line.slice(0, at).trim()] = value;
+        }
+        continue;
+      }
       body[el.name] = v;
     }
     return body;
