@@ -13,6 +13,7 @@ from api.docs import install_docs
 from api.errors import install_handlers
 from api.guard import Guard
 from api.loops import fleet_loop
+from api.metrics import HttpMetrics, metrics_response
 from api.routes import api_router
 from api.state import AppState
 from api.ui import install_ui
@@ -55,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     install_docs(app, f"{API_PREFIX}/openapi.json")
     app.include_router(api_router, prefix=API_PREFIX)
+    app.add_api_route("/metrics", metrics_response, include_in_schema=False)  # no key: restrict it at the network
     install_ui(app, API_PREFIX)
     app.add_middleware(Guard, prefix=API_PREFIX, state=lambda: app.state.fitcycle)
+    app.add_middleware(HttpMetrics)  # outermost: it sees every answer, refusals included
     return app

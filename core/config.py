@@ -41,6 +41,9 @@ class Settings(BaseSettings):
         description="mark the web UI's cookies Secure (https only); default: when the request came over https. "
         "Set it true behind a TLS-terminating proxy",
     )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="a worker's Prometheus metrics port (0: off; the API's are at /metrics)"
+    )
     ui_session_days: int = Field(7, ge=1, le=90, description="how long a web UI sign-in lasts")
     loop_interval_seconds: float = Field(
         10.0, ge=0, description="the fleet loop (webhooks, retraining policies), in one API process; 0: off"

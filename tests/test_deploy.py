@@ -30,3 +30,26 @@ def test_images_and_pods_run_unprivileged() -> None:
         pod = doc["spec"]["template"]["spec"] if doc["kind"] in ("Job", "Deployment") else None
         if pod is not None:
             assert pod["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
+
+
+def test_prometheus_scrapes_the_ports_the_services_serve_and_alerts_on_metrics_that_exist() -> None:
+    from api.metrics import HTTP_REQUESTS, PREDICT_SECONDS
+    from worker.metrics import HEARTBEAT, JOBS_DONE
+
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    worker_port = compose["services"]["worker"]["environment"]["FITCYCLE_WORKER_METRICS_PORT"]
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {c["job_name"]: c["static_configs"][0]["targets"] for c in scrape["scrape_configs"]}
+    assert targets == {"fitcycle-api": ["api:8000"], "fitcycle-worker": [f"worker:{worker_port}"]}
+    k8s = {d["metadata"]["name"]: d for d in yaml.safe_load_all((DEPLOY / "k8s" / "fitcycle.yaml").read_text())}
+    container = k8s["fitcycle-worker"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["FITCYCLE_WORKER_METRICS_PORT"] == str(container["ports"][0]["containerPort"]) == worker_port
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
+    exposed = {"fitcycle_queue_depth", "fitcycle_jobs"}
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+    for metric in (HTTP_REQUESTS, PREDICT_SECONDS, HEARTBEAT, JOBS_DONE):
+        exposed |= {f.name + s for f in metric.collect() for s in suffixes[f.type]}
+    for rule in rules:
+        used = set(re.findall(r"fitcycle_\w+", rule["expr"]))
+        assert used <= exposed, (rule["alert"], used - exposed)

@@ -13,13 +13,14 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import SecurityWarning
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 
 from core.broker import RUN_JOB, enqueue, make_celery
 from core.config import Settings
 from core.db.session import make_engine, make_sessionmaker, require_head
 from core.storage import make_store
 from worker.execute import Runtime, execute_job, reap_once
+from worker.metrics import beat, serve_metrics
 
 log = logging.getLogger("fitcycle.worker")
 
@@ -32,10 +33,21 @@ def build_worker(settings: Settings) -> tuple[Celery, Runtime]:
     rt = Runtime(settings, make_sessionmaker(engine), make_store(settings), owner)
     app = make_celery(settings)
 
+    rt.send = lambda job_id, queue: enqueue(app, job_id, queue)
+
     @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
     def run_job(job_id: str) -> str:
         # Thin by design: the row is re-read and claimed inside execute_job; failures are recorded there.
         return execute_job(rt, job_id)
+
+    @worker_shutting_down.connect(weak=False)
+    def _shutting_down(sig: str = "", how: str = "", **_: Any) -> None:
+        # A warm shutdown (SIGTERM, or the parent `serve` gone) waits for the running task: make that task
+        # stop at its next batch, checkpointed and handed back, so the wait is bounded.
+        log.info(
+            "worker shutting down (%s %s): the running job, if any, checkpoints and goes back to the queue", sig, how
+        )
+        rt.shutdown.set()
 
     return app, rt
 
@@ -47,6 +59,7 @@ def start_reaper(app: Celery, rt: Runtime, stop: threading.Event) -> threading.T
         while not stop.wait(rt.settings.reaper_interval_seconds):
             try:
                 reap_once(rt, lambda job_id, queue: enqueue(app, job_id, queue))
+                beat()
             except Exception:
                 log.exception("reaper pass failed")
 
@@ -86,6 +99,7 @@ def run_worker(
     """Run a worker until stopped: one job at a time, prefetch 1. `ready_file` is written once it consumes."""
     _quiet_start_up(ready_file)
     app, rt = build_worker(settings)
+    serve_metrics(settings.worker_metrics_port)
     stop = threading.Event()
     start_reaper(app, rt, stop)
     args: list[Any] = [

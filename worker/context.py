@@ -16,6 +16,7 @@ from core.db.session import session_scope
 from core.engine.checkpoint import load_checkpoint, save_checkpoint
 from core.storage.base import ObjectStore
 from core.storage.layout import job_prefix
+from worker import metrics
 
 CHECKPOINT = "checkpoints/last.pt"
 
@@ -46,8 +47,11 @@ class DbJobContext:
         sessions: sessionmaker[Session],
         store: ObjectStore,
         work_dir: Path,
+        shutdown: threading.Event | None = None,
     ) -> None:
         self.job_id, self.owner, self.sessions, self.store = job_id, owner, sessions, store
+        self.shutdown = shutdown or threading.Event()  # set when the worker is asked to stop (SIGTERM)
+        self.n_train = 0  # training images per epoch, for the images/s metric
         self.prefix = job_prefix(project_id, job_id)
         self.work = work_dir
         self.lease_lost = threading.Event()
@@ -77,6 +81,11 @@ class DbJobContext:
     def on_epoch(self, row: dict[str, Any]) -> None:
         with session_scope(self.sessions) as s:
             repos.record_epoch(s, self.job_id, row)
+        seconds = float(row.get("seconds") or 0.0)
+        if seconds > 0:
+            metrics.EPOCH_SECONDS.observe(seconds)
+            if self.n_train:
+                metrics.IMAGES_PER_SECOND.set(self.n_train / seconds)
 
     # ----- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -111,8 +120,9 @@ class DbJobContext:
 
     # ----- control ---------------------------------------------------------------------------------
     def should_stop(self) -> bool:
-        """Cancelled, or the lease went to another worker; asks the database at most once a second."""
-        if self._stop or self.lease_lost.is_set():
+        """Cancelled, the lease went to another worker, or the worker is shutting down; asks the database at most
+        once a second."""
+        if self._stop or self.lease_lost.is_set() or self.shutdown.is_set():
             return True
         now = time.monotonic()
         if now - self._checked_at >= 1.0:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from core.jobs.spec import MODEL_KINDS, TrainSpec
 from core.jobs.training import run_job
 from core.storage.base import ObjectStore, download_prefix
 from core.storage.layout import job_prefix
+from worker import metrics
 from worker.context import DbJobContext, new_work_dir
 from worker.evaluate import GoldSet, evaluate_retrain, name_of
 
@@ -42,6 +45,8 @@ class Runtime:
     sessions: sessionmaker[Session]
     store: ObjectStore
     owner: str
+    shutdown: threading.Event = field(default_factory=threading.Event)  # SIGTERM: hand the running job back
+    send: Callable[[str, str], None] | None = None  # (job id, queue): put a job's message on the broker again
 
 
 def fetch_bundle(rt: Runtime, model: domain.Model) -> Path:
@@ -102,6 +107,7 @@ def _renew_until(rt: Runtime, ctx: DbJobContext, job_id: str, done: threading.Ev
                 if not repos.renew_lease(s, job_id, rt.owner, rt.settings.lease_seconds):
                     ctx.lease_lost.set()
                     return
+            metrics.beat()
         except Exception:  # a database blip: try again next period; the lease covers it
             log.exception("lease renewal of job %s failed", job_id)
 
@@ -118,9 +124,10 @@ def execute_job(rt: Runtime, job_id: str) -> str:
         version = repos.get_version(s, job.dataset_version_id)
     assert version is not None
     log.info("job %s (%s) claimed by %s, attempt %d", job.id, job.kind, rt.owner, job.attempts)
+    claimed_at = time.monotonic()
 
     work = new_work_dir(rt.settings.cache_dir / "work", job.id)
-    ctx = DbJobContext(job.id, job.project_id, rt.owner, rt.sessions, rt.store, work)
+    ctx = DbJobContext(job.id, job.project_id, rt.owner, rt.sessions, rt.store, work, rt.shutdown)
     done = threading.Event()
     renewer = threading.Thread(target=_renew_until, args=(rt, ctx, job.id, done), daemon=True)
     renewer.start()
@@ -128,6 +135,7 @@ def execute_job(rt: Runtime, job_id: str) -> str:
         folder, manifest = materialize(rt.store, version.prefix, rt.settings.cache_dir / "datasets")
         spec = resolve_spec(rt, job, folder / "files")
         items = stored_items(folder / "files", manifest, spec.valid_pct, spec.seed)
+        ctx.n_train = len(items.indices(False))
         result = run_job(spec, ctx, items)
         model_id = _register_model(rt, job, ctx, result, items) if job.kind in MODEL_KINDS else None
         if model_id is not None and rt.settings.drop_finished_checkpoints:
@@ -137,6 +145,8 @@ def execute_job(rt: Runtime, job_id: str) -> str:
         if ctx.lease_lost.is_set():
             log.warning("job %s: lease lost to another worker; stopping without recording", job.id)
             return "lease lost"
+        if rt.shutdown.is_set() and not _cancel_requested(rt, job.id):
+            return _hand_back(rt, job)
         outcome, error, result, model_id = "cancelled", None, {}, None
     except (FitcycleError, ValidationError, ValueError) as exc:
         outcome, error, result, model_id = "failed", one_line(str(exc)), {}, None
@@ -151,6 +161,9 @@ def execute_job(rt: Runtime, job_id: str) -> str:
         shutil.rmtree(work, ignore_errors=True)
     with session_scope(rt.sessions) as s:
         recorded = repos.finish(s, job.id, rt.owner, outcome, error=error, result=_jsonable(result), model_id=model_id)
+    if recorded:
+        metrics.JOB_SECONDS.labels(job.kind, outcome).observe(time.monotonic() - claimed_at)
+        metrics.JOBS_DONE.labels(outcome).inc()
         if recorded and outcome in ("succeeded", "failed"):
             event = {"job_id": job.id, "kind": job.kind, "state": outcome, "model_id": model_id, "error": error}
             repos.emit(s, job.project_id, f"job.{outcome}", event)
@@ -162,6 +175,25 @@ def execute_job(rt: Runtime, job_id: str) -> str:
         "" if recorded else " (not recorded: no longer the owner)",
     )
     return outcome
+
+
+def _cancel_requested(rt: Runtime, job_id: str) -> bool:
+    with session_scope(rt.sessions) as s:
+        return repos.job_control(s, job_id, rt.owner)[0]
+
+
+def _hand_back(rt: Runtime, job: domain.Job) -> str:
+    """The worker is shutting down: the job, checkpointed at the batch it stopped before, goes back to the
+    queue (not failed, not cancelled) and its message back to the broker; another worker resumes it."""
+    with session_scope(rt.sessions) as s:
+        released = repos.release(s, job.id, rt.owner)
+    if released and rt.send is not None:
+        try:
+            rt.send(job.id, job.queue)
+        except Exception:  # the broker is gone too: the reaper re-sends queued jobs whose message was lost
+            log.exception("job %s: could not re-send its message; the reaper will", job.id)
+    log.info("job %s: the worker is shutting down; checkpointed and handed back to the queue", job.id)
+    return "handed back"
 
 
 def one_line(text: str, limit: int = 1000) -> str:

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 
 from api.errors import Problem
+from api.metrics import PREDICT_SECONDS
 from api.schemas import BatchPredictions, FilePredictions, Predictions
 from api.state import AppState
 from core.db import domain, repos
@@ -57,7 +58,8 @@ def answer(
     logged; the answer carries its prediction_id."""
     predictor = state.predictors.get(model)
     try:
-        p = predictor.predict(image)
+        with PREDICT_SECONDS.labels(source).time():
+            p = predictor.predict(image)
         with Image.open(io.BytesIO(image)) as img:
             fmt = img.format or ""
     except (OSError, ValueError) as exc:

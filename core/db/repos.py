@@ -382,6 +382,23 @@ def request_cancel(s: Session, job_id: str) -> d.Job | None:
     return get_job(s, job_id)
 
 
+def job_counts(s: Session) -> list[tuple[str, str, int]]:
+    """(state, kind, how many jobs), over every project."""
+    rows = s.execute(select(JobRow.state, JobRow.kind, func.count()).group_by(JobRow.state, JobRow.kind))
+    return [(str(state), str(kind), int(n)) for state, kind, n in rows]
+
+
+def release(s: Session, job_id: str, owner: str) -> bool:
+    """running -> queued by its lease owner (a worker shutting down hands the job back; it resumes from its
+    checkpoint wherever it runs next). False when this owner no longer holds it."""
+    res = s.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.state == "running", JobRow.lease_owner == owner)
+        .values(state="queued", lease_owner=None, lease_expires_at=None, enqueued_at=utcnow())
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
 def job_control(s: Session, job_id: str, owner: str) -> tuple[bool, bool]:
     """(cancel requested, this owner still holds the job)."""
     row = s.get(JobRow, job_id)

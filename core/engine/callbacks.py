@@ -218,6 +218,10 @@ class CheckpointCallback(Callback):
     def after_epoch(self) -> None:
         self.save(self.learn.checkpoint_state(end_of_epoch=True))
 
+    def before_stop(self) -> None:
+        """Stopped before a training batch (cancelled, or the worker shutting down): keep every step done."""
+        self.save(self.learn.checkpoint_state(end_of_epoch=False, before_batch=True))
+
 
 class MetricsSink(Protocol):
     """Where reported metrics go (a job's database rows, a file, a test's list)."""
@@ -268,6 +272,7 @@ class StopCallback(Callback):
 
     def before_batch(self) -> None:
         if self.learn.training and self.should_stop():
+            self.learn("before_stop")  # at a batch boundary: a checkpoint here loses no step
             raise TrainingStopped("stop requested")
 
 

@@ -297,10 +297,11 @@ class Learner:
         self.opt.zero_grad(set_to_none=True)
 
     # ----- checkpoints -----------------------------------------------------------------------------
-    def checkpoint_state(self, end_of_epoch: bool) -> dict[str, Any]:
-        """Everything needed to continue this fit exactly: an explicit dict of plain state."""
+    def checkpoint_state(self, end_of_epoch: bool, before_batch: bool = False) -> dict[str, Any]:
+        """Everything needed to continue this fit exactly: an explicit dict of plain state. Taken after a batch
+        (or an epoch), or `before_batch`: before the current batch ran (a stop)."""
         assert self.opt is not None
-        epoch, batch = (self.epoch + 1, 0) if end_of_epoch else (self.epoch, self.iter + 1)
+        epoch, batch = (self.epoch + 1, 0) if end_of_epoch else (self.epoch, self.iter + (0 if before_batch else 1))
         np_state = cast(tuple[Any, ...], np.random.get_state())
         # A snapshot, not references: state_dict() tensors keep changing as training goes on.
         return _cpu_copy(
@@ -316,7 +317,7 @@ class Learner:
                 "position": {
                     "epoch": epoch,
                     "batch": batch,
-                    "train_iter": self.train_iter + (0 if end_of_epoch else 1),
+                    "train_iter": self.train_iter + (0 if end_of_epoch or before_batch else 1),
                     "n_epoch": self.n_epoch,
                     "n_batches": self.n_train_batches,
                 },

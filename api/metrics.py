@@ -1,0 +1,114 @@
+"""Prometheus metrics of the API process, at GET /metrics on the API's port with no key (operators restrict
+it at the network): HTTP requests by route and status and their latency, predict latency, and — read from the
+database and the broker at each scrape — jobs by state and kind, and queue depth per queue. Names start
+with `fitcycle_`. The worker serves its own (job and epoch durations, images/s, heartbeat: worker/metrics.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.db import repos
+from core.db.session import session_scope
+
+log = logging.getLogger("fitcycle.api")
+
+HTTP_REQUESTS = Counter(
+    "fitcycle_http_requests",
+    "HTTP requests answered, by route template, method and status",
+    ["route", "method", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "fitcycle_http_request_seconds", "time to answer an HTTP request, by route template", ["route"]
+)
+PREDICT_SECONDS = Histogram(
+    "fitcycle_predict_seconds",
+    "time to answer a predict request (the model's part: decode, forward, answer), by source",
+    ["source"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+def route_of(scope: Scope) -> str:
+    """The matched route's template (/api/v1/jobs/{job_id}), never the raw path: a bounded set of labels."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    raw: str = scope.get("path", "")
+    return "/static" if raw.startswith("/static/") else "unmatched"
+
+
+class HttpMetrics:
+    """ASGI middleware: counts every answered request and times it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            route = route_of(scope)
+            HTTP_REQUESTS.labels(route, scope.get("method", ""), str(status)).inc()
+            HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
+
+
+class PlatformCollector(Collector):
+    """What the database and the broker say at scrape time."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("fitcycle_jobs", "jobs by state and kind", labels=["state", "kind"])
+        with session_scope(self.state.sessions) as s:
+            for state, kind, n in repos.job_counts(s):
+                jobs.add_metric([state, kind], n)
+        yield jobs
+        depth = GaugeMetricFamily(
+            "fitcycle_queue_depth", "job messages waiting in the broker, per queue", labels=["queue"]
+        )
+        for queue in self.state.settings.queues:
+            waiting = queue_depth(self.state.celery, queue)
+            if waiting is not None:
+                depth.add_metric([queue], waiting)
+        yield depth
+
+
+def queue_depth(celery: Any, queue: str) -> int | None:
+    """Messages waiting in a queue (any kombu transport: Redis, the filesystem), or None when unreachable."""
+    try:
+        with celery.connection_for_read() as conn:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+    except Exception:
+        log.warning("metrics: the broker did not say how deep queue %s is", queue, exc_info=True)
+        return None
+
+
+def metrics_response(request: Request) -> Response:
+    """The process's metrics and the platform's, in Prometheus' text format."""
+    platform = CollectorRegistry(auto_describe=False)
+    platform.register(PlatformCollector(request.app.state.fitcycle))
+    body = generate_latest(REGISTRY) + generate_latest(platform)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
