@@ -54,7 +54,10 @@ def test_efficientnet_lite0_imagenet_body_beats_random_init_after_one_frozen_epo
         "bs": 16,
         "freeze_epochs": 1,
         "epochs": 0,
-        "lr": 1e-2,
+        # Stage 1's default rate. At 1e-2 the gap was 0.26 on one machine and 0.12 on another (2026-11-29: 0.544
+        # vs 0.661): too hot a rate for 50 steps makes the head's result the machine's luck. At 3e-3 here: 0.491
+        # vs 0.871 (seed 1), 0.547 vs 0.766 (seed 2).
+        "lr": 3e-3,
         "seed": 1,
     }
     imagenet = train(tmp_path / "imagenet", pretrained="imagenet", **common)
