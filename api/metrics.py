@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from kombu.exceptions import ChannelError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -39,13 +40,16 @@ PREDICT_SECONDS = Histogram(
 
 
 def route_of(scope: Scope) -> str:
-    """The matched route's template (/api/v1/jobs/{job_id}), never the raw path: a bounded set of labels."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
+    """The matched route's template (/api/v1/jobs/{job_id}), never the raw path: a bounded set of labels. The
+    request's path with each path parameter's value put back as its name (routers nest, so the route's own
+    `path` lacks its prefixes)."""
     raw: str = scope.get("path", "")
-    return "/static" if raw.startswith("/static/") else "unmatched"
+    if scope.get("route") is None:
+        return "/static" if raw.startswith("/static/") else "unmatched"
+    template = raw
+    for name, value in sorted((scope.get("path_params") or {}).items(), key=lambda kv: -len(str(kv[1]))):
+        template = template.replace(f"/{value}", f"/{{{name}}}", 1)
+    return template
 
 
 class HttpMetrics:
@@ -101,6 +105,11 @@ def queue_depth(celery: Any, queue: str) -> int | None:
     try:
         with celery.connection_for_read() as conn:
             return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+    except ChannelError as exc:
+        if "NOT_FOUND" in str(exc):  # Redis drops an empty list: no queue is an empty queue
+            return 0
+        log.warning("metrics: the broker did not say how deep queue %s is", queue, exc_info=True)
+        return None
     except Exception:
         log.warning("metrics: the broker did not say how deep queue %s is", queue, exc_info=True)
         return None
