@@ -204,3 +204,24 @@ def test_a_webhook_url_httpx_cannot_send_is_a_refusal_not_a_crash() -> None:
     settings = Settings(url_fetch_allow_hosts=["127.0.0.1"], url_fetch_timeout_seconds=2)
     with pytest.raises(Problem, match="could not reach the URL"):
         asyncio.run(post_json("http://127.0.0.1:9/\x01", b"{}", {}, settings))
+
+
+def test_one_worker_of_the_fleet_reaps_at_a_time(tmp_path: Path) -> None:
+    """Every worker runs the reaper loop; only the holder of the fleet's reaper lease reaps."""
+    from core.config import Settings
+    from core.db.session import make_engine, make_sessionmaker, upgrade
+    from worker.execute import Runtime, reap_if_holder
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    settings = Settings(data_dir=tmp_path, database_url=url, reaper_interval_seconds=0.2)
+    sessions = make_sessionmaker(make_engine(url))
+    a, b = (Runtime(settings, sessions, LocalStore(tmp_path / "objects"), owner) for owner in ("a", "b"))
+    sent: list[str] = []
+    assert reap_if_holder(a, lambda job_id, queue: sent.append(job_id)) == []  # a holds it and reaps
+    assert reap_if_holder(b, lambda job_id, queue: sent.append(job_id)) is None  # b does not
+    assert reap_if_holder(a, lambda job_id, queue: sent.append(job_id)) == []  # a renews
+    import time
+
+    time.sleep(0.7)  # a is gone for three intervals: b takes over
+    assert reap_if_holder(b, lambda job_id, queue: sent.append(job_id)) == []

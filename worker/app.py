@@ -19,7 +19,7 @@ from core.broker import RUN_JOB, enqueue, make_celery
 from core.config import Settings
 from core.db.session import make_engine, make_sessionmaker, require_head
 from core.storage import make_store
-from worker.execute import Runtime, execute_job, reap_once
+from worker.execute import Runtime, execute_job, reap_if_holder
 from worker.metrics import beat, serve_metrics
 
 log = logging.getLogger("fitcycle.worker")
@@ -53,12 +53,14 @@ def build_worker(settings: Settings) -> tuple[Celery, Runtime]:
 
 
 def start_reaper(app: Celery, rt: Runtime, stop: threading.Event) -> threading.Thread:
-    """Every reaper_interval: re-queue jobs whose lease expired or whose message was lost."""
+    """Every reaper_interval: the worker that holds the fleet's reaper lease re-queues jobs whose lease expired
+    or whose message was lost (one reaper per fleet, however many workers; another takes over within three
+    intervals when it goes)."""
 
     def loop() -> None:
         while not stop.wait(rt.settings.reaper_interval_seconds):
             try:
-                reap_once(rt, lambda job_id, queue: enqueue(app, job_id, queue))
+                reap_if_holder(rt, lambda job_id, queue: enqueue(app, job_id, queue))
                 beat()
             except Exception:
                 log.exception("reaper pass failed")

@@ -273,6 +273,16 @@ def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(result, default=str))
 
 
+REAPER_LEASE = "reaper"
+
+
+def reap_if_holder(rt: Runtime, send: Any) -> list[str] | None:
+    """One reaper pass if this worker holds (or takes) the fleet's reaper lease; None when another does."""
+    with session_scope(rt.sessions) as s:
+        holder = repos.hold_fleet_lease(s, REAPER_LEASE, rt.owner, rt.settings.reaper_interval_seconds * 3)
+    return reap_once(rt, send) if holder else None
+
+
 def reap_once(rt: Runtime, send: Any) -> list[str]:
     """Re-queue expired and lost jobs, and send their messages again."""
     with session_scope(rt.sessions) as s:
