@@ -140,8 +140,10 @@ def test_resume_mid_epoch_ends_with_the_same_weights(fashion_folder: Path, tmp_p
     crashed.add_cbs([CheckpointCallback(saved.append, every_n_steps=3), StopCallback(lambda: crashed.train_iter == 10)])
     with pytest.raises(TrainingStopped):
         crashed.fit_one_cycle(2, 3e-3)
+    # Every 3 steps (the last at 9 steps: epoch 1, batch 2 next), and at the stop itself: 10 steps, batch 3 next.
+    assert [(c["position"]["epoch"], c["position"]["batch"]) for c in saved][-2:] == [(1, 2), (1, 3)]
     last = saved[-1]
-    assert last["position"]["epoch"] == 1 and last["position"]["batch"] == 2  # 9 steps done: epoch 1, batch 2 next
+    assert last["position"]["train_iter"] == 10
     path = save_checkpoint(last, tmp_path / "ckpt" / "last.pt")
     state = load_checkpoint(path)  # weights_only=True round trip
 

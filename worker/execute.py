@@ -161,12 +161,12 @@ def execute_job(rt: Runtime, job_id: str) -> str:
         shutil.rmtree(work, ignore_errors=True)
     with session_scope(rt.sessions) as s:
         recorded = repos.finish(s, job.id, rt.owner, outcome, error=error, result=_jsonable(result), model_id=model_id)
-    if recorded:
-        metrics.JOB_SECONDS.labels(job.kind, outcome).observe(time.monotonic() - claimed_at)
-        metrics.JOBS_DONE.labels(outcome).inc()
         if recorded and outcome in ("succeeded", "failed"):
             event = {"job_id": job.id, "kind": job.kind, "state": outcome, "model_id": model_id, "error": error}
             repos.emit(s, job.project_id, f"job.{outcome}", event)
+    if recorded:
+        metrics.JOB_SECONDS.labels(job.kind, outcome).observe(time.monotonic() - claimed_at)
+        metrics.JOBS_DONE.labels(outcome).inc()
     log.info(
         "job %s %s%s%s",
         job.id,
