@@ -217,15 +217,13 @@ def _authenticate(state: Any, credential: tuple[str, str] | None) -> domain.Call
             "send your project API key as 'Authorization: Bearer KEY' "
             "(create one with 'fitcycle keys create --project NAME')"
         )
-    kind, key = credential
-    if kind == "session":
+    kind, secret = credential
+    caller = None
+    if 0 < len(secret) <= 200:
         with session_scope(state.sessions) as s:
-            caller = repos.caller_for(s, credential) if 0 < len(key) <= 200 else None
-        return (
-            caller if caller is not None else "your web UI sign-in has ended (signed out, expired or its key revoked)"
-        )
-    if not key or len(key) > 200:
-        return "the API key is not valid (revoked, expired, or never issued)"
-    with session_scope(state.sessions) as s:
-        caller = repos.caller_for_key(s, key)
-    return caller if caller is not None else "the API key is not valid (revoked, expired, or never issued)"
+            caller = repos.caller_for(s, credential)
+    if caller is not None:
+        return caller
+    if kind == "session":
+        return "your web UI sign-in has ended (signed out, expired or its key revoked)"
+    return "the API key is not valid (revoked, expired, or never issued)"

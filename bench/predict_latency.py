@@ -10,21 +10,19 @@ the endpoint serves is a real one; its accuracy does not matter for latency.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from bench.embedded import served_embedded
 from core.datasets.samples import write_sample
 from core.engine.inference import Predictor
 from core.storage.base import download_prefix
 from core.storage.local import LocalStore
-from tests.platform.services import Client, fitcycle, free_port, start, wait_for
 
 
 def timed(fn: Callable[[], None], n: int) -> list[float]:
@@ -42,19 +40,11 @@ def main() -> None:
     p.add_argument("--arch", default="resnet34")
     p.add_argument("--size", type=int, default=224)
     args = p.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="fitcycle-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FITCYCLE_")}
-    env.update(PYTHONUNBUFFERED="1", FITCYCLE_DATA_DIR=str(tmp / "data"))
-    serve = None
-    try:
+    with served_embedded() as served:
+        tmp, client = served.tmp, served.client
         folder = write_sample("fashion-mnist", tmp / "fm", per_class=4, size=args.size, classes=["bag", "trouser"])
         archive = Path(shutil.make_archive(str(tmp / "fm"), "zip", folder))
         image = (folder / "bag" / "0000.png").read_bytes()
-        key = fitcycle("keys", "create", "--project", "bench", env=env).splitlines()[-1]
-        port = free_port()
-        serve = start("serve", ["serve", "--port", str(port)], env, tmp)
-        client = Client(f"http://127.0.0.1:{port}/api/v1", key)
-        wait_for(lambda: client.get("/health").status_code == 200, 120, "the API")
         ds = client.upload("fm", archive).json()
         job = client.wait(
             client.submit(
@@ -97,10 +87,6 @@ def main() -> None:
         print(f"{args.arch} at {args.size}px on CPU ({torch.get_num_threads()} threads), {args.n} requests each")
         print(f"POST /predict p50 {h * 1000:.1f} ms   Predictor in-process p50 {loc * 1000:.1f} ms")
         print(f"http/in-process ratio: {h / loc:.3f}  (target <= 1.3)")
-    finally:
-        if serve is not None:
-            serve.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,9 @@ baseline: what the page costs on top of the API it renders).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -23,8 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.embedded import served_embedded
 from core.datasets.samples import write_sample
-from tests.platform.services import Client, fitcycle, free_port, start, wait_for
 
 CLASSES = ["trouser", "bag", "sneaker", "dress"]
 
@@ -50,20 +48,11 @@ def main() -> None:
     p.add_argument("--items", type=int, default=10_000)
     p.add_argument("--n", type=int, default=20)
     args = p.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="fitcycle-bench-ui-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FITCYCLE_")}
-    env.update(PYTHONUNBUFFERED="1", FITCYCLE_DATA_DIR=str(tmp / "data"))
-    serve = None
-    try:
+    with served_embedded("fitcycle-bench-ui-") as served:
+        tmp, base, key, client = served.tmp, served.base, served.key, served.client
         per_class = args.items // len(CLASSES)
         folder = write_sample("fashion-mnist", tmp / "fm", per_class=per_class, size=28, classes=CLASSES)
         archive = Path(shutil.make_archive(str(tmp / "fm"), "zip", folder))
-        key = fitcycle("keys", "create", "--project", "bench", env=env).splitlines()[-1]
-        port = free_port()
-        serve = start("serve", ["serve", "--port", str(port)], env, tmp)
-        base = f"http://127.0.0.1:{port}"
-        client = Client(f"{base}/api/v1", key)
-        wait_for(lambda: client.get("/health").status_code == 200, 120, "the API")
         started = time.perf_counter()
         ds = client.upload("fm", archive).json()
         print(f"uploaded {ds['n_items']} items in {time.perf_counter() - started:.1f} s")
@@ -101,10 +90,6 @@ def main() -> None:
             print(f"{shown:<46} {kb:>9.1f} {page_ms:>8.1f} {api_ms:>7.1f} {page_ms / api_ms:>6.2f}")
         verdict = "meets" if worst_kb < 300 and worst_ms < 300 else "MISSES"
         print(f"\nheaviest page {worst_kb:.1f} KB, slowest {worst_ms:.1f} ms: {verdict} the targets")
-    finally:
-        if serve is not None:
-            serve.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ node_modules), signed in with an HttpOnly session cookie and protected by a CSRF
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
@@ -89,8 +90,6 @@ def install_ui(app: FastAPI, api_prefix: str) -> None:
 
     async def to_signin(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, SignInRequired)
-        from urllib.parse import quote
-
         return RedirectResponse(f"/signin?next={quote(exc.next_path, safe='/')}", status_code=303)
 
     app.add_exception_handler(SignInRequired, to_signin)

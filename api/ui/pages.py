@@ -25,6 +25,7 @@ from api.services import versions as versions_service
 from api.state import AppState
 from api.ui.session import (
     PageCaller,
+    app_state,
     caller_of,
     csrf_token,
     form_ok,
@@ -42,11 +43,6 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter(include_in_schema=False)
 ITEMS_PER_PAGE = 48
 MAX_ARTIFACT_JSON = 8 * 1024**2
-
-
-def _state(request: Request) -> AppState:
-    state: AppState = request.app.state.fitcycle
-    return state
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -83,7 +79,7 @@ def item_url(request: Request, dataset_id: str, version: int) -> Callable[[str],
 # ----- signing in and out ------------------------------------------------------------------------------
 @router.get("/")
 def home(request: Request) -> Response:
-    caller = caller_of(_state(request), request.cookies.get(SESSION_COOKIE))
+    caller = caller_of(app_state(request), request.cookies.get(SESSION_COOKIE))
     return RedirectResponse("/datasets" if caller else "/signin", status_code=303)
 
 
@@ -101,7 +97,7 @@ def signin(
 ) -> Response:
     if not form_ok(request, csrf):
         return render(request, "signin.html", 403, title="Sign in", next=local_path(next), error=CSRF_MESSAGE)
-    caller = key_caller(_state(request), key.strip())
+    caller = key_caller(app_state(request), key.strip())
     if caller is None:
         error = (
             "That key was not accepted: it is revoked, expired, or was never issued. Check it, or make one with "
@@ -118,7 +114,7 @@ CSRF_MESSAGE = "This form has expired (its security token did not match): reload
 
 @router.get("/signout")
 def signout_page(request: Request) -> Response:
-    caller = caller_of(_state(request), request.cookies.get(SESSION_COOKIE))
+    caller = caller_of(app_state(request), request.cookies.get(SESSION_COOKIE))
     if caller is None:
         return RedirectResponse("/signin", status_code=303)
     return render(request, "signout.html", title="Sign out", caller=caller)
@@ -136,7 +132,7 @@ def signout(request: Request, csrf: Annotated[str, Form(max_length=200)] = "") -
 # ----- datasets ----------------------------------------------------------------------------------------
 @router.get("/datasets")
 def datasets_page(request: Request, caller: PageCaller) -> Response:
-    found = datasets_service.list_all(_state(request), caller.project)
+    found = datasets_service.list_all(app_state(request), caller.project)
     return render(request, "datasets.html", title="Datasets", caller=caller, datasets=found.data)
 
 
@@ -148,7 +144,7 @@ def dataset_page(
     version: Annotated[int | None, Query(ge=1)] = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> Response:
-    state, project = _state(request), caller.project
+    state, project = app_state(request), caller.project
     dataset = datasets_service.get(state, project, dataset_id, version)
     items = datasets_service.items(
         state, project, dataset_id, dataset.version, (page - 1) * ITEMS_PER_PAGE, ITEMS_PER_PAGE
@@ -179,7 +175,7 @@ def dataset_page(
 # ----- jobs --------------------------------------------------------------------------------------------
 @router.get("/jobs")
 def jobs_page(request: Request, caller: PageCaller, page: Annotated[int, Query(ge=1, le=100_000)] = 1) -> Response:
-    state, project = _state(request), caller.project
+    state, project = app_state(request), caller.project
     found = jobs_service.list_all(state, project, (page - 1) * 50, 50)
     datasets = datasets_service.list_all(state, project).data
     models = models_service.list_all(state, project, bundle_url(request)).data
@@ -211,7 +207,7 @@ def _artifact_json(state: AppState, project: domain.Project, job_id: str, name: 
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, caller: PageCaller, job_id: str) -> Response:
-    state, project = _state(request), caller.project
+    state, project = app_state(request), caller.project
     job = jobs_service.get(state, project, job_id)
     metrics = jobs_service.metrics(state, project, job_id)
     artifacts = jobs_service.artifacts(state, project, job_id, artifact_url(request, job_id))
@@ -233,7 +229,7 @@ def job_page(request: Request, caller: PageCaller, job_id: str) -> Response:
 
 @router.get("/jobs/{job_id}/interpretation")
 def interpretation_page(request: Request, caller: PageCaller, job_id: str) -> Response:
-    state, project = _state(request), caller.project
+    state, project = app_state(request), caller.project
     job = jobs_service.get(state, project, job_id)
     summary = _artifact_json(state, project, job_id, "interpretation.json")
     artifacts = jobs_service.artifacts(state, project, job_id, artifact_url(request, job_id))
@@ -252,7 +248,7 @@ def interpretation_page(request: Request, caller: PageCaller, job_id: str) -> Re
 
 @router.get("/jobs/{job_id}/cleaner")
 def cleaner_page(request: Request, caller: PageCaller, job_id: str) -> Response:
-    state, project = _state(request), caller.project
+    state, project = app_state(request), caller.project
     job = jobs_service.get(state, project, job_id)
 
     def image_url(dataset_id: str, key: str, version: int) -> str:
@@ -275,7 +271,7 @@ def cleaner_page(request: Request, caller: PageCaller, job_id: str) -> Response:
 # ----- models and the registry -------------------------------------------------------------------------
 @router.get("/models")
 def models_page(request: Request, caller: PageCaller) -> Response:
-    state, project = _state(request), caller.project
+    state, project = app_state(request), caller.project
     names = registry_service.list_all(state, project).data
     models = models_service.list_all(state, project, bundle_url(request)).data
     return render(request, "models.html", title="Models", caller=caller, names=names, models=models)
@@ -283,7 +279,7 @@ def models_page(request: Request, caller: PageCaller) -> Response:
 
 @router.get("/registry/{name}")
 def registry_page(request: Request, caller: PageCaller, name: str) -> Response:
-    state, project = _state(request), caller.project
+    state, project = app_state(request), caller.project
     entry = registry_service.get(state, project, name, bundle_url(request))
     return render(request, "registry.html", title=name, caller=caller, entry=entry)
 
@@ -296,7 +292,7 @@ def playground_page(
     model: Annotated[str | None, Query(max_length=36)] = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    state, project = _state(request), caller.project
+    state, project = app_state(request), caller.project
     names = registry_service.list_all(state, project).data
     models = models_service.list_all(state, project, bundle_url(request)).data
     feedback = feedback_service.list_feedback(state, project, None, False).count
@@ -319,7 +315,7 @@ def predictions_page(
     caller: PageCaller,
     name: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    state, project = _state(request), caller.project
+    state, project = app_state(request), caller.project
     found = feedback_service.list_predictions(state, project, name, None, "uncertainty", 40, True)
     models = {m.id: m for m in models_service.list_all(state, project, bundle_url(request)).data}
     names = registry_service.list_all(state, project).data

@@ -28,7 +28,7 @@ class SignInRequired(Exception):
         self.next_path = next_path
 
 
-def _state(request: Request) -> AppState:
+def app_state(request: Request) -> AppState:
     state: AppState = request.app.state.fitcycle
     return state
 
@@ -56,8 +56,8 @@ def form_ok(request: Request, sent: str | None) -> bool:
 
 def sign_in(request: Request, response: Response, caller: domain.Caller) -> None:
     """A new session for the caller's key; the CSRF token is rotated with it."""
-    settings = _state(request).settings
-    with session_scope(_state(request).sessions) as s:
+    settings = app_state(request).settings
+    with session_scope(app_state(request).sessions) as s:
         token = repos.create_ui_session(s, caller.key.id, settings.ui_session_days)
     _cookie(request, response, SESSION_COOKIE, token, settings.ui_session_days * 86400, "strict")
     _csrf_cookie(request, response, secrets.token_urlsafe(32))
@@ -67,7 +67,7 @@ def sign_out(request: Request, response: Response) -> None:
     """End the session on the server, forget its cookie, rotate the CSRF token, and clear the cached pages."""
     token = request.cookies.get(SESSION_COOKIE)
     if token and len(token) <= 200:
-        with session_scope(_state(request).sessions) as s:
+        with session_scope(app_state(request).sessions) as s:
             repos.end_ui_session(s, token)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     _csrf_cookie(request, response, secrets.token_urlsafe(32))
@@ -76,11 +76,11 @@ def sign_out(request: Request, response: Response) -> None:
 
 def _csrf_cookie(request: Request, response: Response, value: str) -> None:
     # Lax: it is not a credential (a page arriving from a link must not mint a new one and break open tabs).
-    _cookie(request, response, CSRF_COOKIE, value, _state(request).settings.ui_session_days * 86400, "lax")
+    _cookie(request, response, CSRF_COOKIE, value, app_state(request).settings.ui_session_days * 86400, "lax")
 
 
 def _cookie(request: Request, response: Response, name: str, value: str, max_age: int, samesite: str) -> None:
-    configured = _state(request).settings.secure_cookies
+    configured = app_state(request).settings.secure_cookies
     response.set_cookie(
         name,
         value,
@@ -94,23 +94,24 @@ def _cookie(request: Request, response: Response, name: str, value: str, max_age
 
 def caller_of(state: AppState, token: str | None) -> domain.Caller | None:
     """The caller behind a session token (looked up every time: signing out or revoking the key ends it)."""
-    if not token or len(token) > 200:
-        return None
-    with session_scope(state.sessions) as s:
-        return repos.caller_for_session(s, token)
+    return _lookup(state, "session", token)
 
 
 def key_caller(state: AppState, key: str) -> domain.Caller | None:
     """The caller behind a key typed into the sign-in form."""
-    if not key or len(key) > 200:
+    return _lookup(state, "bearer", key)
+
+
+def _lookup(state: AppState, kind: str, secret: str | None) -> domain.Caller | None:
+    if not secret or len(secret) > 200:
         return None
     with session_scope(state.sessions) as s:
-        return repos.caller_for_key(s, key)
+        return repos.caller_for(s, (kind, secret))
 
 
 async def page_caller(request: Request) -> domain.Caller:
     """The signed-in caller of a page, or a redirect to /signin that comes back here."""
-    caller = await run_in_threadpool(caller_of, _state(request), request.cookies.get(SESSION_COOKIE))
+    caller = await run_in_threadpool(caller_of, app_state(request), request.cookies.get(SESSION_COOKIE))
     if caller is None:
         raise SignInRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
     return caller

@@ -87,15 +87,7 @@ def caller_for_session(s: Session, token: str) -> d.Caller | None:
     row = s.get(UiSessionRow, hash_key(token))
     if row is None or _utc(row.expires_at) <= utcnow():
         return None
-    found = s.execute(
-        select(ProjectRow, ApiKeyRow)
-        .join(ApiKeyRow, ApiKeyRow.project_id == ProjectRow.id)
-        .where(ApiKeyRow.id == row.key_id, ApiKeyRow.revoked_at.is_(None))
-    ).first()
-    if found is None:
-        return None
-    record = _to(d.ApiKey, found[1])
-    return d.Caller(_to(d.Project, found[0]), record) if record.state == "active" else None
+    return _active_caller(s, ApiKeyRow.id == row.key_id)
 
 
 def caller_for(s: Session, credential: tuple[str, str]) -> d.Caller | None:
@@ -161,17 +153,20 @@ def create_api_key(
 def caller_for_key(s: Session, key: str) -> d.Caller | None:
     """The project and key record of a key that is neither revoked nor expired (looked up every time: a
     revoked key is refused at once)."""
+    return _active_caller(s, ApiKeyRow.key_hash == hash_key(key))
+
+
+def _active_caller(s: Session, which: Any) -> d.Caller | None:
+    """The project and record of the key `which` selects, when it is neither revoked nor expired."""
     found = s.execute(
         select(ProjectRow, ApiKeyRow)
         .join(ApiKeyRow, ApiKeyRow.project_id == ProjectRow.id)
-        .where(ApiKeyRow.key_hash == hash_key(key), ApiKeyRow.revoked_at.is_(None))
+        .where(which, ApiKeyRow.revoked_at.is_(None))
     ).first()
     if found is None:
         return None
     record = _to(d.ApiKey, found[1])
-    if record.state != "active":
-        return None
-    return d.Caller(_to(d.Project, found[0]), record)
+    return d.Caller(_to(d.Project, found[0]), record) if record.state == "active" else None
 
 
 def list_api_keys(s: Session, project_id: str | None = None) -> list[tuple[str, d.ApiKey]]:
