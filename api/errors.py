@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
@@ -57,6 +58,18 @@ def install_handlers(app: FastAPI) -> None:
     async def _fitcycle(_: Request, exc: FitcycleError) -> JSONResponse:
         status = 422 if isinstance(exc, DataError | WeightsMismatch | PretrainedWeightsNotFound | BundleError) else 400
         return problem_response(status, type(exc).__name__, str(exc))
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.error("%s %s: the disk is full (%s)", request.method, request.url.path, exc.strerror)
+            return problem_response(
+                507,
+                "Insufficient Storage",
+                "the server's disk is full: nothing of this request was stored, and what was stored before is "
+                "intact; try again once an operator has freed space",
+            )
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

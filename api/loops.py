@@ -20,6 +20,7 @@ from api.services import jobs, versions
 from api.services.webhooks import deliver_due
 from api.state import AppState
 from core.db import repos
+from core.db.outage import is_outage
 from core.db.session import session_scope
 from core.jobs.gate import Policy
 
@@ -74,7 +75,10 @@ async def fleet_loop(state: AppState, stop: asyncio.Event) -> None:
             if await run_in_threadpool(hold):
                 await deliver_due(state)
                 await run_in_threadpool(policy_pass, state)
-        except Exception:  # a database blip: next time
-            log.exception("fleet loop pass failed")
+        except Exception as exc:  # a database blip: next time
+            if is_outage(exc):
+                log.warning("fleet loop: the database is not answering; trying again next pass")
+            else:
+                log.exception("fleet loop pass failed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)

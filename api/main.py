@@ -14,6 +14,8 @@ from api.errors import install_handlers
 from api.guard import Guard
 from api.loops import fleet_loop
 from api.metrics import HttpMetrics, metrics_response
+from api.outage import DatabaseOutage
+from api.request_id import RequestId
 from api.routes import api_router
 from api.state import AppState
 from api.ui import install_ui
@@ -59,5 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_api_route("/metrics", metrics_response, include_in_schema=False)  # no key: restrict it at the network
     install_ui(app, API_PREFIX)
     app.add_middleware(Guard, prefix=API_PREFIX, state=lambda: app.state.fitcycle)
-    app.add_middleware(HttpMetrics)  # outermost: it sees every answer, refusals included
+    app.add_middleware(DatabaseOutage, retry_after=settings.db_outage_retry_after)  # the guard reads keys too
+    app.add_middleware(HttpMetrics)  # it sees every answer, refusals included
+    app.add_middleware(RequestId)  # outermost: every log line of the request carries its id
     return app

@@ -69,7 +69,8 @@ def main() -> None:
 
         # The same bundle the API serves, from the embedded object store.
         store = LocalStore((tmp / "data" / "objects").resolve())
-        prefix = next(k for k in store.list("projects/") if k.endswith(f"{job['id']}/artifacts/export/manifest.json"))
+        manifests = [k for k in store.list("projects/") if k.endswith("/export/manifest.json")]
+        prefix = next(k for k in manifests if f"/jobs/{job['id']}/" in k)
         local = download_prefix(store, prefix.rsplit("/", 1)[0], tmp / "bundle")
         predictor = Predictor(local)
 

@@ -174,8 +174,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from api.admin import prepare_database
     from api.main import create_app
+    from core.logs import setup_logging
 
     settings = settings_from(args)
+    setup_logging(settings.log_format)
     prepare_database(settings)
     base = f"http://{args.host}:{args.port}/api/v1"
     env = {**os.environ, "FITCYCLE_DATA_DIR": str(settings.data_dir.resolve())}
@@ -194,6 +196,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             log_level="info" if args.access_log else "warning",
             access_log=args.access_log,
+            log_config=None,  # ours (core/logs.py): one format, the request id on every line
         )
     finally:
         _stop(worker)

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         description="the queues a job may name (workers listen on them); default_queue must be one of them",
     )
 
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text (a terminal) or JSON (a log collector); each names its job or request"
+    )
+
     # Jobs: a worker renews its lease every lease_seconds/3; the reaper re-queues jobs whose lease expired
     # and queued jobs whose message has not been picked up for requeue_after_seconds.
     lease_seconds: float = 60.0
@@ -54,6 +58,13 @@ class Settings(BaseSettings):
         True, description="delete a job's checkpoint once it succeeded and its export bundle is stored"
     )
     report_every_n_batches: int = 10
+    db_retry_seconds: float = Field(
+        120.0, ge=0, description="a worker retries a database write for this long (backoff) while the database is away"
+    )
+    store_retry_seconds: float = Field(
+        120.0, ge=0, description="the object store: how long a failed read or write is retried (backoff)"
+    )
+    db_outage_retry_after: int = Field(5, ge=1, description="Retry-After of a 503 while the database is away")
 
     # Request bodies, checked before a byte of the body is read (Content-Length) and while it streams.
     max_upload_bytes: int = Field(2 * 1024**3, description="POST /datasets: the whole multipart body")
@@ -83,6 +94,12 @@ class Settings(BaseSettings):
     url_fetch_allow_hosts: list[str] = Field(
         default_factory=list, description="host[:port] exempt from the private-address guard (tests, internal mirrors)"
     )
+
+    # Predict micro-batching: concurrent single-image requests for one model share one forward pass.
+    predict_batch_window_ms: float = Field(
+        5.0, ge=0, le=1000, description="how long a request waits for others to join its batch (0: no batching)"
+    )
+    predict_max_batch: int = Field(32, ge=1, le=1024, description="the most images in one forward pass")
 
     @model_validator(mode="after")
     def _default_queue_is_a_queue(self) -> Settings:

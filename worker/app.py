@@ -18,6 +18,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from core.broker import RUN_JOB, enqueue, make_celery
 from core.config import Settings
 from core.db.session import make_engine, make_sessionmaker, require_head
+from core.logs import LogFormat, setup_logging
 from core.storage import make_store
 from worker.execute import Runtime, execute_job, reap_if_holder
 from worker.metrics import beat, serve_metrics
@@ -70,10 +71,10 @@ def start_reaper(app: Celery, rt: Runtime, stop: threading.Event) -> threading.T
     return thread
 
 
-def _quiet_start_up(ready_file: Path | None) -> None:
+def _quiet_start_up(ready_file: Path | None, log_format: LogFormat) -> None:
     """Keep the worker's start-up to what a user needs: our own INFO lines, no migration chatter, no
     banner; Celery's root warning replaced by one line that says what to do."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_format)
     for noisy in ("alembic", "celery.worker.consumer", "celery.apps.worker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("kombu.connection").setLevel(logging.ERROR)  # "No hostname was supplied" (filesystem://)
@@ -99,7 +100,7 @@ def run_worker(
     ready_file: Path | None = None,
 ) -> None:
     """Run a worker until stopped: one job at a time, prefetch 1. `ready_file` is written once it consumes."""
-    _quiet_start_up(ready_file)
+    _quiet_start_up(ready_file, settings.log_format)
     app, rt = build_worker(settings)
     serve_metrics(settings.worker_metrics_port)
     stop = threading.Event()

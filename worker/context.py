@@ -1,8 +1,15 @@
 """The JobContext of a platform job: metrics become rows, checkpoints and artifacts go to the object
-store (recorded as artifact rows), and 'should I stop?' asks the database (cancel, or lost lease)."""
+store (recorded as artifact rows), and 'should I stop?' asks the database (cancel, or lost lease).
+
+Every write is fenced: it checks, in its own transaction, that this worker still holds the job under the
+attempt number its claim got (the fencing token), and raises LeaseLost otherwise. Objects go under the
+attempt's own prefix, so a worker that lost its lease never overwrites what its successor stored. Database
+writes ride out an outage (retried with backoff for db_retry_seconds)."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import tempfile
 import threading
 import time
@@ -12,13 +19,15 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import repos
+from core.db.outage import retrying
 from core.db.session import session_scope
 from core.engine.checkpoint import load_checkpoint, save_checkpoint
 from core.storage.base import ObjectStore
-from core.storage.layout import job_prefix
+from core.storage.layout import attempt_prefix
 from worker import metrics
 
 CHECKPOINT = "checkpoints/last.pt"
+log = logging.getLogger("fitcycle.worker")
 
 
 CONTENT_TYPES = {
@@ -48,11 +57,15 @@ class DbJobContext:
         store: ObjectStore,
         work_dir: Path,
         shutdown: threading.Event | None = None,
+        token: int = 1,
+        db_retry_seconds: float = 120.0,
     ) -> None:
         self.job_id, self.owner, self.sessions, self.store = job_id, owner, sessions, store
+        self.token = token  # the fencing token: the attempt number this worker's claim got
+        self.db_retry_seconds = db_retry_seconds
         self.shutdown = shutdown or threading.Event()  # set when the worker is asked to stop (SIGTERM)
         self.n_train = 0  # training images per epoch, for the images/s metric
-        self.prefix = job_prefix(project_id, job_id)
+        self.prefix = attempt_prefix(project_id, job_id, token)
         self.work = work_dir
         self.lease_lost = threading.Event()
         self._checked_at = 0.0
@@ -74,13 +87,15 @@ class DbJobContext:
             "n_batches": row.get("n_batches"),
             "eta_seconds": round(rate * max(0, total - row["iter"] - 1), 1),
         }
-        with session_scope(self.sessions) as s:
+
+        def write(s: Session) -> None:
             repos.record_batch(s, self.job_id, row)
-            repos.set_progress(s, self.job_id, self.owner, progress)
+            repos.set_progress(s, self.job_id, self.owner, progress, self.token)
+
+        self.fenced("batch metrics", write)
 
     def on_epoch(self, row: dict[str, Any]) -> None:
-        with session_scope(self.sessions) as s:
-            repos.record_epoch(s, self.job_id, row)
+        self.fenced("epoch metrics", lambda s: repos.record_epoch(s, self.job_id, row))
         seconds = float(row.get("seconds") or 0.0)
         if seconds > 0:
             metrics.EPOCH_SECONDS.observe(seconds)
@@ -93,10 +108,21 @@ class DbJobContext:
         self._upload(CHECKPOINT, local)
 
     def latest_checkpoint(self) -> dict[str, Any] | None:
-        key = f"{self.prefix}/artifacts/{CHECKPOINT}"
-        if not self.store.exists(key):
+        """The job's last checkpoint, whichever attempt wrote it, if its bytes are the ones recorded: a torn or
+        altered object is never loaded (the job then starts over, and the log says why)."""
+        with session_scope(self.sessions) as s:
+            artifact = repos.get_artifact(s, self.job_id, CHECKPOINT)
+        if artifact is None or not self.store.exists(artifact.key):
             return None
-        local = self.store.get_file(key, self.work / "checkpoint-download.pt")
+        local = self.store.get_file(artifact.key, self.work / "checkpoint-download.pt")
+        if artifact.sha256 is not None and sha256_of(local) != artifact.sha256:
+            log.error(
+                "job %s: its checkpoint %s does not match the checksum recorded when it was written; "
+                "not loading it, the job starts over",
+                self.job_id,
+                artifact.key,
+            )
+            return None
         return load_checkpoint(local)
 
     # ----- artifacts -------------------------------------------------------------------------------
@@ -112,11 +138,28 @@ class DbJobContext:
             self._upload(f.relative_to(self.work / "artifacts").as_posix(), f)
 
     def _upload(self, name: str, path: Path) -> None:
-        key = f"{self.prefix}/artifacts/{name}"
+        self.fenced("an artifact", lambda s: None)  # a worker that lost the job stores nothing more
+        key = f"{self.prefix}/{name}"
         content_type = content_type_of(name)
+        digest = sha256_of(path)
         size = self.store.put_file(key, path, content_type)
-        with session_scope(self.sessions) as s:
-            repos.record_artifact(s, self.job_id, name, key, size, content_type)
+        self.fenced(
+            f"artifact {name}", lambda s: repos.record_artifact(s, self.job_id, name, key, size, content_type, digest)
+        )
+
+    def fenced(self, what: str, write: Any) -> None:
+        """Run `write(session)` in one transaction behind the fencing check, through a database outage."""
+
+        def transaction() -> None:
+            with session_scope(self.sessions) as s:
+                repos.fence(s, self.job_id, self.owner, self.token)
+                write(s)
+
+        try:
+            retrying(transaction, f"job {self.job_id}: writing {what}", self.db_retry_seconds)
+        except repos.LeaseLost:
+            self.lease_lost.set()
+            raise
 
     # ----- control ---------------------------------------------------------------------------------
     def should_stop(self) -> bool:
@@ -127,10 +170,24 @@ class DbJobContext:
         now = time.monotonic()
         if now - self._checked_at >= 1.0:
             self._checked_at = now
-            with session_scope(self.sessions) as s:
-                cancel, owned = repos.job_control(s, self.job_id, self.owner)
+            try:
+                with session_scope(self.sessions) as s:
+                    cancel, owned = repos.job_control(s, self.job_id, self.owner, self.token)
+            except Exception:  # the database is away: keep training; the next write waits for it
+                log.warning("job %s: could not ask the database whether to stop; training on", self.job_id)
+                return False
             self._stop = cancel or not owned
+            if not owned:
+                self.lease_lost.set()
         return self._stop
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def new_work_dir(base: Path, job_id: str) -> Path:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings
 from core.datasets.materialize import materialize
 from core.db import domain, repos
+from core.db.outage import is_outage, retrying
 from core.db.session import session_scope
 from core.engine.callbacks import TrainingStopped
 from core.engine.errors import FitcycleError
@@ -28,8 +29,9 @@ from core.engine.items import LabelledItems, stored_items
 from core.jobs.rates import AutoRateHints
 from core.jobs.spec import MODEL_KINDS, TrainSpec
 from core.jobs.training import run_job
+from core.logs import JOB_ID
 from core.storage.base import ObjectStore, download_prefix
-from core.storage.layout import job_prefix
+from core.storage.layout import attempt_prefix
 from worker import metrics
 from worker.context import DbJobContext, new_work_dir
 from worker.evaluate import GoldSet, evaluate_retrain, name_of
@@ -104,30 +106,56 @@ def _renew_until(rt: Runtime, ctx: DbJobContext, job_id: str, done: threading.Ev
     while not done.wait(period):
         try:
             with session_scope(rt.sessions) as s:
-                if not repos.renew_lease(s, job_id, rt.owner, rt.settings.lease_seconds):
+                if not repos.renew_lease(s, job_id, rt.owner, rt.settings.lease_seconds, ctx.token):
                     ctx.lease_lost.set()
                     return
             metrics.beat()
-        except Exception:  # a database blip: try again next period; the lease covers it
-            log.exception("lease renewal of job %s failed", job_id)
+        except Exception as exc:  # a database blip: try again next period; the lease covers it
+            if is_outage(exc):
+                log.warning("lease renewal of job %s: the database is not answering; trying again", job_id)
+            else:
+                log.exception("lease renewal of job %s failed", job_id)
 
 
 def execute_job(rt: Runtime, job_id: str) -> str:
-    """Run one job if this worker can claim it; returns what happened."""
-    with session_scope(rt.sessions) as s:
-        job = repos.claim(s, job_id, rt.owner, rt.settings.lease_seconds)
-        if job is None:
-            current = repos.get_job(s, job_id)
-            state = current.state if current else "missing"
-            log.info("dropped message for job %s: it is %s", job_id, state)
-            return f"dropped ({state})"
-        version = repos.get_version(s, job.dataset_version_id)
+    """Run one job if this worker can claim it; returns what happened. Every log line meanwhile names the job."""
+    token = JOB_ID.set(job_id)
+    try:
+        return _execute_job(rt, job_id)
+    finally:
+        JOB_ID.reset(token)
+
+
+def _execute_job(rt: Runtime, job_id: str) -> str:
+
+    def claim() -> tuple[domain.Job | None, str, domain.DatasetVersion | None]:
+        with session_scope(rt.sessions) as s:
+            job = repos.claim(s, job_id, rt.owner, rt.settings.lease_seconds)
+            if job is None:
+                current = repos.get_job(s, job_id)
+                return None, current.state if current else "missing", None
+            return job, job.state, repos.get_version(s, job.dataset_version_id)
+
+    job, state, version = retrying(claim, f"claiming job {job_id}", rt.settings.db_retry_seconds)
+    if job is None:
+        log.info("dropped message for job %s: it is %s", job_id, state)
+        return f"dropped ({state})"
     assert version is not None
     log.info("job %s (%s) claimed by %s, attempt %d", job.id, job.kind, rt.owner, job.attempts)
     claimed_at = time.monotonic()
 
     work = new_work_dir(rt.settings.cache_dir / "work", job.id)
-    ctx = DbJobContext(job.id, job.project_id, rt.owner, rt.sessions, rt.store, work, rt.shutdown)
+    ctx = DbJobContext(
+        job.id,
+        job.project_id,
+        rt.owner,
+        rt.sessions,
+        rt.store,
+        work,
+        rt.shutdown,
+        token=job.attempts,  # the fencing token of every write this run makes
+        db_retry_seconds=rt.settings.db_retry_seconds,
+    )
     done = threading.Event()
     renewer = threading.Thread(target=_renew_until, args=(rt, ctx, job.id, done), daemon=True)
     renewer.start()
@@ -141,12 +169,17 @@ def execute_job(rt: Runtime, job_id: str) -> str:
         if model_id is not None and rt.settings.drop_finished_checkpoints:
             result["checkpoint_bytes_freed"] = _drop_checkpoints(rt, job)
         outcome, error = "succeeded", None
+    except repos.LeaseLost:
+        log.warning("job %s: attempt %d lost its lease to another worker; it writes nothing more", job.id, job.attempts)
+        return "lease lost"
     except TrainingStopped:
         if ctx.lease_lost.is_set():
-            log.warning("job %s: lease lost to another worker; stopping without recording", job.id)
+            log.warning(
+                "job %s: attempt %d lost its lease to another worker; stopping, recording nothing", job.id, job.attempts
+            )
             return "lease lost"
         if rt.shutdown.is_set() and not _cancel_requested(rt, job.id):
-            return _hand_back(rt, job)
+            return _hand_back(rt, job, ctx.token)
         outcome, error, result, model_id = "cancelled", None, {}, None
     except (FitcycleError, ValidationError, ValueError) as exc:
         outcome, error, result, model_id = "failed", one_line(str(exc)), {}, None
@@ -159,11 +192,18 @@ def execute_job(rt: Runtime, job_id: str) -> str:
         done.set()
         renewer.join(timeout=5)
         shutil.rmtree(work, ignore_errors=True)
-    with session_scope(rt.sessions) as s:
-        recorded = repos.finish(s, job.id, rt.owner, outcome, error=error, result=_jsonable(result), model_id=model_id)
-        if recorded and outcome in ("succeeded", "failed"):
-            event = {"job_id": job.id, "kind": job.kind, "state": outcome, "model_id": model_id, "error": error}
-            repos.emit(s, job.project_id, f"job.{outcome}", event)
+
+    def finish() -> bool:
+        with session_scope(rt.sessions) as s:
+            done = repos.finish(
+                s, job.id, rt.owner, outcome, error=error, result=_jsonable(result), model_id=model_id, token=ctx.token
+            )
+            if done and outcome in ("succeeded", "failed"):
+                event = {"job_id": job.id, "kind": job.kind, "state": outcome, "model_id": model_id, "error": error}
+                repos.emit(s, job.project_id, f"job.{outcome}", event)
+            return done
+
+    recorded = retrying(finish, f"recording the end of job {job.id}", rt.settings.db_retry_seconds)
     if recorded:
         metrics.JOB_SECONDS.labels(job.kind, outcome).observe(time.monotonic() - claimed_at)
         metrics.JOBS_DONE.labels(outcome).inc()
@@ -182,11 +222,11 @@ def _cancel_requested(rt: Runtime, job_id: str) -> bool:
         return repos.job_control(s, job_id, rt.owner)[0]
 
 
-def _hand_back(rt: Runtime, job: domain.Job) -> str:
+def _hand_back(rt: Runtime, job: domain.Job, token: int) -> str:
     """The worker is shutting down: the job, checkpointed at the batch it stopped before, goes back to the
     queue (not failed, not cancelled) and its message back to the broker; another worker resumes it."""
     with session_scope(rt.sessions) as s:
-        released = repos.release(s, job.id, rt.owner)
+        released = repos.release(s, job.id, rt.owner, token)
     if released and rt.send is not None:
         try:
             rt.send(job.id, job.queue)
@@ -218,7 +258,8 @@ def _drop_checkpoints(rt: Runtime, job: domain.Job) -> int:
     finished job): delete them, and say how much that freed. Failed and cancelled jobs keep theirs."""
     with session_scope(rt.sessions) as s:
         freed = repos.delete_artifacts(s, job.id, "checkpoints/")
-    rt.store.delete_prefix(f"{job_prefix(job.project_id, job.id)}/artifacts/checkpoints/")
+    for attempt in range(1, job.attempts + 1):  # earlier attempts' checkpoints too (one of them may be the last)
+        rt.store.delete_prefix(f"{attempt_prefix(job.project_id, job.id, attempt)}/checkpoints/")
     log.info("job %s: its export is stored; dropped its checkpoints (%.1f MB freed)", job.id, freed / 1024**2)
     return freed
 
@@ -230,6 +271,7 @@ def _register_model(
     manifest = read_manifest(ctx.artifact_path("export"))
     keep = {k: v for k, v in result.items() if isinstance(v, int | float) or k in ("lrs", "task", "main_metric")}
     with session_scope(rt.sessions) as s:
+        repos.fence(s, job.id, rt.owner, ctx.token)
         model = repos.create_model(
             s,
             project_id=job.project_id,
@@ -237,7 +279,7 @@ def _register_model(
             arch=manifest["arch"],
             classes=manifest["classes"],
             metrics=keep,
-            bundle_prefix=f"{job_prefix(job.project_id, job.id)}/artifacts/export",
+            bundle_prefix=f"{ctx.prefix}/export",
             dataset_version_id=job.dataset_version_id,
         )
         name = name_of(s, job)

@@ -160,6 +160,7 @@ class Artifact:
     key: str
     size: int
     content_type: str
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)

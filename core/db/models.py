@@ -151,6 +151,7 @@ class ArtifactRow(Base):
     key: Mapped[str] = mapped_column(String(500))
     size: Mapped[int] = mapped_column(Integer)
     content_type: Mapped[str] = mapped_column(String(100))
+    sha256: Mapped[str | None] = mapped_column(String(64))  # of the object as written; a checkpoint is verified on load
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -332,11 +332,32 @@ def claim(s: Session, job_id: str, owner: str, lease_seconds: float) -> d.Job | 
     return get_job(s, job_id)
 
 
-def renew_lease(s: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
+class LeaseLost(Exception):
+    """This worker's hold on a job was taken over (its lease expired and another worker claimed it)."""
+
+
+def _held(job_id: str, owner: str, token: int | None) -> Any:
+    """The rows of job `job_id` that `owner` holds; with `token` (the attempt it claimed), that attempt only."""
+    cond = (JobRow.id == job_id) & (JobRow.state == "running") & (JobRow.lease_owner == owner)
+    return cond & (JobRow.attempts == token) if token is not None else cond
+
+
+def fence(s: Session, job_id: str, owner: str, token: int) -> None:
+    """The fencing check of every write a running job makes: raise LeaseLost unless `owner` still holds the job
+    under fencing token `token` (the attempt number its claim got). On PostgreSQL the job row is locked FOR
+    SHARE until the transaction ends, so a takeover cannot slip in between this check and the write."""
+    query = select(JobRow.id).where(_held(job_id, owner, token))
+    if s.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    if s.scalar(query) is None:
+        raise LeaseLost(f"job {job_id}: attempt {token} of {owner} no longer holds the lease")
+
+
+def renew_lease(s: Session, job_id: str, owner: str, lease_seconds: float, token: int | None = None) -> bool:
     """Extend the lease; False when this owner no longer holds the job."""
     result = s.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.state == "running", JobRow.lease_owner == owner)
+        .where(_held(job_id, owner, token))
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
@@ -350,6 +371,7 @@ def finish(
     error: str | None = None,
     result: dict[str, Any] | None = None,
     model_id: str | None = None,
+    token: int | None = None,
 ) -> bool:
     """running -> succeeded | failed | cancelled, only by the lease owner (so a job finishes once)."""
     assert state in d.TERMINAL_STATES
@@ -358,11 +380,7 @@ def finish(
         values["result"] = result
     if model_id is not None:
         values["model_id"] = model_id
-    res = s.execute(
-        update(JobRow)
-        .where(JobRow.id == job_id, JobRow.state == "running", JobRow.lease_owner == owner)
-        .values(**values)
-    )
+    res = s.execute(update(JobRow).where(_held(job_id, owner, token)).values(**values))
     return res.rowcount == 1  # type: ignore[attr-defined]
 
 
@@ -383,24 +401,25 @@ def job_counts(s: Session) -> list[tuple[str, str, int]]:
     return [(str(state), str(kind), int(n)) for state, kind, n in rows]
 
 
-def release(s: Session, job_id: str, owner: str) -> bool:
+def release(s: Session, job_id: str, owner: str, token: int | None = None) -> bool:
     """running -> queued by its lease owner (a worker shutting down hands the job back; it resumes from its
     checkpoint wherever it runs next). False when this owner no longer holds it."""
     res = s.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.state == "running", JobRow.lease_owner == owner)
+        .where(_held(job_id, owner, token))
         .values(state="queued", lease_owner=None, lease_expires_at=None, enqueued_at=utcnow())
     )
     return res.rowcount == 1  # type: ignore[attr-defined]
 
 
-def job_control(s: Session, job_id: str, owner: str) -> tuple[bool, bool]:
+def job_control(s: Session, job_id: str, owner: str, token: int | None = None) -> tuple[bool, bool]:
     """(cancel requested, this owner still holds the job)."""
     row = s.get(JobRow, job_id)
     if row is None:
         return True, False
     s.refresh(row)
-    return row.cancel_requested, row.state == "running" and row.lease_owner == owner
+    held = row.state == "running" and row.lease_owner == owner and (token is None or row.attempts == token)
+    return row.cancel_requested, held
 
 
 def reap(s: Session, requeue_after_seconds: float) -> list[str]:
@@ -428,8 +447,8 @@ def reap(s: Session, requeue_after_seconds: float) -> list[str]:
     return ids
 
 
-def set_progress(s: Session, job_id: str, owner: str, progress: dict[str, Any]) -> None:
-    s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.lease_owner == owner).values(progress=progress))
+def set_progress(s: Session, job_id: str, owner: str, progress: dict[str, Any], token: int | None = None) -> None:
+    s.execute(update(JobRow).where(_held(job_id, owner, token)).values(progress=progress))
 
 
 def child_jobs(s: Session, parent_job_id: str, kind: str, state: str = "succeeded") -> list[d.Job]:
@@ -507,7 +526,9 @@ def batch_metrics(s: Session, job_id: str, after_id: int = 0) -> list[tuple[int,
 
 
 # ----- artifacts and models ---------------------------------------------------------------------------
-def record_artifact(s: Session, job_id: str, name: str, key: str, size: int, content_type: str) -> None:
+def record_artifact(
+    s: Session, job_id: str, name: str, key: str, size: int, content_type: str, sha256: str | None = None
+) -> None:
     _upsert(
         s,
         ArtifactRow,
@@ -518,6 +539,7 @@ def record_artifact(s: Session, job_id: str, name: str, key: str, size: int, con
             "key": key,
             "size": size,
             "content_type": content_type,
+            "sha256": sha256,
             "created_at": utcnow(),
         },
         ["job_id", "name"],

@@ -12,6 +12,11 @@ def make_store(settings: Settings) -> ObjectStore:
     """The local-directory store (embedded default) or the S3 store."""
     if settings.storage == "s3":
         return S3Store(
-            settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket, settings.s3_secure
+            settings.s3_endpoint,
+            settings.s3_access_key,
+            settings.s3_secret_key,
+            settings.s3_bucket,
+            settings.s3_secure,
+            retry_seconds=settings.store_retry_seconds,
         )
     return LocalStore(settings.objects_dir)

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 
 def job_prefix(project_id: str, job_id: str) -> str:
-    """A job's objects: artifacts/ (checkpoints, export bundle, plots, metrics)."""
+    """A job's objects: attempts/<n>/ for each run of it (see attempt_prefix)."""
     return f"projects/{project_id}/jobs/{job_id}"
+
+
+def attempt_prefix(project_id: str, job_id: str, attempt: int) -> str:
+    """What one attempt (one claim) of a job writes: checkpoints, the export bundle, plots, metrics. Each attempt
+    writes under its own prefix, so a worker that lost its lease cannot overwrite its successor's objects; the
+    artifact rows (written behind the fencing check) say which object is the job's current one."""
+    return f"{job_prefix(project_id, job_id)}/attempts/{attempt}"
 
 
 def dataset_version_prefix(project_id: str, dataset_id: str, version: int) -> str:

@@ -1,29 +1,75 @@
-"""An S3 object store through the minio client (MinIO, SeaweedFS, AWS S3 ...). Files stream in multipart."""
+"""An S3 object store through the minio client (MinIO, SeaweedFS, AWS S3 ...). Files stream in multipart.
+
+A server that is away (restarting, unreachable, answering 5xx) is waited out: each read and write is retried
+with backoff for `retry_seconds`. A retried upload starts over; S3 shows an object only once it is whole."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
+import urllib3
 from minio import Minio
 from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
-from minio.error import S3Error
+from minio.error import S3Error, ServerError
 
 from core.storage.base import ObjectNotFound, check_key
 
 PART_SIZE = 16 * 1024 * 1024
+TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed"}
+T = TypeVar("T")
+log = logging.getLogger("fitcycle.storage")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The server is away or overloaded (worth waiting out), not a missing object or a refusal."""
+    if isinstance(exc, S3Error):
+        return exc.code in TRANSIENT_CODES
+    return isinstance(exc, ServerError | urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
 
 class S3Store:
     """Objects in one bucket, created on first use."""
 
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str, secure: bool = False) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        secure: bool = False,
+        retry_seconds: float = 120.0,
+    ) -> None:
         self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
         self.bucket = bucket
+        self.retry_seconds = retry_seconds
         self._bucket_ready = False
+
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        started, delay = time.monotonic(), 0.25
+        while True:
+            try:
+                return fn()
+            except Exception as exc:
+                waited = time.monotonic() - started
+                if not is_transient(exc) or waited + delay > self.retry_seconds:
+                    raise
+                log.warning(
+                    "S3 %s: the server is not answering (%s); retrying in %.2f s (%.0f s of %.0f s spent)",
+                    what,
+                    type(exc).__name__,
+                    delay,
+                    waited,
+                    self.retry_seconds,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _ensure_bucket(self) -> None:
         if not self._bucket_ready:
@@ -32,28 +78,42 @@ class S3Store:
             self._bucket_ready = True
 
     def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> int:
-        self._ensure_bucket()
-        self.client.fput_object(self.bucket, check_key(key), str(path), content_type=content_type, part_size=PART_SIZE)
+        def put() -> None:
+            self._ensure_bucket()
+            self.client.fput_object(
+                self.bucket, check_key(key), str(path), content_type=content_type, part_size=PART_SIZE
+            )
+
+        self._retrying(f"upload of {key}", put)
         return Path(path).stat().st_size
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> int:
         import io
 
-        self._ensure_bucket()
-        self.client.put_object(self.bucket, check_key(key), io.BytesIO(data), len(data), content_type=content_type)
+        def put() -> None:
+            self._ensure_bucket()
+            self.client.put_object(self.bucket, check_key(key), io.BytesIO(data), len(data), content_type=content_type)
+
+        self._retrying(f"upload of {key}", put)
         return len(data)
 
     def copy(self, src: str, dst: str) -> int:
-        self._ensure_bucket()
-        try:
-            self.client.copy_object(self.bucket, check_key(dst), CopySource(self.bucket, check_key(src)))
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NotFound"):
-                raise ObjectNotFound(src) from None
-            raise
+        def copy() -> None:
+            self._ensure_bucket()
+            try:
+                self.client.copy_object(self.bucket, check_key(dst), CopySource(self.bucket, check_key(src)))
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NotFound"):
+                    raise ObjectNotFound(src) from None
+                raise
+
+        self._retrying(f"copy of {src}", copy)
         return self.size(dst)
 
     def get_file(self, key: str, path: Path) -> Path:
+        return self._retrying(f"download of {key}", lambda: self._get_file(key, path))
+
+    def _get_file(self, key: str, path: Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".get-", dir=path.parent)
@@ -68,16 +128,21 @@ class S3Store:
         return path
 
     def get_bytes(self, key: str) -> bytes:
-        return b"".join(self.open(key))
+        return self._retrying(f"download of {key}", lambda: b"".join(self.open(key)))
 
     def open(self, key: str) -> Iterator[bytes]:
-        self._ensure_bucket()
-        try:
-            response = self.client.get_object(self.bucket, check_key(key))
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-                raise ObjectNotFound(key) from exc
-            raise
+        """The object's bytes as they stream (the request is retried through an outage; the stream is not)."""
+
+        def get() -> urllib3.BaseHTTPResponse:
+            self._ensure_bucket()
+            try:
+                return self.client.get_object(self.bucket, check_key(key))
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                    raise ObjectNotFound(key) from exc
+                raise
+
+        response = self._retrying(f"download of {key}", get)
 
         def chunks() -> Iterator[bytes]:
             try:
@@ -89,13 +154,16 @@ class S3Store:
         return chunks()
 
     def size(self, key: str) -> int:
-        self._ensure_bucket()
-        try:
-            return int(self.client.stat_object(self.bucket, check_key(key)).size or 0)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-                raise ObjectNotFound(key) from exc
-            raise
+        def stat() -> int:
+            self._ensure_bucket()
+            try:
+                return int(self.client.stat_object(self.bucket, check_key(key)).size or 0)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                    raise ObjectNotFound(key) from exc
+                raise
+
+        return self._retrying(f"size of {key}", stat)
 
     def exists(self, key: str) -> bool:
         try:
@@ -105,19 +173,27 @@ class S3Store:
         return True
 
     def list(self, prefix: str) -> list[str]:
-        self._ensure_bucket()
-        return sorted(
-            o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True) if o.object_name
-        )
+        def listing() -> list[str]:
+            self._ensure_bucket()
+            objects = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            return sorted(o.object_name for o in objects if o.object_name)
+
+        return self._retrying(f"listing of {prefix}", listing)
 
     def delete(self, key: str) -> None:
-        self._ensure_bucket()
-        self.client.remove_object(self.bucket, check_key(key))
+        def remove() -> None:
+            self._ensure_bucket()
+            self.client.remove_object(self.bucket, check_key(key))
+
+        self._retrying(f"delete of {key}", remove)
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
         if keys:
-            errors = list(self.client.remove_objects(self.bucket, [DeleteObject(k) for k in keys]))
+            errors = self._retrying(
+                f"delete of {prefix}",
+                lambda: list(self.client.remove_objects(self.bucket, [DeleteObject(k) for k in keys])),
+            )
             if errors:
                 raise OSError(f"could not delete {len(errors)} objects under {prefix}: {errors[0]}")
         return len(keys)

@@ -50,13 +50,32 @@ class S3Server:
     access_key: str
     secret_key: str
     proc: subprocess.Popen[bytes]
+    args: list[str] = field(default_factory=list)
+    log: Path | None = None
+
+    def stop(self) -> None:
+        """Stop the server (its data stays on disk): clients see connections refused until start()."""
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=15)
+
+    def start(self) -> None:
+        """Start it again on the same ports and data, and wait until it answers."""
+        from minio import Minio
+
+        assert self.log is not None
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        client = Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
+        wait_for(lambda: client.list_buckets() is not None, 60, "SeaweedFS S3 answering")
 
 
 @contextmanager
 def seaweedfs(workdir: Path) -> Iterator[S3Server]:
     """`weed mini` bound to 127.0.0.1 with an access key (without -s3.config it would accept anyone)."""
-    from minio import Minio
-
     access, secret = "fitcycle-test", uuid.uuid4().hex
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "s3.json"
@@ -90,19 +109,15 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
         "-admin.ui=false",
         "-webdav=false",
     ]
-    log = (workdir / "weed.log").open("wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = workdir / "weed.log"
+    log.write_bytes(b"")
+    server = S3Server(f"127.0.0.1:{s3}", access, secret, None, args, log)  # type: ignore[arg-type]
     try:
-        client = Minio(f"127.0.0.1:{s3}", access_key=access, secret_key=secret, secure=False)
-        wait_for(lambda: client.list_buckets() is not None, 60, "SeaweedFS S3 answering")
-        yield S3Server(f"127.0.0.1:{s3}", access, secret, proc)
+        server.start()
+        yield server
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        if server.proc is not None and server.proc.poll() is None:
+            server.stop()
 
 
 @contextmanager

@@ -90,7 +90,7 @@ def test_delete_removes_objects_and_refuses_while_something_depends(stack: Stack
     res = client.http.delete(f"/models/{job['model_id']}")
     assert res.status_code == 200 and res.json()["bytes"] > 0, res.text
     assert client.get(f"/models/{job['model_id']}").status_code == 404
-    assert not store.list(f"projects/{project_id}/jobs/{job['id']}/artifacts/export/")
+    assert not store.list(f"projects/{project_id}/jobs/{job['id']}/attempts/{job['attempts']}/export/")
     assert client.http.delete(f"/jobs/{job['id']}").status_code == 200
     assert not store.list(f"projects/{project_id}/jobs/{job['id']}/")
     assert client.get(f"/jobs/{job['id']}").status_code == 404
