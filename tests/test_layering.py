@@ -41,6 +41,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "api",
         "worker",
         "core.config",
+        "core.logs",
         "core.jobs",
         "core.engine.errors",
         "core.engine.inference",

@@ -17,6 +17,7 @@ from api.schemas import BatchPredictions, FilePredictions, Predictions
 from api.state import AppState
 from core.db import domain, repos
 from core.db.session import session_scope
+from core.engine.tasks import Prediction
 from core.storage.layout import prediction_prefix
 
 # Image formats the Predictor decodes -> the extension a kept input is stored (and trained) under.
@@ -56,10 +57,9 @@ def answer(
 ) -> Predictions:
     """One image through the model (decoded on its own, so one request holds one decoded image at a time),
     logged; the answer carries its prediction_id."""
-    predictor = state.predictors.get(model)
     try:
         with PREDICT_SECONDS.labels(source).time():
-            p = predictor.predict(image)
+            p = predict_one(state, model, image)
         with Image.open(io.BytesIO(image)) as img:
             fmt = img.format or ""
     except (OSError, ValueError) as exc:
@@ -94,3 +94,14 @@ def answer(
             uncertainty=float(p.uncertainty),
         )
     return Predictions(**public, prediction_id=prediction_id)
+
+
+def predict_one(state: AppState, model: domain.Model, image: bytes) -> Prediction:
+    """The model's answer for one image: with micro-batching on (FITCYCLE_PREDICT_BATCH_WINDOW_MS > 0), in one
+    forward pass with the other requests' images that arrive within the window; an unreadable image raises
+    ValueError or OSError for its own request only."""
+    settings = state.settings
+    if settings.predict_batch_window_ms > 0 and settings.predict_max_batch > 1:
+        batcher = state.predictors.batcher(model, settings.predict_batch_window_ms / 1000, settings.predict_max_batch)
+        return batcher.predict(image)
+    return state.predictors.get(model).predict(image)

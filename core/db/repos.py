@@ -595,15 +595,20 @@ def register_model(s: Session, model_id: str, name: str, as_challenger: bool) ->
     champion; a later one becomes the challenger when `as_challenger` (a retrain), else just a version."""
     row = s.get(ModelRow, model_id)
     assert row is not None, model_id
+    # Made if missing without a race: two jobs finishing at once under a new name both insert; one wins, the
+    # other's insert does nothing, and both then wait on the one row's lock.
+    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    s.execute(
+        insert(ModelNameRow)
+        .values(id=new_id(), project_id=row.project_id, name=name, policy={})
+        .on_conflict_do_nothing(index_elements=["project_id", "name"])
+    )
     entry = s.scalar(
         select(ModelNameRow)
         .where(ModelNameRow.project_id == row.project_id, ModelNameRow.name == name)
         .with_for_update()
     )
-    if entry is None:
-        entry = ModelNameRow(id=new_id(), project_id=row.project_id, name=name, policy={})
-        s.add(entry)
-        s.flush()
+    assert entry is not None
     if row.name != name or row.version is None:
         top = s.scalar(
             select(func.max(ModelRow.version)).where(ModelRow.project_id == row.project_id, ModelRow.name == name)

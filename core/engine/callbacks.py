@@ -8,11 +8,12 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import torch
 from tqdm.auto import tqdm
 
+from core.engine.errors import DataError
 from core.engine.events import Callback, CancelStepException
 from core.engine.metrics import metric_name
 from core.engine.schedules import one_cycle_lr, one_cycle_mom
@@ -297,16 +298,43 @@ class GradientAccumulation(Callback):
             raise CancelStepException()
 
 
+Precision = Literal["bf16", "fp16", "fp32"]
+
+
+def resolve_precision(requested: str | None, device: torch.device) -> Precision:
+    """The precision a fit runs in: as requested, else bf16 on a GPU that has it, fp16 on one that does not, and
+    fp32 on CPU (where autocast to bf16 works, but is slower than fp32 without AMX)."""
+    if requested is None:
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"precision must be bf16, fp16 or fp32; got '{requested}'")
+    if requested == "fp16" and device.type != "cuda":
+        raise DataError("fp16 autocast is for GPUs (it does not train reliably on CPU): use bf16 or fp32 on CPU")
+    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DataError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16: use precision fp16")
+    return cast(Precision, requested)
+
+
 class MixedPrecision(Callback):
-    """fp16 autocast with a gradient scaler (CUDA only)."""
+    """Autocast forward and loss to bf16 or fp16 on the learner's device (CUDA or CPU). bf16 keeps fp32's range,
+    so it needs no loss scaling; fp16 steps through a GradScaler. Weights, gradients and the optimizer stay fp32."""
 
     order = 9
 
+    def __init__(self, precision: Precision = "fp16") -> None:
+        assert precision in ("bf16", "fp16")
+        self.precision = precision
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        self.scaler: torch.amp.GradScaler | None = None
+
     def before_fit(self) -> None:
-        self.scaler = torch.amp.GradScaler("cuda")
+        self.device_type = self.learn.dls.device.type
+        self.scaler = torch.amp.GradScaler(self.device_type) if self.precision == "fp16" else None
 
     def before_batch(self) -> None:
-        self.autocast = torch.autocast("cuda", dtype=torch.float16)
+        self.autocast = torch.autocast(self.device_type, dtype=self.dtype)
         self.autocast.__enter__()
 
     def after_loss(self) -> None:
@@ -317,15 +345,56 @@ class MixedPrecision(Callback):
         self.autocast.__exit__(None, None, None)
 
     def before_backward(self) -> None:
-        self.learn.loss_grad = self.scaler.scale(self.learn.loss_grad)
+        if self.scaler is not None:
+            self.learn.loss_grad = self.scaler.scale(self.learn.loss_grad)
 
     def before_step(self) -> None:
+        if self.scaler is None:
+            return
         opt = self.learn.opt
         assert opt is not None
         self.scaler.step(opt)
         self.scaler.update()
         opt.zero_grad(set_to_none=True)
         raise CancelStepException()
+
+
+class CompileModel(Callback):
+    """torch.compile the model in place (nn.Module.compile, so its state_dict keys stay the same). A trial forward
+    on the first batch shows whether this machine can compile it; when it cannot (no compiler, an unsupported
+    op), the fit goes on eager and `status` says why. Later compile errors fall back to eager too."""
+
+    order = 2
+
+    def __init__(self) -> None:
+        self.status = "not tried"
+        self.checked = False
+
+    def before_fit(self) -> None:
+        if self.status == "not tried":
+            import torch._dynamo
+
+            torch._dynamo.config.suppress_errors = True  # a graph that fails later runs eager, with a warning
+            self.learn.model.compile()
+            self.status = "compiling"
+
+    def before_batch(self) -> None:
+        if self.checked or not self.learn.training:
+            return
+        self.checked = True
+        model = self.learn.model
+        try:
+            model.eval()  # a trial that leaves the norm layers' running statistics alone
+            with torch.no_grad():
+                model(self.learn.xb)
+            self.status = "compiled"
+        except Exception as exc:
+            model._compiled_call_impl = None  # back to eager
+            self.status = f"not compiled ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); trained eager"
+            print(f"fitcycle: torch.compile failed, training eager instead: {self.status}", file=sys.stderr)
+        finally:
+            model.train()
+        self.learn.extra["compile"] = self.status
 
 
 class ChannelsLast(Callback):

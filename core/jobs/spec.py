@@ -61,6 +61,19 @@ class JobSettings(BaseModel):
         4, ge=0, le=10, description="interpret: folds of the cleaner's out-of-fold predictions (0: none)"
     )
     cleaner_epochs: int = Field(2, ge=1, le=20, description="interpret: epochs of each fold's cheap model")
+    precision: Literal["bf16", "fp16", "fp32"] | None = Field(
+        None,
+        description="bf16 (autocast, no loss scaling), fp16 (autocast with a gradient scaler) or fp32; "
+        "default: bf16 on a GPU that has it, else fp16 on a GPU, fp32 on CPU",
+    )
+    compile: bool = Field(False, description="torch.compile the model (falls back to eager, saying why, if it fails)")
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="train on this many devices of one worker (DistributedDataParallel, one process each); "
+        "bs is the global batch, split evenly between them, so the learning rate needs no change",
+    )
 
     @field_validator("arch")
     @classmethod
@@ -155,6 +168,8 @@ class TrainSpec(JobSettings):
             raise ValueError("a progressive-resizing plan belongs to a fine_tune job and needs at least one size")
         if self.lr == "auto" and self.kind != "stage2":
             raise ValueError("lr 'auto' is for stage 2 only")
+        if self.bs % self.gpus:
+            raise ValueError(f"bs is the global batch, split between the {self.gpus} gpus: make it a multiple of it")
         return self
 
     def summary(self) -> dict[str, object]:

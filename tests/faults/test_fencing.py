@@ -4,6 +4,7 @@ its successor's. A checkpoint whose bytes differ from the checksum recorded when
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -127,3 +128,57 @@ def test_a_torn_or_altered_checkpoint_is_never_loaded(sessions: sessionmaker[Ses
     assert ctx.latest_checkpoint() is None
     stored.write_bytes(whole)
     assert ctx.latest_checkpoint() is not None
+
+
+def test_two_jobs_registering_a_new_name_at_once_both_get_a_version(sessions: sessionmaker[Session]) -> None:
+    """Two jobs finishing together under a name that does not exist yet: one makes the name, the other waits on
+    it (no duplicate-key failure), and they get versions 1 and 2."""
+    job_id, project_id = new_job(sessions)
+    with session_scope(sessions) as s:
+        first = repos.get_job(s, job_id)
+        assert first is not None
+        second = repos.create_job(
+            s, project_id=project_id, kind="stage1", spec={}, dataset_version_id=first.dataset_version_id, queue="q"
+        )
+        models = [
+            repos.create_model(
+                s,
+                project_id=project_id,
+                job_id=j,
+                arch="resnet18",
+                classes=["a", "b"],
+                metrics={},
+                bundle_prefix=f"p-{j}",
+                dataset_version_id=first.dataset_version_id,
+            ).id
+            for j in (job_id, second.id)
+        ]
+    assert len(set(models)) == 2
+    for round_ in range(5):
+        start, errors, versions = threading.Barrier(2), list[Exception](), list[int | None]()
+        threads = [
+            threading.Thread(target=register, args=(sessions, m, f"race-{round_}", start, errors, versions))
+            for m in models
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+        assert sorted(v or 0 for v in versions) == [1, 2]
+
+
+def register(
+    sessions: sessionmaker[Session],
+    model_id: str,
+    name: str,
+    start: threading.Barrier,
+    errors: list[Exception],
+    versions: list[int | None],
+) -> None:
+    try:
+        start.wait()
+        with session_scope(sessions) as s:
+            versions.append(repos.register_model(s, model_id, name, as_challenger=False).version)
+    except Exception as exc:
+        errors.append(exc)

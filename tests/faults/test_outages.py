@@ -143,7 +143,9 @@ def test_a_frozen_worker_cannot_write_once_its_lease_is_taken_over(faults: Fault
         with engine.connect() as c:
             stored = c.execute(text("SELECT key FROM artifacts WHERE job_id = :j"), {"j": job_id}).scalars().all()
         engine.dispose()
-        assert stored and all(f"/jobs/{job_id}/attempts/2/" in k for k in stored), stored
+        attempt_of = {k: k.split(f"/jobs/{job_id}/attempts/")[1].split("/")[0] for k in stored}
+        assert set(attempt_of.values()) <= {"1", "2"}, stored  # the first attempt's early plots may stay
+        assert all(a == "2" for k, a in attempt_of.items() if "/export/" in k or k.endswith("metrics.json")), stored
     finally:
         if frozen:
             os.kill(frozen, signal.SIGCONT)

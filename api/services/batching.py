@@ -1,0 +1,117 @@
+"""Dynamic micro-batching for predict: single-image requests for one model that arrive within a few milliseconds
+of each other are answered by one forward pass (`Predictor.predict_batch`), each caller getting its own answer.
+
+Callers are Starlette threadpool threads. Each decodes its own image (an unreadable image fails alone, in its
+own request, before it joins a batch) and waits on a future; one thread per model takes the oldest waiting image,
+gathers more until `window_s` after that image arrived or until `max_batch` are in hand, and answers them all.
+While a batch runs, the next one gathers, so under load batches form without waiting for the window."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from core.engine.images import open_rgb
+from core.engine.inference import ImageInput, Predictor
+from core.engine.tasks import Prediction
+
+
+@dataclass
+class _Request:
+    image: Image.Image
+    arrived: float  # time.monotonic() when it was queued
+    answer: Future[Prediction] = field(default_factory=Future)
+
+
+class MicroBatcher:
+    """One model's batcher, with a thread of its own that starts with the first request and ends at `close()`."""
+
+    def __init__(self, predictor: Predictor, window_s: float, max_batch: int, name: str = "") -> None:
+        self.predictor, self.window_s, self.max_batch = predictor, max(0.0, window_s), max(1, max_batch)
+        self.name = name
+        self.batch_sizes: Counter[int] = Counter()  # forward passes by the number of images in them
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()  # None: stop
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def predict(self, image: ImageInput) -> Prediction:
+        """One image's answer, from a batch with whatever other images arrive meanwhile. An image that cannot
+        be decoded raises here (ValueError or OSError, as `Predictor.predict` does) and joins no batch."""
+        request = _Request(open_rgb(image), time.monotonic())
+        with self._lock:
+            if not self._closed:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=f"predict-batcher-{self.name}", daemon=True)
+                    self._thread.start()
+                self._queue.put(request)
+                queued = True
+            else:
+                queued = False
+        if not queued:  # the model left the cache while this request held it: answer it here, alone
+            self._answer([request])
+        return request.answer.result()
+
+    def close(self) -> None:
+        """Stop taking requests; those already queued are still answered, then the thread ends."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._thread is not None:
+                self._queue.put(None)  # after every queued request: nothing is queued once closed
+
+    @property
+    def closed(self) -> bool:
+        """True once close() was called."""
+        return self._closed
+
+    def _run(self) -> None:
+        """Gather a batch, answer it, repeat until the stop mark."""
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stop = self._gather(first)
+            self._answer(batch)
+            if stop:
+                return
+
+    def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
+        """`first` and what follows it until its window closes or the batch is full; True when the stop mark
+        was taken. A request that waited through the previous batch has used its window up: no extra wait."""
+        batch = [first]
+        deadline = first.arrived + self.window_s
+        while len(batch) < self.max_batch:
+            timeout = deadline - time.monotonic()
+            try:
+                request = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if request is None:
+                return batch, True
+            batch.append(request)
+        return batch, False
+
+    def _answer(self, batch: list[_Request]) -> None:
+        """One forward pass for the batch; when it fails, each image again on its own, so that only the image
+        that fails gets the error."""
+        try:
+            answers = self.predictor.predict_batch([r.image for r in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].answer.set_exception(exc)
+            else:
+                for r in batch:
+                    self._answer([r])
+            return
+        with self._lock:
+            self.batch_sizes[len(batch)] += 1
+        for r, a in zip(batch, answers, strict=True):
+            r.answer.set_result(a)

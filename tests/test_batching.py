@@ -1,0 +1,216 @@
+"""Predict micro-batching (api/services/batching.py): concurrent single-image requests share forward passes and
+get exactly the answers they would get alone; a bad image fails alone; a batcher leaves the cache with its model."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+import torch
+from PIL import Image
+
+from api.services.batching import MicroBatcher
+from api.services.predict import predict_one
+from api.services.predictors import PredictorCache
+from api.state import AppState
+from core.config import Settings
+from core.db import domain
+from core.engine.export import export_bundle
+from core.engine.inference import Predictor
+from core.engine.tasks import Prediction
+from core.engine.tasks.classification import ClassPrediction
+from core.storage.local import LocalStore
+from tests.test_learner import make_learner
+
+
+class CountingPredictor(Predictor):
+    """A Predictor that records how many images each forward pass held."""
+
+    def __init__(self, bundle: Path) -> None:
+        super().__init__(bundle)
+        self.passes: list[int] = []
+        self._passes_lock = threading.Lock()
+
+    def forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        with self._passes_lock:
+            self.passes.append(len(images))
+        return super().forward(images)
+
+
+class FailsOnWidth13(Predictor):
+    """A Predictor whose forward pass fails for any batch holding an image 13 pixels wide."""
+
+    def forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        if any(img.width == 13 for img in images):
+            raise ValueError("13 pixels wide")
+        return super().forward(images)
+
+
+@pytest.fixture(scope="module")
+def bundle(fashion_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A briefly trained resnet18 (so its BatchNorm running statistics are not the initial ones), exported."""
+    learn = make_learner(fashion_folder)
+    learn.fit_one_cycle(1, 5e-3)
+    return export_bundle(learn, tmp_path_factory.mktemp("batching") / "export")
+
+
+def encoded(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images(fashion_folder: Path) -> list[bytes]:
+    """24 images: 32 px PNGs as trained, and others of other sizes, shapes, modes and formats (each is resized
+    on its own before it joins a batch)."""
+    paths = sorted(fashion_folder.rglob("*.png"))[::6][:24]
+    out = []
+    for i, path in enumerate(paths):
+        if i % 4 == 0:
+            out.append(path.read_bytes())
+        else:
+            with Image.open(path) as img:
+                size, mode, fmt = [((50, 40), "RGB", "JPEG"), ((17, 64), "L", "PNG"), ((96, 96), "RGBA", "PNG")][i % 3]
+                out.append(encoded(img.convert(mode).resize(size), fmt))
+    return out
+
+
+def concurrently(calls: list[Callable[[], Prediction]]) -> list[Prediction | Exception]:
+    """Run the calls in as many threads, released together; each call's answer or exception, in order."""
+    results: list[Prediction | Exception] = [ValueError("not run")] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
+
+
+def probs(p: Prediction | Exception) -> list[float]:
+    assert isinstance(p, ClassPrediction), p
+    return p.probs
+
+
+def test_the_predictor_is_in_eval_mode_and_batch_size_does_not_change_answers(
+    bundle: Path, images: list[bytes]
+) -> None:
+    predictor = Predictor(bundle)
+    assert not any(m.training for m in predictor.model.modules())  # BatchNorm uses its running statistics
+    alone = [probs(predictor.predict(img)) for img in images]
+    together = [probs(p) for p in predictor.predict_batch(images)]
+    for a, t in zip(alone, together, strict=True):
+        assert t == pytest.approx(a, abs=1e-6)
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(bundle: Path, images: list[bytes]) -> None:
+    alone = [Predictor(bundle).predict(img) for img in images]
+    predictor = CountingPredictor(bundle)
+    batcher = MicroBatcher(predictor, window_s=0.2, max_batch=8)
+    try:
+        results = concurrently([partial(batcher.predict, img) for img in images])
+    finally:
+        batcher.close()
+    for one, got in zip(alone, results, strict=True):
+        assert isinstance(one, ClassPrediction) and isinstance(got, ClassPrediction)
+        assert got.label == one.label and got.probs == pytest.approx(one.probs, abs=1e-6)
+    assert sum(predictor.passes) == len(images) and max(predictor.passes) <= 8
+    assert max(predictor.passes) > 1 and len(predictor.passes) < len(images)
+    assert sum(n * k for n, k in batcher.batch_sizes.items()) == len(images)
+
+
+def test_an_unreadable_image_fails_alone(bundle: Path, images: list[bytes]) -> None:
+    alone = [probs(Predictor(bundle).predict(img)) for img in images[:10]]
+    batcher = MicroBatcher(CountingPredictor(bundle), window_s=0.2, max_batch=32)
+    truncated = images[0][:60]  # a PNG header and nothing after it
+    inputs = [*images[:5], b"not an image", truncated, *images[5:10]]
+    try:
+        results = concurrently([partial(batcher.predict, img) for img in inputs])
+    finally:
+        batcher.close()
+    assert isinstance(results[5], ValueError) and "not an image in a format we read" in str(results[5])
+    assert isinstance(results[6], OSError)
+    good = results[:5] + results[7:]
+    for a, got in zip(alone, good, strict=True):
+        assert probs(got) == pytest.approx(a, abs=1e-6)
+
+
+def test_a_forward_pass_that_fails_is_retried_image_by_image(bundle: Path, images: list[bytes]) -> None:
+    with Image.open(io.BytesIO(images[0])) as img:
+        odd = encoded(img.resize((13, 30)), "PNG")
+    alone = [probs(Predictor(bundle).predict(img)) for img in images[:6]]
+    batcher = MicroBatcher(FailsOnWidth13(bundle), window_s=0.2, max_batch=32)
+    try:
+        results = concurrently([partial(batcher.predict, img) for img in [*images[:3], odd, *images[3:6]]])
+    finally:
+        batcher.close()
+    assert isinstance(results[3], ValueError) and str(results[3]) == "13 pixels wide"
+    for a, got in zip(alone, results[:3] + results[4:], strict=True):
+        assert probs(got) == pytest.approx(a, abs=1e-6)
+
+
+def model_row(model_id: str) -> domain.Model:
+    return domain.Model(
+        id=model_id,
+        project_id="p",
+        job_id="j",
+        arch="resnet18",
+        classes=[],
+        metrics={},
+        bundle_prefix="models/export",
+        created_at=datetime.now(UTC),
+    )
+
+
+def batcher_threads(model_id: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"predict-batcher-{model_id[:8]}"]
+
+
+def test_a_batcher_leaves_the_cache_with_its_model(bundle: Path, images: list[bytes], tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "objects")
+    for f in bundle.iterdir():
+        store.put_bytes(f"models/export/{f.name}", f.read_bytes())
+    cache = PredictorCache(store, tmp_path / "cache", size=1)
+    a, b = model_row("a"), model_row("b")
+    first = cache.batcher(a, 0.001, 8)
+    assert cache.batcher(a, 0.001, 8) is first  # one batcher per cached model
+    expected = probs(first.predict(images[0]))
+    cache.get(b)  # the cache holds one model: a leaves, and its batcher stops
+    assert first.closed
+    for t in batcher_threads("a"):
+        t.join(timeout=10)
+        assert not t.is_alive()
+    assert probs(first.predict(images[0])) == pytest.approx(expected, abs=1e-6)  # a late caller is still answered
+    second = cache.batcher(b, 0.001, 8)
+    assert second is not first and not second.closed
+    cache.forget("b")
+    assert second.closed
+
+
+def test_a_zero_window_answers_without_a_batcher(bundle: Path, images: list[bytes], tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "objects")
+    for f in bundle.iterdir():
+        store.put_bytes(f"models/export/{f.name}", f.read_bytes())
+    cache = PredictorCache(store, tmp_path / "cache", size=2)
+    expected = probs(Predictor(bundle).predict(images[1]))
+    for window_ms, batched in ((0.0, False), (5.0, True)):
+        state = cast(AppState, SimpleNamespace(settings=Settings(predict_batch_window_ms=window_ms), predictors=cache))
+        model = model_row(f"m{window_ms}")
+        assert probs(predict_one(state, model, images[1])) == pytest.approx(expected, abs=1e-6)
+        assert bool(batcher_threads(model.id)) == batched

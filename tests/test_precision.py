@@ -1,0 +1,58 @@
+"""Mixed precision and torch.compile, on CPU (the CUDA paths run the same callbacks): bf16 autocast with no
+loss scaling, fp16 with a gradient scaler, fp32 untouched; weights stay fp32 and training still learns.
+torch.compile either compiles or falls back to eager saying why; training goes on either way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.engine.callbacks import CompileModel, MixedPrecision, resolve_precision
+from core.engine.errors import DataError
+from core.engine.events import Callback
+from tests.test_learner import make_learner
+
+
+class PredDtypes(Callback):
+    order = 50
+
+    def __init__(self) -> None:
+        self.seen: set[torch.dtype] = set()
+
+    def after_pred(self) -> None:
+        self.seen.add(self.learn.pred.dtype)
+
+
+def test_default_precision_is_fp32_on_cpu_and_requests_are_checked() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision(None, cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="bf16, fp16 or fp32"):
+        resolve_precision("fp8", cpu)
+    with pytest.raises(DataError, match="fp16 autocast is for GPUs"):
+        resolve_precision("fp16", cpu)  # it does not learn reliably there: refused, not silently poor
+
+
+def test_bf16_autocast_on_cpu_trains_in_half_and_keeps_fp32_weights(fashion_folder: Path) -> None:
+    dtypes = PredDtypes()
+    mp = MixedPrecision("bf16")
+    learn = make_learner(fashion_folder, cbs=[mp, dtypes])
+    learn.fit_one_cycle(2, 3e-3)
+    assert dtypes.seen == {torch.bfloat16}
+    assert mp.scaler is None  # bf16 keeps fp32's range: no loss scaling
+    assert all(p.dtype == torch.float32 for p in learn.model.parameters())
+    losses = [e["train_loss"] for e in learn.recorder.epochs]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
+    assert learn.recorder.epochs[-1]["accuracy"] > 0.4  # four classes, chance is 0.25: it learned
+
+
+def test_compile_compiles_or_falls_back_to_eager(fashion_folder: Path) -> None:
+    compiled = CompileModel()
+    learn = make_learner(fashion_folder, cbs=[compiled], bs=64)
+    learn.fit_one_cycle(1, 3e-3)
+    assert compiled.status == "compiled" or compiled.status.startswith("not compiled ("), compiled.status
+    assert learn.extra["compile"] == compiled.status
+    assert "_orig_mod" not in "".join(learn.model.state_dict())  # checkpoints and exports keep their keys
+    assert len(learn.recorder.epochs) == 1
