@@ -9,11 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from core.jobs.spec import DEFAULT_ARCH
-
 EXIT_BAD_INPUT = 2
+# The job spec's default body (core.jobs.spec.DEFAULT_ARCH), named here so that `fitcycle --help` and the client
+# verbs start without importing the engine (torch, torchvision); tests/test_job_timings.py keeps the two equal.
+DEFAULT_ARCH = "efficientnet_lite0"
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -67,6 +66,16 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-augment", action="store_true", help="turn off fastai's default augmentation")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument(
+        "--precision",
+        choices=["bf16", "fp16", "fp32"],
+        default=None,
+        help="mixed precision (default: bf16 on a GPU that has it, else fp16; fp32 on CPU)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager if it fails)")
+    p.add_argument(
+        "--gpus", type=int, default=1, help="devices for one run (DistributedDataParallel; on CPU: processes)"
+    )
     p.add_argument("--out", default="runs/latest", help="output folder")
 
 
@@ -119,6 +128,9 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         "augment": not args.no_augment,
         "num_workers": args.workers,
         "device": args.device,
+        "precision": args.precision,
+        "compile": args.compile,
+        "gpus": args.gpus,
     }
 
 
@@ -271,7 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fitcycle` console script."""
     from core.engine.errors import FitcycleError, PretrainedWeightsNotFound
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help ends here, having imported neither pydantic nor the engine
+    from pydantic import ValidationError
+
     from cli.platform import cmd_db, cmd_keys, cmd_worker
     from cli.remote import REMOTE_VERBS, cmd_remote
     from cli.serve import cmd_serve

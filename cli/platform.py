@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from core.config import Settings
+if TYPE_CHECKING:  # pydantic-settings takes a second to import: only the verbs that read settings pay it
+    from core.config import Settings
 
 
 def masked_url(url: str) -> str:
@@ -23,6 +24,8 @@ def masked_url(url: str) -> str:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from the environment, with --data-dir on top."""
+    from core.config import Settings
+
     settings = Settings()
     if getattr(args, "data_dir", None):
         settings = settings.model_copy(update={"data_dir": Path(args.data_dir).resolve()})

@@ -16,12 +16,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from cli.platform import masked_url, settings_from
-from core.config import Settings
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 DEMO_DATASET = "fashion-mnist"
 DEMO_JOB = {

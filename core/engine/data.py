@@ -65,11 +65,19 @@ class ImageItemsDataset(Dataset[tuple[torch.Tensor, Any]]):
 
 
 class EpochSampler(Sampler[int]):
-    """Yields item indices in an order fixed by (seed, stream, epoch); can start part-way through an epoch."""
+    """Yields item indices in an order fixed by (seed, stream, epoch); can start part-way through an epoch.
+    In a distributed fit (world > 1), rank r takes every world-th index of that order from the r-th on, the
+    order padded with its own first indices to a multiple of world (torch's DistributedSampler): the ranks'
+    shards are disjoint but for the padding, and the split into train and valid is untouched."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1) -> None:
         self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world = rank, world
         self.stream, self.epoch, self.start = 0, 0, 0
+
+    @property
+    def n_per_rank(self) -> int:
+        return -(-self.n // self.world)
 
     def order(self, stream: int, epoch: int) -> list[int]:
         """The full index order of an epoch."""
@@ -78,11 +86,17 @@ class EpochSampler(Sampler[int]):
         gen = torch.Generator().manual_seed(derived_seed(self.seed, "order", stream, epoch))
         return torch.randperm(self.n, generator=gen).tolist()
 
+    def shard(self, order: list[int]) -> list[int]:
+        if self.world == 1:
+            return order
+        padded = order + order[: self.n_per_rank * self.world - len(order)]
+        return padded[self.rank :: self.world]
+
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order(self.stream, self.epoch)[self.start :])
+        return iter(self.shard(self.order(self.stream, self.epoch))[self.start :])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return self.n_per_rank - self.start
 
 
 class DeviceLoader:
@@ -101,11 +115,15 @@ class DeviceLoader:
         seed: int,
         num_workers: int,
         device: torch.device,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.dataset, self.bs, self.drop_last = dataset, bs, drop_last
         self.normalize, self.augment, self.seed = normalize, augment, seed
         self.device = device
-        self.sampler = EpochSampler(len(dataset), shuffle, seed)
+        self.sampler = EpochSampler(len(dataset), shuffle, seed, rank, world)
+        # Each rank draws its own augmentations; one device draws what it always drew.
+        self.aug_salt: tuple[int, ...] = (rank,) if world > 1 else ()
         self.stream, self.epoch, self.start_batch = 0, 0, 0
         # A private generator keeps DataLoader from drawing worker seeds off the global RNG, which
         # would make a resumed run's dropout masks differ from an uninterrupted one.
@@ -129,7 +147,7 @@ class DeviceLoader:
         self.dataset.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = self.sampler.n_per_rank
         return n // self.bs if self.drop_last else -(-n // self.bs)
 
     def n_batches_left(self) -> int:
@@ -142,7 +160,9 @@ class DeviceLoader:
             x = xb.to(self.device, non_blocking=True).float().div_(255)
             yb = yb.to(self.device, non_blocking=True)
             if self.augment is not None:
-                gen = torch.Generator().manual_seed(derived_seed(self.seed, "aug", self.stream, self.epoch, batch_idx))
+                gen = torch.Generator().manual_seed(
+                    derived_seed(self.seed, "aug", self.stream, self.epoch, batch_idx, *self.aug_salt)
+                )
                 x, yb = self.dataset.task.augment(self.augment, x, yb, gen)
             yield self.normalize(x), yb
             batch_idx += 1
@@ -159,6 +179,8 @@ class DataConfig:
     augment: AugmentConfig | None = None
     num_workers: int | None = None
     seed: int = 42
+    rank: int = 0  # a distributed fit: this process's rank among `world`, and `bs` is the global batch
+    world: int = 1
 
 
 class ImageDataLoaders:
@@ -189,7 +211,10 @@ class ImageDataLoaders:
         self.stats = stats if stats is not None else dataset_stats(train_ds)
         self.normalize = Normalize(*self.stats)
         augment = BatchAugment(self.task.limit_augment(c.augment)) if c.augment is not None else None
-        self.train = DeviceLoader(train_ds, c.bs, True, True, self.normalize, augment, c.seed, workers, self.device)
+        per_rank = c.bs // c.world
+        self.train = DeviceLoader(
+            train_ds, per_rank, True, True, self.normalize, augment, c.seed, workers, self.device, c.rank, c.world
+        )
         self.valid = DeviceLoader(valid_ds, c.bs * 2, False, False, self.normalize, None, c.seed, workers, self.device)
 
     @property

@@ -1,19 +1,119 @@
-"""What interpretations of every task share: the validation images of the worst items, loaded again at the
-model's size for their picture. Each task's own interpretation lives in its module (tasks/)."""
+"""What interpretations of every task share: the validation outputs they are computed from (kept from the
+last validation pass of a fit, or predicted again), and the validation images of the worst items, loaded again
+at the model's size for their picture. Each task's own interpretation lives in its module (tasks/)."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
+from core.engine.events import Callback
 from core.engine.images import open_rgb
 from core.engine.transforms import image_to_uint8_tensor, resize_image
 
 if TYPE_CHECKING:
     from core.engine.learner import Learner
+
+
+@dataclass(frozen=True)
+class ValidOutputs:
+    """What the task keeps of each validation batch (Task.keep_valid), in loader order, from one whole pass
+    of the model in eval mode over the validation set."""
+
+    batches: list[Any]
+
+    def preds_and_targs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept (outputs, targets) batches joined, as Learner.get_preds returns them."""
+        preds, targs = zip(*self.batches, strict=True)
+        return torch.cat(preds), torch.cat(targs)
+
+
+def predict_valid(learn: Learner) -> ValidOutputs:
+    """A fresh pass over the validation set (eval mode, no gradients, full precision), each batch kept as
+    the task keeps it: what interpretation falls back on when no fit left its last pass."""
+    loader, keep = learn.dls.valid, learn.dls.task.keep_valid
+    learn.model.eval()
+    loader.set_epoch(0, 0)
+    with torch.no_grad():
+        return ValidOutputs([keep(learn.model(xb).float(), yb) for xb, yb in loader])
+
+
+def preds_and_targs(learn: Learner, outputs: ValidOutputs | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation outputs and targets: the kept ones when given, else predicted again."""
+    return outputs.preds_and_targs() if outputs is not None else learn.get_preds()
+
+
+def _weights_stamp(model: nn.Module) -> int:
+    """Changes whenever any parameter or buffer is changed in place (an optimizer step, load_state_dict,
+    batch-norm statistics): the sum of their version counters."""
+    return sum(t._version for t in model.state_dict(keep_vars=True).values())
+
+
+class KeepValidOutputs(Callback):
+    """Keeps the validation pass of each fit's last epoch, as the task reduces each batch (Task.keep_valid),
+    so that thresholds, interpretation and top losses need no second pass over the validation set. The kept
+    outputs are handed out (`fresh`) only while they still describe the model and data: a whole pass, in full
+    precision (a mixed-precision pass would not give the same numbers as a re-prediction), with the same
+    weights and validation loader."""
+
+    order = 55
+    run_in_lr_find = False  # the finder's throw-away run restores the model it started from
+
+    def __init__(self) -> None:
+        self._outputs: ValidOutputs | None = None
+        self._stamp: tuple[weakref.ref[Any], weakref.ref[Any], int] | None = None
+        self._batches: list[Any] | None = None
+        self._n, self._exact = 0, True
+
+    def before_train(self) -> None:
+        self._outputs = self._stamp = None  # the weights are about to change
+
+    def before_validate(self) -> None:
+        learn = self.learn
+        self._batches = [] if learn.epoch == learn.n_epoch - 1 else None
+        self._n, self._exact = 0, True
+
+    def after_loss(self) -> None:  # a batch whose output was computed (after_batch also follows a cancelled one)
+        learn = self.learn
+        if learn.training or self._batches is None:
+            return
+        self._exact = self._exact and learn.pred.dtype == torch.float32
+        self._batches.append(learn.dls.task.keep_valid(learn.pred.detach().float(), learn.yb.detach()))
+        self._n += len(learn.yb)
+
+    def after_cancel_validate(self) -> None:
+        self._batches = None
+
+    def after_validate(self) -> None:
+        learn, batches = self.learn, self._batches
+        self._batches = None
+        if batches is None or not self._exact or self._n != len(learn.dls.valid.dataset):
+            return  # not the last epoch, cancelled, reduced precision, or a shard of the set (one rank's)
+        self._outputs = ValidOutputs(batches)
+        self._stamp = (weakref.ref(learn.model), weakref.ref(learn.dls.valid), _weights_stamp(learn.model))
+
+    def fresh(self, learn: Learner) -> ValidOutputs | None:
+        """The kept outputs if they still describe `learn`'s model on its validation set, else None."""
+        if self._outputs is None or self._stamp is None:
+            return None
+        model, loader, version = self._stamp
+        if model() is not learn.model or loader() is not learn.dls.valid or version != _weights_stamp(learn.model):
+            return None
+        return self._outputs
+
+
+def kept_valid_outputs(learn: Learner) -> ValidOutputs | None:
+    """The last validation pass's outputs, when a KeepValidOutputs callback on `learn` kept fresh ones."""
+    for cb in learn.cbs:
+        if isinstance(cb, KeepValidOutputs):
+            return cb.fresh(learn)
+    return None
 
 
 def validation_images(learn: Learner, keys: Sequence[str]) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch import nn
 from core.engine.architectures import Architecture
 from core.engine.callbacks import OneCycleScheduler, Recorder
 from core.engine.data import ImageDataLoaders
+from core.engine.distributed import unwrap
 from core.engine.errors import CheckpointError
 from core.engine.events import (
     Callback,
@@ -309,7 +310,7 @@ class Learner:
                 "format": CHECKPOINT_FORMAT,
                 "version": CHECKPOINT_VERSION,
                 "tag": self.tag,
-                "model": self.model.state_dict(),
+                "model": unwrap(self.model).state_dict(),
                 "opt": self.opt.state_dict(),
                 "frozen_to": self.frozen_to,
                 "fit_index": self.fit_index,
@@ -336,7 +337,7 @@ class Learner:
 
     def load_weights(self, state: dict[str, Any]) -> None:
         """Load a checkpoint's model and freezing (not its position)."""
-        self.model.load_state_dict(state["model"])
+        unwrap(self.model).load_state_dict(state["model"])
         self.freeze_to(int(state.get("frozen_to", 0)))
 
     def _apply_resume(self, state: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """PNG plots: show_batch, loss curves, the lr_find curve, the confusion matrix and the top-losses grid.
-Each writes a file; none opens a window (matplotlib's Agg backend)."""
+Each writes a file; none opens a window (matplotlib's Agg backend). Each draws on its own Figure, never
+through pyplot's global state, so that plots can be drawn on a thread of their own while a job goes on."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.patches
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -21,8 +21,7 @@ from matplotlib.figure import Figure
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # a Figure outside pyplot: nothing to close
     return path
 
 
@@ -33,7 +32,7 @@ def _grid(n: int) -> tuple[int, int]:
 
 def class_colours(n: int) -> list[tuple[float, float, float]]:
     """One RGB colour per class (tab20, repeating past 20)."""
-    cmap = plt.get_cmap("tab20")
+    cmap = matplotlib.colormaps["tab20"]
     return [(r, g, b) for r, g, b, _ in (cmap(i % 20) for i in range(n))]
 
 
@@ -60,7 +59,8 @@ def plot_images(
     """A grid of CHW float images in [0, 1], each with its title; points (K x 2 in [-1, 1]) drawn as
     green dots, predicted points as red crosses; masks (H x W class indices) as a tint."""
     rows, cols = _grid(len(titles))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.4), squeeze=False)
+    fig = Figure(figsize=(cols * 2.2, rows * 2.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, img, t) in enumerate(zip(axes.flat, images, titles, strict=False)):
@@ -88,7 +88,8 @@ def show_batch(dls: Any, path: str | Path, max_n: int = 16, valid: bool = False)
 
 def plot_losses(batches: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Training loss per batch (smoothed) and validation loss per epoch, on one axis."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     if batches:
         ax.plot([b["iter"] for b in batches], [b["smooth_loss"] for b in batches], label="train (smoothed)")
     per_epoch = len(batches) / max(1, len(epochs)) if batches else 1
@@ -105,7 +106,8 @@ def plot_lr_find(
     lrs: Sequence[float], losses: Sequence[float], suggestions: dict[str, float], path: str | Path
 ) -> Path:
     """The lr_find curve on a log axis, with each suggestion marked."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(lrs, losses)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
@@ -123,7 +125,8 @@ def plot_threshold_curves(
     grid: Sequence[float], curves: dict[str, list[float]], chosen: Sequence[float], path: str | Path
 ) -> Path:
     """F-beta against the decision threshold, one line per label, each tuned threshold marked."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for (name, ys), t in zip(curves.items(), chosen, strict=True):
         (line,) = ax.plot(grid, ys, label=name)
         ax.plot(t, float(np.interp(t, grid, ys)), "o", color=line.get_color())
@@ -136,7 +139,8 @@ def plot_threshold_curves(
 def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | Path) -> Path:
     """The confusion matrix with counts in each cell (rows: actual, columns: predicted)."""
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(max(4, n * 0.6), max(4, n * 0.6)))
+    fig = Figure(figsize=(max(4, n * 0.6), max(4, n * 0.6)))
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(n), classes, rotation=90)
     ax.set_yticks(range(n), classes)
@@ -167,7 +171,8 @@ def plot_mask_rows(
 ) -> Path:
     """One row per image: the image, its true mask and the predicted mask, tinted by class, with a legend."""
     n = len(titles)
-    fig, axes = plt.subplots(n, 3, figsize=(7.2, 2.4 * n), squeeze=False)
+    fig = Figure(figsize=(7.2, 2.4 * n))
+    axes = fig.subplots(n, 3, squeeze=False)
     for r in range(n):
         panels = [
             (images[r].permute(1, 2, 0).cpu().numpy(), titles[r]),
@@ -191,7 +196,8 @@ def _legend(fig: Figure, classes: Sequence[str]) -> None:
 
 def plot_bars(values: dict[str, float], path: str | Path, ylabel: str) -> Path:
     """One bar per name (per-class IoU, for example)."""
-    fig, ax = plt.subplots(figsize=(max(4, len(values) * 0.6), 3.5))
+    fig = Figure(figsize=(max(4, len(values) * 0.6), 3.5))
+    ax = fig.subplots()
     ax.bar(list(values), [0.0 if math.isnan(v) else v for v in values.values()])
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)

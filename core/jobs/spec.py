@@ -168,6 +168,10 @@ class TrainSpec(JobSettings):
             raise ValueError("a progressive-resizing plan belongs to a fine_tune job and needs at least one size")
         if self.lr == "auto" and self.kind != "stage2":
             raise ValueError("lr 'auto' is for stage 2 only")
+        if self.gpus > 1 and self.kind not in ("fine_tune", "stage1", "stage2", "retrain"):
+            raise ValueError(f"a {self.kind} job runs on one device: gpus is for the kinds that train a model")
+        if self.gpus > 1 and self.lr == "find":
+            raise ValueError("lr 'find' sweeps on one device: run an lr_find job first, or give a rate, with gpus > 1")
         if self.bs % self.gpus:
             raise ValueError(f"bs is the global batch, split between the {self.gpus} gpus: make it a multiple of it")
         return self

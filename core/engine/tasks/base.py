@@ -26,6 +26,7 @@ from core.engine.transforms import AugmentConfig, BatchAugment, ResizeMethod, re
 if TYPE_CHECKING:
     from core.engine.data import ImageDataLoaders
     from core.engine.inference import Predictor
+    from core.engine.interpret import ValidOutputs
     from core.engine.learner import Learner
 
 
@@ -240,9 +241,18 @@ class Task(ABC):
         raise NotImplementedError(f"the {self.name} task answers in predict, not decode")
 
     # ----- looking at the data and the model ---------------------------------------------------------
+    def keep_valid(self, output: torch.Tensor, target: torch.Tensor) -> Any:
+        """What interpretation needs of one validation batch (full-precision model outputs and targets, on
+        the device), kept from the last validation pass of a fit or from a fresh one: by default both, on the
+        CPU. A task whose outputs are large (a class per pixel) keeps what it reduces them to instead."""
+        return output.cpu(), target.cpu()
+
     @abstractmethod
-    def interpret(self, learn: Learner, thresholds: list[float] | None = None) -> Interpretation:
-        """What the learner's model gets wrong on its validation set."""
+    def interpret(
+        self, learn: Learner, thresholds: list[float] | None = None, outputs: ValidOutputs | None = None
+    ) -> Interpretation:
+        """What the learner's model gets wrong on its validation set: from `outputs`, the last validation
+        pass's (Task.keep_valid of each batch), else from a fresh pass over it."""
 
     @abstractmethod
     def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from core.engine.errors import DataError
-from core.engine.interpret import validation_images
+from core.engine.interpret import ValidOutputs, preds_and_targs, validation_images
 from core.engine.items import ClassItems, LabelItems
 from core.engine.plots import plot_confusion_matrix, plot_images
 from core.engine.tasks.base import Correction, Doubt, Grid, Prediction, Scores, Task, check_label
@@ -66,21 +66,22 @@ class TopLoss:
 
 
 class ClassificationInterpretation:
-    """Predictions over the validation set, and the ways to look at their mistakes."""
+    """Predictions over the validation set (the last validation pass's when given, else predicted again), and
+    the ways to look at their mistakes."""
 
-    def __init__(self, learn: Learner) -> None:
+    def __init__(self, learn: Learner, outputs: ValidOutputs | None = None) -> None:
         self.learn = learn
         self.classes = learn.dls.classes
-        logits, self.targs = learn.get_preds()
+        logits, self.targs = preds_and_targs(learn, outputs)
         self.probs = logits.softmax(dim=1)
         self.losses = F.cross_entropy(logits, self.targs, reduction="none")
         self.preds = self.probs.argmax(dim=1)
         self.dataset = learn.dls.valid.dataset
 
     @classmethod
-    def from_learner(cls, learn: Learner) -> ClassificationInterpretation:
+    def from_learner(cls, learn: Learner, outputs: ValidOutputs | None = None) -> ClassificationInterpretation:
         """Interpret a trained learner on its validation set."""
-        return cls(learn)
+        return cls(learn, outputs)
 
     def top_losses(self, k: int = 9) -> list[TopLoss]:
         """The k validation items with the highest loss."""
@@ -176,8 +177,10 @@ class ClassificationTask(Task):
         i = int(probs.argmax())
         return ClassPrediction(predictor.classes[i], i, probs.tolist(), predictor.classes)
 
-    def interpret(self, learn: Learner, thresholds: list[float] | None = None) -> ClassificationInterpretation:
-        return ClassificationInterpretation(learn)
+    def interpret(
+        self, learn: Learner, thresholds: list[float] | None = None, outputs: ValidOutputs | None = None
+    ) -> ClassificationInterpretation:
+        return ClassificationInterpretation(learn, outputs)
 
     def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
         return plot_images(images, [classes[int(y)] for y in targets], path)

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from core.engine.errors import BundleError, DataError
-from core.engine.interpret import validation_images
+from core.engine.interpret import ValidOutputs, preds_and_targs, validation_images
 from core.engine.items import MultiLabelItems
 from core.engine.metrics import fbeta
 from core.engine.plots import plot_images, plot_threshold_curves
@@ -94,10 +94,12 @@ class MultiLabelInterpretation:
     """Multi-label mistakes: per-label confusion counts, the F-beta-vs-threshold curve of each label,
     the tuned thresholds, and the items with the highest binary cross-entropy."""
 
-    def __init__(self, learn: Learner, thresholds: list[float] | None = None) -> None:
+    def __init__(
+        self, learn: Learner, thresholds: list[float] | None = None, outputs: ValidOutputs | None = None
+    ) -> None:
         self.learn = learn
         self.classes = learn.dls.classes
-        logits, self.targs = learn.get_preds()
+        logits, self.targs = preds_and_targs(learn, outputs)  # the thresholds are tuned on these too
         self.probs = logits.sigmoid()
         self.losses = F.binary_cross_entropy_with_logits(logits, self.targs, reduction="none").mean(dim=1)
         self.thresholds = thresholds or tune_thresholds(self.probs, self.targs)
@@ -215,8 +217,10 @@ class MultiLabelTask(Task):
         chosen = [c for c, v, t in zip(predictor.classes, probs, thresholds, strict=True) if v > t]
         return MultiLabelPrediction(predictor.classes[i], i, probs, predictor.classes, chosen, list(thresholds))
 
-    def interpret(self, learn: Learner, thresholds: list[float] | None = None) -> MultiLabelInterpretation:
-        return MultiLabelInterpretation(learn, thresholds)
+    def interpret(
+        self, learn: Learner, thresholds: list[float] | None = None, outputs: ValidOutputs | None = None
+    ) -> MultiLabelInterpretation:
+        return MultiLabelInterpretation(learn, thresholds, outputs)
 
     def correction(self, body: dict[str, Any], manifest: dict[str, Any], image_size: tuple[int, int]) -> Correction:
         labels = body.get("labels")

@@ -17,6 +17,7 @@ from torch import nn
 
 from core.engine.architectures import Architecture
 from core.engine.errors import DataError
+from core.engine.interpret import ValidOutputs, preds_and_targs
 from core.engine.items import TargetItems
 from core.engine.model import HeadConfig, TargetScale, create_cnn_model
 from core.engine.tasks.base import Correction, Doubt, Prediction, Scores, Task, check_numbers
@@ -60,8 +61,10 @@ class RegressionTask(Task):
     ) -> Path:
         """The worst items, drawn."""
 
-    def interpret(self, learn: Learner, thresholds: list[float] | None = None) -> RegressionInterpretation:
-        return RegressionInterpretation(learn, self)
+    def interpret(
+        self, learn: Learner, thresholds: list[float] | None = None, outputs: ValidOutputs | None = None
+    ) -> RegressionInterpretation:
+        return RegressionInterpretation(learn, self, outputs)
 
     def predict(self, predictor: Predictor, images: Sequence[Image.Image]) -> list[Prediction]:
         """Each image's answer, and its spread under test-time augmentation: the same images a little darker,
@@ -143,9 +146,9 @@ class RegressionInterpretation:
     """The error of every validation item, its distribution, the trivial baseline (predicting the training
     mean), and the worst items."""
 
-    def __init__(self, learn: Learner, task: RegressionTask) -> None:
+    def __init__(self, learn: Learner, task: RegressionTask, outputs: ValidOutputs | None = None) -> None:
         self.learn, self.task = learn, task
-        self.preds, self.targs = learn.get_preds()
+        self.preds, self.targs = preds_and_targs(learn, outputs)
         # The baseline needs only the training targets (in model coordinates), not a forward pass over them.
         train = learn.dls.train.dataset
         train_targs = torch.stack([train[i][1] for i in range(len(train))])

@@ -21,6 +21,7 @@ from torch import nn
 from core.engine.architectures import Architecture
 from core.engine.errors import BundleError, DataError
 from core.engine.images import MAX_PIXELS
+from core.engine.interpret import ValidOutputs, predict_valid
 from core.engine.items import IGNORE_INDEX, MaskItems
 from core.engine.masks import MASK_MODES, open_mask
 from core.engine.metrics import dice_per_class, iou_per_class, pixel_confusion
@@ -73,37 +74,48 @@ class MaskedCrossEntropy(nn.Module):
         return total / (targs != IGNORE_INDEX).sum().clamp_min(1)
 
 
+@dataclass(frozen=True)
+class MaskBatch:
+    """What segmentation's interpretation keeps of one validation batch instead of its C x H x W logits: each
+    image's mean pixel loss, pixel confusion matrix and predicted classes."""
+
+    losses: torch.Tensor  # (N,) mean loss over the non-void pixels
+    confusions: torch.Tensor  # (N, C, C) actual x predicted pixel counts
+    preds: torch.Tensor  # (N, H, W) int16 class indices
+
+
+def keep_mask_batch(logits: torch.Tensor, targs: torch.Tensor) -> MaskBatch:
+    """A validation batch's full-precision logits and masks, reduced to a MaskBatch (on the CPU)."""
+    n = logits.shape[1]
+    yb = targs.long()
+    per_pixel = F.cross_entropy(logits, yb, ignore_index=IGNORE_INDEX, reduction="none")
+    counted = (yb != IGNORE_INDEX).sum(dim=(1, 2)).clamp_min(1)
+    pred = logits.argmax(dim=1)
+    confusions = torch.stack([pixel_confusion(p[None], t[None], n) for p, t in zip(pred, yb, strict=True)])
+    return MaskBatch((per_pixel.sum(dim=(1, 2)) / counted).cpu(), confusions.cpu(), pred.to(torch.int16).cpu())
+
+
 class SegmentationInterpretation:
     """Segmentation: the pixel confusion matrix, per-class IoU and Dice, the majority-class baseline, and the
-    validation images with the highest loss drawn with their true and predicted masks."""
+    validation images with the highest loss drawn with their true and predicted masks. Computed from the last
+    validation pass's MaskBatches when given, else from a fresh pass."""
 
-    def __init__(self, learn: Learner, baseline_items: int = 1000) -> None:
+    def __init__(self, learn: Learner, baseline_items: int = 1000, outputs: ValidOutputs | None = None) -> None:
         self.learn = learn
         self.classes = learn.dls.classes
         n = len(self.classes)
-        loader = learn.dls.valid
-        self.dataset = loader.dataset
-        learn.model.eval()
-        loader.set_epoch(0, 0)
-        losses, pixel_acc, ious, preds = [], [], [], []
+        self.dataset = learn.dls.valid.dataset
+        batches: list[MaskBatch] = (outputs if outputs is not None else predict_valid(learn)).batches
+        pixel_acc, ious = [], []
         self.confusion = torch.zeros(n, n, dtype=torch.long)
-        with torch.no_grad():
-            for xb, yb in loader:
-                logits = learn.model(xb).float()
-                yb = yb.long()
-                per_pixel = F.cross_entropy(logits, yb, ignore_index=IGNORE_INDEX, reduction="none")
-                counted = (yb != IGNORE_INDEX).sum(dim=(1, 2)).clamp_min(1)
-                losses.append((per_pixel.sum(dim=(1, 2)) / counted).cpu())
-                pred = logits.argmax(dim=1)
-                for p, t in zip(pred, yb, strict=True):
-                    cm = pixel_confusion(p[None], t[None], n).cpu()
-                    self.confusion += cm
-                    pixel_acc.append(float(cm.diag().sum() / cm.sum().clamp_min(1)))
-                    ious.append(float(iou_per_class(cm).nanmean()))
-                preds.append(pred.to(torch.int16).cpu())
-        self.losses = torch.cat(losses)
+        for batch in batches:
+            for cm in batch.confusions:
+                self.confusion += cm
+                pixel_acc.append(float(cm.diag().sum() / cm.sum().clamp_min(1)))
+                ious.append(float(iou_per_class(cm).nanmean()))
+        self.losses = torch.cat([b.losses for b in batches])
         self.item_accuracy, self.item_iou = pixel_acc, ious
-        self.preds = torch.cat(preds)
+        self.preds = torch.cat([b.preds for b in batches])
         self.baseline_class = self._majority_class(baseline_items)
 
     def _majority_class(self, max_items: int) -> int:
@@ -274,8 +286,13 @@ class SegmentationTask(Task):
         shares = {c: float(n) / full.size for c, n in zip(predictor.classes, counts, strict=True)}
         return MaskPrediction(Image.fromarray(code_of_class[full]), shares, entropy)
 
-    def interpret(self, learn: Learner, thresholds: list[float] | None = None) -> SegmentationInterpretation:
-        return SegmentationInterpretation(learn)
+    def keep_valid(self, output: torch.Tensor, target: torch.Tensor) -> MaskBatch:
+        return keep_mask_batch(output, target)
+
+    def interpret(
+        self, learn: Learner, thresholds: list[float] | None = None, outputs: ValidOutputs | None = None
+    ) -> SegmentationInterpretation:
+        return SegmentationInterpretation(learn, outputs=outputs)
 
     def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
         return plot_images(images, [""] * len(images), path, masks=list(targets), classes=classes)
