@@ -35,6 +35,7 @@ from core.storage.layout import attempt_prefix
 from worker import metrics
 from worker.context import DbJobContext, new_work_dir
 from worker.evaluate import GoldSet, evaluate_retrain, name_of
+from worker.memory import release_memory
 
 log = logging.getLogger("fitcycle.worker")
 
@@ -124,6 +125,7 @@ def execute_job(rt: Runtime, job_id: str) -> str:
         return _execute_job(rt, job_id)
     finally:
         JOB_ID.reset(token)
+        release_memory()
 
 
 def _execute_job(rt: Runtime, job_id: str) -> str:
