@@ -32,7 +32,10 @@ class AppState:
 
     def __post_init__(self) -> None:
         self.predictors = PredictorCache(
-            self.store, self.settings.cache_dir / "bundles", self.settings.predictor_cache_size
+            self.store,
+            self.settings.cache_dir / "bundles",
+            self.settings.predictor_cache_size,
+            backend=self.settings.predictor,
         )
         self.rate_limiter = make_rate_limiter(self.settings.celery_broker_url, self.settings.requests_per_minute)
 

@@ -1,7 +1,9 @@
 """Predict latency: POST /models/{id}/predict p50 against the Predictor called in-process on the same
-image and the same bundle, printed as a ratio (target <= 1.3 for a 224 px resnet34 on CPU).
+image and the same bundle, printed as a ratio (target <= 1.3 for a 224 px resnet34 on CPU). Then the same
+bundle's two backends side by side: ONNX Runtime (model.onnx) against eager PyTorch, p50 latency of one image
+and throughput of batches of --batch images, printed as a ratio (target >= 1.5).
 
-    .venv/bin/python bench/predict_latency.py [--n 30] [--arch resnet34] [--size 224]
+    .venv/bin/python bench/predict_latency.py [--n 30] [--batch 32] [--arch resnet34] [--size 224]
 
 The model is trained for one short epoch through the platform itself (embedded default), so the bundle
 the endpoint serves is a real one; its accuracy does not matter for latency.
@@ -14,6 +16,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,7 +28,7 @@ from core.storage.base import download_prefix
 from core.storage.local import LocalStore
 
 
-def timed(fn: Callable[[], None], n: int) -> list[float]:
+def timed(fn: Callable[[], object], n: int) -> list[float]:
     out = []
     for _ in range(n):
         t = time.perf_counter()
@@ -39,6 +42,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=30)
     p.add_argument("--arch", default="resnet34")
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=32, help="images per pass for the throughput comparison")
     args = p.parse_args()
     with served_embedded() as served:
         tmp, client = served.tmp, served.client
@@ -88,6 +92,31 @@ def main() -> None:
         print(f"{args.arch} at {args.size}px on CPU ({torch.get_num_threads()} threads), {args.n} requests each")
         print(f"POST /predict p50 {h * 1000:.1f} ms   Predictor in-process p50 {loc * 1000:.1f} ms")
         print(f"http/in-process ratio: {h / loc:.3f}  (target <= 1.3)")
+        compare_backends(local, sorted(folder.rglob("*.png")), args.n, args.batch)
+
+
+def compare_backends(bundle: Path, paths: list[Path], n: int, batch: int) -> None:
+    """ONNX Runtime against eager PyTorch on one bundle: p50 of one image, and images/s in batches of `batch`."""
+    onnx, eager = Predictor(bundle, backend="onnx"), Predictor(bundle, backend="torch")
+    assert onnx.backend == "onnx", f"{bundle} has no usable model.onnx: {onnx.manifest.get('onnx')}"
+    image = paths[0].read_bytes()
+    images = [paths[i % len(paths)].read_bytes() for i in range(batch)]
+    for predictor in (onnx, eager):  # warm-up
+        predictor.predict(image)
+        predictor.predict_batch(images)
+    one: dict[str, list[float]] = {"onnx": [], "eager": []}
+    many: dict[str, list[float]] = {"onnx": [], "eager": []}
+    for _ in range(n):  # interleaved, so load drift hits both alike
+        for name, predictor in (("onnx", onnx), ("eager", eager)):
+            one[name] += timed(partial(predictor.predict, image), 1)
+    for _ in range(max(3, n // 5)):
+        for name, predictor in (("onnx", onnx), ("eager", eager)):
+            many[name] += timed(partial(predictor.predict_batch, images), 1)
+    o1, e1 = statistics.median(one["onnx"]), statistics.median(one["eager"])
+    on, en = batch / statistics.median(many["onnx"]), batch / statistics.median(many["eager"])
+    print(f"batch 1 p50: onnx {o1 * 1000:.1f} ms   eager {e1 * 1000:.1f} ms   eager/onnx latency ratio: {e1 / o1:.2f}")
+    print(f"batch {batch} throughput: onnx {on:.1f} images/s   eager {en:.1f} images/s")
+    print(f"onnx/eager throughput ratio: {on / en:.2f}")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     max_archive_ratio: float = Field(200.0, description="expansion cap, per zip entry and per archive")
 
     # Prediction.
+    predictor: Literal["onnx", "torch"] = Field(
+        "onnx",
+        description="what runs a served model on the CPU: ONNX Runtime when its bundle has a model.onnx (else "
+        "PyTorch), or always PyTorch",
+    )
     predictor_cache_size: int = 4
     max_predict_files: int = 16
     max_predict_file_bytes: int = 20 * 1024**2

@@ -30,7 +30,7 @@ def trained(fashion_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 
 def test_bundle_holds_no_pickle_and_a_complete_manifest(trained: tuple[Learner, Path]) -> None:
     _, bundle = trained
-    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "weights.safetensors"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "model.onnx", "weights.safetensors"]
     manifest = read_manifest(bundle)
     assert manifest["arch"] == "resnet18" and manifest["classes"] == ["bag", "dress", "sneaker", "trouser"]
     assert manifest["input_size"] == 32 and manifest["task"] == "classification"

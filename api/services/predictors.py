@@ -10,7 +10,7 @@ from pathlib import Path
 
 from api.services.batching import MicroBatcher
 from core.db import domain
-from core.engine.inference import Predictor
+from core.engine.inference import Backend, Predictor
 from core.storage.base import ObjectStore, download_prefix
 
 
@@ -28,8 +28,9 @@ class _Loaded:
 class PredictorCache:
     """At most `size` Predictors in memory, most recently used kept."""
 
-    def __init__(self, store: ObjectStore, folder: Path, size: int) -> None:
+    def __init__(self, store: ObjectStore, folder: Path, size: int, backend: Backend = "onnx") -> None:
         self.store, self.folder, self.size = store, folder, max(1, size)
+        self.backend = backend  # Settings.predictor: ONNX Runtime where a bundle has model.onnx, or PyTorch
         self._cache: OrderedDict[str, _Loaded] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -39,7 +40,7 @@ class PredictorCache:
                 self._cache.move_to_end(model.id)
                 return self._cache[model.id].predictor
         bundle = download_prefix(self.store, model.bundle_prefix, self.folder / model.id)
-        predictor = Predictor(bundle, device="cpu")
+        predictor = Predictor(bundle, device="cpu", backend=self.backend)
         with self._lock:
             if model.id in self._cache:  # another request loaded it meanwhile: one copy (and one batcher) per model
                 self._cache.move_to_end(model.id)

@@ -1,11 +1,13 @@
 """Export bundles [fastai: export]: a folder with safetensors weights and a manifest.json that says
-everything needed to rebuild and feed the model. No pickle anywhere, so loading never runs code."""
+everything needed to rebuild and feed the model, and the same model as model.onnx for ONNX Runtime when it
+exports (the manifest's "onnx" says whether it did, or why not). No pickle anywhere, so loading never runs code."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,10 +18,11 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from core.engine.architectures import ARCHITECTURES
+from core.engine.architectures import ARCHITECTURES, get_architecture
 from core.engine.errors import BundleError
 from core.engine.learner import Learner
 from core.engine.model import HeadConfig
+from core.engine.onnx_export import ONNX_FILE, write_onnx
 from core.engine.tasks import TASKS, get_task
 from core.engine.tasks.base import manifest_field
 
@@ -27,6 +30,11 @@ BUNDLE_FORMAT = "fitcycle-bundle"
 BUNDLE_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
+# Format 1 bundles may carry model.onnx: the manifest's optional "onnx" record says so. A fitcycle that predates
+# it ignores the record and serves the weights with PyTorch, and bundles without it stay valid, so the format
+# version did not change.
+
+log = logging.getLogger(__name__)
 
 
 def fitcycle_version() -> str:
@@ -93,8 +101,9 @@ def export_bundle(
     head: HeadConfig | None = None,
     extra: dict[str, Any] | None = None,
     thresholds: list[float] | None = None,
+    onnx: bool = True,
 ) -> Path:
-    """Write weights and manifest into `folder`, replacing it atomically."""
+    """Write weights and manifest (and, with `onnx`, model.onnx) into `folder`, replacing it atomically."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     manifest = build_manifest(learn, head, extra, thresholds)
@@ -103,6 +112,8 @@ def export_bundle(
         state = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
         manifest["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILE)
+        if onnx:
+            manifest["onnx"] = export_onnx(manifest, state, tmp)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -111,6 +122,55 @@ def export_bundle(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def export_onnx(manifest: dict[str, Any], state: dict[str, torch.Tensor], folder: Path) -> dict[str, Any]:
+    """Write model.onnx into `folder`: the model the Predictor would build from this manifest and these weights.
+    The manifest's "onnx" record: the file, its opset and checksum, or {"file": None, "error": why} when the
+    model could not be exported (the bundle is then served by PyTorch)."""
+    try:
+        model = get_task(manifest["task"]).inference_model(get_architecture(manifest["arch"]), manifest)
+        model.load_state_dict(state, strict=True)
+        record = write_onnx(model, folder / ONNX_FILE, manifest["input_size"])
+    except Exception as exc:  # ONNX is an extra: whatever goes wrong with it, the bundle is still written
+        log.warning("%s %s: not exported to ONNX (served by PyTorch): %s", manifest["task"], manifest["arch"], exc)
+        return {"file": None, "error": str(exc)}
+    return {**record, "sha256": sha256_file(folder / ONNX_FILE), "weights_sha256": manifest["weights_sha256"]}
+
+
+def onnx_model_file(folder: str | Path, manifest: dict[str, Any]) -> tuple[Path | None, str]:
+    """The bundle's model.onnx, or None and why not (no ONNX record, the export failed, the file is gone, or it
+    was exported from other weights). A file whose checksum does not match is refused, like corrupt weights."""
+    record = manifest.get("onnx")
+    if record is None:
+        return None, "the bundle predates ONNX export"
+    if record.get("file") is None:
+        return None, f"the model did not export to ONNX: {record.get('error', 'no reason recorded')}"
+    path = Path(folder) / record["file"]
+    if not path.is_file():
+        return None, f"{path.name} is missing from the bundle"
+    if record.get("weights_sha256") != manifest.get("weights_sha256"):
+        return None, f"{path.name} was exported from other weights than {manifest['weights']}"
+    expected = record.get("sha256")
+    if expected and sha256_file(path) != expected:
+        raise BundleError(f"{path}: checksum does not match the manifest (the file is corrupt or was replaced)")
+    return path, ""
+
+
+def _check_onnx_record(manifest: dict[str, Any], folder: Path, path: Path) -> None:
+    """The optional "onnx" record: a file name inside the bundle and an opset, or no file and the reason."""
+    record = manifest.get("onnx")
+    if record is None:
+        return
+    if not isinstance(record, dict):
+        raise BundleError(f"{path}: manifest.json 'onnx' should be an object, found {type(record).__name__}")
+    file = record.get("file")
+    if file is None:
+        return
+    if not isinstance(file, str) or (folder / file).parent.resolve() != folder.resolve():
+        raise BundleError(f"{path}: manifest.json 'onnx.file' should name a file in the bundle, found {file!r}")
+    if not isinstance(record.get("opset"), int):
+        raise BundleError(f"{path}: manifest.json 'onnx.opset' should be an integer, found {record.get('opset')!r}")
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -153,4 +213,5 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     expected = manifest.get("weights_sha256")
     if expected and sha256_file(weights) != expected:
         raise BundleError(f"{weights}: checksum does not match the manifest (the file is corrupt or was replaced)")
+    _check_onnx_record(manifest, folder, path)
     return manifest

@@ -1,30 +1,42 @@
 """The Predictor [fastai: load_learner + predict]: loads an export bundle on CPU and answers for a path,
 bytes or PIL image, one or a batch. The bundle's task rebuilds the model and decodes its outputs: ranked
-classes, multi-label sets, points, values or a segmentation mask (see tasks/)."""
+classes, multi-label sets, points, values or a segmentation mask (see tasks/). On the CPU the model runs in ONNX
+Runtime when the bundle has a model.onnx (backend "onnx", the default), else in PyTorch; both take the same tensor
+and give the same outputs, so the task decodes either the same way."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from torch import nn
 
 from core.engine.architectures import get_architecture
 from core.engine.errors import BundleError
-from core.engine.export import read_manifest
+from core.engine.export import onnx_model_file, read_manifest
 from core.engine.images import open_rgb
+from core.engine.onnx_runtime import load_onnx, onnxruntime_available
 from core.engine.tasks import Prediction, get_task
 from core.engine.transforms import Normalize, image_to_uint8_tensor, resize_image
 
 ImageInput = str | Path | bytes | Image.Image
+Backend = Literal["onnx", "torch"]
+BACKENDS: tuple[Backend, ...] = ("onnx", "torch")
+
+log = logging.getLogger(__name__)
 
 
 class Predictor:
     """A bundle's model on CPU (or a given device), in eval mode, with its inference transforms."""
 
-    def __init__(self, bundle: str | Path, device: str | torch.device = "cpu") -> None:
+    def __init__(self, bundle: str | Path, device: str | torch.device = "cpu", backend: Backend = "onnx") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend should be one of {', '.join(BACKENDS)}, not {backend!r}")
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle)
         m = self.manifest
@@ -40,7 +52,26 @@ class Predictor:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise BundleError(f"{self.bundle}: the weights do not fit the manifest's model: {str(exc)[:400]}") from exc
-        self.model = model.to(self.device).eval()
+        self.model: nn.Module = model.to(self.device).eval()
+        self.backend: Backend = "torch"  # what answers: "onnx" only once model.onnx is loaded
+        if backend == "onnx":
+            self._use_onnx()
+
+    def _use_onnx(self) -> None:
+        """Answer with ONNX Runtime when the bundle has a model.onnx of these weights and the device is the CPU;
+        otherwise keep the PyTorch model (the weights were loaded and checked above either way), and log why."""
+        path, why = onnx_model_file(self.bundle, self.manifest)
+        if path is not None and self.device.type != "cpu":
+            path, why = None, f"ONNX Runtime serves on the CPU only, and this Predictor is on {self.device}"
+        if path is not None and not onnxruntime_available():
+            path, why = None, "onnxruntime is not installed"
+        if path is None:
+            log.info("%s: served by PyTorch (%s)", self.bundle, why)
+            return
+        try:
+            self.model, self.backend = load_onnx(path), "onnx"
+        except Exception as exc:  # e.g. an opset newer than this onnxruntime: PyTorch still serves the bundle
+            log.warning("%s: served by PyTorch, ONNX Runtime could not load %s: %s", self.bundle, path.name, exc)
 
     def forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The model's outputs for images resized to the training size, in one pass (on the CPU)."""

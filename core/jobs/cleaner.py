@@ -63,7 +63,8 @@ def out_of_fold_answers(
             # the head trains (a probe of its features); a body from scratch trains whole.
             phase = Phase(f"fold{f}", "stage1" if cheap.is_pretrained else "scratch", cheap.epochs, STAGE1_DEFAULT_LR)
             built.learn.fit_phase(phase)
-            predictor = Predictor(export_bundle(built.learn, Path(scratch) / "bundle"))
+            # A throwaway fold model: answered by PyTorch, not worth an ONNX export and its check.
+            predictor = Predictor(export_bundle(built.learn, Path(scratch) / "bundle", onnx=False), backend="torch")
             for start in range(0, len(held), batch):
                 chunk = held[start : start + batch]
                 answers.update(zip(chunk, predictor.predict_batch([items.path(i) for i in chunk]), strict=True))
