@@ -66,7 +66,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 pytest: setup $(CHROMIUM)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test: lint typecheck pytest
 
