@@ -69,6 +69,7 @@ class KeepValidOutputs(Callback):
         self._outputs: ValidOutputs | None = None
         self._stamp: tuple[weakref.ref[Any], weakref.ref[Any], int] | None = None
         self._batches: list[Any] | None = None
+        self._model: weakref.ref[nn.Module] | None = None
         self._n, self._exact = 0, True
 
     def before_train(self) -> None:
@@ -77,6 +78,7 @@ class KeepValidOutputs(Callback):
     def before_validate(self) -> None:
         learn = self.learn
         self._batches = [] if learn.epoch == learn.n_epoch - 1 else None
+        self._model = weakref.ref(learn.model)  # the model that validates (a distributed fit's plain one)
         self._n, self._exact = 0, True
 
     def after_loss(self) -> None:  # a batch whose output was computed (after_batch also follows a cancelled one)
@@ -93,10 +95,11 @@ class KeepValidOutputs(Callback):
     def after_validate(self) -> None:
         learn, batches = self.learn, self._batches
         self._batches = None
-        if batches is None or not self._exact or self._n != len(learn.dls.valid.dataset):
+        model = self._model() if self._model is not None else None
+        if batches is None or model is None or not self._exact or self._n != len(learn.dls.valid.dataset):
             return  # not the last epoch, cancelled, reduced precision, or a shard of the set (one rank's)
         self._outputs = ValidOutputs(batches)
-        self._stamp = (weakref.ref(learn.model), weakref.ref(learn.dls.valid), _weights_stamp(learn.model))
+        self._stamp = (weakref.ref(model), weakref.ref(learn.dls.valid), _weights_stamp(model))
 
     def fresh(self, learn: Learner) -> ValidOutputs | None:
         """The kept outputs if they still describe `learn`'s model on its validation set, else None."""
