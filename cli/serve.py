@@ -199,6 +199,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_level="info" if args.access_log else "warning",
             access_log=args.access_log,
             log_config=None,  # ours (core/logs.py): one format, the request id on every line
+            # Longer than a client's or a proxy's idle keep-alive (75 s is nginx's): a server that closes an idle
+            # connection first races the client's next request on it, which then fails with a reset.
+            timeout_keep_alive=75,
         )
     finally:
         _stop(worker)

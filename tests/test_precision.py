@@ -39,13 +39,15 @@ def test_bf16_autocast_on_cpu_trains_in_half_and_keeps_fp32_weights(fashion_fold
     dtypes = PredDtypes()
     mp = MixedPrecision("bf16")
     learn = make_learner(fashion_folder, cbs=[mp, dtypes])
-    learn.fit_one_cycle(2, 3e-3)
+    learn.fit_one_cycle(4, 5e-3)  # the recipe test_learner's fp32 run learns with
     assert dtypes.seen == {torch.bfloat16}
     assert mp.scaler is None  # bf16 keeps fp32's range: no loss scaling
     assert all(p.dtype == torch.float32 for p in learn.model.parameters())
     losses = [e["train_loss"] for e in learn.recorder.epochs]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
-    assert learn.recorder.epochs[-1]["accuracy"] > 0.4  # four classes, chance is 0.25: it learned
+    # Four classes (chance: error 0.75). bf16 sums round differently with the thread count, so the bar leaves room;
+    # a broken autocast (NaNs, no learning) stays near chance.
+    assert learn.recorder.epochs[-1]["error_rate"] < 0.6
 
 
 def test_compile_compiles_or_falls_back_to_eager(fashion_folder: Path) -> None:
