@@ -4,11 +4,12 @@ workers retry their writes with backoff, and the API answers 503 with Retry-Afte
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from core.retry import with_backoff
 
 T = TypeVar("T")
 log = logging.getLogger("fitcycle.db")
@@ -21,24 +22,7 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
-def retrying(fn: Callable[[], T], what: str, seconds: float, max_delay: float = 5.0) -> T:
+def retrying(fn: Callable[[], T], what: str, seconds: float) -> T:
     """Call `fn` (one whole transaction) until it gets through an outage, with exponential backoff, for at most
     `seconds`; then, or on any other error, raise."""
-    started, delay = time.monotonic(), 0.25
-    while True:
-        try:
-            return fn()
-        except DBAPIError as exc:
-            waited = time.monotonic() - started
-            if not is_outage(exc) or waited + delay > seconds:
-                raise
-            log.warning(
-                "%s: the database is not answering (%s); retrying in %.2f s (%.0f s of %.0f s spent)",
-                what,
-                type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__,
-                delay,
-                waited,
-                seconds,
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, max_delay)
+    return with_backoff(fn, f"{what}: the database", seconds, is_outage, log)

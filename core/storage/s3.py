@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +18,7 @@ from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error, ServerError
 
+from core.retry import with_backoff
 from core.storage.base import ObjectNotFound, check_key
 
 PART_SIZE = 16 * 1024 * 1024
@@ -52,24 +52,7 @@ class S3Store:
         self._bucket_ready = False
 
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
-        started, delay = time.monotonic(), 0.25
-        while True:
-            try:
-                return fn()
-            except Exception as exc:
-                waited = time.monotonic() - started
-                if not is_transient(exc) or waited + delay > self.retry_seconds:
-                    raise
-                log.warning(
-                    "S3 %s: the server is not answering (%s); retrying in %.2f s (%.0f s of %.0f s spent)",
-                    what,
-                    type(exc).__name__,
-                    delay,
-                    waited,
-                    self.retry_seconds,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return with_backoff(fn, f"S3 {what}: the server", self.retry_seconds, is_transient, log)
 
     def _ensure_bucket(self) -> None:
         if not self._bucket_ready:
