@@ -28,6 +28,7 @@ import asyncio
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -297,6 +298,7 @@ class LoadRun:
     elapsed: float = 0.0
     answers: dict[int, dict[str, float]] = field(default_factory=dict)  # image index -> {label: probability}
     cpu: float = 0.0  # this process's CPU seconds meanwhile (the load generator shares the machine)
+    first_error: dict[str, str] = field(default_factory=dict)  # error kind -> the first such answer's body
 
     @property
     def total(self) -> int:
@@ -329,6 +331,7 @@ async def hammer(base: str, key: str, path: str, images: list[bytes], clients: i
                     continue
                 if r.status_code != 200:
                     run.errors[f"HTTP {r.status_code}"] += 1
+                    run.first_error.setdefault(f"HTTP {r.status_code}", r.text[:300])
                     continue
                 run.latencies.append(time.perf_counter() - t)
                 if k not in run.answers:
@@ -349,16 +352,16 @@ def in_process(predictor: Predictor, images: list[bytes], batch: int, seconds: f
     return done / (time.perf_counter() - start)
 
 
-def train_model(client: Client, folder: Path) -> str:
-    """A resnet18 at 32 px, one epoch through the platform; its model id."""
+def train_model(client: Client, folder: Path, arch: str, size: int) -> str:
+    """An untrained `arch` at `size` px, one epoch through the platform; its model id."""
     ds = client.upload("fashion", zipped(folder)).json()
     job = client.wait(
         client.submit(
             kind="fine_tune",
             dataset_id=ds["id"],
-            arch="resnet18",
+            arch=arch,
             pretrained="none",
-            size=32,
+            size=size,
             bs=16,
             freeze_epochs=0,
             epochs=1,
@@ -370,11 +373,38 @@ def train_model(client: Client, folder: Path) -> str:
     return str(job["model_id"])
 
 
-def predict_load(pf: Platform, clients: int, seconds: float, window_ms: float, max_batch: int, tmp: Path) -> None:
-    folder = write_sample("fashion-mnist", tmp / "fashion", per_class=16, size=32, classes=["trouser", "bag"])
+@dataclass
+class PredictPlan:
+    clients: int
+    seconds: float
+    window_ms: float
+    max_batch: int
+    arch: str
+    size: int
+    keep_inputs: bool
+    profile: Path | None  # py-spy's collapsed stacks of the API under each load go here, when set
+
+
+def profiled(api: Process, out: Path | None, seconds: float) -> ExitStack:
+    """While the block runs, py-spy samples the API process into `out` (collapsed stacks), when `out` is set."""
+    stack = ExitStack()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [spy, "record", "--pid", str(api.proc.pid), "--format", "raw", "--subprocesses", "--nonblocking"]
+        cmd += ["--output", str(out), "--duration", str(max(1, int(seconds))), "--rate", "50"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stack.callback(proc.wait, 60)
+    return stack
+
+
+def predict_load(pf: Platform, plan: PredictPlan, tmp: Path) -> None:
+    clients, seconds, window_ms, max_batch = plan.clients, plan.seconds, plan.window_ms, plan.max_batch
+    folder = write_sample("fashion-mnist", tmp / "fashion", per_class=16, size=plan.size, classes=["trouser", "bag"])
     images = [p.read_bytes() for p in sorted(folder.rglob("*.png"))]
     with pf.api() as (_, client):
-        model_id = train_model(client, folder)
+        model_id = train_model(client, folder, plan.arch, plan.size)
+        client.http.patch("/project", json={"keep_inputs": plan.keep_inputs}).raise_for_status()
         bundle_zip = tmp / "bundle.zip"
         bundle_zip.write_bytes(client.get(f"/models/{model_id}/bundle").content)
     with zipfile.ZipFile(bundle_zip) as z:
@@ -394,12 +424,14 @@ def predict_load(pf: Platform, clients: int, seconds: float, window_ms: float, m
             # Warm-up at full concurrency: the model loaded, the threadpool and allocator grown, before "before".
             asyncio.run(hammer(client.base, client.key, path, images, clients, min(3.0, seconds / 2)))
             before = rss_of(api, pf.workers)
-            runs[mode] = asyncio.run(hammer(client.base, client.key, path, images, clients, seconds))
+            with profiled(api, plan.profile and plan.profile / f"{mode}.txt", seconds):
+                runs[mode] = asyncio.run(hammer(client.base, client.key, path, images, clients, seconds))
             rss[mode] = (cold, before, rss_of(api, pf.workers))
 
     print(
-        f"predict: resnet18 at 32 px on CPU ({torch.get_num_threads()} threads here), {clients} clients x {seconds:g}"
-        f" s, one image per request; batching: window {window_ms:g} ms, at most {max_batch}"
+        f"predict: {plan.arch} at {plan.size} px on CPU ({torch.get_num_threads()} threads here), {clients} clients x"
+        f" {seconds:g} s, one image per request, keep_inputs {'on' if plan.keep_inputs else 'off'}; batching: window"
+        f" {window_ms:g} ms, at most {max_batch}"
     )
     print(f"in-process Predictor.predict_batch ({max_batch} at a time): {local_rate:.1f} images/s")
     for mode, r in runs.items():
@@ -409,6 +441,8 @@ def predict_load(pf: Platform, clients: int, seconds: float, window_ms: float, m
             f"{mode:>9}: errors {errors / max(1, r.total):.2%} ({errors}/{r.total})"
             + "".join(f" {k}: {v}" for k, v in r.errors.items())
         )
+        for kind, body in r.first_error.items():
+            print(f"{mode:>9}: the first {kind}: {body}")
         print(
             f"{mode:>9}: p50 {pct(lat, 50) * 1000:.1f} ms   p95 {pct(lat, 95) * 1000:.1f} ms   "
             f"p99 {pct(lat, 99) * 1000:.1f} ms"
@@ -440,6 +474,10 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="how long each predict load lasts")
     p.add_argument("--window-ms", type=float, default=5.0, help="FITCYCLE_PREDICT_BATCH_WINDOW_MS of the batched run")
     p.add_argument("--max-batch", type=int, default=32, help="FITCYCLE_PREDICT_MAX_BATCH, and the baseline's batch")
+    p.add_argument("--arch", default="resnet18", help="the predict model's architecture (untrained, one epoch)")
+    p.add_argument("--size", type=int, default=32, help="the predict model's input size, px")
+    p.add_argument("--keep-inputs", action=argparse.BooleanOptionalAction, default=True, help="keep_inputs on or off")
+    p.add_argument("--profile", type=Path, help="folder for py-spy's collapsed stacks of the API under each load")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--store", choices=["seaweedfs", "local"], default="seaweedfs")
     p.add_argument("--quick", action="store_true", help="a smoke run: 50 jobs, 10 clients for 5 s (unless set)")
@@ -456,7 +494,17 @@ def main() -> None:
             if args.jobs:
                 job_burst(pf, args.jobs, args.burst_connections, tmp)
             if args.predict_clients:
-                predict_load(pf, args.predict_clients, args.seconds, args.window_ms, args.max_batch, tmp)
+                plan = PredictPlan(
+                    args.predict_clients,
+                    args.seconds,
+                    args.window_ms,
+                    args.max_batch,
+                    args.arch,
+                    args.size,
+                    args.keep_inputs,
+                    args.profile,
+                )
+                predict_load(pf, plan, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

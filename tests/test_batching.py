@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import TypeVar, cast
 
 import pytest
 import torch
 from PIL import Image
 
+from api.errors import Problem
 from api.services.batching import MicroBatcher
 from api.services.predict import predict_one
 from api.services.predictors import PredictorCache
@@ -26,8 +28,11 @@ from core.engine.export import export_bundle
 from core.engine.inference import Predictor
 from core.engine.tasks import Prediction
 from core.engine.tasks.classification import ClassPrediction
+from core.storage.base import COMPLETE, download_prefix
 from core.storage.local import LocalStore
 from tests.test_learner import make_learner
+
+T = TypeVar("T")
 
 
 class CountingPredictor(Predictor):
@@ -83,9 +88,9 @@ def images(fashion_folder: Path) -> list[bytes]:
     return out
 
 
-def concurrently(calls: list[Callable[[], Prediction]]) -> list[Prediction | Exception]:
+def concurrently(calls: Sequence[Callable[[], T]]) -> list[T | Exception]:
     """Run the calls in as many threads, released together; each call's answer or exception, in order."""
-    results: list[Prediction | Exception] = [ValueError("not run")] * len(calls)
+    results: list[T | Exception] = [ValueError("not run")] * len(calls)
     start = threading.Barrier(len(calls))
 
     def run(i: int) -> None:
@@ -214,3 +219,78 @@ def test_a_zero_window_answers_without_a_batcher(bundle: Path, images: list[byte
         model = model_row(f"m{window_ms}")
         assert probs(predict_one(state, model, images[1])) == pytest.approx(expected, abs=1e-6)
         assert bool(batcher_threads(model.id)) == batched
+
+
+class CountingStore(LocalStore):
+    """A LocalStore that counts listings (one per download_prefix) and is slow to copy, so that downloads that
+    run at the same time overlap."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.listings = 0
+
+    def list(self, prefix: str) -> list[str]:
+        self.listings += 1
+        return super().list(prefix)
+
+    def get_file(self, key: str, path: Path) -> Path:
+        time.sleep(0.01)
+        return super().get_file(key, path)
+
+
+def stored_bundle(bundle: Path, root: Path) -> CountingStore:
+    store = CountingStore(root)
+    for f in bundle.iterdir():
+        store.put_bytes(f"models/export/{f.name}", f.read_bytes())
+    store.listings = 0
+    return store
+
+
+def test_many_cold_requests_load_a_model_once(bundle: Path, images: list[bytes], tmp_path: Path) -> None:
+    """100 clients at a model not yet loaded used to download it 100 times into one shared folder at once, and
+    could leave a copy marked complete with files missing: every later request got a 422 naming a local path."""
+    store = stored_bundle(bundle, tmp_path / "objects")
+    cache = PredictorCache(store, tmp_path / "cache", size=2)
+    model = model_row("cold")
+    got = concurrently([partial(cache.get, model) for _ in range(16)])
+    assert all(isinstance(p, Predictor) for p in got), got
+    assert len({id(p) for p in got}) == 1
+    assert store.listings == 1
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["cold"]  # no partial folder left behind
+
+
+def test_concurrent_downloads_of_one_prefix_leave_one_whole_copy(bundle: Path, tmp_path: Path) -> None:
+    """Threads (or processes: the API and an embedded worker share the cache) that copy the same prefix at once
+    each download into a folder of their own; one copy wins, whole. A stale copy without its mark is replaced."""
+    store = stored_bundle(bundle, tmp_path / "objects")
+    target = tmp_path / "cache" / "m"
+    target.mkdir(parents=True)
+    (target / "manifest.json").write_text("{")  # a crash mid-copy, long ago: no .complete mark
+    got = concurrently([partial(download_prefix, store, "models/export", target) for _ in range(8)])
+    assert got == [target] * 8
+    assert sorted(p.name for p in target.iterdir()) == sorted([COMPLETE, *(f.name for f in bundle.iterdir())])
+    for f in bundle.iterdir():
+        assert (target / f.name).read_bytes() == f.read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == ["m"]
+    Predictor(target)
+
+
+def test_a_damaged_local_copy_is_downloaded_again(bundle: Path, images: list[bytes], tmp_path: Path) -> None:
+    store = stored_bundle(bundle, tmp_path / "objects")
+    model = model_row("damaged")
+    expected = probs(PredictorCache(store, tmp_path / "cache", size=2).get(model).predict(images[0]))
+    weights = next(p for p in (tmp_path / "cache" / "damaged").iterdir() if p.suffix == ".safetensors")
+    weights.write_bytes(weights.read_bytes()[:100])  # torn on this disk, still marked complete
+    fresh = PredictorCache(store, tmp_path / "cache", size=2)  # an API restarted
+    assert probs(fresh.get(model).predict(images[0])) == pytest.approx(expected, abs=1e-6)
+    assert weights.read_bytes() == (bundle / weights.name).read_bytes()
+
+
+def test_a_stored_bundle_that_does_not_load_is_a_500_naming_the_model_not_a_path(bundle: Path, tmp_path: Path) -> None:
+    store = stored_bundle(bundle, tmp_path / "objects")
+    store.put_bytes("models/export/manifest.json", b'{"format": 1}')
+    with pytest.raises(Problem) as caught:
+        PredictorCache(store, tmp_path / "cache", size=2).get(model_row("broken"))
+    assert caught.value.status == 500
+    assert "broken" in caught.value.detail
+    assert str(tmp_path) not in caught.value.detail and "/cache" not in caught.value.detail

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from api.errors import Problem
 from api.services.batching import MicroBatcher
 from core.db import domain
+from core.engine.errors import BundleError
 from core.engine.inference import Backend, Predictor
-from core.storage.base import ObjectStore, download_prefix
+from core.storage.base import ObjectStore, discard_copy, download_prefix
+
+log = logging.getLogger("fitcycle.api")
 
 
 @dataclass
@@ -26,29 +31,57 @@ class _Loaded:
 
 
 class PredictorCache:
-    """At most `size` Predictors in memory, most recently used kept."""
+    """At most `size` Predictors in memory, most recently used kept. A model that many requests ask for at once
+    while it is not loaded is downloaded and loaded once: the others wait for it."""
 
     def __init__(self, store: ObjectStore, folder: Path, size: int, backend: Backend = "onnx") -> None:
         self.store, self.folder, self.size = store, folder, max(1, size)
         self.backend = backend  # Settings.predictor: ONNX Runtime where a bundle has model.onnx, or PyTorch
         self._cache: OrderedDict[str, _Loaded] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}  # model id -> held by the one thread loading it
+
+    def _cached(self, model_id: str) -> Predictor | None:
+        """The cached Predictor (now the most recently used), if any; call with self._lock held."""
+        loaded = self._cache.get(model_id)
+        if loaded is None:
+            return None
+        self._cache.move_to_end(model_id)
+        return loaded.predictor
 
     def get(self, model: domain.Model) -> Predictor:
         with self._lock:
-            if model.id in self._cache:
-                self._cache.move_to_end(model.id)
-                return self._cache[model.id].predictor
-        bundle = download_prefix(self.store, model.bundle_prefix, self.folder / model.id)
-        predictor = Predictor(bundle, device="cpu", backend=self.backend)
-        with self._lock:
-            if model.id in self._cache:  # another request loaded it meanwhile: one copy (and one batcher) per model
-                self._cache.move_to_end(model.id)
-                return self._cache[model.id].predictor
-            self._cache[model.id] = _Loaded(predictor)
-            while len(self._cache) > self.size:
-                self._cache.popitem(last=False)[1].drop()
+            predictor = self._cached(model.id)
+            if predictor is not None:
+                return predictor
+            loading = self._loading.setdefault(model.id, threading.Lock())
+        with loading:  # one loader per model; the rest find it cached once they get the lock
+            with self._lock:
+                predictor = self._cached(model.id)
+            if predictor is not None:
+                return predictor
+            predictor = self._load(model)
+            with self._lock:
+                self._cache[model.id] = _Loaded(predictor)
+                self._loading.pop(model.id, None)
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)[1].drop()
         return predictor
+
+    def _load(self, model: domain.Model) -> Predictor:
+        """The model's Predictor from its local bundle copy, downloaded when missing. A copy that will not load
+        (damaged on this disk) is discarded and downloaded again, once; a stored bundle that will not load is a
+        500 that names the model, not a local path."""
+        folder = self.folder / model.id
+        for attempt in (1, 2):
+            bundle = download_prefix(self.store, model.bundle_prefix, folder)
+            try:
+                return Predictor(bundle, device="cpu", backend=self.backend)
+            except BundleError as exc:
+                reason = str(exc).replace(str(bundle), "the bundle")
+                log.warning("model %s: its local bundle copy does not load (%s); attempt %d", model.id, reason, attempt)
+                discard_copy(folder)
+        raise Problem(500, "Model cannot be served", f"model {model.id}'s stored export bundle does not load: {reason}")
 
     def batcher(self, model: domain.Model, window_s: float, max_batch: int) -> MicroBatcher:
         """The model's micro-batcher (made on first use with these settings), loading the model if needed."""

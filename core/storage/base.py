@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+COMPLETE = ".complete"  # the mark of a whole local copy (download_prefix)
+
 
 class ObjectNotFound(KeyError):
     """No object under that key."""
@@ -60,19 +62,47 @@ class ObjectStore(Protocol):
 
 
 def download_prefix(store: ObjectStore, prefix: str, folder: Path) -> Path:
-    """A complete local copy of every object under `prefix` (made once: stored prefixes never change)."""
-    import shutil
+    """A complete local copy of every object under `prefix` (made once: stored prefixes never change).
 
-    if (folder / ".complete").is_file():
+    Safe when many threads or processes ask for the same copy at once: each downloads into a folder of its own
+    and renames it into place whole, marked complete; the first rename wins and the others discard theirs. A
+    folder there without the mark (a crash mid-copy, an older fitcycle's) is replaced."""
+    import shutil
+    import tempfile
+
+    if (folder / COMPLETE).is_file():
         return folder
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    keys = store.list(prefix.rstrip("/") + "/")
-    if not keys:
-        raise ObjectNotFound(prefix)
-    for key in keys:
-        store.get_file(key, tmp / key[len(prefix.rstrip("/")) + 1 :])
-    (tmp / ".complete").write_text("ok")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        keys = store.list(prefix.rstrip("/") + "/")
+        if not keys:
+            raise ObjectNotFound(prefix)
+        for key in keys:
+            store.get_file(key, tmp / key[len(prefix.rstrip("/")) + 1 :])
+        (tmp / COMPLETE).write_text("ok")
+        for _ in range(3):
+            try:
+                tmp.rename(folder)  # atomic; refused while `folder` exists and is not empty
+                return folder
+            except OSError:
+                if (folder / COMPLETE).is_file():  # another copy won: use it
+                    return folder
+                discard_copy(folder)  # incomplete: out of the way, then try again
+        raise OSError(f"could not put a local copy of {prefix} in place")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def discard_copy(folder: Path) -> None:
+    """Remove a local copy made by download_prefix (renamed aside first, so no reader sees it half-deleted and
+    the next download_prefix makes a fresh one)."""
+    import shutil
+    import uuid
+
+    aside = folder.with_name(f".{folder.name}.discarded-{uuid.uuid4().hex[:12]}")
+    try:
+        folder.rename(aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
