@@ -158,6 +158,29 @@ def rss_mb(pid: int) -> float:
     return total
 
 
+def cpu_by_command() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by every process on the machine, summed by command name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        used[name] = used.get(name, 0.0) + (int(rest[11]) + int(rest[12])) / ticks
+    return used
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> str:
+    """Where the machine's CPU went during a load, in ms per answered request, biggest first."""
+    spent = {k: after[k] - before.get(k, 0.0) for k in after}
+    top = sorted(((v, k) for k, v in spent.items() if v > 0.05), reverse=True)[:6]
+    total = sum(v for v, _ in top)
+    parts = "  ".join(f"{k} {v / max(1, requests) * 1000:.1f}" for v, k in top)
+    return f"CPU ms per request: {parts}  (these together {total / max(1, requests) * 1000:.1f})"
+
+
 def rss_of(api: Process, workers: list[Process]) -> dict[str, float]:
     return {"api": rss_mb(api.proc.pid), **{w.name: rss_mb(w.proc.pid) for w in workers}}
 
@@ -415,6 +438,7 @@ def predict_load(pf: Platform, plan: PredictPlan, tmp: Path) -> None:
     path = f"/models/{model_id}/predict"
 
     runs: dict[str, LoadRun] = {}
+    cpu: dict[str, str] = {}  # mode -> where the CPU went
     rss: dict[str, tuple[dict[str, float], dict[str, float], dict[str, float]]] = {}
     modes = {"batched": window_ms, "unbatched": 0.0}
     for mode, window in modes.items():
@@ -424,8 +448,10 @@ def predict_load(pf: Platform, plan: PredictPlan, tmp: Path) -> None:
             # Warm-up at full concurrency: the model loaded, the threadpool and allocator grown, before "before".
             asyncio.run(hammer(client.base, client.key, path, images, clients, min(3.0, seconds / 2)))
             before = rss_of(api, pf.workers)
+            cpu_before = cpu_by_command()
             with profiled(api, plan.profile and plan.profile / f"{mode}.txt", seconds):
                 runs[mode] = asyncio.run(hammer(client.base, client.key, path, images, clients, seconds))
+            cpu[mode] = cpu_per_request(cpu_before, cpu_by_command(), len(runs[mode].latencies))
             rss[mode] = (cold, before, rss_of(api, pf.workers))
 
     print(
@@ -448,6 +474,7 @@ def predict_load(pf: Platform, plan: PredictPlan, tmp: Path) -> None:
             f"p99 {pct(lat, 99) * 1000:.1f} ms"
         )
         print(f"{mode:>9}: {r.rate:.1f} req/s   (the load generator used {r.cpu:.1f} CPU s of {r.elapsed:.1f} s)")
+        print(f"{mode:>9}: {cpu[mode]}")
     for mode, r in runs.items():
         print(f"served/in-process throughput ratio, {mode}: {r.rate / local_rate:.3f}")
     if runs["unbatched"].rate:

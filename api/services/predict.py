@@ -39,9 +39,9 @@ async def answer_files(
                 "Image too large",
                 f"'{name[:200]}' is {f.size:,} bytes; the limit is {settings.max_predict_file_bytes:,} per image",
             )
-    await run_in_threadpool(state.predictors.get, model)  # load it once, before the files
-    if len(files) == 1:
+    if len(files) == 1:  # the model is loaded (once, however many requests ask at once) on the way
         return await run_in_threadpool(answer, state, project, model, await files[0].read(), names[0], source)
+    await run_in_threadpool(state.predictors.get, model)  # load it once, before the files
     results = []
     for f, name in zip(files, names, strict=True):  # one bad file gets its own error; the others their answers
         try:

@@ -10,7 +10,7 @@ from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -597,9 +597,9 @@ def register_model(s: Session, model_id: str, name: str, as_challenger: bool) ->
     assert row is not None, model_id
     # Made if missing without a race: two jobs finishing at once under a new name both insert; one wins, the
     # other's insert does nothing, and both then wait on the one row's lock.
-    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert_new = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
     s.execute(
-        insert(ModelNameRow)
+        insert_new(ModelNameRow)
         .values(id=new_id(), project_id=row.project_id, name=name, policy={})
         .on_conflict_do_nothing(index_elements=["project_id", "name"])
     )
@@ -682,11 +682,9 @@ def set_policy(s: Session, project_id: str, name: str, policy: dict[str, Any]) -
 
 
 # ----- predictions and feedback ------------------------------------------------------------------------
-def record_prediction(s: Session, **values: Any) -> d.PredictionRecord:
-    row = PredictionRow(**values)
-    s.add(row)
-    s.flush()
-    return _to(d.PredictionRecord, row)
+def record_prediction(s: Session, **values: Any) -> None:
+    """One answered image (a plain INSERT: the predict path writes one per request, and skips the ORM's flush)."""
+    s.execute(insert(PredictionRow).values(**values))
 
 
 def get_prediction(s: Session, project_id: str, prediction_id: str) -> d.PredictionRecord | None:
