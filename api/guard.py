@@ -29,7 +29,7 @@ SESSION_COOKIE = "fitcycle_session"  # the web UI's sign-in: a session token (no
 CSRF_COOKIE = "fitcycle_csrf"  # a random token per browser; pages echo it, unsafe requests send it back
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-OPEN_PATHS = ("/health", "/openapi.json")  # under the API prefix, answered without a key
+OPEN_PATHS = ("/health", "/live", "/openapi.json")  # under the API prefix, answered without a key
 PREDICT = re.compile(r"^/(models/[^/]+|registry/[^/]+)/predict$")
 MASKS = re.compile(r"^/(predictions/[^/]+/feedback|datasets/[^/]+/versions)$")
 

@@ -326,13 +326,11 @@ def test_probes_ask_routes_and_ports_that_exist(monkeypatch: pytest.MonkeyPatch,
     ready = api["readinessProbe"]["httpGet"]
     assert ready["path"] == f"{API_PREFIX}/health" and ready["path"] in get_paths
     assert ready["path"].removeprefix(API_PREFIX) in OPEN_PATHS
-    # Liveness: there is no dependency-free route to ask, so the listening socket (never /health: a database
-    # outage would restart every replica). Either way, on the port the API serves.
-    live = api["livenessProbe"]
-    if "httpGet" in live:
-        assert live["httpGet"]["path"] in get_paths and live["httpGet"]["path"] != ready["path"]
-    else:
-        assert "tcpSocket" in live
+    # Liveness: GET /api/v1/live, which asks no dependency (never /health: a database outage would restart every
+    # replica) and no key.
+    live = api["livenessProbe"]["httpGet"]
+    assert live["path"] == f"{API_PREFIX}/live" and live["path"] in get_paths
+    assert live["path"].removeprefix(API_PREFIX) in OPEN_PATHS
     serve = parses_as_cli(api["command"])
     for probe in (api["readinessProbe"], api["livenessProbe"]):
         action = probe.get("httpGet") or probe["tcpSocket"]

@@ -1,4 +1,6 @@
-"""GET /health: 200 when the database, the object store and the broker answer."""
+"""GET /health: 200 when the database, the object store and the broker answer (readiness). GET /live: 200 while
+the process serves requests at all, whatever its dependencies do (liveness: a database outage must not restart
+every API replica)."""
 
 from __future__ import annotations
 
@@ -32,3 +34,9 @@ def health(state: StateDep) -> JSONResponse:
             checks[name] = "unavailable (see the server log)"
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+
+@router.get("/live")
+async def live() -> dict[str, str]:
+    """Answered by the event loop alone: no database, store or broker, no key, no threadpool."""
+    return {"status": "alive"}

@@ -67,7 +67,8 @@ def test_postgres_restart_mid_job(faults: FaultStack, faults_dataset: str) -> No
         assert int(res.headers["Retry-After"]) >= 1
         assert res.headers["content-type"].startswith("application/problem+json")
         assert "database is not answering" in res.json()["detail"]
-        assert a.get("/health").status_code == 503
+        assert a.get("/health").status_code == 503  # not ready...
+        assert a.get("/live").json() == {"status": "alive"}  # ...but alive: no restart for a database outage
         wait_for(lambda: "the database is not answering" in worker.tail(20000), 60, "the worker to wait for it")
     finally:
         faults.pg.start()
