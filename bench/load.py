@@ -3,6 +3,7 @@ against one API process with micro-batching on and off.
 
     PYTHONPATH=. .venv/bin/python bench/load.py --jobs 1000                         # the job burst
     PYTHONPATH=. .venv/bin/python bench/load.py --predict-clients 100 --seconds 60  # predict under load
+    PYTHONPATH=. .venv/bin/python bench/load.py --predict-clients 100 --seconds 60 --arch resnet34 --size 224
     PYTHONPATH=. .venv/bin/python bench/load.py --quick   # both, small: 50 jobs; 10 clients for 5 s
 
 Everything runs on 127.0.0.1: a fresh PostgreSQL database (dropped afterwards), a Redis database number of its
@@ -14,11 +15,14 @@ whole path: claim, data, training, export, a model registered), all sent at once
 drain rate against the ideal one (workers / a job's median run time, from the same run), and checks that every
 job succeeded on its first attempt and made exactly one model.
 
-Predict: a resnet18 at 32 px trained for one epoch through the platform. The clients each post one image per
-request for --seconds to the API with micro-batching on (FITCYCLE_PREDICT_BATCH_WINDOW_MS=--window-ms), then to
-a fresh API with it off (0). The baseline is Predictor.predict_batch in this process on the same images,
---max-batch at a time. Prints the error rate, latency p50/p95/p99, throughput, the served/in-process ratio, and
-the RSS of the API and worker processes before and after the load (target: growth under 10%).
+Predict: an untrained --arch at --size px (default resnet18 at 32 px) trained for one epoch through the platform.
+The clients each post one image per request for --seconds to the API with micro-batching on
+(FITCYCLE_PREDICT_BATCH_WINDOW_MS=--window-ms), then to a fresh API with it off (0). The baseline is
+Predictor.predict_batch in this process on the same images, --max-batch at a time. Prints the error rate (and the
+first failed answer's body), latency p50/p95/p99, throughput, the served/in-process ratio, the CPU each process on
+the machine spent per answered request, and the RSS of the API and worker processes before and after the load
+(target: growth under 10%). --no-keep-inputs turns the project's keep_inputs off; --profile DIR writes py-spy's
+collapsed stacks of the API under each load (pip install py-spy).
 """
 
 from __future__ import annotations
