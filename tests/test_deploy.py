@@ -258,9 +258,12 @@ def test_k8s_manifests_validate_against_the_kubernetes_api_schemas() -> None:
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {'.'.join(map(str, exc.path))}: {exc.message}")
         checked.append(doc["kind"])
-    assert sorted(checked) == sorted(
-        ["Job", "Deployment", "Service", "PodDisruptionBudget", "Deployment", "PodDisruptionBudget"]
+    api, workers, flower = (
+        ["Deployment", "Service", "PodDisruptionBudget"],
+        ["Deployment", "PodDisruptionBudget"],
+        ["Deployment", "Service"],
     )
+    assert sorted(checked) == sorted(["Job", *api, *workers, *flower])
     # The validator does refuse a wrong manifest (strict: unknown fields too), so a pass means something.
     broken = copy.deepcopy(k8s_named("Deployment")["fitcycle-api"])
     containers(broken)[0]["readinessProbe"]["httpGet"]["paht"] = "/api/v1/health"
@@ -354,6 +357,39 @@ def test_probes_ask_routes_and_ports_that_exist(monkeypatch: pytest.MonkeyPatch,
         setup_testing_defaults(environ)
         body = b"".join(make_wsgi_app()(environ, lambda status, headers: statuses.append(status)))
         assert statuses[-1].startswith("200") and b"fitcycle_worker_heartbeat_timestamp_seconds" in body
+
+
+def test_k8s_runs_flower_against_the_workers_redis_behind_auth_and_inside_the_cluster() -> None:
+    import flower.urls
+    from flower.options import options as flower_options
+
+    (container,) = containers(k8s_named("Deployment")["fitcycle-flower"])
+    api, worker = containers(k8s_named("Deployment")["fitcycle-api"])[0], containers(gpu_worker())[0]
+    # The image that installs the `ops` extra (the API's, as in compose), and Celery's own flower command.
+    assert container["image"] == api["image"] and container["command"][:2] == ["celery", "flower"]
+    check_command(container["command"])
+    # The broker: built from the same address and password Secret as the workers' FITCYCLE_BROKER_URL.
+    env, worker_env = env_entries(container), env_entries(worker)
+    assert env["CELERY_BROKER_URL"]["value"] == worker_env["FITCYCLE_BROKER_URL"]["value"]
+    for name in ("REDIS_ADDRESS", "REDIS_PASSWORD"):
+        assert env[name] == worker_env[name]
+    # Basic auth from a Secret, never a literal; every FLOWER_ variable is an option Flower reads.
+    assert env["FLOWER_BASIC_AUTH"] == {
+        "name": "FLOWER_BASIC_AUTH",
+        "valueFrom": {"secretKeyRef": {"name": "fitcycle-flower", "key": "auth"}},
+    }
+    assert all(n[7:].lower() in flower_options for n in env if n.startswith("FLOWER_"))
+    # Probes ask a path Flower serves without auth, on the port it listens on.
+    paths = [h.regex.pattern if hasattr(h, "regex") else h[0] for h in flower.urls.handlers]
+    port = int(next(a for a in container["command"] if a.startswith("--port=")).split("=")[1])
+    for probe in (container["readinessProbe"], container["livenessProbe"]):
+        assert probe["httpGet"]["path"] == "/healthcheck" and "/healthcheck" in paths
+        assert port_number(container, probe["httpGet"]["port"]) == port
+    # Reachable inside the cluster only (port-forward): a ClusterIP Service, and no Ingress in the manifest.
+    service = k8s_named("Service")["fitcycle-flower"]
+    assert service["spec"]["type"] == "ClusterIP" and service["spec"]["selector"] == {"app": "fitcycle-flower"}
+    assert all(port_number(container, p["targetPort"]) == port for p in service["spec"]["ports"])
+    assert not [d for d in k8s_docs() if d["kind"] == "Ingress"]
 
 
 def test_pod_disruption_budgets_cover_the_api_and_the_gpu_workers() -> None:
