@@ -289,8 +289,14 @@ def test_a_damaged_local_copy_is_downloaded_again(bundle: Path, images: list[byt
 def test_a_stored_bundle_that_does_not_load_is_a_500_naming_the_model_not_a_path(bundle: Path, tmp_path: Path) -> None:
     store = stored_bundle(bundle, tmp_path / "objects")
     store.put_bytes("models/export/manifest.json", b'{"format": 1}')
+    cache = PredictorCache(store, tmp_path / "cache", size=2)
     with pytest.raises(Problem) as caught:
-        PredictorCache(store, tmp_path / "cache", size=2).get(model_row("broken"))
+        cache.get(model_row("broken"))
     assert caught.value.status == 500
     assert "broken" in caught.value.detail
     assert str(tmp_path) not in caught.value.detail and "/cache" not in caught.value.detail
+    assert store.listings == 2  # the local copy discarded and fetched again, once
+    # The requests that follow are refused at once, not each downloading the bundle twice more.
+    got = concurrently([partial(cache.get, model_row("broken")) for _ in range(8)])
+    assert all(isinstance(p, Problem) and p.status == 500 for p in got)
+    assert store.listings == 2

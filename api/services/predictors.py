@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,13 @@ class _Loaded:
             self.batcher.close()
 
 
+BROKEN_FOR_SECONDS = 30.0  # how long a model whose stored bundle does not load is answered 500 without trying again
+
+
 class PredictorCache:
     """At most `size` Predictors in memory, most recently used kept. A model that many requests ask for at once
-    while it is not loaded is downloaded and loaded once: the others wait for it."""
+    while it is not loaded is downloaded and loaded once: the others wait for it. A model whose stored bundle does
+    not load is refused at once for BROKEN_FOR_SECONDS, not downloaded again by every request."""
 
     def __init__(self, store: ObjectStore, folder: Path, size: int, backend: Backend = "onnx") -> None:
         self.store, self.folder, self.size = store, folder, max(1, size)
@@ -40,6 +45,7 @@ class PredictorCache:
         self._cache: OrderedDict[str, _Loaded] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}  # model id -> held by the one thread loading it
+        self._broken: dict[str, tuple[float, Problem]] = {}  # model id -> (time.monotonic() until, the answer)
 
     def _cached(self, model_id: str) -> Predictor | None:
         """The cached Predictor (now the most recently used), if any; call with self._lock held."""
@@ -60,8 +66,16 @@ class PredictorCache:
                 predictor = self._cached(model.id)
             if predictor is not None:
                 return predictor
-            predictor = self._load(model)
+            until, problem = self._broken.get(model.id, (0.0, None))
+            if problem is not None and time.monotonic() < until:
+                raise problem
+            try:
+                predictor = self._load(model)
+            except Problem as exc:
+                self._broken[model.id] = (time.monotonic() + BROKEN_FOR_SECONDS, exc)
+                raise
             with self._lock:
+                self._broken.pop(model.id, None)
                 self._cache[model.id] = _Loaded(predictor)
                 self._loading.pop(model.id, None)
                 while len(self._cache) > self.size:
