@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stop.set()
         if loop is not None:
             await loop
+        app.state.fitcycle.prediction_log.close()
         engine.dispose()
 
     app = FastAPI(
