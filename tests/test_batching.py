@@ -28,7 +28,7 @@ from core.engine.export import export_bundle
 from core.engine.inference import Predictor
 from core.engine.tasks import Prediction
 from core.engine.tasks.classification import ClassPrediction
-from core.storage.base import COMPLETE, download_prefix
+from core.storage.base import COMPLETE, ObjectNotFound, download_prefix
 from core.storage.local import LocalStore
 from tests.test_learner import make_learner
 
@@ -299,4 +299,17 @@ def test_a_stored_bundle_that_does_not_load_is_a_500_naming_the_model_not_a_path
     # The requests that follow are refused at once, not each downloading the bundle twice more.
     got = concurrently([partial(cache.get, model_row("broken")) for _ in range(8)])
     assert all(isinstance(p, Problem) and p.status == 500 for p in got)
+    assert store.listings == 2
+
+
+def test_requests_waiting_on_a_cold_load_share_its_failure(tmp_path: Path) -> None:
+    """A load that fails (here: nothing stored under the prefix) fails every request that waited for it, at
+    once, instead of each trying again in turn (40 waiters x a 120 s store outage each, before)."""
+    store = CountingStore(tmp_path / "objects")
+    cache = PredictorCache(store, tmp_path / "cache", size=2)
+    got = concurrently([partial(cache.get, model_row("missing")) for _ in range(12)])
+    assert all(isinstance(e, ObjectNotFound) for e in got), got
+    assert store.listings == 1
+    with pytest.raises(ObjectNotFound):  # not remembered: the next request tries again
+        cache.get(model_row("missing"))
     assert store.listings == 2

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.services.prediction_log import PredictionLog
@@ -48,6 +48,13 @@ def row(project: str, i: int) -> dict[str, Any]:
         answer={"top": ["a", 0.9]},
         uncertainty=0.1,
     )
+
+
+def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
 
 
 def stored(sessions: sessionmaker[Session], ids: list[str]) -> int:
@@ -126,3 +133,40 @@ def test_after_close_a_late_row_is_still_written(sessions: sessionmaker[Session]
     log.close()
     log.record(**late)  # a request that was still running when the API began to stop
     assert stored(sessions, [early["id"], late["id"]]) == 2
+
+
+def test_in_a_database_outage_the_whole_group_fails_at_once(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not row by row: each row's own attempt would wait out another connect timeout on the one writer thread."""
+    project = project_id(sessions)
+    log = PredictionLog(sessions)
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def away(s: Session, rows: list[dict[str, Any]]) -> None:
+        calls.append(len(rows))
+        gate.wait(5)  # the first write holds the thread while the rest queue up behind it
+        raise OperationalError("INSERT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(repos, "record_predictions", away)
+    errors: list[BaseException] = []
+
+    def record(i: int) -> None:
+        try:
+            log.record(**row(project, i))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(10)]
+    threads[0].start()
+    until(lambda: bool(calls))
+    for t in threads[1:]:
+        t.start()
+    until(lambda: log._queue.qsize() == 9)
+    gate.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(errors) == 10 and all(isinstance(e, OperationalError) for e in errors)
+    assert calls == [1, 9]  # two attempts in all: the group of nine failed together
+    log.close()

@@ -56,6 +56,7 @@ def answer(
 ) -> Predictions:
     """One image through the model (decoded on its own, so one request holds one decoded image at a time),
     logged; the answer carries its prediction_id."""
+    state.predictors.get(model)  # loaded (once) outside the image's own errors: a load failure is not a 422
     try:
         with PREDICT_SECONDS.labels(source).time():
             p = predict_one(state, model, image)

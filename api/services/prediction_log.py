@@ -5,8 +5,8 @@ alone, a request pays one hand-over between threads.
 
 One thread per API process takes the waiting rows (at most `max_rows`), writes them, and hands each request its
 outcome. When a group fails, its rows are written again one at a time, so that only a row that fails by itself
-(its project deleted meanwhile, say) fails its request; in a database outage every request gets the outage's
-error, which the API answers 503."""
+(its project deleted meanwhile, say) fails its request. In a database outage the whole group fails at once with
+the outage's error, which the API answers 503."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import repos
+from core.db.outage import is_outage
 from core.db.session import session_scope
 
 log = logging.getLogger("fitcycle.api")
@@ -38,8 +39,8 @@ class PredictionLog:
         self._closed = False
 
     def record(self, **values: Any) -> None:
-        """Write one predictions row (the fields of repos.record_predictions' rows); returns once it is committed, raises
-        what its write raised."""
+        """Write one predictions row (the fields of repos.record_predictions' rows); returns once it is
+        committed, raises what its write raised."""
         done: Future[None] = Future()
         with self._lock:
             if self._closed:
@@ -90,10 +91,13 @@ class PredictionLog:
             with session_scope(self.sessions) as s:
                 repos.record_predictions(s, [values for values, _ in group])
         except Exception as exc:
-            if len(group) == 1:
-                group[0][1].set_exception(exc)
+            if len(group) == 1 or is_outage(exc):  # the database is away: every row of the group fails with it
+                for _, done in group:
+                    done.set_exception(exc)
                 return
-            log.info("a group of %d prediction rows failed (%s); writing them one at a time", len(group), exc)
+            log.info(
+                "a group of %d prediction rows failed (%s); writing them one at a time", len(group), type(exc).__name__
+            )
             for item in group:
                 self._write([item])
             return

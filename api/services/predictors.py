@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,9 @@ class PredictorCache:
         self.backend = backend  # Settings.predictor: ONNX Runtime where a bundle has model.onnx, or PyTorch
         self._cache: OrderedDict[str, _Loaded] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}  # model id -> held by the one thread loading it
-        self._broken: dict[str, tuple[float, Problem]] = {}  # model id -> (time.monotonic() until, the answer)
+        self._loading: dict[str, Future[Predictor]] = {}  # model id -> the one load under way, which all wait on
+        # model id -> (time.monotonic() until when, status, title, detail) of a model whose bundle does not load
+        self._broken: dict[str, tuple[float, int, str, str]] = {}
 
     def _cached(self, model_id: str) -> Predictor | None:
         """The cached Predictor (now the most recently used), if any; call with self._lock held."""
@@ -56,30 +58,40 @@ class PredictorCache:
         return loaded.predictor
 
     def get(self, model: domain.Model) -> Predictor:
+        """The model's Predictor. The first request for a cold model loads it; requests that come meanwhile wait
+        for that load and get its outcome, Predictor or error alike."""
         with self._lock:
             predictor = self._cached(model.id)
             if predictor is not None:
                 return predictor
-            loading = self._loading.setdefault(model.id, threading.Lock())
-        with loading:  # one loader per model; the rest find it cached once they get the lock
-            with self._lock:
-                predictor = self._cached(model.id)
-            if predictor is not None:
-                return predictor
-            until, problem = self._broken.get(model.id, (0.0, None))
-            if problem is not None and time.monotonic() < until:
-                raise problem
+            until, status, title, detail = self._broken.get(model.id, (0.0, 500, "", ""))
+            if time.monotonic() < until:
+                raise Problem(status, title, detail)
+            pending = self._loading.get(model.id)
+            loader = pending is None
+            if pending is None:
+                pending = self._loading[model.id] = Future()
+        if not loader:
             try:
-                predictor = self._load(model)
-            except Problem as exc:
-                self._broken[model.id] = (time.monotonic() + BROKEN_FOR_SECONDS, exc)
-                raise
+                return pending.result()
+            except Problem as exc:  # a copy each: one exception object raised in many threads gathers their frames
+                raise Problem(exc.status, exc.title, exc.detail) from None
+        try:
+            predictor = self._load(model)
+        except BaseException as exc:
             with self._lock:
-                self._broken.pop(model.id, None)
-                self._cache[model.id] = _Loaded(predictor)
-                self._loading.pop(model.id, None)
-                while len(self._cache) > self.size:
-                    self._cache.popitem(last=False)[1].drop()
+                del self._loading[model.id]
+                if isinstance(exc, Problem):
+                    self._broken[model.id] = (time.monotonic() + BROKEN_FOR_SECONDS, exc.status, exc.title, exc.detail)
+            pending.set_exception(exc)
+            raise
+        with self._lock:
+            del self._loading[model.id]
+            self._broken.pop(model.id, None)
+            self._cache[model.id] = _Loaded(predictor)
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)[1].drop()
+        pending.set_result(predictor)
         return predictor
 
     def _load(self, model: domain.Model) -> Predictor:
@@ -112,10 +124,8 @@ class PredictorCache:
 
     def forget(self, model_id: str) -> None:
         """Drop a deleted model from memory and its local bundle copy from disk."""
-        import shutil
-
         with self._lock:
             loaded = self._cache.pop(model_id, None)
         if loaded is not None:
             loaded.drop()
-        shutil.rmtree(self.folder / model_id, ignore_errors=True)
+        discard_copy(self.folder / model_id)

@@ -75,34 +75,62 @@ def download_prefix(store: ObjectStore, prefix: str, folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     try:
-        keys = store.list(prefix.rstrip("/") + "/")
+        base = prefix.rstrip("/") + "/"
+        keys = store.list(base)
         if not keys:
             raise ObjectNotFound(prefix)
         for key in keys:
-            store.get_file(key, tmp / key[len(prefix.rstrip("/")) + 1 :])
+            store.get_file(key, tmp / check_key(key[len(base) :]))  # a listed key stays inside the copy
         (tmp / COMPLETE).write_text("ok")
+        refused: OSError | None = None
         for _ in range(3):
             try:
                 tmp.rename(folder)  # atomic; refused while `folder` exists and is not empty
                 return folder
-            except OSError:
+            except OSError as exc:
+                refused = exc
                 if (folder / COMPLETE).is_file():  # another copy won: use it
                     return folder
-                discard_copy(folder)  # incomplete: out of the way, then try again
-        raise OSError(f"could not put a local copy of {prefix} in place")
+                _replace_incomplete(folder)
+        raise OSError(f"could not put the local copy of {prefix} in place") from refused
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_incomplete(folder: Path) -> None:
+    """Move an incomplete copy out of the way; a complete one that took its place meanwhile is put back."""
+    aside = _aside(folder)
+    try:
+        folder.rename(aside)
+    except FileNotFoundError:
+        return
+    if (aside / COMPLETE).is_file():
+        try:
+            aside.rename(folder)
+            return
+        except OSError:
+            pass  # yet another copy is there now: this one is not needed
+    _remove(aside)
 
 
 def discard_copy(folder: Path) -> None:
     """Remove a local copy made by download_prefix (renamed aside first, so no reader sees it half-deleted and
     the next download_prefix makes a fresh one)."""
-    import shutil
-    import uuid
-
-    aside = folder.with_name(f".{folder.name}.discarded-{uuid.uuid4().hex[:12]}")
+    aside = _aside(folder)
     try:
         folder.rename(aside)
     except FileNotFoundError:
         return
-    shutil.rmtree(aside, ignore_errors=True)
+    _remove(aside)
+
+
+def _aside(folder: Path) -> Path:
+    import uuid
+
+    return folder.with_name(f".{folder.name}.discarded-{uuid.uuid4().hex[:12]}")
+
+
+def _remove(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
