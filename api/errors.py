@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.engine.errors import BundleError, DataError, FitcycleError, PretrainedWeightsNotFound, WeightsMismatch
+from core.storage.base import StoreUnavailable
 
 log = logging.getLogger("fitcycle.api")
 PROBLEM = "application/problem+json"
@@ -58,6 +59,18 @@ def install_handlers(app: FastAPI) -> None:
     async def _fitcycle(_: Request, exc: FitcycleError) -> JSONResponse:
         status = 422 if isinstance(exc, DataError | WeightsMismatch | PretrainedWeightsNotFound | BundleError) else 400
         return problem_response(status, type(exc).__name__, str(exc))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        response = problem_response(
+            503,
+            "Service Unavailable",
+            "the object store is not answering (down, or out of space); what was stored before is intact; "
+            "try again later",
+        )
+        response.headers["Retry-After"] = "30"
+        return response
 
     @app.exception_handler(OSError)
     async def _os_error(request: Request, exc: OSError) -> JSONResponse:

@@ -13,7 +13,9 @@ own (flushed), SeaweedFS as the object store (--store local: a folder), one API 
 Jobs: each is a fine_tune of an untrained resnet18 at 16 px, one epoch of 8 digits (the cheapest job that runs the
 whole path: claim, data, training, export, a model registered), all sent at once. Prints submit p50/p95, the
 drain rate against the ideal one (workers / a job's median run time, from the same run), and checks that every
-job succeeded on its first attempt and made exactly one model.
+job succeeded on its first attempt and made exactly one model. Each job writes about 135 MB of checkpoints and
+deletes them once exported: SeaweedFS reclaims that space only when it vacuums, so 1,000 jobs on it need more than
+100 GB of disk. Use --store local for a long burst; the bench stops when less than 5 GB is left.
 
 Predict: an untrained --arch at --size px (default resnet18 at 32 px) trained for one epoch through the platform.
 The clients each post one image per request for --seconds to the API with micro-batching on
@@ -63,6 +65,7 @@ from tests.platform.services import (
 )
 
 FINISHED = ("succeeded", "failed", "cancelled")
+MIN_FREE_DISK = 5e9  # bytes: a burst that would leave less stops (CI and the services share this disk)
 
 
 # ----- the platform: services, workers, and an API process started on demand ----------------------------------
@@ -279,6 +282,13 @@ def job_burst(pf: Platform, n: int, connections: int, tmp: Path) -> None:
                     rss_during[quarter] = rss_of(api, pf.workers)
             if done == n:
                 break
+            free = shutil.disk_usage(pf.workdir).free
+            if free < MIN_FREE_DISK:
+                raise RuntimeError(
+                    f"stopped after {done} of {n} jobs: {free / 1e9:.1f} GB of disk left. Each job writes its "
+                    "checkpoints (about 135 MB here) and deletes them once exported; SeaweedFS reclaims deleted "
+                    "space only when it vacuums its volumes, so a long burst fills the disk: use --store local"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {done} of {n} jobs finished in time")
             time.sleep(1.0 if n <= 100 else 5.0)

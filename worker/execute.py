@@ -30,7 +30,7 @@ from core.jobs.rates import AutoRateHints
 from core.jobs.spec import MODEL_KINDS, TrainSpec
 from core.jobs.training import run_job
 from core.logs import JOB_ID
-from core.storage.base import ObjectStore, download_prefix
+from core.storage.base import ObjectStore, StoreUnavailable, download_prefix
 from core.storage.layout import attempt_prefix
 from worker import metrics
 from worker.context import DbJobContext, new_work_dir
@@ -183,7 +183,7 @@ def _execute_job(rt: Runtime, job_id: str) -> str:
         if rt.shutdown.is_set() and not _cancel_requested(rt, job.id):
             return _hand_back(rt, job, ctx.token)
         outcome, error, result, model_id = "cancelled", None, {}, None
-    except (FitcycleError, ValidationError, ValueError) as exc:
+    except (FitcycleError, ValidationError, ValueError, StoreUnavailable) as exc:
         outcome, error, result, model_id = "failed", one_line(str(exc)), {}, None
     except Exception as exc:
         log.exception("job %s failed", job.id)

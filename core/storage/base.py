@@ -13,6 +13,11 @@ class ObjectNotFound(KeyError):
     """No object under that key."""
 
 
+class StoreUnavailable(Exception):
+    """The object store kept failing for the whole retry budget: down, or out of space; not a bad request. Its
+    text names the operation and the object's key, never the server's address."""
+
+
 def check_key(key: str) -> str:
     """Refuse keys that could escape a prefix: empty parts, '.', '..', backslashes, absolute paths."""
     parts = key.split("/")

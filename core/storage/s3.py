@@ -19,7 +19,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import S3Error, ServerError
 
 from core.retry import with_backoff
-from core.storage.base import ObjectNotFound, check_key
+from core.storage.base import ObjectNotFound, StoreUnavailable, check_key
 
 PART_SIZE = 16 * 1024 * 1024
 TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed"}
@@ -32,6 +32,16 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, S3Error):
         return exc.code in TRANSIENT_CODES
     return isinstance(exc, ServerError | urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+
+
+def failure(exc: BaseException) -> str:
+    """What went wrong, in words that name no host or port (urllib3's own messages do)."""
+    if isinstance(exc, S3Error):
+        return f"S3 error {exc.code}"
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, urllib3.exceptions.ResponseError):
+        return str(reason)  # e.g. "too many 500 error responses"
+    return type(reason or exc).__name__
 
 
 class S3Store:
@@ -52,7 +62,15 @@ class S3Store:
         self._bucket_ready = False
 
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
-        return with_backoff(fn, f"S3 {what}: the server", self.retry_seconds, is_transient, log)
+        try:
+            return with_backoff(fn, f"S3 {what}: the server", self.retry_seconds, is_transient, log)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            raise StoreUnavailable(
+                f"the object store kept failing the {what} for {self.retry_seconds:.0f} s ({failure(exc)}); "
+                "check that the S3 server is up and has space left"
+            ) from exc
 
     def _ensure_bucket(self) -> None:
         if not self._bucket_ready:
