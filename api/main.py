@@ -44,7 +44,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stop.set()
         if loop is not None:
             await loop
-        app.state.fitcycle.prediction_log.close()
         engine.dispose()
 
     app = FastAPI(

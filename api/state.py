@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import Problem
 from api.ratelimit import RateLimiter, make_rate_limiter
-from api.services.prediction_log import PredictionLog
 from api.services.predictors import PredictorCache
 from core.config import Settings
 from core.storage.base import ObjectStore
@@ -27,7 +26,6 @@ class AppState:
     store: ObjectStore
     celery: Celery
     predictors: PredictorCache = field(init=False)
-    prediction_log: PredictionLog = field(init=False)
     rate_limiter: RateLimiter = field(init=False)
     _streams: Counter[str] = field(init=False, default_factory=Counter)
     _streams_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -39,7 +37,6 @@ class AppState:
             self.settings.predictor_cache_size,
             backend=self.settings.predictor,
         )
-        self.prediction_log = PredictionLog(self.sessions)
         self.rate_limiter = make_rate_limiter(self.settings.celery_broker_url, self.settings.requests_per_minute)
 
     def hold_event_stream(self, project_id: str) -> Callable[[], None]:

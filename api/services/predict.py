@@ -16,6 +16,7 @@ from api.metrics import PREDICT_SECONDS
 from api.schemas import BatchPredictions, FilePredictions, Predictions
 from api.state import AppState
 from core.db import domain, repos
+from core.db.session import session_scope
 from core.engine.tasks import Prediction
 from core.storage.layout import prediction_prefix
 
@@ -80,17 +81,19 @@ def answer(
     if isinstance(public.get("mask"), str):  # the mask is kept as a PNG beside it, not as base64 in a row
         logged["mask"] = f"{prefix}.mask.png"
         state.store.put_bytes(logged["mask"], base64.b64decode(public["mask"]), "image/png")
-    state.prediction_log.record(  # committed before the answer leaves: feedback on it can come at once
-        id=prediction_id,
-        project_id=project.id,
-        model_id=model.id,
-        name=model.name,
-        source=source,
-        filename=filename[:300],
-        input_key=input_key,
-        answer=logged,
-        uncertainty=float(p.uncertainty),
-    )
+    with session_scope(state.sessions) as s:
+        repos.record_prediction(
+            s,
+            id=prediction_id,
+            project_id=project.id,
+            model_id=model.id,
+            name=model.name,
+            source=source,
+            filename=filename[:300],
+            input_key=input_key,
+            answer=logged,
+            uncertainty=float(p.uncertainty),
+        )
     return Predictions(**public, prediction_id=prediction_id)
 
 

@@ -682,10 +682,9 @@ def set_policy(s: Session, project_id: str, name: str, policy: dict[str, Any]) -
 
 
 # ----- predictions and feedback ------------------------------------------------------------------------
-def record_predictions(s: Session, rows: list[dict[str, Any]]) -> None:
-    """Answered images, in one INSERT (the API's prediction log writes them in groups; no ORM flush)."""
-    if rows:
-        s.execute(insert(PredictionRow), rows)
+def record_prediction(s: Session, **values: Any) -> None:
+    """One answered image (a plain INSERT: the predict path writes one per request, and skips the ORM's flush)."""
+    s.execute(insert(PredictionRow).values(**values))
 
 
 def get_prediction(s: Session, project_id: str, prediction_id: str) -> d.PredictionRecord | None:
