@@ -37,6 +37,11 @@ PREDICT_SECONDS = Histogram(
     ["source"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+PREDICT_BATCH_IMAGES = Histogram(
+    "fitcycle_predict_batch_images",
+    "images per forward pass of the predict micro-batcher (1 when each request waits alone)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 
 
 def route_of(scope: Scope) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
@@ -51,6 +52,7 @@ from typing import Any
 import httpx
 import torch
 
+from bench import rawhttp
 from core.datasets.samples import write_sample
 from core.engine.inference import Predictor
 from tests.platform.services import (
@@ -180,6 +182,28 @@ def cpu_by_command() -> dict[str, float]:
     return used
 
 
+def machine_cpu() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine so far, from /proc/stat (idle and iowait are not busy)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU time that was busy between two machine_cpu() readings."""
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
+def batch_images(base: str) -> tuple[float, float]:
+    """(images, forward passes) of the API's predict micro-batcher so far, from its /metrics."""
+    text = httpx.get(base.removesuffix("/api/v1") + "/metrics").text
+    values = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("fitcycle_predict_batch_images_")
+    )
+    return float(values.get("fitcycle_predict_batch_images_sum", 0)), float(
+        values.get("fitcycle_predict_batch_images_count", 0)
+    )
+
+
 def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> str:
     """Where the machine's CPU went during a load, in ms per answered request, biggest first."""
     spent = {k: after[k] - before.get(k, 0.0) for k in after}
@@ -248,11 +272,16 @@ def jobs_by_id(client: Client, ids: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def job_burst(pf: Platform, n: int, connections: int, tmp: Path) -> None:
+def disk_used(folder: Path) -> float:
+    """Bytes of the files under folder."""
+    return float(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()))
+
+
+def job_burst(pf: Platform, n: int, connections: int, arch: str, tmp: Path) -> None:
     folder = write_sample("digits", tmp / "digits", per_class=4, size=16, classes=["zero", "one"])
     spec: dict[str, Any] = {
         "kind": "fine_tune",
-        "arch": "resnet18",
+        "arch": arch,
         "pretrained": "none",
         "size": 16,
         "bs": 4,
@@ -309,7 +338,8 @@ def job_burst(pf: Platform, n: int, connections: int, tmp: Path) -> None:
     runs = [seconds_between(j["started_at"], j["finished_at"]) for j in burst if j["started_at"] and j["finished_at"]]
     run_p50 = statistics.median(runs)
     ideal = len(pf.workers) / run_p50
-    print(f"jobs: {n} x fine_tune resnet18 at 16 px, one epoch of 8 images; {len(pf.workers)} workers; {pf.what}")
+    print(f"jobs: {n} x fine_tune {arch} at 16 px, one epoch of 8 images; {len(pf.workers)} workers; {pf.what}")
+    print(f"disk: the platform's folder holds {disk_used(pf.workdir) / 1e9:.1f} GB after the burst")
     print(f"drain: {n} jobs in {drain:.1f} s, {n / drain:.2f} jobs/s")
     print(f"a job's run time p50 {run_p50:.2f} s: ideal {ideal:.2f} jobs/s with {len(pf.workers)} workers")
     print(f"drain/ideal ratio: {n / drain / ideal:.3f}")
@@ -348,46 +378,64 @@ class LoadRun:
         return len(self.latencies) / self.elapsed if self.elapsed else 0.0
 
 
-async def hammer(base: str, key: str, path: str, images: list[bytes], clients: int, seconds: float) -> LoadRun:
-    """`clients` concurrent clients, each posting one image per request until `seconds` have passed."""
+async def hammer(
+    base: str, key: str, path: str, images: list[bytes], clients: int, seconds: float, how: str = "raw"
+) -> LoadRun:
+    """`clients` concurrent clients, each posting one image per request until `seconds` have passed, over one
+    keep-alive connection each: prebuilt requests (`how` "raw", bench/rawhttp.py) or httpx ("httpx")."""
     run = LoadRun()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    url = httpx.URL(base)
+    host, port = url.host, url.port or 80
     headers = {"Authorization": f"Bearer {key}"}
+    prebuilt = [
+        rawhttp.multipart_post(f"{host}:{port}", url.path + path, headers, "file", f"{k}.png", image, "image/png")
+        for k, image in enumerate(images)
+    ]
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=120) as http:
         cpu, start = time.process_time(), time.perf_counter()
         deadline = start + seconds
 
+        async def post(conn: rawhttp.Connection, k: int) -> tuple[int, bytes]:
+            if how == "raw":
+                return await asyncio.wait_for(conn.send(prebuilt[k]), 120)
+            r = await http.post(path, files={"file": (f"{k}.png", images[k], "image/png")})
+            return r.status_code, r.content
+
         async def client(i: int) -> None:
-            n = i
+            n, conn = i, rawhttp.Connection(host, port)
             while time.perf_counter() < deadline:
                 k, n = n % len(images), n + clients
                 t = time.perf_counter()
                 try:
-                    r = await http.post(path, files={"file": (f"{k}.png", images[k], "image/png")})
-                except httpx.HTTPError as exc:
+                    status, body = await post(conn, k)
+                except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
                     run.errors[type(exc).__name__] += 1
                     continue
-                if r.status_code != 200:
-                    run.errors[f"HTTP {r.status_code}"] += 1
-                    run.first_error.setdefault(f"HTTP {r.status_code}", r.text[:300])
+                if status != 200:
+                    run.errors[f"HTTP {status}"] += 1
+                    run.first_error.setdefault(f"HTTP {status}", body[:300].decode(errors="replace"))
                     continue
                 run.latencies.append(time.perf_counter() - t)
                 if k not in run.answers:
-                    run.answers[k] = {label: p for label, p in r.json()["predictions"]}
+                    run.answers[k] = {label: p for label, p in json.loads(body)["predictions"]}
+            conn.close()
 
         await asyncio.gather(*(client(i) for i in range(clients)))
         run.elapsed, run.cpu = time.perf_counter() - start, time.process_time() - cpu
     return run
 
 
-def in_process(predictor: Predictor, images: list[bytes], batch: int, seconds: float) -> float:
-    """Images per second through Predictor.predict_batch, `batch` at a time (decoding included)."""
+def in_process(predictor: Predictor, images: list[bytes], batch: int, seconds: float) -> tuple[float, float]:
+    """Images per second through Predictor.predict_batch, `batch` at a time (decoding included), and the CPU
+    cores this process kept busy meanwhile."""
     predictor.predict_batch(images[:batch])  # warm-up
-    done, start = 0, time.perf_counter()
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         for i in range(0, len(images), batch):
             done += len(predictor.predict_batch(images[i : i + batch]))
-    return done / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    return done / elapsed, (time.process_time() - cpu) / elapsed
 
 
 def train_model(client: Client, folder: Path, arch: str, size: int) -> str:
@@ -421,6 +469,7 @@ class PredictPlan:
     size: int
     keep_inputs: bool
     profile: Path | None  # py-spy's collapsed stacks of the API under each load go here, when set
+    http: str  # the load generator's client: "raw" (prebuilt requests) or "httpx"
 
 
 def profiled(api: Process, out: Path | None, seconds: float) -> ExitStack:
@@ -429,7 +478,7 @@ def profiled(api: Process, out: Path | None, seconds: float) -> ExitStack:
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [spy, "record", "--pid", str(api.proc.pid), "--format", "raw", "--subprocesses", "--nonblocking"]
+        cmd = [spy, "record", "--pid", str(api.proc.pid), "--format", "raw", "--subprocesses", "--nonblocking", "--gil"]
         cmd += ["--output", str(out), "--duration", str(max(1, int(seconds))), "--rate", "50"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         stack.callback(proc.wait, 60)
@@ -448,12 +497,14 @@ def predict_load(pf: Platform, plan: PredictPlan, tmp: Path) -> None:
     with zipfile.ZipFile(bundle_zip) as z:
         z.extractall(tmp / "bundle")
     predictor = Predictor(tmp / "bundle")
-    local_rate = in_process(predictor, images, max_batch, min(seconds, 15.0))
+    local_rate, local_cores = in_process(predictor, images, max_batch, min(seconds, 15.0))
     local = {label: p for label, p in predictor.predict(images[0]).public()["predictions"]}
     path = f"/models/{model_id}/predict"
 
     runs: dict[str, LoadRun] = {}
     cpu: dict[str, str] = {}  # mode -> where the CPU went
+    busy: dict[str, float] = {}  # mode -> the share of the machine's CPU time that was busy
+    batches: dict[str, float] = {}  # mode -> images per forward pass, on average
     rss: dict[str, tuple[dict[str, float], dict[str, float], dict[str, float]]] = {}
     modes = {"batched": window_ms, "unbatched": 0.0}
     for mode, window in modes.items():
@@ -461,20 +512,26 @@ def predict_load(pf: Platform, plan: PredictPlan, tmp: Path) -> None:
         with pf.api(**settings) as (api, client):
             cold = rss_of(api, pf.workers)
             # Warm-up at full concurrency: the model loaded, the threadpool and allocator grown, before "before".
-            asyncio.run(hammer(client.base, client.key, path, images, clients, min(3.0, seconds / 2)))
+            asyncio.run(hammer(client.base, client.key, path, images, clients, min(3.0, seconds / 2), plan.http))
             before = rss_of(api, pf.workers)
-            cpu_before = cpu_by_command()
+            cpu_before, machine_before, batched_before = cpu_by_command(), machine_cpu(), batch_images(client.base)
             with profiled(api, plan.profile and plan.profile / f"{mode}.txt", seconds):
-                runs[mode] = asyncio.run(hammer(client.base, client.key, path, images, clients, seconds))
+                runs[mode] = asyncio.run(hammer(client.base, client.key, path, images, clients, seconds, plan.http))
             cpu[mode] = cpu_per_request(cpu_before, cpu_by_command(), len(runs[mode].latencies))
+            busy[mode] = busy_share(machine_before, machine_cpu())
+            batched_after = batch_images(client.base)
+            batches[mode] = (batched_after[0] - batched_before[0]) / max(1.0, batched_after[1] - batched_before[1])
             rss[mode] = (cold, before, rss_of(api, pf.workers))
 
     print(
         f"predict: {plan.arch} at {plan.size} px on CPU ({torch.get_num_threads()} threads here), {clients} clients x"
-        f" {seconds:g} s, one image per request, keep_inputs {'on' if plan.keep_inputs else 'off'}; batching: window"
-        f" {window_ms:g} ms, at most {max_batch}"
+        f" {seconds:g} s, one image per request, keep_inputs {'on' if plan.keep_inputs else 'off'}, client"
+        f" {plan.http}; batching: window {window_ms:g} ms, at most {max_batch}"
     )
-    print(f"in-process Predictor.predict_batch ({max_batch} at a time): {local_rate:.1f} images/s")
+    print(
+        f"in-process Predictor.predict_batch ({max_batch} at a time): {local_rate:.1f} images/s, {local_cores:.2f}"
+        f" cores busy ({local_cores / local_rate * 1000:.1f} ms of CPU per image)"
+    )
     for mode, r in runs.items():
         lat = r.latencies or [float("nan")]
         errors = sum(r.errors.values())
@@ -489,7 +546,9 @@ def predict_load(pf: Platform, plan: PredictPlan, tmp: Path) -> None:
             f"p99 {pct(lat, 99) * 1000:.1f} ms"
         )
         print(f"{mode:>9}: {r.rate:.1f} req/s   (the load generator used {r.cpu:.1f} CPU s of {r.elapsed:.1f} s)")
-        print(f"{mode:>9}: {cpu[mode]}")
+        if batches[mode]:
+            print(f"{mode:>9}: {batches[mode]:.1f} images per forward pass on average")
+        print(f"{mode:>9}: {cpu[mode]}; the machine's CPUs were {busy[mode]:.0%} busy")
     for mode, r in runs.items():
         print(f"served/in-process throughput ratio, {mode}: {r.rate / local_rate:.3f}")
     if runs["unbatched"].rate:
@@ -511,6 +570,7 @@ def predict_load(pf: Platform, plan: PredictPlan, tmp: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=0, help="jobs in the burst (0: skip that part)")
+    p.add_argument("--burst-arch", default="resnet18", help="the burst's jobs' architecture (untrained)")
     p.add_argument("--burst-connections", type=int, default=64, help="connections the burst is sent over")
     p.add_argument("--predict-clients", type=int, default=0, help="concurrent predict clients (0: skip that part)")
     p.add_argument("--seconds", type=float, default=60.0, help="how long each predict load lasts")
@@ -519,6 +579,7 @@ def main() -> None:
     p.add_argument("--arch", default="resnet18", help="the predict model's architecture (untrained, one epoch)")
     p.add_argument("--size", type=int, default=32, help="the predict model's input size, px")
     p.add_argument("--keep-inputs", action=argparse.BooleanOptionalAction, default=True, help="keep_inputs on or off")
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="the predict load generator's HTTP client")
     p.add_argument("--profile", type=Path, help="folder for py-spy's collapsed stacks of the API under each load")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--store", choices=["seaweedfs", "local"], default="seaweedfs")
@@ -534,7 +595,7 @@ def main() -> None:
     try:
         with platform(tmp / "platform", args.store, args.workers) as pf:
             if args.jobs:
-                job_burst(pf, args.jobs, args.burst_connections, tmp)
+                job_burst(pf, args.jobs, args.burst_connections, args.burst_arch, tmp)
             if args.predict_clients:
                 plan = PredictPlan(
                     args.predict_clients,
@@ -545,6 +606,7 @@ def main() -> None:
                     args.size,
                     args.keep_inputs,
                     args.profile,
+                    args.client,
                 )
                 predict_load(pf, plan, tmp)
     finally:

@@ -170,6 +170,23 @@ def test_a_forward_pass_that_fails_is_retried_image_by_image(bundle: Path, image
         assert probs(got) == pytest.approx(a, abs=1e-6)
 
 
+def test_a_request_whose_caller_went_away_leaves_the_batcher_answering(bundle: Path, images: list[bytes]) -> None:
+    """An async route awaits its image's future; a client that disconnects cancels it while the image waits for
+    its batch. The batch goes on without it, and the batcher's thread answers the next requests."""
+    alone = [probs(Predictor(bundle).predict(img)) for img in images[:4]]
+    predictor = CountingPredictor(bundle)
+    batcher = MicroBatcher(predictor, window_s=0.5, max_batch=8)
+    try:
+        gone, kept = batcher.submit(images[0]), batcher.submit(images[1])
+        assert gone.cancel()  # still gathering: the window is 0.5 s
+        assert probs(kept.result(timeout=60)) == pytest.approx(alone[1], abs=1e-6)
+        assert predictor.passes == [1]  # the cancelled image took no part in the forward pass
+        later = concurrently([partial(batcher.predict, img) for img in images[2:4]])
+    finally:
+        batcher.close()
+    assert [probs(p) for p in later] == [pytest.approx(a, abs=1e-6) for a in alone[2:4]]
+
+
 def model_row(model_id: str) -> domain.Model:
     return domain.Model(
         id=model_id,

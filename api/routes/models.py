@@ -81,4 +81,4 @@ async def predict_url(state: StateDep, project: ProjectDep, model_id: str, body:
     model = await run_in_threadpool(service.find, state, project, model_id)
     data = await fetch_image(body.url, state.settings)
     shown = urlsplit(body.url)._replace(netloc=urlsplit(body.url).hostname or "", query="", fragment="").geturl()
-    return await run_in_threadpool(predict_service.answer, state, project, model, data, shown, "url")
+    return await predict_service.answer(state, project, model, data, shown, "url")

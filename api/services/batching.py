@@ -1,10 +1,11 @@
 """Dynamic micro-batching for predict: single-image requests for one model that arrive within a few milliseconds
 of each other are answered by one forward pass (`Predictor.predict_batch`), each caller getting its own answer.
 
-Callers are Starlette threadpool threads. Each decodes its own image (an unreadable image fails alone, in its
-own request, before it joins a batch) and waits on a future; one thread per model takes the oldest waiting image,
-gathers more until `window_s` after that image arrived or until `max_batch` are in hand, and answers them all.
-While a batch runs, the next one gathers, so under load batches form without waiting for the window."""
+Callers decode their own image in a threadpool thread (an unreadable image fails alone, in its own request,
+before it joins a batch) and get a future, which an async route awaits without holding a thread. One thread per
+model takes the oldest waiting image, gathers more until `window_s` after that image arrived or until `max_batch`
+are in hand, and answers them all. While a batch runs, the next one gathers, so under load batches form without
+waiting for the window."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from api.metrics import PREDICT_BATCH_IMAGES
 from core.engine.images import open_rgb
 from core.engine.inference import ImageInput, Predictor
 from core.engine.tasks import Prediction
@@ -32,9 +34,9 @@ class _Request:
 class MicroBatcher:
     """One model's batcher, with a thread of its own that starts with the first request and ends at `close()`."""
 
-    def __init__(self, predictor: Predictor, window_s: float, max_batch: int, name: str = "") -> None:
+    def __init__(self, predictor: Predictor, window_s: float, max_batch: int, name: str = "", passes: int = 1) -> None:
         self.predictor, self.window_s, self.max_batch = predictor, max(0.0, window_s), max(1, max_batch)
-        self.name = name
+        self.name, self.passes = name, max(1, passes)
         self.batch_sizes: Counter[int] = Counter()  # forward passes by the number of images in them
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()  # None: stop
         self._lock = threading.Lock()
@@ -44,6 +46,12 @@ class MicroBatcher:
     def predict(self, image: ImageInput) -> Prediction:
         """One image's answer, from a batch with whatever other images arrive meanwhile. An image that cannot
         be decoded raises here (ValueError or OSError, as `Predictor.predict` does) and joins no batch."""
+        return self.submit(image).result()
+
+    def submit(self, image: ImageInput) -> Future[Prediction]:
+        """Decode the image here and queue it for the next batch; its answer comes in the future, so an async
+        caller need not hold a thread while the batch forms and runs (a thread per waiting request would soon
+        take every thread of the server's pool). An image that cannot be decoded raises here."""
         request = _Request(open_rgb(image), time.monotonic())
         with self._lock:
             if not self._closed:
@@ -56,7 +64,7 @@ class MicroBatcher:
                 queued = False
         if not queued:  # the model left the cache while this request held it: answer it here, alone
             self._answer([request])
-        return request.answer.result()
+        return request.answer
 
     def close(self) -> None:
         """Stop taking requests; those already queued are still answered, then the thread ends."""
@@ -100,6 +108,13 @@ class MicroBatcher:
         return batch, False
 
     def _answer(self, batch: list[_Request]) -> None:
+        """Answer the requests whose callers still wait: a future cancelled by its caller (an async request
+        whose client went away) is dropped, and the others can no longer be cancelled."""
+        waiting = [r for r in batch if r.answer.set_running_or_notify_cancel()]
+        if waiting:
+            self._forward(waiting)
+
+    def _forward(self, batch: list[_Request]) -> None:
         """One forward pass for the batch; when it fails, each image again on its own, so that only the image
         that fails gets the error."""
         try:
@@ -109,9 +124,10 @@ class MicroBatcher:
                 batch[0].answer.set_exception(exc)
             else:
                 for r in batch:
-                    self._answer([r])
+                    self._forward([r])
             return
         with self._lock:
             self.batch_sizes[len(batch)] += 1
+        PREDICT_BATCH_IMAGES.observe(len(batch))
         for r, a in zip(batch, answers, strict=True):
             r.answer.set_result(a)

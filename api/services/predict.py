@@ -4,8 +4,12 @@ certain ones first and their corrections can become training items."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 from fastapi import UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -40,36 +44,76 @@ async def answer_files(
                 f"'{name[:200]}' is {f.size:,} bytes; the limit is {settings.max_predict_file_bytes:,} per image",
             )
     if len(files) == 1:  # the model is loaded (once, however many requests ask at once) on the way
-        return await run_in_threadpool(answer, state, project, model, await files[0].read(), names[0], source)
+        return await answer(state, project, model, await files[0].read(), names[0], source)
     await run_in_threadpool(state.predictors.get, model)  # load it once, before the files
     results = []
     for f, name in zip(files, names, strict=True):  # one bad file gets its own error; the others their answers
         try:
-            one = await run_in_threadpool(answer, state, project, model, await f.read(), name, source)
+            one = await answer(state, project, model, await f.read(), name, source)
             results.append(FilePredictions(filename=name, **one.model_dump()))
         except Problem as exc:
             results.append(FilePredictions(filename=name, error=exc.detail))
     return BatchPredictions(results=results)
 
 
-def answer(
+@dataclass
+class Pending:
+    """An image on its way through the model: its answer comes in `answer`."""
+
+    answer: Future[Prediction]
+    format: str  # the image's format, as PIL names it ("" when it does not say)
+    started: float  # time.perf_counter() when it was handed to the model
+
+
+async def answer(
     state: AppState, project: domain.Project, model: domain.Model, image: bytes, filename: str, source: str
 ) -> Predictions:
     """One image through the model (decoded on its own, so one request holds one decoded image at a time),
-    logged; the answer carries its prediction_id."""
-    state.predictors.get(model)  # loaded (once) outside the image's own errors: a load failure is not a 422
+    logged; the answer carries its prediction_id. No thread is held while the image waits for its batch and its
+    forward pass: with many clients, a pool thread per waiting image would leave none for the next requests."""
+    pending = await run_in_threadpool(start, state, model, image, filename)
     try:
-        with PREDICT_SECONDS.labels(source).time():
-            p = predict_one(state, model, image)
+        prediction = await asyncio.wrap_future(pending.answer)
+    except (OSError, ValueError) as exc:
+        raise unreadable(filename, exc) from None
+    PREDICT_SECONDS.labels(source).observe(time.perf_counter() - pending.started)
+    return await run_in_threadpool(log, state, project, model, prediction, image, pending.format, filename, source)
+
+
+def start(state: AppState, model: domain.Model, image: bytes, filename: str) -> Pending:
+    """Load the model (once; outside the image's own errors: a load failure is not a 422), decode the image and
+    hand it to the model. An image that cannot be decoded is a 422 naming the file."""
+    state.predictors.get(model)
+    started = time.perf_counter()
+    try:
         with Image.open(io.BytesIO(image)) as img:
             fmt = img.format or ""
+        return Pending(submit(state, model, image), fmt, started)
     except (OSError, ValueError) as exc:
-        raise Problem(
-            422,
-            "Unreadable image",
-            f"'{filename[:200]}' is not an image we can decode ({str(exc)[:200]})",
-            file=filename[:200],
-        ) from None
+        raise unreadable(filename, exc) from None
+
+
+def unreadable(filename: str, exc: Exception) -> Problem:
+    return Problem(
+        422,
+        "Unreadable image",
+        f"'{filename[:200]}' is not an image we can decode ({str(exc)[:200]})",
+        file=filename[:200],
+    )
+
+
+def log(
+    state: AppState,
+    project: domain.Project,
+    model: domain.Model,
+    p: Prediction,
+    image: bytes,
+    fmt: str,
+    filename: str,
+    source: str,
+) -> Predictions:
+    """Store the answer in the prediction log (with the image, when the project keeps inputs); the public answer
+    with its prediction_id."""
     public = p.public()
     prediction_id = repos.new_id()
     prefix = prediction_prefix(project.id, prediction_id)
@@ -97,12 +141,19 @@ def answer(
     return Predictions(**public, prediction_id=prediction_id)
 
 
-def predict_one(state: AppState, model: domain.Model, image: bytes) -> Prediction:
-    """The model's answer for one image: with micro-batching on (FITCYCLE_PREDICT_BATCH_WINDOW_MS > 0), in one
-    forward pass with the other requests' images that arrive within the window; an unreadable image raises
-    ValueError or OSError for its own request only."""
+def submit(state: AppState, model: domain.Model, image: bytes) -> Future[Prediction]:
+    """The model's answer for one image, to come: with micro-batching on (FITCYCLE_PREDICT_BATCH_WINDOW_MS > 0),
+    from one forward pass with the other requests' images that arrive within the window; otherwise computed
+    here. An image that cannot be decoded raises ValueError or OSError here, for its own request only."""
     settings = state.settings
     if settings.predict_batch_window_ms > 0 and settings.predict_max_batch > 1:
         batcher = state.predictors.batcher(model, settings.predict_batch_window_ms / 1000, settings.predict_max_batch)
-        return batcher.predict(image)
-    return state.predictors.get(model).predict(image)
+        return batcher.submit(image)
+    done: Future[Prediction] = Future()
+    done.set_result(state.predictors.get(model).predict(image))
+    return done
+
+
+def predict_one(state: AppState, model: domain.Model, image: bytes) -> Prediction:
+    """The model's answer for one image (batched with others when micro-batching is on)."""
+    return submit(state, model, image).result()

@@ -54,6 +54,7 @@ def test_the_api_and_a_worker_serve_their_metrics(stack: Stack, tmp_path: Path) 
     assert (sample(text, "fitcycle_http_requests_total", route=route, method="GET", status="200") or 0) >= 1
     assert (sample(text, "fitcycle_http_requests_total", route="unmatched", method="GET", status="401") or 0) >= 1
     assert (sample(text, "fitcycle_predict_seconds_count", source="file") or 0) >= 1
+    assert (sample(text, "fitcycle_predict_batch_images_count") or 0) >= 1  # micro-batching is on by default
     assert job["id"] not in text and ds["id"] not in text  # labels are templates, never ids
 
     mine = httpx.get(f"http://127.0.0.1:{port}/metrics").text
