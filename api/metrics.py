@@ -39,7 +39,7 @@ PREDICT_SECONDS = Histogram(
 )
 PREDICT_BATCH_IMAGES = Histogram(
     "fitcycle_predict_batch_images",
-    "images per forward pass of the predict micro-batcher (1 when each request waits alone)",
+    "images per forward pass of the predict micro-batcher (nothing is recorded while batching is off)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 

@@ -25,7 +25,7 @@ from api.state import AppState
 from core.config import Settings
 from core.db import domain
 from core.engine.export import export_bundle
-from core.engine.inference import Predictor
+from core.engine.inference import ImageInput, Predictor
 from core.engine.tasks import Prediction
 from core.engine.tasks.classification import ClassPrediction
 from core.storage.base import COMPLETE, ObjectNotFound, download_prefix
@@ -170,21 +170,73 @@ def test_a_forward_pass_that_fails_is_retried_image_by_image(bundle: Path, image
         assert probs(got) == pytest.approx(a, abs=1e-6)
 
 
-def test_a_request_whose_caller_went_away_leaves_the_batcher_answering(bundle: Path, images: list[bytes]) -> None:
-    """An async route awaits its image's future; a client that disconnects cancels it while the image waits for
-    its batch. The batch goes on without it, and the batcher's thread answers the next requests."""
-    alone = [probs(Predictor(bundle).predict(img)) for img in images[:4]]
-    predictor = CountingPredictor(bundle)
-    batcher = MicroBatcher(predictor, window_s=0.5, max_batch=8)
+class Gated(CountingPredictor):
+    """A CountingPredictor whose forward passes wait until `release` is set; `entered` is set by the first."""
+
+    def __init__(self, bundle: Path) -> None:
+        super().__init__(bundle)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        self.entered.set()
+        assert self.release.wait(60)
+        return super().forward(images)
+
+
+def test_a_cancelled_request_is_dropped_and_the_batcher_goes_on(bundle: Path, images: list[bytes]) -> None:
+    """An async route awaits its image's future; one cancelled while the image waits (a server shutting down,
+    a timeout) is left out of the forward pass, and the others are answered."""
+    alone = [probs(Predictor(bundle).predict(img)) for img in images[:3]]
+    predictor = Gated(bundle)
+    batcher = MicroBatcher(predictor, window_s=0.0, max_batch=8)
     try:
-        gone, kept = batcher.submit(images[0]), batcher.submit(images[1])
-        assert gone.cancel()  # still gathering: the window is 0.5 s
-        assert probs(kept.result(timeout=60)) == pytest.approx(alone[1], abs=1e-6)
-        assert predictor.passes == [1]  # the cancelled image took no part in the forward pass
-        later = concurrently([partial(batcher.predict, img) for img in images[2:4]])
+        first = batcher.submit(images[0])
+        assert predictor.entered.wait(60)  # the first forward pass is running: the next two wait for the next
+        gone, kept = batcher.submit(images[1]), batcher.submit(images[2])
+        assert gone.cancel()
+        predictor.release.set()
+        assert probs(first.result(timeout=60)) == pytest.approx(alone[0], abs=1e-6)
+        assert probs(kept.result(timeout=60)) == pytest.approx(alone[2], abs=1e-6)
     finally:
         batcher.close()
-    assert [probs(p) for p in later] == [pytest.approx(a, abs=1e-6) for a in alone[2:4]]
+    assert predictor.passes == [1, 1]  # the cancelled image took no part
+
+
+class WrongCount(Predictor):
+    """A Predictor that answers one image fewer than it is given."""
+
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[Prediction]:
+        return super().predict_batch(images)[1:]
+
+
+def test_a_wrong_number_of_answers_is_an_error_for_each_request(bundle: Path, images: list[bytes]) -> None:
+    """No request gets an answer that may be another image's; the batcher goes on."""
+    batcher = MicroBatcher(WrongCount(bundle), window_s=0.2, max_batch=8)
+    try:
+        for f in [batcher.submit(img) for img in images[:3]]:
+            with pytest.raises(RuntimeError, match="the model answered 0 of 1 images"):
+                f.result(timeout=60)
+        assert not batcher.closed
+    finally:
+        batcher.close()
+
+
+class Stop(BaseException):
+    """Not an Exception: a forward pass's errors are caught as Exception, this one reaches the batcher's loop."""
+
+
+class Stops(Predictor):
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[Prediction]:
+        raise Stop
+
+
+def test_a_batcher_whose_thread_fails_leaves_no_request_waiting(bundle: Path, images: list[bytes]) -> None:
+    batcher = MicroBatcher(Stops(bundle), window_s=60.0, max_batch=3)  # one batch, once all three are queued
+    futures = [batcher.submit(img) for img in images[:3]]
+    for f in futures:
+        with pytest.raises(Stop):
+            f.result(timeout=60)
+    assert batcher.closed  # PredictorCache.batcher makes the model a new one
 
 
 def model_row(model_id: str) -> domain.Model:

@@ -9,6 +9,7 @@ waiting for the window."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -23,6 +24,8 @@ from core.engine.images import open_rgb
 from core.engine.inference import ImageInput, Predictor
 from core.engine.tasks import Prediction
 
+log = logging.getLogger("fitcycle.api")
+
 
 @dataclass
 class _Request:
@@ -34,9 +37,9 @@ class _Request:
 class MicroBatcher:
     """One model's batcher, with a thread of its own that starts with the first request and ends at `close()`."""
 
-    def __init__(self, predictor: Predictor, window_s: float, max_batch: int, name: str = "", passes: int = 1) -> None:
+    def __init__(self, predictor: Predictor, window_s: float, max_batch: int, name: str = "") -> None:
         self.predictor, self.window_s, self.max_batch = predictor, max(0.0, window_s), max(1, max_batch)
-        self.name, self.passes = name, max(1, passes)
+        self.name = name
         self.batch_sizes: Counter[int] = Counter()  # forward passes by the number of images in them
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()  # None: stop
         self._lock = threading.Lock()
@@ -81,15 +84,32 @@ class MicroBatcher:
         return self._closed
 
     def _run(self) -> None:
-        """Gather a batch, answer it, repeat until the stop mark."""
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, stop = self._gather(first)
-            self._answer(batch)
-            if stop:
-                return
+        """Gather a batch, answer it, repeat until the stop mark. Should this thread fail in itself (not in a
+        forward pass, whose errors go to the requests), the batcher closes and every waiting request gets the
+        error: none waits forever, and the model's next requests get a new batcher (PredictorCache.batcher)."""
+        batch: list[_Request] = []
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch, stop = self._gather(first)
+                self._answer(batch)
+                if stop:
+                    return
+        except BaseException as exc:
+            with self._lock:
+                self._closed = True
+            while True:  # after the lock: nothing more is queued
+                try:
+                    request = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if request is not None:
+                    batch.append(request)
+            for r in batch:
+                _fail(r, exc)
+            log.error("the predict batcher of model %s stopped: %r", self.name, exc)
 
     def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
         """`first` and what follows it until its window closes or the batch is full; True when the stop mark
@@ -119,6 +139,8 @@ class MicroBatcher:
         that fails gets the error."""
         try:
             answers = self.predictor.predict_batch([r.image for r in batch])
+            if len(answers) != len(batch):  # before any request gets an answer that may be another's
+                raise RuntimeError(f"the model answered {len(answers)} of {len(batch)} images")
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].answer.set_exception(exc)
@@ -131,3 +153,11 @@ class MicroBatcher:
         PREDICT_BATCH_IMAGES.observe(len(batch))
         for r, a in zip(batch, answers, strict=True):
             r.answer.set_result(a)
+
+
+def _fail(request: _Request, exc: BaseException) -> None:
+    """Give a request the error, unless it has its answer already or its caller cancelled it."""
+    if request.answer.done():
+        return
+    if request.answer.running() or request.answer.set_running_or_notify_cancel():
+        request.answer.set_exception(exc)

@@ -76,7 +76,8 @@ async def answer(
         prediction = await asyncio.wrap_future(pending.answer)
     except (OSError, ValueError) as exc:
         raise unreadable(filename, exc) from None
-    PREDICT_SECONDS.labels(source).observe(time.perf_counter() - pending.started)
+    finally:
+        PREDICT_SECONDS.labels(source).observe(time.perf_counter() - pending.started)
     return await run_in_threadpool(log, state, project, model, prediction, image, pending.format, filename, source)
 
 

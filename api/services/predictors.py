@@ -115,7 +115,7 @@ class PredictorCache:
         with self._lock:
             loaded = self._cache.get(model.id)
             if loaded is not None and loaded.predictor is predictor:
-                if loaded.batcher is None:
+                if loaded.batcher is None or loaded.batcher.closed:  # closed: its thread failed
                     loaded.batcher = MicroBatcher(predictor, window_s, max_batch, name=model.id[:8])
                 return loaded.batcher
         unbatched = MicroBatcher(predictor, window_s, max_batch)  # evicted just now: answer in the caller's thread
