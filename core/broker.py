@@ -31,6 +31,9 @@ def make_celery(settings: Settings) -> Celery:
         }
     else:
         options = {"visibility_timeout": WEEK}
+        # Task events for Flower (sent, received, started, succeeded or failed): a few small messages per job,
+        # published to Redis whether or not anyone listens. The filesystem broker has no fanout to carry them.
+        app.conf.update(worker_send_task_events=True, task_send_sent_event=True)
     app.conf.update(
         broker_transport_options=options,
         broker_connection_retry_on_startup=True,

@@ -1,14 +1,18 @@
-"""Prometheus metrics: the API's /metrics (no key) counts requests by route template and status, times
-predicts, and reads jobs by state and kind and the queues' depth at scrape time; a worker started with
-FITCYCLE_WORKER_METRICS_PORT serves job and epoch durations, images/s and its heartbeat."""
+"""Prometheus metrics and Flower's task events. The API's /metrics (no key) counts requests by route template and
+status, times predicts, and reads jobs by state and kind and the queues' depth at scrape time; a worker started
+with FITCYCLE_WORKER_METRICS_PORT serves job and epoch durations, images/s and its heartbeat; the API and the
+worker send Celery's task events over Redis, which is what Flower shows."""
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+from celery import Celery
 
 from core.datasets.samples import write_sample
 from tests.platform.services import free_port, start, wait_for
@@ -26,6 +30,41 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+class TaskEvents:
+    """Celery's task events on the stack's Redis broker, as Flower receives them, collected in a thread."""
+
+    def __init__(self, broker: str) -> None:
+        self.app = Celery(broker=broker, set_as_current=False)
+        self.events: list[dict[str, Any]] = []
+        self._receiver: Any = None
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+
+    def _listen(self) -> None:
+        with self.app.connection() as conn:
+            self._receiver = self.app.events.Receiver(conn, handlers={"*": self.events.append})
+            self._receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def __enter__(self) -> TaskEvents:
+        self._thread.start()
+
+        def probe_arrived() -> bool:  # events are published to whoever listens then: listen before the job
+            with self.app.events.default_dispatcher() as dispatcher:
+                dispatcher.send("fitcycle-probe")
+            time.sleep(0.2)
+            return any(e["type"] == "fitcycle-probe" for e in self.events)
+
+        wait_for(probe_arrived, 30, "the event receiver to listen")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        self._thread.join(timeout=10)
+
+    def of(self, task_id: str) -> list[str]:
+        return [e["type"] for e in self.events if e.get("uuid") == task_id]
+
+
 def test_the_api_and_a_worker_serve_their_metrics(stack: Stack, tmp_path: Path) -> None:
     client, _ = stack.new_project("metrics")
     server = stack.a.base.removesuffix("/api/v1")
@@ -39,8 +78,13 @@ def test_the_api_and_a_worker_serve_their_metrics(stack: Stack, tmp_path: Path) 
     data = write_sample("fashion-mnist", tmp_path / "data", per_class=20, size=32, classes=["bag", "trouser"])
     ds = client.upload("metered", make_zip(data, tmp_path / "m.zip")).json()
     spec = {"arch": "resnet18", "pretrained": "none", "size": 32, "bs": 16, "freeze_epochs": 0, "epochs": 2}
-    job = client.wait(client.submit(kind="fine_tune", dataset_id=ds["id"], **spec)["id"])
-    assert job["state"] == "succeeded", job["error"]
+    with TaskEvents(stack.env["FITCYCLE_BROKER_URL"]) as flower:
+        job = client.wait(client.submit(kind="fine_tune", dataset_id=ds["id"], **spec)["id"])
+        assert job["state"] == "succeeded", job["error"]
+        sent = [e for e in flower.events if e["type"] == "task-sent" and job["id"] in str(e.get("args"))]
+        assert len(sent) == 1 and sent[0]["name"] == "fitcycle.run_job"  # the API's send
+        wait_for(lambda: "task-succeeded" in flower.of(sent[0]["uuid"]), 30, "the worker's task-succeeded event")
+        assert flower.of(sent[0]["uuid"])[-3:] == ["task-received", "task-started", "task-succeeded"]
     image = next((data / "bag").glob("*.png")).read_bytes()
     assert client.post(f"/models/{job['model_id']}/predict", files={"file": ("b.png", image)}).status_code == 200
     assert httpx.get(f"{stack.a.base}/jobs").status_code == 401  # no key: refused, and counted
