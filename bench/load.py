@@ -1,7 +1,7 @@
 """Load: a burst of tiny jobs against a distributed fitcycle on this machine, and many concurrent predict clients
 against one API process with micro-batching on and off.
 
-    PYTHONPATH=. .venv/bin/python bench/load.py --jobs 1000                         # the job burst
+    PYTHONPATH=. .venv/bin/python bench/load.py --jobs 1000 --burst-arch efficientnet_lite0 --store local
     PYTHONPATH=. .venv/bin/python bench/load.py --predict-clients 100 --seconds 60  # predict under load
     PYTHONPATH=. .venv/bin/python bench/load.py --predict-clients 100 --seconds 60 --arch resnet34 --size 224
     PYTHONPATH=. .venv/bin/python bench/load.py --quick   # both, small: 50 jobs; 10 clients for 5 s
@@ -10,22 +10,24 @@ Everything runs on 127.0.0.1: a fresh PostgreSQL database (dropped afterwards), 
 own (flushed), SeaweedFS as the object store (--store local: a folder), one API process (`fitcycle serve
 --no-worker`) and --workers `fitcycle worker` processes (each imports torch: about 640 MB apiece).
 
-Jobs: each is a fine_tune of an untrained resnet18 at 16 px, one epoch of 8 digits (the cheapest job that runs the
-whole path: claim, data, training, export, a model registered), all sent at once. Prints submit p50/p95, the
-drain rate against the ideal one (workers / a job's median run time, from the same run), and checks that every
-job succeeded on its first attempt and made exactly one model. Each job keeps its model's export bundle (about
-90 MB: resnet18's weights and model.onnx) and writes about 135 MB of checkpoints that it deletes once exported
-(SeaweedFS reclaims deleted space only when it vacuums): 1,000 jobs need about 100 GB of disk. The bench stops
-the burst while 5 GB are left.
+Jobs: each is a fine_tune of an untrained --burst-arch (resnet18 unless set) at 16 px, one epoch of 8 digits (the
+cheapest job that runs the whole path: claim, data, training, export, a model registered), all sent at once.
+Prints submit p50/p95, the drain rate against the ideal one (workers / a job's median run time, from the same
+run), and checks that every job succeeded on its first attempt and made exactly one model. Each job keeps its
+model's export bundle (resnet18: about 90 MB, efficientnet_lite0: about 33 MB) and deletes its checkpoints once
+exported (SeaweedFS reclaims deleted space only when it vacuums): 1,000 resnet18 jobs need about 100 GB of disk,
+1,000 efficientnet_lite0 jobs on the local store about 40 GB. The bench stops the burst while 5 GB are left.
 
 Predict: an untrained --arch at --size px (default resnet18 at 32 px) trained for one epoch through the platform.
-The clients each post one image per request for --seconds to the API with micro-batching on
+The clients (prebuilt requests over keep-alive connections, bench/rawhttp.py; --client httpx for httpx) each
+post one image per request for --seconds to the API with micro-batching on
 (FITCYCLE_PREDICT_BATCH_WINDOW_MS=--window-ms), then to a fresh API with it off (0). The baseline is
 Predictor.predict_batch in this process on the same images, --max-batch at a time. Prints the error rate (and the
 first failed answer's body), latency p50/p95/p99, throughput, the served/in-process ratio, the CPU each process on
 the machine spent per answered request, and the RSS of the API and worker processes before and after the load
 (target: growth under 10%). --no-keep-inputs turns the project's keep_inputs off; --profile DIR writes py-spy's
-collapsed stacks of the API under each load (pip install py-spy).
+collapsed stacks of the API under each load, sampled while a thread holds the GIL: where its Python time goes
+(pip install py-spy).
 """
 
 from __future__ import annotations
@@ -321,7 +323,7 @@ def job_burst(pf: Platform, n: int, connections: int, arch: str, tmp: Path) -> N
             if free < MIN_FREE_DISK:
                 raise RuntimeError(
                     f"stopped after {done} of {n} jobs: {free / 1e9:.1f} GB of disk left. Each job keeps its "
-                    "model's export bundle (about 90 MB: resnet18's weights and model.onnx), and SeaweedFS "
+                    "model's export bundle (resnet18's weights and model.onnx: about 90 MB), and SeaweedFS "
                     "reclaims the checkpoints a job deletes (about 135 MB) only when it vacuums"
                 )
             if time.monotonic() > deadline:
