@@ -87,9 +87,10 @@ def start(state: AppState, model: domain.Model, image: bytes, filename: str) -> 
     state.predictors.get(model)
     started = time.perf_counter()
     try:
+        answer = submit(state, model, image)  # first: its decoder refuses bombs and non-images with the reason
         with Image.open(io.BytesIO(image)) as img:
             fmt = img.format or ""
-        return Pending(submit(state, model, image), fmt, started)
+        return Pending(answer, fmt, started)
     except (OSError, ValueError) as exc:
         raise unreadable(filename, exc) from None
 
