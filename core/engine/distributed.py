@@ -4,7 +4,8 @@ gradients are averaged across ranks at each step, and only rank 0 validates, rep
 
 The rule for batch size and learning rate: `bs` is the global batch, split evenly between the ranks, so a run on
 N devices takes the same steps at the same rates as one device with the same `bs` (no learning-rate scaling).
-BatchNorm statistics are each rank's own (as DDP does; SyncBatchNorm is not used)."""
+BatchNorm statistics are each rank's own (as DDP does; SyncBatchNorm is not used). At the end of each fit the
+ranks check that they hold the same parameters, as averaged gradients and one optimizer step keep them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from core.engine.errors import FitcycleError
 from core.engine.events import Callback, CancelValidException
 
 
@@ -75,9 +77,21 @@ def agreed_stop(should_stop: Callable[[], bool], rank: Rank) -> Callable[[], boo
     return decide
 
 
+def parameters_agree(model: nn.Module) -> bool:
+    """Whether every rank holds the same parameters as this one (a collective: every rank must call it). Each
+    parameter's float64 sum stands for it; the ranks' smallest and largest sums must be the same numbers. DDP
+    keeps the ranks bit for bit equal: the same averaged gradients and the same optimizer step on each."""
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    low, high = sums.clone(), sums.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(low, high))
+
+
 class DistributedTraining(Callback):
     """Wraps the model in DistributedDataParallel for each fit (the parameters that train change between fits:
-    a frozen body's are left out), and unwraps it for validation, which rank 0 alone does, on the plain model."""
+    a frozen body's are left out), and unwraps it for validation, which rank 0 alone does, on the plain model.
+    After the fit, the ranks must agree on every parameter."""
 
     order = 3  # after channels_last and compile have changed the model itself
     run_in_lr_find = False
@@ -106,3 +120,8 @@ class DistributedTraining(Callback):
     def after_fit(self) -> None:
         assert self.plain is not None
         self.learn.model = self.plain
+        if not parameters_agree(self.plain):  # every rank gets here: a stop is agreed, a lost rank is an error
+            raise FitcycleError(
+                "the ranks of the distributed fit ended with different parameters (their gradients were not "
+                "averaged); nothing was exported: run the job with gpus: 1, and report this"
+            )
