@@ -1,6 +1,7 @@
 """A distributed fitcycle whose PostgreSQL, Redis and S3 server belong to the fault tests alone, so they can
 stop, kill and restart them mid-job: a private PostgreSQL cluster and Redis on ports of their own, SeaweedFS,
-one API process and one worker process (tests may start more)."""
+one API process and one worker process (tests may start more). They last as long as tests/faults, not the
+whole session: stopped, the API's one-second reaper loop and the idle services stop costing the later tests CPU."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class FaultStack:
         return self.stack.a
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     workdir = tmp_path_factory.mktemp("faults")
     (workdir / "tmp").mkdir()
@@ -70,7 +71,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
                 p.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def faults_dataset(faults: FaultStack, tmp_path_factory: pytest.TempPathFactory) -> str:
     """One small real dataset (Fashion-MNIST bags and trousers, 48 px) for every fault test's jobs."""
     folder = tmp_path_factory.mktemp("faults-data")
