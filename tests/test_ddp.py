@@ -19,6 +19,7 @@ import torch
 
 from core.engine.distributed import Rank, join, leave, parameters_agree
 from core.jobs.context import LocalJobContext
+from core.jobs.distributed import free_port
 from core.jobs.spec import TrainSpec
 from core.jobs.training import run_job
 
@@ -96,15 +97,13 @@ def _check_agreement(rank: int, port: int, answers: Any) -> None:
         model = torch.nn.Linear(4, 3)
         same = parameters_agree(model)
         with torch.no_grad():
-            model.bias[1] += 1e-6 * rank  # rank 1's bias now differs from rank 0's by one part in a million
+            model.bias[1] += 1e-6 * rank  # rank 1's bias now differs from rank 0's by 1e-6
         answers.put((rank, same, parameters_agree(model)))
     finally:
         leave()
 
 
 def test_ranks_that_differ_in_one_parameter_disagree() -> None:
-    from core.jobs.distributed import free_port
-
     spawn = torch.multiprocessing.get_context("spawn")
     answers, port = spawn.Queue(), free_port()
     ranks = [spawn.Process(target=_check_agreement, args=(r, port, answers)) for r in range(2)]

@@ -122,6 +122,6 @@ class DistributedTraining(Callback):
         self.learn.model = self.plain
         if not parameters_agree(self.plain):  # every rank gets here: a stop is agreed, a lost rank is an error
             raise FitcycleError(
-                "the ranks of the distributed fit ended with different parameters (their gradients were not "
-                "averaged); nothing was exported: run the job with gpus: 1, and report this"
+                "the ranks of the distributed fit ended with different parameters, which DDP should keep equal; "
+                "nothing was exported: run the job with gpus: 1, and report this"
             )
