@@ -21,6 +21,7 @@ from core.engine.tasks import Correction, Scores, get_task
 from core.engine.tasks.classification import ClassPrediction
 from core.engine.tasks.multilabel import MultiLabelPrediction
 from core.jobs.gate import Policy, decide
+from core.jobs.significance import binomial_tail
 from core.jobs.training import output_keys
 from core.storage.local import LocalStore
 
@@ -44,6 +45,75 @@ def test_the_gate_promotes_only_a_better_challenger_that_drops_no_class() -> Non
     assert not decide(scores(0.9, {"a": 0.9}), scores(0.8, {"a": 0.8, "gone": 0.5}), policy).promote
     assert decide(scores(0.1, {}), None, policy).reason == "the name has no champion"
     assert Policy.of({"min_feedback": 20, "unknown": 1}) == Policy(min_feedback=20)
+
+
+def hits(n_right: int, n: int) -> tuple[float, ...]:
+    return tuple([1.0] * n_right + [0.0] * (n - n_right))
+
+
+def paired_scores(a: tuple[float, ...], b: tuple[float, ...]) -> Scores:
+    """Accuracy over two classes' items: class 'a' has the items of `a`, class 'b' those of `b`."""
+    flat = a + b
+    return Scores(
+        "accuracy",
+        sum(flat) / len(flat),
+        True,
+        {"a": sum(a) / len(a), "b": sum(b) / len(b)},
+        len(flat),
+        flat,
+        {"a": a, "b": b},
+    )
+
+
+def test_a_drop_counts_only_beyond_chance_at_its_item_count() -> None:
+    policy = Policy(min_improvement=0.0, max_class_drop=0.05)
+    assert binomial_tail(5, 5) == 1 / 32 and binomial_tail(0, 7) == 1.0 and binomial_tail(8, 7) == 0.0
+    assert abs(binomial_tail(8, 11) - 232 / 2048) < 1e-12
+    # Class 'a' (40 items): the champion gets 26 right; the challenger gets 8 of them wrong and 3 others right:
+    # 21 right, a fall of 0.125 — more than max_class_drop, but 8 against 3 is what chance often gives (p 0.11).
+    champion_a = hits(26, 40)
+    challenger_a = tuple([0.0] * 8 + [1.0] * 18 + [1.0] * 3 + [0.0] * 11)
+    champion = paired_scores(champion_a, hits(30, 40))
+    challenger = paired_scores(challenger_a, hits(40, 40))  # class 'b' gains 10: overall better
+    verdict = decide(challenger, champion, policy)
+    assert verdict.promote, verdict.reason
+    assert "within chance at their counts (a: 40 items" in verdict.reason
+    assert verdict.tests["per_class"]["a"]["worse"] == 8 and verdict.tests["per_class"]["a"]["better"] == 3
+    # Two classes share the 5% (0.025 each): 5 losses and no gains (p 1/32) still pass; 7 and none (p 1/128) do not.
+    assert decide(paired_scores(hits(21, 40), hits(40, 40)), champion, policy).promote
+    refused = decide(paired_scores(hits(19, 40), hits(40, 40)), champion, policy)
+    assert (
+        not refused.promote
+        and "class 'a' drops 0.175" in refused.reason
+        and "beyond chance on its 40" in refused.reason
+    )
+    # Overall: a challenger 1 item short is a tie within chance and is promoted (the newer model, on corrected
+    # data, wins ties); 12 losses and 2 gains over 80 items is a real drop and is refused.
+    tie = decide(paired_scores(hits(26, 40), hits(29, 40)), champion, policy)
+    assert tie.promote and "within chance" in tie.reason and "95% interval" in tie.reason
+    worse = paired_scores(tuple([0.0] * 12 + [1.0] * 14 + [1.0] * 2 + [0.0] * 12), hits(30, 40))
+    lost = decide(worse, champion, policy)
+    assert not lost.promote and "worse on 12 of 80 items, better on 2" in lost.reason
+    # Asking for an improvement (min_improvement > 0) is a point rule: a tie does not give one.
+    assert not decide(paired_scores(hits(26, 40), hits(30, 40)), champion, Policy(min_improvement=0.01)).promote
+
+
+def test_scores_pair_item_by_item() -> None:
+    from core.engine.items import ClassItems
+
+    items = ClassItems(
+        root=Path("."),
+        keys=[f"{i}.png" for i in range(4)],
+        is_valid=[True] * 4,
+        classes=["a", "b"],
+        labels=["a", "b", "a", "b"],
+    )
+    task = get_task("classification")
+    said = ["a", "a", "b", "b"]
+    answers = [ClassPrediction(x, "ab".index(x), [0.9, 0.1] if x == "a" else [0.1, 0.9], ["a", "b"]) for x in said]
+    got = task.score(answers, items, [0, 1, 2, 3])
+    assert got.items == (1.0, 0.0, 0.0, 1.0) and got.class_items == {"a": (1.0, 0.0), "b": (0.0, 1.0)}
+    assert got.as_dict()["per_class_n"] == {"a": 2, "b": 2}
 
 
 def png(array: np.ndarray) -> str:

@@ -1,7 +1,8 @@
 """After a model-making job: its model joins its registry name (the first of a name becomes the champion);
-after a retrain, the evaluate step scores challenger and champion on the same validation items of the new
-dataset version (and on every item of the project's gold set, when it has one of the same task), records
-the gate's decision, and promotes the challenger when the gate and the policy allow."""
+every later one — stage 2 after its stage 1, a fine-tune, a retrain — is a challenger: the evaluate step scores
+challenger and champion on the same validation items of the job's dataset version (and on every item of the
+project's gold set, when it has one of the same task), records the gate's decision, and promotes the challenger
+when the gate and the policy allow."""
 
 from __future__ import annotations
 
@@ -58,21 +59,37 @@ def _gold_scores(
     }
 
 
-def evaluate_retrain(
+def evaluate_challenger(
     sessions: Any,
     job: domain.Job,
     challenger: domain.Model,
     challenger_bundle: Path,
-    champion_bundle: Path | None,
-    champion: domain.Model | None,
+    champion_bundle: Path,
+    champion: domain.Model,
     items: LabelledItems,
     gold: GoldSet | None = None,
 ) -> dict[str, Any]:
     """Score both on the items' validation split (and the gold set), decide, record; returns the decision for
-    the job's result."""
+    the job's result. A champion of another task cannot be weighed against: the challenger stays a version."""
     assert challenger.name is not None
     challenger_scores = score_bundle(challenger_bundle, items)
-    champion_scores = score_bundle(champion_bundle, items) if champion_bundle is not None else None
+    try:
+        champion_scores = score_bundle(champion_bundle, items)
+    except ValueError as exc:  # the name's champion answers another task: there is no common score
+        with session_scope(sessions) as s:
+            decision = repos.record_decision(
+                s,
+                job.project_id,
+                challenger.name,
+                action="rejected",
+                model_id=challenger.id,
+                champion_id=champion.id,
+                scores={"challenger": challenger_scores.as_dict(), "champion": None},
+                reason=f"not comparable with the champion ({exc}); kept as a version: promote it by hand",
+                actor="gate",
+                job_id=job.id,
+            )
+        return _decision_result(decision)
     on_gold = _gold_scores(gold, items, challenger_bundle, champion_bundle)
     with session_scope(sessions) as s:
         entry = repos.model_name(s, job.project_id, challenger.name)
@@ -86,8 +103,9 @@ def evaluate_retrain(
     )
     scores: dict[str, Any] = {
         "challenger": challenger_scores.as_dict(),
-        "champion": champion_scores.as_dict() if champion_scores else None,
+        "champion": champion_scores.as_dict(),
         "policy": policy.as_dict(),
+        "tests": verdict.tests,
     }
     if on_gold is not None:
         scores["gold"] = on_gold | {
@@ -111,7 +129,7 @@ def evaluate_retrain(
                 challenger.name,
                 action=action,
                 model_id=challenger.id,
-                champion_id=champion.id if champion else None,
+                champion_id=champion.id,
                 scores=scores,
                 reason=reason,
                 actor="gate",
@@ -121,4 +139,9 @@ def evaluate_retrain(
         if decision.action != "approved":
             repos.emit(s, job.project_id, event, decision.event())
     log.info("job %s: %s %s (%s)", job.id, decision.action, challenger.id, decision.reason)
-    return {"action": decision.action, "reason": decision.reason, "scores": scores, "decision_id": decision.id}
+    return _decision_result(decision)
+
+
+def _decision_result(decision: domain.Decision) -> dict[str, Any]:
+    """A decision as the job's result carries it."""
+    return {"action": decision.action, "reason": decision.reason, "scores": decision.scores, "decision_id": decision.id}

@@ -34,7 +34,7 @@ from core.storage.base import ObjectStore, StoreUnavailable, download_prefix
 from core.storage.layout import attempt_prefix
 from worker import metrics
 from worker.context import DbJobContext, new_work_dir
-from worker.evaluate import GoldSet, evaluate_retrain, name_of
+from worker.evaluate import GoldSet, evaluate_challenger, name_of
 from worker.memory import release_memory
 
 log = logging.getLogger("fitcycle.worker")
@@ -269,7 +269,8 @@ def _drop_checkpoints(rt: Runtime, job: domain.Job) -> int:
 def _register_model(
     rt: Runtime, job: domain.Job, ctx: DbJobContext, result: dict[str, Any], items: LabelledItems
 ) -> str:
-    """The model row, in the registry under its name; a retrain's model is then evaluated against the champion."""
+    """The model row, in the registry under its name: the first of a name becomes its champion (recorded as a
+    decision), every later one is a challenger the gate judges against the champion."""
     manifest = read_manifest(ctx.artifact_path("export"))
     keep = {k: v for k, v in result.items() if isinstance(v, int | float) or k in ("lrs", "task", "main_metric")}
     with session_scope(rt.sessions) as s:
@@ -287,12 +288,21 @@ def _register_model(
         name = name_of(s, job)
         entry = repos.model_name(s, job.project_id, name)
         champion = repos.get_model(s, entry.champion_id, job.project_id) if entry and entry.champion_id else None
-        model = repos.register_model(s, model.id, name, as_challenger=job.kind == "retrain")
+        model = repos.register_model(s, model.id, name, as_challenger=champion is not None)
+        if champion is None:
+            first = repos.first_champion_decision(s, job.project_id, name, model.id, job.id)
+            result["decision"] = {"action": first.action, "reason": first.reason, "decision_id": first.id}
     result["name"], result["version"] = model.name, model.version
-    if job.kind == "retrain":
-        champion_bundle = fetch_bundle(rt, champion) if champion is not None else None
-        result["decision"] = evaluate_retrain(
-            rt.sessions, job, model, ctx.artifact_path("export"), champion_bundle, champion, items, gold_set(rt, job)
+    if champion is not None:  # every model of a name is judged against its champion: stage 2 against stage 1 too
+        result["decision"] = evaluate_challenger(
+            rt.sessions,
+            job,
+            model,
+            ctx.artifact_path("export"),
+            fetch_bundle(rt, champion),
+            champion,
+            items,
+            gold_set(rt, job),
         )
     return model.id
 

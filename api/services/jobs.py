@@ -32,6 +32,7 @@ from core.broker import enqueue
 from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.architectures import ARCHITECTURES, get_architecture, imagenet_weights
+from core.jobs.rates import retrain_defaults
 from core.jobs.spec import DEFAULT_ARCH, MODEL_KINDS, TrainSpec
 from core.storage.layout import job_prefix
 
@@ -123,9 +124,8 @@ def _require_imagenet_weights(arch_name: str) -> None:
     )
 
 
-# A retrain starts close to where it should end: the stage-1 and stage-2 defaults, scaled down.
-RETRAIN_DEFAULTS = {"freeze_epochs": 1, "epochs": 2, "lr": 1e-3}
-NOT_SPEC = {"pretrained_model_id", "name", "from_model_id"}  # what the API records beside the engine's spec
+# What the API records beside the engine's spec.
+NOT_SPEC = {"pretrained_model_id", "name", "from_model_id", "retrain_defaults"}
 
 
 def _retrain_from(s: Session, project: domain.Project, body: JobCreate, fields: dict[str, Any]) -> None:
@@ -154,9 +154,12 @@ def _retrain_from(s: Session, project: domain.Project, body: JobCreate, fields: 
     for key in INHERITED:
         if key not in body.model_fields_set and made_by is not None and key in made_by.spec:
             fields[key] = made_by.spec[key]
-    for key, value in RETRAIN_DEFAULTS.items():
-        if key not in body.model_fields_set:
-            fields[key] = value
+    defaults, how = retrain_defaults((model.metrics.get("lrs") or {}).get("last"))
+    chosen = [key for key in defaults if key not in body.model_fields_set]
+    for key in chosen:
+        fields[key] = defaults[key]
+    if chosen:
+        fields["retrain_defaults"] = {"fields": chosen, "from": how}
 
 
 def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPublic:

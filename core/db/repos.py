@@ -652,6 +652,22 @@ def set_champion(s: Session, project_id: str, name: str, model_id: str, decision
     return record_decision(s, project_id, name, model_id=model_id, champion_id=previous, **decision)
 
 
+def first_champion_decision(s: Session, project_id: str, name: str, model_id: str, job_id: str) -> d.Decision:
+    """Record that a name's first model became its champion (there was nothing to weigh it against)."""
+    return record_decision(
+        s,
+        project_id,
+        name,
+        action="promoted",
+        model_id=model_id,
+        champion_id=None,
+        scores={},
+        reason="the first model of the name: it has no champion to be judged against",
+        actor="gate",
+        job_id=job_id,
+    )
+
+
 def record_decision(s: Session, project_id: str, name: str, **values: Any) -> d.Decision:
     row = DecisionRow(id=new_id(), project_id=project_id, name=name, **values)
     s.add(row)

@@ -50,13 +50,15 @@ class Phase:
     epochs: int
     lr: float
     size: int | None = None
+    span: tuple[float, float] | None = None  # stage 2 at these (first group, last group) rates instead
 
     def rates(self) -> LrSpec:
-        """Stage 1: slice(lr) (body lr/10, head lr); stage 2: slice(lr/2/LR_MULT, lr/2); scratch: lr everywhere."""
+        """Stage 1: slice(lr) (body lr/10, head lr); stage 2: slice(lr/2/LR_MULT, lr/2), or slice(*span) when
+        given; scratch: lr everywhere."""
         if self.what == "stage1":
             return slice(self.lr)
         if self.what == "stage2":
-            return slice(self.lr / 2 / LR_MULT, self.lr / 2)
+            return slice(*self.span) if self.span else slice(self.lr / 2 / LR_MULT, self.lr / 2)
         return self.lr
 
 

@@ -1,15 +1,16 @@
-"""The promotion gate: a retrained model (the challenger) replaces the model serving its name (the champion)
-only when it scores better on the same validation items and no class gets much worse."""
+"""The promotion gate: a new model of a name (the challenger) replaces the model serving it (the champion)
+unless, on the same validation items, it is worse than chance explains, overall or on a class."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from core.engine.inference import Predictor
 from core.engine.items import LabelledItems
 from core.engine.tasks import Scores, task_of
+from core.jobs.significance import ALPHA, paired
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,23 @@ class Policy:
 class Decision:
     promote: bool
     reason: str
+    tests: dict[str, Any] = field(default_factory=dict)  # the paired tests behind it: "overall", "per_class"
 
 
 def decide(challenger: Scores, champion: Scores | None, policy: Policy) -> Decision:
-    """Promote when the challenger's main metric is at least the champion's + min_improvement (in the
-    metric's good direction) and no class's recall or IoU drops by more than max_class_drop."""
+    """Promote unless the challenger is worse than chance explains. Overall: a challenger short of
+    min_improvement > 0 is refused (more was asked for); with min_improvement <= 0 a shortfall counts only when
+    the paired sign test on the same items says it is beyond chance (p < ALPHA). Per class: a class whose score
+    falls more than max_class_drop counts only when its own items' paired test says so at ALPHA / (number of
+    classes) — ten classes tested each at 5% would veto a third of equal retrains by luck alone. Scores without
+    per-item values (nothing to pair) fall back to comparing the numbers as they are."""
     if champion is None:
         return Decision(True, "the name has no champion")
     metric = challenger.metric
     gain = challenger.value - champion.value if challenger.higher_is_better else champion.value - challenger.value
+    overall = paired(champion.items, challenger.items, challenger.higher_is_better)
+    tests: dict[str, Any] = {"alpha": ALPHA, "overall": overall.as_dict() if overall else None, "per_class": {}}
+    shown = f"; {overall.text()}" if overall else ""
     if gain < policy.min_improvement:
         relation = ">=" if challenger.higher_is_better else "<="
         wanted = (
@@ -52,28 +61,51 @@ def decide(challenger: Scores, champion: Scores | None, policy: Policy) -> Decis
             if challenger.higher_is_better
             else champion.value - policy.min_improvement
         )
-        return Decision(
-            False,
+        short = (
             f"challenger's {metric} {challenger.value:.4f} is not {relation} {wanted:.4f} "
-            f"(champion's {champion.value:.4f}, min_improvement {policy.min_improvement})",
+            f"(champion's {champion.value:.4f}, min_improvement {policy.min_improvement}{shown})"
         )
-    drops = {
+        if policy.min_improvement > 0 or overall is None or overall.p_worse < ALPHA:
+            return Decision(False, short, tests)
+        chance = f"; the shortfall is within chance (p >= {ALPHA})"
+    else:
+        chance = ""
+    class_tests = {
+        c: paired(champion.class_items.get(c, ()), challenger.class_items.get(c, ()), challenger.higher_is_better)
+        for c in champion.per_class
+    }
+    alpha_class = ALPHA / max(1, len(champion.per_class))
+    tests["per_class"] = {c: t.as_dict() for c, t in class_tests.items() if t is not None}
+    tests["alpha_per_class"] = alpha_class
+    falls = {
         c: champion.per_class[c] - challenger.per_class.get(c, 0.0)
         for c in champion.per_class
         if champion.per_class[c] - challenger.per_class.get(c, 0.0) > policy.max_class_drop
     }
+    drops = {c: d for c, d in falls.items() if (t := class_tests[c]) is None or t.p_worse < alpha_class}
     if drops:
         worst = max(drops, key=lambda c: drops[c])
+        test = class_tests[worst]
         return Decision(
             False,
             f"class '{worst}' drops {drops[worst]:.3f} (from {champion.per_class[worst]:.3f}), more than "
             f"max_class_drop {policy.max_class_drop}"
+            + (f", beyond chance on its {test.n} items ({test.text()})" if test else "")
             + (f"; {len(drops) - 1} more classes drop" if len(drops) > 1 else ""),
+            tests,
         )
+    noise = (
+        f"; {len(falls)} class(es) fall more than {policy.max_class_drop} but within chance at their counts "
+        f"({', '.join(f'{c}: {t.n} items' for c in sorted(falls) if (t := class_tests[c]) is not None)}, "
+        f"p >= {alpha_class:.3g})"
+        if falls
+        else ""
+    )
     return Decision(
         True,
-        f"challenger's {metric} {challenger.value:.4f} vs champion's {champion.value:.4f} (gain {gain:+.4f} >= "
-        f"{policy.min_improvement}); no class drops more than {policy.max_class_drop}",
+        f"challenger's {metric} {challenger.value:.4f} vs champion's {champion.value:.4f} (gain {gain:+.4f}"
+        f"{shown}){chance}; no class drops more than {policy.max_class_drop} beyond chance{noise}",
+        tests,
     )
 
 
@@ -91,7 +123,8 @@ def decide_with_gold(
         return verdict
     on_gold = decide(gold_challenger, gold_champion, policy)
     promote = verdict.promote and on_gold.promote
-    return Decision(promote, f"validation: {verdict.reason}; gold: {on_gold.reason}")
+    tests = {"validation": verdict.tests, "gold": on_gold.tests}
+    return Decision(promote, f"validation: {verdict.reason}; gold: {on_gold.reason}", tests)
 
 
 def score_bundle(bundle: Path, items: LabelledItems, split: str = "valid", batch: int = 32) -> Scores:

@@ -1,5 +1,6 @@
-"""Stage 2's learning rates, chosen in one place: given by the user, or "auto" as the course picks them —
-slice(valley suggestion / 10, stage-1 rate / 5) — from what the parent job and its lr_find sweep found."""
+"""Learning rates chosen from earlier jobs, in one place: stage 2's "auto" as the course picks them —
+slice(valley suggestion / 10, stage-1 rate / 5) — from what the parent job and its lr_find sweep found; and a
+retrain's defaults, by the course's rule for new data, from how its champion last trained."""
 
 from __future__ import annotations
 
@@ -72,3 +73,35 @@ def stage2_rates(spec: TrainSpec, sweep: Callable[[], float]) -> tuple[float, fl
         "high": high,
     }
     return low, high, how
+
+
+RETRAIN_LR_FACTOR = 1.5  # "a slightly larger learning rate than it last trained with"
+RETRAIN_EXTRA_EPOCHS = 2  # "... and more epochs"
+RETRAIN_FALLBACK = {"freeze_epochs": 1, "epochs": 2, "lr": 1e-3}  # a champion that did not record its last stage
+
+
+def retrain_defaults(last: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """A retrain's freeze_epochs, epochs and lr when the request leaves them out, and how they were chosen.
+
+    The course's rule for new labelled data (lesson 2): load the old model, unfreeze, train at a slightly larger
+    learning rate than it last trained with, for more epochs. So: no frozen stage (the head already fits), the
+    champion's last-stage rates times RETRAIN_LR_FACTOR with its discriminative spread kept (first group to
+    head), for its last stage's epochs plus RETRAIN_EXTRA_EPOCHS. A champion whose last stage was frozen (a
+    stage-1 model) gets the spread fine_tune would have given its next stage: slice(head/2/LR_MULT, head/2)."""
+    if not last or not all(isinstance(last.get(k), int | float) for k in ("low", "high", "epochs")):
+        return dict(RETRAIN_FALLBACK), "fallback: the champion did not record how its last stage trained"
+    high = float(last["high"])
+    low = float(last["low"])
+    if last.get("frozen"):
+        low, high = high / 2 / LR_MULT, high / 2
+    fields = {
+        "freeze_epochs": 0,
+        "epochs": int(last["epochs"]) + RETRAIN_EXTRA_EPOCHS,
+        "lr": [low * RETRAIN_LR_FACTOR, high * RETRAIN_LR_FACTOR],
+    }
+    how = (
+        f"the champion's last stage ({'frozen, spread as a stage 2' if last.get('frozen') else 'unfrozen'}: "
+        f"{low:.3g}..{high:.3g}, {last['epochs']} epochs) x{RETRAIN_LR_FACTOR}, "
+        f"+{RETRAIN_EXTRA_EPOCHS} epochs, unfrozen"
+    )
+    return fields, how

@@ -168,6 +168,11 @@ class TrainSpec(JobSettings):
             raise ValueError("a progressive-resizing plan belongs to a fine_tune job and needs at least one size")
         if self.lr == "auto" and self.kind != "stage2":
             raise ValueError("lr 'auto' is for stage 2 only")
+        if isinstance(self.lr, tuple) and self.kind not in ("stage2", "retrain"):
+            raise ValueError(
+                f"lr: a range [low, high] is for stage2 and retrain jobs (the unfrozen groups' rates); a {self.kind} "
+                "job takes one number (its base rate), 'find'" + (" or nothing" if self.kind != "lr_find" else "")
+            )
         if self.gpus > 1 and self.kind not in ("fine_tune", "stage1", "stage2", "retrain"):
             raise ValueError(f"a {self.kind} job runs on one device: gpus is for the kinds that train a model")
         if self.gpus > 1 and self.lr == "find":

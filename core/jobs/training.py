@@ -288,7 +288,7 @@ def run_job(
         "stage2": _stage2,
         "lr_find": _lr_find,
         "interpret": _interpret,
-        "retrain": _fine_tune,  # from the champion's full weights, with the retrain's (smaller) epochs and rate
+        "retrain": _fine_tune,  # from the champion's full weights, at the rates and epochs core.jobs.rates gives
     }
     return runners[spec.kind](spec, ctx, built)
 
@@ -340,7 +340,14 @@ def _fine_tune(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]
         learn.freeze()
     resume, base_lr = _resume_and_base_lr(spec, ctx, learn, 2e-3, timer)
     phases: list[Phase] = []
-    for step in spec.plan or [PlanStep(size=spec.size)]:
+    if isinstance(spec.lr, tuple):  # a retrain at given rates: [a frozen stage at the head's rate,] then unfrozen
+        lo, hi = spec.lr
+        base_lr = learn.extra["base_lr"] = hi
+        if spec.freeze_epochs:
+            phases.append(Phase("stage1", "stage1", spec.freeze_epochs, hi))
+        if spec.epochs:
+            phases.append(Phase("stage2", "stage2", spec.epochs, hi, span=(lo, hi)))
+    for step in [] if phases else spec.plan or [PlanStep(size=spec.size)]:
         phases += fine_tune_phases(
             spec.epochs if step.epochs is None else step.epochs,
             step.lr or base_lr,
@@ -364,7 +371,15 @@ def _fine_tune(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]
             _use_size(learn, phase.size or spec.size)
         with timer.phase(f"fit:{phase.tag}"):
             learn.fit_phase(phase, resume=resume if i == start else None)
+    last = phases[-1]
+    lrs["last"] = last_stage(learn.lrs_for_groups(last.rates()), last.epochs, frozen=last.what == "stage1")
     return finish(spec, ctx, built, lrs)
+
+
+def last_stage(rates: list[float], epochs: int, frozen: bool) -> dict[str, Any]:
+    """How a model's last stage trained — its first and last layer group's rates, its epochs, whether the body
+    was frozen — kept with the model (metrics.lrs.last): a retrain from it starts from these (core.jobs.rates)."""
+    return {"low": rates[0], "high": rates[-1], "epochs": epochs, "frozen": frozen}
 
 
 def _stage1(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
@@ -375,7 +390,9 @@ def _stage1(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
     lr: LrSpec = slice(base_lr) if spec.is_pretrained else base_lr
     with timer.phase("fit:stage1"):
         learn.fit_one_cycle(spec.epochs, lr, tag="stage1", resume=resume)
-    return finish(spec, ctx, built, {"base_lr": base_lr, "stage1": learn.lrs_for_groups(lr)})
+    rates = learn.lrs_for_groups(lr)
+    last = last_stage(rates, spec.epochs, frozen=spec.is_pretrained)
+    return finish(spec, ctx, built, {"base_lr": base_lr, "stage1": rates, "last": last})
 
 
 def _stage2(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
@@ -398,10 +415,12 @@ def _stage2(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
         learn.extra = {"stage2_lr": [lo, hi], "base_lr": hi, "stage2_rates": how}
     with timer.phase("fit:stage2"):
         learn.fit_one_cycle(spec.epochs, slice(lo, hi), tag="stage2", resume=resume)
+    rates = learn.lrs_for_groups(slice(lo, hi))
     lrs = {
         "stage2_range": [lo, hi],
-        "stage2": learn.lrs_for_groups(slice(lo, hi)),
+        "stage2": rates,
         "stage2_rates": learn.extra.get("stage2_rates", {}),
+        "last": last_stage(rates, spec.epochs, frozen=False),
     }
     return finish(spec, ctx, built, lrs)
 

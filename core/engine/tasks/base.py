@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -104,6 +104,17 @@ class Scores:
     higher_is_better: bool
     per_class: dict[str, float]  # recall per class (classification, multi-label), IoU (segmentation); {} else
     n_items: int
+    # Each scored item's own value of the metric (1/0 for a hit, an item's F-beta, error or IoU), in the order
+    # the items were scored, and per class the values of the items that class's score is made of (the items
+    # whose truth holds the class, in the same order). Both depend only on the truth for which items they
+    # hold, so two models scored on the same items pair up item by item: what the gate's paired test reads.
+    items: tuple[float, ...] = ()
+    class_items: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    @property
+    def per_class_n(self) -> dict[str, int]:
+        """How many items each class's score rests on."""
+        return {c: len(v) for c, v in self.class_items.items()}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +122,7 @@ class Scores:
             "value": self.value,
             "higher_is_better": self.higher_is_better,
             "per_class": self.per_class,
+            "per_class_n": self.per_class_n,
             "n_items": self.n_items,
         }
 

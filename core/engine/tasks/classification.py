@@ -211,10 +211,19 @@ class ClassificationTask(Task):
 
     def score(self, predictions: Sequence[Prediction], items: LabelItems, indices: Sequence[int]) -> Scores:
         """Accuracy, and recall per true class."""
-        hits: dict[str, list[bool]] = {}
+        flat: list[float] = []
+        hits: dict[str, list[float]] = {}
         for p, i in zip(predictions, indices, strict=True):
             assert isinstance(p, ClassPrediction)
-            hits.setdefault(items.labels[i], []).append(p.label == items.labels[i])
-        flat = [h for hs in hits.values() for h in hs]
+            flat.append(float(p.label == items.labels[i]))
+            hits.setdefault(items.labels[i], []).append(flat[-1])
         per_class = {c: sum(hs) / len(hs) for c, hs in sorted(hits.items())}
-        return Scores("accuracy", sum(flat) / max(1, len(flat)), True, per_class, len(flat))
+        return Scores(
+            "accuracy",
+            sum(flat) / max(1, len(flat)),
+            True,
+            per_class,
+            len(flat),
+            tuple(flat),
+            {c: tuple(hits[c]) for c in per_class},
+        )

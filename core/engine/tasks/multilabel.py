@@ -6,7 +6,6 @@ tuned on the validation set after training and stored in the export bundle so pr
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,17 +250,25 @@ class MultiLabelTask(Task):
 
     def score(self, predictions: Sequence[Prediction], items: MultiLabelItems, indices: Sequence[int]) -> Scores:
         """F-beta (beta 2) of the predicted label sets, averaged over items; recall per true class."""
-        b2, total, found, present = 4.0, 0.0, Counter[str](), Counter[str]()
+        b2, each, hits = 4.0, list[float](), dict[str, list[float]]()
         for p, i in zip(predictions, indices, strict=True):
             assert isinstance(p, MultiLabelPrediction)
             true, pred = set(items.label_set(i)), set(p.labels)
             tp = len(true & pred)
             precision, recall = tp / max(1, len(pred)), tp / max(1, len(true))
-            total += (1 + b2) * precision * recall / (b2 * precision + recall) if precision + recall else 0.0
-            present.update(true)
-            found.update(true & pred)
-        per_class = {c: found[c] / n for c, n in sorted(present.items())}
-        return Scores("fbeta", total / max(1, len(indices)), True, per_class, len(indices))
+            each.append((1 + b2) * precision * recall / (b2 * precision + recall) if precision + recall else 0.0)
+            for c in true:
+                hits.setdefault(c, []).append(float(c in pred))
+        per_class = {c: sum(hs) / len(hs) for c, hs in sorted(hits.items())}
+        return Scores(
+            "fbeta",
+            sum(each) / max(1, len(indices)),
+            True,
+            per_class,
+            len(indices),
+            tuple(each),
+            {c: tuple(hits[c]) for c in per_class},
+        )
 
     def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
         titles = [

@@ -103,7 +103,7 @@ class RegressionTask(Task):
             )
             with Image.open(items.path(i)) as img:
                 errors.append(self.item_error(answer, truth, img.size))
-        return Scores(self.main_metric, sum(errors) / max(1, len(errors)), False, {}, len(errors))
+        return Scores(self.main_metric, sum(errors) / max(1, len(errors)), False, {}, len(errors), tuple(errors))
 
     answer_key: ClassVar[str]
 

@@ -349,12 +349,28 @@ class SegmentationTask(Task):
         """Mean IoU over the classes present (by code value; void pixels left out), and IoU per class."""
         n = len(items.codes)
         cm = torch.zeros(n, n, dtype=torch.long)
+        each: list[float] = []  # per item: its own mean IoU over the classes it shows
+        per_item: dict[str, list[float]] = {}  # per class: its IoU on each item whose truth holds it
         for p, i in zip(predictions, indices, strict=True):
             assert isinstance(p, MaskPrediction)
             truth = torch.from_numpy(np.asarray(open_mask(items.mask_path(i))).astype(np.int64))
             pred = torch.from_numpy(np.asarray(p.mask).astype(np.int64))
             keep = truth != (items.void_code if items.void_code is not None else -1)
-            cm += torch.bincount(truth[keep] * n + pred[keep].clamp(0, n - 1), minlength=n * n).reshape(n, n)
+            one = torch.bincount(truth[keep] * n + pred[keep].clamp(0, n - 1), minlength=n * n).reshape(n, n)
+            cm += one
+            item_iou = iou_per_class(one)
+            each.append(float(item_iou.nanmean()) if bool((item_iou == item_iou).any()) else 1.0)
+            for v in one.sum(1).nonzero().flatten().tolist():
+                if v != items.void_code:
+                    per_item.setdefault(items.codes[v], []).append(float(item_iou[v]))
         iou = iou_per_class(cm)
         per_class = {c: float(iou[v]) for v, c in enumerate(items.codes) if v != items.void_code and iou[v] == iou[v]}
-        return Scores("mean_iou", sum(per_class.values()) / max(1, len(per_class)), True, per_class, len(indices))
+        return Scores(
+            "mean_iou",
+            sum(per_class.values()) / max(1, len(per_class)),
+            True,
+            per_class,
+            len(indices),
+            tuple(each),
+            {c: tuple(per_item[c]) for c in per_class if c in per_item},
+        )
