@@ -383,6 +383,11 @@ class Target(BaseModel):
     points: list[Pair] | list[float] | None = Field(None, max_length=10_000)
     values: list[float] | None = Field(None, max_length=10_000)
     mask: str | None = Field(None, max_length=28 * 1024 * 1024, description="base64 PNG")
+    new_class: bool = Field(
+        False,
+        description="label/labels: true to add a class the model and its dataset do not have yet (else a label "
+        "outside them is refused as a likely typo)",
+    )
 
 
 class FeedbackCreate(Target):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -303,6 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.verb](args)
+    except BrokenPipeError:  # `fitcycle ... | head`: the reader left; no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a command killed by SIGPIPE
     except ValidationError as exc:
         for err in exc.errors():
             field = ".".join(map(str, err["loc"])) or "spec"

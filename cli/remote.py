@@ -7,6 +7,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -157,18 +158,29 @@ def add_remote_verbs(verbs: Any) -> None:
         default=None,
         help="write their suggested relabels as an edits file for 'datasets version'",
     )
+    clean.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.8,
+        metavar="P",
+        help="--edits takes only suggestions the model gives at least this probability (default 0.8; tasks "
+        "without a probability: all)",
+    )
 
     fb = verbs.add_parser("feedback", help="correct predictions").add_subparsers(dest="sub", required=True)
     send = common(fb.add_parser("send", help="the right answer for a prediction"))
     send.add_argument("prediction")
     target = send.add_mutually_exclusive_group(required=True)
-    target.add_argument("--label", help="classification (a new class is allowed)")
+    target.add_argument("--label", help="classification (a class the model lacks needs --new-class)")
     target.add_argument("--labels", help="multi-label: comma-separated classes ('' for none)")
     target.add_argument("--points", help="points: JSON [[x, y], ...] in the image's pixels")
     target.add_argument("--values", help="values: JSON [v, ...]")
     target.add_argument("--mask", type=Path, help="segmentation: a mask PNG (values = code indices)")
     target.add_argument("--correct", action="store_true", help="the prediction was right")
     send.add_argument("--idempotency-key", default=None)
+    send.add_argument("--new-class", action="store_true", help="the label is a new class, not a typo")
+    fb_delete = common(fb.add_parser("delete", help="take back feedback no dataset version has used yet"))
+    fb_delete.add_argument("feedback")
     fb_list = common(fb.add_parser("list", help="feedback, oldest first"))
     fb_list.add_argument("--name", default=None)
     fb_list.add_argument("--unused", action="store_true", help="not yet in a dataset version")
@@ -214,13 +226,16 @@ class StageBar:
     """One progress bar per stage of a job, over its batches: filled to 100% when the stage ends, closed
     before the next one opens (so earlier bars are never redrawn under the epoch lines)."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: bool = True) -> None:
         self.bar: tqdm[Any] | None = None
         self.stage: str | None = None
+        self.live = live  # False for a job that has ended: its replay gets epoch lines, not bars at replay speed
 
     def on_state(self, progress: dict[str, Any]) -> None:
         total = (progress.get("n_epoch") or 0) * (progress.get("n_batches") or 0)
         stage = progress.get("stage")
+        if not self.live:
+            return
         if not stage or not total or (stage == self.stage and self.bar is not None and self.bar.total == total):
             return
         self.finish()
@@ -241,8 +256,10 @@ class StageBar:
 
 
 def watch_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
-    """A progress bar over each stage's batches, with loss, and a line per epoch; returns the job."""
-    bars = StageBar()
+    """A progress bar over each stage's batches, with loss, and a line per epoch; returns the job. A job that has
+    already ended is replayed as its epoch lines alone."""
+    ended = _check(http.get(f"/jobs/{job_id}"))["state"] in ("succeeded", "failed", "cancelled")
+    bars = StageBar(live=not ended)
     with http.stream("GET", f"/jobs/{job_id}/events") as stream:
         event = None
         for line in stream.iter_lines():
@@ -257,7 +274,7 @@ def watch_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
                 elif event == "epoch":
                     metrics = " ".join(f"{k}={v:.4f}" for k, v in data["metrics"].items() if v is not None)
                     tqdm.write(
-                        f"{data['tag']} epoch {data['epoch']}: train_loss={data['train_loss']:.4f} "
+                        f"{data['tag']} epoch {data['epoch'] + 1}: train_loss={data['train_loss']:.4f} "
                         f"valid_loss={(data['valid_loss'] or float('nan')):.4f} {metrics}",
                         file=sys.stderr,
                     )
@@ -317,10 +334,36 @@ def _main_metric(result: dict[str, Any]) -> str:
     return f"{name}={value:.4f}" if isinstance(value, int | float) else ""
 
 
+# The arguments that name a job, model or dataset by id, and where to look one up by the first characters the
+# web UI shows (8 of them).
+ID_ARGS = {"job": "jobs", "parent": "jobs", "model": "models", "dataset": "datasets"}
+
+
+def full_id(http: httpx.Client, collection: str, ident: str) -> str:
+    """An id given by its first characters (as the web UI shows it) made whole; a whole id as it is."""
+    if len(ident) >= 36 or not re.fullmatch(r"[0-9a-f-]{4,35}", ident):
+        return ident
+    matches: set[str] = set()
+    for offset in range(0, 20_000, 500):  # jobs come in pages; models and datasets in one list
+        params = {"limit": 500, "offset": offset} if collection == "jobs" else {}
+        data = _check(http.get(f"/{collection}", params=params))["data"]
+        matches |= {x["id"] for x in data if x["id"].startswith(ident)}
+        if collection != "jobs" or len(data) < 500:
+            break
+    if len(matches) == 1:
+        return matches.pop()
+    if not matches:
+        raise RemoteError(f"no {collection[:-1]} in this project has an id starting with '{ident}'")
+    raise RemoteError(f"'{ident}' starts the ids of {len(matches)} {collection}: give more of it")
+
+
 def cmd_remote(args: argparse.Namespace) -> int:
     """Dispatch datasets/jobs/models verbs."""
     try:
         with _client(args) as http:
+            for name, collection in ID_ARGS.items():
+                if isinstance(getattr(args, name, None), str):
+                    setattr(args, name, full_id(http, collection, getattr(args, name)))
             return _dispatch(args, http)
     except RemoteError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -343,10 +386,11 @@ def _predict(http: httpx.Client, path: str, images: list[Path], mask_dir: Path) 
 def _feedback_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.correct:
         return {"correct": True}
+    new_class = {"new_class": True} if args.new_class else {}
     if args.label is not None:
-        return {"label": args.label}
+        return {"label": args.label, **new_class}
     if args.labels is not None:
-        return {"labels": [c.strip() for c in args.labels.split(",") if c.strip()]}
+        return {"labels": [c.strip() for c in args.labels.split(",") if c.strip()], **new_class}
     if args.points is not None:
         return {"points": json.loads(args.points)}
     if args.values is not None:
@@ -411,6 +455,9 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
             http.post(f"/predictions/{args.prediction}/feedback", json=_feedback_body(args), headers=headers)
         )
         print(f"feedback {stored['id']} on prediction {stored['prediction_id']}: {json.dumps(stored['target'])}")
+    elif verb == ("feedback", "delete"):
+        _check(http.delete(f"/feedback/{args.feedback}"))
+        print(f"feedback {args.feedback} deleted")
     elif verb == ("clean", "suspects"):
         found = _check(http.get(f"/jobs/{args.job}/suspects", params={"limit": args.limit}))
         rows = [
@@ -426,11 +473,15 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
         ]
         print(table(rows, ["ITEM", "SPLIT", "GIVEN", "SUGGESTED", "P(SUGGESTED)", "LOSS"]))
         if args.edits is not None:
-            relabel = [{"item": r["item"], **r["suggested"]} for r in found["data"] if r["suggested"] != r["given"]]
+            changed = [r for r in found["data"] if r["suggested"] != r["given"]]
+            sure = [r for r in changed if r["probability"] is None or r["probability"] >= args.min_confidence]
+            relabel = [{"item": r["item"], **r["suggested"]} for r in sure]
             args.edits.write_text(json.dumps({"relabel": relabel}, indent=1))
             print(
-                f"{len(relabel)} relabels -> {args.edits}; apply them with: fitcycle datasets version "
-                f"{found['dataset_id']} --from {found['version']} --edits {args.edits}",
+                f"{len(relabel)} relabels -> {args.edits} ({len(changed) - len(sure)} suggestions below "
+                f"P(SUGGESTED) {args.min_confidence} left out: look at them, or lower --min-confidence); apply "
+                f"them with: fitcycle datasets version {found['dataset_id']} --from {found['version']} "
+                f"--edits {args.edits}",
                 file=sys.stderr,
             )
     elif verb == ("project", "show"):
@@ -547,11 +598,21 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
 
 
 def _report(job: dict[str, Any]) -> int:
+    """The job's outcome as JSON, then in words what a person reads next: an lr_find's suggestions, the gate's
+    decision on its model."""
+    result = job["result"]
     print(
         json.dumps(
             {k: job[k] for k in ("id", "state", "error", "model_id")}
-            | {"result": {k: v for k, v in job["result"].items() if not isinstance(v, list | dict)}},
+            | {"result": {k: v for k, v in result.items() if not isinstance(v, list | dict)}},
             indent=1,
         )
     )
+    suggestions = result.get("suggestions") or {}
+    if suggestions:
+        said = ", ".join(f"{k} {v:.2e}" for k, v in suggestions.items() if isinstance(v, int | float))
+        print(f"lr_find suggests: {said} (stage 2 'auto' takes valley/10 .. the stage-1 rate/5)")
+    decision = result.get("decision") or {}
+    if decision.get("action"):
+        print(f"gate: {decision['action']} as {result.get('name')} v{result.get('version')}: {decision.get('reason')}")
     return 0 if job["state"] == "succeeded" else 1

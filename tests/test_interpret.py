@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.engine.plots import plot_losses, show_batch
+from core.engine.plots import loss_points, plot_losses, show_batch
 from core.engine.tasks.classification import ClassificationInterpretation
 from tests.test_learner import make_learner
 
@@ -41,3 +41,15 @@ def test_interpretation_and_its_plots(fashion_folder: Path, tmp_path: Path) -> N
     for png in pngs:
         with Image.open(png) as img:
             assert img.format == "PNG" and img.width > 100
+
+
+def test_the_loss_curve_goes_on_across_stages() -> None:
+    """Stage 2's batches restart their own count at 0; on the plot they follow stage 1's, and each validation
+    point sits where its epoch ended."""
+    batches = [{"iter": i, "epoch": i // 2, "tag": "stage1", "smooth_loss": 1.0} for i in range(4)]
+    batches += [{"iter": i, "epoch": i // 3, "tag": "stage2", "smooth_loss": 0.5} for i in range(6)]
+    epochs = [{"epoch": e, "tag": t, "valid_loss": 0.9} for t, n in (("stage1", 2), ("stage2", 2)) for e in range(n)]
+    xs, valid, starts = loss_points(batches, epochs)
+    assert xs == list(range(10))
+    assert [x for x, _ in valid] == [2, 4, 7, 10]
+    assert starts == [(4, "stage2")]

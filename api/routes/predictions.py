@@ -47,7 +47,8 @@ async def give_feedback(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> FeedbackPublic:
     """The right answer for a prediction, in its task's shape ({"label"}, {"labels"}, {"points"}, {"values"},
-    {"mask": base64 PNG}) or {"correct": true}. A class the model does not know is allowed (a new class).
+    {"mask": base64 PNG}) or {"correct": true}. A class outside the model's and its dataset's classes is a 422
+    unless the body says "new_class": true. Sending feedback again replaces it: the next version takes the latest.
     With an Idempotency-Key header, sending it again stores nothing new (200 with the stored one)."""
     stored, created = await run_in_threadpool(service.give, state, caller, prediction_id, body, idempotency_key)
     if not created:
@@ -64,3 +65,9 @@ async def list_feedback(
 ) -> FeedbackList:
     """Feedback, oldest first (`unused`: not yet in a dataset version)."""
     return await run_in_threadpool(service.list_feedback, state, project, name, unused)
+
+
+@router.delete("/feedback/{feedback_id}", status_code=204, responses={404: {}, 409: {}})
+async def delete_feedback(state: StateDep, project: ProjectDep, feedback_id: str) -> None:
+    """Take back feedback that no dataset version has used yet (409 once one has)."""
+    await run_in_threadpool(service.delete, state, project, feedback_id)

@@ -64,6 +64,24 @@ def media_type_of(data: bytes) -> str:
     return "application/octet-stream"
 
 
+def check_known_classes(target: dict[str, Any], known: list[str], new_class: bool, where: str = "") -> None:
+    """A label or label set naming a class outside `known` is refused (422: a typo such as 'zebr' would quietly
+    become a class of one item in the next version) unless the request says new_class: true."""
+    named = [target["label"]] if isinstance(target.get("label"), str) else list(target.get("labels") or [])
+    unknown = sorted({c for c in named if c not in set(known)})
+    if not unknown or new_class:
+        return
+    field = "label" if "label" in target else "labels"
+    shown = ", ".join(known[:30]) + (f" and {len(known) - 30} more" if len(known) > 30 else "")
+    raise Problem(
+        422,
+        "Unknown class",
+        f"{where}{field}: {', '.join(repr(c[:100]) for c in unknown[:5])} is not one of the classes ({shown}); check "
+        'the spelling, or send "new_class": true to add it as a new class',
+        field=field,
+    )
+
+
 def correction_of(
     state: AppState, task_name: str, manifest: dict[str, Any], body: dict[str, Any], image: bytes
 ) -> Correction:
@@ -81,7 +99,7 @@ def give(
 ) -> tuple[FeedbackPublic, bool]:
     """Store feedback on a prediction; the same Idempotency-Key again answers the stored one (and False)."""
     project = caller.project
-    given = body.model_dump(exclude_none=True)
+    given = body.model_dump(exclude_none=True, exclude={"new_class"})
     if len(given) != 1:
         raise Problem(
             422,
@@ -94,6 +112,11 @@ def give(
         if prediction is None:
             raise not_found("prediction", prediction_id)
         model = repos.get_model(s, prediction.model_id, project.id)
+        known = list(model.classes) if model is not None else []
+        version = repos.get_version(s, model.dataset_version_id) if model and model.dataset_version_id else None
+        if version is not None:  # and those of its dataset's latest version (a class added since)
+            latest = repos.dataset_versions(s, version.dataset_id)
+            known += [c for c in (latest[-1].classes if latest else []) if c not in known]
     if model is None:
         raise Problem(409, "Model deleted", f"the model that made prediction {prediction_id} was deleted")
     if prediction.input_key is None:
@@ -114,6 +137,7 @@ def give(
         correction = task.confirmed(answer)
     else:
         correction = correction_of(state, task.name, manifest, given, state.store.get_bytes(prediction.input_key))
+        check_known_classes(correction.target, known, body.new_class)
     feedback_id = repos.new_id()
     target = dict(correction.target)
     if correction.mask_png is not None:
@@ -145,3 +169,21 @@ def list_feedback(state: AppState, project: domain.Project, name: str | None, un
         rows = repos.list_feedback(s, project.id, name=name, unused=unused)
     data = [FeedbackPublic.of(f) for f, _ in rows]
     return FeedbackList(data=data, count=len(data))
+
+
+def delete(state: AppState, project: domain.Project, feedback_id: str) -> None:
+    """Take back feedback that no dataset version has used yet (its mask too); the prediction's earlier feedback,
+    if any, is what the next version then takes. Used feedback is part of a version: 409 saying so."""
+    with session_scope(state.sessions) as s:
+        found = repos.get_feedback(s, project.id, feedback_id)
+        if found is None:
+            raise not_found("feedback", feedback_id)
+        if found.used_in is not None or not repos.delete_unused_feedback(s, project.id, feedback_id):
+            raise Problem(
+                409,
+                "Feedback already used",
+                f"feedback {feedback_id} is in a dataset version already; to undo it, cut a new version that "
+                "relabels or removes its item",
+            )
+    if "mask" in found.target:
+        state.store.delete(found.target["mask"])

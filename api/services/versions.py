@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from api.errors import Problem
 from api.schemas import DatasetPublic, DatasetsPublic, VersionCreate, VersionDiff
 from api.services.datasets import check_quota, get_version, version_public
-from api.services.feedback import correction_of
+from api.services.feedback import check_known_classes, correction_of
 from api.state import AppState
 from core.datasets.versions import PINNED, Edits, NewItem, cut_version, dataset_task, diff
 from core.db import domain, repos
@@ -105,9 +105,11 @@ def cut(state: AppState, project: domain.Project, dataset_id: str, body: Version
     for edit in body.relabel:
         if edit.item not in keys:
             raise Problem(422, "Invalid version", f"relabel: no item '{edit.item[:200]}' in version {parent.version}")
-        target = edit.model_dump(exclude={"item"}, exclude_none=True)
+        target = edit.model_dump(exclude={"item", "new_class"}, exclude_none=True)
         image = state.store.get_bytes(f"{parent.prefix}/files/{edit.item}")
-        relabels.append((edit.item, correction_of(state, task_name, manifest, target, image)))
+        correction = correction_of(state, task_name, manifest, target, image)
+        check_known_classes(correction.target, list(manifest.get("classes") or []), edit.new_class, "relabel: ")
+        relabels.append((edit.item, correction))
     add, used, skipped = (
         ([], [], [])
         if body.add_feedback is None

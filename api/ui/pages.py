@@ -36,13 +36,14 @@ from api.ui.session import (
     sign_out,
 )
 from core.db import domain
-from core.jobs.spec import JOB_KINDS
+from core.jobs.spec import JOB_KINDS, JobSettings
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter(include_in_schema=False)
 ITEMS_PER_PAGE = 48
 MAX_ARTIFACT_JSON = 8 * 1024**2
+CLEANER_CARDS = 60  # the cleaner page shows this many of the most doubted items
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -191,6 +192,7 @@ def jobs_page(request: Request, caller: PageCaller, page: Annotated[int, Query(g
         models=models,
         kinds=JOB_KINDS,
         parents=[j for j in found.data if j.model_id],
+        defaults={name: f.default for name, f in JobSettings.model_fields.items()},
     )
 
 
@@ -224,6 +226,7 @@ def job_page(request: Request, caller: PageCaller, job_id: str) -> Response:
         lr_find=lr_find,
         dataset_id=version.dataset_id,
         plots=[a for a in artifacts.data if a.name.endswith(".png")],
+        cleaner_cards=CLEANER_CARDS,
     )
 
 
@@ -254,7 +257,7 @@ def cleaner_page(request: Request, caller: PageCaller, job_id: str) -> Response:
     def image_url(dataset_id: str, key: str, version: int) -> str:
         return item_url(request, dataset_id, version)(key)
 
-    found = jobs_service.suspects(state, project, job_id, 60, image_url)
+    found = jobs_service.suspects(state, project, job_id, CLEANER_CARDS, image_url)
     dataset = datasets_service.get(state, project, found.dataset_id, found.version)
     return render(
         request,

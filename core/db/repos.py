@@ -772,6 +772,21 @@ def list_feedback(
     return [(_to(d.Feedback, f), _to(d.PredictionRecord, p)) for f, p in rows]
 
 
+def get_feedback(s: Session, project_id: str, feedback_id: str) -> d.Feedback | None:
+    row = s.get(FeedbackRow, feedback_id)
+    return _to(d.Feedback, row) if row is not None and row.project_id == project_id else None
+
+
+def delete_unused_feedback(s: Session, project_id: str, feedback_id: str) -> bool:
+    """Delete feedback not yet taken into a dataset version (a cut that takes it at once wins: False)."""
+    done = s.execute(
+        delete(FeedbackRow).where(
+            FeedbackRow.id == feedback_id, FeedbackRow.project_id == project_id, FeedbackRow.used_in.is_(None)
+        )
+    )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
 def mark_feedback_used(s: Session, feedback_ids: list[str], version_id: str) -> None:
     if feedback_ids:
         s.execute(update(FeedbackRow).where(FeedbackRow.id.in_(feedback_ids)).values(used_in=version_id))

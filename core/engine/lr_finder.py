@@ -61,6 +61,23 @@ def slide(lrs: np.ndarray, losses: np.ndarray, lr_diff: int = 15, thresh: float 
 
 SUGGESTIONS = {"valley": valley, "steep": steep, "minimum": minimum, "slide": slide}
 
+FULL_SWEEP = 100  # fastai's steps, whatever the data
+MIN_SWEEP = 30  # below this the curve's valley is a guess
+
+
+def sweep_steps(budget: int) -> int:
+    """How many steps a sweep takes when it serves a stage of `budget` training steps: no more than that stage
+    (a sweep that costs more than the training it tunes does not pay for itself), at least MIN_SWEEP, at most
+    fastai's FULL_SWEEP. bench/lr_find_sized.py measures the suggestions against full sweeps."""
+    return max(MIN_SWEEP, min(FULL_SWEEP, budget))
+
+
+def sweep_beta(num_it: int) -> float:
+    """The loss smoothing for a sweep of num_it steps: fastai's 0.98 averages over ~50 steps, half of its 100;
+    a shorter sweep keeps that share (1 - 2/num_it), or its smoothed loss would lag the rising lr by most of the
+    sweep and every suggestion would land late."""
+    return min(0.98, max(0.9, 1 - 2 / num_it))
+
 
 @dataclass
 class LRFindResult:
@@ -123,11 +140,13 @@ def run_lr_find(learn: Learner, start_lr: float, end_lr: float, num_it: int, sto
     n_epoch = max(1, math.ceil(num_it / max(1, learn.n_train_batches)))
     finder = LRFinder(start_lr, end_lr, num_it, stop_div)
     learn.lr_finding = True
+    learn.recorder.beta = sweep_beta(num_it)
     try:
         first = len(learn.recorder.batches)
         learn.fit(n_epoch, start_lr, cbs=[finder], tag="lr_find")
         rows = learn.recorder.batches[first:]
     finally:
+        del learn.recorder.beta  # back to the class's smoothing for training
         learn.lr_finding = False
         learn.model.load_state_dict(saved_model)
         if had_opt and saved_opt is not None and learn.opt is not None:

@@ -86,16 +86,34 @@ def show_batch(dls: Any, path: str | Path, max_n: int = 16, valid: bool = False)
     return Path(dls.task.show_batch(dls.normalize.decode(xb[:n]), yb[:n], dls.classes, Path(path)))
 
 
+def loss_points(
+    batches: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]]
+) -> tuple[list[int], list[tuple[int, float]], list[tuple[int, str]]]:
+    """Where the loss curve's points go on one axis counting the batches of the whole job: each training batch
+    in the order it ran, each validation loss where its epoch's batches ended, and where each stage after the
+    first starts (stage 2 after stage 1 goes on from where stage 1 ended, not from 0)."""
+    ends: dict[tuple[Any, Any], int] = {}  # (stage, epoch) -> batches processed when it ended
+    for x, b in enumerate(batches):
+        ends[(b.get("tag"), b.get("epoch"))] = x + 1
+    valid = [(ends.get((e.get("tag"), e.get("epoch"))), e.get("valid_loss")) for e in epochs]
+    tags = [b.get("tag") for b in batches]
+    starts = [(x, str(tags[x])) for x in range(1, len(tags)) if tags[x] != tags[x - 1]]
+    return list(range(len(batches))), [(x, float(v)) for x, v in valid if x is not None and v is not None], starts
+
+
 def plot_losses(batches: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Training loss per batch (smoothed) and validation loss per epoch, on one axis."""
+    """Training loss per batch (smoothed) and validation loss per epoch, on one axis over the whole job, with a
+    line where each later stage starts."""
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
+    xs, valid, starts = loss_points(batches, epochs)
     if batches:
-        ax.plot([b["iter"] for b in batches], [b["smooth_loss"] for b in batches], label="train (smoothed)")
-    per_epoch = len(batches) / max(1, len(epochs)) if batches else 1
-    valid = [(i, e["valid_loss"]) for i, e in enumerate(epochs) if "valid_loss" in e]
+        ax.plot(xs, [b["smooth_loss"] for b in batches], label="train (smoothed)")
+    for x, tag in starts:
+        ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(tag, (x, 1), xycoords=("data", "axes fraction"), va="top", fontsize=8, color="grey")
     if valid:
-        ax.plot([(i + 1) * per_epoch for i, _ in valid], [v for _, v in valid], "o-", label="valid")
+        ax.plot([x for x, _ in valid], [v for _, v in valid], "o-", label="valid")
     ax.set_xlabel("batches processed")
     ax.set_ylabel("loss")
     ax.legend()

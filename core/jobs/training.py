@@ -44,7 +44,7 @@ from core.engine.export import export_bundle, read_manifest
 from core.engine.interpret import KeepValidOutputs, kept_valid_outputs
 from core.engine.items import LabelledItems
 from core.engine.learner import Learner, LrSpec, Phase, fine_tune_phases
-from core.engine.lr_finder import LRFindResult
+from core.engine.lr_finder import LRFindResult, sweep_steps
 from core.engine.metrics import get_metric
 from core.engine.model import HeadConfig
 from core.engine.plots import plot_losses, plot_lr_find, show_batch
@@ -250,9 +250,10 @@ def _write_lr_find(result: LRFindResult, ctx: JobContext) -> None:
     ctx.artifact_written("plots/lr_find.png")
 
 
-def find_lr(learn: Learner, ctx: JobContext) -> LRFindResult:
-    """lr_find, its artifacts, and a clear error when the sweep was too short to suggest anything."""
-    result = learn.lr_find()
+def find_lr(learn: Learner, ctx: JobContext, stage_epochs: int) -> LRFindResult:
+    """lr_find sized to the stage it serves (`stage_epochs` of this data: see sweep_steps), its artifacts, and a
+    clear error when the sweep was too short to suggest anything."""
+    result = learn.lr_find(num_it=sweep_steps(stage_epochs * learn.n_train_batches))
     _write_lr_find(result, ctx)
     if not result.suggestions:
         raise DataError(
@@ -314,8 +315,8 @@ def _resume_and_base_lr(
     with timer.phase("show_batch"):
         _show_batch(learn, ctx)
     if spec.lr == "find":
-        with timer.phase("lr_find"):
-            base_lr = find_lr(learn, ctx).suggestions["valley"]
+        with timer.phase("lr_find"):  # the rate serves the whole job: its frozen and unfrozen epochs
+            base_lr = find_lr(learn, ctx, spec.freeze_epochs + spec.epochs).suggestions["valley"]
     elif isinstance(spec.lr, float):
         base_lr = spec.lr
     else:
@@ -409,7 +410,7 @@ def _stage2(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
 
         def sweep() -> float:  # only when the rates ask for one
             with timer.phase("lr_find"):
-                return find_lr(learn, ctx).suggestions["valley"]
+                return find_lr(learn, ctx, spec.epochs).suggestions["valley"]
 
         lo, hi, how = stage2_rates(spec, sweep)
         learn.extra = {"stage2_lr": [lo, hi], "base_lr": hi, "stage2_rates": how}
@@ -433,8 +434,8 @@ def _lr_find(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
         learn.unfreeze()
     else:
         learn.freeze()
-    with built.timer.phase("lr_find"):
-        result = find_lr(learn, ctx)
+    with built.timer.phase("lr_find"):  # for the stage that follows: `epochs` of this data
+        result = find_lr(learn, ctx, spec.epochs)
     return {
         "suggestions": result.suggestions,
         "n_steps": len(result.lrs),

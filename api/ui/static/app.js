@@ -27,9 +27,29 @@ const fc = (() => {
     const data = text ? JSON.parse(text) : null;
     if (!res.ok) {
       const detail = data && (data.detail || data.title);
-      throw new Error(`${res.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`);
+      const err = new Error(`${res.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`);
+      err.title = data && data.title;
+      err.detail = typeof detail === "string" ? detail : "";
+      throw err;
     }
     return data;
+  }
+
+  // Send something that carries a label. A label outside the model's classes is refused as a likely typo
+  // ("Unknown class"): ask whether it really is a new class, and only then send it again with asNew.
+  async function labelled(what, send, asNew) {
+    try {
+      say(what + "…");
+      const out = await send();
+      say(what + ": done", "ok");
+      return out;
+    } catch (err) {
+      if (err.title === "Unknown class" && window.confirm(`${err.detail}\n\nIs it a new class? OK adds it.`)) {
+        return act(what, asNew);
+      }
+      say(what + " failed — " + err.message, "error");
+      return undefined;
+    }
   }
 
   // Run an action; say what went wrong where the user looks.
@@ -105,7 +125,7 @@ const fc = (() => {
     });
   }
 
-  return { api, act, say, formJson, colourMask, drawPoints, csrf };
+  return { api, act, labelled, say, formJson, colourMask, drawPoints, csrf };
 })();
 
 // ----- shared widgets ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@
       else if (d === "accept") relabel.push({ item: card.dataset.item, ...JSON.parse(card.dataset.suggested) });
       else if (d === "relabel") {
         const label = card.querySelector(".relabel").value.trim();
-        if (label) relabel.push({ item: card.dataset.item, label });
+        if (label) relabel.push({ item: card.dataset.item, label, typed: true });
       }
     }
     return { relabel, remove };
@@ -45,31 +45,62 @@
     if (ev.target.classList.contains("relabel")) choose(ev.target.closest(".suspect"), "relabel");
   });
 
-  // Keys: j/k move, a accept, x keep, r remove, l type a label.
+  // Keys: j/k move, a accept, x keep, r remove (each then moves on, and says so), l type a label.
+  const done = { accept: "suggestion accepted", keep: "kept", remove: "marked for removal" };
   grid.addEventListener("keydown", (ev) => {
     const card = ev.target.closest(".suspect");
-    if (!card || ev.target.classList.contains("relabel")) return;
+    if (!card) return;
     const at = cards.indexOf(card);
-    const go = (i) => cards[Math.max(0, Math.min(cards.length - 1, i))].focus();
+    if (ev.target.classList.contains("relabel")) {  // Enter or Esc: back to the card, for the next key
+      if (ev.key === "Enter" || ev.key === "Escape") { ev.preventDefault(); card.focus(); }
+      return;
+    }
+    const go = (i) => {
+      const next = Math.max(0, Math.min(cards.length - 1, i));
+      cards[next].focus();
+      return next;
+    };
+    const decide = (value) => {
+      choose(card, value);
+      const next = go(at + 1);
+      const where = next === at ? "this was the last card" : `now on card ${next + 1} of ${cards.length}`;
+      fc.say(`Card ${at + 1} (${card.dataset.item}): ${done[value]}; ${where}.`, "ok");
+    };
     const keys = {
       j: () => go(at + 1), ArrowRight: () => go(at + 1), k: () => go(at - 1), ArrowLeft: () => go(at - 1),
-      a: () => { choose(card, "accept"); go(at + 1); },
-      x: () => { choose(card, "keep"); go(at + 1); },
-      r: () => { choose(card, "remove"); go(at + 1); },
+      a: () => decide("accept"),
+      x: () => decide("keep"),
+      r: () => decide("remove"),
       l: () => card.querySelector(".relabel")?.focus(),
     };
     if (keys[ev.key]) { ev.preventDefault(); keys[ev.key](); }
   });
 
+  // What a version changed, in words (not its JSON).
+  function changesText(changes) {
+    const parts = [];
+    for (const [what, value] of Object.entries(changes || {})) {
+      const name = what.replaceAll("_", " ");
+      if (Array.isArray(value) && value.length) parts.push(`${name}: ${value.join(", ")}`);
+      else if (typeof value === "number" && value) parts.push(`${value} ${name}`);
+    }
+    return parts.join(", ") || "no changes";
+  }
+
   document.querySelector("[data-create-version]").addEventListener("click", async () => {
     const body = { ...edits(), from_version: meta.version, note: document.getElementById("note").value };
     if (!body.relabel.length && !body.remove.length) { fc.say("No edits yet: accept, relabel or remove something.", "error"); return; }
-    const made = await fc.act("Create the version", () => fc.api("POST", `/datasets/${meta.dataset_id}/versions`, body));
+    // A typed label outside the classes is refused as a likely typo; asked, the typed ones go again as new classes.
+    const post = (asNew) => fc.api("POST", `/datasets/${meta.dataset_id}/versions`, {
+      ...body,
+      relabel: body.relabel.map(({ typed, ...r }) => (asNew && typed ? { ...r, new_class: true } : r)),
+    });
+    const made = await fc.labelled("Create the version", () => post(false), () => post(true));
     if (!made) return;
     const box = document.getElementById("cleaner-result");
     box.replaceChildren();
     const p = document.createElement("p");
-    p.textContent = `Version ${made.version} of ${made.name}: ${JSON.stringify(made.changes)}`;
+    p.textContent = `Version ${made.version} of ${made.name}: ${changesText(made.changes)}.`;
     const retrain = document.createElement("button");
     retrain.type = "button";
     retrain.textContent = "Retrain from champion";

@@ -110,8 +110,8 @@
   });
 
   async function send(body) {
-    const stored = await fc.act("Send the feedback", () =>
-      fc.api("POST", `/predictions/${last.answer.prediction_id}/feedback`, body));
+    const post = (b) => fc.api("POST", `/predictions/${last.answer.prediction_id}/feedback`, b);
+    const stored = await fc.labelled("Send the feedback", () => post(body), () => post({ ...body, new_class: true }));
     if (stored) {
       const all = await fc.api("GET", "/feedback");
       document.querySelector("[data-feedback-count]").textContent = String(all.count);

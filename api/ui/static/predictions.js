@@ -4,7 +4,8 @@
 
 (() => {
   async function give(card, body) {
-    const ok = await fc.act("Send the feedback", () => fc.api("POST", `/predictions/${card.dataset.prediction}/feedback`, body));
+    const post = (b) => fc.api("POST", `/predictions/${card.dataset.prediction}/feedback`, b);
+    const ok = await fc.labelled("Send the feedback", () => post(body), () => post({ ...body, new_class: true }));
     if (ok) card.remove();
   }
   document.addEventListener("click", (ev) => {
