@@ -41,7 +41,7 @@ def policy_pass(state: AppState) -> list[str]:
             champion = repos.get_model(s, entry.champion_id or "", entry.project_id)
             version = repos.get_version(s, champion.dataset_version_id or "") if champion else None
             project = repos.get_project(s, entry.project_id)
-        if waiting < policy.min_feedback or busy or version is None or project is None:
+        if policy.min_feedback is None or waiting < policy.min_feedback or busy or version is None or project is None:
             continue
         try:
             cut = versions.cut(

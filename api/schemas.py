@@ -344,7 +344,8 @@ class Promote(BaseModel):
 
 
 class PolicyUpdate(BaseModel):
-    """A name's retraining policy; unset fields keep their value."""
+    """A name's retraining policy: fields left out keep their value, a field sent as null goes back to its
+    default (min_feedback: null turns retraining on feedback off)."""
 
     model_config = ConfigDict(extra="forbid")
 

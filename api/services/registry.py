@@ -109,8 +109,14 @@ def promote(state: AppState, caller: domain.Caller, name: str, body: Promote) ->
 
 def set_policy(state: AppState, project: domain.Project, name: str, body: PolicyUpdate) -> RegistryEntry:
     entry = find(state, project, name)
-    # Only what was set is stored: a policy without min_feedback never retrains on its own.
-    stored = {**entry.policy, **body.model_dump(exclude_none=True)}
+    # Only what was set is stored: a policy without min_feedback never retrains on its own. A field sent as null
+    # goes back to its default (min_feedback: null switches retraining on feedback off); one not sent is kept.
+    stored = dict(entry.policy)
+    for field, value in body.model_dump(include=body.model_fields_set).items():
+        if value is None:
+            stored.pop(field, None)
+        else:
+            stored[field] = value
     with session_scope(state.sessions) as s:
         updated = repos.set_policy(s, project.id, name, stored)
         assert updated is not None

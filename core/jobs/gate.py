@@ -18,7 +18,7 @@ class Policy:
     """A name's retraining policy. The gate reads min_improvement and max_class_drop; auto_promote lets it
     promote on its own (else a person promotes); min_feedback is how much new feedback starts a retrain."""
 
-    min_feedback: int = 50
+    min_feedback: int | None = None  # None: the loop never retrains this name on its own
     min_improvement: float = 0.0
     max_class_drop: float = 0.05
     auto_promote: bool = True

@@ -72,6 +72,14 @@ def test_predictions_feedback_versions_retrain_and_the_gate(loop: dict[str, Any]
     two = c.post(f"/predictions/{first}/feedback", json={"label": "bag", "correct": True})
     assert two.status_code == 422 and "exactly one" in two.json()["detail"]
     assert c.post("/predictions/nope/feedback", json={"label": "bag"}).status_code == 404
+    # A label outside the classes is taken for a typo unless it says it is new; unused feedback can be taken back.
+    typo = c.post(f"/predictions/{first}/feedback", json={"label": "bagg"})
+    assert typo.status_code == 422 and typo.json()["title"] == "Unknown class", typo.text
+    assert "'bagg' is not one of the classes" in typo.json()["detail"] and "new_class" in typo.json()["detail"]
+    meant = c.post(f"/predictions/{first}/feedback", json={"label": "bagg", "new_class": True})
+    assert meant.status_code == 201, meant.text
+    assert c.http.delete(f"/feedback/{meant.json()['id']}").status_code == 204
+    assert c.http.delete(f"/feedback/{meant.json()['id']}").status_code == 404
     for path, answer in answers.items():
         headers = {"Idempotency-Key": f"fb-{answer['prediction_id']}"}
         res = c.post(
@@ -90,6 +98,8 @@ def test_predictions_feedback_versions_retrain_and_the_gate(loop: dict[str, Any]
     v2 = v2.json()
     assert (v2["version"], v2["parent_version"], v2["split"]) == (2, 1, "pinned")
     assert v2["changes"]["added"] == v2["changes"]["feedback"] == len(answers) and v2["n_items"] == 160 + len(answers)
+    used = c.get("/feedback", params={"name": "fashion"}).json()["data"][0]
+    assert c.http.delete(f"/feedback/{used['id']}").status_code == 409  # part of v2 now
     nothing = c.post(f"/datasets/{ds['id']}/versions", json={"add_feedback": "all"})
     assert nothing.status_code == 422 and "nothing to change" in nothing.json()["detail"]  # all feedback is used
     old = {
@@ -106,23 +116,32 @@ def test_predictions_feedback_versions_retrain_and_the_gate(loop: dict[str, Any]
     diff = c.get(f"/datasets/{ds['id']}/versions/2/diff").json()
     assert diff["counts"]["added"] == len(answers) and diff["against"] == 1 and not diff["removed"]
 
-    # Retrain: scored against the champion on v2's validation items; a permissive policy promotes it.
+    # Retrain: scored against the champion on v2's validation items; a permissive policy promotes it. Its defaults
+    # follow the course's rule: the champion's last stage (3 epochs at 2e-3, unfrozen) x1.5, 2 epochs more.
     assert (
         c.http.put("/registry/fashion/policy", json={"min_improvement": -1.0, "max_class_drop": 1.0}).status_code == 200
     )
     retrain = c.wait(c.submit(kind="retrain", dataset_id=ds["id"])["id"])
     assert retrain["state"] == "succeeded", retrain["error"]
-    assert retrain["spec"]["from_model_id"] == job["model_id"] and retrain["spec"]["epochs"] == 2
+    spec = retrain["spec"]
+    assert spec["from_model_id"] == job["model_id"] and (spec["freeze_epochs"], spec["epochs"]) == (0, 5)
+    assert spec["lr"] == [pytest.approx(3e-3), pytest.approx(3e-3)] and "x1.5" in spec["retrain_defaults"]["from"]
     decision = retrain["result"]["decision"]
     assert decision["action"] == "promoted" and decision["scores"]["champion"]["metric"] == "accuracy"
     n_valid = sum(new.values())
     assert decision["scores"]["challenger"]["n_items"] == decision["scores"]["champion"]["n_items"] == n_valid
     assert c.get("/registry/fashion").json()["champion_id"] == retrain["model_id"]
 
-    # A retrain on scrambled training labels is refused by a strict gate; the champion keeps answering.
+    # A retrain on scrambled training labels is refused by a gate that asks for an improvement; the champion keeps
+    # answering. (min_improvement null: back to its default; min_feedback null: no retraining on its own.)
     assert (
-        c.http.put("/registry/fashion/policy", json={"min_improvement": 0.0, "max_class_drop": 0.05}).status_code == 200
+        c.http.put("/registry/fashion/policy", json={"min_improvement": 0.01, "max_class_drop": 0.05}).status_code
+        == 200
     )
+    assert c.http.put("/registry/fashion/policy", json={"min_feedback": 5}).json()["retrains_on_feedback"]
+    off = c.http.put("/registry/fashion/policy", json={"min_feedback": None}).json()
+    assert not off["retrains_on_feedback"] and off["policy"]["min_feedback"] is None
+    assert off["policy"]["min_improvement"] == 0.01
     rng = random.Random(3)
     scrambled = [{"item": k, "label": rng.choice(CLASSES)} for k, v in new.items() if not v]
     v3 = c.post(f"/datasets/{ds['id']}/versions", json={"relabel": scrambled, "note": "scrambled"})
@@ -143,7 +162,8 @@ def test_predictions_feedback_versions_retrain_and_the_gate(loop: dict[str, Any]
     res = c.post("/registry/fashion/promote", json={"model_id": retrain["model_id"], "reason": "roll back"})
     assert res.status_code == 200 and c.get("/registry/fashion").json()["champion_id"] == retrain["model_id"]
     decisions = c.get("/registry/fashion/decisions").json()["data"]
-    assert [d["action"] for d in decisions] == ["promoted", "rejected", "manual", "manual"]
+    assert [d["action"] for d in decisions] == ["promoted", "promoted", "rejected", "manual", "manual"]
+    assert decisions[0]["reason"].startswith("the first model of the name")
     assert decisions[-1]["reason"] == "roll back" and decisions[-1]["actor"].startswith("key ")
     assert c.post("/registry/fashion/promote", json={"model_id": "nope"}).status_code == 422
 
@@ -153,7 +173,8 @@ def test_a_new_class_from_feedback_gets_its_own_row(loop: dict[str, Any], stack:
     shirts = write_sample("fashion-mnist", loop["tmp"] / "shirts", per_class=20, size=32, classes=["shirt"])
     for image in sorted((shirts / "shirt").glob("*.png")):
         answer = predict(c, "fashion", image)
-        assert c.post(f"/predictions/{answer['prediction_id']}/feedback", json={"label": "shirt"}).status_code == 201
+        body = {"label": "shirt", "new_class": True}
+        assert c.post(f"/predictions/{answer['prediction_id']}/feedback", json=body).status_code == 201
     version = c.post(f"/datasets/{ds['id']}/versions", json={"add_feedback": "all", "from_version": 2}).json()
     assert "shirt" in version["classes"] and version["changes"]["new_classes"] == ["shirt"]
     assert (

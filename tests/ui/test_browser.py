@@ -249,9 +249,11 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     cards.nth(2).focus()
     page.keyboard.press("r")
     expect(page.locator("[data-edit-count]")).to_have_text("2 relabelled, 1 removed")
+    expect(page.locator("#status")).to_contain_text(f"Card 3 ({keys[2]}): marked for removal;")  # and where focus went
     shoot(page, "cleaner")
     page.get_by_role("button", name="Create version").click()
-    expect(page.locator("#cleaner-result")).to_contain_text("Version 2 of clothes")
+    expect(page.locator("#cleaner-result")).to_contain_text("Version 2 of clothes: ")
+    expect(page.locator("#cleaner-result")).not_to_contain_text("{")  # in words, not JSON
     version = client.get(f"/datasets/{dataset_id}/versions/2/diff").json()
     assert version["counts"]["removed"] == 1 and keys[2] in version["removed"]
     relabelled = {r["item"]: r["after"]["label"] for r in version["relabelled"]}
@@ -266,15 +268,16 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     page.goto("/models")
     page.get_by_role("link", name="clothes").first.click()
     decision = page.locator("h2#decisions-h + table tbody tr")
-    expect(decision).to_have_count(1)  # the gate's on the retrain (the first model became champion by right)
-    expect(decision).to_contain_text("gate")
-    expect(decision.locator("td").nth(3)).to_contain_text("accuracy")  # the challenger's score, and the champion's
-    expect(decision.locator("td").nth(4)).to_contain_text("accuracy")
+    expect(decision).to_have_count(2)  # the gate's on the retrain, newest first; the first model's, as champion
+    expect(decision.last).to_contain_text("the first model of the name")
+    expect(decision.first).to_contain_text("gate")
+    expect(decision.first.locator("td").nth(3)).to_contain_text("accuracy")  # the challenger's score, the champion's
+    expect(decision.first.locator("td").nth(4)).to_contain_text("accuracy")
     shoot(page, "registry")
     # Promote the other version by hand (a roll back, or taking the challenger), with a reason; then the policy.
     page.once("dialog", lambda dialog: dialog.accept("checked by hand"))
     page.locator("button[data-promote]").first.click()
-    expect(decision).to_have_count(2)
+    expect(decision).to_have_count(3)
     expect(decision.first).to_contain_text("checked by hand")
     policy = page.locator("[data-policy]")
     policy.get_by_label("Retrain after this much new feedback").fill("30")

@@ -220,7 +220,9 @@ if (policy) {
   policy.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     await fc.act("Save the policy", () =>
-      fc.api("PUT", `/registry/${encodeURIComponent(policy.dataset.policy)}/policy`, fc.formJson(policy)));
+      fc.api("PUT", `/registry/${encodeURIComponent(policy.dataset.policy)}/policy`, {
+        min_feedback: null, ...fc.formJson(policy),  // an emptied box turns retraining on feedback off
+      }));
   });
 }
 
