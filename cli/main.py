@@ -42,15 +42,19 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="segmentation: mask value names in order, comma-separated (default: the data's codes.txt)",
     )
     p.add_argument("--void", default=None, help="segmentation: the code the loss and metrics ignore (e.g. void)")
-    p.add_argument("--images-dir", default="images", help="segmentation: folder of images (default: images)")
+    p.add_argument(
+        "--images-dir",
+        default=None,
+        help="segmentation: folder of images (default: images); CSV: the folder its file names are in",
+    )
     p.add_argument(
         "--mask-template",
         default="masks/{stem}.png",
         help="segmentation: mask of each image (default: masks/{stem}.png)",
     )
     p.add_argument("--mask-col", default="mask", help="segmentation CSV: the mask column (default: mask)")
-    p.add_argument("--fn-col", default="name", help="CSV column with the file name (default: name)")
-    p.add_argument("--label-col", default="label", help="CSV column with the label (default: label)")
+    p.add_argument("--fn-col", default=None, help="CSV column with the file name (default: name, else the first)")
+    p.add_argument("--label-col", default=None, help="CSV column with the label (default: label, else the next)")
     p.add_argument("--valid-col", default=None, help="CSV column marking validation rows (true/false)")
     p.add_argument(
         "--label-delim", default=None, help="multi-label: the CSV label column lists classes split by this (e.g. ' ')"

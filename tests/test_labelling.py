@@ -10,6 +10,7 @@ import pytest
 
 from core.engine.errors import DataError
 from core.engine.labelling import from_csv, from_df, from_folder, from_name_func, from_name_re
+from core.engine.rules import LabelRule
 from tests.conftest import FASHION_4
 
 
@@ -77,6 +78,25 @@ def test_csv_naming_missing_files_and_escaping_paths(fashion_csv: Path, tmp_path
     assert "escapes the dataset folder" in reasons["../../etc/passwd"]
     with pytest.raises(DataError, match="no column 'category'"):
         from_csv(root, "labels.csv", label_col="category")
+
+
+def test_csv_columns_default_as_fastai_and_a_folder_for_its_names(fashion_csv: Path, tmp_path: Path) -> None:
+    """No 'name'/'label' columns: the first and the next, as fastai's fn_col=0, label_col=1; `images_dir` is the
+    folder the file names are in (fastai's folder=), never a way out of the dataset."""
+    root = _copy(fashion_csv, tmp_path / "ds")
+    with (root / "labels.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    with (root / "plain.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "kind"])
+        for row in rows:
+            w.writerow([row["name"].removeprefix("images/"), row["label"]])
+    items = LabelRule.of("csv", {"csv": "plain.csv", "images_dir": "images"}).apply(root)[0]
+    assert len(items) == 80 and items.classes == sorted(FASHION_4) and items.keys[0].startswith("images/")
+    with pytest.raises(DataError, match="file not found"):  # without the folder every file is missing, and says so
+        from_csv(root, "plain.csv")
+    with pytest.raises(DataError, match="escapes the dataset folder"):
+        LabelRule.of("csv", {"csv": "plain.csv", "images_dir": "../.."}).apply(root)
 
 
 def test_csv_valid_column(fashion_csv: Path, tmp_path: Path) -> None:

@@ -9,10 +9,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
 from api.deps import ProjectDep, StateDep
+from api.errors import Problem
 from api.schemas import DatasetPublic, DatasetsPublic, Deleted, ItemsPublic, LabelsPublic, VersionCreate, VersionDiff
 from api.services import datasets as service
 from api.services import versions as versions_service
-from core.engine.rules import LabelRule, RuleKind
+from core.engine.rules import RULE_FIELDS, LabelRule, RuleKind
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -25,8 +26,8 @@ async def upload_dataset(
     archive: Annotated[UploadFile, File(description=".zip, .tar or .tar.gz of images")],
     labels: Annotated[RuleKind, Form()] = "folder",
     csv: Annotated[str | None, Form(description="labels=csv: the CSV file inside the archive")] = None,
-    fn_col: Annotated[str, Form()] = "name",
-    label_col: Annotated[str, Form()] = "label",
+    fn_col: Annotated[str | None, Form(description="csv: the file-name column (default: name, else the first)")] = None,
+    label_col: Annotated[str | None, Form(description="csv: the label column (default: label, else the next)")] = None,
     valid_col: Annotated[str | None, Form()] = None,
     label_delim: Annotated[str | None, Form()] = None,
     pattern: Annotated[str | None, Form(description="labels=name_re: group 1 is the label")] = None,
@@ -34,9 +35,14 @@ async def upload_dataset(
         str | None, Form(description="labels=masks: mask value names in order, comma-separated (default: codes.txt)")
     ] = None,
     void: Annotated[str | None, Form(description="labels=masks: the code the loss and metrics ignore")] = None,
-    images_dir: Annotated[str, Form(description="labels=masks without csv: the images' folder")] = "images",
-    mask_template: Annotated[str, Form(description="labels=masks without csv: each image's mask")] = "masks/{stem}.png",
-    mask_col: Annotated[str, Form(description="labels=masks with csv: the mask column")] = "mask",
+    images_dir: Annotated[
+        str | None,
+        Form(description="labels=masks without csv: the images' folder (default images); csv: the file names' folder"),
+    ] = None,
+    mask_template: Annotated[
+        str | None, Form(description="labels=masks without csv: each image's mask (default masks/{stem}.png)")
+    ] = None,
+    mask_col: Annotated[str | None, Form(description="labels=masks with csv: the mask column (default mask)")] = None,
     valid_pct: Annotated[float, Form(gt=0, lt=1)] = 0.2,
     seed: Annotated[int, Form()] = 42,
 ) -> DatasetPublic:
@@ -55,6 +61,15 @@ async def upload_dataset(
         "mask_template": mask_template,
         "mask_col": mask_col,
     }
+    unused = sorted(k for k, v in fields.items() if v is not None and k not in RULE_FIELDS[labels])
+    if unused:
+        raise Problem(
+            422,
+            "Invalid upload",
+            f"{unused[0]}: labels={labels} does not use it ({', '.join(unused)} given); leave it out, or choose the "
+            "labelling rule that reads it",
+            field=unused[0],
+        )
     rule = LabelRule.of(labels, fields)
     return await run_in_threadpool(
         service.upload, state, project, name, archive.filename or "", archive.file, rule, valid_pct, seed

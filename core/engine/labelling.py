@@ -111,27 +111,42 @@ def from_folder(
     return _finish(root, keys, labels, flags, rejected, declared, random_split=None if by_folder else (valid_pct, seed))
 
 
+def default_columns(columns: Sequence[str], fn_col: str | None, label_col: str | None) -> tuple[str, str]:
+    """The file-name and label columns when not named: 'name' and 'label' where the table has them, else the
+    first and the second column [fastai: fn_col=0, label_col=1]."""
+    cols = [str(c) for c in columns]
+    fn = fn_col if fn_col is not None else ("name" if "name" in cols else cols[0] if cols else "name")
+    rest = [c for c in cols if c != fn]
+    label = label_col if label_col is not None else ("label" if "label" in cols else rest[0] if rest else "label")
+    return fn, label
+
+
 def from_rows(
     root: str | Path,
     rows: Iterable[Mapping[str, Any]],
-    fn_col: str = "name",
-    label_col: str = "label",
+    fn_col: str | None = None,
+    label_col: str | None = None,
     valid_col: str | None = None,
     valid_pct: float = 0.2,
     seed: int = 42,
     source: str = "rows",
     label_delim: str | None = None,
+    folder: str | None = None,
 ) -> LabelItems:
     """Label images from records of (file name, label[, is_valid]) [fastai: from_df]. With `label_delim`
-    the label column lists several classes (multi-label, [fastai: label_from_df(label_delim=' ')])."""
+    the label column lists several classes (multi-label, [fastai: label_from_df(label_delim=' ')]); with
+    `folder`, file names are inside that folder of root [fastai: from_csv(folder=...)]. Columns not named
+    are found by default_columns."""
     root = Path(root).resolve()
     keys, labels, valid_values, rejected = [], [], [], []
     seen: set[Path] = set()
+    prefix = f"{folder.strip('/')}/" if folder and folder.strip("/") else ""
     for n, row in enumerate(rows, start=2 if source.endswith(".csv") else 1):
+        fn_col, label_col = default_columns(list(row), fn_col, label_col)
         for col in (fn_col, label_col, *([valid_col] if valid_col else [])):
             if col not in row:
                 raise DataError(f"{source}: no column '{col}' (columns are: {', '.join(map(str, row))})")
-        name = str(row[fn_col]).strip()
+        name = prefix + str(row[fn_col]).strip()
         label = str(row[label_col]).strip()
         target = row_target(root, name)
         if target is None:
@@ -172,7 +187,7 @@ def from_df(root: str | Path, df: Any, **kwargs: Any) -> LabelItems:
 
 
 def from_csv(
-    root: str | Path, csv_path: str, fn_col: str = "name", label_col: str = "label", **kwargs: Any
+    root: str | Path, csv_path: str, fn_col: str | None = None, label_col: str | None = None, **kwargs: Any
 ) -> LabelItems:
     """Label images from a CSV file (a path inside root) with a header naming the file-name and label columns."""
     path = inside(root, str(csv_path), "csv")

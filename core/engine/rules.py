@@ -21,7 +21,7 @@ SplitKind = Literal["random", "folder", "column"]
 # The fields each kind of rule reads (the others are left out of what a dataset or a job records).
 RULE_FIELDS: dict[str, frozenset[str]] = {
     "folder": frozenset(),
-    "csv": frozenset({"csv", "fn_col", "label_col", "valid_col", "label_delim"}),
+    "csv": frozenset({"csv", "fn_col", "label_col", "valid_col", "label_delim", "images_dir"}),
     "name_re": frozenset({"pattern"}),
     "points": frozenset({"csv", "fn_col", "valid_col"}),
     "values": frozenset({"csv", "fn_col", "valid_col"}),
@@ -42,14 +42,14 @@ class LabelRule:
 
     kind: RuleKind = "folder"
     csv: str | None = None  # csv, points, values: the table; masks: image/mask pairs (else the template)
-    fn_col: str = "name"
-    label_col: str = "label"
+    fn_col: str | None = None  # None: 'name' if the table has it, else its first column
+    label_col: str | None = None  # csv; None: 'label' if the table has it, else the next column
     valid_col: str | None = None
     pattern: str | None = None  # name_re
     label_delim: str | None = None  # csv: multi-label, the label column lists classes split by this
     codes: list[str] | None = None  # masks: value names (default: codes.txt in the data)
     void: str | None = None  # masks: the ignored code
-    images_dir: str = "images"  # masks without csv
+    images_dir: str | None = None  # masks without csv: the images' folder (None: images); csv: the file names' folder
     mask_template: str = "masks/{stem}.png"  # masks without csv
     mask_col: str = "mask"  # masks with csv
 
@@ -98,9 +98,10 @@ def _required(r: LabelRule, name: str) -> str:
 def _masks(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems:
     if r.csv:
         return from_mask_csv(
-            root, r.csv, r.codes, r.void, r.fn_col, r.mask_col, r.valid_col, valid_pct=valid_pct, seed=seed
+            root, r.csv, r.codes, r.void, r.fn_col or "name", r.mask_col, r.valid_col, valid_pct=valid_pct, seed=seed
         )
-    return from_mask_rule(root, r.codes, r.void, r.images_dir, r.mask_template, valid_pct=valid_pct, seed=seed)
+    images = r.images_dir or "images"
+    return from_mask_rule(root, r.codes, r.void, images, r.mask_template, valid_pct=valid_pct, seed=seed)
 
 
 def _csv(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems:
@@ -113,11 +114,12 @@ def _csv(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems
         valid_pct=valid_pct,
         seed=seed,
         label_delim=r.label_delim,
+        folder=r.images_dir,
     )
 
 
 def _targets(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems:
-    return from_targets_csv(root, _required(r, "csv"), r.kind, r.fn_col, r.valid_col, valid_pct, seed)
+    return from_targets_csv(root, _required(r, "csv"), r.kind, r.fn_col or "name", r.valid_col, valid_pct, seed)
 
 
 def _name_re(r: LabelRule, root: Path, valid_pct: float, seed: int) -> LabelledItems:

@@ -120,8 +120,8 @@ class TrainSpec(JobSettings):
     data: str = Field(description="folder holding the images")
     labels: RuleKind = "folder"
     csv: str | None = Field(None, description="CSV file (labels=csv) with file-name and label columns")
-    fn_col: str = "name"
-    label_col: str = "label"
+    fn_col: str | None = Field(None, description="csv: the file-name column (default: 'name', else the first)")
+    label_col: str | None = Field(None, description="csv: the label column (default: 'label', else the next)")
     label_delim: str | None = Field(None, description="labels=csv: the label column lists classes split by this")
     valid_col: str | None = None
     pattern: str | None = Field(None, description="regular expression (labels=name_re) whose group 1 is the label")
@@ -129,7 +129,11 @@ class TrainSpec(JobSettings):
         None, description="labels=masks: the name of each mask value, in order (default: the data's codes.txt)"
     )
     void: str | None = Field(None, description="labels=masks: the code whose pixels the loss and metrics ignore")
-    images_dir: str = Field("images", description="labels=masks without csv: the folder of images")
+    images_dir: str | None = Field(
+        None,
+        description="labels=masks without csv: the folder of images (default: images); csv: the folder its "
+        "file names are in (default: the dataset's root)",
+    )
     mask_template: str = Field(
         "masks/{stem}.png", description="labels=masks without csv: each image's mask ({stem}, {name}, {parent})"
     )
