@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+PORT ?= 8000
 
 .PHONY: setup run train-demo test lint typecheck pytest bench clean
 
@@ -49,7 +50,7 @@ $(FASHION_MNIST):
 # The main job on the embedded default: `fitcycle serve` (API + one worker, SQLite, local store, filesystem
 # broker under data/fitcycle) with a demo project: a real dataset uploaded and a fine-tune job queued on it.
 run: setup
-	$(BIN)/fitcycle serve --data-dir data/fitcycle --port 8000 --demo
+	$(BIN)/fitcycle serve --data-dir data/fitcycle --port $(PORT) --demo
 
 # The engine alone, no server: write a dataset, fine-tune an ImageNet-pretrained EfficientNet-Lite0, predict.
 train-demo: setup

@@ -4,6 +4,8 @@ than any job. The database stays the truth; the message carries only a job id.""
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from core.config import Settings
@@ -17,6 +19,9 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("fitcycle", broker=settings.celery_broker_url, set_as_current=False)
     options: dict[str, object]
     if settings.is_embedded_broker:
+        # kombu warns "No hostname was supplied" for every filesystem:// connection, API's and worker's alike:
+        # a transport on this disk has no host to supply.
+        logging.getLogger("kombu.connection").setLevel(logging.ERROR)
         queue = settings.broker_folder / "queue"
         processed = settings.broker_folder / "processed"
         queue.mkdir(parents=True, exist_ok=True)

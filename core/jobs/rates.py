@@ -61,9 +61,11 @@ def stage2_rates(spec: TrainSpec, sweep: Callable[[], float]) -> tuple[float, fl
         suggestion, source = sweep(), "a sweep of the unfrozen model in this job"
     stage1 = spec.stage1_lr or STAGE1_DEFAULT_LR
     high = stage1 / 5
+    # The course's slice(valley/10, stage-1 lr/5), with the low end held at most a tenth of the high one: a sweep
+    # of an already trained model can suggest a rate near the head's, and the body must still train slower.
     low = min(suggestion / 10, high / 10)
     how = {
-        "policy": "auto: slice(valley / 10, stage-1 lr / 5)",
+        "policy": "auto: slice(min(valley / 10, high / 10), stage-1 lr / 5)",
         "suggestion": "valley",
         "suggestion_lr": suggestion,
         "suggestion_from": source,

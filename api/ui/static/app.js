@@ -238,7 +238,13 @@ if (liveJobs) {
         const state = row.querySelector('[data-field="state"] span');
         state.textContent = job.state;
         state.className = `state ${job.state}`;
-        row.querySelector('[data-field="epoch"]').textContent = job.epoch ?? "";
+        const p = job.progress || {};  // epochs counted from 1, as the job page's table does
+        row.querySelector('[data-field="epoch"]').textContent =
+          job.state === "running" && p.n_epoch ? `${p.stage || ""} ${(p.epoch || 0) + 1}/${p.n_epoch}` : "";
+        const metric = job.result && job.result.main_metric;
+        const value = metric ? job.result[metric] : undefined;
+        row.querySelector('[data-field="metric"]').textContent =
+          typeof value === "number" ? `${metric} ${value.toFixed(4)}` : "";
         row.querySelector('[data-field="eta"]').textContent = job.eta_seconds ? `${Math.round(job.eta_seconds)} s` : "";
       }
     } catch (err) { fc.say("Could not refresh the jobs — " + err.message, "error"); }

@@ -45,7 +45,7 @@
     row.dataset.epoch = key;
     const fmt = (v) => (v === null || v === undefined ? "" : Number(v).toFixed(4));
     const metrics = Object.entries(e.metrics || {}).map(([k, v]) => `${k} ${fmt(v)}`).join(" ");
-    for (const v of [e.tag, e.epoch, fmt(e.train_loss), fmt(e.valid_loss), metrics, Number(e.seconds).toFixed(1)]) {
+    for (const v of [e.tag, e.epoch + 1, fmt(e.train_loss), fmt(e.valid_loss), metrics, Number(e.seconds).toFixed(1)]) {
       row.insertCell().textContent = v;
     }
     return true;
@@ -90,7 +90,7 @@
     const s = field("state");
     s.textContent = job.state;
     s.className = `state ${job.state}`;
-    field("epoch").textContent = job.epoch ?? "–";
+    field("epoch").textContent = job.epoch == null ? "–" : String(job.epoch + 1);  // counted from 1, as people do
     field("eta").textContent = job.eta_seconds ? `${Math.round(job.eta_seconds)} s` : "–";
     const p = job.progress || {};
     const bar = field("progress");
