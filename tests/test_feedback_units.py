@@ -295,3 +295,32 @@ def test_one_worker_of_the_fleet_reaps_at_a_time(tmp_path: Path) -> None:
 
     time.sleep(0.7)  # a is gone for three intervals: b takes over
     assert reap_if_holder(b, lambda job_id, queue: sent.append(job_id)) == []
+
+
+def test_a_retrain_starts_from_how_its_champion_last_trained() -> None:
+    """The course's rule for new data: unfrozen, the champion's last-stage rates x1.5 (spread kept), its epochs + 2;
+    a frozen last stage (a stage-1 champion) is spread as fine_tune's stage 2 would be; nothing recorded: the old
+    defaults, saying so."""
+    from core.jobs.rates import RETRAIN_FALLBACK, retrain_defaults
+
+    fields, how = retrain_defaults({"low": 1e-5, "high": 1e-3, "epochs": 4, "frozen": False})
+    assert fields == {"freeze_epochs": 0, "epochs": 6, "lr": [pytest.approx(1.5e-5), pytest.approx(1.5e-3)]}
+    assert "x1.5" in how and "4 epochs" in how
+    frozen, _ = retrain_defaults({"low": 3e-4, "high": 3e-3, "epochs": 2, "frozen": True})
+    assert frozen["lr"] == [pytest.approx(1.5 * 3e-3 / 2 / 100), pytest.approx(1.5 * 3e-3 / 2)]
+    assert retrain_defaults(None) == (
+        RETRAIN_FALLBACK,
+        "fallback: the champion did not record how its last stage trained",
+    )
+
+
+def test_a_rate_range_is_for_the_kinds_that_train_groups_apart() -> None:
+    """[lo, hi] on a fine_tune or stage1 job was accepted and silently trained at the default rate: now refused."""
+    from pydantic import ValidationError
+
+    from core.jobs.spec import TrainSpec
+
+    for kind in ("fine_tune", "stage1"):
+        with pytest.raises(ValidationError, match="lr: a range"):
+            TrainSpec(data=".", kind=kind, lr=(1e-5, 1e-3))
+    assert TrainSpec(data=".", kind="retrain", init_bundle="x", lr=(1e-5, 1e-3)).lr == (1e-5, 1e-3)
