@@ -52,11 +52,11 @@ $(FASHION_MNIST):
 run: setup
 	$(BIN)/fitcycle serve --data-dir data/fitcycle --port $(PORT) --demo
 
-# The engine alone, no server: write a dataset, fine-tune an ImageNet-pretrained EfficientNet-Lite0, predict.
+# The engine alone, no server: the demo's data and recipe (cli/serve.py DEMO_JOB), then predict.
 train-demo: setup
-	$(BIN)/fitcycle sample-data fashion-mnist data/fashion-mnist --per-class 150 --size 64
-	$(BIN)/fitcycle train data/fashion-mnist --from-folder --arch efficientnet_lite0 --pretrained imagenet \
-	  --size 64 --bs 32 --freeze-epochs 1 --epochs 3 --lr find --valid-pct 0.2 --seed 42 --out runs/quickstart
+	$(BIN)/fitcycle sample-data fashion-mnist data/fashion-mnist --per-class 500 --size 28
+	$(BIN)/fitcycle train data/fashion-mnist --from-folder --arch resnet18 --pretrained none --size 28 --bs 128 \
+	  --freeze-epochs 0 --epochs 5 --lr 1e-2 --no-augment --valid-pct 0.2 --seed 42 --out runs/quickstart
 	$(BIN)/fitcycle predict runs/quickstart/export data/fashion-mnist/sneaker/0000.png data/fashion-mnist/bag/0000.png
 
 lint: setup

@@ -92,6 +92,9 @@ def add_remote_verbs(verbs: Any) -> None:
     models_list.add_argument("--json", action="store_true")
     models_delete = common(models.add_parser("delete", help="delete a model and its bundle"))
     models_delete.add_argument("model")
+    download = common(models.add_parser("download", help="a model's export bundle, unpacked (for fitcycle predict)"))
+    download.add_argument("model")
+    download.add_argument("--out", type=Path, default=None, help="folder to unpack it into (default: ./MODEL_ID)")
 
     version = common(ds.add_parser("version", help="cut a new version: feedback added, items relabelled or removed"))
     version.add_argument("dataset")
@@ -594,7 +597,28 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
         print(out)
     elif verb == ("models", "predict"):
         _predict(http, f"/models/{args.model}/predict", args.images, args.mask_dir)
+    elif verb == ("models", "download"):
+        out = unpack_bundle(_check(http.get(f"/models/{args.model}/bundle")), args.out or Path(args.model))
+        print(f"{out}  (fitcycle predict {out} IMAGE...)")
     return 0
+
+
+def unpack_bundle(data: bytes, out: Path) -> Path:
+    """A bundle's zip unpacked into `out`: plain files only, each inside `out` (a server's archive is still
+    checked like any other)."""
+    import io
+    import zipfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    root = out.resolve()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for info in archive.infolist():
+            target = (root / info.filename).resolve()
+            if info.is_dir() or not target.is_relative_to(root):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive.read(info))
+    return out
 
 
 def _report(job: dict[str, Any]) -> int:

@@ -75,5 +75,9 @@ def test_lists_are_tables_and_a_watched_job_reaches_100_percent(stack: Stack, fa
     cancel = run(stack, client.key, "jobs", "cancel", job_id)
     assert cancel.returncode == 2 and "nothing to cancel" in cancel.stderr
     model_id = models[1].split()[0]
+    bundle = fashion_zip.parent / f"bundle-{model_id}"
+    got = run(stack, client.key, "models", "download", model_id[:8], "--out", str(bundle))
+    assert got.returncode == 0 and got.stdout.startswith(str(bundle)), got.stderr
+    assert {p.name for p in bundle.iterdir()} >= {"manifest.json", "weights.safetensors"}
     gone = run(stack, client.key, "models", "delete", model_id)
     assert gone.returncode == 0 and gone.stdout.startswith(f"deleted model {model_id}"), gone.stderr

@@ -166,6 +166,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     # A fine_tune from the form; its page shows the curve gaining points while it runs, with no reload.
     page.goto("/jobs")
     form = page.locator("[data-job-form]")
+    expect(form.get_by_label("Architecture")).to_have_attribute("placeholder", re.compile("^efficientnet_lite0"))
     form.get_by_label("Kind").select_option("fine_tune")
     form.get_by_label("Architecture").fill("resnet18")
     form.get_by_label("Pretrained").select_option("none")
@@ -192,6 +193,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     assert grown > first and page.evaluate("window.__sameDocument") is True  # the same page, never reloaded
     assert page.evaluate("window.fcCharts.metric.data[0].length") == 4  # one point per epoch
     page.reload()
+    expect(page.locator("#epochs tbody tr").first.locator("td").nth(1)).to_have_text("1")  # epochs count from 1
     shoot(page, "job")
 
     # lr_find from the trained model: the curve with its suggestions; one of them starts stage 2, whose state
@@ -210,6 +212,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     page.evaluate("window.__sameDocument = true")
     client.post(f"/jobs/{stage2_id}/cancel")
     expect(page.locator(f'tr[data-job="{stage2_id}"] [data-field=state]')).to_have_text("cancelled", timeout=60_000)
+    expect(page.locator(f'tr[data-job="{train_id}"] [data-field=metric]')).to_contain_text("accuracy 0.")
     assert page.evaluate("window.__sameDocument") is True
     shoot(page, "jobs")
     client.wait(stage2_id)
@@ -263,6 +266,10 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     expect(page.locator("[data-job-page] [data-field=state]")).to_have_text("succeeded", timeout=240_000)
     page.reload()
     expect(page.get_by_role("heading", name=re.compile(r"^The gate: (promoted|rejected)$"))).to_be_visible()
+    page.goto(f"/datasets/{dataset_id}")  # the version's changes in words (the note has its own column)
+    changes = page.locator("h2#versions-h + table tbody tr").last.locator("td").nth(3)
+    expect(changes).to_contain_text("relabelled: 2")
+    expect(changes).not_to_contain_text("note")
 
     # The registry shows the decision with both scores.
     page.goto("/models")
@@ -296,6 +303,11 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     page.get_by_role("button", name="Predict").click()
     expect(page.locator("#bars li")).to_have_count(len(CLASSES))
     before = int(page.locator("[data-feedback-count]").inner_text())
+    page.get_by_label("The right answer").fill("bagg")  # a typo: asked whether it is a new class; no, it is not
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Send the correction").click()
+    expect(page.locator("#status")).to_contain_text("'bagg' is not one of the classes")
+    expect(page.locator("[data-feedback-count]")).to_have_text(str(before))
     page.get_by_label("The right answer").fill("bag")
     page.get_by_role("button", name="Send the correction").click()
     expect(page.locator("[data-feedback-count]")).to_have_text(str(before + 1))
@@ -310,6 +322,13 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     shoot(page, "predictions")
     queued.first.get_by_role("button", name="bag", exact=True).click()
     expect(queued).to_have_count(n - 1)
+    for left in range(n - 1, 0, -1):  # label the rest: the empty queue says so across the page
+        queued.first.get_by_role("button", name="Right").click()
+        expect(queued).to_have_count(left - 1)
+    page.reload()
+    empty = page.locator(".queue li.empty")
+    expect(empty).to_be_visible()
+    assert (empty.bounding_box() or {"width": 0})["width"] > 600
 
     # Every page fits a phone: nothing wider than the screen but tables, which scroll in their own box.
     page.set_viewport_size({"width": 390, "height": 844})
