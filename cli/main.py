@@ -307,7 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         **dict.fromkeys(REMOTE_VERBS, cmd_remote),
     }
     try:
-        return handlers[args.verb](args)
+        code = handlers[args.verb](args)
+        sys.stdout.flush()  # a pipe that closed early fails here, not in the interpreter's exit
+        return code
     except BrokenPipeError:  # `fitcycle ... | head`: the reader left; no traceback, and none at exit either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a shell reports a command killed by SIGPIPE

@@ -215,6 +215,8 @@ def _check(res: httpx.Response) -> Any:
             raise RemoteError(f"{res.status_code} {body.get('title', '')}: {body.get('detail', res.text)}")
         except json.JSONDecodeError:
             raise RemoteError(f"{res.status_code}: {res.text[:500]}") from None
+    if res.status_code == 204 or not res.content:  # a DELETE's answer: nothing to read
+        return None
     return res.json() if res.headers.get("content-type", "").startswith("application/json") else res.content
 
 
@@ -480,13 +482,17 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
             sure = [r for r in changed if r["probability"] is None or r["probability"] >= args.min_confidence]
             relabel = [{"item": r["item"], **r["suggested"]} for r in sure]
             args.edits.write_text(json.dumps({"relabel": relabel}, indent=1))
-            print(
-                f"{len(relabel)} relabels -> {args.edits} ({len(changed) - len(sure)} suggestions below "
-                f"P(SUGGESTED) {args.min_confidence} left out: look at them, or lower --min-confidence); apply "
-                f"them with: fitcycle datasets version {found['dataset_id']} --from {found['version']} "
-                f"--edits {args.edits}",
-                file=sys.stderr,
+            left_out = (
+                f"{len(changed) - len(sure)} of the {len(found['data'])} listed (--limit) below P(SUGGESTED) "
+                f"{args.min_confidence} left out: look at them, or lower --min-confidence"
             )
+            apply = (
+                f"; apply them with: fitcycle datasets version {found['dataset_id']} --from {found['version']} "
+                f"--edits {args.edits}"
+                if relabel
+                else "; nothing to apply"
+            )
+            print(f"{len(relabel)} relabels -> {args.edits} ({left_out}){apply}", file=sys.stderr)
     elif verb == ("project", "show"):
         print(json.dumps(_check(http.get("/project")), indent=1))
     elif verb == ("project", "set"):

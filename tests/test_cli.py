@@ -176,3 +176,18 @@ def test_bad_input_is_a_clear_error(fashion_folder: Path, tmp_path: Path, args: 
 def test_predict_refuses_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
     res = run("predict", tmp_path, "x.png")
     assert res.returncode == 2 and "no manifest.json" in res.stderr
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
+    """`fitcycle ... | head`: the pipe closes before fitcycle writes; it ends as a piped command does (141), with
+    nothing on stderr about BrokenPipeError."""
+    proc = subprocess.Popen(
+        [FITCYCLE, "sample-data", "digits", str(tmp_path / "d"), "--per-class", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # long before the command has imported anything, let alone printed
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -324,3 +324,14 @@ def test_a_rate_range_is_for_the_kinds_that_train_groups_apart() -> None:
         with pytest.raises(ValidationError, match="lr: a range"):
             TrainSpec(data=".", kind=kind, lr=(1e-5, 1e-3))
     assert TrainSpec(data=".", kind="retrain", init_bundle="x", lr=(1e-5, 1e-3)).lr == (1e-5, 1e-3)
+
+
+def test_a_tie_goes_to_the_challenger_only_when_it_learnt_from_newer_data() -> None:
+    """A retrain on a corrected version that is 1 item short is a tie it wins; stage 2 after stage 1 on the same
+    data, 1 item short, has nothing new to break the tie with and is refused."""
+    champion = paired_scores(hits(26, 40), hits(30, 40))
+    short = paired_scores(hits(26, 40), hits(29, 40))
+    assert decide(short, champion, Policy(), newer_data=True).promote
+    same = decide(short, champion, Policy(), newer_data=False)
+    assert not same.promote and "it learnt from the same data" in same.reason
+    assert decide(paired_scores(hits(26, 40), hits(31, 40)), champion, Policy(), newer_data=False).promote

@@ -100,6 +100,7 @@ def evaluate_challenger(
         policy,
         on_gold["challenger"] if on_gold else None,
         on_gold["champion"] if on_gold else None,
+        newer_data=challenger.dataset_version_id != champion.dataset_version_id,
     )
     scores: dict[str, Any] = {
         "challenger": challenger_scores.as_dict(),

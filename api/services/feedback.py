@@ -4,6 +4,7 @@ prediction, checked by the model's task like an upload's target and stored with 
 from __future__ import annotations
 
 import base64
+import difflib
 import io
 from typing import Any
 
@@ -73,11 +74,13 @@ def check_known_classes(target: dict[str, Any], known: list[str], new_class: boo
         return
     field = "label" if "label" in target else "labels"
     shown = ", ".join(known[:30]) + (f" and {len(known) - 30} more" if len(known) > 30 else "")
+    close = difflib.get_close_matches(unknown[0][:100], known, n=1)
+    meant = f"; did you mean '{close[0]}'?" if close else "."
     raise Problem(
         422,
         "Unknown class",
-        f"{where}{field}: {', '.join(repr(c[:100]) for c in unknown[:5])} is not one of the classes ({shown}); check "
-        'the spelling, or send "new_class": true to add it as a new class',
+        f"{where}{field}: {', '.join(repr(c[:100]) for c in unknown[:5])} is not one of the classes ({shown}){meant} "
+        'Check the spelling, or send "new_class": true (CLI: --new-class) to add it as a new class',
         field=field,
     )
 

@@ -40,13 +40,15 @@ class Decision:
     tests: dict[str, Any] = field(default_factory=dict)  # the paired tests behind it: "overall", "per_class"
 
 
-def decide(challenger: Scores, champion: Scores | None, policy: Policy) -> Decision:
+def decide(challenger: Scores, champion: Scores | None, policy: Policy, newer_data: bool = True) -> Decision:
     """Promote unless the challenger is worse than chance explains. Overall: a challenger short of
     min_improvement > 0 is refused (more was asked for); with min_improvement <= 0 a shortfall counts only when
-    the paired sign test on the same items says it is beyond chance (p < ALPHA). Per class: a class whose score
-    falls more than max_class_drop counts only when its own items' paired test says so at ALPHA / (number of
-    classes) — ten classes tested each at 5% would veto a third of equal retrains by luck alone. Scores without
-    per-item values (nothing to pair) fall back to comparing the numbers as they are."""
+    the paired sign test on the same items says it is beyond chance (p < ALPHA) — if the challenger learnt from
+    `newer_data` (a retrain on a corrected version: a tie goes to it). A challenger of the same data (stage 2 after
+    its stage 1, a second fine-tune) has nothing new to break a tie with: any shortfall refuses it. Per class: a
+    class whose score falls more than max_class_drop counts only when its own items' paired test says so at
+    ALPHA / (number of classes) — ten classes tested each at 5% would veto a third of equal retrains by luck
+    alone. Scores without per-item values (nothing to pair) fall back to comparing the numbers as they are."""
     if champion is None:
         return Decision(True, "the name has no champion")
     metric = challenger.metric
@@ -65,8 +67,8 @@ def decide(challenger: Scores, champion: Scores | None, policy: Policy) -> Decis
             f"challenger's {metric} {challenger.value:.4f} is not {relation} {wanted:.4f} "
             f"(champion's {champion.value:.4f}, min_improvement {policy.min_improvement}{shown})"
         )
-        if policy.min_improvement > 0 or overall is None or overall.p_worse < ALPHA:
-            return Decision(False, short, tests)
+        if policy.min_improvement > 0 or not newer_data or overall is None or overall.p_worse < ALPHA:
+            return Decision(False, short + ("" if newer_data else "; it learnt from the same data"), tests)
         chance = f"; the shortfall is within chance (p >= {ALPHA})"
     else:
         chance = ""
@@ -115,13 +117,14 @@ def decide_with_gold(
     policy: Policy,
     gold_challenger: Scores | None = None,
     gold_champion: Scores | None = None,
+    newer_data: bool = True,
 ) -> Decision:
     """The gate on the new version's validation items, and also on the project's gold items when both were
     scored there: the challenger must pass both."""
-    verdict = decide(challenger, champion, policy)
+    verdict = decide(challenger, champion, policy, newer_data)
     if gold_challenger is None or gold_champion is None:
         return verdict
-    on_gold = decide(gold_challenger, gold_champion, policy)
+    on_gold = decide(gold_challenger, gold_champion, policy, newer_data)
     promote = verdict.promote and on_gold.promote
     tests = {"validation": verdict.tests, "gold": on_gold.tests}
     return Decision(promote, f"validation: {verdict.reason}; gold: {on_gold.reason}", tests)

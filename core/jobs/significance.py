@@ -40,11 +40,12 @@ class Paired:
         }
 
     def text(self) -> str:
-        """e.g. 'difference -0.0200 (95% interval -0.0510..+0.0110; worse on 12 of 200 items, better on 8,
-        p=0.25)'."""
+        """e.g. 'difference -0.0200 (95% interval -0.0510..+0.0110; worse on 12 of 200 items, better on 8; chance
+        of a drop this size: p=0.25)'."""
         return (
             f"difference {self.difference:+.4f} (95% interval {self.low:+.4f}..{self.high:+.4f}; worse on "
-            f"{self.worse} of {self.n} items, better on {self.better}, p={self.p_worse:.3g})"
+            f"{self.worse} of {self.n} items, better on {self.better}; "
+            f"chance of a drop this size: p={self.p_worse:.3g})"
         )
 
 

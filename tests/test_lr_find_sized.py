@@ -1,0 +1,28 @@
+"""lr_find sized to the data: a sweep costs no more steps than the stage it serves (30 to fastai's 100), and on
+three sample sets its valley lands inside the noise of full 100-step sweeps (the spread of their own valleys when
+only the data order changes, never tighter than a factor of 2). Small and from scratch, to stay cheap here;
+bench/lr_find_sized.py runs the same comparison on the ImageNet-pretrained EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.lr_find_sized import SETS, compare
+from core.engine.lr_finder import FULL_SWEEP, MIN_SWEEP, sweep_beta, sweep_steps
+
+
+def test_a_sweep_is_sized_to_its_stage() -> None:
+    assert [sweep_steps(n) for n in (4, 30, 64, 100, 5000)] == [MIN_SWEEP, 30, 64, 100, FULL_SWEEP]
+    assert sweep_beta(100) == 0.98 and sweep_beta(40) == 0.95 and sweep_beta(10) == 0.9
+
+
+def test_sized_sweeps_suggest_what_full_sweeps_do_on_three_sets(tmp_path: Path) -> None:
+    # 24 images a class at 16 px, batches of 32: 4-6 batches an epoch, a 4-epoch stage: sweeps of 30 steps.
+    found = [
+        compare(name, tmp_path, per_class=24, size=16, arch="resnet18", pretrained="none", seeds=(1, 2))
+        for name in SETS
+    ]
+    for c in found:
+        print("\n".join(c.lines()))
+    assert all(n < FULL_SWEEP for c in found for _, n, _ in c.sized)
+    assert sum(c.inside for c in found) == len(SETS), [c.lines() for c in found]
