@@ -76,7 +76,7 @@ class Comparison:
 
 
 def sweep(
-    data: Path, size: int, seed: int, steps: int | None, epochs: int, out: Path, arch: str, pretrained: str
+    data: Path, size: int, seed: int, steps: int | None, epochs: int, out: Path, arch: str, pretrained: str, bs: int
 ) -> tuple[float, int, float]:
     """One sweep: (valley, steps run, seconds). steps None: sized to `epochs` of this data."""
     spec = TrainSpec(
@@ -109,10 +109,11 @@ def compare(
     arch: str = "efficientnet_lite0",
     pretrained: str = "imagenet",
     seeds: tuple[int, ...] = SEEDS,
+    bs: int = 32,
 ) -> Comparison:
     """Full and sized sweeps on one sample set, one per data order each."""
     data = write_sample(name, work / name, per_class=per_class, size=size)
-    args = (size, epochs, work / "out", arch, pretrained)
+    args = (size, epochs, work / "out", arch, pretrained, bs)
     full = [sweep(data, args[0], s, FULL_SWEEP, *args[1:]) for s in seeds]
     sized = [sweep(data, args[0], s, None, *args[1:]) for s in seeds]
     return Comparison(name, full, sized)

@@ -51,6 +51,7 @@ class Scenario:
     pretrained: str = "imagenet"
     bs: int = 32
     champion: tuple[int, int, float] = (1, 4, 2e-3)  # the platform's fine_tune defaults: freeze_epochs, epochs, lr
+    baseline: bool = True  # also retrain with the old default, side by side
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Outcome:
     seed: int
     champion: float  # held-out accuracy
     retrain: float
-    old_retrain: float
+    old_retrain: float | None  # None: the baseline was not run
     gate: str  # the gate's decision on the default retrain (validation items of the new version)
     seconds: float
 
@@ -124,13 +125,13 @@ def run_seed(seed: int, scenario: Scenario, work: Path) -> Outcome:
         return out / "export"
 
     challenger = retrain(defaults, work / f"retrain{seed}")
-    old = retrain(OLD_DEFAULTS, work / f"old{seed}")
+    old = retrain(OLD_DEFAULTS, work / f"old{seed}") if s.baseline else None
     verdict = decide(score_bundle(challenger, v2), score_bundle(champion_out / "export", v2), Policy())
     return Outcome(
         seed,
         score_bundle(champion_out / "export", heldout, "all").value,
         score_bundle(challenger, heldout, "all").value,
-        score_bundle(old, heldout, "all").value,
+        score_bundle(old, heldout, "all").value if old is not None else None,
         "promoted" if verdict.promote else "rejected",
         time.perf_counter() - t0,
     )
@@ -140,7 +141,9 @@ def summary(outcomes: list[Outcome]) -> dict[str, Any]:
     """Wins and the worst loss of each retrain against the champion, on the held-out images."""
     out: dict[str, Any] = {}
     for side in ("retrain", "old_retrain"):
-        gains = [getattr(o, side) - o.champion for o in outcomes]
+        gains = [getattr(o, side) - o.champion for o in outcomes if getattr(o, side) is not None]
+        if not gains:
+            continue
         out[side] = {"wins": sum(g > 0 for g in gains), "worst": min(gains), "mean_gain": sum(gains) / len(gains)}
     out["promoted"] = sum(o.gate == "promoted" for o in outcomes)
     return out
@@ -150,9 +153,10 @@ HEADER = f"{'seed':>4}  {'champion':>8}  {'retrain':>8}  {'gain':>7}  {'old defa
 
 
 def row(o: Outcome) -> str:
+    old = f"{o.old_retrain:>11.3f}  {o.old_retrain - o.champion:>+7.3f}" if o.old_retrain is not None else f"{'-':>20}"
     return (
         f"{o.seed:>4}  {o.champion:>8.3f}  {o.retrain:>8.3f}  {o.retrain - o.champion:>+7.3f}  "
-        f"{o.old_retrain:>11.3f}  {o.old_retrain - o.champion:>+7.3f}  {o.gate:<8}  {o.seconds:.0f}"
+        f"{old}  {o.gate:<8}  {o.seconds:.0f}"
     )
 
 
@@ -161,6 +165,8 @@ def summary_lines(outcomes: list[Outcome]) -> list[str]:
     n = len(outcomes)
     lines = []
     for side, name in (("retrain", "default retrain (course's rule)"), ("old_retrain", "old default (1+2 at 1e-3)")):
+        if side not in got:
+            continue
         g = got[side]
         lines.append(
             f"{name}: beat the champion in {g['wins']} of {n} seeds, worst {g['worst']:+.3f}, "

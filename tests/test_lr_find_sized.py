@@ -8,18 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.lr_find_sized import SETS, compare
-from core.engine.lr_finder import FULL_SWEEP, MIN_SWEEP, sweep_beta, sweep_steps
+from core.engine.lr_finder import FULL_SWEEP, MIN_SWEEP, sweep_beta, sweep_start, sweep_steps
 
 
 def test_a_sweep_is_sized_to_its_stage() -> None:
     assert [sweep_steps(n) for n in (4, 30, 64, 100, 5000)] == [MIN_SWEEP, 30, 64, 100, FULL_SWEEP]
     assert sweep_beta(100) == 0.98 and sweep_beta(40) == 0.95 and sweep_beta(10) == 0.9
+    assert sweep_start(100) == 1e-7 and abs(sweep_start(30) - 1e-5) < 1e-12 and 1e-7 < sweep_start(65) < 1e-5
 
 
 def test_sized_sweeps_suggest_what_full_sweeps_do_on_three_sets(tmp_path: Path) -> None:
-    # 24 images a class at 16 px, batches of 32: 4-6 batches an epoch, a 4-epoch stage: sweeps of 30 steps.
+    # 12 images a class at 16 px, batches of 16: 4-6 batches an epoch, a 4-epoch stage: sweeps of 30 steps.
     found = [
-        compare(name, tmp_path, per_class=24, size=16, arch="resnet18", pretrained="none", seeds=(1, 2))
+        compare(name, tmp_path, per_class=12, size=16, arch="resnet18", pretrained="none", seeds=(1, 2), bs=16)
         for name in SETS
     ]
     for c in found:

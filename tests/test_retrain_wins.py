@@ -11,13 +11,14 @@ from pathlib import Path
 from bench.retrain_wins import HEADER, Scenario, row, run_seed, summary, summary_lines
 
 SMALL = Scenario(
-    per_class=40,
+    per_class=30,
     new_per_class=10,
-    heldout_per_class=30,
+    heldout_per_class=20,
     size=16,
     arch="resnet18",
     pretrained="none",
     champion=(0, 4, 5e-3),
+    baseline=False,
 )
 
 
