@@ -67,7 +67,7 @@ async def list_feedback(
     return await run_in_threadpool(service.list_feedback, state, project, name, unused)
 
 
-@router.delete("/feedback/{feedback_id}", status_code=204, responses={404: {}, 409: {}})
+@router.delete("/feedback/{feedback_id}", status_code=204, response_class=Response)
 async def delete_feedback(state: StateDep, project: ProjectDep, feedback_id: str) -> None:
     """Take back feedback that no dataset version has used yet (409 once one has)."""
     await run_in_threadpool(service.delete, state, project, feedback_id)
