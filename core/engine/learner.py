@@ -166,11 +166,7 @@ class Learner:
                         (no_decay if isinstance(m, NORM_TYPES) or name == "bias" else decay).append(p)
             param_groups.append({"params": decay, "weight_decay": self.wd, "layer_group": gi})
             param_groups.append({"params": no_decay, "weight_decay": 0.0, "layer_group": gi})
-        # The fused kernel (CPU and CUDA): one pass over all of a group's tensors instead of a dozen small ops per
-        # tensor; about 20% of a step for a ResNet-18 on small images on the CPU, where the per-tensor updates of
-        # its 11M parameters outweighed the convolutions.
-        fused = self.dls.device.type in ("cpu", "cuda")
-        self.opt = torch.optim.AdamW(param_groups, lr=1e-3, betas=(self.moms[0], 0.99), eps=1e-5, fused=fused)
+        self.opt = torch.optim.AdamW(param_groups, lr=1e-3, betas=(self.moms[0], 0.99), eps=1e-5)
 
     def lrs_for_groups(self, lr: LrSpec) -> list[float]:
         """One rate per layer group: a number for all, slice(hi) = hi/10 for the body and hi for the
