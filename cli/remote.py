@@ -628,8 +628,8 @@ def unpack_bundle(data: bytes, out: Path) -> Path:
 
 
 def _report(job: dict[str, Any]) -> int:
-    """The job's outcome as JSON, then in words what a person reads next: an lr_find's suggestions, the gate's
-    decision on its model."""
+    """The job's outcome as JSON on stdout (for scripts), then on stderr, in words, what a person reads next: an
+    lr_find's suggestions, the gate's decision on its model."""
     result = job["result"]
     print(
         json.dumps(
@@ -641,8 +641,9 @@ def _report(job: dict[str, Any]) -> int:
     suggestions = result.get("suggestions") or {}
     if suggestions:
         said = ", ".join(f"{k} {v:.2e}" for k, v in suggestions.items() if isinstance(v, int | float))
-        print(f"lr_find suggests: {said} (stage 2 'auto' takes valley/10 .. the stage-1 rate/5)")
+        print(f"lr_find suggests: {said} (stage 2 'auto' takes valley/10 .. the stage-1 rate/5)", file=sys.stderr)
     decision = result.get("decision") or {}
     if decision.get("action"):
-        print(f"gate: {decision['action']} as {result.get('name')} v{result.get('version')}: {decision.get('reason')}")
+        said = f"gate: {decision['action']} as {result.get('name')} v{result.get('version')}: {decision.get('reason')}"
+        print(said, file=sys.stderr)
     return 0 if job["state"] == "succeeded" else 1

@@ -53,7 +53,7 @@ def test_lists_are_tables_and_a_watched_job_reaches_100_percent(stack: Stack, fa
     bar_lines = [line for line in watched.stderr.replace("\r", "\n").splitlines() if line.startswith("stage1")]
     assert any("100%" in line and "12/12" in line and "loss=" in line for line in bar_lines), watched.stderr
     assert "stage1 epoch 1: train_loss=" in watched.stderr and "stage1 epoch 2: train_loss=" in watched.stderr
-    assert "gate: promoted as fashion v1: the first model of the name" in watched.stdout
+    assert "gate: promoted as fashion v1: the first model of the name" in watched.stderr
     batches = client.get(f"/jobs/{job_id}/metrics").json()["batches"]
     assert [b["iter"] for b in batches] == list(range(12))
 
@@ -61,7 +61,7 @@ def test_lists_are_tables_and_a_watched_job_reaches_100_percent(stack: Stack, fa
     again = run(stack, client.key, "jobs", "watch", job_id[:8])
     assert again.returncode == 0, again.stderr
     assert "stage1 epoch 2: train_loss=" in again.stderr and "batch/s" not in again.stderr, again.stderr
-    assert json.loads(again.stdout.split("\ngate:")[0])["id"] == job_id
+    assert json.loads(again.stdout)["id"] == job_id  # stdout stays JSON for scripts
     missing = run(stack, client.key, "jobs", "show", "ffffffff")
     assert missing.returncode == 2 and "no job in this project has an id starting with 'ffffffff'" in missing.stderr
 

@@ -212,7 +212,8 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     page.evaluate("window.__sameDocument = true")
     client.post(f"/jobs/{stage2_id}/cancel")
     expect(page.locator(f'tr[data-job="{stage2_id}"] [data-field=state]')).to_have_text("cancelled", timeout=60_000)
-    expect(page.locator(f'tr[data-job="{train_id}"] [data-field=metric]')).to_contain_text("accuracy 0.")
+    metric = page.locator(f'tr[data-job="{train_id}"] [data-field=metric]')
+X
     assert page.evaluate("window.__sameDocument") is True
     shoot(page, "jobs")
     client.wait(stage2_id)
