@@ -213,7 +213,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     client.post(f"/jobs/{stage2_id}/cancel")
     expect(page.locator(f'tr[data-job="{stage2_id}"] [data-field=state]')).to_have_text("cancelled", timeout=60_000)
     metric = page.locator(f'tr[data-job="{train_id}"] [data-field=metric]')
-X
+    expect(metric).to_have_text(re.compile(r"(accuracy|error_rate) [01]\.\d{4}"))  # the job's main metric
     assert page.evaluate("window.__sameDocument") is True
     shoot(page, "jobs")
     client.wait(stage2_id)
