@@ -275,12 +275,16 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     # The registry shows the decision with both scores.
     page.goto("/models")
     page.get_by_role("link", name="clothes").first.click()
-    decision = page.locator("h2#decisions-h + table tbody tr")
+    decision = page.locator("h2#decisions-h + table > tbody > tr")
     expect(decision).to_have_count(2)  # the gate's on the retrain, newest first; the first model's, as champion
     expect(decision.last).to_contain_text("the first model of the name")
     expect(decision.first).to_contain_text("gate")
-    expect(decision.first.locator("td").nth(3)).to_contain_text("accuracy")  # the challenger's score, the champion's
-    expect(decision.first.locator("td").nth(4)).to_contain_text("accuracy")
+    # the challenger's score, and the champion's
+    expect(decision.first.locator(":scope > td").nth(3)).to_contain_text("accuracy")
+    expect(decision.first.locator(":scope > td").nth(4)).to_contain_text("accuracy")
+    per_class = decision.first.locator("details")  # each class's items and paired test, on request
+    per_class.locator("summary").click()
+    expect(per_class.locator("table.per-class > tbody > tr")).to_have_count(len(CLASSES))
     shoot(page, "registry")
     # Promote the other version by hand (a roll back, or taking the challenger), with a reason; then the policy.
     page.once("dialog", lambda dialog: dialog.accept("checked by hand"))
