@@ -35,34 +35,27 @@ const fc = (() => {
     return data;
   }
 
-  // Send something that carries a label. A label outside the model's classes is refused as a likely typo
-  // ("Unknown class"): ask whether it really is a new class, and only then send it again with asNew.
-  async function labelled(what, send, asNew) {
-    try {
-      say(what + "…");
-      const out = await send();
-      say(what + ": done", "ok");
-      return out;
-    } catch (err) {
-      if (err.title === "Unknown class" && window.confirm(`${err.detail}\n\nIs it a new class? OK adds it.`)) {
-        return act(what, asNew);
-      }
-      say(what + " failed — " + err.message, "error");
-      return undefined;
-    }
-  }
-
-  // Run an action; say what went wrong where the user looks.
-  async function act(what, fn) {
+  // Run an action; say what went wrong where the user looks. `recover(err)` may offer a second try (a function
+  // to run instead), which runs as the same action.
+  async function act(what, fn, recover) {
     try {
       say(what + "…");
       const out = await fn();
       say(what + ": done", "ok");
       return out;
     } catch (err) {
+      const again = recover && recover(err);
+      if (again) return act(what, again);
       say(what + " failed — " + err.message, "error");
       return undefined;
     }
+  }
+
+  // Send something that carries a label. A label outside the model's classes is refused as a likely typo
+  // ("Unknown class"): ask whether it really is a new class, and only then send it again with asNew.
+  function labelled(what, send, asNew) {
+    return act(what, send, (err) =>
+      err.title === "Unknown class" && window.confirm(`${err.detail}\n\nIs it a new class? OK adds it.`) ? asNew : null);
   }
 
   // A form's fields as a JSON body: empty fields are left out; data-type converts.

@@ -111,6 +111,17 @@ class Scores:
     items: tuple[float, ...] = ()
     class_items: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
+    @classmethod
+    def of_items(
+        cls, metric: str, higher_is_better: bool, items: list[float], class_items: dict[str, list[float]]
+    ) -> Scores:
+        """The scores from each item's value and each class's items' values: the metric is their mean, each
+        class's score the mean of its own (recall, for hits)."""
+        per_class = {c: sum(v) / len(v) for c, v in sorted(class_items.items())}
+        value = sum(items) / max(1, len(items))
+        paired = {c: tuple(class_items[c]) for c in per_class}
+        return cls(metric, value, higher_is_better, per_class, len(items), tuple(items), paired)
+
     @property
     def per_class_n(self) -> dict[str, int]:
         """How many items each class's score rests on."""

@@ -217,13 +217,4 @@ class ClassificationTask(Task):
             assert isinstance(p, ClassPrediction)
             flat.append(float(p.label == items.labels[i]))
             hits.setdefault(items.labels[i], []).append(flat[-1])
-        per_class = {c: sum(hs) / len(hs) for c, hs in sorted(hits.items())}
-        return Scores(
-            "accuracy",
-            sum(flat) / max(1, len(flat)),
-            True,
-            per_class,
-            len(flat),
-            tuple(flat),
-            {c: tuple(hits[c]) for c in per_class},
-        )
+        return Scores.of_items("accuracy", True, flat, hits)

@@ -259,16 +259,7 @@ class MultiLabelTask(Task):
             each.append((1 + b2) * precision * recall / (b2 * precision + recall) if precision + recall else 0.0)
             for c in true:
                 hits.setdefault(c, []).append(float(c in pred))
-        per_class = {c: sum(hs) / len(hs) for c, hs in sorted(hits.items())}
-        return Scores(
-            "fbeta",
-            sum(each) / max(1, len(indices)),
-            True,
-            per_class,
-            len(indices),
-            tuple(each),
-            {c: tuple(hits[c]) for c in per_class},
-        )
+        return Scores.of_items("fbeta", True, each, hits)
 
     def show_batch(self, images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
         titles = [
