@@ -23,6 +23,7 @@ from core.db import repos
 from core.db.outage import is_outage
 from core.db.session import session_scope
 from core.jobs.gate import Policy
+from core.jobs.kinds import RETRAIN
 
 log = logging.getLogger("fitcycle.loop")
 LEASE = "feedback-loop"
@@ -37,7 +38,7 @@ def policy_pass(state: AppState) -> list[str]:
         policy = Policy.of(entry.policy)
         with session_scope(state.sessions) as s:
             waiting = repos.count_unused_feedback(s, entry.project_id, entry.name)
-            busy = repos.active_retrains(s, entry.project_id, entry.name)
+            busy = repos.active_jobs_of_name(s, entry.project_id, entry.name, RETRAIN.name)
             champion = repos.get_model(s, entry.champion_id or "", entry.project_id)
             version = repos.get_version(s, champion.dataset_version_id or "") if champion else None
             project = repos.get_project(s, entry.project_id)
@@ -50,7 +51,9 @@ def policy_pass(state: AppState) -> list[str]:
                 version.dataset_id,
                 VersionCreate(add_feedback="all", note=f"policy: {waiting} new corrections for '{entry.name}'"),
             )
-            job = jobs.create(state, project, JobCreate(kind="retrain", dataset_id=version.dataset_id, name=entry.name))
+            job = jobs.create(
+                state, project, JobCreate(kind=RETRAIN.name, dataset_id=version.dataset_id, name=entry.name)
+            )
         except Problem as exc:
             log.warning("policy of '%s': %s", entry.name, exc.detail)
             continue

@@ -3,12 +3,28 @@ domain object (a `Public`) is read off it by field name, so each resource's fiel
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
+import operator
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    create_model,
+)
 
-from core.jobs.spec import JobKind, JobSettings
+from core.engine.tasks import TASKS, Task
+from core.jobs.kind_names import KindName
+from core.jobs.kinds import JobKind
+from core.jobs.spec import JobSettings
 
 
 class Public(BaseModel):
@@ -73,10 +89,10 @@ class LabelsPublic(Public):
 class JobCreate(JobSettings):
     """A job to queue: the training settings of a job spec, with the spec's defaults and checks, and what only
     a job over REST names: its kind, dataset, parent and queue. `parent_job_id` continues from that job's model
-    (how stage 2 follows stage 1) and takes its settings unless given; `lr` is a number, [low, high], 'find' or
-    'auto'."""
+    (how stage 2 follows stage 1) and takes its settings unless given. What each kind takes, its defaults
+    among them: GET /api/v1/job-kinds."""
 
-    kind: JobKind
+    kind: KindName
     dataset_id: str = Field(max_length=36)
     dataset_version: int | None = Field(None, ge=1, description="default: the latest version")
     parent_job_id: str | None = Field(None, max_length=36)
@@ -87,21 +103,6 @@ class JobCreate(JobSettings):
     from_model: str | None = Field(
         None, max_length=36, description="retrain: the model to start from (default: the name's champion)"
     )
-    # Where a REST job differs from the spec: a model id for weights, and None for "the server decides".
-    pretrained: str = Field("imagenet", max_length=36, description="'imagenet', 'none', or a model of this project")
-    arch: str | None = Field(  # type: ignore[assignment]
-        None, max_length=50, description="default: efficientnet_lite0 (ImageNet weights ship with it), or the parent's"
-    )
-    lr: float | tuple[float, float] | Literal["find", "auto"] | None = Field(  # type: ignore[assignment]
-        None, description="default: 'auto' for stage2, 3e-3 for stage1, 2e-3 otherwise"
-    )
-
-    @field_validator("lr", mode="before")
-    @classmethod
-    def _rate_range(cls, v: object) -> object:
-        if isinstance(v, list) and len(v) != 2:
-            raise ValueError("a rate range is [low, high]")
-        return v
 
 
 class JobPublic(Public):
@@ -190,30 +191,101 @@ class PredictUrl(BaseModel):
     url: str = Field(max_length=2048)
 
 
-class Predictions(BaseModel):
-    """[label, probability] pairs, most probable first (the course's classify-url answer)."""
+# A file in JSON: base64 text. Answers carry it as the engine's public() encodes it; requests (a mask target) are
+# decoded here, at the edge, so that the services and the tasks see the PNG's bytes.
+PNG_SCHEMA = {"type": "string", "contentEncoding": "base64", "contentMediaType": "image/png"}
+MAX_PNG_BASE64 = 28 * 1024 * 1024  # a 20 MB PNG
 
-    top: tuple[str, float] | None = Field(None, description="classification: the most probable (label, probability)")
-    predictions: list[tuple[str, float]] | None = Field(
-        None, description="classification: every class, most probable first"
+
+def _decode_png(value: object) -> object:
+    if isinstance(value, str):
+        if len(value) > MAX_PNG_BASE64:
+            raise ValueError(f"at most {MAX_PNG_BASE64:,} characters of base64")
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ValueError("not base64 text (a PNG, base64-encoded)") from None
+    return value
+
+
+Base64Png = Annotated[str, WithJsonSchema(PNG_SCHEMA)]
+PngBytes = Annotated[
+    bytes,
+    BeforeValidator(_decode_png),
+    PlainSerializer(lambda b: base64.b64encode(b).decode(), return_type=str, when_used="json"),
+    WithJsonSchema({**PNG_SCHEMA, "maxLength": MAX_PNG_BASE64}),
+]
+
+
+class Answer(BaseModel):
+    """One image's answer: one schema per task (below, made from each task's answer_fields), told apart by
+    `task`, with the logged prediction's id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+
+
+def _answer_schema(task: Task) -> type[Answer]:
+    fields: dict[str, Any] = {
+        name: (Base64Png if kind is bytes else kind, Field(description=text))
+        for name, (kind, text) in task.answer_fields.items()
+    }
+    return create_model(
+        f"{task.name.title()}Answer",
+        __base__=Answer,
+        __doc__=f"A {task.name} model's answer.",
+        task=(cast(Any, Literal)[task.name], Field(description="the model's task: which answer this is")),
+        **fields,
+        prediction_id=(str, Field(description="the logged prediction: send feedback to it")),
     )
-    labels: list[str] | None = Field(None, description="multi-label: every class above its tuned threshold")
-    points: list[list[float]] | None = Field(None, description="points task: (x, y) in the image's own pixels")
-    values: list[float] | None = Field(None, description="values task: the predicted numbers")
-    mask: str | None = Field(
-        None, description="segmentation: base64 PNG, the image's size, each pixel's value the index of its code"
+
+
+ANSWERS: dict[str, type[Answer]] = {name: _answer_schema(task) for name, task in TASKS.items()}
+FILE_ANSWERS: dict[str, type[Answer]] = {
+    name: create_model(
+        f"{name.title()}FileAnswer",
+        __base__=schema,
+        __doc__=f"A {name} model's answer for one of the files.",
+        filename=(str, Field(description="the file's name, as sent")),
     )
-    shares: dict[str, float] | None = Field(None, description="segmentation: share of the image's pixels per class")
-    prediction_id: str | None = Field(None, description="the logged prediction: send feedback to it")
+    for name, schema in ANSWERS.items()
+}
 
 
-class FilePredictions(Predictions):
+class FileError(BaseModel):
     filename: str
-    error: str | None = Field(None, description="why this file got no answer (the others still did)")
+    error: str = Field(description="why this file got no answer (the others still did)")
+
+
+def _one_of(schemas: Iterable[type[Answer]]) -> Any:
+    """One answer of these schemas, told apart by its task: a union discriminated by `task`."""
+    return Annotated[functools.reduce(operator.or_, schemas), Field(discriminator="task")]
+
+
+if TYPE_CHECKING:  # for mypy, the base classes; at run time, the unions discriminated by task
+    PredictAnswer = Answer
+    FileResult = Answer | FileError
+else:
+    PredictAnswer = _one_of(ANSWERS.values())
+    FileResult = _one_of(FILE_ANSWERS.values()) | FileError
+
+
+def answer_of(task: str, answer: dict[str, Any], prediction_id: str) -> Answer:
+    """A prediction's public() as its task's answer schema."""
+    return ANSWERS[task].model_validate({"task": task, **answer, "prediction_id": prediction_id})
+
+
+def file_answer_of(answer: Answer, filename: str) -> Answer:
+    """One file's answer in a batch: the answer with its file's name."""
+    return FILE_ANSWERS[answer.task].model_validate({**answer.model_dump(), "filename": filename})
 
 
 class BatchPredictions(BaseModel):
-    results: list[FilePredictions]
+    results: list[FileResult] = Field(description="one per file, in order: its answer, or why it has none")
+
+
+PredictResponse = PredictAnswer | BatchPredictions  # what POST .../predict answers: one file, or several
 
 
 class ArchitecturePublic(BaseModel):
@@ -225,6 +297,40 @@ class ArchitecturePublic(BaseModel):
 
 class ArchitecturesPublic(BaseModel):
     data: list[ArchitecturePublic]
+    count: int
+
+
+class JobKindPublic(BaseModel):
+    """A job kind as the registry (core/jobs/kinds/) declares it."""
+
+    name: str
+    summary: str
+    makes_model: bool
+    parent: str | None = Field(description="what its parent job must be, when it needs one")
+    takes_parent: bool
+    lr: float | str | None = Field(description="the default learning rate; null: the kind takes none")
+    lr_note: str = Field(description="how the default is chosen, when it is more than a number")
+    lr_forms: list[Literal["number", "range", "find", "auto"]] = Field(description="the forms of lr it takes")
+    fields: list[str] = Field(description="the job settings it uses beyond the common ones")
+
+    @classmethod
+    def of(cls, kind: JobKind) -> Self:
+        order = ("number", "range", "find", "auto")
+        return cls(
+            name=kind.name,
+            summary=kind.summary,
+            makes_model=kind.makes_model,
+            parent=kind.parent,
+            takes_parent=kind.takes_parent,
+            lr=kind.lr,
+            lr_note=kind.lr_note,
+            lr_forms=[f for f in order if f in kind.lr_forms],
+            fields=list(kind.form_fields),
+        )
+
+
+class JobKindsPublic(BaseModel):
+    data: list[JobKindPublic]
     count: int
 
 
@@ -383,7 +489,7 @@ class Target(BaseModel):
     labels: list[str] | None = Field(None, max_length=1000)
     points: list[Pair] | list[float] | None = Field(None, max_length=10_000)
     values: list[float] | None = Field(None, max_length=10_000)
-    mask: str | None = Field(None, max_length=28 * 1024 * 1024, description="base64 PNG")
+    mask: PngBytes | None = Field(None, description="base64 PNG: single-channel, each value a code's index")
     new_class: bool = Field(
         False,
         description="label/labels: true to add a class the model and its dataset do not have yet (else a label "

@@ -1,7 +1,7 @@
 """The demo's recipe against the others that were tried: validation accuracy against job time, side by side.
 
 `make run` queues one job on a Fashion-MNIST sample (cli/serve.py: DEMO_SAMPLE, DEMO_JOB). This runs that job's
-recipe and the alternatives through the same engine (core.jobs.training.run_job, the worker's path without the
+recipe and the alternatives through the same engine (core.jobs.runner.run_spec, the worker's path without the
 server), one after another on this machine, and prints each recipe's accuracy on its validation images and its
 job time (metrics.json's timings.total: everything the worker does, lr_find and export included).
 
@@ -18,8 +18,8 @@ from typing import Any
 from cli.serve import DEMO_JOB, DEMO_SAMPLE
 from core.datasets.samples import write_sample
 from core.jobs.context import LocalJobContext
+from core.jobs.runner import run_spec
 from core.jobs.spec import TrainSpec
-from core.jobs.training import run_job
 
 LITE0 = {"arch": "efficientnet_lite0", "pretrained": "imagenet", "bs": 32, "kind": "fine_tune"}
 # (name, images per class, image size on disk, job fields): the demo first, then what it was chosen against.
@@ -52,7 +52,7 @@ def run_recipe(per_class: int, size: int, job: dict[str, Any], work: Path) -> tu
     if not data.exists():
         write_sample("fashion-mnist", data, per_class=per_class, size=size)
     fields = {k: v for k, v in job.items() if k in TrainSpec.model_fields}
-    result = run_job(TrainSpec(data=str(data), **fields), LocalJobContext(work / "out", show_progress=False))
+    result = run_spec(TrainSpec(data=str(data), **fields), LocalJobContext(work / "out", show_progress=False))
     n_valid = sum(c["valid"] for c in result["counts"].values())
     return float(result["accuracy"]), float(result["timings"]["total"]), n_valid
 

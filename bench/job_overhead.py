@@ -1,4 +1,4 @@
-"""Job overhead: a whole training job (`core.jobs.training.run_job`: build, the epochs, interpretation, plots,
+"""Job overhead: a whole training job (`core.jobs.runner.run_spec`: build, the epochs, interpretation, plots,
 export, metrics.json) against a hand-written plain PyTorch loop that trains the same model on the same images
 for the same epochs (same batch size, AdamW, one-cycle schedule, PIL decode and centre-crop resize, a
 validation pass and error rate each epoch, the weights saved at the end), interleaved in one run. Prints each
@@ -31,8 +31,8 @@ from core.engine.images import open_rgb
 from core.engine.metrics import error_rate
 from core.engine.model import create_cnn_model
 from core.engine.transforms import image_to_uint8_tensor, resize_image
+from core.jobs.runner import run_spec
 from core.jobs.spec import TrainSpec
-from core.jobs.training import run_job
 
 
 class MemoryJobContext:
@@ -86,7 +86,7 @@ def run_fitcycle_job(root: Path, out: Path, args: argparse.Namespace) -> tuple[f
         device="cpu",
     )
     t0 = time.perf_counter()
-    metrics = run_job(spec, MemoryJobContext(out))
+    metrics = run_spec(spec, MemoryJobContext(out))
     return time.perf_counter() - t0, metrics
 
 

@@ -31,8 +31,8 @@ from core.engine.splits import split_by_rand_pct_per_class
 from core.jobs.context import LocalJobContext
 from core.jobs.gate import Policy, decide, score_bundle
 from core.jobs.rates import retrain_defaults
+from core.jobs.runner import run_spec
 from core.jobs.spec import TrainSpec
-from core.jobs.training import run_job
 
 OLD_DEFAULTS: dict[str, Any] = {"freeze_epochs": 1, "epochs": 2, "lr": 1e-3}
 
@@ -106,7 +106,7 @@ def run_seed(seed: int, scenario: Scenario, work: Path) -> Outcome:
     base = {"data": str(root), "arch": s.arch, "pretrained": s.pretrained, "size": s.size, "bs": s.bs, "seed": seed}
     freeze, epochs, lr = s.champion
     champion_out = work / f"champion{seed}"
-    made = run_job(
+    made = run_spec(
         TrainSpec(kind="fine_tune", freeze_epochs=freeze, epochs=epochs, lr=lr, **base),
         LocalJobContext(champion_out, show_progress=False),
         v1,
@@ -121,7 +121,7 @@ def run_seed(seed: int, scenario: Scenario, work: Path) -> Outcome:
             **{**fields, "lr": tuple(lr) if isinstance(lr, list) else lr},
             **base,
         )
-        run_job(spec, LocalJobContext(out, show_progress=False), v2)
+        run_spec(spec, LocalJobContext(out, show_progress=False), v2)
         return out / "export"
 
     challenger = retrain(defaults, work / f"retrain{seed}")

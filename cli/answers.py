@@ -1,6 +1,6 @@
 """Predictions as the CLI prints them, local (`fitcycle predict`) and remote (`fitcycle models predict`):
-the answer's JSON (prediction.public(), the REST API's shape), with a segmentation mask written to a PNG
-file and its path in the line instead of the base64 image."""
+the answer's fields (the REST API's shape), with each file in it (a segmentation mask) written to a PNG file
+and its path in the line instead of the image."""
 
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ from pathlib import Path
 from typing import Any
 
 
-def write_mask(mask_dir: Path, image: Path, png: bytes) -> Path:
-    """A predicted mask as MASK_DIR/<image stem>.mask.png."""
-    out = mask_dir / f"{image.stem}.mask.png"
+def write_file(out_dir: Path, image: Path, name: str, png: bytes) -> Path:
+    """A file of an image's answer (its mask) as OUT_DIR/<image stem>.<name>.png."""
+    out = out_dir / f"{image.stem}.{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(png)
     return out
 
 
 def with_files(answer: dict[str, Any], image: Path, mask_dir: Path) -> dict[str, Any]:
-    """The answer with any image in it (a mask) written to a file and replaced by the file's path."""
+    """The answer with each file in it written to a file and replaced by the file's path. A file is bytes in a
+    prediction's answer(); in a REST answer (JSON) the mask is base64 text, decoded here, at that edge."""
     if isinstance(answer.get("mask"), str):
-        return answer | {"mask": str(write_mask(mask_dir, image, base64.b64decode(answer["mask"])))}
-    return answer
+        answer = answer | {"mask": base64.b64decode(answer["mask"])}
+    return {k: str(write_file(mask_dir, image, k, v)) if isinstance(v, bytes) else v for k, v in answer.items()}

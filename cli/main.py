@@ -8,7 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.jobs.spec import TrainSpec
 
 EXIT_BAD_INPUT = 2
 # The job spec's default body (core.jobs.spec.DEFAULT_ARCH), named here so that `fitcycle --help` and the client
@@ -96,10 +99,29 @@ def _in_data(data: str, path: str | None) -> str | None:
     return path
 
 
+def _outside_table(data: str, path: str | None, images_dir: str | None) -> dict[str, str] | None:
+    """A labels table outside the image folder (fastai's `from_csv(path, csv, folder=...)`, Kaggle's
+    train.csv beside train/): the spec's data becomes the folder holding both, the table is named inside it,
+    and the images' folder is `images_dir`. On the command line the files are the user's own; what a REST
+    request names stays inside its dataset. None when the table is inside `data` (or does not exist)."""
+    if path is None:
+        return None
+    table, images = Path(path).resolve(), (Path(data) / (images_dir or ".")).resolve()
+    if not table.is_file() or table.is_relative_to(Path(data).resolve()):
+        return None
+    root = Path(os.path.commonpath([table.parent, images]))
+    return {
+        "data": str(root),
+        "csv": table.relative_to(root).as_posix(),
+        "images_dir": images.relative_to(root).as_posix() or ".",
+    }
+
+
 def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     labels, extra = "folder", dict[str, Any]()
+    outside = _outside_table(args.data, args.from_csv or args.from_masks_csv, args.images_dir)
     if args.from_csv:
-        labels, extra = "csv", {"csv": _in_data(args.data, args.from_csv)}
+        labels, extra = "csv", {"csv": _in_data(args.data, args.from_csv), "images_dir": args.images_dir}
     elif args.from_name_re:
         labels, extra = "name_re", {"pattern": args.from_name_re}
     elif args.from_points_csv:
@@ -119,6 +141,7 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         "data": args.data,
         "labels": labels,
         **extra,
+        **(outside or {}),
         "fn_col": args.fn_col,
         "label_col": args.label_col,
         "valid_col": args.valid_col,
@@ -139,13 +162,18 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _parse_lr(text: str) -> float | str:
+def _parse_lr(text: str) -> float | tuple[float, float] | str:
     if text == "find":
         return text
     try:
+        if "," in text:
+            low, high = text.split(",")
+            return float(low), float(high)
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--lr takes a number like 3e-3, or 'find'; got '{text}'") from None
+        raise argparse.ArgumentTypeError(
+            f"--lr takes a number like 3e-3, a range low,high like 1e-5,1e-3, or 'find'; got '{text}'"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(train)
     train.add_argument("--freeze-epochs", type=int, default=1, help="stage-1 epochs with the body frozen")
     train.add_argument("--epochs", type=int, default=4, help="stage-2 epochs, unfrozen")
-    train.add_argument("--lr", type=_parse_lr, default=2e-3, help="base learning rate, or 'find' to run lr_find")
+    train.add_argument(
+        "--lr",
+        type=_parse_lr,
+        default=None,
+        help="base learning rate, low,high (discriminative: first layer group to head), or 'find' to run lr_find "
+        "first (default: the fine_tune kind's, listed in the README's table of job kinds)",
+    )
     train.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="also checkpoint every N steps")
     train.add_argument("--grad-accum", type=int, default=1, metavar="N", help="step the optimizer every N batches")
     train.add_argument(
@@ -207,13 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """fitcycle train."""
-    from core.jobs.context import LocalJobContext
+def train_spec(args: argparse.Namespace) -> TrainSpec:
+    """The spec `fitcycle train` runs: the data's rule and the recipe's settings (unset ones: the kind's)."""
     from core.jobs.spec import TrainSpec
-    from core.jobs.training import run_train
 
-    spec = TrainSpec(
+    return TrainSpec(
         **_spec_fields(args),
         freeze_epochs=args.freeze_epochs,
         epochs=args.epochs,
@@ -222,6 +254,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         grad_accum=args.grad_accum,
         plan=[{"size": int(s)} for s in args.sizes.split(",")] if args.sizes else None,
     )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """fitcycle train."""
+    from core.jobs.context import LocalJobContext
+    from core.jobs.runner import run_train
+
+    spec = train_spec(args)
     ctx = LocalJobContext(args.out)
     if ctx.checkpoint_file.exists() and not args.resume:
         ctx.checkpoint_file.unlink()  # a fresh run; --resume keeps it
@@ -235,10 +275,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     """fitcycle lr-find."""
     from core.jobs.context import LocalJobContext
+    from core.jobs.runner import run_lr_find
     from core.jobs.spec import TrainSpec
-    from core.jobs.training import run_lr_find
 
-    spec = TrainSpec(**_spec_fields(args), lr="find")
+    spec = TrainSpec(**_spec_fields(args))
     result = run_lr_find(spec, LocalJobContext(args.out))
     for name, lr in result["suggestions"].items():
         print(f"{name:>8}: {lr:.2e}")

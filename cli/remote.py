@@ -16,11 +16,11 @@ import httpx
 from tqdm import tqdm
 
 from cli.answers import with_files
+from core.jobs.kind_names import KIND_NAMES
 
-# Named here, not imported from core.engine.rules and core.jobs.spec (which import PIL, numpy and torch): the
-# client verbs only speak HTTP, and start in a fraction of the time. tests/test_job_timings.py keeps them equal.
+# Named here, not imported from core.engine.rules (which imports PIL, numpy and torch): the client verbs only
+# speak HTTP, and start in a fraction of the time. tests/test_job_timings.py keeps the two equal.
 RULE_KINDS: tuple[str, ...] = ("folder", "csv", "name_re", "points", "values", "masks")
-JOB_KINDS: tuple[str, ...] = ("fine_tune", "stage1", "stage2", "lr_find", "interpret", "retrain")
 
 
 def add_remote_verbs(verbs: Any) -> None:
@@ -56,9 +56,9 @@ def add_remote_verbs(verbs: Any) -> None:
 
     jobs = verbs.add_parser("jobs", help="jobs on a fitcycle server").add_subparsers(dest="sub", required=True)
     submit = common(jobs.add_parser("submit", help="queue a job (and watch it with --watch)"))
-    submit.add_argument("kind", choices=JOB_KINDS)
+    submit.add_argument("kind", choices=KIND_NAMES, help="the job's kind (`fitcycle jobs kinds` says what each does)")
     submit.add_argument("--dataset", required=True, help="dataset id")
-    submit.add_argument("--parent", default=None, help="parent job id (stage2, interpret)")
+    submit.add_argument("--parent", default=None, help="parent job id (the kinds that continue from a model)")
     submit.add_argument(
         "--set",
         action="append",
@@ -67,6 +67,8 @@ def add_remote_verbs(verbs: Any) -> None:
         help="any job field, value as JSON when it parses (e.g. --set epochs=2 --set lr=[1e-5,1e-3])",
     )
     submit.add_argument("--watch", action="store_true")
+    kinds = common(jobs.add_parser("kinds", help="the job kinds: parent, default lr, the lr forms each takes"))
+    kinds.add_argument("--json", action="store_true")
     jobs_list = common(jobs.add_parser("list", help="list jobs, newest first (a table; --json for scripts)"))
     jobs_list.add_argument("--json", action="store_true")
     jobs_list.add_argument("--limit", type=int, default=50)
@@ -584,6 +586,19 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
         print(job["id"])
         if args.watch:
             return _report(watch_job(http, job["id"]))
+    elif verb == ("jobs", "kinds"):
+        found = _check(http.get("/job-kinds"))["data"]
+        rows = [
+            [
+                k["name"],
+                k["parent"] or "-",
+                k["lr"] if k["lr"] is not None else "-",
+                ", ".join(k["lr_forms"]) or "-",
+                k["summary"],
+            ]
+            for k in found
+        ]
+        print(json.dumps(found, indent=1) if args.json else table(rows, ["KIND", "PARENT", "LR", "TAKES", "WHAT"]))
     elif verb == ("jobs", "watch"):
         return _report(watch_job(http, args.job))
     elif verb == ("jobs", "show"):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from cli.platform import masked_url, settings_from
+from core.jobs.kind_names import DEFAULT_KIND
 
 if TYPE_CHECKING:
     from core.config import Settings
@@ -34,7 +35,7 @@ DEMO_DATASET = "fashion-mnist"
 # (0.73 -> 0.58 with it on, measured at 64 px).
 DEMO_SAMPLE = {"per_class": 500, "size": 28}
 DEMO_JOB = {
-    "kind": "fine_tune",
+    "kind": DEFAULT_KIND,
     "arch": "resnet18",
     "pretrained": "none",
     "size": 28,
@@ -127,7 +128,7 @@ def _demo(settings: Settings, base: str) -> Demo:
             j
             for j in jobs
             if j["dataset_version_id"] == ds["version_id"]
-            and j["kind"] == "fine_tune"
+            and j["kind"] == DEMO_JOB["kind"]
             and j["state"] not in ("failed", "cancelled")
         ),
         None,

@@ -3,6 +3,7 @@ each suggestion is a target the task accepts as a correction (what a version's r
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from pathlib import Path
 
@@ -53,7 +54,10 @@ def test_a_masks_suspect_suggests_a_mask_the_task_accepts(tmp_path: Path) -> Non
     assert set(top["given"]["shares"]) <= set(items.codes) and set(top["suggested"]) == {"mask"}
     manifest = {"classes": items.classes, "codes": items.codes}
     with Image.open(folder / top["item"]) as img:
-        made = get_task("segmentation").correction(top["suggested"], manifest, img.size)
+        # The suggestion is a relabel as JSON carries it (base64); the request's schema decodes it for the task.
+        made = get_task("segmentation").correction(
+            {"mask": base64.b64decode(top["suggested"]["mask"])}, manifest, img.size
+        )
     assert made.mask_png is not None
 
 

@@ -191,3 +191,21 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
     proc.stdout.close()  # long before the command has imported anything, let alone printed
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_labels_file_outside_the_image_folder_is_read_like_fastais_from_csv(
+    fashion_csv: Path, tmp_path: Path
+) -> None:
+    """Kaggle's layout (train.csv beside train/): `fitcycle train train --from-csv train.csv`."""
+    from cli.main import build_parser, train_spec
+    from core.jobs.training import label_items
+
+    outside = tmp_path / "train.csv"
+    outside.write_text((fashion_csv / "labels.csv").read_text())
+    spec = train_spec(build_parser().parse_args(["train", str(fashion_csv), "--from-csv", str(outside)]))
+    assert spec.csv is not None and Path(spec.data, spec.csv).resolve() == outside.resolve()
+    assert Path(spec.data, spec.images_dir or ".").resolve() == fashion_csv.resolve()
+    items = label_items(spec)
+    assert len(items) == 80 and sorted(items.classes) == sorted(["trouser", "bag", "sneaker", "dress"])
+    inside = train_spec(build_parser().parse_args(["train", str(fashion_csv), "--from-csv", "labels.csv"]))
+    assert (inside.data, inside.csv, inside.images_dir) == (str(fashion_csv), "labels.csv", None)

@@ -20,8 +20,8 @@ import torch
 from core.engine.distributed import Rank, join, leave, parameters_agree
 from core.jobs.context import LocalJobContext
 from core.jobs.distributed import free_port
+from core.jobs.runner import run_spec
 from core.jobs.spec import TrainSpec
-from core.jobs.training import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +67,8 @@ class KillARank(LocalJobContext):
 def test_two_ranks_match_one_process_with_the_same_global_batch(fashion_folder: Path, tmp_path: Path) -> None:
     one = LocalJobContext(tmp_path / "one", show_progress=False)
     two = LocalJobContext(tmp_path / "two", show_progress=False)
-    run_job(spec(fashion_folder, 1), one)
-    double = run_job(spec(fashion_folder, 2), two)
+    run_spec(spec(fashion_folder, 1), one)
+    double = run_spec(spec(fashion_folder, 2), two)
     assert double["distributed"] == {"ranks": 2, "restarts": 0, "backend": "gloo"}
     # Same steps: 120 training items at a global batch of 16 is 7 steps an epoch either way, at the same rates.
     assert [b["iter"] for b in two.batches] == [b["iter"] for b in one.batches] == list(range(21))
@@ -82,7 +82,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(fashion_folder: 
 
 def test_a_killed_rank_restarts_the_fit_from_the_latest_checkpoint(fashion_folder: Path, tmp_path: Path) -> None:
     ctx = KillARank(tmp_path / "killed", at=9)
-    result = run_job(spec(fashion_folder, 2), ctx)
+    result = run_spec(spec(fashion_folder, 2), ctx)
     assert ctx.killed and result["distributed"]["restarts"] == 1
     iters = sorted({b["iter"] for b in ctx.batches})
     assert iters == list(range(21))  # every step reported; those after the checkpoint twice, the same rows

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from core.engine.callbacks import TrainingStopped
 from core.jobs.context import LocalJobContext
+from core.jobs.runner import run_train
 from core.jobs.spec import TrainSpec
-from core.jobs.training import run_train
 
 
 class StopInStage2(LocalJobContext):

@@ -35,8 +35,8 @@ from core.engine.transforms import AugmentConfig, BatchAugment, get_transforms
 from core.engine.unet import DynamicUnet
 from core.engine.vision import cnn_learner
 from core.jobs.context import LocalJobContext
+from core.jobs.runner import run_train
 from core.jobs.spec import TrainSpec
-from core.jobs.training import run_train
 
 FITCYCLE = str(Path(sys.executable).parent / "fitcycle")
 

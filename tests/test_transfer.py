@@ -9,8 +9,8 @@ import pytest
 
 from core.datasets.samples import write_sample
 from core.jobs.context import LocalJobContext
+from core.jobs.runner import run_train
 from core.jobs.spec import TrainSpec
-from core.jobs.training import run_train
 
 
 def train(out: Path, **fields: object) -> float:

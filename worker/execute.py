@@ -26,9 +26,10 @@ from core.engine.callbacks import TrainingStopped
 from core.engine.errors import FitcycleError
 from core.engine.export import read_manifest
 from core.engine.items import LabelledItems, stored_items
+from core.jobs.kinds import get_kind
 from core.jobs.rates import AutoRateHints
-from core.jobs.spec import MODEL_KINDS, TrainSpec
-from core.jobs.training import run_job
+from core.jobs.runner import run_spec
+from core.jobs.spec import TrainSpec
 from core.logs import JOB_ID
 from core.storage.base import ObjectStore, StoreUnavailable, download_prefix
 from core.storage.layout import attempt_prefix
@@ -84,8 +85,9 @@ def resolve_spec(rt: Runtime, job: domain.Job, data: Path) -> TrainSpec:
             assert model is not None
             fields["init_bundle"] = str(fetch_bundle(rt, model))
             fields.setdefault("arch", model.arch)
-            if job.kind == "stage2" and fields.get("lr", "auto") == "auto":
-                sweeps = repos.child_jobs(s, parent.id, "lr_find")
+            auto_from = get_kind(job.kind).auto_from
+            if auto_from is not None and fields.get("lr", get_kind(job.kind).lr) == "auto":
+                sweeps = repos.child_jobs(s, parent.id, auto_from)
                 sweep = sweeps[0] if sweeps else None
                 hints = AutoRateHints.from_results(
                     parent.result, sweep.id if sweep else None, sweep.result if sweep else None
@@ -97,9 +99,7 @@ def resolve_spec(rt: Runtime, job: domain.Job, data: Path) -> TrainSpec:
             if model is None:
                 raise FitcycleError(f"model {from_model} (the retrain's starting point) no longer exists")
             fields["init_bundle"] = str(fetch_bundle(rt, model))
-    if isinstance(fields.get("lr"), list):
-        fields["lr"] = tuple(fields["lr"])
-    return TrainSpec(**fields)
+    return TrainSpec(**fields)  # a stored [low, high] becomes the spec's (low, high)
 
 
 def _renew_until(rt: Runtime, ctx: DbJobContext, job_id: str, done: threading.Event) -> None:
@@ -166,8 +166,8 @@ def _execute_job(rt: Runtime, job_id: str) -> str:
         spec = resolve_spec(rt, job, folder / "files")
         items = stored_items(folder / "files", manifest, spec.valid_pct, spec.seed)
         ctx.n_train = len(items.indices(False))
-        result = run_job(spec, ctx, items)
-        model_id = _register_model(rt, job, ctx, result, items) if job.kind in MODEL_KINDS else None
+        result = run_spec(spec, ctx, items)
+        model_id = _register_model(rt, job, ctx, result, items) if get_kind(job.kind).makes_model else None
         if model_id is not None and rt.settings.drop_finished_checkpoints:
             result["checkpoint_bytes_freed"] = _drop_checkpoints(rt, job)
         outcome, error = "succeeded", None

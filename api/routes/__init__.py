@@ -2,7 +2,19 @@
 
 from fastapi import APIRouter
 
-from api.routes import architectures, datasets, health, jobs, keys, models, predictions, project, registry, webhooks
+from api.routes import (
+    architectures,
+    datasets,
+    health,
+    job_kinds,
+    jobs,
+    keys,
+    models,
+    predictions,
+    project,
+    registry,
+    webhooks,
+)
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -11,6 +23,7 @@ api_router.include_router(jobs.router)
 api_router.include_router(models.router)
 api_router.include_router(keys.router)
 api_router.include_router(architectures.router)
+api_router.include_router(job_kinds.router)
 api_router.include_router(registry.router)
 api_router.include_router(predictions.router)
 api_router.include_router(project.router)

@@ -13,7 +13,16 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from api.deps import ProjectDep, StateDep
-from api.schemas import BatchPredictions, Deleted, ModelPublic, ModelsPublic, Predictions, PredictUrl
+from api.schemas import (
+    Answer,
+    BatchPredictions,
+    Deleted,
+    ModelPublic,
+    ModelsPublic,
+    PredictAnswer,
+    PredictResponse,
+    PredictUrl,
+)
 from api.services import models as service
 from api.services import predict as predict_service
 from api.services.urlfetch import fetch_image
@@ -60,23 +69,24 @@ async def download_bundle(state: StateDep, project: ProjectDep, model_id: str) -
     )
 
 
-@router.post("/{model_id}/predict", response_model=Predictions | BatchPredictions, response_model_exclude_none=True)
+@router.post("/{model_id}/predict", response_model=PredictResponse, response_model_exclude_none=True)
 async def predict(
     state: StateDep,
     project: ProjectDep,
     model_id: str,
     file: Annotated[list[UploadFile], File(description="one image, or several")],
-) -> Predictions | BatchPredictions:
-    """Classify uploaded images. One file: {"top": [label, p], "predictions": [[label, p], ...]}, most probable
-    first (a file that is not an image: 422); several: {"results": [{"filename", "top", "predictions"} or
-    {"filename", "error"}, ...]}, one per file in order. Multi-label models add "labels": the classes above
-    their tuned thresholds; other tasks answer points, values or a mask."""
+) -> Answer | BatchPredictions:
+    """Answer uploaded images. One file: the model's task's answer, e.g. for classification {"task":
+    "classification", "top": [label, p], "predictions": [[label, p], ...], "prediction_id"}, most probable first
+    (a file that is not an image: 422); several: {"results": [{"filename", ...its answer} or {"filename",
+    "error"}, ...]}, one per file in order. Multi-label models add "labels": the classes above their tuned
+    thresholds; other tasks answer points, values or a mask: the schema has one answer per task, by "task"."""
     model = await run_in_threadpool(service.find, state, project, model_id)
     return await predict_service.answer_files(state, project, model, file, "file")
 
 
-@router.post("/{model_id}/predict-url", response_model_exclude_none=True)
-async def predict_url(state: StateDep, project: ProjectDep, model_id: str, body: PredictUrl) -> Predictions:
+@router.post("/{model_id}/predict-url", response_model=PredictAnswer, response_model_exclude_none=True)
+async def predict_url(state: StateDep, project: ProjectDep, model_id: str, body: PredictUrl) -> Answer:
     """Fetch a public image URL and classify it (the course's classify-url)."""
     model = await run_in_threadpool(service.find, state, project, model_id)
     data = await fetch_image(body.url, state.settings)

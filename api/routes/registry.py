@@ -11,11 +11,12 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, ProjectDep, StateDep
 from api.schemas import (
+    Answer,
     BatchPredictions,
     DecisionPublic,
     DecisionsPublic,
     PolicyUpdate,
-    Predictions,
+    PredictResponse,
     Promote,
     RegistryDetail,
     RegistryEntry,
@@ -61,13 +62,13 @@ async def set_policy(state: StateDep, project: ProjectDep, name: str, body: Poli
     return await run_in_threadpool(service.set_policy, state, project, name, body)
 
 
-@router.post("/{name}/predict", response_model=Predictions | BatchPredictions, response_model_exclude_none=True)
+@router.post("/{name}/predict", response_model=PredictResponse, response_model_exclude_none=True)
 async def predict(
     state: StateDep,
     project: ProjectDep,
     name: str,
     file: Annotated[list[UploadFile], File(description="one image, or several")],
-) -> Predictions | BatchPredictions:
+) -> Answer | BatchPredictions:
     """The name's champion answers, as POST /models/{id}/predict does; each answer is logged."""
     model = await run_in_threadpool(service.champion, state, project, name)
     return await predict_service.answer_files(state, project, model, file, "name")

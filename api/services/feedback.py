@@ -3,7 +3,6 @@ prediction, checked by the model's task like an upload's target and stored with 
 
 from __future__ import annotations
 
-import base64
 import difflib
 import io
 from typing import Any
@@ -135,8 +134,9 @@ def give(
         if not body.correct:
             raise Problem(422, "Invalid feedback", 'correct: send {"correct": true}, or the right target instead')
         answer = dict(prediction.answer)
-        if "mask" in answer:
-            answer["mask"] = base64.b64encode(state.store.get_bytes(answer["mask"])).decode()
+        for name in task.file_fields():  # the log keeps each file (a mask) in the store, by its key
+            if isinstance(answer.get(name), str):
+                answer[name] = state.store.get_bytes(answer[name])
         correction = task.confirmed(answer)
     else:
         correction = correction_of(state, task.name, manifest, given, state.store.get_bytes(prediction.input_key))

@@ -32,46 +32,51 @@ from core.broker import enqueue
 from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.architectures import ARCHITECTURES, get_architecture, imagenet_weights
+from core.jobs.kinds import SAME_DATA, JobKind, get_kind
 from core.jobs.rates import retrain_defaults
-from core.jobs.spec import DEFAULT_ARCH, MODEL_KINDS, TrainSpec
+from core.jobs.spec import JobSettings
 from core.storage.layout import job_prefix
 
-PARENT_KINDS = {"stage2": "a stage-1 (or fine_tune) job", "interpret": "a job that produced a model"}
 
-
-def _validate_spec(body: JobCreate, fields: dict[str, Any]) -> None:
-    """Run the engine's own validation now, so a bad spec is a 422 instead of a failed job."""
-    probe = {**fields, "data": ".", "kind": body.kind}
-    if body.kind in ("stage2", "interpret", "retrain"):
-        probe["init_bundle"] = "<parent>"
+def _check_settings(kind: JobKind, fields: dict[str, Any], from_model: bool) -> None:
+    """The job's settings once resolved (the request's, its parent's, its kind's defaults), checked as the
+    engine will check them, so a bad spec is a 422 instead of a failed job."""
     try:
-        TrainSpec(**probe)
+        settings = JobSettings.model_validate({k: v for k, v in fields.items() if k in JobSettings.model_fields})
     except ValidationError as exc:
         errors = [{"field": ".".join(str(p) for p in e["loc"]) or "spec", "message": e["msg"]} for e in exc.errors()]
         raise Problem(
             422, "Invalid job", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
         ) from exc
+    problems = kind.problems(settings, from_model)
+    if problems:
+        errors = [{"field": field, "message": message} for field, message in problems]
+        raise Problem(422, "Invalid job", "; ".join(f"{f}: {m}" for f, m in problems), errors=errors)
 
 
-# What a job with a parent takes from it unless the request sets it: the same body, the same pictures, the
-# same validation set (seed and valid_pct decide the split).
-INHERITED = ("size", "resize_method", "transforms", "augment", "seed", "valid_pct")
-
-
-def _parent(s: Session, project: domain.Project, body: JobCreate) -> domain.Job | None:
+def _parent(s: Session, project: domain.Project, body: JobCreate, kind: JobKind) -> domain.Job | None:
     """The parent job, checked: it exists in this project, made a model, and has succeeded."""
     if not body.parent_job_id:
-        if body.kind in PARENT_KINDS:
+        if kind.parent is not None:
             raise Problem(
                 422,
                 "Invalid job",
-                f"parent_job_id: a {body.kind} job continues from {PARENT_KINDS[body.kind]}; give its id",
+                f"parent_job_id: a {kind.name} job continues from {kind.parent}; give its id",
+                field="parent_job_id",
             )
         return None
+    if not kind.takes_parent:
+        raise Problem(
+            422,
+            "Invalid job",
+            f"parent_job_id: a {kind.name} job starts from a model, not a job: leave parent_job_id out "
+            "(from_model names the model; the default is its name's champion)",
+            field="parent_job_id",
+        )
     parent = repos.get_job(s, body.parent_job_id, project.id)
     if parent is None:
         raise not_found("job", body.parent_job_id)
-    if parent.kind not in MODEL_KINDS:
+    if not get_kind(parent.kind).makes_model:
         raise Problem(
             422, "Invalid job", f"parent_job_id: job {parent.id} is a {parent.kind} job, which makes no model"
         )
@@ -84,8 +89,10 @@ def _parent(s: Session, project: domain.Project, body: JobCreate) -> domain.Job 
     return parent
 
 
-def _inherit(s: Session, project: domain.Project, body: JobCreate, parent: domain.Job, fields: dict[str, Any]) -> None:
-    """Take the parent's architecture (always: its weights fit no other) and INHERITED fields not given."""
+def _inherit(
+    s: Session, project: domain.Project, body: JobCreate, kind: JobKind, parent: domain.Job, fields: dict[str, Any]
+) -> None:
+    """Take the parent's architecture (always: its weights fit no other) and the fields the kind inherits."""
     model = repos.get_model(s, parent.model_id or "", project.id)
     parent_arch = model.arch if model is not None else parent.spec.get("arch")
     if body.arch is not None and parent_arch is not None and body.arch != parent_arch:
@@ -97,10 +104,10 @@ def _inherit(s: Session, project: domain.Project, body: JobCreate, parent: domai
         )
     if parent_arch is not None:
         fields["arch"] = parent_arch
-    for name in INHERITED:
+    for name in kind.inherits:
         if name not in body.model_fields_set and name in parent.spec:
             fields[name] = parent.spec[name]
-    if body.kind == "interpret" and "pretrained" not in body.model_fields_set:
+    if kind.inherits_weights_source and "pretrained" not in body.model_fields_set:
         # The cleaner's fold models start where the parent's did (its body, or its pretrained model).
         for name in ("pretrained", "pretrained_model_id"):
             if name in parent.spec:
@@ -122,10 +129,6 @@ def _require_imagenet_weights(arch_name: str) -> None:
         field="pretrained",
         options=here,
     )
-
-
-# What the API records beside the engine's spec.
-NOT_SPEC = {"pretrained_model_id", "name", "from_model_id", "retrain_defaults"}
 
 
 def _retrain_from(s: Session, project: domain.Project, body: JobCreate, fields: dict[str, Any]) -> None:
@@ -151,7 +154,7 @@ def _retrain_from(s: Session, project: domain.Project, body: JobCreate, fields: 
     fields["arch"] = model.arch
     fields["from_model_id"] = model.id
     made_by = repos.get_job(s, model.job_id, project.id)
-    for key in INHERITED:
+    for key in SAME_DATA:
         if key not in body.model_fields_set and made_by is not None and key in made_by.spec:
             fields[key] = made_by.spec[key]
     defaults, how = retrain_defaults((model.metrics.get("lrs") or {}).get("last"))
@@ -181,17 +184,20 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
                 "wait for some to finish or cancel them",
             )
         dataset, version, _ = get_version(s, project, body.dataset_id, body.dataset_version)
+        kind = get_kind(body.kind)
         fields = body.model_dump(
-            exclude={"dataset_id", "dataset_version", "parent_job_id", "queue", "kind", "from_model"}, exclude_none=True
+            mode="json",
+            exclude={"dataset_id", "dataset_version", "parent_job_id", "queue", "kind", "from_model"},
+            exclude_none=True,
         )
         fields["name"] = body.name or dataset.name
-        if body.kind == "retrain":
+        if kind.defaults_from_champion:
             _retrain_from(s, project, body, fields)
-        if body.lr is None and "lr" not in fields:
-            fields["lr"] = "auto" if body.kind == "stage2" else 3e-3 if body.kind == "stage1" else 2e-3
-        parent = _parent(s, project, body)
+        if "lr" not in fields and kind.lr is not None:
+            fields["lr"] = kind.lr
+        parent = _parent(s, project, body, kind)
         if parent is not None:
-            _inherit(s, project, body, parent, fields)
+            _inherit(s, project, body, kind, parent, fields)
         if body.pretrained not in ("imagenet", "none"):
             model = repos.get_model(s, body.pretrained, project.id)
             if model is None:
@@ -204,16 +210,16 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
             fields["pretrained"] = "model"
             fields["pretrained_model_id"] = model.id
             fields.setdefault("arch", model.arch)
-        fields.setdefault("arch", DEFAULT_ARCH)
-        if parent is None and fields.get("pretrained") == "imagenet" and body.kind not in ("interpret", "retrain"):
+        fields.setdefault("arch", JobSettings().architecture)
+        if parent is None and fields.get("pretrained") == "imagenet" and not kind.starts_from_model:
             _require_imagenet_weights(fields["arch"])
-        _validate_spec(body, {k: v for k, v in fields.items() if k not in NOT_SPEC})
+        _check_settings(kind, fields, from_model=parent is not None or "from_model_id" in fields)
         queue = body.queue or settings.default_queue
         job = repos.create_job(
             s,
             project_id=project.id,
-            kind=body.kind,
-            spec=_json(fields),
+            kind=kind.name,
+            spec=fields,
             dataset_version_id=version.id,
             parent_job_id=parent.id if parent else None,
             queue=queue,
@@ -229,10 +235,6 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
         fresh = repos.get_job(s, job.id)
     assert fresh is not None
     return JobPublic.of(fresh)
-
-
-def _json(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
 
 
 def _job(s: Session, project: domain.Project, job_id: str) -> domain.Job:

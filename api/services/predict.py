@@ -5,7 +5,6 @@ certain ones first and their corrections can become training items."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import time
 from concurrent.futures import Future
@@ -17,11 +16,12 @@ from PIL import Image
 
 from api.errors import Problem
 from api.metrics import PREDICT_SECONDS
-from api.schemas import BatchPredictions, FilePredictions, Predictions
+from api.schemas import Answer, BatchPredictions, FileError, FileResult, answer_of, file_answer_of
 from api.state import AppState
 from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.tasks import Prediction
+from core.engine.tasks.base import json_ready
 from core.storage.layout import prediction_prefix
 
 # Image formats the Predictor decodes -> the extension a kept input is stored (and trained) under.
@@ -30,7 +30,7 @@ EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GI
 
 async def answer_files(
     state: AppState, project: domain.Project, model: domain.Model, files: list[UploadFile], source: str
-) -> Predictions | BatchPredictions:
+) -> Answer | BatchPredictions:
     """One file: its answer (a file that is not an image: 422). Several: one answer or error per file, in order."""
     settings = state.settings
     if len(files) > settings.max_predict_files:
@@ -46,13 +46,13 @@ async def answer_files(
     if len(files) == 1:  # the model is loaded (once, however many requests ask at once) on the way
         return await answer(state, project, model, await files[0].read(), names[0], source)
     await run_in_threadpool(state.predictors.get, model)  # load it once, before the files
-    results = []
+    results: list[FileResult] = []
     for f, name in zip(files, names, strict=True):  # one bad file gets its own error; the others their answers
         try:
             one = await answer(state, project, model, await f.read(), name, source)
-            results.append(FilePredictions(filename=name, **one.model_dump()))
+            results.append(file_answer_of(one, name))
         except Problem as exc:
-            results.append(FilePredictions(filename=name, error=exc.detail))
+            results.append(FileError(filename=name, error=exc.detail))
     return BatchPredictions(results=results)
 
 
@@ -61,13 +61,14 @@ class Pending:
     """An image on its way through the model: its answer comes in `answer`."""
 
     answer: Future[Prediction]
+    task: str  # the model's task: which answer schema the answer takes
     format: str  # the image's format, as PIL names it ("" when it does not say)
     started: float  # time.perf_counter() when it was handed to the model
 
 
 async def answer(
     state: AppState, project: domain.Project, model: domain.Model, image: bytes, filename: str, source: str
-) -> Predictions:
+) -> Answer:
     """One image through the model (decoded on its own, so one request holds one decoded image at a time),
     logged; the answer carries its prediction_id. No thread is held while the image waits for its batch and its
     forward pass: with many clients, a pool thread per waiting image would leave none for the next requests."""
@@ -78,19 +79,19 @@ async def answer(
         raise unreadable(filename, exc) from None
     finally:
         PREDICT_SECONDS.labels(source).observe(time.perf_counter() - pending.started)
-    return await run_in_threadpool(log, state, project, model, prediction, image, pending.format, filename, source)
+    return await run_in_threadpool(log, state, project, model, pending, prediction, image, filename, source)
 
 
 def start(state: AppState, model: domain.Model, image: bytes, filename: str) -> Pending:
     """Load the model (once; outside the image's own errors: a load failure is not a 422), decode the image and
     hand it to the model. An image that cannot be decoded is a 422 naming the file."""
-    state.predictors.get(model)
+    task = state.predictors.get(model).task.name
     started = time.perf_counter()
     try:
         answer = submit(state, model, image)  # first: its decoder refuses bombs and non-images with the reason
         with Image.open(io.BytesIO(image)) as img:
             fmt = img.format or ""
-        return Pending(answer, fmt, started)
+        return Pending(answer, task, fmt, started)
     except (OSError, ValueError) as exc:
         raise unreadable(filename, exc) from None
 
@@ -108,25 +109,27 @@ def log(
     state: AppState,
     project: domain.Project,
     model: domain.Model,
+    pending: Pending,
     p: Prediction,
     image: bytes,
-    fmt: str,
     filename: str,
     source: str,
-) -> Predictions:
+) -> Answer:
     """Store the answer in the prediction log (with the image, when the project keeps inputs); the public answer
     with its prediction_id."""
-    public = p.public()
     prediction_id = repos.new_id()
     prefix = prediction_prefix(project.id, prediction_id)
-    logged = dict(public)
+    answer = p.answer()
+    logged = dict(answer)
     input_key = None
     if project.keep_inputs:
+        fmt = pending.format
         input_key = f"{prefix}{EXTENSIONS.get(fmt, '.png')}"
         state.store.put_bytes(input_key, image, f"image/{fmt.lower() or 'png'}")
-    if isinstance(public.get("mask"), str):  # the mask is kept as a PNG beside it, not as base64 in a row
-        logged["mask"] = f"{prefix}.mask.png"
-        state.store.put_bytes(logged["mask"], base64.b64decode(public["mask"]), "image/png")
+    for name, data in answer.items():  # a file (a mask) is kept as a PNG beside the row, which holds its key
+        if isinstance(data, bytes):
+            logged[name] = f"{prefix}.{name}.png"
+            state.store.put_bytes(logged[name], data, "image/png")
     with session_scope(state.sessions) as s:
         repos.record_prediction(
             s,
@@ -140,7 +143,7 @@ def log(
             answer=logged,
             uncertainty=float(p.uncertainty),
         )
-    return Predictions(**public, prediction_id=prediction_id)
+    return answer_of(pending.task, json_ready(answer), prediction_id)  # JSON: here the mask becomes base64
 
 
 def submit(state: AppState, model: domain.Model, image: bytes) -> Future[Prediction]:

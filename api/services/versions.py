@@ -4,7 +4,6 @@ no feedback goes into two versions or none."""
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
@@ -76,9 +75,10 @@ def _feedback_items(
         if p.input_key is None:
             skipped.append(f"prediction {p.id}: its image was not kept")
             continue
-        target = dict(f.target)
-        mask_png = state.store.get_bytes(target["mask"]) if "mask" in target else None
-        body = {**target, **({"mask": base64.b64encode(mask_png).decode()} if mask_png is not None else {})}
+        body = dict(f.target)
+        for name in task.file_fields():  # a file (a mask) is stored beside the feedback, by its key
+            if isinstance(body.get(name), str):
+                body[name] = state.store.get_bytes(body[name])
         try:
             correction = correction_of(state, task.name, manifest, body, state.store.get_bytes(p.input_key))
             task.record(correction.target, manifest)  # e.g. a label holding the delimiter

@@ -36,7 +36,8 @@ from api.ui.session import (
     sign_out,
 )
 from core.db import domain
-from core.jobs.spec import JOB_KINDS, JobSettings
+from core.jobs.kinds import KINDS, get_kind
+from core.jobs.spec import JobSettings
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -190,7 +191,7 @@ def jobs_page(request: Request, caller: PageCaller, page: Annotated[int, Query(g
         page=page,
         datasets=datasets,
         models=models,
-        kinds=JOB_KINDS,
+        kinds=list(KINDS.values()),
         parents=[j for j in found.data if j.model_id],
         defaults={name: f.default for name, f in JobSettings.model_fields.items()},
     )
@@ -213,7 +214,8 @@ def job_page(request: Request, caller: PageCaller, job_id: str) -> Response:
     job = jobs_service.get(state, project, job_id)
     metrics = jobs_service.metrics(state, project, job_id)
     artifacts = jobs_service.artifacts(state, project, job_id, artifact_url(request, job_id))
-    lr_find = _artifact_json(state, project, job_id, "lr_find.json") if job.kind == "lr_find" else None
+    kind = get_kind(job.kind)
+    lr_find = _artifact_json(state, project, job_id, "lr_find.json") if kind.page == "sweep" else None
     version = datasets_service.version_by_id(state, project, job.dataset_version_id)
     return render(
         request,
@@ -221,6 +223,7 @@ def job_page(request: Request, caller: PageCaller, job_id: str) -> Response:
         title=f"Job {job.kind}",
         caller=caller,
         job=job,
+        kind=kind,
         epochs=metrics.epochs,
         artifacts=artifacts.data,
         lr_find=lr_find,

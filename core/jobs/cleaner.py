@@ -49,9 +49,7 @@ def out_of_fold_answers(
     answers its held-out images the way a served model would (so every task's answers are in label space)."""
     groups = [fold_of(k, spec.seed, folds) for k in items.keys]
     answers: dict[int, Prediction] = {}
-    cheap = spec.model_copy(
-        update={"kind": "fine_tune", "init_bundle": None, "epochs": max(1, spec.cleaner_epochs), "plan": None}
-    )
+    cheap = spec.model_copy(update={"init_bundle": None, "epochs": max(1, spec.cleaner_epochs), "plan": None})
     for f in range(folds):
         held = [i for i, g in enumerate(groups) if g == f]
         if not held or len(held) == len(items):

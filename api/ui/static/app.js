@@ -62,7 +62,7 @@ const fc = (() => {
   function formJson(form) {
     const body = {};
     for (const el of form.elements) {
-      if (!el.name || el.value === "" || el.type === "submit" || el.type === "file") continue;
+      if (!el.name || el.disabled || el.value === "" || el.type === "submit" || el.type === "file") continue;
       const type = el.dataset.type;
       let v = el.value.trim();
       if (type === "int") v = parseInt(v, 10);
@@ -200,6 +200,21 @@ if (upload) {
 // Queue a job from the form.
 const jobForm = document.querySelector("[data-job-form]");
 if (jobForm) {
+  // The kind decides which fields the job uses (core/jobs/kinds): the others are hidden and not sent.
+  const kindSelect = jobForm.querySelector("[data-kind-select]");
+  const showKind = () => {
+    const option = kindSelect.selectedOptions[0];
+    const fields = new Set(option.dataset.fields.split(" ").filter(Boolean));
+    jobForm.querySelector("[data-kind-help]").textContent = option.dataset.summary;
+    jobForm.querySelector("#lr").placeholder = `default: ${option.dataset.lr}`;
+    for (const el of jobForm.querySelectorAll("[data-kind-field]")) {
+      const used = fields.has(el.dataset.kindField);
+      el.hidden = !used;
+      if ("disabled" in el && el.tagName !== "LABEL") el.disabled = !used;
+    }
+  };
+  kindSelect.addEventListener("change", showKind);
+  showKind();
   jobForm.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const job = await fc.act("Queue the job", () => fc.api("POST", "/jobs", fc.formJson(jobForm)));

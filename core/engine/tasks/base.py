@@ -5,6 +5,7 @@ interpretation and plots are task-free: they ask the task."""
 
 from __future__ import annotations
 
+import base64
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -57,11 +58,16 @@ class Grid:
 
 
 class Prediction(Protocol):
-    """One image's answer."""
+    """One image's answer. A task's prediction class subclasses this protocol: it writes answer() and gets
+    public(). Its files stay bytes until an edge that speaks JSON encodes them (json_ready, as public() does)."""
+
+    def answer(self) -> dict[str, Any]:
+        """The answer's fields (its task's `answer_fields`): plain values, and its files (a mask's PNG) as bytes."""
+        ...
 
     def public(self) -> dict[str, Any]:
-        """The answer as JSON-ready values: what the REST API, the CLI and the remote client print."""
-        ...
+        """The answer as JSON-ready values, each file as base64 text: what the REST API and the CLI print."""
+        return json_ready(self.answer())
 
     def text(self) -> str:
         """The answer in a few words, for a terminal."""
@@ -71,6 +77,11 @@ class Prediction(Protocol):
     def uncertainty(self) -> float:
         """How unsure the model is, 0 (sure) and up, comparable within a task: the active-learning order."""
         ...
+
+
+def json_ready(answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer (or a target) with each file in it (bytes) as base64 text, for JSON."""
+    return {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in answer.items()}
 
 
 class Interpretation(Protocol):
@@ -143,7 +154,8 @@ class Doubt:
     """How far one item's given target is from the answer of a model that never saw it (the cleaner's row):
     `loss` orders the items (higher: more doubtful), `given` and `suggested` are targets in the shape a version's
     relabel takes ({"label"}, {"labels"}, {"points"}, {"values"}, {"mask"}), so `{"item": key, **suggested}` is
-    the edit that accepts the suggestion. Classification adds the probabilities of both classes."""
+    the edit that accepts the suggestion. Classification adds the probabilities of both classes. The targets are
+    JSON (a mask as base64 text), as the cleaner's artifact and a version's relabel carry them."""
 
     loss: float
     given: dict[str, Any]
@@ -198,6 +210,16 @@ class Task(ABC):
     activation: ClassVar[str] = "none"  # what turns outputs into probabilities (the manifest says it)
     head_dropout: ClassVar[float] = 0.5  # fastai's ps
     outputs_per_class: ClassVar[int] = 1
+    result_keys: ClassVar[tuple[str, ...]] = ()  # what of its interpretation an interpret job's result keeps
+    # The fields of its predictions' answer(): name -> (type, description). A `bytes` field is a file (a PNG), as
+    # bytes in the answer and as base64 text in JSON. The REST API's schema of this task's answer is made of them.
+    answer_fields: ClassVar[dict[str, tuple[Any, str]]]
+
+    @classmethod
+    def file_fields(cls) -> list[str]:
+        """The answer's fields that are files (a mask), named alike in its targets: a logged answer or a stored
+        target keeps each in the object store, and holds its key."""
+        return [name for name, (kind, _) in cls.answer_fields.items() if kind is bytes]
 
     # ----- data ----------------------------------------------------------------------------------
     def n_out(self, items: LabelledItems) -> int:
@@ -270,6 +292,15 @@ class Task(ABC):
         CPU. A task whose outputs are large (a class per pixel) keeps what it reduces them to instead."""
         return output.cpu(), target.cpu()
 
+    def tuned_thresholds(self, summary_or_manifest: dict[str, Any]) -> list[float] | None:
+        """Per-class decision thresholds tuned on the validation set, from an interpretation's summary or a
+        bundle's manifest (a task that decides by threshold keeps them in its export); None for the others."""
+        return None
+
+    def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """What an interpret job's result keeps of its interpretation's summary: the task's `result_keys`."""
+        return {k: summary[k] for k in self.result_keys if k in summary}
+
     @abstractmethod
     def interpret(
         self, learn: Learner, thresholds: list[float] | None = None, outputs: ValidOutputs | None = None
@@ -285,12 +316,13 @@ class Task(ABC):
     @abstractmethod
     def correction(self, body: dict[str, Any], manifest: dict[str, Any], image_size: tuple[int, int]) -> Correction:
         """A person's target for an image of `image_size`, in this task's shape ({"label"}, {"labels"},
-        {"points"}, {"values"} or {"mask"}), checked against the model's (or dataset's) manifest: a DataError
-        that names the field otherwise. A class outside the manifest's classes is allowed (a new class)."""
+        {"points"}, {"values"} or {"mask"}: a file as bytes, decoded where it came as JSON), checked against the
+        model's (or dataset's) manifest: a DataError that names the field otherwise. A class outside the
+        manifest's classes is allowed (a new class)."""
 
     @abstractmethod
     def confirmed(self, answer: dict[str, Any]) -> Correction:
-        """{"correct": true}: the model's own answer (its public()) as the target."""
+        """{"correct": true}: the model's own answer (its answer(): files as bytes) as the target."""
 
     @abstractmethod
     def record(self, target: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:

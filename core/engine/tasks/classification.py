@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class ClassPrediction:
+class ClassPrediction(Prediction):
     """The most probable class, its index, and the probability of every class (in class order)."""
 
     label: str
@@ -40,7 +40,7 @@ class ClassPrediction:
         """(label, probability) for every class, most probable first."""
         return sorted(zip(classes or self.classes, self.probs, strict=True), key=lambda t: -t[1])
 
-    def public(self) -> dict[str, Any]:
+    def answer(self) -> dict[str, Any]:
         ranked = self.ranked()
         return {"top": ranked[0], "predictions": ranked}
 
@@ -164,6 +164,11 @@ class ClassificationTask(Task):
     metrics = ("error_rate", "accuracy")
     main_metric = "error_rate"
     activation = "softmax"
+    result_keys = ("error_rate", "most_confused", "per_class")
+    answer_fields: ClassVar[dict[str, tuple[Any, str]]] = {
+        "top": (tuple[str, float], "the most probable class: [label, probability]"),
+        "predictions": (list[tuple[str, float]], "every class as [label, probability], most probable first"),
+    }
 
     def target(self, items: ClassItems, i: int, grid: Grid) -> int:
         """The class index."""
@@ -176,6 +181,11 @@ class ClassificationTask(Task):
         probs = output.softmax(dim=0)
         i = int(probs.argmax())
         return ClassPrediction(predictor.classes[i], i, probs.tolist(), predictor.classes)
+
+    def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The result's headline, the ten pairs most confused among it."""
+        kept = super().headline(summary)
+        return kept | ({"most_confused": kept["most_confused"][:10]} if "most_confused" in kept else {})
 
     def interpret(
         self, learn: Learner, thresholds: list[float] | None = None, outputs: ValidOutputs | None = None

@@ -22,7 +22,7 @@ from core.engine.items import MultiLabelItems
 from core.engine.metrics import fbeta
 from core.engine.plots import plot_images, plot_threshold_curves
 from core.engine.tasks.base import Correction, Doubt, Grid, Prediction, Scores, Task, check_label, manifest_field
-from core.engine.tasks.classification import ClassPrediction
+from core.engine.tasks.classification import ClassificationTask, ClassPrediction
 
 if TYPE_CHECKING:
     from core.engine.data import ImageDataLoaders
@@ -75,8 +75,8 @@ class MultiLabelPrediction(ClassPrediction):
     labels: list[str]
     thresholds: list[float]
 
-    def public(self) -> dict[str, Any]:
-        return super().public() | {"labels": self.labels}
+    def answer(self) -> dict[str, Any]:
+        return super().answer() | {"labels": self.labels}
 
     def text(self) -> str:
         return " ".join(self.labels) or "(no label above its threshold)"
@@ -187,7 +187,15 @@ class MultiLabelTask(Task):
     items_type = MultiLabelItems
     metrics = ("accuracy_thresh", "fbeta")
     main_metric = "fbeta"
+    result_keys = ("error_rate", "per_label", "thresholds")
     activation = "sigmoid"
+    answer_fields: ClassVar[dict[str, tuple[Any, str]]] = ClassificationTask.answer_fields | {
+        "labels": (list[str], "every class above its tuned threshold (the answer)")
+    }
+
+    def tuned_thresholds(self, summary_or_manifest: dict[str, Any]) -> list[float] | None:
+        found = summary_or_manifest.get("thresholds")
+        return [float(t) for t in found] if isinstance(found, list) else None
 
     def target(self, items: MultiLabelItems, i: int, grid: Grid) -> torch.Tensor:
         """A multi-hot float vector."""

@@ -14,7 +14,7 @@ from PIL import Image
 
 from core.engine.items import PointItems
 from core.engine.plots import plot_images
-from core.engine.tasks.base import Grid
+from core.engine.tasks.base import Grid, Prediction
 from core.engine.tasks.regression import RegressionTask
 from core.engine.transforms import AugmentConfig, BatchAugment, resize_map
 
@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class PointsPrediction:
+class PointsPrediction(Prediction):
     """(x, y) per point, in the original image's pixels."""
 
     points: list[list[float]]
     spread: float = 0.0  # under test-time augmentation, as a share of the image's side
 
-    def public(self) -> dict[str, Any]:
+    def answer(self) -> dict[str, Any]:
         return {"points": self.points}
 
     def text(self) -> str:
@@ -49,6 +49,9 @@ class PointsTask(RegressionTask):
     outputs_per_class = 2  # a class per point, x and y each
     unit = "share of the image side"
     answer_key = "points"
+    answer_fields: ClassVar[dict[str, tuple[Any, str]]] = {
+        "points": (list[list[float]], "[x, y] per point, in the image's own pixels")
+    }
 
     def limit_augment(self, config: AugmentConfig) -> AugmentConfig:
         return dataclasses.replace(config, max_warp=0.0)

@@ -33,6 +33,7 @@ class RegressionTask(Task):
 
     head_dropout: ClassVar[float] = 0.0
     unit: ClassVar[str]  # what an item's error is measured in
+    result_keys: ClassVar[tuple[str, ...]] = ("error_mean", "error_median", "baseline_mean_target_error")
 
     def build_model(
         self, arch: Architecture, body: nn.Sequential, dls: ImageDataLoaders, head: HeadConfig
@@ -98,9 +99,7 @@ class RegressionTask(Task):
         errors = []
         for p, i in zip(predictions, indices, strict=True):
             truth = torch.tensor(items.targets[i])
-            answer = torch.tensor(
-                [v for xy in p.public()[self.answer_key] for v in (xy if isinstance(xy, list) else [xy])]
-            )
+            answer = torch.tensor(flatten(p.answer()[self.answer_key]))
             with Image.open(items.path(i)) as img:
                 errors.append(self.item_error(answer, truth, img.size))
         return Scores(self.main_metric, sum(errors) / max(1, len(errors)), False, {}, len(errors), tuple(errors))
@@ -109,7 +108,7 @@ class RegressionTask(Task):
 
     def doubt(self, prediction: Prediction, items: TargetItems, i: int) -> Doubt:
         """The item's error (in `unit`) between the answer and its given targets."""
-        answer = prediction.public()[self.answer_key]
+        answer = prediction.answer()[self.answer_key]
         with Image.open(items.path(i)) as img:
             error = self.item_error(torch.tensor(flatten(answer)), torch.tensor(items.targets[i]), img.size)
         return Doubt(error, {self.answer_key: self.shaped(items.targets[i])}, {self.answer_key: answer})

@@ -5,7 +5,6 @@ the majority-class baseline and the worst masks drawn."""
 
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class MaskPrediction:
+class MaskPrediction(Prediction):
     """An 8-bit mask of code values at the image's own size, and the share of its pixels per class."""
 
     mask: Image.Image
@@ -51,8 +50,8 @@ class MaskPrediction:
         self.mask.save(buf, format="PNG")
         return buf.getvalue()
 
-    def public(self) -> dict[str, Any]:
-        return {"mask": base64.b64encode(self.mask_png()).decode(), "shares": self.shares}
+    def answer(self) -> dict[str, Any]:
+        return {"mask": self.mask_png(), "shares": self.shares}
 
     def text(self) -> str:
         return "  ".join(f"{c} {v:.1%}" for c, v in self.shares.items())
@@ -62,7 +61,7 @@ class MaskPrediction:
         return self.entropy
 
 
-MAX_MASK_BASE64 = 28 * 1024 * 1024  # a 20 MB PNG, base64-encoded
+MAX_MASK_BYTES = 20 * 1024 * 1024  # a target's PNG (28 MiB of base64 text in JSON)
 
 
 class MaskedCrossEntropy(nn.Module):
@@ -212,7 +211,12 @@ class SegmentationTask(Task):
     items_type = MaskItems
     metrics = ("pixel_accuracy", "dice", "mean_iou")
     main_metric = "mean_iou"
+    result_keys = ("pixel_accuracy", "mean_iou", "dice", "per_class", "baseline_majority_class")
     activation = "softmax"
+    answer_fields: ClassVar[dict[str, tuple[Any, str]]] = {
+        "mask": (bytes, "a single-channel PNG at the image's own size, each pixel's value the index of its code"),
+        "shares": (dict[str, float], "each class's share of the image's pixels"),
+    }
 
     def target(self, items: MaskItems, i: int, grid: Grid) -> torch.Tensor:
         """The mask on the image's grid (the same crop, nearest: no code is blended into another); padding
@@ -298,15 +302,12 @@ class SegmentationTask(Task):
         return plot_images(images, [""] * len(images), path, masks=list(targets), classes=classes)
 
     def correction(self, body: dict[str, Any], manifest: dict[str, Any], image_size: tuple[int, int]) -> Correction:
-        """{"mask": base64 PNG}: single-channel, the image's size, each value the index of a code."""
-        data = body.get("mask")
-        if not isinstance(data, str) or len(data) > MAX_MASK_BASE64:
-            raise DataError(
-                f"mask: a segmentation target is {{'mask': a base64 PNG}} of at most {MAX_MASK_BASE64:,} characters"
-            )
+        """{"mask": PNG bytes}: single-channel, the image's size, each value the index of a code."""
+        png = body.get("mask")
+        if not isinstance(png, bytes) or len(png) > MAX_MASK_BYTES:
+            raise DataError(f"mask: a segmentation target is {{'mask': a PNG}} of at most {MAX_MASK_BYTES:,} bytes")
         codes = manifest["codes"]
         try:
-            png = base64.b64decode(data, validate=True)
             with Image.open(io.BytesIO(png)) as m:
                 # Everything that needs no pixels first: a large mask for a small image is refused undecoded.
                 if m.format != "PNG" or m.mode not in MASK_MODES:
@@ -329,7 +330,7 @@ class SegmentationTask(Task):
         return Correction({"mask": ""}, buf.getvalue())
 
     def confirmed(self, answer: dict[str, Any]) -> Correction:
-        return Correction({"mask": ""}, base64.b64decode(answer["mask"]))
+        return Correction({"mask": ""}, answer["mask"])
 
     def record(self, target: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
         return {"label": "", "mask": target["mask"]}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from core.engine.items import ValueItems
 from core.engine.plots import plot_images
-from core.engine.tasks.base import Grid
+from core.engine.tasks.base import Grid, Prediction
 from core.engine.tasks.regression import RegressionTask
 
 if TYPE_CHECKING:
@@ -22,13 +22,13 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class ValuesPrediction:
+class ValuesPrediction(Prediction):
     """The predicted numbers, in the order of the target names."""
 
     values: list[float]
     spread: float = 0.0  # under test-time augmentation, in the values' own units
 
-    def public(self) -> dict[str, Any]:
+    def answer(self) -> dict[str, Any]:
         return {"values": self.values}
 
     def text(self) -> str:
@@ -46,6 +46,9 @@ class ValuesTask(RegressionTask):
     main_metric = "mae"
     unit = "absolute error"
     answer_key = "values"
+    answer_fields: ClassVar[dict[str, tuple[Any, str]]] = {
+        "values": (list[float], "the predicted numbers, in the order of the target names")
+    }
 
     def target(self, items: ValueItems, i: int, grid: Grid) -> torch.Tensor:
         return torch.tensor(items.targets[i], dtype=torch.float32)

@@ -1,0 +1,38 @@
+"""`stage1`: the course's stage 1 — freeze the pretrained body, fit_one_cycle(epochs, slice(lr)) on the head
+(a body from scratch trains whole)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.engine.learner import LrSpec
+from core.jobs.context import JobContext
+from core.jobs.kinds.base import JobKind
+from core.jobs.rates import STAGE1_DEFAULT_LR
+from core.jobs.spec import TrainSpec
+from core.jobs.training import Built, finish, last_stage, resume_and_base_lr
+
+
+def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
+    """slice(lr) over the groups (the body's at a tenth of the head's); a range [low, high] spreads over them."""
+    learn, timer = built.learn, built.timer
+    learn.freeze() if spec.is_pretrained else learn.unfreeze()
+    resume, base_lr = resume_and_base_lr(spec, ctx, learn, timer)
+    lr: LrSpec = slice(*spec.lr) if isinstance(spec.lr, tuple) else slice(base_lr) if spec.is_pretrained else base_lr
+    with timer.phase("fit:stage1"):
+        learn.fit_one_cycle(spec.epochs, lr, tag="stage1", resume=resume)
+    rates = learn.lrs_for_groups(lr)
+    last = last_stage(rates, spec.epochs, frozen=spec.is_pretrained)
+    return finish(spec, ctx, built, {"base_lr": base_lr, "stage1": rates, "last": last})
+
+
+KIND = JobKind(
+    name="stage1",
+    summary="the course's stage 1: the pretrained body frozen, one-cycle on the head",
+    run=run,
+    makes_model=True,
+    lr=STAGE1_DEFAULT_LR,
+    lr_forms=frozenset({"number", "range", "find"}),
+    trains=("epochs",),
+    form_fields=("pretrained", "epochs", "lr"),
+)

@@ -1,0 +1,44 @@
+"""Run one job: its kind checks the spec and fills its defaults, the learner is built (on several ranks when
+gpus > 1), and the kind's run function trains, sweeps or interprets. The worker's Celery task, `fitcycle
+train` / `lr-find`, the benchmarks and the tests all come through `run_spec`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.engine.distributed import Rank
+from core.engine.interpret import KeepValidOutputs
+from core.engine.items import LabelledItems
+from core.jobs.context import JobContext
+from core.jobs.distributed import run_distributed
+from core.jobs.kinds import FINE_TUNE, SWEEP, get_kind
+from core.jobs.spec import TrainSpec
+from core.jobs.training import PhaseTimer, build_learner
+
+
+def run_spec(
+    spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None, rank: Rank | None = None
+) -> dict[str, Any]:
+    """Run one job of spec.kind; returns its result (also written as metrics.json or lr_find.json), with the
+    seconds each phase took (`timings`). A job with gpus > 1 runs on that many ranks (core/jobs/distributed.py),
+    each of which comes back here with its `rank`."""
+    kind = get_kind(spec.kind)
+    spec = kind.check(spec)
+    if spec.gpus > 1 and rank is None:
+        return run_distributed(spec, ctx, items, run_spec)
+    timer = PhaseTimer()
+    with timer.phase("build"):
+        built = build_learner(spec, ctx, items, rank, remap_classes=kind.remaps_classes)
+    built.timer = timer
+    built.learn.add_cbs([KeepValidOutputs()])  # the last validation pass, for interpretation and thresholds
+    return kind.run(spec, ctx, built)
+
+
+def run_train(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None) -> dict[str, Any]:
+    """The fine-tune recipe (the CLI's `train`)."""
+    return run_spec(spec.model_copy(update={"kind": FINE_TUNE.name}), ctx, items)
+
+
+def run_lr_find(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None) -> dict[str, Any]:
+    """Only the learning-rate sweep (the CLI's `lr-find`)."""
+    return run_spec(spec.model_copy(update={"kind": SWEEP.name, "lr": None}), ctx, items)
