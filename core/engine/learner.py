@@ -398,13 +398,6 @@ class Learner:
             self.unfreeze()
             self.fit_one_cycle(phase.epochs, rates, cbs=cbs, resume=resume, tag=phase.tag)
 
-    def fine_tune(
-        self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, cbs: Iterable[Callback] = ()
-    ) -> None:
-        """Stage 1 frozen, then stage 2 unfrozen with discriminative rates [fastai v2: fine_tune]."""
-        for phase in fine_tune_phases(epochs, base_lr, freeze_epochs):
-            self.fit_phase(phase, cbs)
-
     def lr_find(
         self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, stop_div: bool = True
     ) -> LRFindResult:

@@ -204,7 +204,7 @@ def test_each_kinds_rest_default_lr_is_the_registrys(
         if kind.defaults_from_champion:
             extra = {"from_model": trained["model_id"]}
         res = stack.a.post("/jobs", json={"kind": name, **base, **extra})
-        assert res.status_code == 201, res.text
+        assert res.status_code == 202, res.text
         job = res.json()
         stack.a.post(f"/jobs/{job['id']}/cancel")
         if kind.defaults_from_champion:  # over REST its rates come from the champion it starts from
