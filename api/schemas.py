@@ -21,6 +21,7 @@ from pydantic import (
     create_model,
 )
 
+from core.db.domain import BatchMetric, EpochMetric
 from core.engine.tasks import TASKS, Task
 from core.jobs.kind_names import KindName
 from core.jobs.kinds import JobKind
@@ -132,29 +133,11 @@ class JobsPublic(BaseModel):
     count: int
 
 
-class EpochRow(Public):
-    tag: str
-    epoch: int
-    train_loss: float | None
-    valid_loss: float | None
-    seconds: float
-    metrics: dict[str, float | None]
-
-
-class BatchRow(Public):
-    tag: str
-    iter: int
-    epoch: int
-    batch: int
-    loss: float
-    smooth_loss: float
-    lr: float
-    mom: float
-
-
 class MetricsPublic(BaseModel):
-    epochs: list[EpochRow]
-    batches: list[BatchRow]
+    """A job's curves: one row per epoch and the sampled batches, the domain's own rows (core/db/domain.py)."""
+
+    epochs: list[EpochMetric]
+    batches: list[BatchMetric]
 
 
 class ArtifactPublic(Public):

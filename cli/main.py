@@ -300,7 +300,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: {path}: cannot read the image: {exc}", file=sys.stderr)
             status = EXIT_BAD_INPUT
             continue
-        answer = with_files(p.public(), Path(path), Path(args.mask_dir))
+        answer = with_files(p.answer(), Path(path), Path(args.mask_dir))
         if args.json:
             print(json.dumps({"path": path, **answer}))
         else:

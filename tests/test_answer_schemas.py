@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openapi_spec_validator
 import pytest
 from PIL import Image
 from pydantic import TypeAdapter, ValidationError
@@ -119,5 +120,4 @@ def test_the_openapi_document_names_one_answer_per_task(tmp_path: Path) -> None:
         assert set(declared["required"]) == {"task", "prediction_id", *TASKS[name].answer_fields}
         for file in TASKS[name].file_fields():
             assert declared["properties"][file]["contentEncoding"] == "base64"
-    validator = pytest.importorskip("openapi_spec_validator")
-    validator.validate(doc)
+    openapi_spec_validator.validate(doc)  # the whole document, as a generated client reads it

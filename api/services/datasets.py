@@ -119,7 +119,7 @@ def version_public(dataset: domain.Dataset, v: domain.DatasetVersion, versions: 
     return DatasetPublic.of(v, id=dataset.id, name=dataset.name, version_id=v.id, versions=versions, warnings=warnings)
 
 
-def get_version(
+def find_version(
     s: Session, project: domain.Project, dataset_id: str, version: int | None
 ) -> tuple[domain.Dataset, domain.DatasetVersion, list[int]]:
     """A dataset of this project and one of its versions (default: the latest)."""
@@ -137,7 +137,7 @@ def get_version(
 
 def _version(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> domain.DatasetVersion:
     with session_scope(state.sessions) as s:
-        return get_version(s, project, dataset_id, version)[1]
+        return find_version(s, project, dataset_id, version)[1]
 
 
 def version_by_id(state: AppState, project: domain.Project, version_id: str) -> domain.DatasetVersion:
@@ -163,7 +163,7 @@ def list_all(state: AppState, project: domain.Project) -> DatasetsPublic:
 
 def get(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> DatasetPublic:
     with session_scope(state.sessions) as s:
-        return version_public(*get_version(s, project, dataset_id, version))
+        return version_public(*find_version(s, project, dataset_id, version))
 
 
 def labels(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> LabelsPublic:
@@ -243,7 +243,7 @@ def item_image(
 def delete(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> Deleted:
     """Delete one version, or the whole dataset, with its files; 409 while any job was made on it."""
     with session_scope(state.sessions) as s:
-        dataset, chosen, numbers = get_version(s, project, dataset_id, version)
+        dataset, chosen, numbers = find_version(s, project, dataset_id, version)
         targets = [chosen] if version is not None else repos.dataset_versions(s, dataset_id)
         gold = repos.lock_project(s, project.id).gold  # a gold set chosen meanwhile waits for this delete
         if gold and gold["version_id"] in {v.id for v in targets}:

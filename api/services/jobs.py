@@ -16,9 +16,7 @@ from api.errors import Problem, not_found
 from api.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
-    BatchRow,
     Deleted,
-    EpochRow,
     JobCreate,
     JobPublic,
     JobsPublic,
@@ -26,7 +24,7 @@ from api.schemas import (
     Suspect,
     SuspectsPublic,
 )
-from api.services.datasets import check_quota, get_version
+from api.services.datasets import check_quota, find_version
 from api.state import AppState
 from core.broker import enqueue
 from core.db import domain, repos
@@ -183,7 +181,7 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
                 f"this project has {active} queued or running jobs, its limit (FITCYCLE_MAX_ACTIVE_JOBS); "
                 "wait for some to finish or cancel them",
             )
-        dataset, version, _ = get_version(s, project, body.dataset_id, body.dataset_version)
+        dataset, version, _ = find_version(s, project, body.dataset_id, body.dataset_version)
         kind = get_kind(body.kind)
         fields = body.model_dump(
             mode="json",
@@ -263,8 +261,8 @@ def get(state: AppState, project: domain.Project, job_id: str) -> JobPublic:
 def metrics(state: AppState, project: domain.Project, job_id: str) -> MetricsPublic:
     with session_scope(state.sessions) as s:
         _job(s, project, job_id)
-        epochs = [EpochRow.of(e) for e in repos.epoch_metrics(s, job_id)]
-        batches = [BatchRow.of(b) for _, b in repos.batch_metrics(s, job_id)]
+        epochs = repos.epoch_metrics(s, job_id)
+        batches = [b for _, b in repos.batch_metrics(s, job_id)]
     return MetricsPublic(epochs=epochs, batches=batches)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from api.errors import Problem
 from api.schemas import ProjectPublic, ProjectSettings
-from api.services.datasets import get_version
+from api.services.datasets import find_version
 from api.state import AppState
 from core.db import domain, repos
 from core.db.session import session_scope
@@ -30,7 +30,7 @@ def update(state: AppState, project: domain.Project, body: ProjectSettings) -> P
             if body.gold is None:
                 changes["gold"] = None
             else:
-                dataset, version, _ = get_version(s, project, body.gold.dataset_id, body.gold.version)
+                dataset, version, _ = find_version(s, project, body.gold.dataset_id, body.gold.version)
                 if version.n_items == 0:
                     raise Problem(422, "Empty gold set", f"dataset '{dataset.name}' version {version.version} is empty")
                 changes["gold"] = {

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.errors import Problem
 from api.schemas import DatasetPublic, DatasetsPublic, VersionCreate, VersionDiff
-from api.services.datasets import check_quota, get_version, version_public
+from api.services.datasets import check_quota, find_version, version_public
 from api.services.feedback import check_known_classes, correction_of
 from api.state import AppState
 from core.datasets.versions import PINNED, Edits, NewItem, cut_version, dataset_task, diff
@@ -30,7 +30,7 @@ def _manifest(state: AppState, version: domain.DatasetVersion) -> dict[str, Any]
 def list_versions(state: AppState, project: domain.Project, dataset_id: str) -> DatasetsPublic:
     """Every version of the dataset, oldest first, each with what it changed."""
     with session_scope(state.sessions) as s:
-        dataset, _, numbers = get_version(s, project, dataset_id, None)
+        dataset, _, numbers = find_version(s, project, dataset_id, None)
         data = [version_public(dataset, v, numbers) for v in repos.dataset_versions(s, dataset_id)]
     return DatasetsPublic(data=data, count=len(data))
 
@@ -40,9 +40,9 @@ def version_diff(
 ) -> VersionDiff:
     """What changed from `against` (default: the version it was cut from, else the one before) to `version`."""
     with session_scope(state.sessions) as s:
-        _, new, numbers = get_version(s, project, dataset_id, version)
+        _, new, numbers = find_version(s, project, dataset_id, version)
         base_number = against or new.parent_version or max([n for n in numbers if n < version], default=version)
-        _, old, _ = get_version(s, project, dataset_id, base_number)
+        _, old, _ = find_version(s, project, dataset_id, base_number)
     changes = diff(_manifest(state, old), _manifest(state, new))
     return VersionDiff(version=version, against=old.version, **changes)
 
@@ -97,7 +97,7 @@ def _feedback_items(
 def cut(state: AppState, project: domain.Project, dataset_id: str, body: VersionCreate) -> DatasetPublic:
     """A new version from `from_version` (default: the latest) with the edits; 201 with its counts and changes."""
     with session_scope(state.sessions) as s:
-        dataset, parent, _ = get_version(s, project, dataset_id, body.from_version)
+        dataset, parent, _ = find_version(s, project, dataset_id, body.from_version)
     manifest = _manifest(state, parent)
     task_name = dataset_task(manifest).name
     relabels: list[tuple[str, Correction]] = []

@@ -136,7 +136,7 @@ class EpochMetric:
     epoch: int
     train_loss: float | None
     valid_loss: float | None
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
     seconds: float
 
 

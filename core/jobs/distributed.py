@@ -37,7 +37,7 @@ class FollowerContext:
     stops when rank 0 says so (agreed_stop broadcasts that)."""
 
     show_progress = False
-    follower = True  # training.finish: interpretation and export are rank 0's alone
+    follower = True  # training.export_results: interpretation and export are rank 0's alone
 
     def __init__(self, scratch: Path, resume: dict[str, Any] | None) -> None:
         self.scratch, self.resume = scratch, resume

@@ -1,5 +1,5 @@
 """What every kind of job is built from: a learner from a spec (`build_learner`), its lr sweep, its resume point
-and base rate, and its end (`finish`: interpret, plot, export, metrics.json). The kinds themselves, each a run
+and base rate, and its end (`export_results`: interpret, plot, export, metrics.json). The kinds themselves, each a run
 function over these, are in core/jobs/kinds/; core/jobs/runner.py runs one. Every kind reports and
 checkpoints through the context and resumes from its latest checkpoint, mid-epoch included.
 
@@ -189,7 +189,7 @@ def build_learner(
         names = list(task.metrics)  # the defaults assume one class per image
     metrics = [get_metric(m) for m in names]
     pretrained = spec.init_bundle or spec.pretrained
-    loss = torch.nn.L1Loss() if spec.loss == "l1" else None
+    loss = task.chosen_loss(spec.loss)
     head = HeadConfig(ps=spec.head_dropout if spec.head_dropout is not None else task.head_dropout)
     learn, source = cnn_learner(items, spec.architecture, config, pretrained, metrics, cbs, device, loss, head)
     if spec.init_bundle:
@@ -328,7 +328,7 @@ def write_interpretation(
     return summary
 
 
-def finish(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) -> dict[str, Any]:
+def export_results(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) -> dict[str, Any]:
     """Interpret, plot, export, and write metrics.json (with each phase's seconds)."""
     if getattr(ctx, "follower", False):
         return {}  # a distributed fit's other ranks: rank 0 alone interprets and exports

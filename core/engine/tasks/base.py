@@ -251,6 +251,13 @@ class Task(ABC):
     def loss(self) -> nn.Module:
         """The default loss [fastai: the block's loss_func]."""
 
+    def chosen_loss(self, name: str) -> nn.Module | None:
+        """The loss a spec names (its `loss`): None for "default" (the learner asks `loss()`); a name this task
+        has no loss for is refused."""
+        if name == "default":
+            return None
+        raise DataError(f"loss '{name}' is not a loss of {self.name} models; leave loss at 'default'")
+
     # ----- export bundles --------------------------------------------------------------------------
     def manifest_fields(self, dls: ImageDataLoaders, thresholds: list[float] | None) -> dict[str, Any]:
         """What a bundle's manifest needs beyond the common fields."""

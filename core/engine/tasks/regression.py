@@ -52,6 +52,10 @@ class RegressionTask(Task):
     def loss(self) -> nn.Module:
         return nn.MSELoss()
 
+    def chosen_loss(self, name: str) -> nn.Module | None:
+        """"l1": mean absolute error instead of the squared one (less pulled by a few far-off targets)."""
+        return nn.L1Loss() if name == "l1" else super().chosen_loss(name)
+
     @abstractmethod
     def errors(self, preds: torch.Tensor, targs: torch.Tensor) -> torch.Tensor:
         """Each item's error, in `unit`."""

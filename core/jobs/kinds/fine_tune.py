@@ -8,7 +8,7 @@ from typing import Any
 from core.jobs.context import JobContext
 from core.jobs.kinds.base import JobKind
 from core.jobs.spec import TrainSpec
-from core.jobs.training import Built, finish, last_stage, resume_and_base_lr, use_size
+from core.jobs.training import Built, export_results, last_stage, resume_and_base_lr, use_size
 
 
 def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
             learn.fit_phase(phase, resume=resume if i == start else None)
     last = phases[-1]
     lrs["last"] = last_stage(learn.lrs_for_groups(last.rates()), last.epochs, frozen=last.what == "stage1")
-    return finish(spec, ctx, built, lrs)
+    return export_results(spec, ctx, built, lrs)
 
 
 KIND = JobKind(

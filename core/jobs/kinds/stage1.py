@@ -10,7 +10,7 @@ from core.jobs.context import JobContext
 from core.jobs.kinds.base import JobKind
 from core.jobs.rates import STAGE1_DEFAULT_LR
 from core.jobs.spec import TrainSpec
-from core.jobs.training import Built, finish, last_stage, resume_and_base_lr
+from core.jobs.training import Built, export_results, last_stage, resume_and_base_lr
 
 
 def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
         learn.fit_one_cycle(spec.epochs, lr, tag="stage1", resume=resume)
     rates = learn.lrs_for_groups(lr)
     last = last_stage(rates, spec.epochs, frozen=spec.is_pretrained)
-    return finish(spec, ctx, built, {"base_lr": base_lr, "stage1": rates, "last": last})
+    return export_results(spec, ctx, built, {"base_lr": base_lr, "stage1": rates, "last": last})
 
 
 KIND = JobKind(

@@ -9,7 +9,7 @@ from typing import Any
 from core.jobs.context import JobContext
 from core.jobs.kinds.base import JobKind
 from core.jobs.spec import TrainSpec
-from core.jobs.training import Built, find_lr, finish, last_stage, show_batch_artifact
+from core.jobs.training import Built, export_results, find_lr, last_stage, show_batch_artifact
 
 
 def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
         "stage2_rates": learn.extra.get("stage2_rates", {}),
         "last": last_stage(rates, spec.epochs, frozen=False),
     }
-    return finish(spec, ctx, built, lrs)
+    return export_results(spec, ctx, built, lrs)
 
 
 KIND = JobKind(
