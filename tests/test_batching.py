@@ -19,7 +19,7 @@ from PIL import Image
 
 from api.errors import Problem
 from api.services.batching import MicroBatcher
-from api.services.predict import predict_one
+from api.services.predict import submit
 from api.services.predictors import PredictorCache
 from api.state import AppState
 from core.config import Settings
@@ -129,7 +129,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(bund
     predictor = CountingPredictor(bundle)
     batcher = MicroBatcher(predictor, window_s=0.2, max_batch=8)
     try:
-        results = concurrently([partial(batcher.predict, img) for img in images])
+        results = concurrently([partial(answer_of, batcher, img) for img in images])
     finally:
         batcher.close()
     for one, got in zip(alone, results, strict=True):
@@ -146,7 +146,7 @@ def test_an_unreadable_image_fails_alone(bundle: Path, images: list[bytes]) -> N
     truncated = images[0][:60]  # a PNG header and nothing after it
     inputs = [*images[:5], b"not an image", truncated, *images[5:10]]
     try:
-        results = concurrently([partial(batcher.predict, img) for img in inputs])
+        results = concurrently([partial(answer_of, batcher, img) for img in inputs])
     finally:
         batcher.close()
     assert isinstance(results[5], ValueError) and "not an image in a format we read" in str(results[5])
@@ -162,7 +162,7 @@ def test_a_forward_pass_that_fails_is_retried_image_by_image(bundle: Path, image
     alone = [probs(Predictor(bundle).predict(img)) for img in images[:6]]
     batcher = MicroBatcher(FailsOnWidth13(bundle), window_s=0.2, max_batch=32)
     try:
-        results = concurrently([partial(batcher.predict, img) for img in [*images[:3], odd, *images[3:6]]])
+        results = concurrently([partial(answer_of, batcher, img) for img in [*images[:3], odd, *images[3:6]]])
     finally:
         batcher.close()
     assert isinstance(results[3], ValueError) and str(results[3]) == "13 pixels wide"
@@ -256,6 +256,10 @@ def batcher_threads(model_id: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == f"predict-batcher-{model_id[:8]}"]
 
 
+def answer_of(batcher: MicroBatcher, image: bytes) -> Prediction:
+    return batcher.submit(image).result()
+
+
 def test_a_batcher_leaves_the_cache_with_its_model(bundle: Path, images: list[bytes], tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "objects")
     for f in bundle.iterdir():
@@ -264,13 +268,15 @@ def test_a_batcher_leaves_the_cache_with_its_model(bundle: Path, images: list[by
     a, b = model_row("a"), model_row("b")
     first = cache.batcher(a, 0.001, 8)
     assert cache.batcher(a, 0.001, 8) is first  # one batcher per cached model
-    expected = probs(first.predict(images[0]))
+    expected = probs(first.submit(images[0]).result())
     cache.get(b)  # the cache holds one model: a leaves, and its batcher stops
     assert first.closed
     for t in batcher_threads("a"):
         t.join(timeout=10)
         assert not t.is_alive()
-    assert probs(first.predict(images[0])) == pytest.approx(expected, abs=1e-6)  # a late caller is still answered
+    assert probs(first.submit(images[0]).result()) == pytest.approx(
+        expected, abs=1e-6
+    )  # a late caller is still answered
     second = cache.batcher(b, 0.001, 8)
     assert second is not first and not second.closed
     cache.forget("b")
@@ -286,7 +292,7 @@ def test_a_zero_window_answers_without_a_batcher(bundle: Path, images: list[byte
     for window_ms, batched in ((0.0, False), (5.0, True)):
         state = cast(AppState, SimpleNamespace(settings=Settings(predict_batch_window_ms=window_ms), predictors=cache))
         model = model_row(f"m{window_ms}")
-        assert probs(predict_one(state, model, images[1])) == pytest.approx(expected, abs=1e-6)
+        assert probs(submit(state, model, images[1]).result()) == pytest.approx(expected, abs=1e-6)
         assert bool(batcher_threads(model.id)) == batched
 
 

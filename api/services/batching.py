@@ -46,11 +46,6 @@ class MicroBatcher:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def predict(self, image: ImageInput) -> Prediction:
-        """One image's answer, from a batch with whatever other images arrive meanwhile. An image that cannot
-        be decoded raises here (ValueError or OSError, as `Predictor.predict` does) and joins no batch."""
-        return self.submit(image).result()
-
     def submit(self, image: ImageInput) -> Future[Prediction]:
         """Decode the image here and queue it for the next batch; its answer comes in the future, so an async
         caller need not hold a thread while the batch forms and runs (a thread per waiting request would soon

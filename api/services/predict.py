@@ -79,7 +79,7 @@ async def answer(
         raise unreadable(filename, exc) from None
     finally:
         PREDICT_SECONDS.labels(source).observe(time.perf_counter() - pending.started)
-    return await run_in_threadpool(log, state, project, model, pending, prediction, image, filename, source)
+    return await run_in_threadpool(record_answer, state, project, model, pending, prediction, image, filename, source)
 
 
 def start(state: AppState, model: domain.Model, image: bytes, filename: str) -> Pending:
@@ -105,7 +105,7 @@ def unreadable(filename: str, exc: Exception) -> Problem:
     )
 
 
-def log(
+def record_answer(
     state: AppState,
     project: domain.Project,
     model: domain.Model,
@@ -157,8 +157,3 @@ def submit(state: AppState, model: domain.Model, image: bytes) -> Future[Predict
     done: Future[Prediction] = Future()
     done.set_result(state.predictors.get(model).predict(image))
     return done
-
-
-def predict_one(state: AppState, model: domain.Model, image: bytes) -> Prediction:
-    """The model's answer for one image (batched with others when micro-batching is on)."""
-    return submit(state, model, image).result()
