@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 EXIT_BAD_INPUT = 2
 # The job spec's default body (core.jobs.spec.DEFAULT_ARCH), named here so that `fitcycle --help` and the client
-# verbs start without importing the engine (torch, torchvision); tests/test_job_timings.py keeps the two equal.
+# verbs start without importing the engine (torch, torchvision); tests/jobs/test_job_timings.py keeps the two equal.
 DEFAULT_ARCH = "efficientnet_lite0"
 
 

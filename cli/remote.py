@@ -19,7 +19,7 @@ from cli.answers import with_files
 from core.jobs.kind_names import KIND_NAMES
 
 # Named here, not imported from core.engine.rules (which imports PIL, numpy and torch): the client verbs only
-# speak HTTP, and start in a fraction of the time. tests/test_job_timings.py keeps the two equal.
+# speak HTTP, and start in a fraction of the time. tests/jobs/test_job_timings.py keeps the two equal.
 RULE_KINDS: tuple[str, ...] = ("folder", "csv", "name_re", "points", "values", "masks")
 
 

@@ -75,7 +75,7 @@ def sweep_steps(budget: int) -> int:
 def sweep_start(num_it: int, start_lr: float = 1e-7) -> float:
     """Where a sweep of num_it steps starts: fastai's 1e-7 at 100 steps, rising to 1e-5 at MIN_SWEEP. A short
     sweep over fastai's whole range would take a quarter-decade per step, too coarse for its valley (measured:
-    2-6x low on three sets, tests/test_lr_find_sized.py); the decades below 1e-5 are flat for nearly every model,
+    2-6x low on three sets, tests/jobs/test_lr_find_sized.py); the decades below 1e-5 are flat for nearly every model,
     so a short sweep spends its steps above them."""
     share = (FULL_SWEEP - min(FULL_SWEEP, max(MIN_SWEEP, num_it))) / (FULL_SWEEP - MIN_SWEEP)
     return max(start_lr, start_lr * 100**share)

@@ -1,6 +1,6 @@
 """The names of the job kinds: the one list the types use (`TrainSpec.kind`, `JobCreate.kind`). It sits apart
 from core/jobs/kinds/, whose modules build on the spec that needs these names. Each name has its module in
-core/jobs/kinds/, registered in `KINDS`; tests/test_kinds.py keeps the two in step. Nothing outside these two
+core/jobs/kinds/, registered in `KINDS`; tests/jobs/test_kinds.py keeps the two in step. Nothing outside these two
 places writes a kind's name: code asks the registry (`core.jobs.kinds.get_kind`)."""
 
 from __future__ import annotations

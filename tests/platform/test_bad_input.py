@@ -192,7 +192,7 @@ def test_each_kinds_rest_default_lr_is_the_registrys(
     stack: Stack, stored_before: tuple[dict, list[str]], trained: dict
 ) -> None:
     """A job that names no lr records its kind's default (core/jobs/kinds/; the CLI's and the README's are
-    checked against the same declaration in tests/test_kinds.py). Each job is cancelled at once."""
+    checked against the same declaration in tests/jobs/test_kinds.py). Each job is cancelled at once."""
     from core.jobs.kinds import KINDS
 
     listed = {k["name"]: k for k in stack.a.get("/job-kinds").json()["data"]}

@@ -74,7 +74,7 @@ def course_flow(a: Client, archive: Path, image_server: ImageServer) -> dict[str
     assert all(e["valid_loss"] is not None and "error_rate" in e["metrics"] for e in metrics["epochs"])
     assert len(metrics["batches"]) >= 10
     print("stage1 error_rate", stage1["result"]["error_rate"], "stage2 error_rate", stage2["result"]["error_rate"])
-    assert stage2["result"]["error_rate"] < 0.55  # 4 classes: chance is 0.75 (quality: see tests/test_transfer.py)
+    assert stage2["result"]["error_rate"] < 0.55  # 4 classes: chance is 0.75 (quality: see tests/engine/test_transfer.py)
 
     # Interpret the stage-2 model.
     interp = a.wait(a.submit(kind="interpret", dataset_id=ds["id"], parent_job_id=stage2["id"], bs=16, folds=0)["id"])

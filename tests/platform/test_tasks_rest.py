@@ -190,7 +190,7 @@ def test_segmentation_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> N
 
 
 def test_values_dataset_job_and_predict(stack: Stack, tmp_path: Path) -> None:
-    from tests.test_values import write_values
+    from tests.engine.test_values import write_values
 
     a = stack.a
     folder = write_values(write_silhouette_masks(tmp_path / "vals", count=100, side=32, seed=8))

@@ -30,7 +30,7 @@ from core.engine.tasks import Prediction
 from core.engine.tasks.classification import ClassPrediction
 from core.storage.base import COMPLETE, ObjectNotFound, download_prefix
 from core.storage.local import LocalStore
-from tests.test_learner import make_learner
+from tests.engine.test_learner import make_learner
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from core.jobs.kinds.base import LR_FORM_TEXT
 from core.jobs.runner import run_spec, run_train
 from core.jobs.spec import TrainSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_LR: dict[str, float | tuple[float, float] | str] = {
     "number": 1e-3,
     "range": (1e-4, 1e-2),

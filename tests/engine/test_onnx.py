@@ -37,7 +37,7 @@ from core.engine.tasks.segmentation import MaskPrediction
 from core.engine.tasks.values import ValuesPrediction
 from core.engine.vision import cnn_learner
 from core.storage.local import LocalStore
-from tests.test_values import write_values
+from tests.engine.test_values import write_values
 
 TASKS = ["classification", "multilabel", "points", "values", "segmentation"]
 

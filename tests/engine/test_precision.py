@@ -12,7 +12,7 @@ import torch
 from core.engine.callbacks import CompileModel, MixedPrecision, resolve_precision
 from core.engine.errors import DataError
 from core.engine.events import Callback
-from tests.test_learner import make_learner
+from tests.engine.test_learner import make_learner
 
 
 class PredDtypes(Callback):

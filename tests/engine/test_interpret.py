@@ -9,7 +9,7 @@ from PIL import Image
 
 from core.engine.plots import loss_points, plot_losses, show_batch
 from core.engine.tasks.classification import ClassificationInterpretation
-from tests.test_learner import make_learner
+from tests.engine.test_learner import make_learner
 
 
 def test_interpretation_and_its_plots(fashion_folder: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from core.engine.inference import Predictor
 from core.engine.learner import Learner
 from core.engine.pretrained import load_body
 from core.engine.tasks.classification import ClassPrediction
-from tests.test_learner import make_learner
+from tests.engine.test_learner import make_learner
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Tests of api/ below HTTP: answer schemas, micro-batching."""

@@ -1,0 +1,1 @@
+"""Tests of cli/: the fitcycle command, run as a user runs it."""

@@ -1,0 +1,1 @@
+"""Tests of core/engine/: the training engine and its tasks, no server."""
