@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -58,3 +60,24 @@ def fashion_names(tmp_path_factory: pytest.TempPathFactory) -> Path:
         layout="name_re",
         classes=FASHION_4,
     )
+
+
+SCENARIO_STEP = pytest.StashKey[str]()
+
+
+@pytest.fixture
+def step(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Names the step a long scenario test is in (`step("upload")`): when it fails, its report says in which."""
+
+    def enter(name: str) -> None:
+        request.node.stash[SCENARIO_STEP] = name
+
+    return enter
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and SCENARIO_STEP in item.stash:
+        report.sections.append(("scenario", f"failed in step: {item.stash[SCENARIO_STEP]}"))

@@ -5,6 +5,7 @@ stage2 with the suggested rates -> interpret -> predict and predict-url."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from tests.platform.stack import ImageServer, Stack
 LITE = {"arch": "efficientnet_lite0", "size": 64, "bs": 16, "seed": 3}
 
 
-def course_flow(a: Client, archive: Path, image_server: ImageServer) -> dict[str, Any]:
+def course_flow(a: Client, archive: Path, image_server: ImageServer, step: Callable[[str], None]) -> dict[str, Any]:
     """upload -> lr_find -> stage1 (watched over SSE) -> lr_find on it -> stage2 'auto' -> interpret ->
     predict and predict-url; returns the stage-2 job."""
+    step("upload")
     # Upload: 201 with id, version, classes, counts per class and split.
     res = a.upload("fashion", archive)
     assert res.status_code == 201, res.text
@@ -29,12 +31,14 @@ def course_flow(a: Client, archive: Path, image_server: ImageServer) -> dict[str
     assert len(a.get(f"/datasets/{ds['id']}/items", params={"limit": 500}).json()["data"]) == 160
     assert a.get(f"/datasets/{ds['id']}/show_batch", params={"size": 32}).headers["content-type"] == "image/png"
 
+    step("lr_find on the frozen body")
     # lr_find on the frozen ImageNet body.
     sweep = a.wait(a.submit(kind="lr_find", dataset_id=ds["id"], pretrained="imagenet", **LITE)["id"])
     assert sweep["state"] == "succeeded", sweep["error"]
     valley = sweep["result"]["suggestions"]["valley"]
     assert sweep["result"]["frozen"] is True
 
+    step("stage 1 over SSE")
     # Stage 1 at the suggested rate, watched live over server-sent events.
     stage1_id = a.submit(kind="stage1", dataset_id=ds["id"], pretrained="imagenet", epochs=2, lr=valley, **LITE)["id"]
     events: list[str] = []
@@ -49,6 +53,7 @@ def course_flow(a: Client, archive: Path, image_server: ImageServer) -> dict[str
     assert stage1["state"] == "succeeded", stage1["error"]
     assert stage1["model_id"] and stage1["result"]["lrs"]["base_lr"] == pytest.approx(valley)
 
+    step("lr_find unfrozen and stage 2 auto")
     # lr_find on the stage-1 model, unfrozen; then stage 2 with 'auto' rates from it. As the README says it:
     # no arch, size or seed repeated — a job with a parent inherits them, and its answer shows the result.
     child = {"dataset_id": ds["id"], "parent_job_id": stage1_id, "bs": 16}
@@ -74,8 +79,9 @@ def course_flow(a: Client, archive: Path, image_server: ImageServer) -> dict[str
     assert all(e["valid_loss"] is not None and "error_rate" in e["metrics"] for e in metrics["epochs"])
     assert len(metrics["batches"]) >= 10
     print("stage1 error_rate", stage1["result"]["error_rate"], "stage2 error_rate", stage2["result"]["error_rate"])
-    assert stage2["result"]["error_rate"] < 0.55  # 4 classes: chance is 0.75 (quality: see tests/engine/test_transfer.py)
+    assert stage2["result"]["error_rate"] < 0.55  # 4 classes: chance 0.75 (quality: tests/engine/test_transfer.py)
 
+    step("interpret")
     # Interpret the stage-2 model.
     interp = a.wait(a.submit(kind="interpret", dataset_id=ds["id"], parent_job_id=stage2["id"], bs=16, folds=0)["id"])
     assert interp["state"] == "succeeded", interp["error"]
@@ -84,6 +90,7 @@ def course_flow(a: Client, archive: Path, image_server: ImageServer) -> dict[str
     summary = a.get(f"/jobs/{interp['id']}/artifacts/interpretation.json").json()
     assert summary["error_rate"] == pytest.approx(stage2["result"]["error_rate"])
 
+    step("the model: bundle and predict")
     # The model: metadata, bundle, predict (file and URL).
     model = a.get(f"/models/{stage2['model_id']}").json()
     assert model["classes"] == ds["classes"] and model["job_id"] == stage2["id"]
@@ -102,9 +109,11 @@ def course_flow(a: Client, archive: Path, image_server: ImageServer) -> dict[str
 
 
 @pytest.mark.slow
-def test_the_course_flow_over_rest(stack: Stack, fashion_zip64: Path, image_server: ImageServer) -> None:
+def test_the_course_flow_over_rest(
+    stack: Stack, fashion_zip64: Path, image_server: ImageServer, step: Callable[[str], None]
+) -> None:
     a = stack.a
-    stage2 = course_flow(a, fashion_zip64, image_server)
+    stage2 = course_flow(a, fashion_zip64, image_server, step)
     # Everything the jobs wrote lives in S3, under the project's prefix.
     keys = stack.store().list(f"projects/{stack.project_a}/jobs/{stage2['id']}/")
     assert any(k.endswith("export/weights.safetensors") for k in keys)

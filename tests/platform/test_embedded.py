@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ DEMO_MIN_ACCURACY = 0.83  # the demo's recipe measured 0.851-0.858 here (bench/d
 
 
 @pytest.mark.slow
-def test_fitcycle_serve_runs_the_course_flow(tmp_path: Path, fashion_zip64: Path, image_server: ImageServer) -> None:
+def test_fitcycle_serve_runs_the_course_flow(
+    tmp_path: Path, fashion_zip64: Path, image_server: ImageServer, step: Callable[[str], None]
+) -> None:
     data_dir = tmp_path / "fitcycle"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FITCYCLE_")}
     env.update(
@@ -36,7 +39,7 @@ def test_fitcycle_serve_runs_the_course_flow(tmp_path: Path, fashion_zip64: Path
         wait_for(lambda: client.get("/health").status_code == 200, 90, "fitcycle serve to answer /health")
         health = client.get("/health").json()
         assert health["checks"] == {"database": "ok", "store": "ok", "broker": "ok"}
-        stage2 = course_flow(client, fashion_zip64, image_server)
+        stage2 = course_flow(client, fashion_zip64, image_server, step)
         # Everything lives under the one data dir.
         assert (data_dir / "fitcycle.db").is_file()
         assert any((data_dir / "objects").rglob("weights.safetensors"))

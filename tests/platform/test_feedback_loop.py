@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,14 @@ def loop(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     return {"c": c, "ds": ds, "job": job, "new": new, "tmp": tmp}
 
 
-def test_predictions_feedback_versions_retrain_and_the_gate(loop: dict[str, Any]) -> None:
+def test_predictions_feedback_versions_retrain_and_the_gate(loop: dict[str, Any], step: Callable[[str], None]) -> None:
     c, ds, job = loop["c"], loop["ds"], loop["job"]
     registry = c.get("/registry/fashion").json()
     assert registry["champion_id"] == job["model_id"] and registry["challenger_id"] is None
     assert [(m["version"], m["name"]) for m in registry["models"]] == [(1, "fashion")]
     assert job["result"]["name"] == "fashion" and job["result"]["version"] == 1
 
+    step("predict by name")
     # Predict by name: every answer is logged, with its id and uncertainty; the queue orders by it.
     answers = {p: predict(c, "fashion", p) for p in loop["new"]}
     assert all(a["prediction_id"] for a in answers.values())
@@ -64,6 +66,7 @@ def test_predictions_feedback_versions_retrain_and_the_gate(loop: dict[str, Any]
     top = queue[0]["answer"]["predictions"]
     assert queue[0]["uncertainty"] == pytest.approx(1 - (top[0][1] - top[1][1]), abs=1e-6)
 
+    step("feedback")
     # Feedback: checked like an upload's target, stored once per Idempotency-Key.
     first_path, first_answer = next(iter(answers.items()))
     first = first_answer["prediction_id"]
@@ -72,6 +75,7 @@ def test_predictions_feedback_versions_retrain_and_the_gate(loop: dict[str, Any]
     two = c.post(f"/predictions/{first}/feedback", json={"label": "bag", "correct": True})
     assert two.status_code == 422 and "exactly one" in two.json()["detail"]
     assert c.post("/predictions/nope/feedback", json={"label": "bag"}).status_code == 404
+    step("label typos and taking feedback back")
     # A label outside the classes is taken for a typo unless it says it is new; unused feedback can be taken back.
     typo = c.post(f"/predictions/{first}/feedback", json={"label": "bagg"})
     assert typo.status_code == 422 and typo.json()["title"] == "Unknown class", typo.text
@@ -92,6 +96,7 @@ def test_predictions_feedback_versions_retrain_and_the_gate(loop: dict[str, Any]
     assert again.status_code == 200 and again.json()["target"] == {"label": first_path.parent.name}  # the stored one
     assert len(c.get("/feedback", params={"name": "fashion"}).json()["data"]) == len(answers)
 
+    step("version with the feedback")
     # A version with the feedback: old items keep their split, the 24 new ones are added.
     v2 = c.post(f"/datasets/{ds['id']}/versions", json={"add_feedback": "all", "note": "24 corrected predictions"})
     assert v2.status_code == 201, v2.text
@@ -116,6 +121,7 @@ def test_predictions_feedback_versions_retrain_and_the_gate(loop: dict[str, Any]
     diff = c.get(f"/datasets/{ds['id']}/versions/2/diff").json()
     assert diff["counts"]["added"] == len(answers) and diff["against"] == 1 and not diff["removed"]
 
+    step("retrain and promote")
     # Retrain: scored against the champion on v2's validation items; a permissive policy promotes it. Its defaults
     # follow the course's rule: the champion's last stage (3 epochs at 2e-3, unfrozen) x1.5, 2 epochs more.
     assert (
@@ -132,6 +138,7 @@ def test_predictions_feedback_versions_retrain_and_the_gate(loop: dict[str, Any]
     assert decision["scores"]["challenger"]["n_items"] == decision["scores"]["champion"]["n_items"] == n_valid
     assert c.get("/registry/fashion").json()["champion_id"] == retrain["model_id"]
 
+    step("a worse retrain refused")
     # A retrain on scrambled training labels is refused by a gate that asks for an improvement; the champion keeps
     # answering. (min_improvement null: back to its default; min_feedback null: no retraining on its own.)
     assert (
@@ -156,6 +163,7 @@ def test_predictions_feedback_versions_retrain_and_the_gate(loop: dict[str, Any]
     logged = c.get("/predictions", params={"name": "fashion", "order": "recent", "limit": 1}).json()["data"][0]
     assert logged["id"] == answered["prediction_id"] and logged["model_id"] == retrain["model_id"]
 
+    step("promote and roll back by hand")
     # By hand: promote the refused one, then roll back; both recorded with who and why.
     res = c.post("/registry/fashion/promote", json={"model_id": bad_job["model_id"], "reason": "try it"})
     assert res.status_code == 200 and res.json()["champion_id"] == retrain["model_id"]

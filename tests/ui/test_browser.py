@@ -11,7 +11,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,9 @@ def drop_file(page: Page, zone: str, path: Path, mime: str) -> None:
     page.dispatch_event(zone, "drop", {"dataTransfer": transfer})
 
 
-def test_a_user_goes_around_the_loop_in_the_browser(served: dict[str, Any], browser: Browser) -> None:
+def test_a_user_goes_around_the_loop_in_the_browser(
+    served: dict[str, Any], browser: Browser, step: Callable[[str], None]
+) -> None:
     if SHOTS.exists():
         shutil.rmtree(SHOTS)
     base, client = served["base"], served["client"]
@@ -111,7 +113,7 @@ def test_a_user_goes_around_the_loop_in_the_browser(served: dict[str, Any], brow
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
-        walk(page, served, client)
+        walk(page, served, client, step)
     except BaseException:
         page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
         print(served["serve"].tail(6000))
@@ -120,7 +122,8 @@ def test_a_user_goes_around_the_loop_in_the_browser(served: dict[str, Any], brow
     context.close()
 
 
-def walk(page: Page, served: dict[str, Any], client: Client) -> None:
+def walk(page: Page, served: dict[str, Any], client: Client, step: Callable[[str], None]) -> None:
+    step("sign in")
     # Sign in: a page asked for without a session goes to /signin and comes back after.
     page.goto("/jobs")
     expect(page).to_have_url(re.compile(r"/signin\?next=/jobs$"))
@@ -136,6 +139,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     assert session["value"].startswith("fs_") and served["key"] not in session["value"]  # a session, not the key
     assert page.evaluate("document.cookie") == ""  # nothing the page's scripts can read
 
+    step("csrf")
     # A state-changing API call from the signed-in browser without the page's CSRF token is refused, and so is
     # one with it that another site sent.
     refused = page.request.post("/api/v1/jobs", data={"kind": "fine_tune", "dataset_id": "x"})
@@ -146,6 +150,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     assert refused.status == 403 and "this site's own pages" in refused.json()["detail"]
     assert page.request.post("/api/v1/jobs", data={"kind": "x"}, headers={"X-CSRF-Token": csrf}).status == 422
 
+    step("upload")
     # Upload an archive: counts per class and split, then the dataset page.
     page.goto("/datasets")
     drop_file(page, "[data-upload] [data-drop]", served["archive"], "application/zip")
@@ -163,6 +168,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     shoot(page, "dataset")
     dataset_id = page.url.rsplit("/", 1)[-1]
 
+    step("fine_tune from the form")
     # A fine_tune from the form; its page shows the curve gaining points while it runs, with no reload.
     page.goto("/jobs")
     form = page.locator("[data-job-form]")
@@ -201,6 +207,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     expect(page.locator("#epochs tbody tr").first.locator("td").nth(1)).to_have_text("1")  # epochs count from 1
     shoot(page, "job")
 
+    step("lr_find and stage 2")
     # lr_find from the trained model: the curve with its suggestions; one of them starts stage 2, whose state
     # the jobs list follows live (here: cancelled from elsewhere, seen without a reload).
     sweep = client.submit(kind="lr_find", dataset_id=dataset_id, parent_job_id=train_id)
@@ -223,6 +230,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     shoot(page, "jobs")
     client.wait(stage2_id)
 
+    step("segmentation and points grids")
     # A segmentation dataset's grid draws each mask over its image; a points dataset's, each point.
     masks = write_silhouette_masks(served["tmp"] / "scenes", count=12, side=32, seed=1)
     scenes = client.upload("scenes", make_zip(masks, served["tmp"] / "s.zip"), labels="masks", void="void").json()
@@ -234,6 +242,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     page.goto(f"/datasets/{marked.json()['id']}")
     expect(page.locator("figure.overlay canvas.mask")).to_have_count(8)
 
+    step("interpret")
     # Interpret it, with the cleaner's out-of-fold suspects.
     job = client.submit(kind="interpret", dataset_id=dataset_id, parent_job_id=train_id, folds=2, cleaner_epochs=1)
     assert client.wait(job["id"])["state"] == "succeeded"
@@ -245,6 +254,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     assert page.locator("h2#tl-h + ul li").count() >= 1
     shoot(page, "interpretation")
 
+    step("cleaner and retrain")
     # The cleaner: relabel two items, remove one (by keyboard), create the version, retrain from the champion.
     page.goto(f"/jobs/{job['id']}/cleaner")
     cards = page.locator(".suspect")
@@ -277,6 +287,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     expect(changes).to_contain_text("relabelled: 2")
     expect(changes).not_to_contain_text("note")
 
+    step("registry decision")
     # The registry shows the decision with both scores.
     page.goto("/models")
     page.get_by_role("link", name="clothes").first.click()
@@ -291,6 +302,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     per_class.locator("summary").click()
     expect(per_class.locator("table.per-class > tbody > tr")).to_have_count(len(CLASSES))
     shoot(page, "registry")
+    step("promote by hand and policy")
     # Promote the other version by hand (a roll back, or taking the challenger), with a reason; then the policy.
     page.once("dialog", lambda dialog: dialog.accept("checked by hand"))
     page.locator("button[data-promote]").first.click()
@@ -307,6 +319,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     page.goto("/models")
     shoot(page, "models")
 
+    step("playground")
     # The playground: an image to the name's champion; the answer drawn; a correction counted.
     page.goto("/playground?name=clothes")
     drop_file(page, "[data-playground] [data-drop]", served["photo"], "image/png")
@@ -323,6 +336,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     expect(page.locator("[data-feedback-count]")).to_have_text(str(before + 1))
     shoot(page, "playground")
 
+    step("labelling queue")
     # The queue: a second prediction waits for a label; one click labels it and it leaves.
     client.post("/registry/clothes/predict", files={"file": ("x.png", served["photo"].read_bytes())})
     page.goto("/predictions")
@@ -340,6 +354,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
     expect(empty).to_be_visible()
     assert (empty.bounding_box() or {"width": 0})["width"] > 600
 
+    step("phone widths")
     # Every page fits a phone: nothing wider than the screen but tables, which scroll in their own box.
     page.set_viewport_size({"width": 390, "height": 844})
     every = ["/datasets", f"/datasets/{dataset_id}", "/jobs", f"/jobs/{train_id}", f"/jobs/{sweep['id']}"]
@@ -349,6 +364,7 @@ def walk(page: Page, served: dict[str, Any], client: Client) -> None:
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
     page.set_viewport_size({"width": 1280, "height": 900})
 
+    step("sign out")
     # Sign out: the pages and the API refuse the browser, and the session is over on the server too.
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(re.compile(r"/signin$"))
