@@ -53,7 +53,7 @@ class RegressionTask(Task):
         return nn.MSELoss()
 
     def chosen_loss(self, name: str) -> nn.Module | None:
-        """"l1": mean absolute error instead of the squared one (less pulled by a few far-off targets)."""
+        """With "l1", mean absolute error instead of the squared one (less pulled by a few far-off targets)."""
         return nn.L1Loss() if name == "l1" else super().chosen_loss(name)
 
     @abstractmethod
