@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.engine.splits import SEED, VALID_PCT
+
 if TYPE_CHECKING:
     from core.jobs.spec import TrainSpec
 
@@ -69,8 +71,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=224, help="image size in pixels (default 224)")
     p.add_argument("--resize-method", choices=["crop", "squish", "pad"], default="crop")
     p.add_argument("--bs", type=int, default=64, help="batch size")
-    p.add_argument("--valid-pct", type=float, default=0.2, help="share of items for validation (stable per item)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--valid-pct",
+        type=float,
+        default=VALID_PCT,
+        help=f"share of items for validation, stable per item ({VALID_PCT})",
+    )
+    p.add_argument("--seed", type=int, default=SEED, help=f"the split's seed ({SEED})")
     p.add_argument("--no-augment", action="store_true", help="turn off fastai's default augmentation")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 on CPU)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")

@@ -47,6 +47,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "core.engine.errors",
         "core.engine.inference",
         "core.engine.rules",
+        "core.engine.splits",
         "core.datasets.samples",
     ),
 }

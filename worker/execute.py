@@ -26,6 +26,7 @@ from core.engine.callbacks import TrainingStopped
 from core.engine.errors import FitcycleError
 from core.engine.export import read_manifest
 from core.engine.items import LabelledItems, stored_items
+from core.engine.splits import SEED, VALID_PCT
 from core.jobs.kinds import get_kind
 from core.jobs.rates import AutoRateHints
 from core.jobs.runner import run_spec
@@ -318,7 +319,7 @@ def gold_set(rt: Runtime, job: domain.Job) -> GoldSet | None:
     if version is None:
         return GoldSet(gold, None, "the gold dataset version no longer exists")
     folder, manifest = materialize(rt.store, version.prefix, rt.settings.cache_dir / "datasets")
-    return GoldSet(gold, stored_items(folder / "files", manifest, 0.2, 42))  # every item counts: no split
+    return GoldSet(gold, stored_items(folder / "files", manifest, VALID_PCT, SEED))  # every item counts: no split
 
 
 def _jsonable(result: dict[str, Any]) -> dict[str, Any]:

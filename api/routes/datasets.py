@@ -14,6 +14,7 @@ from api.schemas import DatasetPublic, DatasetsPublic, Deleted, ItemsPublic, Lab
 from api.services import datasets as service
 from api.services import versions as versions_service
 from core.engine.rules import RULE_FIELDS, LabelRule, RuleKind
+from core.engine.splits import SEED, VALID_PCT
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -43,8 +44,8 @@ async def upload_dataset(
         str | None, Form(description="labels=masks without csv: each image's mask (default masks/{stem}.png)")
     ] = None,
     mask_col: Annotated[str | None, Form(description="labels=masks with csv: the mask column (default mask)")] = None,
-    valid_pct: Annotated[float, Form(gt=0, lt=1)] = 0.2,
-    seed: Annotated[int, Form()] = 42,
+    valid_pct: Annotated[float, Form(gt=0, lt=1)] = VALID_PCT,
+    seed: Annotated[int, Form()] = SEED,
 ) -> DatasetPublic:
     """Upload an archive of images as a new immutable version of dataset `name`."""
     code_list = [c.strip() for c in codes.split(",")] if codes else None
@@ -126,7 +127,7 @@ async def show_batch(
     dataset_id: str,
     version: Annotated[int | None, Query(ge=1)] = None,
     size: Annotated[int, Query(ge=16, le=512)] = 128,
-    seed: int = 42,
+    seed: int = SEED,
     valid_pct: Annotated[
         float | None, Query(gt=0, lt=1, description="a random split's validation share (default: the upload's)")
     ] = None,

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 from core.datasets.archives import Limits, extract_archive
 from core.engine.items import LabelledItems, MaskItems, Rejected
 from core.engine.rules import LabelRule, SplitKind
+from core.engine.splits import SEED, VALID_PCT
 from core.storage.base import ObjectStore
 
 MANIFEST = "manifest.json"
@@ -55,8 +56,8 @@ def ingest_archive(
     store: ObjectStore,
     prefix: str,
     limits: Limits,
-    valid_pct: float = 0.2,
-    seed: int = 42,
+    valid_pct: float = VALID_PCT,
+    seed: int = SEED,
 ) -> IngestResult:
     """Extract, label and store one archive under `prefix` (files/ and manifest.json)."""
     work = Path(tempfile.mkdtemp(prefix="fitcycle-ingest-"))

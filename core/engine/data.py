@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.engine.images import open_rgb
 from core.engine.items import LabelledItems
+from core.engine.splits import SEED
 from core.engine.tasks import Grid, Task, task_of
 from core.engine.transforms import (
     IMAGENET_STATS,
@@ -178,7 +179,7 @@ class DataConfig:
     bs: int = 64
     augment: AugmentConfig | None = None
     num_workers: int | None = None
-    seed: int = 42
+    seed: int = SEED
     rank: int = 0  # a distributed fit: this process's rank among `world`, and `bs` is the global batch
     world: int = 1
 

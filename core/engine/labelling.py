@@ -18,7 +18,14 @@ from core.engine.errors import DataError
 from core.engine.images import image_problem, is_image_name
 from core.engine.items import TARGET_ITEMS, ClassItems, LabelItems, MultiLabelItems, Rejected, TargetItems
 from core.engine.paths import MAX_TABLE_ROWS, inside, read_csv, read_text
-from core.engine.splits import split_by_column, split_by_folder, split_by_rand_pct, split_by_rand_pct_per_class
+from core.engine.splits import (
+    SEED,
+    VALID_PCT,
+    split_by_column,
+    split_by_folder,
+    split_by_rand_pct,
+    split_by_rand_pct_per_class,
+)
 
 
 def _check_files(root: Path, keys: Sequence[str]) -> list[str | None]:
@@ -89,7 +96,7 @@ def _list_files(root: Path) -> tuple[list[str], list[Rejected]]:
 
 
 def from_folder(
-    root: str | Path, train: str = "train", valid: str = "valid", valid_pct: float = 0.2, seed: int = 42
+    root: str | Path, train: str = "train", valid: str = "valid", valid_pct: float = VALID_PCT, seed: int = SEED
 ) -> LabelItems:
     """Label each image by its parent folder. With train/ and valid/ folders they make the split;
     otherwise a stable random split of `valid_pct`."""
@@ -127,8 +134,8 @@ def from_rows(
     fn_col: str | None = None,
     label_col: str | None = None,
     valid_col: str | None = None,
-    valid_pct: float = 0.2,
-    seed: int = 42,
+    valid_pct: float = VALID_PCT,
+    seed: int = SEED,
     source: str = "rows",
     label_delim: str | None = None,
     folder: str | None = None,
@@ -200,7 +207,7 @@ def from_csv(
 
 
 def from_name_func(
-    root: str | Path, label_func: Callable[[str], str | None], valid_pct: float = 0.2, seed: int = 42
+    root: str | Path, label_func: Callable[[str], str | None], valid_pct: float = VALID_PCT, seed: int = SEED
 ) -> LabelItems:
     """Label each image by a function of its path relative to root; None or '' rejects the file."""
     root = Path(root)
@@ -253,7 +260,7 @@ def name_pattern(pattern: str) -> Callable[[str], str | None]:
     return label
 
 
-def from_name_re(root: str | Path, pattern: str, valid_pct: float = 0.2, seed: int = 42) -> LabelItems:
+def from_name_re(root: str | Path, pattern: str, valid_pct: float = VALID_PCT, seed: int = SEED) -> LabelItems:
     """Label each image by the first group of a regular expression searched in its file name."""
     return from_name_func(root, name_pattern(pattern), valid_pct, seed)
 
@@ -274,8 +281,8 @@ def from_targets_csv(
     kind: str = "points",
     fn_col: str = "name",
     valid_col: str | None = None,
-    valid_pct: float = 0.2,
-    seed: int = 42,
+    valid_pct: float = VALID_PCT,
+    seed: int = SEED,
 ) -> TargetItems:
     """Regression targets from a CSV: a file-name column, then numbers. kind=points: the numbers are x, y
     pairs in the image's own pixels (columns like nose_x, nose_y); kind=values: any numbers. A .json file
@@ -310,8 +317,8 @@ def from_targets_json(
     kind: str = "points",
     fn_col: str = "name",
     valid_col: str | None = None,
-    valid_pct: float = 0.2,
-    seed: int = 42,
+    valid_pct: float = VALID_PCT,
+    seed: int = SEED,
 ) -> TargetItems:
     """Regression targets from JSON: either {"file name": targets, ...} or a list of records
     [{"name": ..., "points": [[x, y], ...]} or {"name": ..., "values": [...]}, ...]. Points are x, y pairs in

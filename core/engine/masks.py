@@ -17,7 +17,7 @@ from core.engine.images import MAX_PIXELS, image_problem, is_image_name
 from core.engine.items import MaskItems, Rejected
 from core.engine.labelling import row_target
 from core.engine.paths import check_template, fill_template, inside, read_csv, read_text
-from core.engine.splits import split_by_column, split_by_rand_pct
+from core.engine.splits import SEED, VALID_PCT, split_by_column, split_by_rand_pct
 
 CODES_FILE = "codes.txt"
 MASK_MODES = frozenset({"L", "P", "1", "I", "I;16"})
@@ -134,8 +134,8 @@ def from_mask_rule(
     images: str = "images",
     mask_template: str = "masks/{stem}.png",
     codes_file: str | None = None,
-    valid_pct: float = 0.2,
-    seed: int = 42,
+    valid_pct: float = VALID_PCT,
+    seed: int = SEED,
 ) -> MaskItems:
     """Pair every image under `images/` with the mask the template names, relative to root [fastai:
     get_y_fn]. Placeholders: {stem} (file name without extension), {name}, {suffix}, {parent} (the image's
@@ -179,8 +179,8 @@ def from_mask_csv(
     mask_col: str = "mask",
     valid_col: str | None = None,
     codes_file: str | None = None,
-    valid_pct: float = 0.2,
-    seed: int = 42,
+    valid_pct: float = VALID_PCT,
+    seed: int = SEED,
 ) -> MaskItems:
     """Pairs from a CSV with an image column and a mask column (paths relative to root)."""
     root = Path(root).resolve()

@@ -13,6 +13,7 @@ from core.engine.errors import DataError
 from core.engine.items import LabelledItems
 from core.engine.labelling import from_csv, from_folder, from_name_re, from_targets_csv
 from core.engine.masks import from_mask_csv, from_mask_rule
+from core.engine.splits import SEED, VALID_PCT
 
 RuleKind = Literal["folder", "csv", "name_re", "points", "values", "masks"]
 RULE_KINDS: tuple[str, ...] = get_args(RuleKind)
@@ -74,7 +75,7 @@ class LabelRule:
         own = RULE_FIELDS[self.kind]
         return {"kind": self.kind} | {k: v for k, v in asdict(self).items() if k in own and v is not None}
 
-    def apply(self, root: Path, valid_pct: float = 0.2, seed: int = 42) -> tuple[LabelledItems, SplitKind]:
+    def apply(self, root: Path, valid_pct: float = VALID_PCT, seed: int = SEED) -> tuple[LabelledItems, SplitKind]:
         """Label the images under root; returns the items and the split they got."""
         problem = self.problem()
         if problem is not None:

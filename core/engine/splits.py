@@ -6,6 +6,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+# The split every reader, job spec, upload and CLI verb defaults to (fastai's valid_pct=0.2, seed=42): named once.
+VALID_PCT = 0.2
+SEED = 42
+
 
 def hash_fraction(seed: int, key: str) -> float:
     """A number in [0, 1) that depends only on the seed and the item's key."""
@@ -13,7 +17,7 @@ def hash_fraction(seed: int, key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def split_by_rand_pct(keys: Sequence[str], valid_pct: float = 0.2, seed: int = 42) -> list[bool]:
+def split_by_rand_pct(keys: Sequence[str], valid_pct: float = VALID_PCT, seed: int = SEED) -> list[bool]:
     """Mark about `valid_pct` of the items as validation, stably per item key."""
     if not 0.0 <= valid_pct < 1.0:
         raise ValueError(f"valid_pct must be in [0, 1), got {valid_pct}")
@@ -47,7 +51,7 @@ MIN_ITEMS_FOR_A_VALID_ITEM = 5
 
 
 def split_by_rand_pct_per_class(
-    keys: Sequence[str], labels: Sequence[str], valid_pct: float = 0.2, seed: int = 42
+    keys: Sequence[str], labels: Sequence[str], valid_pct: float = VALID_PCT, seed: int = SEED
 ) -> list[bool]:
     """The stable hash split, with one guarantee for small data: every class with at least 5 items gets at
     least one validation item (its item with the lowest hash joins validation). Items keep their place as

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from core.engine.architectures import ARCHITECTURES
 from core.engine.metrics import METRICS
 from core.engine.rules import RULE_FIELDS, LabelRule, RuleKind
+from core.engine.splits import SEED, VALID_PCT
 from core.engine.transforms import AugmentConfig
 from core.jobs.kind_names import DEFAULT_KIND, KindName
 
@@ -65,8 +66,8 @@ class JobSettings(BaseModel):
     transforms: dict[str, float | bool] | None = Field(
         None, max_length=32, description="overrides of fastai's augmentation defaults"
     )
-    valid_pct: float = Field(0.2, gt=0.0, lt=1.0)
-    seed: int = 42
+    valid_pct: float = Field(VALID_PCT, gt=0.0, lt=1.0)
+    seed: int = SEED
     metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"], max_length=16)
     augment: bool = True
     folds: int = Field(
