@@ -193,7 +193,7 @@ def jobs_page(request: Request, caller: PageCaller, page: Annotated[int, Query(g
         models=models,
         kinds=list(KINDS.values()),
         parents=[j for j in found.data if j.model_id],
-        defaults={name: f.default for name, f in JobSettings.model_fields.items()},
+        defaults=JobSettings().model_dump() | {"arch": JobSettings().architecture},
     )
 
 

@@ -39,11 +39,16 @@ class Rank:
         return torch.device(f"cuda:{self.rank}") if device_type == "cuda" else torch.device("cpu")
 
 
+_threads_before: list[int] = []  # the process's own thread count while it is a CPU rank (leave gives it back)
+
+
 def join(rank: Rank, device_type: str, timeout_s: float = 600.0) -> None:
-    """Join the process group: NCCL between GPUs, gloo on CPU. CPU ranks share the cores between them."""
+    """Join the process group: NCCL between GPUs, gloo on CPU. CPU ranks share the cores between them (until
+    `leave`: the worker's process, rank 0, goes back to its own thread count)."""
     if device_type == "cuda":
         torch.cuda.set_device(rank.rank)
     else:
+        _threads_before.append(torch.get_num_threads())
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // rank.world))
     dist.init_process_group(
         "nccl" if device_type == "cuda" else "gloo",
@@ -57,6 +62,8 @@ def join(rank: Rank, device_type: str, timeout_s: float = 600.0) -> None:
 def leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+    if _threads_before:
+        torch.set_num_threads(_threads_before.pop())
 
 
 def unwrap(model: nn.Module) -> nn.Module:

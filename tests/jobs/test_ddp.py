@@ -68,8 +68,10 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(fashion_folder: 
     one = LocalJobContext(tmp_path / "one", show_progress=False)
     two = LocalJobContext(tmp_path / "two", show_progress=False)
     run_spec(spec(fashion_folder, 1), one)
+    threads = torch.get_num_threads()
     double = run_spec(spec(fashion_folder, 2), two)
     assert double["distributed"] == {"ranks": 2, "restarts": 0, "backend": "gloo"}
+    assert torch.get_num_threads() == threads  # rank 0 (the worker's process) gets its threads back
     # Same steps: 120 training items at a global batch of 16 is 7 steps an epoch either way, at the same rates.
     assert [b["iter"] for b in two.batches] == [b["iter"] for b in one.batches] == list(range(21))
     assert [(b["lr"], b["mom"]) for b in two.batches] == [(b["lr"], b["mom"]) for b in one.batches]
