@@ -25,6 +25,7 @@ from core.db.domain import BatchMetric, EpochMetric
 from core.engine.tasks import TASKS, Task
 from core.jobs.kind_names import KindName
 from core.jobs.kinds import JobKind
+from core.jobs.kinds.base import LR_FORM_TEXT
 from core.jobs.spec import JobSettings
 
 
@@ -298,7 +299,6 @@ class JobKindPublic(BaseModel):
 
     @classmethod
     def of(cls, kind: JobKind) -> Self:
-        order = ("number", "range", "find", "auto")
         return cls(
             name=kind.name,
             summary=kind.summary,
@@ -307,7 +307,7 @@ class JobKindPublic(BaseModel):
             takes_parent=kind.takes_parent,
             lr=kind.lr,
             lr_note=kind.lr_note,
-            lr_forms=[f for f in order if f in kind.lr_forms],
+            lr_forms=[f for f in LR_FORM_TEXT if f in kind.lr_forms],  # the registry's order
             fields=list(kind.form_fields),
         )
 

@@ -32,7 +32,7 @@ from core.db.session import session_scope
 from core.engine.architectures import ARCHITECTURES, get_architecture, imagenet_weights
 from core.jobs.kinds import SAME_DATA, JobKind, get_kind
 from core.jobs.rates import retrain_defaults
-from core.jobs.spec import JobSettings
+from core.jobs.spec import DEFAULT_ARCH, JobSettings
 from core.storage.layout import job_prefix
 
 
@@ -208,7 +208,7 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
             fields["pretrained"] = "model"
             fields["pretrained_model_id"] = model.id
             fields.setdefault("arch", model.arch)
-        fields.setdefault("arch", JobSettings().architecture)
+        fields.setdefault("arch", DEFAULT_ARCH)
         if parent is None and fields.get("pretrained") == "imagenet" and not kind.starts_from_model:
             _require_imagenet_weights(fields["arch"])
         _check_settings(kind, fields, from_model=parent is not None or "from_model_id" in fields)

@@ -37,7 +37,7 @@ from api.ui.session import (
 )
 from core.db import domain
 from core.jobs.kinds import KINDS, get_kind
-from core.jobs.spec import JobSettings
+from core.jobs.spec import DEFAULT_ARCH, JobSettings
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -193,7 +193,7 @@ def jobs_page(request: Request, caller: PageCaller, page: Annotated[int, Query(g
         models=models,
         kinds=list(KINDS.values()),
         parents=[j for j in found.data if j.model_id],
-        defaults=JobSettings().model_dump() | {"arch": JobSettings().architecture},
+        defaults=JobSettings().model_dump() | {"arch": DEFAULT_ARCH},
     )
 
 
