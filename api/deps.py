@@ -45,8 +45,9 @@ def get_admin(caller: CallerDep) -> domain.Caller:
         raise Problem(
             403,
             "Forbidden",
-            "managing keys needs one of the project's admin keys (made by 'fitcycle keys create', or over REST "
-            "with admin: true by another admin key)",
+            "this needs one of the project's admin keys (keys, promotion by hand, retraining policies and "
+            "webhooks are admin-only); 'fitcycle keys create' makes one, as does another admin key over REST (admin: "
+            "true)",
         )
     return caller
 

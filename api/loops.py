@@ -1,7 +1,10 @@
 """The fleet's own loop, run by whichever API process holds the fleet lease (one at a time however many API
-replicas run): it delivers due webhooks, and applies each registry name's policy — once a name has
-`min_feedback` unused corrections and no retrain under way, it cuts a dataset version with them and queues a
-retrain; the retrain's evaluate step then scores it and the gate decides (worker/evaluate.py)."""
+replicas run): it applies each registry name's policy — once a name has `min_feedback` unused corrections and no
+retrain under way, it cuts a dataset version with them and queues a retrain; the retrain's evaluate step then
+scores it and the gate decides (worker/evaluate.py) — and removes kept predict inputs past their project's
+retention. Webhooks are not sent here (api/deliveries.py does, in every API process): no receiver can hold a
+policy up. The lease is renewed before each name, and a pass that lost it stops: a pass longer than the lease
+never runs twice at once."""
 
 from __future__ import annotations
 
@@ -11,13 +14,14 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 
 from fastapi.concurrency import run_in_threadpool
 
 from api.errors import Problem
 from api.schemas import JobCreate, VersionCreate
 from api.services import jobs, versions
-from api.services.webhooks import deliver_due
+from api.services.prediction_log import apply_retention
 from api.state import AppState
 from core.db import repos
 from core.db.outage import is_outage
@@ -29,12 +33,16 @@ log = logging.getLogger("fitcycle.loop")
 LEASE = "feedback-loop"
 
 
-def policy_pass(state: AppState) -> list[str]:
-    """Cut a version and queue a retrain for every name whose policy's feedback threshold is reached."""
+def policy_pass(state: AppState, hold: Callable[[], bool] = lambda: True) -> list[str]:
+    """Cut a version and queue a retrain for every name whose policy's feedback threshold is reached; `hold`
+    renews the fleet lease before each name (False: another process has it now, and this pass stops)."""
     done = []
     with session_scope(state.sessions) as s:
         entries = repos.policy_names(s)
     for entry in entries:
+        if not hold():
+            log.warning("policy pass: the fleet lease moved to another process; it carries on from here")
+            break
         policy = Policy.of(entry.policy)
         with session_scope(state.sessions) as s:
             waiting = repos.count_unused_feedback(s, entry.project_id, entry.name)
@@ -65,7 +73,7 @@ def policy_pass(state: AppState) -> list[str]:
 
 
 async def fleet_loop(state: AppState, stop: asyncio.Event) -> None:
-    """Every loop_interval_seconds: hold the fleet lease, then deliver webhooks and apply policies."""
+    """Every loop_interval_seconds: hold the fleet lease, then apply the policies and the retention."""
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     interval = state.settings.loop_interval_seconds
 
@@ -76,8 +84,8 @@ async def fleet_loop(state: AppState, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             if await run_in_threadpool(hold):
-                await deliver_due(state)
-                await run_in_threadpool(policy_pass, state)
+                await run_in_threadpool(policy_pass, state, hold)
+                await run_in_threadpool(apply_retention, state)
         except Exception as exc:  # a database blip: next time
             if is_outage(exc):
                 log.warning("fleet loop: the database is not answering; trying again next pass")

@@ -11,7 +11,9 @@ from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.budget import BytesCache, CpuBudget
 from api.errors import Problem
+from api.quota import StoredBytes
 from api.ratelimit import RateLimiter, make_rate_limiter
 from api.services.predictors import PredictorCache
 from core.config import Settings
@@ -27,6 +29,9 @@ class AppState:
     celery: Celery
     predictors: PredictorCache = field(init=False)
     rate_limiter: RateLimiter = field(init=False)
+    stored: StoredBytes = field(init=False)
+    render_budget: CpuBudget = field(init=False)
+    renders: BytesCache[tuple[str, int, int, float | None]] = field(init=False)
     _streams: Counter[str] = field(init=False, default_factory=Counter)
     _streams_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
@@ -38,6 +43,11 @@ class AppState:
             backend=self.settings.predictor,
         )
         self.rate_limiter = make_rate_limiter(self.settings.celery_broker_url, self.settings.requests_per_minute)
+        self.stored = StoredBytes(self.sessions, self.settings.max_stored_bytes)
+        self.render_budget = CpuBudget(
+            self.settings.render_cpu_seconds, self.settings.render_cpu_seconds / 60, "show_batch pictures"
+        )
+        self.renders = BytesCache(max_entries=256, max_bytes=64 * 1024**2)
 
     def hold_event_stream(self, project_id: str) -> Callable[[], None]:
         """Take one of the project's open event streams (counted in this API process), or 429 when all are

@@ -20,5 +20,5 @@ async def get_project(project: ProjectDep) -> ProjectPublic:
 
 @router.patch("")
 async def update_project(state: StateDep, caller: AdminDep, body: ProjectSettings) -> ProjectPublic:
-    """Change the project's settings (an admin key): keep_inputs."""
+    """Change the project's settings (an admin key): keep_inputs, input_retention_days, gold."""
     return await run_in_threadpool(service.update, state, caller.project, body)

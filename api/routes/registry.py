@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, ProjectDep, StateDep
+from api.deps import AdminDep, ProjectDep, StateDep
 from api.schemas import (
     Answer,
     BatchPredictions,
@@ -51,15 +51,18 @@ async def get_decisions(state: StateDep, project: ProjectDep, name: str) -> Deci
 
 
 @router.post("/{name}/promote")
-async def promote(state: StateDep, caller: CallerDep, name: str, body: Promote) -> DecisionPublic:
-    """Make one of the name's models its champion (also how to roll back); recorded with who and why."""
-    return await run_in_threadpool(service.promote, state, caller, name, body)
+async def promote(state: StateDep, admin: AdminDep, name: str, body: Promote) -> DecisionPublic:
+    """Make one of the name's models its champion (also how to roll back); recorded with who and why. Needs an
+    admin key: promotion by hand passes over the gate."""
+    return await run_in_threadpool(service.promote, state, admin, name, body)
 
 
 @router.put("/{name}/policy")
-async def set_policy(state: StateDep, project: ProjectDep, name: str, body: PolicyUpdate) -> RegistryEntry:
-    """min_feedback, min_improvement, max_class_drop and auto_promote for the name's retrains."""
-    return await run_in_threadpool(service.set_policy, state, project, name, body)
+async def set_policy(state: StateDep, admin: AdminDep, name: str, body: PolicyUpdate) -> RegistryEntry:
+    """min_feedback, min_improvement, max_class_drop and auto_promote for the name's retrains (the gate every
+    retrain passes). A field left out keeps its value; null sets it back to its default (min_feedback: null
+    switches retraining on feedback off). Needs an admin key."""
+    return await run_in_threadpool(service.set_policy, state, admin.project, name, body)
 
 
 @router.post("/{name}/predict", response_model=PredictResponse, response_model_exclude_none=True)

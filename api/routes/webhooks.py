@@ -1,11 +1,14 @@
-"""Webhooks: register a URL for events, list them, delete one, and see its deliveries."""
+"""Webhooks: register a URL for events, list them, delete one (admin keys: a webhook is where a project's events
+go), and see its deliveries (any key of the project)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import ProjectDep, StateDep
+from api.deps import AdminDep, ProjectDep, StateDep
 from api.schemas import DeliveriesPublic, WebhookCreate, WebhookPublic, WebhooksPublic
 from api.services import webhooks as service
 
@@ -13,9 +16,12 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
 @router.post("", status_code=201)
-async def create_webhook(state: StateDep, project: ProjectDep, body: WebhookCreate) -> WebhookPublic:
-    """Deliveries are JSON {id, event, created_at, data}, signed: X-Fitcycle-Signature: sha256=HMAC(secret, body)."""
-    return await run_in_threadpool(service.create, state, project, body)
+async def create_webhook(state: StateDep, admin: AdminDep, body: WebhookCreate) -> WebhookPublic:
+    """Deliveries are JSON {id, event, created_at, data}, signed with a timestamp: X-Fitcycle-Timestamp: T,
+    X-Fitcycle-Signature: sha256=HMAC-SHA256(secret, "T." + body); refuse a T more than 5 minutes from your clock.
+    The URL must be a public http(s) address (422 otherwise). Needs an admin key."""
+    await service.check_url(body.url, state.settings)
+    return await run_in_threadpool(service.create, state, admin.project, body)
 
 
 @router.get("")
@@ -25,11 +31,18 @@ async def list_webhooks(state: StateDep, project: ProjectDep) -> WebhooksPublic:
 
 
 @router.delete("/{webhook_id}", status_code=204)
-async def delete_webhook(state: StateDep, project: ProjectDep, webhook_id: str) -> None:
-    await run_in_threadpool(service.delete, state, project, webhook_id)
+async def delete_webhook(state: StateDep, admin: AdminDep, webhook_id: str) -> None:
+    """Delete a webhook: its deliveries not yet sent are dropped. Needs an admin key."""
+    await run_in_threadpool(service.delete, state, admin.project, webhook_id)
 
 
 @router.get("/{webhook_id}/deliveries")
-async def list_deliveries(state: StateDep, project: ProjectDep, webhook_id: str) -> DeliveriesPublic:
-    """Each event sent (or still to send) to it: state, attempts, the last error."""
-    return await run_in_threadpool(service.deliveries, state, project, webhook_id)
+async def list_deliveries(
+    state: StateDep,
+    project: ProjectDep,
+    webhook_id: str,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_DELIVERIES_PAGE)] = 100,
+) -> DeliveriesPublic:
+    """A page of the events sent (or still to send) to it, newest first: state, attempts, the last error."""
+    return await run_in_threadpool(service.deliveries, state, project, webhook_id, offset, limit)

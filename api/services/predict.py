@@ -121,15 +121,18 @@ def record_answer(
     prefix = prediction_prefix(project.id, prediction_id)
     answer = p.answer()
     logged = dict(answer)
+    files = {name: data for name, data in answer.items() if isinstance(data, bytes)}  # a mask, kept as a PNG
+    stored = (len(image) if project.keep_inputs else 0) + sum(len(data) for data in files.values())
+    state.stored.check(project.id, stored, fresh=False)  # what is kept counts toward the quota: checked first
     input_key = None
     if project.keep_inputs:
         fmt = pending.format
         input_key = f"{prefix}{EXTENSIONS.get(fmt, '.png')}"
         state.store.put_bytes(input_key, image, f"image/{fmt.lower() or 'png'}")
-    for name, data in answer.items():  # a file (a mask) is kept as a PNG beside the row, which holds its key
-        if isinstance(data, bytes):
-            logged[name] = f"{prefix}.{name}.png"
-            state.store.put_bytes(logged[name], data, "image/png")
+    for name, data in files.items():  # beside the row, which holds its key
+        logged[name] = f"{prefix}.{name}.png"
+        state.store.put_bytes(logged[name], data, "image/png")
+    state.stored.wrote(project.id, stored)
     with session_scope(state.sessions) as s:
         repos.record_prediction(
             s,
@@ -142,6 +145,7 @@ def record_answer(
             input_key=input_key,
             answer=logged,
             uncertainty=float(p.uncertainty),
+            stored_bytes=stored,
         )
     return answer_of(pending.task, json_ready(answer), prediction_id)  # JSON: here the mask becomes base64
 

@@ -15,7 +15,8 @@ from core.db.session import session_scope
 def public(project: domain.Project) -> ProjectPublic:
     gold = project.gold
     shown = {k: gold[k] for k in ("dataset_id", "dataset", "version")} if gold else None
-    return ProjectPublic(id=project.id, name=project.name, settings={"keep_inputs": project.keep_inputs, "gold": shown})
+    settings = {"keep_inputs": project.keep_inputs, "input_retention_days": project.input_retention_days, "gold": shown}
+    return ProjectPublic(id=project.id, name=project.name, settings=settings)
 
 
 def update(state: AppState, project: domain.Project, body: ProjectSettings) -> ProjectPublic:
@@ -26,6 +27,8 @@ def update(state: AppState, project: domain.Project, body: ProjectSettings) -> P
         repos.lock_project(s, project.id)  # a delete of the chosen version waits, or finishes first
         if sent.get("keep_inputs") is not None:
             changes["keep_inputs"] = sent["keep_inputs"]
+        if "input_retention_days" in sent:  # null: keep predictions until deleted
+            changes["input_retention_days"] = sent["input_retention_days"]
         if "gold" in sent:
             if body.gold is None:
                 changes["gold"] = None

@@ -5,6 +5,7 @@ no feedback goes into two versions or none."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -94,6 +95,25 @@ def _feedback_items(
     return items, used, skipped
 
 
+def _refuse_repeats(body: VersionCreate) -> None:
+    """422 for an item relabelled twice, removed twice, or both: each edit costs a read of its item, so a small
+    body naming one big item thousands of times must not make the API read it thousands of times."""
+    relabelled = Counter(edit.item for edit in body.relabel)
+    removed = Counter(body.remove)
+    for field, counts in (("relabel", relabelled), ("remove", removed)):
+        repeated = sorted(k for k, n in counts.items() if n > 1)
+        if repeated:
+            raise Problem(
+                422,
+                "Invalid version",
+                f"{field}: {len(repeated)} item(s) named more than once, e.g. '{repeated[0][:200]}'; name each item "
+                "once (the last relabel of an item is the one you want)",
+            )
+    both = sorted(set(relabelled) & set(removed))
+    if both:
+        raise Problem(422, "Invalid version", f"'{both[0][:200]}' is both relabelled and removed; do one or the other")
+
+
 def cut(state: AppState, project: domain.Project, dataset_id: str, body: VersionCreate) -> DatasetPublic:
     """A new version from `from_version` (default: the latest) with the edits; 201 with its counts and changes."""
     with session_scope(state.sessions) as s:
@@ -102,7 +122,8 @@ def cut(state: AppState, project: domain.Project, dataset_id: str, body: Version
     task_name = dataset_task(manifest).name
     relabels: list[tuple[str, Correction]] = []
     keys = {r["key"] for r in manifest["items"]}
-    for edit in body.relabel:
+    _refuse_repeats(body)
+    for edit in body.relabel:  # each item once (repeats are refused above), so each image is read once
         if edit.item not in keys:
             raise Problem(422, "Invalid version", f"relabel: no item '{edit.item[:200]}' in version {parent.version}")
         target = edit.model_dump(exclude={"item", "new_class"}, exclude_none=True)

@@ -93,12 +93,15 @@ def cut_version(
         relabelled.append({"item": key, "before": before, "after": task.record(target, parent)})
     added = []
     for new in edits.add:
-        if new.key in items:
-            raise DataError(f"the version already has an item '{new.key}'")
         target = dict(new.correction.target)
         if new.correction.mask_png is not None:
             target["mask"] = f"{new.key}.mask.png"
             new_masks[new.key] = new.correction.mask_png
+        if new.key in items:  # a prediction corrected again after its first correction went into a version
+            before = {k: v for k, v in items[new.key].items() if k not in ("key", "valid")}
+            items[new.key] = {"key": new.key, **task.record(target, parent), "valid": items[new.key]["valid"]}
+            relabelled.append({"item": new.key, "before": before, "after": task.record(target, parent)})
+            continue  # the same image, already among the version's files: its new target replaces the old
         valid = split_by_rand_pct([new.key], valid_pct, seed)[0]
         items[new.key] = {"key": new.key, **task.record(target, parent), "valid": valid}
         sources[new.key] = new.source

@@ -21,6 +21,12 @@ class Project:
         return bool(self.settings.get("keep_inputs", True))
 
     @property
+    def input_retention_days(self) -> int | None:
+        """How many days a prediction (and its kept input) is kept; None: until deleted."""
+        days = self.settings.get("input_retention_days")
+        return int(days) if days else None
+
+    @property
     def gold(self) -> dict[str, Any] | None:
         """The frozen dataset version the promotion gate also scores on: {dataset_id, dataset, version,
         version_id}, or None."""
@@ -76,6 +82,16 @@ class ApiKey:
         if self.expires_at is not None and self.expires_at <= datetime.now(UTC):
             return "expired"
         return "active"
+
+
+@dataclass(frozen=True)
+class UiSession:
+    """A web UI sign-in as listed: when it began and when it ends, and whether it is the asking browser's own
+    (never its token, nor the token's hash)."""
+
+    created_at: datetime
+    expires_at: datetime
+    current: bool
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,7 @@ class PredictionRow(Base):
     input_key: Mapped[str | None] = mapped_column(String(500), default=None)  # the image in the store, if kept
     answer: Mapped[dict[str, Any]] = mapped_column(default=dict)
     uncertainty: Mapped[float] = mapped_column(Float, default=0.0)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # input and mask kept
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -231,6 +232,7 @@ class FeedbackRow(Base):
     key_id: Mapped[str] = mapped_column(String(36))
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     used_in: Mapped[str | None] = mapped_column(String(36), default=None)  # the dataset version it went into
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # its mask, if any
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -211,6 +211,15 @@ def test_cut_a_version_keeps_splits_adds_feedback_and_relabels(tmp_path: Path) -
         cut_version(store, "v1", parent, "v3", Edits(remove=["nope.png"]), 0.2, 42)
     assert not store.list("v3/")  # nothing left behind
 
+    # The same prediction corrected again after v2 took its first correction: v3 replaces the item's target
+    # (same image, same split) instead of refusing a second item of that key (which stopped the policy loop).
+    again = NewItem("feedback/p1.png", "predictions/p1.png", Correction({"label": "dress"}), "p1")
+    third = cut_version(store, "v2", cut.manifest, "v3", Edits(add=[again]), 0.2, 42)
+    row = next(r for r in third.manifest["items"] if r["key"] == "feedback/p1.png")
+    first = next(r for r in cut.manifest["items"] if r["key"] == "feedback/p1.png")
+    assert row["label"] == "dress" and row["valid"] == first["valid"] and third.n_items == cut.n_items
+    assert third.changes["added"] == 0 and third.changes["relabelled"] == 1
+
 
 def test_one_process_of_the_fleet_holds_the_loop_at_a_time(tmp_path: Path) -> None:
     import time

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +40,18 @@ class ImageHandler(http.server.SimpleHTTPRequestHandler):
     delivery) is kept in `received` with its headers and answered 204."""
 
     received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+    timed: ClassVar[list[tuple[dict[str, str], bytes, float]]] = []  # the same, with the path and arrival time
+    hung: ClassVar[list[float]] = []  # arrivals at /hang, which never answers (its thread sleeps 30 s)
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        ImageHandler.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        if self.path == "/hang":
+            ImageHandler.hung.append(time.time())
+            time.sleep(30)
+            return
+        ImageHandler.received.append((headers, body))
+        ImageHandler.timed.append(({**headers, "path": self.path}, body, time.time()))
         self.send_response(204)
         self.end_headers()
 

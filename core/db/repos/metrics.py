@@ -11,7 +11,17 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from core.db import domain as d
-from core.db.models import ArtifactRow, BatchMetricRow, DatasetRow, DatasetVersionRow, EpochMetricRow, JobRow, utcnow
+from core.db.models import (
+    ArtifactRow,
+    BatchMetricRow,
+    DatasetRow,
+    DatasetVersionRow,
+    EpochMetricRow,
+    FeedbackRow,
+    JobRow,
+    PredictionRow,
+    utcnow,
+)
 from core.db.repos._rows import new_id, to, upsert
 
 
@@ -117,7 +127,8 @@ def stored_bytes_of_job(s: Session, job_id: str) -> int:
 
 
 def stored_bytes(s: Session, project_id: str) -> int:
-    """What a project's dataset versions and job artifacts take in the object store."""
+    """What a project takes in the object store: dataset versions, job artifacts, kept predict inputs (and the
+    masks its answers carry), and feedback masks."""
     datasets = s.scalar(
         select(func.coalesce(func.sum(DatasetVersionRow.n_bytes), 0))
         .join(DatasetRow, DatasetVersionRow.dataset_id == DatasetRow.id)
@@ -128,4 +139,10 @@ def stored_bytes(s: Session, project_id: str) -> int:
         .join(JobRow, ArtifactRow.job_id == JobRow.id)
         .where(JobRow.project_id == project_id)
     )
-    return int(datasets or 0) + int(artifacts or 0)
+    kept = s.scalar(
+        select(func.coalesce(func.sum(PredictionRow.stored_bytes), 0)).where(PredictionRow.project_id == project_id)
+    )
+    masks = s.scalar(
+        select(func.coalesce(func.sum(FeedbackRow.stored_bytes), 0)).where(FeedbackRow.project_id == project_id)
+    )
+    return int(datasets or 0) + int(artifacts or 0) + int(kept or 0) + int(masks or 0)

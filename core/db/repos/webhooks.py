@@ -3,10 +3,10 @@ that asked for it (so it is sent only if the change commits), retried with backo
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.db import domain as d
@@ -27,7 +27,10 @@ def list_webhooks(s: Session, project_id: str) -> list[d.Webhook]:
 
 
 def delete_webhook(s: Session, project_id: str, webhook_id: str) -> bool:
+    """Delete a webhook and every delivery of it not yet sent (a delivery claimed before is its last)."""
     done = s.execute(delete(WebhookRow).where(WebhookRow.id == webhook_id, WebhookRow.project_id == project_id))
+    if done.rowcount:  # type: ignore[attr-defined]
+        s.execute(delete(DeliveryRow).where(DeliveryRow.webhook_id == webhook_id))
     return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
@@ -40,15 +43,44 @@ def emit(s: Session, project_id: str, event: str, payload: dict[str, Any]) -> in
     return len(hooks)
 
 
-def due_deliveries(s: Session, limit: int = 50) -> list[tuple[d.Delivery, d.Webhook]]:
+def projects_with_due_deliveries(s: Session, limit: int = 1000) -> list[str]:
+    """The projects that have a delivery due now, the longest-waiting first."""
+    q = (
+        select(DeliveryRow.project_id, func.min(DeliveryRow.next_attempt_at).label("since"))
+        .where(DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= utcnow())
+        .group_by(DeliveryRow.project_id)
+        .order_by("since")
+        .limit(limit)
+    )
+    return [str(p) for p, _ in s.execute(q)]
+
+
+def claim_due_deliveries(
+    s: Session, project_id: str, limit: int, hold_seconds: float
+) -> list[tuple[d.Delivery, d.Webhook]]:
+    """Up to `limit` of a project's due deliveries, each claimed by a conditional update that moves its next
+    attempt `hold_seconds` ahead: another process (another API replica) that read the same row claims nothing,
+    and a process that dies with a claim leaves the delivery due again once the hold ends."""
+    if limit <= 0:
+        return []
+    now = utcnow()
     q = (
         select(DeliveryRow, WebhookRow)
         .join(WebhookRow, DeliveryRow.webhook_id == WebhookRow.id)
-        .where(DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= utcnow())
+        .where(DeliveryRow.project_id == project_id, DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= now)
         .order_by(DeliveryRow.next_attempt_at)
         .limit(limit)
     )
-    return [(to(d.Delivery, r), to(d.Webhook, w)) for r, w in s.execute(q)]
+    claimed = []
+    for row, hook in s.execute(q).all():
+        taken = s.execute(
+            update(DeliveryRow)
+            .where(DeliveryRow.id == row.id, DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= now)
+            .values(next_attempt_at=now + timedelta(seconds=hold_seconds))
+        )
+        if taken.rowcount:  # type: ignore[attr-defined]
+            claimed.append((to(d.Delivery, row), to(d.Webhook, hook)))
+    return claimed
 
 
 def delivery_attempted(s: Session, delivery_id: str, error: str | None, retry_at: datetime | None) -> None:
@@ -67,10 +99,20 @@ def delivery_attempted(s: Session, delivery_id: str, error: str | None, retry_at
     s.flush()
 
 
-def list_deliveries(s: Session, project_id: str, webhook_id: str) -> list[d.Delivery]:
+def list_deliveries(s: Session, project_id: str, webhook_id: str, limit: int, offset: int = 0) -> list[d.Delivery]:
+    """A page of a webhook's deliveries, the newest first."""
     rows = s.scalars(
         select(DeliveryRow)
         .where(DeliveryRow.project_id == project_id, DeliveryRow.webhook_id == webhook_id)
-        .order_by(DeliveryRow.created_at)
+        .order_by(DeliveryRow.created_at.desc(), DeliveryRow.id)
+        .limit(limit)
+        .offset(offset)
     )
     return [to(d.Delivery, r) for r in rows]
+
+
+def count_deliveries(s: Session, project_id: str, webhook_id: str) -> int:
+    q = select(func.count(DeliveryRow.id)).where(
+        DeliveryRow.project_id == project_id, DeliveryRow.webhook_id == webhook_id
+    )
+    return int(s.scalar(q) or 0)

@@ -1,0 +1,85 @@
+"""Work a small request can ask for in quantity, bounded per project: a CPU-time token bucket, and a cache of
+what such work made.
+
+`CpuBudget`: each project has up to `capacity` seconds of CPU to spend on costly renders (show_batch), refilled
+at `per_second`; a render is allowed while the balance is positive and then pays what it measured
+(`time.thread_time()`), so a project that asks for many big pictures waits (429 with Retry-After) while every
+other project's balance is untouched. Per API process, as the predictor cache is.
+
+`BytesCache`: the most recently used results by key, bounded in entries and bytes."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Generic, TypeVar
+
+from api.errors import Problem
+
+K = TypeVar("K")
+
+
+class CpuBudget:
+    def __init__(self, capacity: float, per_second: float, what: str) -> None:
+        self.capacity, self.per_second, self.what = capacity, per_second, what
+        self._balance: dict[str, tuple[float, float]] = {}  # project -> (seconds left, when)
+        self._lock = threading.Lock()
+
+    def _now_balance(self, project_id: str, now: float) -> float:
+        left, when = self._balance.get(project_id, (self.capacity, now))
+        return min(self.capacity, left + (now - when) * self.per_second)
+
+    @contextmanager
+    def spend(self, project_id: str) -> Iterator[None]:
+        """Run the block if the project has CPU left (else 429 with Retry-After), and charge what it used."""
+        now = time.monotonic()
+        with self._lock:
+            left = self._now_balance(project_id, now)
+        if left <= 0:
+            wait = math.ceil(-left / self.per_second) + 1
+            raise Problem(
+                429,
+                "CPU budget spent",
+                f"this project has used its CPU time for {self.what} for now; try again in {wait} s (or ask for "
+                "the default picture, which is kept)",
+                headers={"Retry-After": str(wait)},
+            )
+        started = time.thread_time()
+        try:
+            yield
+        finally:
+            used = time.thread_time() - started
+            with self._lock:
+                now = time.monotonic()
+                self._balance[project_id] = (self._now_balance(project_id, now) - used, now)
+                if len(self._balance) > 10_000:  # full again: forget them
+                    self._balance = {
+                        k: v for k, v in self._balance.items() if self._now_balance(k, now) < self.capacity
+                    }
+
+
+class BytesCache(Generic[K]):
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._items: OrderedDict[K, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get_or_make(self, key: K, make: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        data = make()
+        with self._lock:
+            if key not in self._items and len(data) <= self.max_bytes:
+                self._items[key] = data
+                self._bytes += len(data)
+                while len(self._items) > self.max_entries or self._bytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= len(old)
+        return data

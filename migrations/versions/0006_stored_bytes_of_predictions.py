@@ -1,0 +1,29 @@
+"""predictions.stored_bytes and feedback.stored_bytes: what a prediction's kept input and mask, and a feedback's
+mask, take in the object store, so that they count toward the project's storage quota
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-03 18:40:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0006"
+down_revision: str | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    for table in ("predictions", "feedback"):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.add_column(sa.Column("stored_bytes", sa.BigInteger(), nullable=False, server_default="0"))
+
+
+def downgrade() -> None:
+    for table in ("predictions", "feedback"):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_column("stored_bytes")
