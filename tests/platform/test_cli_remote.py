@@ -79,5 +79,25 @@ def test_lists_are_tables_and_a_watched_job_reaches_100_percent(stack: Stack, fa
     got = run(stack, client.key, "models", "download", model_id[:8], "--out", str(bundle))
     assert got.returncode == 0 and got.stdout.startswith(str(bundle)), got.stderr
     assert {p.name for p in bundle.iterdir()} >= {"manifest.json", "weights.safetensors"}
+
+    # Predictions kept, then deleted (one, then all before now); a retention set and switched off again.
+    image = next(fashion_zip.parent.rglob("*.png"))  # one of the zip's own pictures
+    for _ in range(2):
+        assert run(stack, client.key, "models", "predict", model_id, str(image)).returncode == 0
+    listed = json.loads(run(stack, client.key, "predictions", "list", "--json").stdout)
+    assert len(listed) == 2
+    one = run(stack, client.key, "predictions", "delete", listed[0]["id"])
+    assert one.returncode == 0 and one.stdout.startswith(f"deleted prediction {listed[0]['id']}"), one.stderr
+    rest = run(stack, client.key, "predictions", "delete", "--older-than-days", "0")
+    assert rest.returncode == 0 and rest.stdout.startswith("deleted 1 predictions made before"), rest.stderr
+    assert json.loads(run(stack, client.key, "predictions", "list", "--json").stdout) == []
+    kept = run(stack, client.key, "project", "set", "--input-retention-days", "30")
+    assert json.loads(kept.stdout)["settings"]["input_retention_days"] == 30, kept.stderr
+    off = run(stack, client.key, "project", "set", "--input-retention-days", "off")
+    assert json.loads(off.stdout)["settings"]["input_retention_days"] is None, off.stderr
+    bad = run(stack, client.key, "project", "set", "--input-retention-days", "soon")
+    assert bad.returncode == 2 and "a whole number of days, or off" in bad.stderr
+
     gone = run(stack, client.key, "models", "delete", model_id)
     assert gone.returncode == 0 and gone.stdout.startswith(f"deleted model {model_id}"), gone.stderr
+
