@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from api.errors import Problem
 from api.guard import CALLER
@@ -53,3 +53,7 @@ def get_admin(caller: CallerDep) -> domain.Caller:
 
 
 AdminDep = Annotated[domain.Caller, Depends(get_admin)]
+
+# Every list is paged: `limit` rows from `offset`; the answer's `count` is how many there are in all.
+OffsetQuery = Annotated[int, Query(ge=0, le=2**31 - 1, description="rows to skip")]
+LimitQuery = Annotated[int, Query(ge=1, le=500, description="rows to return (at most 500)")]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import AdminDep, StateDep
+from api.deps import AdminDep, LimitQuery, OffsetQuery, StateDep
 from api.schemas import KeyCreate, KeyCreated, KeysPublic
 from api.services import keys as service
 
@@ -20,9 +20,9 @@ async def create_key(state: StateDep, admin: AdminDep, body: KeyCreate) -> KeyCr
 
 
 @router.get("")
-async def list_keys(state: StateDep, admin: AdminDep) -> KeysPublic:
-    """Every key of this project (never the keys themselves: their prefixes)."""
-    return await run_in_threadpool(service.list_all, state, admin)
+async def list_keys(state: StateDep, admin: AdminDep, offset: OffsetQuery = 0, limit: LimitQuery = 100) -> KeysPublic:
+    """This project's keys, a page at a time (never the keys themselves: their prefixes)."""
+    return await run_in_threadpool(service.list_all, state, admin, offset, limit)
 
 
 @router.delete("/{key_id}")

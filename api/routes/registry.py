@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import AdminDep, ProjectDep, StateDep
+from api.deps import AdminDep, LimitQuery, OffsetQuery, ProjectDep, StateDep
 from api.schemas import (
     Answer,
     BatchPredictions,
@@ -33,9 +33,11 @@ def _bundle_url(request: Request) -> Callable[[str], str]:
 
 
 @router.get("")
-async def list_names(state: StateDep, project: ProjectDep) -> RegistryPublic:
-    """Every model name of the project with its champion, challenger and policy."""
-    return await run_in_threadpool(service.list_all, state, project)
+async def list_names(
+    state: StateDep, project: ProjectDep, offset: OffsetQuery = 0, limit: LimitQuery = 100
+) -> RegistryPublic:
+    """The project's model names with their champion, challenger and policy, a page at a time."""
+    return await run_in_threadpool(service.list_all, state, project, offset, limit)
 
 
 @router.get("/{name}")
@@ -45,9 +47,11 @@ async def get_name(request: Request, state: StateDep, project: ProjectDep, name:
 
 
 @router.get("/{name}/decisions")
-async def get_decisions(state: StateDep, project: ProjectDep, name: str) -> DecisionsPublic:
-    """Each promotion or refusal: both scores and the reason."""
-    return await run_in_threadpool(service.decisions, state, project, name)
+async def get_decisions(
+    state: StateDep, project: ProjectDep, name: str, offset: OffsetQuery = 0, limit: LimitQuery = 100
+) -> DecisionsPublic:
+    """Each promotion or refusal, oldest first, a page at a time: both scores and the reason."""
+    return await run_in_threadpool(service.decisions, state, project, name, offset, limit)
 
 
 @router.post("/{name}/promote")

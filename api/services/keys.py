@@ -21,10 +21,12 @@ def create(state: AppState, admin: domain.Caller, body: KeyCreate) -> KeyCreated
     return KeyCreated.of(record, key=key)
 
 
-def list_all(state: AppState, admin: domain.Caller) -> KeysPublic:
+def list_all(state: AppState, admin: domain.Caller, offset: int = 0, limit: int | None = None) -> KeysPublic:
+    """A page of the project's keys; count: all of them."""
     with session_scope(state.sessions) as s:
         keys = [k for _, k in repos.list_api_keys(s, admin.project.id)]
-    return KeysPublic(data=[KeyPublic.of(k) for k in keys], count=len(keys))
+    end = None if limit is None else offset + limit
+    return KeysPublic(data=[KeyPublic.of(k) for k in keys[offset:end]], count=len(keys))
 
 
 def revoke(state: AppState, admin: domain.Caller, key_id: str) -> KeysPublic:

@@ -24,12 +24,19 @@ def find(state: AppState, project: domain.Project, model_id: str) -> domain.Mode
     return model
 
 
-def list_all(state: AppState, project: domain.Project, bundle_url: Callable[[str], str]) -> ModelsPublic:
-    """The project's models, oldest first, each with `bundle_url(model id)`."""
+def list_all(
+    state: AppState,
+    project: domain.Project,
+    bundle_url: Callable[[str], str],
+    offset: int = 0,
+    limit: int | None = None,
+) -> ModelsPublic:
+    """A page of the project's models, oldest first, each with `bundle_url(model id)`; count: all of them."""
     with session_scope(state.sessions) as s:
-        models = repos.list_models(s, project.id)
+        models = repos.list_models(s, project.id, offset, limit)
+        count = repos.count_models(s, project.id)
     data = [ModelPublic.of(m, bundle_url=bundle_url(m.id)) for m in models]
-    return ModelsPublic(data=data, count=len(data))
+    return ModelsPublic(data=data, count=count)
 
 
 def get(state: AppState, project: domain.Project, model_id: str, bundle_url: Callable[[str], str]) -> ModelPublic:

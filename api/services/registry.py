@@ -33,11 +33,14 @@ def _entry(entry: domain.ModelName, versions: int) -> RegistryEntry:
     )
 
 
-def list_all(state: AppState, project: domain.Project) -> RegistryPublic:
+def list_all(state: AppState, project: domain.Project, offset: int = 0, limit: int | None = None) -> RegistryPublic:
+    """A page of the project's names; count: all of them."""
     with session_scope(state.sessions) as s:
         counts = repos.versions_per_name(s, project.id)
-        data = [_entry(e, counts.get(e.name, 0)) for e in repos.list_model_names(s, project.id)]
-    return RegistryPublic(data=data, count=len(data))
+        names = repos.list_model_names(s, project.id)
+    end = None if limit is None else offset + limit
+    data = [_entry(e, counts.get(e.name, 0)) for e in names[offset:end]]
+    return RegistryPublic(data=data, count=len(names))
 
 
 def find(state: AppState, project: domain.Project, name: str) -> domain.ModelName:
@@ -62,11 +65,15 @@ def get(state: AppState, project: domain.Project, name: str, bundle_url: Callabl
     )
 
 
-def decisions(state: AppState, project: domain.Project, name: str) -> DecisionsPublic:
+def decisions(
+    state: AppState, project: domain.Project, name: str, offset: int = 0, limit: int | None = None
+) -> DecisionsPublic:
+    """A page of the name's decisions, oldest first; count: all of them."""
     find(state, project, name)
     with session_scope(state.sessions) as s:
-        data = [DecisionPublic.of(d) for d in repos.decisions(s, project.id, name)]
-    return DecisionsPublic(data=data, count=len(data))
+        data = [DecisionPublic.of(d) for d in repos.decisions(s, project.id, name, offset, limit)]
+        count = repos.count_decisions(s, project.id, name)
+    return DecisionsPublic(data=data, count=count)
 
 
 def champion(state: AppState, project: domain.Project, name: str) -> domain.Model:

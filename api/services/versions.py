@@ -28,12 +28,16 @@ def _manifest(state: AppState, version: domain.DatasetVersion) -> dict[str, Any]
     return manifest
 
 
-def list_versions(state: AppState, project: domain.Project, dataset_id: str) -> DatasetsPublic:
-    """Every version of the dataset, oldest first, each with what it changed."""
+def list_versions(
+    state: AppState, project: domain.Project, dataset_id: str, offset: int = 0, limit: int | None = None
+) -> DatasetsPublic:
+    """A page of the dataset's versions, oldest first, each with what it changed; count: all of them."""
     with session_scope(state.sessions) as s:
         dataset, _, numbers = find_version(s, project, dataset_id, None)
-        data = [version_public(dataset, v, numbers) for v in repos.dataset_versions(s, dataset_id)]
-    return DatasetsPublic(data=data, count=len(data))
+        every = repos.dataset_versions(s, dataset_id)
+        end = None if limit is None else offset + limit
+        data = [version_public(dataset, v, numbers) for v in every[offset:end]]
+    return DatasetsPublic(data=data, count=len(every))
 
 
 def version_diff(

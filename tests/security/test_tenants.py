@@ -144,3 +144,26 @@ def test_a_member_key_cannot_change_the_gate_or_the_webhooks(
     # What a member may still do: read the registry and the webhooks.
     assert member.get(f"/registry/{name}").status_code == 200 and member.get("/webhooks").status_code == 200
     assert admin.http.delete(f"/keys/{made.json()['id']}").status_code == 200
+
+
+def test_every_list_is_paged_and_bounded(victim: Victim, victim_model: str) -> None:
+    c = victim.client
+    name = c.get(f"/models/{victim_model}").json()["name"]
+    lists = [
+        "/datasets",
+        f"/datasets/{victim.dataset['id']}/versions",
+        f"/datasets/{victim.dataset['id']}/items",
+        "/jobs",
+        "/models",
+        "/registry",
+        f"/registry/{name}/decisions",
+        "/predictions",
+        "/feedback",
+        "/keys",
+    ]
+    for path in lists:
+        page = c.get(path, params={"limit": 1, "offset": 0})
+        assert page.status_code == 200, (path, page.text)
+        assert len(page.json()["data"]) <= 1 <= page.json()["count"] or page.json()["count"] == 0, path
+        for bad in ({"limit": 0}, {"limit": 100_000}, {"offset": -1}, {"offset": 2**63}):
+            assert c.get(path, params=bad).status_code == 422, (path, bad)

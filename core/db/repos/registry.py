@@ -51,9 +51,15 @@ def get_model(s: Session, model_id: str, project_id: str | None = None) -> d.Mod
     return to(d.Model, row)
 
 
-def list_models(s: Session, project_id: str) -> list[d.Model]:
-    rows = s.scalars(select(ModelRow).where(ModelRow.project_id == project_id).order_by(ModelRow.created_at))
+def list_models(s: Session, project_id: str, offset: int = 0, limit: int | None = None) -> list[d.Model]:
+    """The project's models, oldest first (a page of them with offset and limit)."""
+    q = select(ModelRow).where(ModelRow.project_id == project_id).order_by(ModelRow.created_at, ModelRow.id)
+    rows = s.scalars(q.offset(offset).limit(limit))
     return [to(d.Model, r) for r in rows]
+
+
+def count_models(s: Session, project_id: str) -> int:
+    return int(s.scalar(select(func.count(ModelRow.id)).where(ModelRow.project_id == project_id)) or 0)
 
 
 def delete_model(s: Session, model_id: str) -> None:
@@ -217,10 +223,15 @@ def record_decision(
     return to(d.Decision, row)
 
 
-def decisions(s: Session, project_id: str, name: str) -> list[d.Decision]:
+def decisions(s: Session, project_id: str, name: str, offset: int = 0, limit: int | None = None) -> list[d.Decision]:
+    """A name's decisions, oldest first (a page of them with offset and limit)."""
+    where = (DecisionRow.project_id == project_id, DecisionRow.name == name)
     rows = s.scalars(
-        select(DecisionRow)
-        .where(DecisionRow.project_id == project_id, DecisionRow.name == name)
-        .order_by(DecisionRow.created_at)
+        select(DecisionRow).where(*where).order_by(DecisionRow.created_at, DecisionRow.id).offset(offset).limit(limit)
     )
     return [to(d.Decision, r) for r in rows]
+
+
+def count_decisions(s: Session, project_id: str, name: str) -> int:
+    where = (DecisionRow.project_id == project_id, DecisionRow.name == name)
+    return int(s.scalar(select(func.count(DecisionRow.id)).where(*where)) or 0)
