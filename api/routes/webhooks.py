@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import AdminDep, ProjectDep, StateDep
-from api.schemas import DeliveriesPublic, WebhookCreate, WebhookPublic, WebhooksPublic
+from api.schemas import DeliveriesPublic, WebhookCreate, WebhookPublic, WebhooksPublic, WebhookUpdate
 from api.services import webhooks as service
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
@@ -34,6 +34,13 @@ async def list_webhooks(state: StateDep, project: ProjectDep) -> WebhooksPublic:
 async def delete_webhook(state: StateDep, admin: AdminDep, webhook_id: str) -> None:
     """Delete a webhook: its deliveries not yet sent are dropped. Needs an admin key."""
     await run_in_threadpool(service.delete, state, admin.project, webhook_id)
+
+
+@router.patch("/{webhook_id}")
+async def update_webhook(state: StateDep, admin: AdminDep, webhook_id: str, body: WebhookUpdate) -> WebhookPublic:
+    """Disable ({"active": false}: it gets nothing more, its pending deliveries are dropped) or enable it again.
+    Needs an admin key."""
+    return await run_in_threadpool(service.set_active, state, admin.project, webhook_id, body)
 
 
 @router.get("/{webhook_id}/deliveries")

@@ -21,7 +21,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from api.errors import Problem, not_found
-from api.schemas import DeliveriesPublic, DeliveryPublic, WebhookCreate, WebhookPublic, WebhooksPublic
+from api.schemas import (
+    DeliveriesPublic,
+    DeliveryPublic,
+    WebhookCreate,
+    WebhookPublic,
+    WebhooksPublic,
+    WebhookUpdate,
+)
 from api.services.urlfetch import post_json, vetted_address
 from api.state import AppState
 from core.config import Settings
@@ -37,7 +44,7 @@ MAX_DELIVERIES_PAGE = 500
 
 
 def _public(h: domain.Webhook) -> WebhookPublic:
-    return WebhookPublic(id=h.id, url=h.url, events=h.events, created_at=h.created_at)  # never the secret
+    return WebhookPublic(id=h.id, url=h.url, events=h.events, active=h.active, created_at=h.created_at)  # no secret
 
 
 async def check_url(url: str, settings: Settings) -> None:
@@ -79,6 +86,15 @@ def delete(state: AppState, project: domain.Project, webhook_id: str) -> None:
     with session_scope(state.sessions) as s:
         if not repos.delete_webhook(s, project.id, webhook_id):
             raise not_found("webhook", webhook_id)
+
+
+def set_active(state: AppState, project: domain.Project, webhook_id: str, body: WebhookUpdate) -> WebhookPublic:
+    """Enable or disable a webhook: a disabled one gets nothing more (its pending deliveries are dropped)."""
+    with session_scope(state.sessions) as s:
+        hook = repos.set_webhook_active(s, project.id, webhook_id, body.active)
+    if hook is None:
+        raise not_found("webhook", webhook_id)
+    return _public(hook)
 
 
 def deliveries(

@@ -276,6 +276,7 @@ class Webhook:
     events: list[str]
     secret: str
     created_at: datetime
+    active: bool = True
 
 
 @dataclass(frozen=True)

@@ -255,6 +255,7 @@ class WebhookRow(Base):
     url: Mapped[str] = mapped_column(String(2048))
     events: Mapped[list[Any]] = mapped_column()
     secret: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())  # off: no deliveries
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -1,5 +1,6 @@
 """predictions.stored_bytes and feedback.stored_bytes: what a prediction's kept input and mask, and a feedback's
-mask, take in the object store, so that they count toward the project's storage quota
+mask, take in the object store, so that they count toward the project's storage quota; webhooks.active: a
+disabled webhook gets no delivery
 
 Revision ID: 0006
 Revises: 0005
@@ -21,9 +22,13 @@ def upgrade() -> None:
     for table in ("predictions", "feedback"):
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.add_column(sa.Column("stored_bytes", sa.BigInteger(), nullable=False, server_default="0"))
+    with op.batch_alter_table("webhooks", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("active", sa.Boolean(), nullable=False, server_default=sa.true()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("webhooks", schema=None) as batch_op:
+        batch_op.drop_column("active")
     for table in ("predictions", "feedback"):
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.drop_column("stored_bytes")

@@ -34,9 +34,21 @@ def delete_webhook(s: Session, project_id: str, webhook_id: str) -> bool:
     return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
+def set_webhook_active(s: Session, project_id: str, webhook_id: str, active: bool) -> d.Webhook | None:
+    """Enable or disable a webhook; a disabled one's pending deliveries are dropped (it gets nothing more)."""
+    row = s.get(WebhookRow, webhook_id)
+    if row is None or row.project_id != project_id:
+        return None
+    row.active = active
+    if not active:
+        s.execute(delete(DeliveryRow).where(DeliveryRow.webhook_id == webhook_id, DeliveryRow.state == "pending"))
+    s.flush()
+    return to(d.Webhook, row)
+
+
 def emit(s: Session, project_id: str, event: str, payload: dict[str, Any]) -> int:
     """Queue `event` for every webhook of the project that asked for it; returns how many deliveries."""
-    hooks = [h for h in list_webhooks(s, project_id) if event in h.events]
+    hooks = [h for h in list_webhooks(s, project_id) if event in h.events and h.active]
     for hook in hooks:
         s.add(DeliveryRow(id=new_id(), project_id=project_id, webhook_id=hook.id, event=event, payload=payload))
     s.flush()
@@ -67,7 +79,12 @@ def claim_due_deliveries(
     q = (
         select(DeliveryRow, WebhookRow)
         .join(WebhookRow, DeliveryRow.webhook_id == WebhookRow.id)
-        .where(DeliveryRow.project_id == project_id, DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= now)
+        .where(
+            DeliveryRow.project_id == project_id,
+            DeliveryRow.state == "pending",
+            DeliveryRow.next_attempt_at <= now,
+            WebhookRow.active.is_(True),
+        )
         .order_by(DeliveryRow.next_attempt_at)
         .limit(limit)
     )
