@@ -21,9 +21,12 @@ PROBLEM = "application/problem+json"
 class Problem(Exception):
     """An error answered as problem details."""
 
-    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail, self.extra = status, title, detail, extra
+        self.headers = headers or {}  # e.g. a 429's Retry-After
 
 
 def not_found(what: str, ident: str) -> Problem:
@@ -41,7 +44,9 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.title, exc.detail, **exc.extra)
+        response = problem_response(exc.status, exc.title, exc.detail, **exc.extra)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -53,7 +58,11 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(exc.status_code, str(exc.detail) if exc.status_code < 500 else "Error", str(exc.detail))
+        response = problem_response(
+            exc.status_code, str(exc.detail) if exc.status_code < 500 else "Error", str(exc.detail)
+        )
+        response.headers.update(exc.headers or {})  # a 405's Allow, a 401's WWW-Authenticate
+        return response
 
     @app.exception_handler(FitcycleError)
     async def _fitcycle(_: Request, exc: FitcycleError) -> JSONResponse:

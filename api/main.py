@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.deliveries import DeliveryWorker
 from api.docs import install_docs
 from api.errors import install_handlers
 from api.guard import Guard
 from api.loops import fleet_loop
-from api.metrics import HttpMetrics, metrics_response
+from api.metrics import HttpMetrics, metrics_response, serve_metrics
+from api.openapi import install_openapi
 from api.outage import DatabaseOutage
 from api.request_id import RequestId
 from api.routes import api_router
@@ -38,12 +40,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.fitcycle = AppState(
             settings, engine, make_sessionmaker(engine), make_store(settings), make_celery(settings)
         )
+        # The metrics' own port (kept inside the network), when set; the public port then has no /metrics.
+        stop_metrics = serve_metrics(app.state.fitcycle, settings.metrics_port) if settings.metrics_port else None
         stop = asyncio.Event()
-        loop = asyncio.create_task(fleet_loop(app.state.fitcycle, stop)) if settings.loop_interval_seconds else None
+        loops = []
+        if settings.loop_interval_seconds:
+            loops.append(asyncio.create_task(fleet_loop(app.state.fitcycle, stop)))
+        if settings.webhook_poll_seconds:
+            loops.append(asyncio.create_task(DeliveryWorker(app.state.fitcycle).run(stop)))
         yield
         stop.set()
-        if loop is not None:
-            await loop
+        await asyncio.gather(*loops)
+        if stop_metrics is not None:
+            stop_metrics()
         engine.dispose()
 
     app = FastAPI(
@@ -58,7 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     install_docs(app, f"{API_PREFIX}/openapi.json")
     app.include_router(api_router, prefix=API_PREFIX)
-    app.add_api_route("/metrics", metrics_response, include_in_schema=False)  # no key: restrict it at the network
+    install_openapi(app, API_PREFIX)  # the bearer key and the problem answers FastAPI cannot see
+    if not settings.metrics_port:  # no key: the embedded default; deployments serve them on a port of their own
+        app.add_api_route("/metrics", metrics_response, include_in_schema=False)
     install_ui(app, API_PREFIX)
     app.add_middleware(Guard, prefix=API_PREFIX, state=lambda: app.state.fitcycle)
     app.add_middleware(DatabaseOutage, retry_after=settings.db_outage_retry_after)  # the guard reads keys too

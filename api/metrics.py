@@ -1,18 +1,29 @@
-"""Prometheus metrics of the API process, at GET /metrics on the API's port with no key (operators restrict
-it at the network): HTTP requests by route and status and their latency, predict latency, and — read from the
-database and the broker at each scrape — jobs by state and kind, and queue depth per queue. Names start
-with `fitcycle_`. The worker serves its own (job and epoch durations, images/s, heartbeat: worker/metrics.py)."""
+"""Prometheus metrics of the API process: HTTP requests by route and status and their latency, predict latency,
+and — read from the database and the broker at each scrape — jobs by state and kind, and queue depth per queue.
+Names start with `fitcycle_`. They answer without a key, so where they answer is the guard: with
+FITCYCLE_METRICS_PORT set (every deploy manifest sets it) a small server of their own serves them on that port,
+which stays inside the network, and the API's public port answers 404 at /metrics; unset (the embedded default
+on a laptop), GET /metrics on the API's port. The worker serves its own (job and epoch durations, images/s,
+heartbeat: worker/metrics.py)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kombu.exceptions import ChannelError
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
@@ -120,9 +131,38 @@ def queue_depth(celery: Any, queue: str) -> int | None:
         return None
 
 
+class AllMetrics(Collector):
+    """The process's metrics (the default registry) and the platform's: what either place serves."""
+
+    def __init__(self, state: Any) -> None:
+        self.platform = PlatformCollector(state)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+        yield from self.platform.collect()
+
+
+def registry_of(state: Any) -> CollectorRegistry:
+    """A registry that collects everything the API exposes, for an app's state."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AllMetrics(state))
+    return registry
+
+
 def metrics_response(request: Request) -> Response:
-    """The process's metrics and the platform's, in Prometheus' text format."""
-    platform = CollectorRegistry(auto_describe=False)
-    platform.register(PlatformCollector(request.app.state.fitcycle))
-    body = generate_latest(REGISTRY) + generate_latest(platform)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    """The process's metrics and the platform's, in Prometheus' text format (GET /metrics, no metrics port)."""
+    return Response(generate_latest(registry_of(request.app.state.fitcycle)), media_type=CONTENT_TYPE_LATEST)
+
+
+def serve_metrics(state: Any, port: int) -> Callable[[], None]:
+    """Serve the same metrics on 0.0.0.0:port from a thread of this process (prometheus_client's server: any
+    path answers them; it never reaches the app, its guard or its routes). Returns what stops it."""
+    server, thread = start_http_server(port, registry=registry_of(state))
+    log.info("API metrics on :%d/metrics", port)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop

@@ -10,6 +10,7 @@ import operator
 from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, cast
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -17,8 +18,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictBool,
     WithJsonSchema,
     create_model,
+    field_validator,
 )
 
 from core.db.domain import BatchMetric, EpochMetric
@@ -27,6 +30,10 @@ from core.jobs.kind_names import KindName
 from core.jobs.kinds import JobKind
 from core.jobs.kinds.base import LR_FORM_TEXT
 from core.jobs.spec import JobSettings
+
+# The largest whole number a request may send where the database keeps one (a version number, an offset): a
+# 32-bit INTEGER's, so that no number is too large for its column (422, not 500).
+MAX_INT = 2**31 - 1
 
 
 class Public(BaseModel):
@@ -96,7 +103,7 @@ class JobCreate(JobSettings):
 
     kind: KindName
     dataset_id: str = Field(max_length=36)
-    dataset_version: int | None = Field(None, ge=1, description="default: the latest version")
+    dataset_version: int | None = Field(None, ge=1, le=MAX_INT, description="default: the latest version")
     parent_job_id: str | None = Field(None, max_length=36)
     queue: str | None = Field(None, max_length=100, description="one of the server's queues (default: its first)")
     name: str | None = Field(
@@ -172,7 +179,20 @@ class ModelsPublic(BaseModel):
 
 
 class PredictUrl(BaseModel):
-    url: str = Field(max_length=2048)
+    url: str = Field(max_length=2048, description="an http:// or https:// URL of an image on a public host")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        """The URL's shape, like any other field's (422); whether its host may be fetched is the fetcher's (400)."""
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(ord(ch) <= 32 for ch in v):
+            raise ValueError("an http:// or https:// URL with a host, without spaces or control characters")
+        try:
+            parts.port  # noqa: B018 (a port that is not a number from 0 to 65535 raises)
+        except ValueError:
+            raise ValueError("the port is not a number from 1 to 65535") from None
+        return v
 
 
 # A file in JSON: base64 text. Answers carry it as the engine's public() encodes it; requests (a mask target) are
@@ -331,8 +351,10 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("", max_length=200, description="what the key is for (shown in listings)")
-    admin: bool = Field(False, description="an admin key can make, list and revoke the project's keys")
-    expires_in_days: float | None = Field(None, gt=0, le=3650, description="default: never expires")
+    admin: StrictBool = Field(False, description="an admin key can make, list and revoke the project's keys")
+    expires_in_days: float | None = Field(
+        None, ge=1 / 86400, le=3650, description="default: never expires; at least a second (1/86400)"
+    )
 
 
 class KeyPublic(Public):
@@ -364,7 +386,7 @@ class GoldRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(max_length=64)
-    version: int | None = Field(None, ge=1, description="default: the dataset's latest version, pinned now")
+    version: int | None = Field(None, ge=1, le=MAX_INT, description="default: the dataset's latest version, pinned now")
 
 
 class ProjectSettings(BaseModel):
@@ -372,8 +394,15 @@ class ProjectSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    keep_inputs: bool | None = Field(
+    keep_inputs: StrictBool | None = Field(
         None, description="store each predicted image (what feedback turns into training items); default on"
+    )
+    input_retention_days: int | None = Field(
+        None,
+        ge=1,
+        le=3650,
+        description="delete predictions (and their kept inputs) older than this many days, except those whose "
+        "feedback waits for a dataset version; null: keep them until deleted",
     )
     gold: GoldRef | None = Field(
         None,
@@ -443,7 +472,7 @@ class PolicyUpdate(BaseModel):
     )
     min_improvement: float | None = Field(None, ge=-1, le=1)
     max_class_drop: float | None = Field(None, ge=0, le=1)
-    auto_promote: bool | None = None
+    auto_promote: StrictBool | None = None
 
 
 class PredictionPublic(Public):
@@ -463,6 +492,11 @@ class PredictionsPublic(BaseModel):
     count: int
 
 
+class PredictionsDeleted(BaseModel):
+    deleted: int = Field(description="predictions deleted, with their kept inputs, masks and feedback")
+    more: bool = Field(description="more predictions match: call again to delete the next batch")
+
+
 class Target(BaseModel):
     """A target in its task's shape: label, labels, points ([x, y] pixels), values or mask (base64 PNG)."""
 
@@ -473,7 +507,7 @@ class Target(BaseModel):
     points: list[Pair] | list[float] | None = Field(None, max_length=10_000)
     values: list[float] | None = Field(None, max_length=10_000)
     mask: PngBytes | None = Field(None, description="base64 PNG: single-channel, each value a code's index")
-    new_class: bool = Field(
+    new_class: StrictBool = Field(
         False,
         description="label/labels: true to add a class the model and its dataset do not have yet (else a label "
         "outside them is refused as a likely typo)",
@@ -483,7 +517,7 @@ class Target(BaseModel):
 class FeedbackCreate(Target):
     """One of: the task's target (label, labels, points, values, mask) or {"correct": true}."""
 
-    correct: bool | None = None
+    correct: StrictBool | None = None
 
 
 class FeedbackPublic(Public):
@@ -504,19 +538,26 @@ class Relabel(Target):
     item: str = Field(max_length=1000)
 
 
+MAX_EDITS_PER_CALL = 10_000  # per list of one cut: a bigger change is several cuts
+
+
 class VersionCreate(BaseModel):
     """A new version cut from another: feedback added, items relabelled or removed."""
 
     model_config = ConfigDict(extra="forbid")
 
-    from_version: int | None = Field(None, ge=1, description="default: the latest")
+    from_version: int | None = Field(None, ge=1, le=MAX_INT, description="default: the latest")
     add_feedback: Literal["all"] | list[Annotated[str, Field(max_length=36)]] | None = Field(
         None,
-        max_length=100_000,
+        max_length=MAX_EDITS_PER_CALL,
         description='"all" unused feedback on this dataset\'s models, or prediction ids',
     )
-    relabel: list[Relabel] = Field(default_factory=list, max_length=100_000)
-    remove: list[str] = Field(default_factory=list, max_length=100_000)
+    relabel: list[Relabel] = Field(
+        default_factory=list, max_length=MAX_EDITS_PER_CALL, description="each item at most once"
+    )
+    remove: list[Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=list, max_length=MAX_EDITS_PER_CALL, description="each item at most once"
+    )
     note: str = Field("", max_length=2000)
 
 
@@ -543,7 +584,14 @@ class WebhookPublic(BaseModel):
     id: str
     url: str
     events: list[str]
+    active: bool = Field(description="false: disabled, it gets no delivery")
     created_at: datetime
+
+
+class WebhookUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    active: bool = Field(strict=True, description="false disables the webhook (its pending deliveries are dropped)")
 
 
 class WebhooksPublic(BaseModel):

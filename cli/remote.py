@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,11 @@ def add_remote_verbs(verbs: Any) -> None:
     preds_list.add_argument("--limit", type=int, default=20)
     preds_list.add_argument("--unlabelled", action="store_true", help="only those without feedback yet")
     preds_list.add_argument("--json", action="store_true")
+    preds_del = common(preds.add_parser("delete", help="delete predictions with their kept inputs and feedback"))
+    which = preds_del.add_mutually_exclusive_group(required=True)
+    which.add_argument("prediction", nargs="?", default=None, help="one prediction")
+    which.add_argument("--before", metavar="ISO-TIME", default=None, help="every prediction made before this time")
+    which.add_argument("--older-than-days", type=float, default=None, help="every prediction older than N days")
 
     proj = verbs.add_parser("project", help="the key's project and its settings").add_subparsers(
         dest="sub", required=True
@@ -147,6 +153,12 @@ def add_remote_verbs(verbs: Any) -> None:
     common(proj.add_parser("show", help="the project and its settings, as JSON"))
     proj_set = common(proj.add_parser("set", help="change settings (an admin key)"))
     proj_set.add_argument("--keep-inputs", choices=["on", "off"], default=None, help="store predicted images")
+    proj_set.add_argument(
+        "--input-retention-days",
+        metavar="DAYS|off",
+        default=None,
+        help="delete predictions and their kept inputs after DAYS (not those whose feedback waits for a version)",
+    )
     gold = proj_set.add_mutually_exclusive_group()
     gold.add_argument(
         "--gold", metavar="DATASET[:VERSION]", default=None, help="the gold set the promotion gate also scores on"
@@ -190,9 +202,28 @@ def add_remote_verbs(verbs: Any) -> None:
     fb_list.add_argument("--name", default=None)
     fb_list.add_argument("--unused", action="store_true", help="not yet in a dataset version")
 
+    hooks = verbs.add_parser("webhooks", help="where the project's events go (an admin key changes them)")
+    hooks_sub = hooks.add_subparsers(dest="sub", required=True)
+    common(hooks_sub.add_parser("list", help="the project's webhooks"))
+    hook_new = common(hooks_sub.add_parser("create", help="POST events to a public http(s) URL, signed"))
+    hook_new.add_argument("address", metavar="URL", help="where to POST (not the server's --url)")
+    hook_new.add_argument(
+        "--event", action="append", required=True, help="job.succeeded, job.failed, model.promoted, retrain.rejected"
+    )
+    hook_new.add_argument(
+        "--secret", default=os.environ.get("FITCYCLE_WEBHOOK_SECRET"), help="or FITCYCLE_WEBHOOK_SECRET"
+    )
+    for sub, text in (
+        ("delete", "delete it (its deliveries not yet sent are dropped)"),
+        ("disable", "send it nothing more until enabled"),
+        ("enable", "send it events again"),
+        ("deliveries", "what was sent to it, newest first"),
+    ):
+        common(hooks_sub.add_parser(sub, help=text)).add_argument("webhook")
+
 
 # The verbs that talk to a server (cli.main sends them here); the feedback loop's share one dispatcher.
-LOOP_VERBS = ("registry", "predictions", "feedback", "clean", "project")
+LOOP_VERBS = ("registry", "predictions", "feedback", "clean", "project", "webhooks")
 REMOTE_VERBS = ("datasets", "jobs", "models", *LOOP_VERBS)
 
 
@@ -351,11 +382,10 @@ def full_id(http: httpx.Client, collection: str, ident: str) -> str:
     if len(ident) >= 36 or not re.fullmatch(r"[0-9a-f-]{4,35}", ident):
         return ident
     matches: set[str] = set()
-    for offset in range(0, 20_000, 500):  # jobs come in pages; models and datasets in one list
-        params = {"limit": 500, "offset": offset} if collection == "jobs" else {}
-        data = _check(http.get(f"/{collection}", params=params))["data"]
+    for offset in range(0, 20_000, 500):  # every list comes in pages
+        data = _check(http.get(f"/{collection}", params={"limit": 500, "offset": offset}))["data"]
         matches |= {x["id"] for x in data if x["id"].startswith(ident)}
-        if collection != "jobs" or len(data) < 500:
+        if len(data) < 500:
             break
     if len(matches) == 1:
         return matches.pop()
@@ -434,6 +464,16 @@ def _predictions_table(items: list[dict[str, Any]]) -> str:
     return table(rows, ["PREDICTION", "UNCERTAINTY", "ANSWER", "FILE", "CREATED"])
 
 
+def _all_feedback(http: httpx.Client, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every feedback row GET /feedback lists, oldest first, a page of 500 at a time."""
+    found: list[dict[str, Any]] = []
+    while True:
+        page = _check(http.get("/feedback", params={**params, "limit": 500, "offset": len(found)}))
+        found += page["data"]
+        if len(page["data"]) < 500 or len(found) >= page["count"]:
+            return found
+
+
 def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
     """Registry, predictions, feedback and dataset versions."""
     verb = (args.verb, args.sub)
@@ -456,6 +496,19 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
         params |= {k: v for k, v in {"name": args.name, "model_id": args.model}.items() if v}
         items = _check(http.get("/predictions", params=params))["data"]
         print(json.dumps(items, indent=1) if args.json else _predictions_table(items))
+    elif verb == ("predictions", "delete"):
+        if args.prediction:
+            _check(http.delete(f"/predictions/{args.prediction}"))
+            print(f"deleted prediction {args.prediction}")
+        else:
+            before = args.before or (datetime.now(UTC) - timedelta(days=args.older_than_days)).isoformat()
+            deleted, more = 0, True
+            while more:  # the service deletes a batch per call
+                done = _check(http.delete("/predictions", params={"before": before}))
+                deleted, more = deleted + done["deleted"], done["more"]
+            print(f"deleted {deleted} predictions made before {before}")
+    elif verb[0] == "webhooks":
+        _webhooks(args, http)
     elif verb == ("feedback", "send"):
         headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
         stored = _check(
@@ -501,6 +554,11 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
         settings: dict[str, Any] = {}
         if args.keep_inputs is not None:
             settings["keep_inputs"] = args.keep_inputs == "on"
+        if args.input_retention_days is not None:
+            days = args.input_retention_days
+            if days != "off" and not days.isdigit():
+                raise RemoteError(f"--input-retention-days {days}: a whole number of days, or off")
+            settings["input_retention_days"] = None if days == "off" else int(days)
         if args.no_gold:
             settings["gold"] = None
         elif args.gold is not None:
@@ -511,7 +569,7 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
         print(json.dumps(_check(http.patch("/project", json=settings)), indent=1))
     elif verb == ("feedback", "list"):
         params = {"unused": args.unused} | ({"name": args.name} if args.name else {})
-        print(json.dumps(_check(http.get("/feedback", params=params))["data"], indent=1))
+        print(json.dumps(_all_feedback(http, params), indent=1))
     elif verb == ("datasets", "version"):
         made = _check(http.post(f"/datasets/{args.dataset}/versions", json=_version_body(args)))
         changes = json.dumps(made["changes"])
@@ -526,6 +584,27 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
             json.dumps(items, indent=1) if args.json else table(rows, ["VERSION", "FROM", "ITEMS", "CLASSES", "NOTE"])
         )
     return 0
+
+
+def _webhooks(args: argparse.Namespace, http: httpx.Client) -> None:
+    if args.sub == "list":
+        hooks = _check(http.get("/webhooks"))["data"]
+        rows = [[h["id"], "on" if h["active"] else "off", ",".join(h["events"]), h["url"]] for h in hooks]
+        print(table(rows, ["ID", "ACTIVE", "EVENTS", "URL"]))
+    elif args.sub == "create":
+        if not args.secret:
+            raise RemoteError("give --secret (16 or more characters), or set FITCYCLE_WEBHOOK_SECRET")
+        body = {"url": args.address, "events": args.event, "secret": args.secret}
+        print(json.dumps(_check(http.post("/webhooks", json=body)), indent=1))
+    elif args.sub == "delete":
+        _check(http.delete(f"/webhooks/{args.webhook}"))
+        print(f"deleted webhook {args.webhook}")
+    elif args.sub in ("disable", "enable"):
+        print(json.dumps(_check(http.patch(f"/webhooks/{args.webhook}", json={"active": args.sub == "enable"}))))
+    else:
+        sent = _check(http.get(f"/webhooks/{args.webhook}/deliveries"))["data"]
+        rows = [[d["id"], d["event"], d["state"], d["attempts"], (d["last_error"] or "")[:60]] for d in sent]
+        print(table(rows, ["ID", "EVENT", "STATE", "TRIES", "LAST ERROR"]))
 
 
 def _target_text(target: dict[str, Any], width: int = 40) -> str:

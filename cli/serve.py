@@ -244,6 +244,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # Longer than a client's or a proxy's idle keep-alive (75 s is nginx's): a server that closes an idle
             # connection first races the client's next request on it, which then fails with a reset.
             timeout_keep_alive=75,
+            # X-Forwarded-Proto/-For are believed from these proxies only (None: uvicorn's 127.0.0.1 and ::1): behind
+            # a TLS proxy the request's scheme is then https, and the web UI's session cookie stays Secure.
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
     finally:
         _stop(worker)

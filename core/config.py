@@ -48,9 +48,34 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         0, ge=0, le=65535, description="a worker's Prometheus metrics port (0: off; the API's are at /metrics)"
     )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="serve the API's Prometheus metrics on this port (0.0.0.0, a port kept inside the network) and "
+        "answer 404 at /metrics on the API's own port; 0: at /metrics on the API's port (the embedded default)",
+    )
+    forwarded_allow_ips: str | None = Field(
+        None,
+        description="the proxies whose X-Forwarded-Proto and X-Forwarded-For `fitcycle serve` believes: addresses "
+        "and networks, comma-separated (e.g. 172.16.0.0/12), '*' for any; default: uvicorn's (127.0.0.1, ::1)",
+    )
     ui_session_days: int = Field(7, ge=1, le=90, description="how long a web UI sign-in lasts")
     loop_interval_seconds: float = Field(
-        10.0, ge=0, description="the fleet loop (webhooks, retraining policies), in one API process; 0: off"
+        10.0, ge=0, description="the fleet loop (retraining policies, retention), in one API process; 0: off"
+    )
+    render_cpu_seconds: float = Field(
+        30.0, gt=0, description="CPU seconds a project may spend on show_batch pictures per minute (per API process)"
+    )
+    webhook_poll_seconds: float = Field(
+        1.0, ge=0, description="how often each API process looks for due webhook deliveries; 0: it sends none"
+    )
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60, description="one delivery attempt's deadline")
+    webhook_project_concurrency: int = Field(
+        4, ge=1, le=64, description="a project's deliveries on their way at once, per API process"
+    )
+    webhook_total_concurrency: int = Field(
+        64, ge=1, le=1024, description="all deliveries on their way, per API process"
     )
     requeue_after_seconds: float = 600.0
     checkpoint_every_n_steps: int | None = 50

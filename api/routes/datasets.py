@@ -4,19 +4,30 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
-from api.deps import ProjectDep, StateDep
+from api.deps import LimitQuery, OffsetQuery, ProjectDep, StateDep
 from api.errors import Problem
-from api.schemas import DatasetPublic, DatasetsPublic, Deleted, ItemsPublic, LabelsPublic, VersionCreate, VersionDiff
+from api.openapi import IMAGE_TYPES, binary
+from api.schemas import (
+    MAX_INT,
+    DatasetPublic,
+    DatasetsPublic,
+    Deleted,
+    ItemsPublic,
+    LabelsPublic,
+    VersionCreate,
+    VersionDiff,
+)
 from api.services import datasets as service
 from api.services import versions as versions_service
 from core.engine.rules import RULE_FIELDS, LabelRule, RuleKind
-from core.engine.splits import SEED, VALID_PCT
+from core.engine.splits import MAX_SEED, SEED, VALID_PCT, VALID_PCT_RANGE
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
+VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_INT, description="default: the latest")]
 
 
 @router.post("", status_code=201)
@@ -44,8 +55,8 @@ async def upload_dataset(
         str | None, Form(description="labels=masks without csv: each image's mask (default masks/{stem}.png)")
     ] = None,
     mask_col: Annotated[str | None, Form(description="labels=masks with csv: the mask column (default mask)")] = None,
-    valid_pct: Annotated[float, Form(gt=0, lt=1)] = VALID_PCT,
-    seed: Annotated[int, Form()] = SEED,
+    valid_pct: Annotated[float, Form(ge=VALID_PCT_RANGE[0], le=VALID_PCT_RANGE[1])] = VALID_PCT,
+    seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = SEED,
 ) -> DatasetPublic:
     """Upload an archive of images as a new immutable version of dataset `name`."""
     code_list = [c.strip() for c in codes.split(",")] if codes else None
@@ -79,21 +90,23 @@ async def upload_dataset(
 
 @router.delete("/{dataset_id}")
 async def delete_dataset(
-    state: StateDep, project: ProjectDep, dataset_id: str, version: Annotated[int | None, Query(ge=1)] = None
+    state: StateDep, project: ProjectDep, dataset_id: str, version: VersionQuery = None
 ) -> Deleted:
     """Delete the dataset (or one `version`) with its stored files; 409 while jobs were made on it."""
     return await run_in_threadpool(service.delete, state, project, dataset_id, version)
 
 
 @router.get("")
-async def list_datasets(state: StateDep, project: ProjectDep) -> DatasetsPublic:
+async def list_datasets(
+    state: StateDep, project: ProjectDep, offset: OffsetQuery = 0, limit: LimitQuery = 100
+) -> DatasetsPublic:
     """Every dataset of the project, each at its latest version."""
-    return await run_in_threadpool(service.list_all, state, project)
+    return await run_in_threadpool(service.list_all, state, project, offset, limit)
 
 
 @router.get("/{dataset_id}")
 async def get_dataset(
-    state: StateDep, project: ProjectDep, dataset_id: str, version: Annotated[int | None, Query(ge=1)] = None
+    state: StateDep, project: ProjectDep, dataset_id: str, version: VersionQuery = None
 ) -> DatasetPublic:
     """One dataset at a version (default: the latest)."""
     return await run_in_threadpool(service.get, state, project, dataset_id, version)
@@ -104,8 +117,8 @@ async def list_items(
     state: StateDep,
     project: ProjectDep,
     dataset_id: str,
-    version: Annotated[int | None, Query(ge=1)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    version: VersionQuery = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ItemsPublic:
     """The version's items: key, label, and the fixed split flag."""
@@ -114,22 +127,27 @@ async def list_items(
 
 @router.get("/{dataset_id}/labels")
 async def get_labels(
-    state: StateDep, project: ProjectDep, dataset_id: str, version: Annotated[int | None, Query(ge=1)] = None
+    state: StateDep, project: ProjectDep, dataset_id: str, version: VersionQuery = None
 ) -> LabelsPublic:
     """Classes and counts per class and split."""
     return await run_in_threadpool(service.labels, state, project, dataset_id, version)
 
 
-@router.get("/{dataset_id}/show_batch", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+@router.get("/{dataset_id}/show_batch", response_class=Response, responses=binary("image/png"))
 async def show_batch(
     state: StateDep,
     project: ProjectDep,
     dataset_id: str,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: VersionQuery = None,
     size: Annotated[int, Query(ge=16, le=512)] = 128,
-    seed: int = SEED,
+    seed: Annotated[int, Query(ge=0, le=MAX_SEED)] = SEED,
     valid_pct: Annotated[
-        float | None, Query(gt=0, lt=1, description="a random split's validation share (default: the upload's)")
+        float | None,
+        Query(
+            ge=VALID_PCT_RANGE[0],
+            le=VALID_PCT_RANGE[1],
+            description="a random split's validation share (default: the upload's)",
+        ),
     ] = None,
 ) -> Response:
     """A PNG of one augmented training batch with its labels (augmented as training would: points never warp)."""
@@ -146,9 +164,11 @@ async def cut_version(state: StateDep, project: ProjectDep, dataset_id: str, bod
 
 
 @router.get("/{dataset_id}/versions")
-async def list_versions(state: StateDep, project: ProjectDep, dataset_id: str) -> DatasetsPublic:
+async def list_versions(
+    state: StateDep, project: ProjectDep, dataset_id: str, offset: OffsetQuery = 0, limit: LimitQuery = 100
+) -> DatasetsPublic:
     """Every version, oldest first, with counts and what each cut changed."""
-    return await run_in_threadpool(versions_service.list_versions, state, project, dataset_id)
+    return await run_in_threadpool(versions_service.list_versions, state, project, dataset_id, offset, limit)
 
 
 @router.get("/{dataset_id}/versions/{version}/diff")
@@ -156,20 +176,25 @@ async def version_diff(
     state: StateDep,
     project: ProjectDep,
     dataset_id: str,
-    version: int,
-    against: Annotated[int | None, Query(ge=1, description="default: the version it was cut from")] = None,
+    version: Annotated[int, Path(ge=1, le=MAX_INT)],
+    against: Annotated[int | None, Query(ge=1, le=MAX_INT, description="default: the version it was cut from")] = None,
 ) -> VersionDiff:
     """Items added, removed and relabelled from `against` to `version`."""
     return await run_in_threadpool(versions_service.version_diff, state, project, dataset_id, version, against)
 
 
-@router.get("/{dataset_id}/items/{key:path}/image", name="item_image", response_class=StreamingResponse)
+@router.get(
+    "/{dataset_id}/items/{key:path}/image",
+    name="item_image",
+    response_class=StreamingResponse,
+    responses=binary(*IMAGE_TYPES),
+)
 async def item_image(
     state: StateDep,
     project: ProjectDep,
     dataset_id: str,
     key: str,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: VersionQuery = None,
 ) -> StreamingResponse:
     """One item's image (an item of the version's manifest; default: the latest version)."""
     content_type, chunks = await run_in_threadpool(service.item_image, state, project, dataset_id, key, version)

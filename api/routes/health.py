@@ -5,9 +5,11 @@ every API replica)."""
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from api.deps import StateDep
@@ -17,7 +19,16 @@ router = APIRouter(tags=["health"])
 log = logging.getLogger("fitcycle.api")
 
 
-@router.get("/health")
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(description="database, store, broker: ok, or unavailable")
+
+
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "A dependency is not answering (named in checks)"}},
+)
 def health(state: StateDep) -> JSONResponse:
     """Check each dependency; 503 names the ones that failed."""
     checks: dict[str, str] = {}

@@ -12,7 +12,17 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import ProjectDep, StateDep
 from api.guard import CREDENTIAL
-from api.schemas import ArtifactsPublic, Deleted, JobCreate, JobPublic, JobsPublic, MetricsPublic, SuspectsPublic
+from api.openapi import binary
+from api.schemas import (
+    MAX_INT,
+    ArtifactsPublic,
+    Deleted,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    MetricsPublic,
+    SuspectsPublic,
+)
 from api.services import jobs as service
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -28,7 +38,7 @@ async def create_job(state: StateDep, project: ProjectDep, body: JobCreate) -> J
 async def list_jobs(
     state: StateDep,
     project: ProjectDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> JobsPublic:
     """The project's jobs, newest first."""
@@ -61,7 +71,9 @@ async def cancel_job(state: StateDep, project: ProjectDep, job_id: str) -> JobPu
 
 
 @router.get(
-    "/{job_id}/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}}
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )
 async def job_events(request: Request, state: StateDep, project: ProjectDep, job_id: str) -> StreamingResponse:
     """Server-sent events while the job runs: `state` on every change, `epoch` and `batch` rows as they
@@ -111,7 +123,12 @@ async def get_suspects(
     return await run_in_threadpool(service.suspects, state, project, job_id, limit, image_url)
 
 
-@router.get("/{job_id}/artifacts/{name:path}", name="download_artifact", response_class=StreamingResponse)
+@router.get(
+    "/{job_id}/artifacts/{name:path}",
+    name="download_artifact",
+    response_class=StreamingResponse,
+    responses=binary("application/octet-stream", "application/json", "image/png", "text/plain", "text/csv"),
+)
 async def download_artifact(state: StateDep, project: ProjectDep, job_id: str, name: str) -> StreamingResponse:
     """Download one artifact (streamed)."""
     artifact, chunks = await run_in_threadpool(service.open_artifact, state, project, job_id, name)

@@ -12,7 +12,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import ProjectDep, StateDep
+from api.deps import LimitQuery, OffsetQuery, ProjectDep, StateDep
+from api.openapi import binary
 from api.schemas import (
     Answer,
     BatchPredictions,
@@ -35,9 +36,11 @@ def _bundle_url(request: Request) -> Callable[[str], str]:
 
 
 @router.get("")
-async def list_models(request: Request, state: StateDep, project: ProjectDep) -> ModelsPublic:
-    """The project's models, oldest first."""
-    return await run_in_threadpool(service.list_all, state, project, _bundle_url(request))
+async def list_models(
+    request: Request, state: StateDep, project: ProjectDep, offset: OffsetQuery = 0, limit: LimitQuery = 100
+) -> ModelsPublic:
+    """The project's models, oldest first, a page at a time (`count`: all of them)."""
+    return await run_in_threadpool(service.list_all, state, project, _bundle_url(request), offset, limit)
 
 
 @router.get("/{model_id}")
@@ -56,7 +59,7 @@ async def delete_model(state: StateDep, project: ProjectDep, model_id: str) -> D
     "/{model_id}/bundle",
     name="download_bundle",
     response_class=FileResponse,
-    responses={200: {"content": {"application/zip": {}}}},
+    responses=binary("application/zip"),
 )
 async def download_bundle(state: StateDep, project: ProjectDep, model_id: str) -> FileResponse:
     """The export bundle (weights.safetensors + manifest.json) as a zip, streamed from a temporary file."""

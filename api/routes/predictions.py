@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, ProjectDep, StateDep
-from api.schemas import FeedbackCreate, FeedbackList, FeedbackPublic, PredictionsPublic
+from api.deps import CallerDep, OffsetQuery, ProjectDep, StateDep
+from api.openapi import IMAGE_TYPES, binary
+from api.schemas import MAX_INT, FeedbackCreate, FeedbackList, FeedbackPublic, PredictionsDeleted, PredictionsPublic
 from api.services import feedback as service
+from api.services import prediction_log
 
 router = APIRouter(tags=["feedback"])
 
@@ -23,14 +26,33 @@ async def list_predictions(
     order: Annotated[str, Query(pattern="^(uncertainty|recent)$")] = "recent",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     unlabelled: bool = False,
+    offset: OffsetQuery = 0,
 ) -> PredictionsPublic:
-    """Logged predictions, most uncertain (order=uncertainty: label these first) or most recent first."""
-    return await run_in_threadpool(service.list_predictions, state, project, name, model_id, order, limit, unlabelled)
+    """Logged predictions, most uncertain (order=uncertainty: label these first) or most recent first, a page at a
+    time: `limit` from `offset`; `count` is how many match in all."""
+    return await run_in_threadpool(
+        service.list_predictions, state, project, name, model_id, order, limit, unlabelled, offset
+    )
 
 
-@router.get(
-    "/predictions/{prediction_id}/image", response_class=Response, responses={200: {"content": {"image/*": {}}}}
-)
+@router.delete("/predictions", status_code=200)
+async def delete_predictions(
+    state: StateDep,
+    project: ProjectDep,
+    before: Annotated[datetime, Query(description="delete predictions made before this time (ISO 8601)")],
+) -> PredictionsDeleted:
+    """Delete the predictions made before `before`, oldest first, with their kept inputs, masks and feedback: at
+    most 1,000 per call; `more` says whether to call again."""
+    return await run_in_threadpool(prediction_log.delete_before, state, project, before)
+
+
+@router.delete("/predictions/{prediction_id}", status_code=204, response_class=Response)
+async def delete_prediction(state: StateDep, project: ProjectDep, prediction_id: str) -> None:
+    """Delete one prediction with its kept input, its masks and its feedback."""
+    await run_in_threadpool(prediction_log.delete_one, state, project, prediction_id)
+
+
+@router.get("/predictions/{prediction_id}/image", response_class=Response, responses=binary(*IMAGE_TYPES))
 async def prediction_image(state: StateDep, project: ProjectDep, prediction_id: str) -> Response:
     """The image a prediction answered (kept when the project's keep_inputs is on)."""
     media_type, data = await run_in_threadpool(service.input_image, state, project, prediction_id)
@@ -62,9 +84,12 @@ async def list_feedback(
     project: ProjectDep,
     name: Annotated[str | None, Query(max_length=200)] = None,
     unused: bool = False,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> FeedbackList:
-    """Feedback, oldest first (`unused`: not yet in a dataset version)."""
-    return await run_in_threadpool(service.list_feedback, state, project, name, unused)
+    """Feedback, oldest first (`unused`: not yet in a dataset version), a page at a time: `limit` rows from
+    `offset`; `count` is how many there are in all."""
+    return await run_in_threadpool(service.list_feedback, state, project, name, unused, offset, limit)
 
 
 @router.delete("/feedback/{feedback_id}", status_code=204, response_class=Response)

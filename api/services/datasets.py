@@ -29,17 +29,8 @@ from core.storage.layout import dataset_version_prefix
 
 
 def check_quota(state: AppState, project: domain.Project, adding: int) -> None:
-    """413 when `adding` more bytes would take the project past its storage quota."""
-    quota = state.settings.max_stored_bytes
-    with session_scope(state.sessions) as s:
-        used = repos.stored_bytes(s, project.id)
-    if used + adding > quota:
-        raise Problem(
-            413,
-            "Storage quota exceeded",
-            f"this project stores {used:,} bytes; {adding:,} more would pass its quota of {quota:,} "
-            "(FITCYCLE_MAX_STORED_BYTES); delete old versions or jobs, or ask for a larger quota",
-        )
+    """413 when `adding` more bytes would take the project past its storage quota (read from the database now)."""
+    state.stored.check(project.id, adding, fresh=True)
 
 
 MAX_REJECTED_LISTED = 1000
@@ -149,8 +140,9 @@ def version_by_id(state: AppState, project: domain.Project, version_id: str) -> 
         return version
 
 
-def list_all(state: AppState, project: domain.Project) -> DatasetsPublic:
-    """Every dataset of the project, each at its latest version (two queries, however many datasets)."""
+def list_all(state: AppState, project: domain.Project, offset: int = 0, limit: int | None = None) -> DatasetsPublic:
+    """The project's datasets (a page of them with offset and limit), each at its latest version (two queries,
+    however many datasets); count: all of them."""
     out = []
     with session_scope(state.sessions) as s:
         every = repos.project_versions(s, project.id)
@@ -158,7 +150,8 @@ def list_all(state: AppState, project: domain.Project) -> DatasetsPublic:
             versions = every.get(d.id, [])
             if versions:
                 out.append(version_public(d, versions[-1], [v.version for v in versions]))
-    return DatasetsPublic(data=out, count=len(out))
+    end = None if limit is None else offset + limit
+    return DatasetsPublic(data=out[offset:end], count=len(out))
 
 
 def get(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> DatasetPublic:
@@ -188,7 +181,15 @@ def show_batch(
     seed: int,
     valid_pct: float | None = None,
 ) -> bytes:
-    return show_batch_png(state, _version(state, project, dataset_id, version), size, seed, valid_pct)
+    """show_batch_png, each picture made once per process (by its version and parameters) and paid for from the
+    project's CPU budget for renders (429 with Retry-After when it is spent)."""
+    chosen = _version(state, project, dataset_id, version)
+
+    def render() -> bytes:
+        with state.render_budget.spend(project.id):
+            return show_batch_png(state, chosen, size, seed, valid_pct)
+
+    return state.renders.get_or_make((chosen.id, size, seed, valid_pct), render)
 
 
 def show_batch_png(
@@ -206,11 +207,14 @@ def show_batch_png(
         return state.store.get_bytes(key)
     from core.datasets.materialize import materialize
     from core.engine.data import DataConfig, ImageDataLoaders
-    from core.engine.items import stored_items
+    from core.engine.items import split_problem, stored_items
     from core.engine.plots import show_batch
     from core.engine.transforms import get_transforms
 
     folder, manifest = materialize(state.store, version.prefix, state.settings.cache_dir / "datasets")
+    problem = split_problem(manifest, valid_pct, seed, training_only=True)
+    if problem is not None:
+        raise Problem(422, "Invalid request", f"valid_pct: {problem}", field="valid_pct")
     labelled = stored_items(folder / "files", manifest, valid_pct, seed)
     dls = ImageDataLoaders(labelled, DataConfig(size=size, bs=16, augment=get_transforms(), seed=seed))
     out = Path(tempfile.mkdtemp()) / "batch.png"

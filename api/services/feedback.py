@@ -33,12 +33,14 @@ def list_predictions(
     order: str,
     limit: int,
     unlabelled: bool,
+    offset: int = 0,
 ) -> PredictionsPublic:
-    """Most uncertain (or most recent) first; `unlabelled` leaves out those that already have feedback."""
+    """A page of predictions, most uncertain (or most recent) first; `unlabelled` leaves out those that already
+    have feedback; count: how many match in all."""
     with session_scope(state.sessions) as s:
-        rows = repos.list_predictions(s, project.id, name, model_id, order, limit, unlabelled)
-    data = [_public(p) for p in rows]
-    return PredictionsPublic(data=data, count=len(data))
+        rows = repos.list_predictions(s, project.id, name, model_id, order, limit, unlabelled, offset)
+        count = repos.count_predictions(s, project.id, name, model_id, unlabelled)
+    return PredictionsPublic(data=[_public(p) for p in rows], count=count)
 
 
 def input_image(state: AppState, project: domain.Project, prediction_id: str) -> tuple[str, bytes]:
@@ -143,7 +145,10 @@ def give(
         check_known_classes(correction.target, known, body.new_class)
     feedback_id = repos.new_id()
     target = dict(correction.target)
+    stored_bytes = 0
     if correction.mask_png is not None:
+        stored_bytes = len(correction.mask_png)
+        state.stored.check(project.id, stored_bytes)  # a mask counts toward the quota like any stored file
         target["mask"] = f"{feedback_prefix(project.id, feedback_id)}.mask.png"
         state.store.put_bytes(target["mask"], correction.mask_png, "image/png")
     with session_scope(state.sessions) as s:
@@ -155,6 +160,7 @@ def give(
             target=target,
             key_id=caller.key.id,
             idempotency_key=idempotency_key,
+            stored_bytes=stored_bytes,
         )
     if not created and correction.mask_png is not None:
         state.store.delete(target["mask"])
@@ -167,11 +173,20 @@ def give(
     return FeedbackPublic.of(stored), created
 
 
-def list_feedback(state: AppState, project: domain.Project, name: str | None, unused: bool) -> FeedbackList:
+def list_feedback(
+    state: AppState, project: domain.Project, name: str | None, unused: bool, offset: int = 0, limit: int = 100
+) -> FeedbackList:
+    """One page of feedback, oldest first; `count` is how many there are in all (counted in SQL), as for jobs."""
     with session_scope(state.sessions) as s:
-        rows = repos.list_feedback(s, project.id, name=name, unused=unused)
-    data = [FeedbackPublic.of(f) for f, _ in rows]
-    return FeedbackList(data=data, count=len(data))
+        rows = repos.list_feedback(s, project.id, name=name, unused=unused, limit=limit, offset=offset)
+        count = repos.count_feedback(s, project.id, name=name, unused=unused)
+    return FeedbackList(data=[FeedbackPublic.of(f) for f, _ in rows], count=count)
+
+
+def count_feedback(state: AppState, project: domain.Project, name: str | None = None, unused: bool = False) -> int:
+    """How much feedback the project has (of a name; unused only), without loading any of it."""
+    with session_scope(state.sessions) as s:
+        return repos.count_feedback(s, project.id, name=name, unused=unused)
 
 
 def delete(state: AppState, project: domain.Project, feedback_id: str) -> None:

@@ -30,6 +30,8 @@ from core.broker import enqueue
 from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.architectures import ARCHITECTURES, get_architecture, imagenet_weights
+from core.engine.items import split_problem
+from core.engine.splits import SEED, VALID_PCT
 from core.jobs.kinds import SAME_DATA, JobKind, get_kind
 from core.jobs.rates import retrain_defaults
 from core.jobs.spec import DEFAULT_ARCH, JobSettings
@@ -50,6 +52,23 @@ def _check_settings(kind: JobKind, fields: dict[str, Any], from_model: bool) -> 
     if problems:
         errors = [{"field": field, "message": message} for field, message in problems]
         raise Problem(422, "Invalid job", "; ".join(f"{f}: {m}" for f, m in problems), errors=errors)
+
+
+def _check_split(state: AppState, version: domain.DatasetVersion, fields: dict[str, Any]) -> None:
+    """A random split drawn with the job's valid_pct and seed must leave a training item in every class and
+    some validation: a 422 naming valid_pct now, not a job that fails in its first batch."""
+    if version.split != "random":  # a fixed split is the data's own, checked when the version was made
+        return
+    manifest = json.loads(state.store.get_bytes(f"{version.prefix}/manifest.json"))
+    problem = split_problem(manifest, fields.get("valid_pct", VALID_PCT), fields.get("seed", SEED))
+    if problem is not None:
+        raise Problem(
+            422,
+            "Invalid job",
+            f"valid_pct: {problem}",
+            field="valid_pct",
+            errors=[{"field": "valid_pct", "message": problem}],
+        )
 
 
 def _parent(s: Session, project: domain.Project, body: JobCreate, kind: JobKind) -> domain.Job | None:
@@ -212,6 +231,7 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
         if parent is None and fields.get("pretrained") == "imagenet" and not kind.starts_from_model:
             _require_imagenet_weights(fields["arch"])
         _check_settings(kind, fields, from_model=parent is not None or "from_model_id" in fields)
+        _check_split(state, version, fields)
         queue = body.queue or settings.default_queue
         job = repos.create_job(
             s,

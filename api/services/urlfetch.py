@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -19,6 +20,7 @@ import httpx
 from api.errors import Problem
 from core.config import Settings
 
+log = logging.getLogger("fitcycle.api")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix: the last 32 bits are an IPv4 address
 NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # local-use translation prefix: never public
@@ -51,11 +53,23 @@ def is_public(ip: IPAddress) -> bool:
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_link_local)
 
 
+def refused(host: str) -> Problem:
+    """The one answer for a host that is not fetched, whatever the reason: an address that is not public, or a
+    name that does not resolve. It never says what a name resolved to, nor whether it resolved at all, so a
+    tenant cannot map the server's internal names and networks through it (the server's log says which)."""
+    return Problem(
+        400,
+        "URL refused",
+        f"'{host[:200]}' is not a public address; only http(s) URLs whose host is public can be fetched",
+    )
+
+
 async def _addresses(host: str, port: int) -> list[str]:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise Problem(400, "Bad URL", f"cannot resolve host '{host[:200]}': {exc}") from None
+        log.info("URL refused: host %r does not resolve (%s)", host[:200], exc)
+        raise refused(host) from None
     return sorted({str(info[4][0]) for info in infos})
 
 
@@ -66,12 +80,8 @@ async def vetted_address(host: str, port: int, allow: list[str]) -> str:
         return addrs[0]
     for a in addrs:
         if not is_public(ipaddress.ip_address(a.split("%")[0])):
-            raise Problem(
-                400,
-                "URL refused",
-                f"'{host[:200]}' resolves to {a}, a non-public address (loopback, private, link-local or "
-                "metadata, possibly wrapped in IPv6); only public http(s) URLs can be fetched",
-            )
+            log.info("URL refused: host %r resolves to the non-public address %s", host[:200], a)
+            raise refused(host)
     return addrs[0]
 
 
@@ -106,15 +116,17 @@ async def _vetted_target(url: str, settings: Settings) -> tuple[str, dict[str, s
     return target, headers, extensions
 
 
-async def post_json(url: str, body: bytes, headers: dict[str, str], settings: Settings) -> int:
-    """POST a JSON body to url through the same checks, within the same deadline; no redirect is followed (a
-    webhook receiver answers itself). Returns the status; a Problem when the URL is refused or unreachable."""
+async def post_json(
+    url: str, body: bytes, headers: dict[str, str], settings: Settings, timeout: float | None = None
+) -> int:
+    """POST a JSON body to url through the same checks, within `timeout` (default: the fetch deadline); no redirect
+    is followed (a webhook receiver answers itself). Returns the status; a Problem when the URL is refused or
+    unreachable."""
+    deadline = settings.url_fetch_timeout_seconds if timeout is None else timeout
     try:
-        async with asyncio.timeout(settings.url_fetch_timeout_seconds):
+        async with asyncio.timeout(deadline):
             target, base, extensions = await _vetted_target(url, settings)
-            async with httpx.AsyncClient(
-                follow_redirects=False, trust_env=False, timeout=settings.url_fetch_timeout_seconds
-            ) as client:
+            async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=deadline) as client:
                 resp = await client.post(
                     target,
                     content=body,
@@ -123,7 +135,7 @@ async def post_json(url: str, body: bytes, headers: dict[str, str], settings: Se
                 )
                 return resp.status_code
     except TimeoutError:
-        raise Problem(504, "Timed out", f"no answer within {settings.url_fetch_timeout_seconds}s") from None
+        raise Problem(504, "Timed out", f"no answer within {deadline}s") from None
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         raise Problem(400, "Delivery failed", f"could not reach the URL: {type(exc).__name__}") from None
 

@@ -32,8 +32,10 @@ from api.ui.session import (
     key_caller,
     local_path,
     remember_csrf,
+    sessions_of,
     sign_in,
     sign_out,
+    sign_out_everywhere,
 )
 from core.db import domain
 from core.jobs.kinds import KINDS, get_kind
@@ -128,6 +130,27 @@ def signout(request: Request, csrf: Annotated[str, Form(max_length=200)] = "") -
         return render(request, "error.html", 403, title="Refused", message=CSRF_MESSAGE)
     response = RedirectResponse("/signin", status_code=303)
     sign_out(request, response)
+    return response
+
+
+@router.get("/sessions")
+def sessions_page(request: Request, caller: PageCaller) -> Response:
+    """The signed-in key's sessions (this browser's marked), and a button that ends them all."""
+    found = sessions_of(request, caller)
+    return render(request, "sessions.html", title="Sessions", caller=caller, sessions=found)
+
+
+@router.post("/sessions/signout-everywhere")
+def signout_everywhere(request: Request, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
+    """End every session of the signed-in key, in every browser, this one too."""
+    if not form_ok(request, csrf):
+        return render(request, "error.html", 403, title="Refused", message=CSRF_MESSAGE)
+    caller = caller_of(app_state(request), request.cookies.get(SESSION_COOKIE))
+    response = RedirectResponse("/signin", status_code=303)
+    if caller is None:  # this browser's sign-in is over already: nothing it may end but its own cookie
+        sign_out(request, response)
+    else:
+        sign_out_everywhere(request, response, caller)
     return response
 
 
@@ -301,7 +324,7 @@ def playground_page(
     state, project = app_state(request), caller.project
     names = registry_service.list_all(state, project).data
     models = models_service.list_all(state, project, bundle_url(request)).data
-    feedback = feedback_service.list_feedback(state, project, None, False).count
+    feedback = feedback_service.count_feedback(state, project)
     return render(
         request,
         "playground.html",

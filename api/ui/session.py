@@ -1,10 +1,11 @@
 """The web UI's sign-in. Signing in with a project key makes a server-side session (ui_sessions: the hash of
 a random token, the key it was made with, an expiry); the browser keeps only the token, in an HttpOnly,
 SameSite=Strict cookie, never the key. Signing out ends the session on the server; revoking the key ends its
-sessions too. Every state-changing request brings back a per-browser CSRF token (double submit: a random
-cookie, echoed by the page in a form field or the X-CSRF-Token header) and must come from this site's own
-pages (Sec-Fetch-Site / Origin). The REST API's guard accepts the same session cookie with the same checks,
-so the pages' scripts call the REST API itself."""
+sessions too. Signing in again in the same browser ends the session it replaces; each sign-in purges expired
+sessions; /sessions lists the key's sessions and signs it out everywhere. Every state-changing request brings
+back a per-browser CSRF token (double submit: a random cookie, echoed by the page in a form field or the
+X-CSRF-Token header) and must come from this site's own pages (Sec-Fetch-Site / Origin). The REST API's guard
+accepts the same session cookie with the same checks, so the pages' scripts call the REST API itself."""
 
 from __future__ import annotations
 
@@ -54,21 +55,47 @@ def form_ok(request: Request, sent: str | None) -> bool:
     return same_origin(headers) and csrf_matches(request.cookies.get(CSRF_COOKIE), sent)
 
 
+def _session_token(request: Request) -> str | None:
+    """The browser's session token, when its cookie holds something that could be one."""
+    token = request.cookies.get(SESSION_COOKIE)
+    return token if token and len(token) <= 200 else None
+
+
 def sign_in(request: Request, response: Response, caller: domain.Caller) -> None:
-    """A new session for the caller's key; the CSRF token is rotated with it."""
+    """A new session for the caller's key; the CSRF token is rotated with it. The session this browser held
+    before ends (its cookie is replaced, so nothing would ever end it), and expired sessions are purged."""
     settings = app_state(request).settings
     with session_scope(app_state(request).sessions) as s:
-        token = repos.create_ui_session(s, caller.key.id, settings.ui_session_days)
+        token = repos.create_ui_session(s, caller.key.id, settings.ui_session_days, replaces=_session_token(request))
     _cookie(request, response, SESSION_COOKIE, token, settings.ui_session_days * 86400, "strict")
     _csrf_cookie(request, response, secrets.token_urlsafe(32))
 
 
 def sign_out(request: Request, response: Response) -> None:
     """End the session on the server, forget its cookie, rotate the CSRF token, and clear the cached pages."""
-    token = request.cookies.get(SESSION_COOKIE)
-    if token and len(token) <= 200:
+    token = _session_token(request)
+    if token:
         with session_scope(app_state(request).sessions) as s:
             repos.end_ui_session(s, token)
+    _forget(request, response)
+
+
+def sign_out_everywhere(request: Request, response: Response, caller: domain.Caller) -> int:
+    """End every session of the caller's key (this browser's and every other's); returns how many ended."""
+    with session_scope(app_state(request).sessions) as s:
+        ended = repos.end_ui_sessions_of_key(s, caller.key.id)
+    _forget(request, response)
+    return ended
+
+
+def sessions_of(request: Request, caller: domain.Caller) -> list[domain.UiSession]:
+    """The live sessions of the caller's key, newest first, this browser's marked."""
+    with session_scope(app_state(request).sessions) as s:
+        return repos.list_ui_sessions(s, caller.key.id, _session_token(request))
+
+
+def _forget(request: Request, response: Response) -> None:
+    """Forget the session cookie, rotate the CSRF token, and clear the cached pages."""
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     _csrf_cookie(request, response, secrets.token_urlsafe(32))
     response.headers["Clear-Site-Data"] = '"cache"'

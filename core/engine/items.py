@@ -285,3 +285,29 @@ def stored_items(root: Path, manifest: dict[str, Any], valid_pct: float, seed: i
     else:
         flags = kind.random_split(keys, rows, valid_pct, seed)
     return kind.from_records(root, rows, flags, manifest)
+
+
+def split_problem(manifest: dict[str, Any], valid_pct: float, seed: int, training_only: bool = False) -> str | None:
+    """Why the split a job would draw from a manifest with `valid_pct` and `seed` cannot train, or None: no
+    training item, no validation item, or a class of two or more items none of which trains (`training_only`:
+    no training item, all a batch of training items needs). A fixed split is the data's own, checked when the
+    version was made: None."""
+    if manifest["split"] != "random":
+        return None
+    items = stored_items(Path("."), manifest, valid_pct, seed)
+    n_valid = sum(items.is_valid)
+    drawn = f"valid_pct {valid_pct:g} with seed {seed}"
+    if n_valid == len(items):
+        return f"{drawn} leaves no training item of the {len(items)}; lower valid_pct"
+    if training_only:
+        return None
+    if n_valid == 0:
+        return f"{drawn} leaves no validation item of the {len(items)}; raise valid_pct"
+    if isinstance(items, LabelItems):
+        everywhere = Counter(c for i in range(len(items)) for c in items.label_set(i))
+        training = Counter(c for i in items.indices(False) for c in items.label_set(i))
+        empty = sorted(c for c, n in everywhere.items() if n >= 2 and not training[c])
+        if empty:
+            named = ", ".join(f"'{c}'" for c in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            return f"{drawn} leaves no training item of class {named}; lower valid_pct (or choose another seed)"
+    return None

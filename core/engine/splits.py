@@ -9,6 +9,10 @@ from collections.abc import Sequence
 # The split every reader, job spec, upload and CLI verb defaults to (fastai's valid_pct=0.2, seed=42): named once.
 VALID_PCT = 0.2
 SEED = 42
+# What a request may ask for: a share that leaves both sides something on any but the smallest data (a job checks
+# its own split too), and a seed every generator takes (numpy's and torch's).
+VALID_PCT_RANGE = (0.01, 0.9)
+MAX_SEED = 2**32 - 1
 
 
 def hash_fraction(seed: int, key: str) -> float:

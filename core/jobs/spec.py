@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from core.engine.architectures import ARCHITECTURES
 from core.engine.metrics import METRICS
 from core.engine.rules import RULE_FIELDS, LabelRule, RuleKind
-from core.engine.splits import SEED, VALID_PCT
+from core.engine.splits import MAX_SEED, SEED, VALID_PCT, VALID_PCT_RANGE
 from core.engine.transforms import AugmentConfig
 from core.jobs.kind_names import DEFAULT_KIND, KindName
 
@@ -66,10 +66,15 @@ class JobSettings(BaseModel):
     transforms: dict[str, float | bool] | None = Field(
         None, max_length=32, description="overrides of fastai's augmentation defaults"
     )
-    valid_pct: float = Field(VALID_PCT, gt=0.0, lt=1.0)
-    seed: int = SEED
+    valid_pct: float = Field(
+        VALID_PCT,
+        ge=VALID_PCT_RANGE[0],
+        le=VALID_PCT_RANGE[1],
+        description="a random split's validation share (a split that leaves no training item, or a class none: 422)",
+    )
+    seed: int = Field(SEED, ge=0, le=MAX_SEED)
     metrics: list[str] = Field(default_factory=lambda: ["error_rate", "accuracy"], max_length=16)
-    augment: bool = True
+    augment: StrictBool = True
     folds: int = Field(
         4, ge=0, le=10, description="interpret: folds of the cleaner's out-of-fold predictions (0: none)"
     )
@@ -79,7 +84,9 @@ class JobSettings(BaseModel):
         description="bf16 (autocast, no loss scaling), fp16 (autocast with a gradient scaler) or fp32; "
         "default: bf16 on a GPU that has it, else fp16 on a GPU, fp32 on CPU",
     )
-    compile: bool = Field(False, description="torch.compile the model (falls back to eager, saying why, if it fails)")
+    compile: StrictBool = Field(
+        False, description="torch.compile the model (falls back to eager, saying why, if it fails)"
+    )
     gpus: int = Field(
         1,
         ge=1,
@@ -175,6 +182,8 @@ class TrainSpec(JobSettings):
     lr_suggestion_from: str | None = Field(None, description="stage 2 'auto': where lr_suggestion came from")
     data_seed: int | None = Field(
         None,
+        ge=0,
+        le=MAX_SEED,
         description="seed of data order and augmentation (default: seed); "
         "the split always uses `seed`, so related jobs share one validation set",
     )

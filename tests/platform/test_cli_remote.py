@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from tests.platform.services import BIN
-from tests.platform.stack import Stack
+from tests.platform.stack import ImageServer, Stack
 
 
 def run(stack: Stack, key: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -16,7 +16,9 @@ def run(stack: Stack, key: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / "fitcycle"), *args], env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_lists_are_tables_and_a_watched_job_reaches_100_percent(stack: Stack, fashion_zip: Path) -> None:
+def test_lists_are_tables_and_a_watched_job_reaches_100_percent(
+    stack: Stack, fashion_zip: Path, image_server: ImageServer
+) -> None:
     client, _ = stack.new_project("cli-user")
     up = run(stack, client.key, "datasets", "upload", "fashion", str(fashion_zip))
     assert up.returncode == 0, up.stderr
@@ -98,6 +100,40 @@ def test_lists_are_tables_and_a_watched_job_reaches_100_percent(stack: Stack, fa
     bad = run(stack, client.key, "project", "set", "--input-retention-days", "soon")
     assert bad.returncode == 2 and "a whole number of days, or off" in bad.stderr
 
+    # A webhook made, disabled and deleted from the CLI (the URL must be one the SSRF guard lets through).
+    made = run(
+        stack,
+        client.key,
+        "webhooks",
+        "create",
+        f"{image_server.base}/hook",
+        "--event",
+        "job.failed",
+        "--secret",
+        "a-secret-of-sixteen-chars",
+    )
+    assert made.returncode == 0, made.stderr
+    hook_id = json.loads(made.stdout)["id"]
+    assert run(stack, client.key, "webhooks", "list").stdout.splitlines()[1].split()[:3] == [
+        hook_id,
+        "on",
+        "job.failed",
+    ]
+    assert json.loads(run(stack, client.key, "webhooks", "disable", hook_id).stdout)["active"] is False
+    assert run(stack, client.key, "webhooks", "list").stdout.splitlines()[1].split()[1] == "off"
+    assert run(stack, client.key, "webhooks", "deliveries", hook_id).stdout.split() == [
+        "ID",
+        "EVENT",
+        "STATE",
+        "TRIES",
+        "LAST",
+        "ERROR",
+    ]
+    private = run(
+        stack, client.key, "webhooks", "create", "http://10.0.0.1/x", "--event", "job.failed", "--secret", "s" * 16
+    )
+    assert private.returncode == 2 and "not a public address" in private.stderr, private.stderr
+    assert run(stack, client.key, "webhooks", "delete", hook_id).returncode == 0
+
     gone = run(stack, client.key, "models", "delete", model_id)
     assert gone.returncode == 0 and gone.stdout.startswith(f"deleted model {model_id}"), gone.stderr
-

@@ -39,6 +39,29 @@ def test_urls_wrapping_private_addresses_are_refused(victim: Victim, victim_mode
     for url in ["http://[2002:7f00:1::1]/x.png", "https://[64:ff9b::a9fe:a9fe]/latest/meta-data/"]:
         res = victim.client.post(f"/models/{victim_model}/predict-url", json={"url": url})
         assert res.status_code == 400 and res.json()["title"] == "URL refused", res.text
+        assert "not a public address" in res.json()["detail"], res.text
+
+
+@pytest.mark.parametrize(
+    ("host", "secret"),
+    [
+        ("localhost", "127.0.0.1"),  # a name that resolves to loopback: the answer does not say so
+        ("metadata.google.internal", "resolve"),  # a name that does not resolve here
+        ("no-such-host.invalid", "resolve"),
+    ],
+)
+def test_a_refusal_says_nothing_of_what_a_name_resolved_to(host: str, secret: str) -> None:
+    """A tenant must not map internal names through the guard: a name that resolves to a private address and one
+    that does not resolve at all are refused with the same words, naming no address and no resolver error."""
+    with pytest.raises(Problem) as refused:
+        asyncio.run(fetch_image(f"http://{host}/x.png", Settings(url_fetch_timeout_seconds=5)))
+    problem = refused.value
+    assert (problem.status, problem.title) == (400, "URL refused")
+    assert problem.detail == (
+        f"'{host}' is not a public address; only http(s) URLs whose host is public can be fetched"
+    )
+    for leak in (secret, "127.", "::1", "resolve", "Name or service", "getaddrinfo", "Errno"):
+        assert leak not in problem.detail
 
 
 def test_a_dripping_server_is_cut_at_the_deadline(drip_server: str) -> None:

@@ -1,8 +1,8 @@
 """The web UI in a real browser: Playwright drives Debian's Chromium against a real `fitcycle serve` (SQLite, a
 local store, the filesystem broker and its worker). A user signs in, uploads an archive, trains while the
 curve grows, reads the interpretation, cleans labels into a new version, retrains and sees the gate's
-decision, asks the playground and corrects it, labels from the queue, and signs out. Screenshots of every page
-at 1280 px and 390 px go to tests/ui/screenshots/ (git-ignored)."""
+decision, asks the playground and corrects it, labels from the queue, and signs out; the sessions page signs a
+key out everywhere. Screenshots of every page at 1280 px and 390 px go to tests/ui/screenshots/ (git-ignored)."""
 
 from __future__ import annotations
 
@@ -375,6 +375,43 @@ def walk(page: Page, served: dict[str, Any], client: Client, step: Callable[[str
     assert replayed.status_code == 401 and "sign-in has ended" in replayed.json()["detail"]
 
 
+def test_the_sessions_page_and_signing_out_everywhere(served: dict[str, Any], browser: Browser) -> None:
+    """Signing in again in the same browser ends the session it replaces; /sessions lists the key's sessions with
+    this browser's marked, and signs the key out everywhere, another browser's session too."""
+    base, key = served["base"], served["key"]
+    context = browser.new_context(base_url=base, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        tokens = []
+        for _ in range(2):
+            page.goto("/signin")
+            page.get_by_label("Project key").fill(key)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page).to_have_url(re.compile(r"/datasets$"))
+            tokens.append(next(c["value"] for c in context.cookies() if c["name"] == "fitcycle_session"))
+        assert tokens[0] != tokens[1]
+        assert httpx.get(f"{base}/api/v1/datasets", cookies={"fitcycle_session": tokens[0]}).status_code == 401
+        with httpx.Client(base_url=base) as other:  # a second browser signs in with the same key
+            csrf = re.search(r'name="csrf" value="([^"]+)"', other.get("/signin").text)
+            assert csrf is not None
+            signed = other.post("/signin", data={"key": key, "csrf": csrf.group(1)}, headers={"Origin": base})
+            assert signed.status_code == 303 and other.get("/api/v1/datasets").status_code == 200
+            page.get_by_role("link", name="Sessions").click()
+            expect(page).to_have_url(re.compile(r"/sessions$"))
+            expect(page.locator("table.sessions tbody tr")).to_have_count(2)
+            expect(page.locator("tr[data-current]")).to_contain_text("this browser")
+            shoot(page, "sessions")
+            page.set_viewport_size({"width": 390, "height": 844})
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            page.set_viewport_size({"width": 1280, "height": 900})
+            page.get_by_role("button", name="Sign out everywhere").click()
+            expect(page).to_have_url(re.compile(r"/signin$"))
+            assert other.get("/api/v1/datasets").status_code == 401  # the other browser is signed out too
+        assert page.request.get("/api/v1/datasets").status == 401
+    finally:
+        context.close()
+
+
 def test_the_pages_forms_are_small_and_the_sign_in_needs_its_token(served: dict[str, Any]) -> None:
     base = served["base"]
     big = httpx.post(f"{base}/signin", content=b"key=" + b"x" * 20_000, headers=FORM)
@@ -390,4 +427,6 @@ def test_the_pages_forms_are_small_and_the_sign_in_needs_its_token(served: dict[
     )
     api = httpx.get(f"{base}/api/v1/health")
     assert api.headers["x-content-type-options"] == "nosniff" and "sandbox" in api.headers["content-security-policy"]
-    assert "content-security-policy" not in httpx.get(f"{base}/docs").headers  # Swagger UI's inline script runs
+    docs_csp = httpx.get(f"{base}/docs").headers["content-security-policy"]  # Swagger's inline script by its hash
+    script_src = next(part for part in docs_csp.split(";") if part.strip().startswith("script-src"))
+    assert "'sha256-" in script_src and "unsafe-inline" not in script_src and "frame-ancestors 'none'" in docs_csp

@@ -110,16 +110,61 @@ def revoke_api_key(s: Session, key_id: str) -> d.ApiKey | None:
 
 
 # ----- web UI sessions ---------------------------------------------------------------------------------
-def create_ui_session(s: Session, key_id: str, days: int) -> str:
-    """A new web UI session for a key: returns its token (only the hash is stored)."""
+MAX_UI_SESSIONS_PER_KEY = 50  # a key's newest sessions; signing in past it ends its oldest
+
+
+def create_ui_session(s: Session, key_id: str, days: int, replaces: str | None = None) -> str:
+    """A new web UI session for a key: returns its token (only the hash is stored). The session it replaces (the
+    token the same browser held before) ends; expired sessions of every key are deleted, and the key keeps its
+    newest MAX_UI_SESSIONS_PER_KEY, so the table holds what is live and stays bounded."""
+    if replaces:
+        end_ui_session(s, replaces)
+    purge_expired_ui_sessions(s)
     token = SESSION_PREFIX + secrets.token_urlsafe(32)
     s.add(UiSessionRow(token_hash=hash_key(token), key_id=key_id, expires_at=utcnow() + timedelta(days=days)))
     s.flush()
+    newest = (
+        select(UiSessionRow.token_hash)
+        .where(UiSessionRow.key_id == key_id)
+        .order_by(UiSessionRow.created_at.desc(), UiSessionRow.token_hash)
+        .limit(MAX_UI_SESSIONS_PER_KEY)
+    )
+    s.execute(
+        delete(UiSessionRow).where(
+            UiSessionRow.key_id == key_id, UiSessionRow.token_hash.not_in(select(newest.subquery().c.token_hash))
+        )
+    )
     return token
 
 
 def end_ui_session(s: Session, token: str) -> None:
     s.execute(delete(UiSessionRow).where(UiSessionRow.token_hash == hash_key(token)))
+
+
+def end_ui_sessions_of_key(s: Session, key_id: str) -> int:
+    """Sign a key out everywhere: every web UI session made with it ends. Returns how many there were."""
+    done = s.execute(delete(UiSessionRow).where(UiSessionRow.key_id == key_id))
+    return int(done.rowcount)  # type: ignore[attr-defined]
+
+
+def purge_expired_ui_sessions(s: Session) -> int:
+    """Delete the sessions whose expiry has passed (they are refused already); returns how many."""
+    done = s.execute(delete(UiSessionRow).where(UiSessionRow.expires_at <= utcnow()))
+    return int(done.rowcount)  # type: ignore[attr-defined]
+
+
+def list_ui_sessions(s: Session, key_id: str, current: str | None = None) -> list[d.UiSession]:
+    """A key's live web UI sessions, newest first; `current` (the asking browser's token) marks its own."""
+    mine = hash_key(current) if current else None
+    rows = s.scalars(
+        select(UiSessionRow)
+        .where(UiSessionRow.key_id == key_id, UiSessionRow.expires_at > utcnow())
+        .order_by(UiSessionRow.created_at.desc(), UiSessionRow.token_hash)
+    )
+    return [
+        d.UiSession(created_at=utc(r.created_at), expires_at=utc(r.expires_at), current=r.token_hash == mine)
+        for r in rows
+    ]
 
 
 # ----- the caller --------------------------------------------------------------------------------------

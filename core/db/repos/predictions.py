@@ -3,15 +3,18 @@ corrects or confirms one until a new dataset version takes it in."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.db import domain as d
 from core.db.models import FeedbackRow, PredictionRow
 from core.db.repos._rows import new_id, to
+
+Q = TypeVar("Q", bound=Select[*tuple[Any, ...]])  # a query of feedback joined to its prediction
 
 
 # ----- predictions -------------------------------------------------------------------------------------
@@ -27,6 +30,7 @@ def record_prediction(
     filename: str = "",
     input_key: str | None = None,
     uncertainty: float = 0.0,
+    stored_bytes: int = 0,
 ) -> None:
     """One answered image (a plain INSERT: the predict path writes one per request, and skips the ORM's flush)."""
     s.execute(
@@ -40,6 +44,7 @@ def record_prediction(
             input_key=input_key,
             answer=answer,
             uncertainty=uncertainty,
+            stored_bytes=stored_bytes,
         )
     )
 
@@ -49,21 +54,73 @@ def get_prediction(s: Session, project_id: str, prediction_id: str) -> d.Predict
     return to(d.PredictionRecord, row) if row and row.project_id == project_id else None
 
 
-def list_predictions(
-    s: Session, project_id: str, name: str | None, model_id: str | None, order: str, limit: int, unlabelled: bool
-) -> list[d.PredictionRecord]:
-    q = select(PredictionRow).where(PredictionRow.project_id == project_id)
+def _predictions_where(project_id: str, name: str | None, model_id: str | None, unlabelled: bool) -> list[Any]:
+    where: list[Any] = [PredictionRow.project_id == project_id]
     if name is not None:
-        q = q.where(PredictionRow.name == name)
+        where.append(PredictionRow.name == name)
     if model_id is not None:
-        q = q.where(PredictionRow.model_id == model_id)
+        where.append(PredictionRow.model_id == model_id)
     if unlabelled:
-        q = q.where(~select(FeedbackRow.id).where(FeedbackRow.prediction_id == PredictionRow.id).exists())
+        where.append(~select(FeedbackRow.id).where(FeedbackRow.prediction_id == PredictionRow.id).exists())
+    return where
+
+
+def list_predictions(
+    s: Session,
+    project_id: str,
+    name: str | None,
+    model_id: str | None,
+    order: str,
+    limit: int,
+    unlabelled: bool,
+    offset: int = 0,
+) -> list[d.PredictionRecord]:
+    q = select(PredictionRow).where(*_predictions_where(project_id, name, model_id, unlabelled))
     if order == "uncertainty":
-        q = q.order_by(PredictionRow.uncertainty.desc(), PredictionRow.created_at.desc())
+        q = q.order_by(PredictionRow.uncertainty.desc(), PredictionRow.created_at.desc(), PredictionRow.id)
     else:
-        q = q.order_by(PredictionRow.created_at.desc())
-    return [to(d.PredictionRecord, r) for r in s.scalars(q.limit(limit))]
+        q = q.order_by(PredictionRow.created_at.desc(), PredictionRow.id)
+    return [to(d.PredictionRecord, r) for r in s.scalars(q.offset(offset).limit(limit))]
+
+
+def count_predictions(s: Session, project_id: str, name: str | None, model_id: str | None, unlabelled: bool) -> int:
+    q = select(func.count(PredictionRow.id)).where(*_predictions_where(project_id, name, model_id, unlabelled))
+    return int(s.scalar(q) or 0)
+
+
+def _stored_keys(s: Session, project_id: str, ids: list[str]) -> list[str]:
+    """The objects of these predictions (kept input, answer masks) and of their feedback (masks)."""
+    keys: list[str] = []
+    for row in s.scalars(
+        select(PredictionRow).where(PredictionRow.project_id == project_id, PredictionRow.id.in_(ids))
+    ):
+        if row.input_key:
+            keys.append(row.input_key)
+        keys += [v for v in row.answer.values() if isinstance(v, str) and v.startswith(f"projects/{project_id}/")]
+    for f in s.scalars(select(FeedbackRow).where(FeedbackRow.prediction_id.in_(ids))):
+        keys += [v for v in f.target.values() if isinstance(v, str) and v.startswith(f"projects/{project_id}/")]
+    return keys
+
+
+def delete_predictions(s: Session, project_id: str, ids: list[str]) -> list[str]:
+    """Delete these predictions of the project and their feedback; returns the object keys they kept (the caller
+    deletes them once this commits)."""
+    keys = _stored_keys(s, project_id, ids)
+    s.execute(delete(FeedbackRow).where(FeedbackRow.project_id == project_id, FeedbackRow.prediction_id.in_(ids)))
+    s.execute(delete(PredictionRow).where(PredictionRow.project_id == project_id, PredictionRow.id.in_(ids)))
+    return keys
+
+
+def predictions_before(s: Session, project_id: str, before: datetime, limit: int, keep_waiting: bool) -> list[str]:
+    """Ids of up to `limit` of the project's predictions made before `before`, oldest first; with keep_waiting,
+    not those whose feedback waits for a dataset version (retention never drops a correction unused)."""
+    q = select(PredictionRow.id).where(PredictionRow.project_id == project_id, PredictionRow.created_at < before)
+    if keep_waiting:
+        waiting = select(FeedbackRow.id).where(
+            FeedbackRow.prediction_id == PredictionRow.id, FeedbackRow.used_in.is_(None)
+        )
+        q = q.where(~waiting.exists())
+    return list(s.scalars(q.order_by(PredictionRow.created_at).limit(limit)))
 
 
 # ----- feedback ----------------------------------------------------------------------------------------
@@ -76,6 +133,7 @@ def add_feedback(
     key_id: str,
     idempotency_key: str | None = None,
     id: str | None = None,
+    stored_bytes: int = 0,
 ) -> tuple[d.Feedback, bool]:
     """Store feedback; with an idempotency key already used in the project, the stored one (and False)."""
 
@@ -97,6 +155,7 @@ def add_feedback(
         target=target,
         key_id=key_id,
         idempotency_key=idempotency_key,
+        stored_bytes=stored_bytes,
     )
     try:
         with s.begin_nested():  # a savepoint: the same key sent twice at once stores one
@@ -109,23 +168,43 @@ def add_feedback(
     return to(d.Feedback, row), True
 
 
-def list_feedback(
-    s: Session, project_id: str, name: str | None = None, unused: bool = False, prediction_ids: list[str] | None = None
-) -> list[tuple[d.Feedback, d.PredictionRecord]]:
-    """Feedback with its prediction, oldest first."""
-    q = (
-        select(FeedbackRow, PredictionRow)
-        .join(PredictionRow, FeedbackRow.prediction_id == PredictionRow.id)
-        .where(FeedbackRow.project_id == project_id)
-    )
+def _feedback_where(q: Q, project_id: str, name: str | None, unused: bool, prediction_ids: list[str] | None) -> Q:
+    """The filters of a feedback listing (q already joins each feedback row to its prediction)."""
+    q = q.where(FeedbackRow.project_id == project_id)
     if name is not None:
         q = q.where(PredictionRow.name == name)
     if unused:
         q = q.where(FeedbackRow.used_in.is_(None))
     if prediction_ids is not None:
         q = q.where(FeedbackRow.prediction_id.in_(prediction_ids))
-    rows = s.execute(q.order_by(FeedbackRow.created_at))
-    return [(to(d.Feedback, f), to(d.PredictionRecord, p)) for f, p in rows]
+    return q
+
+
+def list_feedback(
+    s: Session,
+    project_id: str,
+    name: str | None = None,
+    unused: bool = False,
+    prediction_ids: list[str] | None = None,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[tuple[d.Feedback, d.PredictionRecord]]:
+    """Feedback with its prediction, oldest first (ties by id, so pages never overlap); a page of it with
+    `limit`/`offset`, all of it without (a version cut takes every unused one)."""
+    q = select(FeedbackRow, PredictionRow).join(PredictionRow, FeedbackRow.prediction_id == PredictionRow.id)
+    q = _feedback_where(q, project_id, name, unused, prediction_ids).order_by(FeedbackRow.created_at, FeedbackRow.id)
+    if limit is not None:
+        q = q.limit(limit)
+    if offset:
+        q = q.offset(offset)
+    return [(to(d.Feedback, f), to(d.PredictionRecord, p)) for f, p in s.execute(q)]
+
+
+def count_feedback(s: Session, project_id: str, name: str | None = None, unused: bool = False) -> int:
+    """How many feedback rows list_feedback would list, counted in SQL."""
+    q = select(func.count(FeedbackRow.id)).join(PredictionRow, FeedbackRow.prediction_id == PredictionRow.id)
+    return int(s.scalar(_feedback_where(q, project_id, name, unused, None)) or 0)
 
 
 def get_feedback(s: Session, project_id: str, feedback_id: str) -> d.Feedback | None:
@@ -149,9 +228,4 @@ def mark_feedback_used(s: Session, feedback_ids: list[str], version_id: str) -> 
 
 
 def count_unused_feedback(s: Session, project_id: str, name: str) -> int:
-    q = (
-        select(func.count(FeedbackRow.id))
-        .join(PredictionRow, FeedbackRow.prediction_id == PredictionRow.id)
-        .where(FeedbackRow.project_id == project_id, PredictionRow.name == name, FeedbackRow.used_in.is_(None))
-    )
-    return int(s.scalar(q) or 0)
+    return count_feedback(s, project_id, name=name, unused=True)
