@@ -22,6 +22,7 @@
   document.querySelector("form[data-delete-before]")?.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const before = new Date(ev.target.before.value + "T00:00:00").toISOString();
+    if (!confirm(`Delete every prediction made before ${ev.target.before.value}, with its image and feedback?`)) return;
     const deleted = await fc.act("Delete old predictions", async () => {
       let total = 0;
       for (let more = true; more; ) {
