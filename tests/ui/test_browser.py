@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +354,22 @@ def walk(page: Page, served: dict[str, Any], client: Client, step: Callable[[str
     empty = page.locator(".queue li.empty")
     expect(empty).to_be_visible()
     assert (empty.bounding_box() or {"width": 0})["width"] > 600
+
+    step("deleting predictions")
+    # One prediction deleted from its card (its image goes too); then every one before tomorrow, by date.
+    doomed = client.post("/registry/clothes/predict", files={"file": ("y.png", served["photo"].read_bytes())})
+    doomed_id = doomed.json()["prediction_id"]
+    page.reload()
+    page.locator(f"[data-prediction='{doomed_id}']").get_by_role("button", name="Delete").click()
+    expect(page.locator(f"[data-prediction='{doomed_id}']")).to_have_count(0)
+    assert client.get(f"/predictions/{doomed_id}/image").status_code == 404
+    assert client.get("/predictions").json()["count"] > 0
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    page.get_by_label("Made before").fill(tomorrow)
+    page.once("dialog", lambda dialog: dialog.accept())  # it asks first: this cannot be undone
+    page.get_by_role("button", name="Delete them").click()
+    expect(page.locator("#status")).to_contain_text("predictions deleted")
+    assert client.get("/predictions").json()["count"] == 0
 
     step("phone widths")
     # Every page fits a phone: nothing wider than the screen but tables, which scroll in their own box.
