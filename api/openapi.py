@@ -141,3 +141,15 @@ def binary(*media_types: str, description: str = "Successful Response") -> dict[
 
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "application/octet-stream")  # what a kept image may be
+
+# A server-sent event as a client parses it off the stream: before OpenAPI 3.2 (whose itemSchema says it), a
+# text/event-stream's schema describes each event.
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "title": "ServerSentEvent",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["state", "epoch", "batch", "end"]},
+        "data": {"type": "string", "description": "a JSON object: the job, an epoch's or a batch's row, the end"},
+    },
+}

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import ProjectDep, StateDep
 from api.guard import CREDENTIAL
-from api.openapi import binary
+from api.openapi import SSE_EVENT, binary
 from api.schemas import (
     MAX_INT,
     ArtifactsPublic,
@@ -73,7 +73,7 @@ async def cancel_job(state: StateDep, project: ProjectDep, job_id: str) -> JobPu
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}},
 )
 async def job_events(request: Request, state: StateDep, project: ProjectDep, job_id: str) -> StreamingResponse:
     """Server-sent events while the job runs: `state` on every change, `epoch` and `batch` rows as they

@@ -123,7 +123,8 @@ def record_answer(
     logged = dict(answer)
     files = {name: data for name, data in answer.items() if isinstance(data, bytes)}  # a mask, kept as a PNG
     stored = (len(image) if project.keep_inputs else 0) + sum(len(data) for data in files.values())
-    state.stored.check(project.id, stored, fresh=False)  # what is kept counts toward the quota: checked first
+    if stored:  # what is kept counts toward the quota: checked before it is written
+        state.stored.check(project.id, stored, fresh=False)
     input_key = None
     if project.keep_inputs:
         fmt = pending.format
