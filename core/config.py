@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         10.0, ge=0, description="the fleet loop (retraining policies, retention), in one API process; 0: off"
     )
     render_cpu_seconds: float = Field(
-        30.0, gt=0, description="CPU seconds a project may spend on show_batch pictures per minute (per API process)"
+        30.0, gt=0, description="seconds a project may spend making show_batch pictures per minute (per API process)"
     )
     webhook_poll_seconds: float = Field(
         1.0, ge=0, description="how often each API process looks for due webhook deliveries; 0: it sends none"

@@ -1,5 +1,5 @@
-"""Webhooks: register a URL for events, list them, delete one (admin keys: a webhook is where a project's events
-go), and see its deliveries (any key of the project)."""
+"""Webhooks: register a URL for events, list them, disable or delete one, and see its deliveries — all with an
+admin key: a webhook is where a project's events go, and its URL can hold a receiver's token."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import AdminDep, ProjectDep, StateDep
+from api.deps import AdminDep, OffsetQuery, StateDep
 from api.schemas import DeliveriesPublic, WebhookCreate, WebhookPublic, WebhooksPublic, WebhookUpdate
 from api.services import webhooks as service
 
@@ -25,9 +25,9 @@ async def create_webhook(state: StateDep, admin: AdminDep, body: WebhookCreate) 
 
 
 @router.get("")
-async def list_webhooks(state: StateDep, project: ProjectDep) -> WebhooksPublic:
-    """The project's webhooks (their secrets are never shown again)."""
-    return await run_in_threadpool(service.list_all, state, project)
+async def list_webhooks(state: StateDep, admin: AdminDep) -> WebhooksPublic:
+    """The project's webhooks (their secrets are never shown again; a URL can hold a token, so an admin key)."""
+    return await run_in_threadpool(service.list_all, state, admin.project)
 
 
 @router.delete("/{webhook_id}", status_code=204)
@@ -46,10 +46,10 @@ async def update_webhook(state: StateDep, admin: AdminDep, webhook_id: str, body
 @router.get("/{webhook_id}/deliveries")
 async def list_deliveries(
     state: StateDep,
-    project: ProjectDep,
+    admin: AdminDep,
     webhook_id: str,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    offset: OffsetQuery = 0,
     limit: Annotated[int, Query(ge=1, le=service.MAX_DELIVERIES_PAGE)] = 100,
 ) -> DeliveriesPublic:
     """A page of the events sent (or still to send) to it, newest first: state, attempts, the last error."""
-    return await run_in_threadpool(service.deliveries, state, project, webhook_id, offset, limit)
+    return await run_in_threadpool(service.deliveries, state, admin.project, webhook_id, offset, limit)

@@ -148,9 +148,10 @@ def give(
     stored_bytes = 0
     if correction.mask_png is not None:
         stored_bytes = len(correction.mask_png)
-        state.stored.check(project.id, stored_bytes)  # a mask counts toward the quota like any stored file
+        state.stored.check(project.id, stored_bytes, fresh=False)  # a mask counts toward the quota too
         target["mask"] = f"{feedback_prefix(project.id, feedback_id)}.mask.png"
         state.store.put_bytes(target["mask"], correction.mask_png, "image/png")
+        state.stored.wrote(project.id, stored_bytes)
     with session_scope(state.sessions) as s:
         stored, created = repos.add_feedback(
             s,

@@ -28,7 +28,7 @@ def delete_one(state: AppState, project: domain.Project, prediction_id: str) -> 
     with session_scope(state.sessions) as s:
         if repos.get_prediction(s, project.id, prediction_id) is None:
             raise not_found("prediction", prediction_id)
-        keys = repos.delete_predictions(s, project.id, [prediction_id])
+        keys, _ = repos.delete_predictions(s, project.id, [prediction_id])
     _delete_objects(state, project, keys)
 
 
@@ -40,9 +40,9 @@ def delete_before(
     with session_scope(state.sessions) as s:
         ids = repos.predictions_before(s, project.id, before, MAX_DELETE_PER_CALL + 1, keep_waiting)
         more, ids = len(ids) > MAX_DELETE_PER_CALL, ids[:MAX_DELETE_PER_CALL]
-        keys = repos.delete_predictions(s, project.id, ids)
+        keys, deleted = repos.delete_predictions(s, project.id, ids, keep_waiting)
     _delete_objects(state, project, keys)
-    return PredictionsDeleted(deleted=len(ids), more=more)
+    return PredictionsDeleted(deleted=deleted, more=more)
 
 
 def apply_retention(state: AppState) -> int:
@@ -54,7 +54,11 @@ def apply_retention(state: AppState) -> int:
     deleted = 0
     for project in projects:
         days = project.input_retention_days or 0
-        done = delete_before(state, project, datetime.now(UTC) - timedelta(days=days), keep_waiting=True)
+        try:
+            done = delete_before(state, project, datetime.now(UTC) - timedelta(days=days), keep_waiting=True)
+        except Exception:  # one project's store trouble must not stop the others' retention
+            log.exception("retention of project %s failed; it is tried again next pass", project.id)
+            continue
         if done.deleted:
             log.info(
                 "retention of project %s: %d predictions older than %d days deleted", project.id, done.deleted, days

@@ -121,18 +121,17 @@ async def post_json(
 ) -> int:
     """POST a JSON body to url through the same checks, within `timeout` (default: the fetch deadline); no redirect
     is followed (a webhook receiver answers itself). Returns the status; a Problem when the URL is refused or
-    unreachable."""
+    unreachable. The answer's body is never read (nor decompressed): a receiver cannot make this process hold a
+    large or compressed reply."""
     deadline = settings.url_fetch_timeout_seconds if timeout is None else timeout
     try:
         async with asyncio.timeout(deadline):
             target, base, extensions = await _vetted_target(url, settings)
             async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=deadline) as client:
-                resp = await client.post(
-                    target,
-                    content=body,
-                    headers={**base, **headers, "Content-Type": "application/json"},
-                    extensions=extensions,
-                )
+                sent = {**base, **headers, "Content-Type": "application/json", "Accept-Encoding": "identity"}
+                request = client.build_request("POST", target, content=body, headers=sent, extensions=extensions)
+                resp = await client.send(request, stream=True)  # the status line and headers only
+                await resp.aclose()
                 return resp.status_code
     except TimeoutError:
         raise Problem(504, "Timed out", f"no answer within {deadline}s") from None

@@ -88,27 +88,39 @@ def count_predictions(s: Session, project_id: str, name: str | None, model_id: s
     return int(s.scalar(q) or 0)
 
 
-def _stored_keys(s: Session, project_id: str, ids: list[str]) -> list[str]:
-    """The objects of these predictions (kept input, answer masks) and of their feedback (masks)."""
-    keys: list[str] = []
+def _stored_keys(s: Session, project_id: str, ids: list[str]) -> dict[str, list[str]]:
+    """Each prediction's objects (kept input, answer masks) and its feedback's (masks), by prediction id."""
+    mine = f"projects/{project_id}/"
+    keys: dict[str, list[str]] = {}
     for row in s.scalars(
         select(PredictionRow).where(PredictionRow.project_id == project_id, PredictionRow.id.in_(ids))
     ):
-        if row.input_key:
-            keys.append(row.input_key)
-        keys += [v for v in row.answer.values() if isinstance(v, str) and v.startswith(f"projects/{project_id}/")]
-    for f in s.scalars(select(FeedbackRow).where(FeedbackRow.prediction_id.in_(ids))):
-        keys += [v for v in f.target.values() if isinstance(v, str) and v.startswith(f"projects/{project_id}/")]
+        keys[row.id] = ([row.input_key] if row.input_key else []) + [
+            v for v in row.answer.values() if isinstance(v, str) and v.startswith(mine)
+        ]
+    for f in s.scalars(select(FeedbackRow).where(FeedbackRow.prediction_id.in_(list(keys)))):
+        keys[f.prediction_id] += [v for v in f.target.values() if isinstance(v, str) and v.startswith(mine)]
     return keys
 
 
-def delete_predictions(s: Session, project_id: str, ids: list[str]) -> list[str]:
-    """Delete these predictions of the project and their feedback; returns the object keys they kept (the caller
-    deletes them once this commits)."""
+def _waiting_feedback() -> Any:
+    """Feedback on the prediction that no dataset version has taken yet."""
+    return select(FeedbackRow.id).where(FeedbackRow.prediction_id == PredictionRow.id, FeedbackRow.used_in.is_(None))
+
+
+def delete_predictions(
+    s: Session, project_id: str, ids: list[str], keep_waiting: bool = False
+) -> tuple[list[str], int]:
+    """Delete these predictions of the project and their feedback (with keep_waiting, not one whose feedback waits
+    for a dataset version, checked in the DELETE itself: a correction sent meanwhile keeps its prediction);
+    returns the object keys the deleted ones kept (the caller deletes them once this commits) and how many."""
     keys = _stored_keys(s, project_id, ids)
-    s.execute(delete(FeedbackRow).where(FeedbackRow.project_id == project_id, FeedbackRow.prediction_id.in_(ids)))
-    s.execute(delete(PredictionRow).where(PredictionRow.project_id == project_id, PredictionRow.id.in_(ids)))
-    return keys
+    where = [PredictionRow.project_id == project_id, PredictionRow.id.in_(ids)]
+    if keep_waiting:
+        where.append(~_waiting_feedback().exists())
+    deleted = list(s.scalars(delete(PredictionRow).where(*where).returning(PredictionRow.id)))
+    s.execute(delete(FeedbackRow).where(FeedbackRow.project_id == project_id, FeedbackRow.prediction_id.in_(deleted)))
+    return [key for prediction_id in deleted for key in keys.get(prediction_id, [])], len(deleted)
 
 
 def predictions_before(s: Session, project_id: str, before: datetime, limit: int, keep_waiting: bool) -> list[str]:
@@ -116,10 +128,7 @@ def predictions_before(s: Session, project_id: str, before: datetime, limit: int
     not those whose feedback waits for a dataset version (retention never drops a correction unused)."""
     q = select(PredictionRow.id).where(PredictionRow.project_id == project_id, PredictionRow.created_at < before)
     if keep_waiting:
-        waiting = select(FeedbackRow.id).where(
-            FeedbackRow.prediction_id == PredictionRow.id, FeedbackRow.used_in.is_(None)
-        )
-        q = q.where(~waiting.exists())
+        q = q.where(~_waiting_feedback().exists())
     return list(s.scalars(q.order_by(PredictionRow.created_at).limit(limit)))
 
 

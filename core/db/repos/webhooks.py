@@ -59,7 +59,8 @@ def projects_with_due_deliveries(s: Session, limit: int = 1000) -> list[str]:
     """The projects that have a delivery due now, the longest-waiting first."""
     q = (
         select(DeliveryRow.project_id, func.min(DeliveryRow.next_attempt_at).label("since"))
-        .where(DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= utcnow())
+        .join(WebhookRow, DeliveryRow.webhook_id == WebhookRow.id)
+        .where(DeliveryRow.state == "pending", DeliveryRow.next_attempt_at <= utcnow(), WebhookRow.active.is_(True))
         .group_by(DeliveryRow.project_id)
         .order_by("since")
         .limit(limit)
