@@ -113,7 +113,7 @@ def evaluate_challenger(
             side: on_gold[side].as_dict() if on_gold[side] is not None else None for side in ("challenger", "champion")
         }
     with session_scope(sessions) as s:
-        if verdict.promote and policy.auto_promote:
+        if verdict.promote and policy.auto_promote and job.by_admin:
             decision = repos.set_champion(
                 s,
                 job.project_id,
@@ -123,7 +123,8 @@ def evaluate_challenger(
             )
         else:
             action = "approved" if verdict.promote else "rejected"
-            reason = verdict.reason + ("; auto_promote is off: promote it by hand" if verdict.promote else "")
+            waits = "auto_promote is off" if not policy.auto_promote else "a member key queued this job"
+            reason = verdict.reason + (f"; {waits}: an admin promotes it by hand" if verdict.promote else "")
             decision = repos.record_decision(
                 s,
                 job.project_id,

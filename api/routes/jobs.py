@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from api.deps import ProjectDep, StateDep
+from api.deps import CallerDep, ProjectDep, StateDep
 from api.guard import CREDENTIAL
 from api.openapi import SSE_EVENT, binary
 from api.schemas import (
@@ -29,9 +29,10 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=202)
-async def create_job(state: StateDep, project: ProjectDep, body: JobCreate) -> JobPublic:
-    """Queue a job; 202 with its id. The worker fleet picks it up."""
-    return await run_in_threadpool(service.create, state, project, body)
+async def create_job(state: StateDep, caller: CallerDep, body: JobCreate) -> JobPublic:
+    """Queue a job; 202 with its id. The worker fleet picks it up. A member key's model is judged by the gate but
+    promoted only by an admin (an approved decision waits for POST /registry/{name}/promote)."""
+    return await run_in_threadpool(service.create, state, caller.project, body, caller.key.admin)
 
 
 @router.get("")

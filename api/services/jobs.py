@@ -182,7 +182,8 @@ def _retrain_from(s: Session, project: domain.Project, body: JobCreate, fields: 
         fields["retrain_defaults"] = {"fields": chosen, "from": how}
 
 
-def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPublic:
+def create(state: AppState, project: domain.Project, body: JobCreate, by_admin: bool = True) -> JobPublic:
+    """Queue a job; `by_admin` is False for a member key's job, whose model the gate never promotes on its own."""
     settings = state.settings
     if body.queue is not None and body.queue not in settings.queues:
         raise Problem(
@@ -241,6 +242,7 @@ def create(state: AppState, project: domain.Project, body: JobCreate) -> JobPubl
             dataset_version_id=version.id,
             parent_job_id=parent.id if parent else None,
             queue=queue,
+            by_admin=by_admin,
         )
     # Committed: now the message. If sending fails, the reaper re-sends it later.
     try:

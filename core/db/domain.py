@@ -124,6 +124,7 @@ class Job:
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     model_id: str | None = None
+    by_admin: bool = True  # queued by an admin key or the fleet loop
 
     @property
     def is_terminal(self) -> bool:

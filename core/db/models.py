@@ -111,6 +111,8 @@ class JobRow(Base):
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     model_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    # Queued by an admin key or the fleet loop: the gate may promote its model on its own (a member's waits).
+    by_admin: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class EpochMetricRow(Base):

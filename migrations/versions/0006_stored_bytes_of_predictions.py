@@ -1,6 +1,7 @@
 """predictions.stored_bytes and feedback.stored_bytes: what a prediction's kept input and mask, and a feedback's
 mask, take in the object store, so that they count toward the project's storage quota; webhooks.active: a
-disabled webhook gets no delivery
+disabled webhook gets no delivery; jobs.by_admin: whether an admin key (or the fleet loop) queued the job, since
+only those jobs' models are promoted by the gate on their own
 
 Revision ID: 0006
 Revises: 0005
@@ -24,9 +25,13 @@ def upgrade() -> None:
             batch_op.add_column(sa.Column("stored_bytes", sa.BigInteger(), nullable=False, server_default="0"))
     with op.batch_alter_table("webhooks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("active", sa.Boolean(), nullable=False, server_default=sa.true()))
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("by_admin", sa.Boolean(), nullable=False, server_default=sa.true()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("by_admin")
     with op.batch_alter_table("webhooks", schema=None) as batch_op:
         batch_op.drop_column("active")
     for table in ("predictions", "feedback"):

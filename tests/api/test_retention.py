@@ -5,8 +5,8 @@ fleet loop's retention step, run in process on SQLite with a local store)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, select
 
@@ -18,7 +18,7 @@ from core.db.models import FeedbackRow, PredictionRow
 from core.db.session import make_engine, make_sessionmaker, session_scope, upgrade
 
 
-def test_retention_keeps_waiting_corrections_and_other_projects(tmp_path: pytest.TempPathFactory) -> None:
+def test_retention_keeps_waiting_corrections_and_other_projects(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
     sessions = make_sessionmaker(make_engine(url))

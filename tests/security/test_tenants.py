@@ -7,8 +7,8 @@ hand) or where the project's events go (webhooks)."""
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,3 +178,25 @@ def test_every_list_is_paged_and_bounded(victim: Victim, victim_model: str) -> N
         assert len(page.json()["data"]) <= 1 <= page.json()["count"] or page.json()["count"] == 0, path
         for bad in ({"limit": 0}, {"limit": 100_000}, {"offset": -1}, {"offset": 2**63}):
             assert c.get(path, params=bad).status_code == 422, (path, bad)
+
+
+def test_a_members_model_waits_for_an_admin_to_promote_it(stack: Stack, tmp_path: Path) -> None:
+    admin, _ = stack.new_project("iota")
+    member = Client(admin.base, admin.post("/keys", json={"name": "member"}).json()["key"])
+    ds = admin.upload("pets", write_zip(tmp_path / "pets.zip", good_members())).json()["id"]
+    spec = {"arch": "resnet18", "pretrained": "none", "size": 32, "bs": 8, "freeze_epochs": 0, "epochs": 1}
+    first = admin.wait(admin.submit(kind="fine_tune", dataset_id=ds, **spec)["id"])
+    assert first["state"] == "succeeded", first["error"]
+    # A policy that lets any retrain of newer data through: the gate would promote the member's challenger.
+    policy = {"min_improvement": -1, "max_class_drop": 1, "auto_promote": True}
+    assert admin.http.put("/registry/pets/policy", json=policy).status_code == 200
+    item = member.get(f"/datasets/{ds}/items", params={"limit": 1}).json()["data"][0]["key"]
+    assert member.post(f"/datasets/{ds}/versions", json={"remove": [item]}).status_code == 201
+    mine = member.wait(member.submit(kind="retrain", dataset_id=ds, epochs=1)["id"])
+    assert mine["state"] == "succeeded", mine["error"]
+    decision = mine["result"]["decision"]
+    assert decision["action"] == "approved" and "a member key queued this job" in decision["reason"], decision
+    assert admin.get("/registry/pets").json()["champion_id"] == first["model_id"]
+    # The admin looks and promotes it by hand.
+    promoted = admin.post("/registry/pets/promote", json={"model_id": mine["model_id"], "reason": "checked"})
+    assert promoted.status_code == 200 and admin.get("/registry/pets").json()["champion_id"] == mine["model_id"]

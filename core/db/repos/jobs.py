@@ -31,6 +31,7 @@ def create_job(
     dataset_version_id: str,
     queue: str,
     parent_job_id: str | None = None,
+    by_admin: bool = True,
 ) -> d.Job:
     """A new queued job (the caller sends its message once the transaction commits)."""
     row = JobRow(
@@ -42,6 +43,7 @@ def create_job(
         dataset_version_id=dataset_version_id,
         parent_job_id=parent_job_id,
         queue=queue,
+        by_admin=by_admin,
     )
     s.add(row)
     s.flush()
