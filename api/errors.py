@@ -10,9 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.engine.errors import BundleError, DataError, FitcycleError, PretrainedWeightsNotFound, WeightsMismatch
-from core.storage.base import StoreUnavailable
+from core.storage.base import ObjectNotFound, StoreUnavailable
 
 log = logging.getLogger("fitcycle.api")
 PROBLEM = "application/problem+json"
@@ -39,6 +40,16 @@ def problem_response(status: int, title: str, detail: str, **extra: Any) -> JSON
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the request's path answers (routers nest: each method is asked of them all)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
 def install_handlers(app: FastAPI) -> None:
     """Turn every error into problem details."""
 
@@ -57,17 +68,25 @@ def install_handlers(app: FastAPI) -> None:
         return problem_response(422, "Invalid request", detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         response = problem_response(
             exc.status_code, str(exc.detail) if exc.status_code < 500 else "Error", str(exc.detail)
         )
-        response.headers.update(exc.headers or {})  # a 405's Allow, a 401's WWW-Authenticate
+        response.headers.update(exc.headers or {})  # a 401's WWW-Authenticate
+        if exc.status_code == 405:  # Starlette names the first route of the path only: name every one's methods
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
         return response
 
     @app.exception_handler(FitcycleError)
     async def _fitcycle(_: Request, exc: FitcycleError) -> JSONResponse:
         status = 422 if isinstance(exc, DataError | WeightsMismatch | PretrainedWeightsNotFound | BundleError) else 400
         return problem_response(status, type(exc).__name__, str(exc))
+
+    @app.exception_handler(ObjectNotFound)
+    async def _object_gone(request: Request, exc: ObjectNotFound) -> JSONResponse:
+        # What a row named is no longer stored: deleted by another request between the lookup and the read.
+        log.warning("%s %s: a stored object is gone (%s)", request.method, request.url.path, exc)
+        return problem_response(404, "Not Found", "what this names was deleted meanwhile")
 
     @app.exception_handler(StoreUnavailable)
     async def _store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:

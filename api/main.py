@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     install_docs(app, f"{API_PREFIX}/openapi.json")
     app.include_router(api_router, prefix=API_PREFIX)
-    install_openapi(app, API_PREFIX)  # the bearer key and the problem answers FastAPI cannot see
+    install_openapi(app, API_PREFIX, settings.max_predict_files)  # what FastAPI cannot see: the key, the errors
     if not settings.metrics_port:  # no key: the embedded default; deployments serve them on a port of their own
         app.add_api_route("/metrics", metrics_response, include_in_schema=False)
     install_ui(app, API_PREFIX)

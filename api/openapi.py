@@ -6,6 +6,7 @@ in its path, changes state), so a route added later is documented without an edi
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -63,17 +64,39 @@ ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
 }
 
 
-def install_openapi(app: FastAPI, prefix: str) -> None:
-    """Make `app.openapi()` answer the amended document (built once, on first use)."""
+def install_openapi(app: FastAPI, prefix: str, max_files: int) -> None:
+    """Make `app.openapi()` answer the amended document (built once, on first use); `max_files`: the most files a
+    multipart body's list of files may hold (the server's max_predict_files)."""
     build = app.openapi
     open_paths = {f"{prefix}/health", f"{prefix}/live"}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = amend(build(), open_paths)
+            app.openapi_schema = describe_files(amend(build(), open_paths), max_files)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def describe_files(doc: dict[str, Any], max_files: int) -> dict[str, Any]:
+    """A multipart body's files as clients know them (`format: binary` beside OpenAPI 3.1's contentMediaType: what
+    generators such as openapi-python-client read as a file), and each list of files (predict's `file`) holding 1 to
+    `max_files` of them, as the server checks (more: 413)."""
+    schemas = doc.get("components", {}).get("schemas", {})
+    for item in doc.get("paths", {}).values():
+        for method in METHODS:
+            content = item.get(method, {}).get("requestBody", {}).get("content", {})
+            ref = content.get("multipart/form-data", {}).get("schema", {}).get("$ref", "")
+            body = schemas.get(ref.rsplit("/", 1)[-1], {})
+            for name, prop in body.get("properties", {}).items():
+                if "contentMediaType" in prop:
+                    prop["format"] = "binary"
+                items = prop.get("items", {})
+                if prop.get("type") == "array" and "contentMediaType" in items:
+                    items["format"] = "binary"
+                    prop["minItems"] = 1 if name in body.get("required", []) else 0
+                    prop["maxItems"] = max_files
+    return doc
 
 
 def error_statuses(path: str, method: str, operation: dict[str, Any]) -> list[int]:
@@ -103,9 +126,8 @@ def amend(doc: dict[str, Any], open_paths: set[str]) -> dict[str, Any]:
         "description": "a project API key: 'Authorization: Bearer KEY' (make one with 'fitcycle keys create')",
     }
     schemas = components.setdefault("schemas", {})
-    schemas["Problem"] = PROBLEM_SCHEMA
-    schemas["FieldError"] = FIELD_ERROR_SCHEMA
-    problem = {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    schemas["Problem"] = copy.deepcopy(PROBLEM_SCHEMA)  # each document its own: a reader may change it
+    schemas["FieldError"] = copy.deepcopy(FIELD_ERROR_SCHEMA)
     for path, item in doc.get("paths", {}).items():
         for method in METHODS:
             operation = item.get(method)
@@ -123,9 +145,9 @@ def amend(doc: dict[str, Any], open_paths: set[str]) -> dict[str, Any]:
                 response = responses.setdefault(str(status), {"description": description})
                 if status == 422:
                     response["description"] = description  # not FastAPI's: its error shape is not ours
-                response["content"] = problem
+                response["content"] = {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
                 if headers:
-                    response["headers"] = headers
+                    response["headers"] = copy.deepcopy(headers)
     for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 shape, replaced by Problem
         if unused in schemas and f'"#/components/schemas/{unused}"' not in json.dumps(doc):
             del schemas[unused]

@@ -212,6 +212,16 @@ def _decode_png(value: object) -> object:
     return value
 
 
+def _query_bool(value: object) -> object:
+    """A query string's boolean: true or false, as the document says (not 1, yes or on)."""
+    if isinstance(value, str):
+        if value not in ("true", "false"):
+            raise ValueError("true or false")
+        return value == "true"
+    return value
+
+
+QueryBool = Annotated[bool, BeforeValidator(_query_bool)]  # JSON bodies' booleans are StrictBool
 Base64Png = Annotated[str, WithJsonSchema(PNG_SCHEMA)]
 PngBytes = Annotated[
     bytes,

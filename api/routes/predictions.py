@@ -10,7 +10,15 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, OffsetQuery, ProjectDep, StateDep
 from api.openapi import IMAGE_TYPES, binary
-from api.schemas import MAX_INT, FeedbackCreate, FeedbackList, FeedbackPublic, PredictionsDeleted, PredictionsPublic
+from api.schemas import (
+    MAX_INT,
+    FeedbackCreate,
+    FeedbackList,
+    FeedbackPublic,
+    PredictionsDeleted,
+    PredictionsPublic,
+    QueryBool,
+)
 from api.services import feedback as service
 from api.services import prediction_log
 
@@ -25,7 +33,7 @@ async def list_predictions(
     model_id: Annotated[str | None, Query(max_length=36)] = None,
     order: Annotated[str, Query(pattern="^(uncertainty|recent)$")] = "recent",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    unlabelled: bool = False,
+    unlabelled: QueryBool = False,
     offset: OffsetQuery = 0,
 ) -> PredictionsPublic:
     """Logged predictions, most uncertain (order=uncertainty: label these first) or most recent first, a page at a
@@ -83,7 +91,7 @@ async def list_feedback(
     state: StateDep,
     project: ProjectDep,
     name: Annotated[str | None, Query(max_length=200)] = None,
-    unused: bool = False,
+    unused: QueryBool = False,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> FeedbackList:

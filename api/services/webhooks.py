@@ -36,7 +36,7 @@ from core.db import domain, repos
 from core.db.session import session_scope
 
 MAX_ATTEMPTS = 6  # the first try and 5 retries, 2 s to 32 s apart
-MAX_WEBHOOKS = 20  # per project: each event is one delivery per webhook, sent by one shared loop
+MAX_WEBHOOKS = 20  # per project: each event is one delivery per webhook
 
 
 REPLAY_WINDOW_SECONDS = 300  # what receivers are told to accept between the timestamp and their clock

@@ -121,7 +121,8 @@ def test_a_generated_client_drives_the_course_flow(client_package: ModuleType, s
     assert job.state == "succeeded", job.error
     assert isinstance(job.model_id, str)
 
-    image = zipfile.ZipFile(fashion_zip).read(next(n for n in zipfile.ZipFile(fashion_zip).namelist() if "bag/" in n))
+    with zipfile.ZipFile(fashion_zip) as archive:
+        image = archive.read(next(n for n in archive.namelist() if n.startswith("bag/") and n.endswith(".png")))
     predict_body = model("BodyPredictApiV1ModelsModelIdPredictPost")(
         file=[types.File(payload=io.BytesIO(image), file_name="bag.png", mime_type="image/png")]
     )

@@ -243,7 +243,6 @@ def test_a_key_sees_only_its_own_project(stack: Stack, stored_before: tuple[dict
         "http://10.0.0.1/x.png",
         "http://169.254.169.254/latest/meta-data/",
         "http://[::1]/x.png",
-        "file:///etc/passwd",
         "{server}/to-metadata",
     ],
 )
@@ -251,3 +250,10 @@ def test_ssrf_urls_are_refused(stack: Stack, image_server: ImageServer, trained:
     res = stack.a.post(f"/models/{trained['model_id']}/predict-url", json={"url": url.format(server=image_server.base)})
     assert res.status_code == 400, res.text
     assert res.json()["title"] in ("URL refused", "Bad URL")
+
+
+def test_a_url_that_is_not_http_is_an_invalid_body(stack: Stack, trained: dict) -> None:
+    """Like any other field of a body, a url of the wrong shape is a 422 that names it (never fetched)."""
+    res = stack.a.post(f"/models/{trained['model_id']}/predict-url", json={"url": "file:///etc/passwd"})
+    assert res.status_code == 422, res.text
+    assert res.json()["errors"][0]["field"] == "url"
