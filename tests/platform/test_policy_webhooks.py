@@ -152,7 +152,12 @@ def test_one_projects_hanging_webhooks_do_not_delay_anothers(
     assert json.loads(body)["data"]["job_id"] == done["id"]
     assert_signed(headers, body)
     assert at - seen < 5, f"B's delivery came {at - seen:.1f} s after its job succeeded, behind A's"
-    assert len(ImageHandler.hung) < 20  # A's were still on their way: B did not wait for them
+    print(f"B's delivery came {at - seen:+.2f} s after its job was seen succeeded; A's hung {len(ImageHandler.hung)}")
+    # A's deliveries were still being tried then (each retried up to six times, 2 s to 32 s apart).
+    states = [
+        a.get(f"/webhooks/{h['id']}/deliveries").json()["data"][0]["state"] for h in a.get("/webhooks").json()["data"]
+    ]
+    assert "pending" in states, states
 
     step("A disables half its webhooks and deletes the rest: they get nothing more")
     for n, hook in enumerate(a.get("/webhooks").json()["data"]):
