@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import Problem, not_found
 from api.schemas import DatasetPublic, DatasetsPublic, Deleted, ItemPublic, ItemsPublic, LabelsPublic
+from api.services import page
 from api.state import AppState
 from core.datasets.archives import Limits
 from core.datasets.ingest import ingest_archive
@@ -150,8 +151,7 @@ def list_all(state: AppState, project: domain.Project, offset: int = 0, limit: i
             versions = every.get(d.id, [])
             if versions:
                 out.append(version_public(d, versions[-1], [v.version for v in versions]))
-    end = None if limit is None else offset + limit
-    return DatasetsPublic(data=out[offset:end], count=len(out))
+    return DatasetsPublic(data=page(out, offset, limit), count=len(out))
 
 
 def get(state: AppState, project: domain.Project, dataset_id: str, version: int | None) -> DatasetPublic:

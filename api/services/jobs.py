@@ -24,7 +24,7 @@ from api.schemas import (
     Suspect,
     SuspectsPublic,
 )
-from api.services.datasets import check_quota, find_version
+from api.services.datasets import find_version
 from api.state import AppState
 from core.broker import enqueue
 from core.db import domain, repos
@@ -191,7 +191,7 @@ def create(state: AppState, project: domain.Project, body: JobCreate, by_admin: 
             "Invalid job",
             f"queue: not one of this server's queues; choose one of {', '.join(settings.queues)} (FITCYCLE_QUEUES)",
         )
-    check_quota(state, project, 0)  # a project at its storage quota makes no more artifacts
+    state.stored.check(project.id, 0, fresh=False)  # a project at its storage quota makes no more artifacts
     with session_scope(state.sessions) as s:
         active = repos.active_jobs(s, project.id)
         if active >= settings.max_active_jobs:

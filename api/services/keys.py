@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from api.errors import not_found
 from api.schemas import KeyCreate, KeyCreated, KeyPublic, KeysPublic
+from api.services import page
 from api.state import AppState
 from core.db import domain, repos
 from core.db.models import utcnow
@@ -25,8 +26,7 @@ def list_all(state: AppState, admin: domain.Caller, offset: int = 0, limit: int 
     """A page of the project's keys; count: all of them."""
     with session_scope(state.sessions) as s:
         keys = [k for _, k in repos.list_api_keys(s, admin.project.id)]
-    end = None if limit is None else offset + limit
-    return KeysPublic(data=[KeyPublic.of(k) for k in keys[offset:end]], count=len(keys))
+    return KeysPublic(data=[KeyPublic.of(k) for k in page(keys, offset, limit)], count=len(keys))
 
 
 def revoke(state: AppState, admin: domain.Caller, key_id: str) -> KeysPublic:

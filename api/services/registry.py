@@ -16,6 +16,7 @@ from api.schemas import (
     RegistryEntry,
     RegistryPublic,
 )
+from api.services import page
 from api.state import AppState
 from core.db import domain, repos
 from core.db.session import session_scope
@@ -38,8 +39,7 @@ def list_all(state: AppState, project: domain.Project, offset: int = 0, limit: i
     with session_scope(state.sessions) as s:
         counts = repos.versions_per_name(s, project.id)
         names = repos.list_model_names(s, project.id)
-    end = None if limit is None else offset + limit
-    data = [_entry(e, counts.get(e.name, 0)) for e in names[offset:end]]
+    data = [_entry(e, counts.get(e.name, 0)) for e in page(names, offset, limit)]
     return RegistryPublic(data=data, count=len(names))
 
 

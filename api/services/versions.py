@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.errors import Problem
 from api.schemas import DatasetPublic, DatasetsPublic, VersionCreate, VersionDiff
+from api.services import page
 from api.services.datasets import check_quota, find_version, version_public
 from api.services.feedback import check_known_classes, correction_of
 from api.state import AppState
@@ -35,8 +36,7 @@ def list_versions(
     with session_scope(state.sessions) as s:
         dataset, _, numbers = find_version(s, project, dataset_id, None)
         every = repos.dataset_versions(s, dataset_id)
-        end = None if limit is None else offset + limit
-        data = [version_public(dataset, v, numbers) for v in every[offset:end]]
+        data = [version_public(dataset, v, numbers) for v in page(every, offset, limit)]
     return DatasetsPublic(data=data, count=len(every))
 
 
