@@ -41,6 +41,17 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="segmentation: images under --images-dir, each with the mask --mask-template names",
     )
     rule.add_argument("--from-masks-csv", metavar="FILE", help="segmentation: CSV with image and mask columns")
+    rule.add_argument(
+        "--from-text-csv", metavar="FILE", help="texts: CSV with text and label columns (empty: unlabelled)"
+    )
+    rule.add_argument("--from-text-folder", action="store_true", help="texts: train/LABEL/*.txt, unsup/*.txt (IMDB)")
+    p.add_argument("--text-col", default=None, help="texts: the CSV's text column (default: text)")
+    p.add_argument(
+        "--language-model", action="store_true", help="texts: train the AWD-LSTM language model (ULMFiT's first step)"
+    )
+    p.add_argument("--seq-len", type=int, default=72, help="texts: tokens per step (bptt, default 72)")
+    p.add_argument("--drop-mult", type=float, default=None, help="texts: scales the AWD-LSTM's dropouts")
+    p.add_argument("--min-freq", type=int, default=3, help="texts: rarer tokens are xxunk (default 3)")
     p.add_argument(
         "--codes",
         default=None,
@@ -126,6 +137,8 @@ def _outside_table(data: str, path: str | None, images_dir: str | None) -> dict[
 
 def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     labels, extra = "folder", dict[str, Any]()
+    if args.data.lower().endswith(".csv") and Path(args.data).is_file() and not args.from_csv:
+        args.from_text_csv, args.data = Path(args.data).name, str(Path(args.data).parent)  # texts: DATA.csv
     outside = _outside_table(args.data, args.from_csv or args.from_masks_csv, args.images_dir)
     if args.from_csv:
         labels, extra = "csv", {"csv": _in_data(args.data, args.from_csv), "images_dir": args.images_dir}
@@ -135,6 +148,17 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         labels, extra = "points", {"csv": _in_data(args.data, args.from_points_csv)}
     elif args.from_values_csv:
         labels, extra = "values", {"csv": _in_data(args.data, args.from_values_csv)}
+    elif args.from_text_csv or args.from_text_folder:
+        labels = "text_csv" if args.from_text_csv else "text_folder"
+        extra = (
+            {"csv": _in_data(args.data, args.from_text_csv), "text_col": args.text_col} if args.from_text_csv else {}
+        )
+        text = {"seq_len": args.seq_len, "drop_mult": args.drop_mult, "min_freq": args.min_freq, "arch": "awd_lstm"}
+        extra |= text | {"pretrained": "none" if args.pretrained == "imagenet" else args.pretrained}
+        if args.language_model:
+            from core.jobs.kinds import LANGUAGE_MODEL
+
+            extra["kind"] = LANGUAGE_MODEL.name
     elif args.from_masks or args.from_masks_csv:
         labels, extra = "masks", {"csv": _in_data(args.data, args.from_masks_csv)} if args.from_masks_csv else {}
         extra |= {
@@ -155,6 +179,7 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         "label_delim": args.label_delim,
         "arch": args.arch,
         "pretrained": args.pretrained,
+        **extra,
         "size": args.size,
         "resize_method": args.resize_method,
         "bs": args.bs,
@@ -214,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = verbs.add_parser("predict", help="classify images with an export bundle, on CPU")
     predict.add_argument("bundle", help="export folder (with manifest.json)")
-    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("images", nargs="*", help="image files")
+    predict.add_argument("--text", action="append", default=None, help="a text for a text classifier (repeatable)")
+    predict.add_argument("--generate", metavar="PROMPT", default=None, help="a language model writes after PROMPT")
+    predict.add_argument("--words", type=int, default=40, help="--generate: tokens to write (default 40)")
     predict.add_argument("--json", action="store_true", help="one JSON line per image")
     predict.add_argument(
         "--mask-dir", default="predicted-masks", help="segmentation: where to write each image's mask PNG"
@@ -266,13 +294,13 @@ def train_spec(args: argparse.Namespace) -> TrainSpec:
 def cmd_train(args: argparse.Namespace) -> int:
     """fitcycle train."""
     from core.jobs.context import LocalJobContext
-    from core.jobs.runner import run_train
+    from core.jobs.runner import run_spec, run_train
 
     spec = train_spec(args)
     ctx = LocalJobContext(args.out)
     if ctx.checkpoint_file.exists() and not args.resume:
         ctx.checkpoint_file.unlink()  # a fresh run; --resume keeps it
-    metrics = run_train(spec, ctx)
+    metrics = run_spec(spec, ctx) if args.language_model else run_train(spec, ctx)
     main = metrics["main_metric"]
     print(f"{main} {metrics[main]:.4f}  ->  {Path(args.out) / 'metrics.json'}")
     print(f"export bundle: {Path(args.out) / 'export'}")
@@ -298,6 +326,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cli.answers import with_files
     from core.engine.inference import Predictor
 
+    if args.text or args.generate:
+        return _predict_text(args)
     predictor = Predictor(args.bundle)
     status = 0
     for path in args.images:
@@ -313,6 +343,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             print(f"{path}: {p.text()}" + (f"  (mask: {answer['mask']})" if "mask" in answer else ""))
     return status
+
+
+def _predict_text(args: argparse.Namespace) -> int:
+    """fitcycle predict BUNDLE --text "..." (a classifier) or --generate PROMPT (a language model)."""
+    from core.engine.text.bundle import TextPredictor
+
+    predictor = TextPredictor(args.bundle)
+    if args.generate:
+        print(predictor.generate(args.generate, args.words))
+        return 0
+    for text, p in zip(args.text, predictor.predict_texts(args.text), strict=True):
+        print(json.dumps({"text": text[:80], **p.answer()}) if args.json else f"{p.text()}  <- {text[:80]}")
+    return 0
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:

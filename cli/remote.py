@@ -89,8 +89,15 @@ def add_remote_verbs(verbs: Any) -> None:
     models = verbs.add_parser("models", help="models on a fitcycle server").add_subparsers(dest="sub", required=True)
     pred = common(models.add_parser("predict", help="predict images with a served model (any task)"))
     pred.add_argument("model")
-    pred.add_argument("images", nargs="+", type=Path)
+    pred.add_argument("images", nargs="*", type=Path)
     pred.add_argument("--mask-dir", type=Path, default=Path("predicted-masks"), help="segmentation: mask PNGs here")
+    pred.add_argument("--text", action="append", default=None, help="a text for a text classifier (repeatable)")
+    gen = common(models.add_parser("generate", help="a language model writes after a prompt"))
+    gen.add_argument("model")
+    gen.add_argument("prompt")
+    gen.add_argument("--words", type=int, default=40)
+    gen.add_argument("--temperature", type=float, default=0.75)
+    gen.add_argument("--seed", type=int, default=None)
     models_list = common(models.add_parser("list", help="list models (a table; --json for scripts)"))
     models_list.add_argument("--json", action="store_true")
     models_delete = common(models.add_parser("delete", help="delete a model and its bundle"))
@@ -221,9 +228,22 @@ def add_remote_verbs(verbs: Any) -> None:
     ):
         common(hooks_sub.add_parser(sub, help=text)).add_argument("webhook")
 
+    weights = verbs.add_parser("weights", help="the fleet's pretrained weights, fetched by every worker")
+    weights_sub = weights.add_subparsers(dest="sub", required=True)
+    weights_up = common(
+        weights_sub.add_parser(
+            "upload",
+            help="store a weights file for the whole fleet (an admin key): torchvision's ResNet ImageNet file under "
+            "its published name (e.g. resnet34-b627a593.pth), or fastai's WikiText-103 lstm_fwd.pth / itos_wt103.pkl",
+        )
+    )
+    weights_up.add_argument("file", type=Path)
+    weights_list = common(weights_sub.add_parser("list", help="what the fleet's weights store holds"))
+    weights_list.add_argument("--json", action="store_true")
+
 
 # The verbs that talk to a server (cli.main sends them here); the feedback loop's share one dispatcher.
-LOOP_VERBS = ("registry", "predictions", "feedback", "clean", "project", "webhooks")
+LOOP_VERBS = ("registry", "predictions", "feedback", "clean", "project", "webhooks", "weights")
 REMOTE_VERBS = ("datasets", "jobs", "models", *LOOP_VERBS)
 
 
@@ -509,6 +529,8 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
             print(f"deleted {deleted} predictions made before {before}")
     elif verb[0] == "webhooks":
         _webhooks(args, http)
+    elif verb[0] == "weights":
+        _weights(args, http)
     elif verb == ("feedback", "send"):
         headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
         stored = _check(
@@ -607,6 +629,35 @@ def _webhooks(args: argparse.Namespace, http: httpx.Client) -> None:
         print(table(rows, ["ID", "EVENT", "STATE", "TRIES", "LAST ERROR"]))
 
 
+def _weights(args: argparse.Namespace, http: httpx.Client) -> None:
+    if args.sub == "upload":
+        if not args.file.is_file():
+            raise RemoteError(f"{args.file}: no such file")
+        with args.file.open("rb") as f:
+            res = http.post("/weights", files={"file": (args.file.name, f)})
+        stored = _check(res)
+        done = "stored for the fleet" if res.status_code == 201 else "already in the fleet's store (the same file)"
+        print(f"{stored['name']} ({stored['kind']}, {stored['size'] / 1024**2:.1f} MB): {done}")
+    else:
+        found = _check(http.get("/weights"))["data"]
+        rows = [
+            [
+                w["name"],
+                w["kind"],
+                w["arch"] or "",
+                f"{w['size'] / 1024**2:.1f} MB",
+                w["sha256"][:12],
+                _when(w["uploaded_at"]),
+            ]
+            for w in found
+        ]
+        print(
+            json.dumps(found, indent=1)
+            if args.json
+            else table(rows, ["NAME", "KIND", "ARCH", "SIZE", "SHA256", "UPLOADED"])
+        )
+
+
 def _target_text(target: dict[str, Any], width: int = 40) -> str:
     """A target in a table cell: a label, a label set, rounded numbers, or a mask's class shares."""
     if "label" in target:
@@ -695,8 +746,17 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
         out = args.out or Path(args.name.rsplit("/", 1)[-1])
         out.write_bytes(data if isinstance(data, bytes) else json.dumps(data).encode())
         print(out)
+    elif verb == ("models", "predict") and args.text:
+        for result in _check(http.post(f"/models/{args.model}/predict-text", json={"texts": args.text}))["results"]:
+            result["predictions"] = result["predictions"][:5]
+            print(json.dumps(result))
     elif verb == ("models", "predict"):
+        if not args.images:
+            raise SystemExit("error: give image files, or --text TEXT for a text classifier")
         _predict(http, f"/models/{args.model}/predict", args.images, args.mask_dir)
+    elif verb == ("models", "generate"):
+        body = {"prompt": args.prompt, "words": args.words, "temperature": args.temperature, "seed": args.seed}
+        print(_check(http.post(f"/models/{args.model}/generate", json=body))["text"])
     elif verb == ("models", "download"):
         out = unpack_bundle(_check(http.get(f"/models/{args.model}/bundle")), args.out or Path(args.model))
         print(f"{out}  (fitcycle predict {out} IMAGE...)")

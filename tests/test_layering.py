@@ -46,9 +46,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "core.jobs",
         "core.engine.errors",
         "core.engine.inference",
+        "core.engine.text.bundle",
         "core.engine.rules",
         "core.engine.splits",
         "core.datasets.samples",
+        "core.datasets.text_samples",
     ),
 }
 # The engine must stay free of databases, brokers and HTTP.

@@ -1,6 +1,6 @@
-"""One job, start to end: claim the row, hold the lease, fetch the data, run the engine through a
-DbJobContext, record the outcome. A message for a job that is not claimable (running elsewhere,
-already finished) is dropped."""
+"""One job, start to end: claim the row, hold the lease, fetch the data (and, from the fleet's weights store, the
+pretrained weights it needs), run the engine through a DbJobContext, record the outcome. A message for a job that
+is not claimable (running elsewhere, already finished) is dropped."""
 
 from __future__ import annotations
 
@@ -26,7 +26,10 @@ from core.engine.callbacks import TrainingStopped
 from core.engine.errors import FitcycleError
 from core.engine.export import read_manifest
 from core.engine.items import LabelledItems, stored_items
+from core.engine.rules import TEXT_RULES
 from core.engine.splits import SEED, VALID_PCT
+from core.engine.text.manifest import LANGUAGE_MODEL
+from core.jobs.fleet_weights import fetch_pretrained
 from core.jobs.kinds import get_kind
 from core.jobs.rates import AutoRateHints
 from core.jobs.runner import run_spec
@@ -165,6 +168,9 @@ def _execute_job(rt: Runtime, job_id: str) -> str:
     try:
         folder, manifest = materialize(rt.store, version.prefix, rt.settings.cache_dir / "datasets")
         spec = resolve_spec(rt, job, folder / "files")
+        if version.labels.get("kind") in TEXT_RULES:  # texts: the ULMFiT flow's learners (core/jobs/text_training.py)
+            spec = spec.model_copy(update={"labels": version.labels["kind"]})
+        fetch_pretrained(rt.store, spec)  # the fleet's weights store: what the spec needs and this machine lacks
         items = stored_items(folder / "files", manifest, spec.valid_pct, spec.seed)
         ctx.n_train = len(items.indices(False))
         result = run_spec(spec, ctx, items)
@@ -294,7 +300,13 @@ def _register_model(
             first = repos.first_champion_decision(s, job.project_id, name, model.id, job.id)
             result["decision"] = {"action": first.action, "reason": first.reason, "decision_id": first.id}
     result["name"], result["version"] = model.name, model.version
-    if champion is not None:  # every model of a name is judged against its champion: stage 2 against stage 1 too
+    if champion is not None and manifest["task"] == LANGUAGE_MODEL:
+        # A language model is judged by what a classifier on its encoder does: it stays a version of its name.
+        result["decision"] = {
+            "action": "kept",
+            "reason": "a language model is not judged by the gate; promote it by hand",
+        }
+    elif champion is not None:  # every model of a name is judged against its champion: stage 2 against stage 1 too
         result["decision"] = evaluate_challenger(
             rt.sessions,
             job,

@@ -35,7 +35,9 @@ async def upload_dataset(
     state: StateDep,
     project: ProjectDep,
     name: Annotated[str, Form()],
-    archive: Annotated[UploadFile, File(description=".zip, .tar or .tar.gz of images")],
+    archive: Annotated[
+        UploadFile, File(description=".zip, .tar or .tar.gz of images (or of texts); labels=text_csv: also a bare .csv")
+    ],
     labels: Annotated[RuleKind, Form()] = "folder",
     csv: Annotated[str | None, Form(description="labels=csv: the CSV file inside the archive")] = None,
     fn_col: Annotated[str | None, Form(description="csv: the file-name column (default: name, else the first)")] = None,
@@ -55,6 +57,7 @@ async def upload_dataset(
         str | None, Form(description="labels=masks without csv: each image's mask (default masks/{stem}.png)")
     ] = None,
     mask_col: Annotated[str | None, Form(description="labels=masks with csv: the mask column (default mask)")] = None,
+    text_col: Annotated[str | None, Form(description="labels=text_csv: the texts' column (default text)")] = None,
     valid_pct: Annotated[float, Form(ge=VALID_PCT_RANGE[0], le=VALID_PCT_RANGE[1])] = VALID_PCT,
     seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = SEED,
 ) -> DatasetPublic:
@@ -72,6 +75,7 @@ async def upload_dataset(
         "images_dir": images_dir,
         "mask_template": mask_template,
         "mask_col": mask_col,
+        "text_col": text_col,
     }
     unused = sorted(k for k, v in fields.items() if v is not None and k not in RULE_FIELDS[labels])
     if unused:

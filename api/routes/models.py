@@ -18,14 +18,19 @@ from api.schemas import (
     Answer,
     BatchPredictions,
     Deleted,
+    Generated,
+    GenerateRequest,
     ModelPublic,
     ModelsPublic,
     PredictAnswer,
     PredictResponse,
+    PredictTexts,
     PredictUrl,
+    TextAnswers,
 )
 from api.services import models as service
 from api.services import predict as predict_service
+from api.services import text_predict
 from api.services.urlfetch import fetch_image
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -86,6 +91,23 @@ async def predict(
     thresholds; other tasks answer points, values or a mask: the schema has one answer per task, by "task"."""
     model = await run_in_threadpool(service.find, state, project, model_id)
     return await predict_service.answer_files(state, project, model, file, "file")
+
+
+@router.post("/{model_id}/predict-text", response_model_exclude_none=True)
+async def predict_text(state: StateDep, project: ProjectDep, model_id: str, body: PredictTexts) -> TextAnswers:
+    """Classify texts with a text classifier: {"texts": ["...", ...]} (1 to 64), each answered like an image
+    ({"top": [label, p], "predictions": [[label, p], ...]}, multi-label adds "labels"), with its prediction_id;
+    "explain": true adds each token's weight in the answer. An image model or a language model: 422."""
+    model = await run_in_threadpool(service.find, state, project, model_id)
+    return await text_predict.classify(state, project, model, body)
+
+
+@router.post("/{model_id}/generate")
+async def generate(state: StateDep, project: ProjectDep, model_id: str, body: GenerateRequest) -> Generated:
+    """A language model writes `words` tokens after `prompt`, each drawn at `temperature` (seeded when `seed` is
+    given) [fastai: learn.predict(TEXT, N_WORDS, temperature=0.75)]. Any other model: 422."""
+    model = await run_in_threadpool(service.find, state, project, model_id)
+    return await text_predict.generate(state, project, model, body)
 
 
 @router.post("/{model_id}/predict-url", response_model=PredictAnswer, response_model_exclude_none=True)

@@ -16,14 +16,19 @@ from api.services.batching import MicroBatcher
 from core.db import domain
 from core.engine.errors import BundleError
 from core.engine.inference import Backend, Predictor
+from core.engine.text.bundle import TextPredictor
+from core.engine.text.manifest import MANIFEST_FILE, is_text_manifest
 from core.storage.base import ObjectStore, discard_copy, download_prefix
 
 log = logging.getLogger("fitcycle.api")
 
 
+AnyPredictor = Predictor | TextPredictor
+
+
 @dataclass
 class _Loaded:
-    predictor: Predictor
+    predictor: AnyPredictor
     batcher: MicroBatcher | None = None
 
     def drop(self) -> None:
@@ -45,11 +50,11 @@ class PredictorCache:
         self.backend = backend  # Settings.predictor: ONNX Runtime where a bundle has model.onnx, or PyTorch
         self._cache: OrderedDict[str, _Loaded] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[str, Future[Predictor]] = {}  # model id -> the one load under way, which all wait on
+        self._loading: dict[str, Future[AnyPredictor]] = {}  # model id -> the one load under way, which all wait on
         # model id -> (time.monotonic() until when, status, title, detail) of a model whose bundle does not load
         self._broken: dict[str, tuple[float, int, str, str]] = {}
 
-    def _cached(self, model_id: str) -> Predictor | None:
+    def _cached(self, model_id: str) -> AnyPredictor | None:
         """The cached Predictor (now the most recently used), if any; call with self._lock held."""
         loaded = self._cache.get(model_id)
         if loaded is None:
@@ -58,6 +63,24 @@ class PredictorCache:
         return loaded.predictor
 
     def get(self, model: domain.Model) -> Predictor:
+        """The image model's Predictor (a text model's request to an image route: 422, saying where to send it)."""
+        predictor = self.get_any(model)
+        if isinstance(predictor, TextPredictor):
+            route = "generate" if predictor.is_language_model else "predict-text"
+            raise Problem(
+                422, "Text model", f"model {model.id} answers texts: POST /api/v1/models/{model.id}/{route} with JSON"
+            )
+        return predictor
+
+    def get_text(self, model: domain.Model) -> TextPredictor:
+        """The text model's Predictor (an image model: 422)."""
+        predictor = self.get_any(model)
+        if not isinstance(predictor, TextPredictor):
+            detail = f"model {model.id} answers images: POST /api/v1/models/{model.id}/predict"
+            raise Problem(422, "Image model", detail)
+        return predictor
+
+    def get_any(self, model: domain.Model) -> AnyPredictor:
         """The model's Predictor. The first request for a cold model loads it; requests that come meanwhile wait
         for that load and get its outcome, Predictor or error alike."""
         with self._lock:
@@ -94,7 +117,7 @@ class PredictorCache:
         pending.set_result(predictor)
         return predictor
 
-    def _load(self, model: domain.Model) -> Predictor:
+    def _load(self, model: domain.Model) -> AnyPredictor:
         """The model's Predictor from its local bundle copy, downloaded when missing. A copy that will not load
         (damaged on this disk) is discarded and downloaded again, once; a stored bundle that will not load is a
         500 that names the model, not a local path."""
@@ -102,6 +125,8 @@ class PredictorCache:
         for attempt in (1, 2):
             bundle = download_prefix(self.store, model.bundle_prefix, folder)
             try:
+                if _is_text_bundle(bundle):
+                    return TextPredictor(bundle, device="cpu")
                 return Predictor(bundle, device="cpu", backend=self.backend)
             except BundleError as exc:
                 reason = str(exc).replace(str(bundle), "the bundle")
@@ -109,7 +134,7 @@ class PredictorCache:
                 discard_copy(folder)
         raise Problem(500, "Model cannot be served", f"model {model.id}'s stored export bundle does not load: {reason}")
 
-    def batcher(self, model: domain.Model, window_s: float, max_batch: int) -> MicroBatcher:
+    def batcher(self, model: domain.Model, window_s: float, max_batch: int) -> MicroBatcher:  # images
         """The model's micro-batcher (made on first use with these settings), loading the model if needed."""
         predictor = self.get(model)
         with self._lock:
@@ -129,3 +154,13 @@ class PredictorCache:
         if loaded is not None:
             loaded.drop()
         discard_copy(self.folder / model_id)
+
+
+def _is_text_bundle(bundle: Path) -> bool:
+    """Whether a downloaded bundle holds a text model (its manifest says so; an unreadable one is the loader's)."""
+    import json
+
+    try:
+        return is_text_manifest(json.loads((bundle / MANIFEST_FILE).read_text()))
+    except (OSError, ValueError):
+        return False

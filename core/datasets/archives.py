@@ -196,8 +196,18 @@ def extract_archive(archive: Path | BinaryIO, target: Path, filename: str, limit
         _extract_zip(archive, target, state, limits)
     elif lower.endswith((".tar", ".tar.gz", ".tgz")):
         _extract_tar(archive, target, state, limits)
+    elif lower.endswith(".csv"):  # a bare table (labels=text_csv): kept under its own base name
+        name = _safe_name(PurePosixPath(filename.replace("\\", "/")).name) or PurePosixPath("texts.csv")
+        state.entries, state.files = 1, 1
+        state.archive_bytes = max(state.archive_bytes, limits.ratio_floor)  # nothing is expanded
+        if isinstance(archive, Path):
+            with archive.open("rb") as f:
+                _copy_capped(f, target / name.name, state, limits, name.name)
+        else:
+            archive.seek(0)
+            _copy_capped(archive, target / name.name, state, limits, name.name)
     else:
-        raise ArchiveError(f"'{filename}' is not a .zip, .tar or .tar.gz archive")
+        raise ArchiveError(f"'{filename}' is not a .zip, .tar or .tar.gz archive (or a bare .csv of texts)")
     if state.files == 0:
         raise ArchiveError("the archive holds no image or CSV file")
     if state.skipped and len(state.skipped) >= 1000:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from core.datasets.archives import Limits, extract_archive
-from core.engine.items import LabelledItems, MaskItems, Rejected
+from core.engine.items import LabelledItems, Rejected
 from core.engine.rules import LabelRule, SplitKind
 from core.engine.splits import SEED, VALID_PCT
 from core.storage.base import ObjectStore
@@ -67,7 +67,7 @@ def ingest_archive(
         items, split = rule.apply(work / "data", valid_pct, seed)
         skipped = [Rejected(k, r) for k, r in (extracted.skipped or [])]
         n_bytes = 0
-        for key in [*items.keys, *(items.masks if isinstance(items, MaskItems) else [])]:
+        for key in items.stored_files():
             stored.append(f"{prefix}/files/{key}")
             n_bytes += (work / "data" / key).stat().st_size
             store.put_file(stored[-1], work / "data" / key)

@@ -56,6 +56,8 @@ class Recorder(Callback):
         if not learn.training:
             self._valid_sum += learn.loss.item() * n
             self._valid_n += n
+            if not learn.metrics:  # a language model's metrics are its own callback's (its logits are huge)
+                return
             pred, targ = learn.pred.detach(), learn.yb.detach()
             if pred.ndim == 4:  # segmentation: keep each pixel's class, not C logits (the metrics need no more)
                 pred, targ = pred.argmax(dim=1).to(torch.int16), targ.to(torch.int16)
@@ -93,9 +95,10 @@ class Recorder(Callback):
         }
         if getattr(self, "_valid_n", 0):
             row["valid_loss"] = self._valid_sum / self._valid_n
-            preds, targs = torch.cat(self._valid_preds), torch.cat(self._valid_targs)
-            for m in learn.metrics:
-                row[metric_name(m)] = m(preds, targs)
+            if learn.metrics:
+                preds, targs = torch.cat(self._valid_preds), torch.cat(self._valid_targs)
+                for m in learn.metrics:
+                    row[metric_name(m)] = m(preds, targs)
             self._valid_n = 0
         self._epoch_seconds += time.perf_counter() - self._t0
         row["seconds"] = round(self._epoch_seconds, 3)

@@ -25,6 +25,7 @@ from core.engine.model import HeadConfig
 from core.engine.onnx_export import ONNX_FILE, write_onnx
 from core.engine.tasks import TASKS, get_task
 from core.engine.tasks.base import manifest_field
+from core.engine.text.manifest import check_text_manifest, is_text_manifest
 
 BUNDLE_FORMAT = "fitcycle-bundle"
 BUNDLE_VERSION = 1
@@ -189,6 +190,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise BundleError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: 'format' should be '{BUNDLE_FORMAT}'")
+    if is_text_manifest(manifest):  # a text model (core/engine/text/bundle.py): its own fields
+        return check_text_manifest(manifest, folder)
     version = manifest_field(manifest, "format_version", int, path)
     if version > BUNDLE_VERSION:
         raise BundleError(f"{path}: bundle format {version} is newer than this fitcycle reads ({BUNDLE_VERSION})")

@@ -72,6 +72,10 @@ class LabelledItems:
         return "\n".join(lines)
 
     # ----- the stored form (a dataset version's manifest) ------------------------------------------
+    def stored_files(self) -> list[str]:
+        """The files (keys relative to root) a dataset version stores for these items: each image (and mask)."""
+        return list(self.keys)
+
     def record(self, i: int) -> dict[str, Any]:
         """Item i's target fields in the manifest (its key and split are written beside them)."""
         return {"label": ""}
@@ -237,6 +241,9 @@ class MaskItems(LabelledItems):
                 lut[value] = self.classes.index(name)
         return lut
 
+    def stored_files(self) -> list[str]:
+        return [*self.keys, *self.masks]
+
     def record(self, i: int) -> dict[str, Any]:
         return {"label": "", "mask": self.masks[i]}
 
@@ -260,6 +267,66 @@ class MaskItems(LabelledItems):
         )
 
 
+@dataclass(kw_only=True)
+class TextItems(LabelItems):
+    """Texts, each with a class, a `label_delim`-delimited set of classes, or none: a text whose label is empty is
+    unlabelled — a language model learns from it, a classifier does not. The texts travel in the manifest (a version
+    stores no file per text); `keys` name each text's source (a CSV row, a file)."""
+
+    texts: list[str]
+    label_delim: str | None = None
+    target_kind: ClassVar[str] = "text"
+
+    def label_set(self, i: int) -> list[str]:
+        label = self.labels[i]
+        if not label:
+            return []
+        return [c for c in label.split(self.label_delim) if c] if self.label_delim else [label]
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether each text has a set of classes (multi-label) rather than one."""
+        return bool(self.label_delim)
+
+    def labelled(self, valid: bool | None = None) -> list[int]:
+        """Indices of the texts with a label (of one split, or of both)."""
+        return [i for i, v in enumerate(self.is_valid) if self.labels[i] and (valid is None or v == valid)]
+
+    @property
+    def n_unlabelled(self) -> int:
+        """How many texts have no label."""
+        return sum(1 for label in self.labels if not label)
+
+    def stored_files(self) -> list[str]:
+        return []
+
+    def summary(self) -> str:
+        text = super().summary().replace(" images in ", " texts in ", 1).replace("no usable image", "no usable text")
+        return text + (
+            f"\n{self.n_unlabelled} texts unlabelled (the language model learns from them)" if self.n_unlabelled else ""
+        )
+
+    def record(self, i: int) -> dict[str, Any]:
+        return {"label": self.labels[i], "text": self.texts[i]}
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {"n_unlabelled": self.n_unlabelled}
+
+    @classmethod
+    def from_records(
+        cls, root: Path, rows: Sequence[dict[str, Any]], flags: list[bool], manifest: dict[str, Any]
+    ) -> TextItems:
+        return cls(
+            root,
+            [r["key"] for r in rows],
+            flags,
+            list(manifest["classes"]),
+            labels=[r["label"] for r in rows],
+            texts=[r["text"] for r in rows],
+            label_delim=manifest.get("labels", {}).get("label_delim") or None,
+        )
+
+
 TARGET_ITEMS: dict[str, type[TargetItems]] = {t.target_kind: t for t in (PointItems, ValueItems)}
 
 
@@ -268,7 +335,7 @@ def stored_type(manifest: dict[str, Any]) -> type[LabelledItems]:
     kind = manifest.get("target_kind", LabelItems.target_kind)
     if kind == LabelItems.target_kind:
         return MultiLabelItems if manifest.get("labels", {}).get("label_delim") else ClassItems
-    for t in (PointItems, ValueItems, MaskItems):
+    for t in (PointItems, ValueItems, MaskItems, TextItems):
         if t.target_kind == kind:
             return t
     raise ValueError(f"a dataset manifest with target_kind '{kind}' is not one this fitcycle reads")

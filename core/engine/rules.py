@@ -14,8 +14,9 @@ from core.engine.items import LabelledItems
 from core.engine.labelling import from_csv, from_folder, from_name_re, from_targets_csv
 from core.engine.masks import from_mask_csv, from_mask_rule
 from core.engine.splits import SEED, VALID_PCT
+from core.engine.text.reading import from_text_csv, from_text_folder
 
-RuleKind = Literal["folder", "csv", "name_re", "points", "values", "masks"]
+RuleKind = Literal["folder", "csv", "name_re", "points", "values", "masks", "text_csv", "text_folder"]
 RULE_KINDS: tuple[str, ...] = get_args(RuleKind)
 SplitKind = Literal["random", "folder", "column"]
 
@@ -27,7 +28,10 @@ RULE_FIELDS: dict[str, frozenset[str]] = {
     "points": frozenset({"csv", "fn_col", "valid_col"}),
     "values": frozenset({"csv", "fn_col", "valid_col"}),
     "masks": frozenset({"csv", "fn_col", "mask_col", "valid_col", "codes", "void", "images_dir", "mask_template"}),
+    "text_csv": frozenset({"csv", "text_col", "label_col", "valid_col", "label_delim"}),
+    "text_folder": frozenset(),
 }
+TEXT_RULES = frozenset({"text_csv", "text_folder"})  # the rules that make texts, not images
 # What a kind cannot do without, and how to say so.
 REQUIRED: dict[str, tuple[str, str]] = {
     "csv": ("csv", "the CSV file naming each image and its label"),
@@ -53,6 +57,7 @@ class LabelRule:
     images_dir: str | None = None  # masks without csv: the images' folder (None: images); csv: the file names' folder
     mask_template: str = "masks/{stem}.png"  # masks without csv
     mask_col: str = "mask"  # masks with csv
+    text_col: str | None = None  # text_csv: the texts' column (None: 'text')
 
     @classmethod
     def of(cls, kind: str, fields: dict[str, Any]) -> LabelRule:
@@ -83,6 +88,8 @@ class LabelRule:
         items = READERS[self.kind](self, root, valid_pct, seed)
         if self.kind == "folder":
             return items, "folder" if (root / "train").is_dir() and (root / "valid").is_dir() else "random"
+        if self.kind == "text_folder":
+            return items, "folder" if (root / "train").is_dir() and any(items.is_valid) else "random"
         by_column = self.valid_col is not None and "valid_col" in RULE_FIELDS[self.kind]
         if self.kind == "masks" and not self.csv:  # the naming rule has no table, so no column
             by_column = False
@@ -134,4 +141,8 @@ READERS: dict[str, Callable[[LabelRule, Path, float, int], LabelledItems]] = {
     "points": _targets,
     "values": _targets,
     "masks": _masks,
+    "text_csv": lambda r, root, valid_pct, seed: from_text_csv(
+        root, r.csv, r.text_col, r.label_col, r.valid_col, r.label_delim, valid_pct, seed
+    ),
+    "text_folder": lambda r, root, valid_pct, seed: from_text_folder(root, valid_pct, seed),
 }

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from core.engine.inference import Predictor
-from core.engine.items import LabelledItems
+from core.engine.items import LabelledItems, TextItems
 from core.engine.tasks import Scores, task_of
 from core.jobs.significance import ALPHA, paired
 
@@ -133,6 +133,8 @@ def decide_with_gold(
 def score_bundle(bundle: Path, items: LabelledItems, split: str = "valid", batch: int = 32) -> Scores:
     """A bundle's answers on the items' validation split ("valid"), training split ("train") or every item
     ("all": a gold set), scored by the items' task."""
+    if isinstance(items, TextItems):
+        return score_text_bundle(bundle, items, split, batch)
     predictor = Predictor(bundle)
     task = task_of(items)
     if predictor.task is not task:
@@ -142,3 +144,29 @@ def score_bundle(bundle: Path, items: LabelledItems, split: str = "valid", batch
     for start in range(0, len(indices), batch):
         answers += predictor.predict_batch([items.path(i) for i in indices[start : start + batch]])
     return task.score(answers, items, indices)
+
+
+def score_text_bundle(bundle: Path, items: TextItems, split: str = "valid", batch: int = 32) -> Scores:
+    """A text classifier's answers on the labelled texts of a split, in label space: accuracy (multi-label: the
+    answer's class set is the given one) and recall per class, item by item for the gate's paired test."""
+    from core.engine.text.bundle import TextPredictor
+
+    predictor = TextPredictor(bundle)
+    if predictor.is_language_model:
+        raise ValueError("a language model has no classification score")
+    if bool(predictor.thresholds) != items.multi_label:
+        raise ValueError("a single-label model cannot be scored on multi-label texts, nor the other way")
+    indices = items.labelled(None if split == "all" else split == "valid")
+    answers = []
+    for start in range(0, len(indices), batch):
+        answers += predictor.predict_texts([items.texts[i] for i in indices[start : start + batch]])
+    values: list[float] = []
+    per_class: dict[str, list[float]] = {}
+    for i, p in zip(indices, answers, strict=True):
+        given = sorted(items.label_set(i))
+        got = sorted(p.answer()["labels"]) if items.multi_label else [p.ranked()[0][0]]
+        hit = 1.0 if got == given else 0.0
+        values.append(hit)
+        for c in given:
+            per_class.setdefault(c, []).append(hit)
+    return Scores.of_items("accuracy", True, values, per_class)

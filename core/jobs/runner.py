@@ -8,12 +8,12 @@ from typing import Any
 
 from core.engine.distributed import Rank
 from core.engine.interpret import KeepValidOutputs
-from core.engine.items import LabelledItems
+from core.engine.items import LabelledItems, TextItems
 from core.jobs.context import JobContext
 from core.jobs.distributed import run_distributed
 from core.jobs.kinds import FINE_TUNE, SWEEP, get_kind
 from core.jobs.spec import TrainSpec
-from core.jobs.training import PhaseTimer, build_learner
+from core.jobs.training import PhaseTimer, build_learner, label_items
 
 
 def run_spec(
@@ -24,6 +24,12 @@ def run_spec(
     each of which comes back here with its `rank`."""
     kind = get_kind(spec.kind)
     spec = kind.check(spec)
+    if spec.is_text:  # the ULMFiT flow: its own learners (core/jobs/text_training.py), one device
+        assert kind.text is not None  # kind.check refused a kind that takes no texts
+        texts = items if items is not None else label_items(spec)
+        if not isinstance(texts, TextItems):
+            raise TypeError(f"labels={spec.labels} should make texts, not {type(texts).__name__}")
+        return kind.text(spec, ctx, texts)
     if spec.gpus > 1 and rank is None:
         return run_distributed(spec, ctx, items, run_spec)
     timer = PhaseTimer()

@@ -8,8 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 
 from core.engine.architectures import ARCHITECTURES
 from core.engine.metrics import METRICS
-from core.engine.rules import RULE_FIELDS, LabelRule, RuleKind
+from core.engine.rules import RULE_FIELDS, TEXT_RULES, LabelRule, RuleKind
 from core.engine.splits import MAX_SEED, SEED, VALID_PCT, VALID_PCT_RANGE
+from core.engine.text.awd_lstm import ARCH as TEXT_ARCH
+from core.engine.text.awd_lstm import check_arch_config
 from core.engine.transforms import AugmentConfig
 from core.jobs.kind_names import DEFAULT_KIND, KindName
 
@@ -95,6 +97,22 @@ class JobSettings(BaseModel):
         "bs is the global batch, split evenly between them, so the learning rate needs no change",
     )
 
+    # Text (labels=text_csv | text_folder): the AWD-LSTM, its batches and its vocabulary [fastai's defaults].
+    seq_len: int = Field(72, ge=8, le=1024, description="text: tokens per step of a language model's streams (bptt)")
+    drop_mult: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="text: scales every AWD-LSTM dropout; default 0.3 (language model), 0.5 (classifier)",
+    )
+    arch_config: dict[str, int] | None = Field(
+        None,
+        max_length=3,
+        description="text: AWD-LSTM sizes to override, as fastai's config= (emb_sz, n_hid, n_layers)",
+    )
+    min_freq: int = Field(3, ge=1, le=1000, description="text: a token seen fewer times is xxunk")
+    max_vocab: int = Field(60000, ge=100, le=200000, description="text: the vocabulary's most frequent tokens")
+
     @property
     def architecture(self) -> str:
         """The body's architecture: the one set, else the default."""
@@ -109,8 +127,8 @@ class JobSettings(BaseModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str | None) -> str | None:
-        if v is not None and v not in ARCHITECTURES:  # None: a JobCreate leaving it to the server
-            raise ValueError(f"unknown architecture '{v}'; choose one of: {', '.join(ARCHITECTURES)}")
+        if v is not None and v not in ARCHITECTURES and v != TEXT_ARCH:  # None: a JobCreate leaving it to the server
+            raise ValueError(f"unknown architecture '{v}'; choose one of: {', '.join([*ARCHITECTURES, TEXT_ARCH])}")
         return v
 
     @field_validator("lr", mode="before")
@@ -140,6 +158,11 @@ class JobSettings(BaseModel):
             if unknown:
                 raise ValueError(f"unknown transform settings {unknown}; known: {', '.join(sorted(known))}")
         return v
+
+    @field_validator("arch_config")
+    @classmethod
+    def _awd_config(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        return check_arch_config(v) if v else v
 
     @field_validator("metrics")
     @classmethod
@@ -176,6 +199,7 @@ class TrainSpec(JobSettings):
         "masks/{stem}.png", description="labels=masks without csv: each image's mask ({stem}, {name}, {parent})"
     )
     mask_col: str = Field("mask", description="labels=masks with csv: the column naming each image's mask")
+    text_col: str | None = Field(None, description="labels=text_csv: the texts' column (default: 'text')")
     init_bundle: str | None = Field(None, description="export bundle whose full weights (body and head) to start from")
     stage1_lr: float | None = Field(None, description="stage 2 'auto': the stage-1 rate (upper end = stage1_lr / 5)")
     lr_suggestion: float | None = Field(None, description="stage 2 'auto': an lr_find suggestion (lower = it / 10)")
@@ -201,7 +225,7 @@ class TrainSpec(JobSettings):
     def _rule_fields(self) -> TrainSpec:
         """The labelling rule's fields and the batch's split; what depends on the kind its JobKind checks."""
         if self.arch is None:
-            self.arch = DEFAULT_ARCH
+            self.arch = TEXT_ARCH if self.is_text else DEFAULT_ARCH
         problem = self.rule().problem()
         if problem is not None:
             raise ValueError(problem)
@@ -216,6 +240,11 @@ class TrainSpec(JobSettings):
     def rule(self) -> LabelRule:
         """The labelling rule these fields describe."""
         return LabelRule.of(self.labels, self.model_dump())
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the data are texts (the ULMFiT flow) rather than images."""
+        return self.labels in TEXT_RULES
 
     @property
     def is_pretrained(self) -> bool:

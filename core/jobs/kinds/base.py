@@ -7,11 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from core.engine.items import TextItems
 from core.jobs.context import JobContext
 from core.jobs.spec import JobSettings, TrainSpec
 from core.jobs.training import Built
 
 Runner = Callable[[TrainSpec, JobContext, Built], dict[str, Any]]
+TextRunner = Callable[[TrainSpec, JobContext, TextItems], dict[str, Any]]
 
 LrForm = Literal["number", "range", "find", "auto"]
 
@@ -56,6 +58,21 @@ class JobKind:
     defaults_from_champion: bool = False  # its recipe defaults come from the champion it starts from
     form_fields: tuple[str, ...] = ()  # the job form's fields it uses beyond the common ones (the UI)
     page: Literal["curves", "sweep", "interpretation"] = "curves"  # what its job page shows (the UI)
+    images: bool = True  # it learns from images (a dataset of texts needs `text`)
+    text: TextRunner | None = None  # the job on a dataset of texts (core/jobs/text_training.py); None: refused
+    text_lr: float | None = None  # its default lr on texts, when another than `lr`
+
+    def data_problem(self, is_text: bool) -> str | None:
+        """Why this kind cannot run on this dataset's data (texts or images), or None."""
+        if is_text and self.text is None:
+            return f"a {self.name} job does not take a dataset of texts yet"
+        if not is_text and not self.images:
+            return f"a {self.name} job learns from texts: choose a dataset uploaded with labels=text_csv or text_folder"
+        return None
+
+    def default_lr(self, is_text: bool) -> float | Literal["auto"] | None:
+        """Its default learning rate on this kind of data."""
+        return self.text_lr if is_text and self.text_lr is not None else self.lr
 
     def problems(self, spec: JobSettings, from_model: bool) -> list[tuple[str, str]]:
         """What this kind cannot honour in `spec` (a job's settings; `from_model`: whether it has weights to
@@ -84,10 +101,14 @@ class JobKind:
     def check(self, spec: TrainSpec) -> TrainSpec:
         """`spec` with this kind's default lr filled in; ValueError naming each problem when it cannot run."""
         found = self.problems(spec, from_model=bool(spec.init_bundle))
+        data = self.data_problem(spec.is_text)
+        if data is not None:
+            found.append(("kind", data))
         if found:
             raise KindProblem(found)
-        if spec.lr is None and self.lr is not None:
-            return spec.model_copy(update={"lr": self.lr})
+        lr = self.default_lr(spec.is_text)
+        if spec.lr is None and lr is not None:
+            return spec.model_copy(update={"lr": lr})
         return spec
 
 

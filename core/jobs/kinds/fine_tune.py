@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.engine.items import TextItems
 from core.jobs.context import JobContext
 from core.jobs.kinds.base import JobKind
 from core.jobs.spec import TrainSpec
@@ -60,10 +61,19 @@ def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
     return export_results(spec, ctx, built, lrs)
 
 
+def run_text(spec: TrainSpec, ctx: JobContext, items: TextItems) -> dict[str, Any]:
+    """On texts: the classifier on a language model's encoder (core/jobs/text_training.py)."""
+    from core.jobs.text_training import run_classifier
+
+    return run_classifier(spec, ctx, items, phases="all")
+
+
 KIND = JobKind(
     name="fine_tune",
     summary="stage 1 (frozen body) then stage 2 (unfrozen, discriminative rates) in one job",
     run=run,
+    text=run_text,
+    text_lr=2e-2,
     makes_model=True,
     lr=2e-3,
     lr_forms=frozenset({"number", "range", "find"}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.engine.items import TextItems
 from core.jobs.context import JobContext
 from core.jobs.kinds.base import JobKind
 from core.jobs.spec import TrainSpec
@@ -29,10 +30,18 @@ def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
     }
 
 
+def run_text(spec: TrainSpec, ctx: JobContext, items: TextItems) -> dict[str, Any]:
+    """On texts: the sweep on the classifier as its next stage would train it."""
+    from core.jobs.text_training import run_classifier
+
+    return run_classifier(spec, ctx, items, phases="sweep")
+
+
 KIND = JobKind(
     name="lr_find",
     summary="the learning-rate sweep alone (with a parent: on its model, unfrozen, before stage 2)",
     run=run,
+    text=run_text,
     makes_model=False,
     lr=None,
     page="sweep",

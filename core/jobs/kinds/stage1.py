@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.engine.items import TextItems
 from core.engine.learner import LrSpec
 from core.jobs.context import JobContext
 from core.jobs.kinds.base import JobKind
@@ -26,10 +27,19 @@ def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
     return export_results(spec, ctx, built, {"base_lr": base_lr, "stage1": rates, "last": last})
 
 
+def run_text(spec: TrainSpec, ctx: JobContext, items: TextItems) -> dict[str, Any]:
+    """On texts: the classifier on a language model's encoder (core/jobs/text_training.py)."""
+    from core.jobs.text_training import run_classifier
+
+    return run_classifier(spec, ctx, items, phases="head")
+
+
 KIND = JobKind(
     name="stage1",
     summary="the course's stage 1: the pretrained body frozen, one-cycle on the head",
     run=run,
+    text=run_text,
+    text_lr=2e-2,
     makes_model=True,
     lr=STAGE1_DEFAULT_LR,
     lr_forms=frozenset({"number", "range", "find"}),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.engine.items import TextItems
 from core.jobs.context import JobContext
 from core.jobs.kinds.base import JobKind
 from core.jobs.spec import TrainSpec
@@ -44,10 +45,18 @@ def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
     return export_results(spec, ctx, built, lrs)
 
 
+def run_text(spec: TrainSpec, ctx: JobContext, items: TextItems) -> dict[str, Any]:
+    """On texts: the classifier on a language model's encoder (core/jobs/text_training.py)."""
+    from core.jobs.text_training import run_classifier
+
+    return run_classifier(spec, ctx, items, phases="rest")
+
+
 KIND = JobKind(
     name="stage2",
     summary="the course's stage 2: the parent's model unfrozen, discriminative rates",
     run=run,
+    text=run_text,
     makes_model=True,
     lr="auto",
     lr_note="slice(min(valley / 10, stage-1 lr / 50), stage-1 lr / 5): valley from the parent's lr_find job, "
