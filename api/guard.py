@@ -42,6 +42,8 @@ def body_limit(settings: Settings, method: str, path: str) -> int:
     """The most bytes a request's body may have on this route."""
     if method == "POST" and path == "/datasets":
         return settings.max_upload_bytes
+    if method == "POST" and path == "/weights":
+        return settings.max_weights_bytes
     if method == "POST" and PREDICT.match(path):
         return settings.max_predict_files * settings.max_predict_file_bytes + 1024**2  # + the multipart framing
     if method == "POST" and MASKS.match(path):  # feedback and version cuts may carry base64 masks
@@ -151,6 +153,8 @@ class Guard:
 def _too_large(limit: int, route: str) -> list[Message]:
     if route == "/datasets":
         how = "split the dataset into several uploads, or raise FITCYCLE_MAX_UPLOAD_BYTES"
+    elif route == "/weights":
+        how = "a weights file is at most FITCYCLE_MAX_WEIGHTS_BYTES; raise it on the API servers for a larger one"
     elif PREDICT.match(route):
         how = "send at most FITCYCLE_MAX_PREDICT_FILES images of FITCYCLE_MAX_PREDICT_FILE_BYTES each"
     else:

@@ -26,6 +26,7 @@ from pydantic import (
 
 from core.db.domain import BatchMetric, EpochMetric
 from core.engine.tasks import TASKS, Task
+from core.engine.weights_files import WeightsKind
 from core.jobs.kind_names import KindName
 from core.jobs.kinds import JobKind
 from core.jobs.kinds.base import LR_FORM_TEXT
@@ -302,15 +303,90 @@ class BatchPredictions(BaseModel):
 PredictResponse = PredictAnswer | BatchPredictions  # what POST .../predict answers: one file, or several
 
 
+MAX_TEXTS_PER_CALL = 64
+MAX_TEXT_CHARS = 100_000
+
+
+class PredictTexts(BaseModel):
+    """Texts for a text classifier [fastai: learn.predict(text)]."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]] = Field(
+        min_length=1, max_length=MAX_TEXTS_PER_CALL, description=f"1 to {MAX_TEXTS_PER_CALL} texts"
+    )
+    explain: StrictBool = Field(False, description="also each token's weight in the answer (intrinsic attention)")
+
+
+class TextAnswer(BaseModel):
+    """One text's answer: the image classifier's fields (multi-label adds labels), and its prediction_id."""
+
+    task: str = Field(description="text_classification or text_multilabel")
+    top: tuple[str, float] = Field(description="the most probable class: [label, probability]")
+    predictions: list[tuple[str, float]] = Field(description="every class as [label, probability], most probable first")
+    labels: list[str] | None = Field(None, description="multi-label: every class above its threshold (the answer)")
+    words: list[tuple[str, float]] | None = Field(
+        None, description="explain: each token and its weight in the answer, 0 to 1 (the gradient at its embedding)"
+    )
+    prediction_id: str
+
+
+class TextAnswers(BaseModel):
+    results: list[TextAnswer] = Field(description="one per text, in order")
+
+
+class GenerateRequest(BaseModel):
+    """A prompt for a language model [fastai: learn.predict(TEXT, N_WORDS, temperature=0.75)]."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=2000)
+    words: int = Field(40, ge=1, le=500, description="tokens to write after the prompt")
+    temperature: float = Field(0.75, ge=0.0, le=5.0, description="0: always the likeliest token")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="the same seed writes the same text")
+
+
+class Generated(BaseModel):
+    text: str = Field(description="the prompt and what the language model wrote after it")
+    prediction_id: str
+
+
 class ArchitecturePublic(BaseModel):
     name: str
-    imagenet_weights: bool = Field(description="whether ImageNet weights are on this server (pretrained='imagenet')")
+    imagenet_weights: bool = Field(
+        description="whether pretrained='imagenet' works with it: its ImageNet weights are on this server or in the "
+        "fleet's weights store (GET /weights), which workers fetch them from"
+    )
     default: bool
     layer_groups: int = Field(description="groups for discriminative learning rates (the head included)")
 
 
 class ArchitecturesPublic(BaseModel):
     data: list[ArchitecturePublic]
+    count: int
+    wt103_weights: bool = Field(
+        description="whether the fleet's weights store holds fastai's WikiText-103 AWD-LSTM language model "
+        "(lstm_fwd.pth and itos_wt103.pkl), which a text model starts from"
+    )
+
+
+class WeightsPublic(BaseModel):
+    """A pretrained weights file of the fleet's store: every worker fetches it before a job that needs it."""
+
+    name: str = Field(description="the file's name (torchvision's published one, lstm_fwd.pth, itos_wt103.pkl)")
+    kind: WeightsKind = Field(
+        description="imagenet: a torchvision ResNet's ImageNet weights; wt103_weights / wt103_vocab: fastai's "
+        "WikiText-103 AWD-LSTM and its vocabulary"
+    )
+    arch: str | None = Field(description="imagenet: the architecture it is for")
+    size: int = Field(description="bytes, as uploaded")
+    sha256: str = Field(description="of the file as uploaded: a file of the same name must have this one")
+    uploaded_at: datetime
+    uploaded_by_this_project: bool
+
+
+class WeightsListPublic(BaseModel):
+    data: list[WeightsPublic]
     count: int
 
 

@@ -136,7 +136,7 @@ def _outside_table(data: str, path: str | None, images_dir: str | None) -> dict[
 
 
 def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
-    labels, extra = "folder", dict[str, Any]()
+    labels, extra, text = "folder", dict[str, Any](), dict[str, Any]()
     if args.data.lower().endswith(".csv") and Path(args.data).is_file() and not args.from_csv:
         args.from_text_csv, args.data = Path(args.data).name, str(Path(args.data).parent)  # texts: DATA.csv
     outside = _outside_table(args.data, args.from_csv or args.from_masks_csv, args.images_dir)
@@ -154,11 +154,11 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
             {"csv": _in_data(args.data, args.from_text_csv), "text_col": args.text_col} if args.from_text_csv else {}
         )
         text = {"seq_len": args.seq_len, "drop_mult": args.drop_mult, "min_freq": args.min_freq, "arch": "awd_lstm"}
-        extra |= text | {"pretrained": "none" if args.pretrained == "imagenet" else args.pretrained}
+        text["pretrained"] = "none" if args.pretrained == "imagenet" else args.pretrained
         if args.language_model:
             from core.jobs.kinds import LANGUAGE_MODEL
 
-            extra["kind"] = LANGUAGE_MODEL.name
+            text["kind"] = LANGUAGE_MODEL.name
     elif args.from_masks or args.from_masks_csv:
         labels, extra = "masks", {"csv": _in_data(args.data, args.from_masks_csv)} if args.from_masks_csv else {}
         extra |= {
@@ -179,7 +179,7 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         "label_delim": args.label_delim,
         "arch": args.arch,
         "pretrained": args.pretrained,
-        **extra,
+        **text,
         "size": args.size,
         "resize_method": args.resize_method,
         "bs": args.bs,

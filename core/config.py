@@ -93,6 +93,9 @@ class Settings(BaseSettings):
 
     # Request bodies, checked before a byte of the body is read (Content-Length) and while it streams.
     max_upload_bytes: int = Field(2 * 1024**3, description="POST /datasets: the whole multipart body")
+    max_weights_bytes: int = Field(
+        1024**3, description="POST /weights: the whole multipart body (one pretrained weights file, ~50-200 MB)"
+    )
     max_json_body_bytes: int = Field(1024**2, description="every other request with a body")
     max_edits_body_bytes: int = Field(
         30 * 1024**2, description="feedback and dataset-version cuts, which may carry base64 masks"

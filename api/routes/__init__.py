@@ -14,6 +14,7 @@ from api.routes import (
     project,
     registry,
     webhooks,
+    weights,
 )
 
 api_router = APIRouter()
@@ -28,3 +29,4 @@ api_router.include_router(registry.router)
 api_router.include_router(predictions.router)
 api_router.include_router(project.router)
 api_router.include_router(webhooks.router)
+api_router.include_router(weights.router)

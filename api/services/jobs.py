@@ -25,13 +25,17 @@ from api.schemas import (
     SuspectsPublic,
 )
 from api.services.datasets import find_version
+from api.services.weights import imagenet_available, wt103_available
 from api.state import AppState
 from core.broker import enqueue
 from core.db import domain, repos
 from core.db.session import session_scope
-from core.engine.architectures import ARCHITECTURES, get_architecture, imagenet_weights
+from core.engine.architectures import get_architecture, imagenet_weights
 from core.engine.items import split_problem
+from core.engine.pretrained import WT103
+from core.engine.rules import TEXT_RULES
 from core.engine.splits import SEED, VALID_PCT
+from core.engine.text.awd_lstm import ARCH as TEXT_ARCH
 from core.jobs.kinds import SAME_DATA, JobKind, get_kind
 from core.jobs.rates import retrain_defaults
 from core.jobs.spec import DEFAULT_ARCH, JobSettings
@@ -131,18 +135,51 @@ def _inherit(
                 fields[name] = parent.spec[name]
 
 
-def _require_imagenet_weights(arch_name: str) -> None:
-    """422 at submit, not a failed job a moment later, when this server has no ImageNet weights for arch."""
-    if imagenet_weights(get_architecture(arch_name)) is not None:
+def _text_fields(state: AppState, body: JobCreate, fields: dict[str, Any]) -> None:
+    """A job on texts: an AWD-LSTM, from no pretrained weights unless it names a language model (a model id) or
+    WikiText-103's (`wt103`, which the fleet's weights store must hold)."""
+    if body.arch is not None and body.arch != TEXT_ARCH:
+        raise Problem(422, "Invalid job", f"arch: a job on texts trains an {TEXT_ARCH}; leave arch out", field="arch")
+    if "pretrained" not in body.model_fields_set:
+        fields["pretrained"] = "none"
+    elif body.pretrained == "imagenet":
+        raise Problem(
+            422,
+            "Invalid job",
+            "pretrained: ImageNet weights are for images; a job on texts takes 'none', 'wt103' or a language "
+            "model's id",
+            field="pretrained",
+        )
+    elif body.pretrained == WT103 and not wt103_available(state):
+        raise Problem(
+            422,
+            "Invalid job",
+            "pretrained: the fleet's weights store has no WikiText-103 language model; an admin uploads fastai's "
+            "lstm_fwd.pth and itos_wt103.pkl (POST /api/v1/weights), or use 'none'",
+            field="pretrained",
+        )
+    fields["arch"] = TEXT_ARCH
+
+
+def _require_imagenet_weights(state: AppState, arch_name: str) -> None:
+    """422 at submit, not a failed job a moment later, when neither this server nor the fleet's weights store has
+    ImageNet weights for arch (a worker fetches them from the store)."""
+    arch = get_architecture(arch_name)
+    if imagenet_weights(arch) is not None:
         return
-    here = [a.name for a in ARCHITECTURES.values() if imagenet_weights(a) is not None]
+    available = imagenet_available(state)
+    if available[arch.name]:
+        return
+    here = [name for name, present in available.items() if present]
     raise Problem(
         422,
         "Invalid job",
-        f"pretrained: this server has no ImageNet weights for '{arch_name}' (nothing is downloaded). "
-        f"Architectures with ImageNet weights here: {', '.join(here) or 'none'} (see GET /api/v1/architectures); "
+        f"pretrained: this fleet has no ImageNet weights for '{arch_name}', neither on this server nor in its weights "
+        "store (nothing is downloaded from the internet). "
+        f"Architectures with ImageNet weights: {', '.join(here) or 'none'} (see GET /api/v1/architectures); "
         'set "arch" to one of them, or "pretrained": "none" to train from scratch, or "pretrained": the id of '
-        "one of your models",
+        "one of your models; or an admin uploads torchvision's file for it (POST /api/v1/weights, 'fitcycle weights "
+        "upload FILE')",
         field="pretrained",
         options=here,
     )
@@ -209,14 +246,20 @@ def create(state: AppState, project: domain.Project, body: JobCreate, by_admin: 
             exclude_none=True,
         )
         fields["name"] = body.name or dataset.name
+        is_text = version.labels.get("kind") in TEXT_RULES
+        data_problem = kind.data_problem(is_text)
+        if data_problem is not None:
+            raise Problem(422, "Invalid job", f"kind: {data_problem}", field="kind")
+        if is_text:
+            _text_fields(state, body, fields)
         if kind.defaults_from_champion:
             _retrain_from(s, project, body, fields)
-        if "lr" not in fields and kind.lr is not None:
-            fields["lr"] = kind.lr
+        if "lr" not in fields and kind.default_lr(is_text) is not None:
+            fields["lr"] = kind.default_lr(is_text)
         parent = _parent(s, project, body, kind)
         if parent is not None:
             _inherit(s, project, body, kind, parent, fields)
-        if body.pretrained not in ("imagenet", "none"):
+        if body.pretrained not in ("imagenet", "none", WT103):
             model = repos.get_model(s, body.pretrained, project.id)
             if model is None:
                 raise Problem(
@@ -228,9 +271,9 @@ def create(state: AppState, project: domain.Project, body: JobCreate, by_admin: 
             fields["pretrained"] = "model"
             fields["pretrained_model_id"] = model.id
             fields.setdefault("arch", model.arch)
-        fields.setdefault("arch", DEFAULT_ARCH)
-        if parent is None and fields.get("pretrained") == "imagenet" and not kind.starts_from_model:
-            _require_imagenet_weights(fields["arch"])
+        fields.setdefault("arch", TEXT_ARCH if is_text else DEFAULT_ARCH)
+        if not is_text and parent is None and fields.get("pretrained") == "imagenet" and not kind.starts_from_model:
+            _require_imagenet_weights(state, fields["arch"])
         _check_settings(kind, fields, from_model=parent is not None or "from_model_id" in fields)
         _check_split(state, version, fields)
         queue = body.queue or settings.default_queue

@@ -1,6 +1,7 @@
 """Architecture knowledge as a table: for each backbone, how to build it, where to cut the body, how to
 split it into layer groups, which normalization statistics its ImageNet weights expect, and where
-those weights may be found on this machine (nothing is ever downloaded)."""
+those weights may be found on this machine (nothing is downloaded from the internet; a worker fetches
+torchvision's files from the fleet's weights store into torch's cache: core/jobs/fleet_weights.py)."""
 
 from __future__ import annotations
 
@@ -29,24 +30,29 @@ class Architecture:
     split_at: tuple[int, ...]  # body child indices where a new layer group starts (the head is the last)
     stats: Stats
     imagenet_files: Callable[[], list[Path]]  # candidate local files holding ImageNet weights
+    # torchvision's published ImageNet files (the name's 8 hex digits begin the file's sha256): what the fleet's
+    # weights store accepts for this architecture; a worker fetches them into torch's cache (imagenet_files)
+    published: tuple[str, ...] = ()
 
 
-def _torchvision(name: str, weights_enum: str) -> tuple[Callable[[], nn.Module], Callable[[], list[Path]]]:
+def _torchvision(
+    name: str, weights_enum: str
+) -> tuple[Callable[[], nn.Module], Callable[[], list[Path]], tuple[str, ...]]:
     def build() -> nn.Module:
         return getattr(torchvision.models, name)(weights=None)
+
+    published = tuple(Path(w.url).name for w in getattr(torchvision.models, weights_enum))
 
     def files() -> list[Path]:
         import torch.hub
 
-        weights = getattr(torchvision.models, weights_enum)
-        names = [Path(w.url).name for w in weights]
-        return [Path(torch.hub.get_dir()) / "checkpoints" / n for n in names]
+        return [Path(torch.hub.get_dir()) / "checkpoints" / n for n in published]
 
-    return build, files
+    return build, files, published
 
 
 def _resnet(name: str, weights_enum: str, n_features: int) -> Architecture:
-    build, files = _torchvision(name, weights_enum)
+    build, files, published = _torchvision(name, weights_enum)
     return Architecture(
         name=name,
         build=build,
@@ -55,6 +61,7 @@ def _resnet(name: str, weights_enum: str, n_features: int) -> Architecture:
         split_at=(6,),  # fastai's _resnet_split: (conv1..layer2), (layer3, layer4), head
         stats=IMAGENET_STATS,
         imagenet_files=files,
+        published=published,
     )
 
 

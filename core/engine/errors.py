@@ -23,3 +23,7 @@ class BundleError(FitcycleError, ValueError):
 
 class CheckpointError(FitcycleError, ValueError):
     """A checkpoint cannot resume the run it was given to."""
+
+
+class WeightsRefused(FitcycleError, ValueError):
+    """A file offered to the fleet's weights store is not one it accepts (name, hash or content)."""

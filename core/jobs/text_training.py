@@ -11,7 +11,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from core.engine.learner import Learner
 from core.engine.metrics import get_metric
 from core.engine.plots import plot_losses
 from core.engine.splits import split_by_rand_pct
-from core.engine.text.awd_lstm import AWDConfig, check_arch_config
+from core.engine.text.awd_lstm import AWDConfig, LanguageModel, LinearDecoder, check_arch_config
 from core.engine.text.bundle import export_text_bundle, read_text_bundle
 from core.engine.text.data import TextDataConfig
 from core.engine.text.interpret import interpret_classifier
@@ -43,7 +43,7 @@ from core.engine.text.learner import (
     load_encoder,
     match_embeddings,
 )
-from core.engine.text.manifest import LANGUAGE_MODEL, TEXT_CLASSIFICATION, TEXT_MULTILABEL
+from core.engine.text.manifest import LANGUAGE_MODEL, TEXT_CLASSIFICATION, TEXT_MULTILABEL, TextTask
 from core.engine.text.tokenizer import Vocab, tokenize_cached
 from core.jobs.context import JobContext
 from core.jobs.spec import TrainSpec
@@ -191,7 +191,8 @@ def run_language_model(spec: TrainSpec, ctx: JobContext, items: TextItems) -> di
                 from core.engine.errors import WeightsMismatch
 
                 raise WeightsMismatch(f"the pretrained language model does not fit: {str(exc)[:300]}") from exc
-            learn.model[1].decoder.weight = learn.model[0].encoder.weight  # type: ignore[index,union-attr]
+            lm = cast(LanguageModel, learn.model)
+            cast(LinearDecoder, lm[1]).decoder.weight = lm.encoder.encoder.weight
     phases: list[tuple[str, int, bool]] = []  # (tag, epochs, frozen)
     if pretrained is not None:
         if spec.freeze_epochs:
@@ -396,14 +397,14 @@ def run_classifier(
             learn.fit_one_cycle(epochs, rates, resume=resume if i == first else None, tag=tag)
     last = phases_[-1]
     lrs["last"] = {"low": lrs[last[0]][0], "high": lrs[last[0]][-1], "epochs": last[1], "frozen": last[2] != 0}
-    task = TEXT_MULTILABEL if items.multi_label else TEXT_CLASSIFICATION
+    task: TextTask = TEXT_MULTILABEL if items.multi_label else TEXT_CLASSIFICATION
     with timer.phase("interpretation"):
         summary = interpret_classifier(learn, items, valid_idx)
         _write_json(ctx, "interpretation.json", summary)
     with timer.phase("export"):
         export_text_bundle(
             ctx.artifact_path("export"),
-            task,  # type: ignore[arg-type]
+            task,
             learn.model,
             vocab,
             config,

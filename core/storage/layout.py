@@ -28,3 +28,17 @@ def prediction_prefix(project_id: str, prediction_id: str) -> str:
 def feedback_prefix(project_id: str, feedback_id: str) -> str:
     """A feedback's objects: a corrected mask (<prefix>.mask.png)."""
     return f"projects/{project_id}/feedback/{feedback_id}"
+
+
+# The fleet's weights store: files every worker may fetch, belonging to no project (core/jobs/fleet_weights.py).
+FLEET_WEIGHTS = "fleet/weights"
+
+
+def fleet_weights_file(stored_as: str) -> str:
+    """A stored weights file, under the name workers cache it by (torchvision's, or lstm_fwd.safetensors, ...)."""
+    return f"{FLEET_WEIGHTS}/files/{stored_as}"
+
+
+def fleet_weights_record(name: str) -> str:
+    """The JSON record of an uploaded weights file, by the name it was uploaded under."""
+    return f"{FLEET_WEIGHTS}/records/{name}.json"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert
@@ -97,7 +98,7 @@ def test_a_page_is_bounded(served: Served, params: dict[str, int]) -> None:
 
 
 def test_the_cli_pages_through_all_of_it(served: Served) -> None:
-    listed = _all_feedback(served.api, {"unused": False})
+    listed = _all_feedback(cast(httpx.Client, served.api), {"unused": False})  # a TestClient: httpx's or httpx2's
     assert sorted(f["id"] for f in listed) == served.ids  # every one, once
 
 

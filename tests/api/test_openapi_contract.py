@@ -195,7 +195,7 @@ def test_http_errors_keep_their_headers(served: Served) -> None:
     refused = served.api.put("/jobs")
     problem(refused, 405)
     assert refused.headers["allow"] == "GET, POST"
-    anonymous = TestClient(served.api.app, base_url=served.api.base_url)
+    anonymous = TestClient(served.api.app, base_url=str(served.api.base_url))
     unauthorized = anonymous.get("/jobs")
     problem(unauthorized, 401)
     assert unauthorized.headers["www-authenticate"] == "Bearer"

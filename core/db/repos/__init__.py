@@ -18,6 +18,7 @@ from core.db.repos.datasets import (
 )
 from core.db.repos.fleet import (
     hold_fleet_lease,
+    release_fleet_lease,
 )
 from core.db.repos.jobs import (
     ACTIVE_STATES,
@@ -225,6 +226,7 @@ __all__ = [
     "record_prediction",
     "register_model",
     "release",
+    "release_fleet_lease",
     "renew_lease",
     "request_cancel",
     "revoke_api_key",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,3 +30,8 @@ def hold_fleet_lease(s: Session, name: str, owner: str, seconds: float) -> bool:
     row.owner, row.expires_at = owner, now + timedelta(seconds=seconds)
     s.flush()
     return True
+
+
+def release_fleet_lease(s: Session, name: str, owner: str) -> None:
+    """Give the lease `name` up at once (only when `owner` still holds it), for the next process to take."""
+    s.execute(delete(FleetLeaseRow).where(FleetLeaseRow.name == name, FleetLeaseRow.owner == owner))

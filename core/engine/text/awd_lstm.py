@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -318,7 +318,7 @@ class TextClassifier(nn.Sequential):
 
     @property
     def awd(self) -> AWDLSTM:
-        return self[0].module  # type: ignore[return-value,union-attr]
+        return cast(SentenceEncoder, self[0]).module
 
 
 def classifier_groups(model: TextClassifier) -> list[list[nn.Module]]:

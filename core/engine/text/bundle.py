@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core.engine.errors import BundleError
-from core.engine.text.awd_lstm import ARCH, AWDConfig, LanguageModel, TextClassifier
+from core.engine.text.awd_lstm import ARCH, AWDConfig, LanguageModel, LinearDecoder, TextClassifier
 from core.engine.text.data import pad_front
 from core.engine.text.manifest import (
     BUNDLE_FORMAT,
@@ -113,7 +113,7 @@ def read_text_bundle(folder: Path) -> tuple[dict[str, Any], nn.Module, Vocab]:
     if manifest["task"] == LANGUAGE_MODEL:  # load_state_dict copies: tie the decoder to the embedding again
         lm = model
         assert isinstance(lm, LanguageModel)
-        lm[1].decoder.weight = lm.encoder.encoder.weight  # type: ignore[union-attr,index]
+        cast(LinearDecoder, lm[1]).decoder.weight = lm.encoder.encoder.weight
     return manifest, model.eval(), vocab
 
 

@@ -4,12 +4,13 @@ texts, for interpretation.json and the job's interpretation page."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from core.engine.items import TextItems
 from core.engine.learner import Learner
+from core.engine.text.data import SortedLoader
 
 
 def interpret_classifier(learn: Learner, items: TextItems, valid_idx: list[int]) -> dict[str, Any]:
@@ -17,7 +18,7 @@ def interpret_classifier(learn: Learner, items: TextItems, valid_idx: list[int])
     (multi-label: each class's errors)."""
     preds, targs = learn.get_preds()
     loader = learn.dls.valid
-    order = [int(i) for b in loader.batches() for i in b]  # type: ignore[union-attr]
+    order = [int(i) for b in cast(SortedLoader, loader).batches() for i in b]
     keys = [valid_idx[i] for i in order]
     classes = items.classes
     summary: dict[str, Any] = {"classes": classes, "n_valid": len(keys)}
@@ -40,10 +41,10 @@ def interpret_classifier(learn: Learner, items: TextItems, valid_idx: list[int])
         summary["confusion_matrix"] = cm.tolist()
         summary["most_confused"] = sorted(
             ([classes[a], classes[b], int(cm[a, b])] for a in range(n) for b in range(n) if a != b and cm[a, b] > 0),
-            key=lambda r: -r[2],
+            key=lambda r: -cast(int, r[2]),
         )[:20]
-        predicted = [classes[i] for i in probs.argmax(1).tolist()]
-        given = [items.labels[k] for k in keys]
+        predicted = [[classes[i]] for i in probs.argmax(1).tolist()]
+        given = [[items.labels[k]] for k in keys]
     top = torch.argsort(losses, descending=True)[:20].tolist()
     summary["top_losses"] = [
         {

@@ -229,7 +229,7 @@ def generate(
     tokens: Sequence[str] | None = None,
 ) -> str:
     """`words` more tokens after `prompt`, each drawn from the softmax of the logits / temperature, never xxunk or
-    xxpad [fastai: LMLearner.predict with no_unk]. Returns the prompt and its continuation as text."""
+    xxpad [fastai: LMLearner.predict with no_unk]. Returns the prompt as given and its continuation as text."""
     from core.engine.text.tokenizer import tokenize
 
     was_training = model.training
@@ -240,7 +240,7 @@ def generate(
     ids = ids[ids != vocab.stoi.get(EOS, -1)] if len(ids) > 1 else ids
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     device = next(model.parameters()).device
-    out = list(toks)
+    out: list[str] = []
     banned = [vocab.stoi[t] for t in (UNK,) if t in vocab.stoi] + [PAD_INDEX]
     logits = model(torch.as_tensor(ids, device=device)[None])[0, -1]
     for _ in range(words):
@@ -255,7 +255,9 @@ def generate(
         logits = model(torch.tensor([[nxt]], device=device))[0, -1]
     model.reset()
     model.train(was_training)
-    return detokenize(out)
+    continuation = detokenize(out)
+    glue = "" if not continuation or continuation[0] in ".,!?;:)'" else " "
+    return prompt.rstrip() + glue + continuation if tokens is None else detokenize([*toks, *out])
 
 
 def detokenize(tokens: Sequence[str]) -> str:

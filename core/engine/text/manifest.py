@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from core.engine.errors import BundleError
 from core.engine.text.awd_lstm import ARCH, AWDConfig
@@ -16,9 +16,9 @@ BUNDLE_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 VOCAB_FILE = "vocab.json"
 MANIFEST_FILE = "manifest.json"
-LANGUAGE_MODEL = "language_model"
-TEXT_CLASSIFICATION = "text_classification"
-TEXT_MULTILABEL = "text_multilabel"
+LANGUAGE_MODEL: Final = "language_model"
+TEXT_CLASSIFICATION: Final = "text_classification"
+TEXT_MULTILABEL: Final = "text_multilabel"
 TEXT_TASKS = (LANGUAGE_MODEL, TEXT_CLASSIFICATION, TEXT_MULTILABEL)
 TextTask = Literal["language_model", "text_classification", "text_multilabel"]
 # Tied copies of the embedding: stored once, tied again on load.

@@ -32,9 +32,9 @@ def get_kind(name: str) -> JobKind:
 __all__ = [
     "DEFAULT_KIND",
     "FINE_TUNE",
-    "LANGUAGE_MODEL",
     "KINDS",
     "KIND_NAMES",
+    "LANGUAGE_MODEL",
     "MODEL_KINDS",
     "RETRAIN",
     "SAME_DATA",
