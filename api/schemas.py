@@ -80,15 +80,17 @@ class DatasetsPublic(BaseModel):
 
 class ItemPublic(BaseModel):
     key: str
-    label: str
+    label: str = Field(description="its class ('' for a text with no label)")
     valid: bool
     targets: list[float] | None = None
     mask: str | None = None
+    text: str | None = Field(None, description="a dataset of texts: the text (its first 2,000 characters)")
 
 
 class ItemsPublic(BaseModel):
     data: list[ItemPublic]
     count: int
+    n_unlabelled: int | None = Field(None, description="a dataset of texts: how many have no label")
 
 
 class LabelsPublic(Public):

@@ -21,7 +21,10 @@ def materialize(store: ObjectStore, prefix: str, cache_dir: Path) -> tuple[Path,
         tmp = folder.with_name(folder.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         manifest = json.loads(store.get_bytes(f"{prefix}/manifest.json"))
+        (tmp / "files").mkdir(parents=True)
         for item in manifest["items"]:
+            if "text" in item:  # a text travels in the manifest: no file per item
+                continue
             for key in (item["key"], *([item["mask"]] if "mask" in item else [])):
                 store.get_file(f"{prefix}/files/{key}", tmp / "files" / key)
         (tmp / "manifest.json").write_text(json.dumps(manifest))

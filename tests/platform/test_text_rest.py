@@ -1,0 +1,74 @@
+"""The course's ULMFiT flow over REST with PostgreSQL, Redis, S3 and a Celery worker: a bare CSV of texts (some
+unlabelled) uploaded, a language model on all of them, a classifier on its encoder (stage 1, then stage 2), answers
+for texts (with each word's weight) and generated text, and the refusals a user meets on the way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.datasets.text_samples import NEGATIVE, POSITIVE, write_reviews
+from tests.platform.stack import Stack
+
+TINY = {"emb_sz": 48, "n_hid": 96, "n_layers": 2}
+
+
+def test_language_model_then_classifier_over_rest(stack: Stack, tmp_path: Path) -> None:
+    a = stack.a
+    csv = write_reviews(tmp_path / "reviews", n_labelled=160, n_unlabelled=2000, seed=2)
+    res = a.upload("reviews", csv, labels="text_csv", valid_col="is_valid")
+    assert res.status_code == 201, res.text
+    ds = res.json()
+    assert ds["classes"] == ["neg", "pos"] and ds["n_items"] == 160 + 80 + 2000
+    assert ds["labels"]["kind"] == "text_csv" and ds["split"] == "column"
+
+    # A kind that takes no texts, an image architecture, ImageNet weights: each a 422 that says what to do.
+    for body, field in (
+        ({"kind": "interpret"}, "kind"),
+        ({"kind": "language_model", "arch": "resnet18"}, "arch"),
+        ({"kind": "language_model", "pretrained": "imagenet"}, "pretrained"),
+    ):
+        refused = a.post("/jobs", json={"dataset_id": ds["id"], **body})
+        assert refused.status_code == 422 and refused.json()["detail"].startswith(f"{field}:"), refused.text
+
+    common = {"dataset_id": ds["id"], "bs": 32, "seq_len": 24, "min_freq": 1}
+    lm = a.wait(
+        a.submit(kind="language_model", arch_config=TINY, freeze_epochs=0, epochs=6, **common)["id"], timeout=900
+    )
+    assert lm["state"] == "succeeded", lm["error"]
+    assert lm["spec"]["arch"] == "awd_lstm" and lm["spec"]["pretrained"] == "none" and lm["spec"]["lr"] == 0.02
+    result = lm["result"]
+    assert result["perplexity"] < result["unigram_perplexity"] / 4, result
+    epochs = a.get(f"/jobs/{lm['id']}/metrics").json()["epochs"]
+    assert len(epochs) == 6 and all(e["metrics"]["perplexity"] > 0 for e in epochs)
+    samples = a.get(f"/jobs/{lm['id']}/artifacts/samples.json").json()
+    assert len(samples) == 6
+
+    generated = a.post(f"/models/{lm['model_id']}/generate", json={"prompt": "I thought the", "words": 10, "seed": 1})
+    assert generated.status_code == 200, generated.text
+    again = a.post(f"/models/{lm['model_id']}/generate", json={"prompt": "I thought the", "words": 10, "seed": 1})
+    assert generated.json()["text"] == again.json()["text"] and generated.json()["text"].startswith("I thought the")
+    assert a.post(f"/models/{lm['model_id']}/predict-text", json={"texts": ["x"]}).status_code == 422
+
+    stage1 = a.wait(a.submit(kind="stage1", parent_job_id=lm["id"], epochs=1, **common)["id"], timeout=600)
+    assert stage1["state"] == "succeeded", stage1["error"]
+    assert stage1["spec"]["lr"] == 0.02 and [e["tag"] for e in stage1["result"]["epochs"]] == ["head"]
+    stage2 = a.wait(a.submit(kind="stage2", parent_job_id=stage1["id"], epochs=2, **common)["id"], timeout=600)
+    assert stage2["state"] == "succeeded", stage2["error"]
+    assert [e["tag"] for e in stage2["result"]["epochs"]] == ["freeze_to-2", "freeze_to-3", "unfrozen", "unfrozen"]
+    print(f"text classifier on the LM's encoder: accuracy {stage2['result']['accuracy']:.3f} on unseen adjectives")
+    assert stage2["result"]["accuracy"] >= 0.8
+    assert stage2["result"]["decision"]["action"] in ("promoted", "rejected")  # the gate judged it against stage 1
+
+    model = stage2["model_id"]
+    texts = [f"To me the plot was {POSITIVE[6]} twice.", f"To me the plot was {NEGATIVE[6]} twice."]
+    answered = a.post(f"/models/{model}/predict-text", json={"texts": texts, "explain": True})
+    assert answered.status_code == 200, answered.text
+    results = answered.json()["results"]
+    assert [r["top"][0] for r in results] == ["pos", "neg"] and all(r["task"] == "text_classification" for r in results)
+    assert all(r["prediction_id"] and max(w for _, w in r["words"]) == 1.0 for r in results)
+    logged = a.get("/predictions", params={"order": "uncertainty"}).json()["data"]
+    assert {r["prediction_id"] for r in results} <= {p["id"] for p in logged}
+    image = a.post(f"/models/{model}/predict", files={"file": ("x.png", b"not an image")})
+    assert image.status_code == 422 and "predict-text" in image.json()["detail"]
+    too_many = a.post(f"/models/{model}/predict-text", json={"texts": ["a"] * 65})
+    assert too_many.status_code == 422
