@@ -31,6 +31,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "core.engine.errors",
         "core.engine.splits",
         "core.engine.paths",
+        "core.engine.text.labels",
     ),
     "core/storage": ("core.storage", "core.config", "core.retry"),
     "core/db": ("core.db", "core.retry"),

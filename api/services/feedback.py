@@ -15,7 +15,9 @@ from api.state import AppState
 from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.errors import DataError
-from core.engine.tasks import Correction, get_task
+from core.engine.tasks import Correction, Task, get_task
+from core.engine.text.labels import TextLabels, text_labels
+from core.engine.text.manifest import LANGUAGE_MODEL, TEXT_TASKS
 from core.storage.layout import feedback_prefix
 
 ORDERS = ("uncertainty", "recent")
@@ -86,11 +88,22 @@ def check_known_classes(target: dict[str, Any], known: list[str], new_class: boo
     )
 
 
+def feedback_task(name: str) -> Task | TextLabels:
+    """What checks and records a correction for a model of task `name` (a text classifier's labels too)."""
+    if name == LANGUAGE_MODEL:
+        raise Problem(
+            422, "Invalid feedback", "a language model's text is not corrected; correct a classifier's answer"
+        )
+    return text_labels(name) if name in TEXT_TASKS else get_task(name)
+
+
 def correction_of(
     state: AppState, task_name: str, manifest: dict[str, Any], body: dict[str, Any], image: bytes
 ) -> Correction:
-    """A target in the task's shape for this image, checked (422 naming the field otherwise)."""
+    """A target in the task's shape for this image (or text), checked (422 naming the field otherwise)."""
     try:
+        if task_name in TEXT_TASKS:
+            return text_labels(task_name).correction(body, manifest, (0, 0))
         with Image.open(io.BytesIO(image)) as img:
             size = img.size
         return get_task(task_name).correction(body, manifest, size)
@@ -130,8 +143,8 @@ def give(
             f"prediction {prediction_id}'s image was not kept (the project's keep_inputs was off), so a correction "
             "of it cannot become a training item",
         )
-    task = get_task(model.task)
-    manifest = state.predictors.get(model).manifest
+    task = feedback_task(model.task)
+    manifest = state.predictors.get_any(model).manifest
     if body.correct is not None:
         if not body.correct:
             raise Problem(422, "Invalid feedback", 'correct: send {"correct": true}, or the right target instead')

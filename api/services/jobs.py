@@ -245,7 +245,7 @@ def create(state: AppState, project: domain.Project, body: JobCreate, by_admin: 
             exclude={"dataset_id", "dataset_version", "parent_job_id", "queue", "kind", "from_model"},
             exclude_none=True,
         )
-        fields["name"] = body.name or dataset.name
+        fields["name"] = body.name or dataset.name + kind.name_suffix
         is_text = version.labels.get("kind") in TEXT_RULES
         data_problem = kind.data_problem(is_text)
         if data_problem is not None:

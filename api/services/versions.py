@@ -21,6 +21,7 @@ from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.errors import DataError
 from core.engine.tasks import Correction
+from core.engine.text.manifest import TEXT_TASKS
 from core.storage.layout import dataset_version_prefix
 
 
@@ -131,7 +132,8 @@ def cut(state: AppState, project: domain.Project, dataset_id: str, body: Version
         if edit.item not in keys:
             raise Problem(422, "Invalid version", f"relabel: no item '{edit.item[:200]}' in version {parent.version}")
         target = edit.model_dump(exclude={"item", "new_class"}, exclude_none=True)
-        image = state.store.get_bytes(f"{parent.prefix}/files/{edit.item}")
+        # An image is read for its size (a point or a mask is checked against it); a text has no file.
+        image = b"" if task_name in TEXT_TASKS else state.store.get_bytes(f"{parent.prefix}/files/{edit.item}")
         correction = correction_of(state, task_name, manifest, target, image)
         check_known_classes(correction.target, list(manifest.get("classes") or []), edit.new_class, "relabel: ")
         relabels.append((edit.item, correction))

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from core.engine.errors import DataError
-from core.engine.items import LabelItems, MultiLabelItems, stored_items, stored_type
+from core.engine.items import LabelItems, MultiLabelItems, TextItems, stored_items, stored_type
 from core.engine.splits import split_by_rand_pct
 from core.engine.tasks import Correction, Task, task_of
+from core.engine.text.labels import TextLabels, text_labels
 from core.storage.base import ObjectStore
 
 PINNED = "pinned"  # the split of a cut version: every item's flag is in the manifest
@@ -51,8 +52,10 @@ class CutVersion:
     changes: dict[str, Any]
 
 
-def dataset_task(manifest: dict[str, Any]) -> Task:
-    """The task a stored version's items are for."""
+def dataset_task(manifest: dict[str, Any]) -> Task | TextLabels:
+    """The task a stored version's items are for (texts: the feedback side of a text classifier)."""
+    if stored_type(manifest) is TextItems:
+        return text_labels(manifest)
     return task_of(stored_items(Path("."), manifest, 0.2, 42))
 
 
@@ -70,7 +73,9 @@ def cut_version(
         raise DataError(f"at most {MAX_EDITS:,} edits per version")
     # The flags a job sees on the parent (its upload's valid_pct and seed for a random split), and its task.
     parent_items = stored_items(Path("."), parent, valid_pct, seed)
-    task, flags = task_of(parent_items), parent_items.is_valid
+    texts = isinstance(parent_items, TextItems)  # a text row carries its text; there are no files to copy
+    task: Task | TextLabels = text_labels(parent) if texts else task_of(parent_items)
+    flags = parent_items.is_valid
     items: dict[str, dict[str, Any]] = {
         r["key"]: {**r, "valid": v} for r, v in zip(parent["items"], flags, strict=True)
     }
@@ -89,7 +94,7 @@ def cut_version(
         if correction.mask_png is not None:
             target["mask"] = f"{key}.mask.png"
             new_masks[key] = correction.mask_png
-        items[key] = {"key": key, **task.record(target, parent), "valid": items[key]["valid"]}
+        items[key] = {**items[key], **task.record(target, parent)}
         relabelled.append({"item": key, "before": before, "after": task.record(target, parent)})
     added = []
     for new in edits.add:
@@ -99,16 +104,19 @@ def cut_version(
             new_masks[new.key] = new.correction.mask_png
         if new.key in items:  # a prediction corrected again after its first correction went into a version
             before = {k: v for k, v in items[new.key].items() if k not in ("key", "valid")}
-            items[new.key] = {"key": new.key, **task.record(target, parent), "valid": items[new.key]["valid"]}
+            items[new.key] = {**items[new.key], **task.record(target, parent)}
             relabelled.append({"item": new.key, "before": before, "after": task.record(target, parent)})
             continue  # the same image, already among the version's files: its new target replaces the old
         valid = split_by_rand_pct([new.key], valid_pct, seed)[0]
-        items[new.key] = {"key": new.key, **task.record(target, parent), "valid": valid}
+        text = {"text": store.get_bytes(new.source).decode("utf-8", errors="replace")} if texts else {}
+        items[new.key] = {"key": new.key, **task.record(target, parent), **text, "valid": valid}
         sources[new.key] = new.source
         added.append({"item": new.key, "from": new.origin})
     rows = list(items.values())
     manifest = {**parent, "split": PINNED, "items": rows, "classes": _classes(parent, rows)}
     manifest.pop("version", None)
+    if texts:
+        manifest["n_unlabelled"] = sum(1 for r in rows if not r["label"])
     labelled = stored_items(Path("."), manifest, valid_pct, seed)
     if not rows or all(r["valid"] for r in rows) or not any(r["valid"] for r in rows):
         raise DataError("the new version would leave no training or no validation item")
@@ -117,7 +125,7 @@ def cut_version(
     written: list[str] = []
     try:
         n_bytes = 0
-        for r in rows:
+        for r in [] if texts else rows:
             key = r["key"]
             written.append(f"{prefix}/files/{key}")
             n_bytes += store.copy(sources[key], written[-1])
@@ -148,6 +156,9 @@ def cut_version(
 def _classes(parent: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     """The classes of the new rows: for labelled images, those any item carries; else the parent's."""
     kind = stored_type(parent)
+    if kind is TextItems:  # an unlabelled text carries no class
+        delim = parent["labels"].get("label_delim")
+        return sorted({c for r in rows for c in (r["label"].split(delim) if delim else [r["label"]]) if c})
     if kind is MultiLabelItems:
         delim = parent["labels"]["label_delim"]
         return sorted({c for r in rows for c in r["label"].split(delim) if c})

@@ -38,6 +38,7 @@ def test_language_model_then_classifier_over_rest(stack: Stack, tmp_path: Path) 
     assert lm["spec"]["arch"] == "awd_lstm" and lm["spec"]["pretrained"] == "none" and lm["spec"]["lr"] == 0.02
     result = lm["result"]
     assert result["perplexity"] < result["unigram_perplexity"] / 4, result
+    assert result["name"] == "reviews-lm"  # a registry name of its own: the classifiers' champion is not an LM
     epochs = a.get(f"/jobs/{lm['id']}/metrics").json()["epochs"]
     assert len(epochs) == 6 and all(e["metrics"]["perplexity"] > 0 for e in epochs)
     samples = a.get(f"/jobs/{lm['id']}/artifacts/samples.json").json()
@@ -72,3 +73,21 @@ def test_language_model_then_classifier_over_rest(stack: Stack, tmp_path: Path) 
     assert image.status_code == 422 and "predict-text" in image.json()["detail"]
     too_many = a.post(f"/models/{model}/predict-text", json={"texts": ["a"] * 65})
     assert too_many.status_code == 422
+
+    # The feedback loop for text: corrections (one says the answer was right), a version with them, a retrain.
+    wrong, right = results
+    fb = a.post(f"/predictions/{wrong['prediction_id']}/feedback", json={"label": "neg"})
+    assert fb.status_code == 201, fb.text
+    assert a.post(f"/predictions/{right['prediction_id']}/feedback", json={"correct": True}).status_code == 201
+    bad = a.post(f"/predictions/{right['prediction_id']}/feedback", json={"points": [[1, 2]]})
+    assert bad.status_code == 422 and "label" in bad.json()["detail"]
+    cut = a.post(f"/datasets/{ds['id']}/versions", json={"add_feedback": "all"})
+    assert cut.status_code == 201, cut.text
+    version = cut.json()
+    assert version["n_items"] == ds["n_items"] + 2 and version["changes"]["added"] == 2
+    page = a.get(f"/datasets/{ds['id']}/items", params={"limit": 500, "offset": 2000}).json()
+    added = {i["key"]: i for i in page["data"]}[f"feedback/{wrong['prediction_id']}.txt"]
+    assert added["label"] == "neg" and added["text"] == texts[0]
+    retrain = a.wait(a.submit(kind="retrain", dataset_id=ds["id"], epochs=1)["id"], timeout=600)
+    assert retrain["state"] == "succeeded", retrain["error"]
+    assert retrain["result"]["encoder"] == "classifier" and "decision" in retrain["result"]

@@ -35,6 +35,7 @@ KIND = JobKind(
     takes_parent=False,
     trains=("freeze_epochs", "epochs"),
     images=False,
+    name_suffix="-lm",  # the dataset's own name is its classifiers': their champion and gate
     text=run_text,
     form_fields=("pretrained", "freeze_epochs", "epochs", "lr"),
 )
