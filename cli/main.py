@@ -53,6 +53,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-mult", type=float, default=None, help="texts: scales the AWD-LSTM's dropouts")
     p.add_argument("--min-freq", type=int, default=3, help="texts: rarer tokens are xxunk (default 3)")
     p.add_argument(
+        "--arch-config",
+        type=_parse_arch_config,
+        default=None,
+        help="texts: AWD-LSTM sizes, e.g. emb_sz=400,n_hid=1152,n_layers=3 (fastai's defaults)",
+    )
+    p.add_argument(
         "--codes",
         default=None,
         help="segmentation: mask value names in order, comma-separated (default: the data's codes.txt)",
@@ -85,8 +91,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--valid-pct",
         type=float,
-        default=VALID_PCT,
-        help=f"share of items for validation, stable per item ({VALID_PCT})",
+        default=None,
+        help=f"share of items for validation, stable per item ({VALID_PCT}; a language model's: 0.1)",
     )
     p.add_argument("--seed", type=int, default=SEED, help=f"the split's seed ({SEED})")
     p.add_argument("--no-augment", action="store_true", help="turn off fastai's default augmentation")
@@ -103,6 +109,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         "--gpus", type=int, default=1, help="devices for one run (DistributedDataParallel; on CPU: processes)"
     )
     p.add_argument("--out", default="runs/latest", help="output folder")
+
+
+def _parse_arch_config(value: str) -> dict[str, int]:
+    """emb_sz=400,n_hid=1152,n_layers=3 as a dict (the spec checks the names and bounds)."""
+    try:
+        return {k.strip(): int(v) for k, v in (part.split("=", 1) for part in value.split(",") if part.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError("write it as emb_sz=400,n_hid=1152,n_layers=3") from None
 
 
 def _in_data(data: str, path: str | None) -> str | None:
@@ -154,11 +168,13 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
             {"csv": _in_data(args.data, args.from_text_csv), "text_col": args.text_col} if args.from_text_csv else {}
         )
         text = {"seq_len": args.seq_len, "drop_mult": args.drop_mult, "min_freq": args.min_freq, "arch": "awd_lstm"}
+        text["arch_config"] = args.arch_config
         text["pretrained"] = "none" if args.pretrained == "imagenet" else args.pretrained
         if args.language_model:
             from core.jobs.kinds import LANGUAGE_MODEL
 
             text["kind"] = LANGUAGE_MODEL.name
+            text["valid_pct"] = LANGUAGE_MODEL.valid_pct
     elif args.from_masks or args.from_masks_csv:
         labels, extra = "masks", {"csv": _in_data(args.data, args.from_masks_csv)} if args.from_masks_csv else {}
         extra |= {
@@ -183,7 +199,7 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         "size": args.size,
         "resize_method": args.resize_method,
         "bs": args.bs,
-        "valid_pct": args.valid_pct,
+        "valid_pct": args.valid_pct if args.valid_pct is not None else text.pop("valid_pct", VALID_PCT),
         "seed": args.seed,
         "augment": not args.no_augment,
         "num_workers": args.workers,

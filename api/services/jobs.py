@@ -252,6 +252,8 @@ def create(state: AppState, project: domain.Project, body: JobCreate, by_admin: 
             raise Problem(422, "Invalid job", f"kind: {data_problem}", field="kind")
         if is_text:
             _text_fields(state, body, fields)
+        if kind.valid_pct is not None and "valid_pct" not in body.model_fields_set:
+            fields["valid_pct"] = kind.valid_pct
         if kind.defaults_from_champion:
             _retrain_from(s, project, body, fields)
         if "lr" not in fields and kind.default_lr(is_text) is not None:

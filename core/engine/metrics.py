@@ -115,6 +115,7 @@ METRICS: dict[str, Metric] = {
     "top_3_accuracy": partial(top_k_accuracy, k=3),
     "top_5_accuracy": partial(top_k_accuracy, k=5),
     "accuracy_thresh": accuracy_thresh,
+    "accuracy_multi": partial(accuracy_thresh, thresh=0.5),  # fastai's accuracy_multi: a text's labels at 0.5
     "fbeta": fbeta,
     "point_error": point_error,
     "mae": mae,

@@ -130,6 +130,14 @@ class PretrainedLM:
     source: str
 
 
+def sizes_of(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """An AWD-LSTM's emb_sz, n_hid and n_layers, read off its weights (fastai's names)."""
+    n_layers = len({k.split(".")[2] for k in state if k.startswith("0.rnns.")})
+    emb_sz = int(state["0.encoder.weight"].shape[1])
+    n_hid = int(state["0.rnns.0.weight_hh_l0_raw"].shape[1]) if n_layers > 1 else emb_sz
+    return {"emb_sz": emb_sz, "n_hid": n_hid, "n_layers": n_layers}
+
+
 def _pretrained_lm(spec: TrainSpec) -> PretrainedLM | None:
     """The language model to start from: none, a fitcycle language model's bundle, or WikiText-103's weights."""
     source = spec.init_bundle or spec.pretrained
@@ -139,7 +147,7 @@ def _pretrained_lm(spec: TrainSpec) -> PretrainedLM | None:
         from core.engine.pretrained import load_wt103, wt103_dir
 
         state, itos = load_wt103(wt103_dir())
-        return PretrainedLM(state, itos, {}, "wt103")
+        return PretrainedLM(state, itos, sizes_of(state), "wt103")
     folder = Path(source)
     if not (folder / "manifest.json").is_file():
         raise PretrainedWeightsNotFound(
@@ -343,7 +351,7 @@ def run_classifier(
                 "start a new classifier from the language model"
             )
         ids = [vocab.numericalize(t) for t in tokens]
-        metric_names = ["accuracy_thresh", "fbeta"] if items.multi_label else ["accuracy", "error_rate"]
+        metric_names = ["accuracy_multi", "fbeta"] if items.multi_label else ["accuracy", "error_rate"]
         learn = classifier_learner(
             vocab,
             ([ids[i] for i in train_idx], _targets(items, train_idx)),

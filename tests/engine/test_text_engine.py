@@ -113,6 +113,64 @@ def test_generation_is_seeded_and_a_bundle_holds_no_pickle(language_model: tuple
         predictor.predict_texts(["a text"])
 
 
+def test_a_language_model_from_wikitext_weights_in_the_fleets_cache(
+    reviews: Path, language_model: tuple[Path, dict[str, object]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pretrained: wt103` reads fastai's file (here a small model under fastai's names, as the weights store caches
+    it): stage 1 trains the embeddings and decoder frozen, stage 2 unfreezes at a tenth of the rate; a word both
+    vocabularies know keeps its row."""
+    from safetensors.torch import save_file
+
+    from core.engine.pretrained import WT103_VOCAB, WT103_WEIGHTS, wt103_dir
+    from core.engine.text.bundle import read_text_bundle
+
+    _, source, vocab = read_text_bundle(language_model[0])
+    cache = tmp_path / "weights"
+    monkeypatch.setenv("FITCYCLE_WEIGHTS_CACHE", str(cache))
+    wt103_dir().mkdir(parents=True)
+    # The same model with its words in another order (rows and vocabulary alike), as another corpus would have them.
+    order = torch.randperm(len(vocab), generator=torch.Generator().manual_seed(0))
+    rows = ("0.encoder.weight", "0.encoder_dp.emb.weight", "1.decoder.weight", "1.decoder.bias")
+    state = {k: (v[order] if k in rows else v).contiguous().clone() for k, v in source.state_dict().items()}
+    save_file(state, str(wt103_dir() / WT103_WEIGHTS))
+    (wt103_dir() / WT103_VOCAB).write_text(json.dumps([vocab.itos[i] for i in order.tolist()]))
+    spec = _spec(reviews, kind="language_model", pretrained="wt103", freeze_epochs=1, epochs=1, lr=2e-4)
+    spec = spec.model_copy(update={"arch_config": None})  # the sizes are the weights' own
+    result = run_spec(spec, LocalJobContext(tmp_path / "out", show_progress=False))
+    assert result["pretrained"] == "wt103"
+    assert [e["tag"] for e in result["epochs"]] == ["stage1", "stage2"]
+    lrs = result["lrs"]
+    assert lrs["stage1"][0] == pytest.approx(2e-4) and lrs["stage2"][0] == pytest.approx(2e-5)
+    # Starting from a model of these very texts, its first epoch already predicts them well.
+    assert result["epochs"][0]["perplexity"] < float(result["unigram_perplexity"]) / 4
+
+
+def test_multi_label_texts(tmp_path: Path) -> None:
+    rows = ["text,label"]
+    for i in range(120):
+        tags = [t for t, on in (("sport", i % 2), ("music", i % 3 == 0)) if on]
+        words = " ".join(["goal match" if "sport" in tags else "", "song band" if "music" in tags else "", "day"])
+        rows.append(f"a {words} {i % 7},{' '.join(tags)}")
+    (tmp_path / "texts.csv").write_text("\n".join(rows))
+    spec = TrainSpec(
+        data=str(tmp_path), labels="text_csv", label_delim=" ", pretrained="none", bs=16, seq_len=16, min_freq=1,
+        arch_config=SMALL, freeze_epochs=1, epochs=4, lr=2e-2, report_every_n_batches=1000,
+    )  # fmt: skip
+    result = run_spec(spec, LocalJobContext(tmp_path / "out", show_progress=False))
+    assert result["task"] == "text_multilabel" and result["classes"] == ["music", "sport"]
+    print(f"multi-label texts: accuracy_multi {result['accuracy_multi']:.3f}")
+    assert result["accuracy_multi"] > 0.8
+    answer = TextPredictor(tmp_path / "out" / "export").predict("a goal match song band day 3").answer()
+    assert sorted(answer["labels"]) == ["music", "sport"]
+
+
+def test_lr_find_on_texts(reviews: Path, language_model: tuple[Path, dict[str, object]], tmp_path: Path) -> None:
+    spec = _spec(reviews, kind="lr_find", init_bundle=str(language_model[0]), epochs=1)
+    result = run_spec(spec, LocalJobContext(tmp_path, show_progress=False))
+    assert result["frozen"] and set(result["suggestions"]) >= {"valley"}
+    assert (tmp_path / "lr_find.json").is_file() and (tmp_path / "plots" / "lr_find.png").is_file()
+
+
 def test_fastai_layer_groups_and_parameter_names() -> None:
     lm = LanguageModel(40, AWDConfig.language_model(0.3, SMALL))
     assert [len(g) for g in lm_groups(lm)] == [2, 2, 3]

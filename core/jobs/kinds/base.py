@@ -61,6 +61,7 @@ class JobKind:
     images: bool = True  # it learns from images (a dataset of texts needs `text`)
     text: TextRunner | None = None  # the job on a dataset of texts (core/jobs/text_training.py); None: refused
     text_lr: float | None = None  # its default lr on texts, when another than `lr`
+    valid_pct: float | None = None  # its default validation share, when another than every job's
     name_suffix: str = ""  # its models join the registry as the dataset's name + this (a language model: "-lm")
 
     def data_problem(self, is_text: bool) -> str | None:

@@ -35,6 +35,7 @@ KIND = JobKind(
     takes_parent=False,
     trains=("freeze_epochs", "epochs"),
     images=False,
+    valid_pct=0.1,  # fastai's language model holds out 10% of the texts
     name_suffix="-lm",  # the dataset's own name is its classifiers': their champion and gate
     text=run_text,
     form_fields=("pretrained", "freeze_epochs", "epochs", "lr"),
