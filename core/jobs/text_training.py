@@ -439,6 +439,37 @@ def run_classifier(
     )
 
 
+def interpret_bundle(spec: TrainSpec, ctx: JobContext, items: TextItems) -> dict[str, Any]:
+    """An interpret job on texts: the parent classifier's answers on the labelled validation texts, interpreted."""
+    from core.engine.text.bundle import TextPredictor
+    from core.engine.text.interpret import interpret_outputs
+
+    timer = PhaseTimer()
+    if not spec.init_bundle:
+        raise DataError("an interpret job reads its parent's model: name its parent_job_id")
+    predictor = TextPredictor(spec.init_bundle)
+    if predictor.is_language_model:
+        raise DataError("interpret reads a text classifier; this parent is a language model")
+    if predictor.classes != items.classes:
+        raise DataError(f"the parent classifier knows classes {predictor.classes}, this dataset has {items.classes}")
+    valid_idx = items.labelled(valid=True)
+    with timer.phase("interpretation"):
+        answers = [
+            p.probs
+            for s in range(0, len(valid_idx), 64)
+            for p in predictor.predict_texts([items.texts[i] for i in valid_idx[s : s + 64]])
+        ]
+        probs = torch.tensor(answers)
+        logits = torch.logit(probs.clamp(1e-7, 1 - 1e-7)) if items.multi_label else probs.clamp_min(1e-12).log()
+        targets = _targets(items, valid_idx)
+        summary = interpret_outputs(logits, targets, items, valid_idx)
+        _write_json(ctx, "interpretation.json", summary)
+    result: dict[str, Any] = {k: summary[k] for k in ("error_rate", "per_class_error") if k in summary}
+    if spec.folds >= 2:
+        result["suspects_note"] = "the cleaner's out-of-fold suspects are for images; texts: not yet"
+    return result | {"timings": timer.as_dict()}
+
+
 def _finish(
     spec: TrainSpec,
     ctx: JobContext,

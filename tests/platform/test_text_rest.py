@@ -6,14 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from core.datasets.text_samples import NEGATIVE, POSITIVE, write_reviews
 from tests.platform.stack import Stack
 
 TINY = {"emb_sz": 48, "n_hid": 96, "n_layers": 2}
 
 
-def test_language_model_then_classifier_over_rest(stack: Stack, tmp_path: Path) -> None:
+def test_language_model_then_classifier_over_rest(stack: Stack, tmp_path: Path, fashion_zip: Path) -> None:
     a = stack.a
+    images = a.upload("not-texts", fashion_zip).json()
+    refused = a.post("/jobs", json={"kind": "language_model", "dataset_id": images["id"]})
+    assert refused.status_code == 422 and "labels=text_csv" in refused.json()["detail"], refused.text
     csv = write_reviews(tmp_path / "reviews", n_labelled=160, n_unlabelled=2000, seed=2)
     res = a.upload("reviews", csv, labels="text_csv", valid_col="is_valid")
     assert res.status_code == 201, res.text
@@ -23,7 +28,6 @@ def test_language_model_then_classifier_over_rest(stack: Stack, tmp_path: Path) 
 
     # A kind that takes no texts, an image architecture, ImageNet weights: each a 422 that says what to do.
     for body, field in (
-        ({"kind": "interpret"}, "kind"),
         ({"kind": "language_model", "arch": "resnet18"}, "arch"),
         ({"kind": "language_model", "pretrained": "imagenet"}, "pretrained"),
     ):
@@ -59,6 +63,12 @@ def test_language_model_then_classifier_over_rest(stack: Stack, tmp_path: Path) 
     print(f"text classifier on the LM's encoder: accuracy {stage2['result']['accuracy']:.3f} on unseen adjectives")
     assert stage2["result"]["accuracy"] >= 0.8
     assert stage2["result"]["decision"]["action"] in ("promoted", "rejected")  # the gate judged it against stage 1
+
+    interpreted = a.wait(a.submit(kind="interpret", dataset_id=ds["id"], parent_job_id=stage2["id"], folds=0)["id"])
+    assert interpreted["state"] == "succeeded", interpreted["error"]
+    interpretation = a.get(f"/jobs/{interpreted['id']}/artifacts/interpretation.json").json()
+    assert len(interpretation["confusion_matrix"]) == 2 and interpretation["top_losses"][0]["text"]
+    assert interpreted["result"]["error_rate"] == pytest.approx(1 - stage2["result"]["accuracy"], abs=0.02)
 
     model = stage2["model_id"]
     texts = [f"To me the plot was {POSITIVE[6]} twice.", f"To me the plot was {NEGATIVE[6]} twice."]

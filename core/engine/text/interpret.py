@@ -19,7 +19,11 @@ def interpret_classifier(learn: Learner, items: TextItems, valid_idx: list[int])
     preds, targs = learn.get_preds()
     loader = learn.dls.valid
     order = [int(i) for b in cast(SortedLoader, loader).batches() for i in b]
-    keys = [valid_idx[i] for i in order]
+    return interpret_outputs(preds, targs, items, [valid_idx[i] for i in order])
+
+
+def interpret_outputs(preds: torch.Tensor, targs: torch.Tensor, items: TextItems, keys: list[int]) -> dict[str, Any]:
+    """The summary from a classifier's outputs (logits) and targets on the items `keys`, in that order."""
     classes = items.classes
     summary: dict[str, Any] = {"classes": classes, "n_valid": len(keys)}
     if items.multi_label:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from core.engine.items import TextItems
 from core.jobs.context import JobContext
 from core.jobs.kinds.base import JobKind
 from core.jobs.spec import TrainSpec
@@ -34,10 +35,19 @@ def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
     return result | ({"suspects": len(found), "folds": spec.folds} if found else {}) | {"timings": timer.as_dict()}
 
 
+def run_text(spec: TrainSpec, ctx: JobContext, items: TextItems) -> dict[str, Any]:
+    """On texts: the parent classifier's interpretation of the labelled validation texts (the cleaner's folds do not
+    judge texts yet: the result says so when folds were asked for)."""
+    from core.jobs.text_training import interpret_bundle
+
+    return interpret_bundle(spec, ctx, items)
+
+
 KIND = JobKind(
     name="interpret",
     summary="interpretation of the parent's model, and the cleaner's suspects (folds >= 2)",
     run=run,
+    text=run_text,
     makes_model=False,
     lr=None,
     parent="a job that produced a model",
