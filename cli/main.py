@@ -274,10 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
             "fashion-mosaics",
             "silhouette-points",
             "silhouette-masks",
+            "reviews",
         ],
         help="fashion-mosaics: multi-label 2x2 mosaics, labels.csv with a space-delimited 'tags' column; "
         "silhouette-points: keypoints (centroid, top) of silhouettes on textures, points.csv; "
-        "silhouette-masks: segmentation, images/ + masks/ + codes.txt (void, brick, grass, gravel, animal)",
+        "silhouette-masks: segmentation, images/ + masks/ + codes.txt (void, brick, grass, gravel, animal); "
+        "reviews: texts.csv of short reviews (text, label pos/neg or empty: unlabelled, is_valid), made here",
     )
     sample.add_argument("dest")
     sample.add_argument("--per-class", type=int, default=100)
@@ -378,7 +380,11 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     """fitcycle sample-data."""
     from core.datasets.samples import write_mosaics, write_sample, write_silhouette_masks, write_silhouette_points
 
-    if args.name == "fashion-mosaics":
+    if args.name == "reviews":
+        from core.datasets.text_samples import write_reviews
+
+        dest = write_reviews(args.dest, n_labelled=args.per_class * 4, n_unlabelled=args.per_class * 40).parent
+    elif args.name == "fashion-mosaics":
         dest = write_mosaics(args.dest, count=args.per_class * 4)
     elif args.name == "silhouette-points":
         dest = write_silhouette_points(args.dest, count=args.per_class * 3)

@@ -24,7 +24,7 @@ from core.db import domain, repos
 from core.db.session import session_scope
 from core.engine.errors import DataError
 from core.engine.labelling import Rejected
-from core.engine.rules import LabelRule
+from core.engine.rules import TEXT_RULES, LabelRule
 from core.engine.splits import lopsided_classes
 from core.storage.layout import dataset_version_prefix
 
@@ -163,13 +163,21 @@ def labels(state: AppState, project: domain.Project, dataset_id: str, version: i
     return LabelsPublic.of(_version(state, project, dataset_id, version))
 
 
+MAX_ITEM_TEXT = 2000  # a text item's characters in a listing (a page of 1,000 stays a few MB)
+
+
 def items(
     state: AppState, project: domain.Project, dataset_id: str, version: int | None, offset: int, limit: int
 ) -> ItemsPublic:
+    """A page of the version's items as its manifest holds them (a text: its first MAX_ITEM_TEXT characters)."""
     v = _version(state, project, dataset_id, version)
     manifest: dict[str, Any] = json.loads(state.store.get_bytes(f"{v.prefix}/manifest.json"))
     rows = manifest["items"]
-    return ItemsPublic(data=[ItemPublic(**r) for r in rows[offset : offset + limit]], count=len(rows))
+    data = [
+        ItemPublic(**(r | {"text": r["text"][:MAX_ITEM_TEXT]} if "text" in r else r))
+        for r in rows[offset : offset + limit]
+    ]
+    return ItemsPublic(data=data, count=len(rows), n_unlabelled=manifest.get("n_unlabelled"))
 
 
 def show_batch(
@@ -184,6 +192,13 @@ def show_batch(
     """show_batch_png, each picture made once per process (by its version and parameters) and paid for from the
     project's CPU budget for renders (429 with Retry-After when it is spent)."""
     chosen = _version(state, project, dataset_id, version)
+    if chosen.labels.get("kind") in TEXT_RULES:
+        raise Problem(
+            422,
+            "No picture",
+            f"dataset '{dataset_id}' holds texts (labels={chosen.labels['kind']}): show_batch draws images; "
+            f"read its texts with GET /api/v1/datasets/{dataset_id}/items",
+        )
 
     def render() -> bytes:
         with state.render_budget.spend(project.id):

@@ -16,6 +16,7 @@ from fastapi.templating import Jinja2Templates
 
 from api.errors import Problem
 from api.guard import SESSION_COOKIE
+from api.schemas import MAX_TEXT_CHARS, DatasetPublic, ModelPublic, RegistryEntry
 from api.services import datasets as datasets_service
 from api.services import feedback as feedback_service
 from api.services import jobs as jobs_service
@@ -38,6 +39,8 @@ from api.ui.session import (
     sign_out_everywhere,
 )
 from core.db import domain
+from core.engine.rules import TEXT_RULES
+from core.engine.text.manifest import LANGUAGE_MODEL, TEXT_TASKS
 from core.jobs.kinds import KINDS, get_kind
 from core.jobs.spec import DEFAULT_ARCH, JobSettings
 
@@ -78,6 +81,20 @@ def item_url(request: Request, dataset_id: str, version: int) -> Callable[[str],
         return f"{path}?version={version}"
 
     return url
+
+
+def holds_texts(dataset: DatasetPublic) -> bool:
+    """Whether a dataset's items are texts (its labelling rule made texts, not images)."""
+    return dataset.labels.get("kind") in TEXT_RULES
+
+
+def answer_mode(model: ModelPublic | None) -> str:
+    """How the UI asks a model: 'image' (an image model), 'text' (a text classifier) or 'generate' (a language
+    model), from the task its job recorded."""
+    task = model.metrics.get("task") if model else None
+    if task == LANGUAGE_MODEL:
+        return "generate"
+    return "text" if task in TEXT_TASKS else "image"
 
 
 # ----- signing in and out ------------------------------------------------------------------------------
@@ -194,6 +211,9 @@ def dataset_page(
         versions=versions,
         diffs=diffs,
         image_url=item_url(request, dataset_id, dataset.version),
+        is_text=holds_texts(dataset),
+        n_unlabelled=items.n_unlabelled,
+        per_page=ITEMS_PER_PAGE,
     )
 
 
@@ -217,6 +237,8 @@ def jobs_page(request: Request, caller: PageCaller, page: Annotated[int, Query(g
         kinds=list(KINDS.values()),
         parents=[j for j in found.data if j.model_id],
         defaults=JobSettings().model_dump() | {"arch": DEFAULT_ARCH},
+        texts={d.id for d in datasets if holds_texts(d)},
+        modes={m.id: answer_mode(m) for m in models},
     )
 
 
@@ -239,6 +261,8 @@ def job_page(request: Request, caller: PageCaller, job_id: str) -> Response:
     artifacts = jobs_service.artifacts(state, project, job_id, artifact_url(request, job_id))
     kind = get_kind(job.kind)
     lr_find = _artifact_json(state, project, job_id, "lr_find.json") if kind.page == "sweep" else None
+    names = {a.name for a in artifacts.data}
+    samples = _artifact_json(state, project, job_id, "samples.json") if "samples.json" in names else None
     version = datasets_service.version_by_id(state, project, job.dataset_version_id)
     return render(
         request,
@@ -250,6 +274,8 @@ def job_page(request: Request, caller: PageCaller, job_id: str) -> Response:
         epochs=metrics.epochs,
         artifacts=artifacts.data,
         lr_find=lr_find,
+        samples=samples,
+        interpreted="interpretation.json" in names,
         dataset_id=version.dataset_id,
         plots=[a for a in artifacts.data if a.name.endswith(".png")],
         cleaner_cards=CLEANER_CARDS,
@@ -335,7 +361,16 @@ def playground_page(
         chosen_model=model,
         chosen_name=name,
         feedback_count=feedback,
+        modes=_modes(models, names),
+        max_text_chars=MAX_TEXT_CHARS,
     )
+
+
+def _modes(models: list[ModelPublic], names: list[RegistryEntry]) -> dict[str, str]:
+    """How the playground asks each of its choices ('model:ID', 'name:NAME': the name's champion)."""
+    by_id = {m.id: m for m in models}
+    modes = {f"model:{m.id}": answer_mode(m) for m in models}
+    return modes | {f"name:{n.name}": answer_mode(by_id.get(n.champion_id or "")) for n in names}
 
 
 @router.get("/predictions")

@@ -162,7 +162,7 @@ if (upload) {
   upload.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const data = new FormData();
-    for (const name of ["name", "labels", "csv", "pattern"]) {
+    for (const name of ["name", "labels", "csv", "pattern", "text_col"]) {
       const v = upload.elements[name].value.trim();
       if (v) data.append(name, v);
     }
@@ -200,20 +200,32 @@ if (upload) {
 // Queue a job from the form.
 const jobForm = document.querySelector("[data-job-form]");
 if (jobForm) {
-  // The kind decides which fields the job uses (core/jobs/kinds): the others are hidden and not sent.
+  // The kind decides which fields the job uses (core/jobs/kinds), and the dataset's data (images or texts) which
+  // of them apply: the others are hidden and not sent. Kinds that do not learn from the dataset's data are disabled.
   const kindSelect = jobForm.querySelector("[data-kind-select]");
+  const datasetSelect = jobForm.querySelector("[data-dataset-select]");
+  const firstEnabled = (select) => {
+    if (select.selectedOptions[0] && !select.selectedOptions[0].disabled) return;
+    const usable = [...select.options].find((o) => !o.disabled);
+    if (usable) usable.selected = true;
+  };
   const showKind = () => {
+    const data = datasetSelect.selectedOptions[0]?.dataset.data || "images";
+    for (const option of kindSelect.options) option.disabled = !option.dataset.data.split(" ").includes(data);
+    firstEnabled(kindSelect);
     const option = kindSelect.selectedOptions[0];
     const fields = new Set(option.dataset.fields.split(" ").filter(Boolean));
     jobForm.querySelector("[data-kind-help]").textContent = option.dataset.summary;
-    jobForm.querySelector("#lr").placeholder = `default: ${option.dataset.lr}`;
-    for (const el of jobForm.querySelectorAll("[data-kind-field]")) {
-      const used = fields.has(el.dataset.kindField);
+    jobForm.querySelector("#lr").placeholder = `default: ${data === "text" ? option.dataset.textLr : option.dataset.lr}`;
+    for (const el of jobForm.querySelectorAll("[data-kind-field], [data-for]")) {
+      const used = (!el.dataset.kindField || fields.has(el.dataset.kindField)) && (!el.dataset.for || el.dataset.for === data);
       el.hidden = !used;
       if ("disabled" in el && el.tagName !== "LABEL") el.disabled = !used;
     }
+    for (const select of jobForm.querySelectorAll("select")) firstEnabled(select);
   };
   kindSelect.addEventListener("change", showKind);
+  datasetSelect.addEventListener("change", showKind);
   showKind();
   jobForm.addEventListener("submit", async (ev) => {
     ev.preventDefault();

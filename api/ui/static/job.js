@@ -63,9 +63,16 @@
     const names = Object.keys(e.metrics || {});
     if (!charts.metric && names.length) {
       metricNames.push(...names);
+      // A metric that is not a rate (a perplexity, an error in pixels) gets its own axis, on the right, so that the
+      // rates between 0 and 1 stay readable beside it.
+      const wide = (n) => Math.abs(Number(e.metrics[n])) > 1.5;
+      const axes = [{ incrs: [1, 2, 5, 10, 20, 50, 100] }, { scale: "y" }];
+      if (names.some(wide) && !names.every(wide)) axes.push({ scale: "wide", side: 1, grid: { show: false } });
+      const own = axes.length > 2;
       charts.metric = chart(metricEl, names.map((n, i) => ({
         label: n, stroke: ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"][i % 4], points: { show: true, size: 6 },
-      })), { xLabel: "epoch", uplot: { axes: [{ incrs: [1, 2, 5, 10, 20, 50, 100] }, {}] } });
+        scale: own && wide(n) ? "wide" : "y",
+      })), { xLabel: "epoch", uplot: { axes } });
     }
     if (charts.metric) {
       charts.metric.data[0].push(charts.metric.data[0].length + 1);

@@ -1,10 +1,13 @@
-// The playground: an image (dropped, chosen or by URL) to a model or a name's champion; the answer drawn on
-// the image; a correction posted as feedback on the logged prediction.
+// The playground: an image (dropped, chosen or by URL) to a model or a name's champion, the answer drawn on the
+// image; a text to a text classifier, its words coloured by their weight; a prompt to a language model, the text
+// it writes. A correction is posted as feedback on the logged prediction. The page says how each choice is asked
+// (data-mode: image, text or generate).
 "use strict";
 
 (() => {
   const form = document.querySelector("[data-playground]");
   if (!form) return;
+  const answerBox = document.getElementById("answer");
   const canvas = document.getElementById("answer-canvas");
   const bars = document.getElementById("bars");
   const legend = document.getElementById("legend");
@@ -12,6 +15,85 @@
   const help = document.getElementById("correct-help");
   let last = null; // {answer, kind}
   let clicked = []; // points placed on the image for a points correction
+
+  // ----- what the chosen model is asked with --------------------------------------------------------------
+  const MODE_HELP = {
+    image: "An image model: drop an image, choose one, or give its URL.",
+    text: "A text classifier: type a text; its answer colours each word by how much it counted.",
+    generate: "A language model: give the start of a text; it writes what follows.",
+  };
+  const modeOf = () => form.elements.target.selectedOptions[0]?.dataset.mode || "image";
+  function showMode() {
+    const mode = modeOf();
+    for (const part of form.querySelectorAll("[data-mode-for]")) {
+      part.hidden = part.dataset.modeFor !== mode;
+      part.disabled = part.hidden;
+    }
+    form.querySelector("[data-mode-help]").textContent = MODE_HELP[mode];
+    form.querySelector('button[type="submit"]').textContent = mode === "generate" ? "Generate" : "Predict";
+  }
+  form.elements.target.addEventListener("change", showMode);
+  showMode();
+
+  function showAnswerParts(mode) {
+    answerBox.hidden = false;
+    for (const part of answerBox.querySelectorAll("[data-answer-for]")) {
+      part.hidden = !part.dataset.answerFor.split(" ").includes(mode);
+    }
+  }
+
+  function showBars(answer) {
+    bars.replaceChildren();
+    for (const [label, p] of (answer.predictions || []).slice(0, 5)) {
+      const li = document.createElement("li");
+      li.innerHTML = `<span class="bar-label"></span><meter min="0" max="1"></meter><span class="bar-value"></span>`;
+      li.querySelector(".bar-label").textContent = label;
+      li.querySelector("meter").value = p;
+      li.querySelector(".bar-value").textContent = p.toFixed(3);
+      if (answer.labels && answer.labels.includes(label)) li.classList.add("chosen");
+      bars.append(li);
+    }
+  }
+
+  // Each token in its own span, its weight (0 to 1) as the strength of its background; the text is the user's, so
+  // it only ever goes in as textContent. fastai's special tokens (xxbos, xxmaj, ...) are shown small.
+  function showWords(words) {
+    const box = document.getElementById("word-weights");
+    box.replaceChildren();
+    for (const [token, weight] of words || []) {
+      const span = document.createElement("span");
+      span.textContent = token;
+      span.dataset.weight = String(weight);
+      span.title = `weight ${Number(weight).toFixed(2)}`;
+      span.style.setProperty("--w", String(Math.max(0, Math.min(1, Number(weight)))));
+      if (/^xx[a-z]+$/.test(token)) span.className = "special";
+      box.append(span, " ");
+    }
+    const top = [...(words || [])].filter(([t]) => !/^xx[a-z]+$/.test(t)).sort((a, b) => b[1] - a[1]).slice(0, 5);
+    document.getElementById("weighed").textContent = top.length
+      ? `Weighed most: ${top.map(([t, w]) => `${t} (${Number(w).toFixed(2)})`).join(", ")}`
+      : "";
+  }
+
+  function showText(answer) {
+    last = { answer, kind: kindOf(answer) };
+    showAnswerParts("text");
+    showBars(answer);
+    showWords(answer.words);
+    document.getElementById("answer-text").textContent = JSON.stringify(answer, null, 1);
+    offerCorrection(answer);
+  }
+
+  function showGenerated(answer, prompt) {
+    last = null; // a written text takes no correction
+    showAnswerParts("generate");
+    const box = document.getElementById("generated");
+    const start = document.createElement("strong");
+    const written = answer.text.startsWith(prompt) ? answer.text.slice(prompt.length) : answer.text;
+    start.textContent = answer.text.startsWith(prompt) ? prompt : "";
+    box.replaceChildren(start, document.createTextNode(written));
+    document.getElementById("answer-text").textContent = JSON.stringify(answer, null, 1);
+  }
 
   function kindOf(a) {
     if (a.mask) return "mask";
@@ -31,7 +113,7 @@
   async function show(answer, file) {
     last = { answer, kind: kindOf(answer) };
     clicked = [];
-    document.getElementById("answer").hidden = false;
+    showAnswerParts("image");
     const img = await imageFor(answer, file).catch(() => null);
     const ctx = canvas.getContext("2d");
     if (img) {
@@ -39,17 +121,8 @@
       canvas.height = img.naturalHeight;
       ctx.drawImage(img, 0, 0);
     }
-    bars.replaceChildren();
+    showBars(answer);
     legend.replaceChildren();
-    for (const [label, p] of (answer.predictions || []).slice(0, 5)) {
-      const li = document.createElement("li");
-      li.innerHTML = `<span class="bar-label"></span><meter min="0" max="1"></meter><span class="bar-value"></span>`;
-      li.querySelector(".bar-label").textContent = label;
-      li.querySelector("meter").value = p;
-      li.querySelector(".bar-value").textContent = p.toFixed(3);
-      if (answer.labels && answer.labels.includes(label)) li.classList.add("chosen");
-      bars.append(li);
-    }
     if (answer.points && img) fc.drawPoints(ctx, answer.points, Math.max(2, img.naturalWidth / 50));
     if (answer.mask && img) {
       const mask = new Image();
@@ -67,6 +140,10 @@
     const shown = { ...answer };
     delete shown.mask;
     document.getElementById("answer-text").textContent = JSON.stringify(shown, null, 1);
+    offerCorrection(answer);
+  }
+
+  function offerCorrection(answer) {
     const hints = {
       label: "Type the right class (a new one is allowed).",
       labels: "Type the right classes, comma-separated.",
@@ -90,9 +167,33 @@
     fc.drawPoints(canvas.getContext("2d"), [clicked[clicked.length - 1]], Math.max(2, canvas.width / 50));
   });
 
+  // The model a choice names: itself, or the name's champion.
+  async function modelOf(kind, id) {
+    return kind === "name" ? (await fc.api("GET", `/registry/${encodeURIComponent(id)}`)).champion_id : id;
+  }
+
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const [kind, id] = form.elements.target.value.split(/:(.*)/s);
+    const mode = modeOf();
+    if (mode === "text") {
+      const text = form.elements.text.value.trim();
+      if (!text) { fc.say("Type a text to classify.", "error"); return; }
+      const answer = await fc.act("Predict", async () =>
+        (await fc.api("POST", `/models/${await modelOf(kind, id)}/predict-text`, { texts: [text], explain: true })).results[0]);
+      if (answer) showText(answer);
+      return;
+    }
+    if (mode === "generate") {
+      const prompt = form.elements.prompt.value.trim();
+      if (!prompt) { fc.say("Give the start of a text (the prompt).", "error"); return; }
+      const body = { prompt, words: parseInt(form.elements.words.value, 10) || 40 };
+      const temperature = parseFloat(form.elements.temperature.value);
+      if (!Number.isNaN(temperature)) body.temperature = temperature;
+      const answer = await fc.act("Generate", async () => fc.api("POST", `/models/${await modelOf(kind, id)}/generate`, body));
+      if (answer) showGenerated(answer, prompt);
+      return;
+    }
     const file = form.elements.file.files[0];
     const url = form.elements.url.value.trim();
     if (!file && !url) { fc.say("Choose or drop an image, or give a URL.", "error"); return; }
@@ -103,8 +204,7 @@
         const base = kind === "name" ? `/registry/${encodeURIComponent(id)}` : `/models/${id}`;
         return fc.api("POST", `${base}/predict`, data);
       }
-      const model = kind === "name" ? (await fc.api("GET", `/registry/${encodeURIComponent(id)}`)).champion_id : id;
-      return fc.api("POST", `/models/${model}/predict-url`, { url });
+      return fc.api("POST", `/models/${await modelOf(kind, id)}/predict-url`, { url });
     });
     if (answer) await show(answer, file);
   });

@@ -115,7 +115,9 @@ class WeightDropout(nn.Module):
     def _set_weights(self) -> None:
         for layer in self.layer_names:
             raw = getattr(self, f"{layer}_raw")
-            w = F.dropout(raw, p=self.weight_p, training=self.training) if self.training else raw.clone()
+            # A view, not the Parameter itself (the LSTM would register it) nor a copy (fastai clones on every call).
+            dropping = self.training and self.weight_p > 0
+            w = F.dropout(raw, p=self.weight_p, training=True) if dropping else raw.view_as(raw)
             setattr(self.module, layer, w)
 
     def forward(self, x: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor]) -> Any:
