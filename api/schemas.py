@@ -22,6 +22,7 @@ from pydantic import (
     WithJsonSchema,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from core.db.domain import BatchMetric, EpochMetric
@@ -306,6 +307,7 @@ PredictResponse = PredictAnswer | BatchPredictions  # what POST .../predict answ
 
 
 MAX_TEXTS_PER_CALL = 64
+MAX_EXPLAINED_TEXTS = 8
 MAX_TEXT_CHARS = 100_000
 
 
@@ -317,7 +319,17 @@ class PredictTexts(BaseModel):
     texts: list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]] = Field(
         min_length=1, max_length=MAX_TEXTS_PER_CALL, description=f"1 to {MAX_TEXTS_PER_CALL} texts"
     )
-    explain: StrictBool = Field(False, description="also each token's weight in the answer (intrinsic attention)")
+    explain: StrictBool = Field(
+        False,
+        description=f"also each token's weight in the answer (intrinsic attention: a backward pass per text, so at "
+        f"most {MAX_EXPLAINED_TEXTS} texts a call)",
+    )
+
+    @model_validator(mode="after")
+    def _explain_few(self) -> Self:
+        if self.explain and len(self.texts) > MAX_EXPLAINED_TEXTS:
+            raise ValueError(f"explain weighs the words of at most {MAX_EXPLAINED_TEXTS} texts a call; send fewer")
+        return self
 
 
 class TextAnswer(BaseModel):

@@ -83,6 +83,8 @@ def test_language_model_then_classifier_over_rest(stack: Stack, tmp_path: Path, 
     assert image.status_code == 422 and "predict-text" in image.json()["detail"]
     too_many = a.post(f"/models/{model}/predict-text", json={"texts": ["a"] * 65})
     assert too_many.status_code == 422
+    heavy = a.post(f"/models/{model}/predict-text", json={"texts": ["a"] * 9, "explain": True})
+    assert heavy.status_code == 422 and "at most 8" in heavy.text
 
     # The feedback loop for text: corrections (one says the answer was right), a version with them, a retrain.
     wrong, right = results
