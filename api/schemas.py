@@ -659,6 +659,11 @@ class VersionCreate(BaseModel):
         default_factory=list, max_length=MAX_EDITS_PER_CALL, description="each item at most once"
     )
     note: str = Field("", max_length=2000)
+    add_served_texts: StrictBool = Field(
+        False,
+        description="texts: every text this dataset's models answered (kept inputs) not yet in it, unlabelled, for "
+        f"the next language model (at most {MAX_EDITS_PER_CALL:,} a cut, newest first)",
+    )
 
 
 class VersionDiff(BaseModel):

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from api.errors import Problem
-from api.schemas import DatasetPublic, DatasetsPublic, VersionCreate, VersionDiff
+from api.schemas import MAX_EDITS_PER_CALL, DatasetPublic, DatasetsPublic, VersionCreate, VersionDiff
 from api.services import page
 from api.services.datasets import check_quota, find_version, version_public
 from api.services.feedback import check_known_classes, correction_of
@@ -100,6 +100,30 @@ def _feedback_items(
     return items, used, skipped
 
 
+def _served_texts(
+    state: AppState, project: domain.Project, dataset: domain.Dataset, manifest: dict[str, Any], task_name: str
+) -> list[NewItem]:
+    """The texts this dataset's models answered, kept as inputs and not yet in the version (under their own key or
+    as feedback), as unlabelled items: what the next language model learns from [the course: the language model
+    reads every text there is]."""
+    if task_name not in TEXT_TASKS:
+        raise Problem(422, "Invalid version", "add_served_texts: only a dataset of texts takes served texts")
+    have = {r["key"].rsplit("/", 1)[-1].split(".", 1)[0] for r in manifest["items"]}  # prediction ids already in
+    with session_scope(state.sessions) as s:
+        versions = {v.id for v in repos.dataset_versions(s, dataset.id)}
+        models = {m.id for m in repos.list_models(s, project.id) if m.dataset_version_id in versions}
+        found: list[domain.PredictionRecord] = []
+        for model_id in models:
+            found += repos.list_predictions(s, project.id, None, model_id, "newest", MAX_EDITS_PER_CALL, False)
+    unlabelled = Correction({"label": ""})  # a text with no label: the language model's, not the classifier's
+    items = [
+        NewItem(f"served/{p.id}.txt", p.input_key, unlabelled, p.id)
+        for p in sorted(found, key=lambda p: p.created_at, reverse=True)
+        if p.input_key and p.input_key.endswith(".txt") and p.source == "text" and p.id not in have
+    ]
+    return items[:MAX_EDITS_PER_CALL]
+
+
 def _refuse_repeats(body: VersionCreate) -> None:
     """422 for an item relabelled twice, removed twice, or both: each edit costs a read of its item, so a small
     body naming one big item thousands of times must not make the API read it thousands of times."""
@@ -142,11 +166,13 @@ def cut(state: AppState, project: domain.Project, dataset_id: str, body: Version
         if body.add_feedback is None
         else _feedback_items(state, project, dataset, manifest, body.add_feedback)
     )
+    if body.add_served_texts:
+        add += _served_texts(state, project, dataset, manifest, task_name)
     if not (add or relabels or body.remove):
         raise Problem(
             422,
             "Invalid version",
-            "nothing to change: give add_feedback, relabel or remove"
+            "nothing to change: give add_feedback, relabel, remove or (texts) add_served_texts"
             + (f" ({len(skipped)} feedback left out: {skipped[0]})" if skipped else ""),
         )
     edits = Edits(remove=list(body.remove), relabel=relabels, add=add, note=body.note)

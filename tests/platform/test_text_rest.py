@@ -100,6 +100,19 @@ def test_language_model_then_classifier_over_rest(stack: Stack, tmp_path: Path, 
     page = a.get(f"/datasets/{ds['id']}/items", params={"limit": 500, "offset": 2000}).json()
     added = {i["key"]: i for i in page["data"]}[f"feedback/{wrong['prediction_id']}.txt"]
     assert added["label"] == "neg" and added["text"] == texts[0]
+    # Texts the models answered feed the next language model: a cut adds them unlabelled (not those corrected).
+    served = [f"My friend said the music was {POSITIVE[8]} twice.", "To me the cast was fine in the end."]
+    assert a.post(f"/models/{model}/predict-text", json={"texts": served}).status_code == 200
+    grown = a.post(f"/datasets/{ds['id']}/versions", json={"add_served_texts": True})
+    assert grown.status_code == 201, grown.text
+    assert grown.json()["changes"]["added"] == 2 and grown.json()["n_items"] == version["n_items"] + 2
+    again = a.post(f"/datasets/{ds['id']}/versions", json={"add_served_texts": True})
+    assert again.status_code == 422 and "nothing to change" in again.json()["detail"]
+    page = a.get(f"/datasets/{ds['id']}/items", params={"limit": 500, "offset": 2000}).json()
+    assert page["n_unlabelled"] == 2002 and {i["text"] for i in page["data"] if i["key"].startswith("served/")} == set(
+        served
+    )
+
     retrain = a.wait(a.submit(kind="retrain", dataset_id=ds["id"], epochs=1)["id"], timeout=600)
     assert retrain["state"] == "succeeded", retrain["error"]
     assert retrain["result"]["encoder"] == "classifier" and "decision" in retrain["result"]
