@@ -29,7 +29,7 @@ from core.engine.text.data import LMLoader, SortedLoader, TextDataConfig, TextDa
 from core.engine.text.tokenizer import BOS, EOS, UNK, Vocab
 
 MAX_TOKENS = 72 * 20  # the classifier reads at most a text's last 1,440 tokens (fastai's max_len)
-CLASSIFIER_MOMS = (0.8, 0.7, 0.8)  # the course's moms for text
+TEXT_MOMS = (0.8, 0.7, 0.8)  # fastai's TextLearner: its language models and classifiers alike
 
 
 class RNNReset(Callback):
@@ -142,16 +142,24 @@ def lm_learner(
     device: torch.device,
     cbs: Sequence[Callback] = (),
 ) -> Learner:
-    """A language model on these token streams [fastai: language_model_learner], wd 0.01, moms (0.95, 0.85, 0.95)."""
+    """A language model on these token streams [fastai: language_model_learner], wd 0.01, moms (0.8, 0.7, 0.8). The
+    weights start from torch's generator seeded with the data's seed, as an image learner's do."""
     dls = TextDataLoaders(
         LMLoader(train, data.bs, data.seq_len, True, data.seed, device),
         LMLoader(valid, data.bs, data.seq_len, False, data.seed, device),
         device,
         data,
     )
+    torch.manual_seed(data.seed)
     model = LanguageModel(len(vocab), config)
     learn = Learner(
-        cast(Any, dls), model, flat_cross_entropy, [], None, cbs=[RNNReset(), RNNRegularizer(), LMMetrics(), *cbs]
+        cast(Any, dls),
+        model,
+        flat_cross_entropy,
+        [],
+        None,
+        moms=TEXT_MOMS,
+        cbs=[RNNReset(), RNNRegularizer(), LMMetrics(), *cbs],
     )
     learn.groups = [list(g) for g in lm_groups(model)]
     return learn
@@ -177,10 +185,11 @@ def classifier_learner(
         device,
         data,
     )
+    torch.manual_seed(data.seed)
     model = TextClassifier(len(vocab), n_out, config, bptt=data.seq_len)
     loss: nn.Module = nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
     learn = Learner(
-        cast(Any, dls), model, loss, metrics, None, moms=CLASSIFIER_MOMS, cbs=[RNNReset(), RNNRegularizer(), *cbs]
+        cast(Any, dls), model, loss, metrics, None, moms=TEXT_MOMS, cbs=[RNNReset(), RNNRegularizer(), *cbs]
     )
     learn.groups = [list(g) for g in classifier_groups(model)]
     return learn
