@@ -21,7 +21,7 @@ from core.jobs.kind_names import KIND_NAMES
 
 # Named here, not imported from core.engine.rules (which imports PIL, numpy and torch): the client verbs only
 # speak HTTP, and start in a fraction of the time. tests/jobs/test_job_timings.py keeps the two equal.
-RULE_KINDS: tuple[str, ...] = ("folder", "csv", "name_re", "points", "values", "masks")
+RULE_KINDS: tuple[str, ...] = ("folder", "csv", "name_re", "points", "values", "masks", "text_csv", "text_folder")
 
 
 def add_remote_verbs(verbs: Any) -> None:

@@ -247,7 +247,7 @@ def create(state: AppState, project: domain.Project, body: JobCreate, by_admin: 
         )
         fields["name"] = body.name or dataset.name + kind.name_suffix
         is_text = version.labels.get("kind") in TEXT_RULES
-        data_problem = kind.data_problem(is_text)
+        data_problem = kind.data_problem(is_text, body.gpus, body.compile)
         if data_problem is not None:
             raise Problem(422, "Invalid job", f"kind: {data_problem}", field="kind")
         if is_text:

@@ -30,6 +30,7 @@ def test_language_model_then_classifier_over_rest(stack: Stack, tmp_path: Path, 
     for body, field in (
         ({"kind": "language_model", "arch": "resnet18"}, "arch"),
         ({"kind": "language_model", "pretrained": "imagenet"}, "pretrained"),
+        ({"kind": "language_model", "gpus": 2, "bs": 64}, "kind"),
     ):
         refused = a.post("/jobs", json={"dataset_id": ds["id"], **body})
         assert refused.status_code == 422 and refused.json()["detail"].startswith(f"{field}:"), refused.text

@@ -64,8 +64,10 @@ class JobKind:
     valid_pct: float | None = None  # its default validation share, when another than every job's
     name_suffix: str = ""  # its models join the registry as the dataset's name + this (a language model: "-lm")
 
-    def data_problem(self, is_text: bool) -> str | None:
-        """Why this kind cannot run on this dataset's data (texts or images), or None."""
+    def data_problem(self, is_text: bool, gpus: int = 1, compile: bool = False) -> str | None:
+        """Why this kind cannot run on this dataset's data (texts or images) with these settings, or None."""
+        if is_text and (gpus > 1 or compile):
+            return "a job on texts trains on one device, uncompiled: leave gpus at 1 and compile off"
         if is_text and self.text is None:
             return f"a {self.name} job does not take a dataset of texts yet"
         if not is_text and not self.images:
@@ -103,7 +105,7 @@ class JobKind:
     def check(self, spec: TrainSpec) -> TrainSpec:
         """`spec` with this kind's default lr filled in; ValueError naming each problem when it cannot run."""
         found = self.problems(spec, from_model=bool(spec.init_bundle))
-        data = self.data_problem(spec.is_text)
+        data = self.data_problem(spec.is_text, spec.gpus, spec.compile)
         if data is not None:
             found.append(("kind", data))
         if found:
