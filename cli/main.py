@@ -22,7 +22,7 @@ DEFAULT_ARCH = "efficientnet_lite0"
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="folder holding the images")
+    p.add_argument("data", help="folder holding the images (texts: the folder, or its CSV of texts)")
     rule = p.add_mutually_exclusive_group()
     rule.add_argument("--from-folder", action="store_true", help="label = parent folder name (the default)")
     rule.add_argument("--from-csv", metavar="FILE", help="CSV with a header: file name and label columns")
@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text", action="append", default=None, help="a text for a text classifier (repeatable)")
     predict.add_argument("--generate", metavar="PROMPT", default=None, help="a language model writes after PROMPT")
     predict.add_argument("--words", type=int, default=40, help="--generate: tokens to write (default 40)")
+    predict.add_argument("--seed", type=int, default=None, help="--generate: the same seed writes the same text")
     predict.add_argument("--json", action="store_true", help="one JSON line per image")
     predict.add_argument(
         "--mask-dir", default="predicted-masks", help="segmentation: where to write each image's mask PNG"
@@ -369,7 +370,7 @@ def _predict_text(args: argparse.Namespace) -> int:
 
     predictor = TextPredictor(args.bundle)
     if args.generate:
-        print(predictor.generate(args.generate, args.words))
+        print(predictor.generate(args.generate, args.words, seed=args.seed))
         return 0
     for text, p in zip(args.text, predictor.predict_texts(args.text), strict=True):
         print(json.dumps({"text": text[:80], **p.answer()}) if args.json else f"{p.text()}  <- {text[:80]}")

@@ -72,7 +72,10 @@ def from_text_csv(
     columns = [str(c) for c in (reader.fieldnames or [])]
     text_col, label_col = text_col or "text", label_col or ("label" if label_col is None else label_col)
     if text_col not in columns:
-        raise DataError(f"text_col: '{shown}' has no column '{text_col}' (it has {', '.join(columns[:10]) or 'none'})")
+        raise DataError(
+            f"text_col: '{shown}' has no column '{text_col}' (it has {', '.join(columns[:10]) or 'none'}); name the "
+            "texts' column with text_col (CLI: --text-col)"
+        )
     if label_col not in columns and label_col != "label":
         raise DataError(f"label_col: '{shown}' has no column '{label_col}' (it has {', '.join(columns[:10])})")
     if valid_col is not None and valid_col not in columns:
