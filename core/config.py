@@ -97,6 +97,11 @@ class Settings(BaseSettings):
         1024**3, description="POST /weights: the whole multipart body (one pretrained weights file, ~50-200 MB)"
     )
     max_json_body_bytes: int = Field(1024**2, description="every other request with a body")
+    fleet_weights_projects: list[str] = Field(
+        default_factory=list,
+        description="the projects whose admin keys may add to the fleet's weights store (POST /weights), as JSON: "
+        '["ops"]. The store serves every project, so an operator names them; empty: none may',
+    )
     max_edits_body_bytes: int = Field(
         30 * 1024**2, description="feedback and dataset-version cuts, which may carry base64 masks"
     )

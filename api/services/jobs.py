@@ -252,6 +252,10 @@ def create(state: AppState, project: domain.Project, body: JobCreate, by_admin: 
             raise Problem(422, "Invalid job", f"kind: {data_problem}", field="kind")
         if is_text:
             _text_fields(state, body, fields)
+        elif body.pretrained == WT103:
+            raise Problem(
+                422, "Invalid job", "pretrained: wt103 is a language model's start: for texts", field="pretrained"
+            )
         if kind.valid_pct is not None and "valid_pct" not in body.model_fields_set:
             fields["valid_pct"] = kind.valid_pct
         if kind.defaults_from_champion:

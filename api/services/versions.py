@@ -81,6 +81,9 @@ def _feedback_items(
         if p.input_key is None:
             skipped.append(f"prediction {p.id}: its image was not kept")
             continue
+        if (p.source == "text") != (task.name in TEXT_TASKS):  # a text's correction belongs to texts, an image's not
+            skipped.append(f"prediction {p.id}: its input is {'a text' if p.source == 'text' else 'an image'}")
+            continue
         body = dict(f.target)
         for name in task.file_fields():  # a file (a mask) is stored beside the feedback, by its key
             if isinstance(body.get(name), str):

@@ -42,6 +42,13 @@ LEASE_SECONDS = 600.0  # one upload's store writes; a crashed upload's lease lap
 def upload(state: AppState, caller: domain.Caller, filename: str, file: BinaryIO) -> tuple[WeightsPublic, bool]:
     """Check and store one weights file; returns its public record and whether it was stored now (False: the same
     file was there already)."""
+    if caller.project.name not in state.settings.fleet_weights_projects:
+        raise Problem(
+            403,
+            "Forbidden",
+            "the fleet's weights serve every project: an operator names the projects that may add to them "
+            "(FITCYCLE_FLEET_WEIGHTS_PROJECTS); this one is not among them",
+        )
     known = _known(Path(filename).name)
     uploads = state.settings.cache_dir / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)

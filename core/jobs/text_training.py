@@ -133,6 +133,10 @@ class PretrainedLM:
 def sizes_of(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """An AWD-LSTM's emb_sz, n_hid and n_layers, read off its weights (fastai's names)."""
     n_layers = len({k.split(".")[2] for k in state if k.startswith("0.rnns.")})
+    if "0.encoder.weight" not in state or "0.rnns.0.weight_hh_l0_raw" not in state:
+        from core.engine.errors import WeightsMismatch
+
+        raise WeightsMismatch("the pretrained language model's weights are not an AWD-LSTM's (fastai's names)")
     emb_sz = int(state["0.encoder.weight"].shape[1])
     n_hid = int(state["0.rnns.0.weight_hh_l0_raw"].shape[1]) if n_layers > 1 else emb_sz
     return {"emb_sz": emb_sz, "n_hid": n_hid, "n_layers": n_layers}

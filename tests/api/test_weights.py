@@ -52,7 +52,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         member, _ = repos.create_api_key(s, a.id)
         b = repos.get_or_create_project(s, "b")
         other, _ = repos.create_api_key(s, b.id, admin=True)
-    settings = Settings(data_dir=tmp, database_url=url, loop_interval_seconds=0, max_weights_bytes=CAP)
+    settings = Settings(
+        data_dir=tmp,
+        database_url=url,
+        loop_interval_seconds=0,
+        max_weights_bytes=CAP,
+        fleet_weights_projects=["a", "b"],
+    )
     app = create_app(settings)
     base = f"http://testserver{PREFIX}"
     with pytest.MonkeyPatch.context() as env:
@@ -181,3 +187,13 @@ def test_the_cli_uploads_and_lists(
     (tmp_path / "evil.pth").write_bytes(b"x")
     assert main(["weights", "upload", str(tmp_path / "evil.pth"), "--key", "k"]) == 2
     assert "422 Weights refused: file: 'evil.pth' is not a file" in capsys.readouterr().err
+
+
+def test_only_the_projects_an_operator_names_add_to_the_fleets_weights(fleet: Fleet) -> None:
+    settings = fleet.admin.app.state.fitcycle.settings  # type: ignore[attr-defined]
+    named = list(settings.fleet_weights_projects)
+    settings.fleet_weights_projects = ["a"]
+    try:
+        problem(post(fleet.other, fleet.files / "lstm_fwd.pth"), 403, "FITCYCLE_FLEET_WEIGHTS_PROJECTS")
+    finally:
+        settings.fleet_weights_projects = named

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ from core.engine.text.manifest import (
 from core.engine.text.tokenizer import TOKENIZER_VERSION, Vocab, tokenize
 
 MAX_TEXTS_PER_CALL = 64
+# The classifier reads a text's last 1,440 tokens: about 7,000 characters of prose. Tokenizing only the last 10,000
+# keeps one request's work bounded whatever it sends (a text built to tokenize slowly costs ~0.3 s per 10,000).
+READ_CHARS = 10_000
 MAX_GENERATED_WORDS = 500
 
 
@@ -177,6 +181,8 @@ class TextPredictor:
         self.task: str = self.manifest["task"]
         self.classes: list[str] = list(self.manifest["classes"])
         self.backend = "torch"
+        # The AWD-LSTM keeps its hidden state on the module and word_weights hooks it: one call at a time per model.
+        self._lock = threading.Lock()
         thresholds = self.manifest.get("thresholds")
         self.thresholds = [float(t) for t in thresholds] if self.task == TEXT_MULTILABEL and thresholds else None
         if self.task == TEXT_MULTILABEL and self.thresholds is None:
@@ -187,7 +193,8 @@ class TextPredictor:
         return self.task == LANGUAGE_MODEL
 
     def token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return [self.vocab.numericalize(tokenize(t))[-72 * 20 :] for t in texts]
+        """Each text's last 1,440 tokens (what the classifier reads), from its last READ_CHARS characters only."""
+        return [self.vocab.numericalize(tokenize(t[-READ_CHARS:]))[-72 * 20 :] for t in texts]
 
     @torch.inference_mode()
     def predict_texts(self, texts: Sequence[str]) -> list[TextPrediction]:
@@ -197,7 +204,8 @@ class TextPredictor:
         if not texts:
             return []
         ids = self.token_ids(texts)
-        logits = self.model(pad_front(ids).to(self.device)).float().cpu()
+        with self._lock:
+            logits = self.model(pad_front(ids).to(self.device)).float().cpu()
         probs = logits.sigmoid() if self.thresholds is not None else logits.softmax(dim=1)
         return [TextPrediction(p.tolist(), self.classes, self.thresholds) for p in probs]
 
@@ -211,7 +219,7 @@ class TextPredictor:
 
         if self.is_language_model:
             raise BundleError("a language model has no answer to weigh words by")
-        tokens = tok(text)[-72 * 20 :]
+        tokens = tok(text[-READ_CHARS:])[-72 * 20 :]
         ids = torch.as_tensor(self.vocab.numericalize(tokens), device=self.device)[None]
         clf = self.model
         assert isinstance(clf, TextClassifier)
@@ -223,6 +231,7 @@ class TextPredictor:
             emb_out.append(out)
             return out
 
+        self._lock.acquire()
         handle = awd.encoder_dp.register_forward_hook(keep)
         try:
             with torch.enable_grad():
@@ -231,6 +240,7 @@ class TextPredictor:
         finally:
             handle.remove()
             clf.zero_grad(set_to_none=True)
+            self._lock.release()
         grads = torch.cat([e.grad[0] for e in emb_out if e.grad is not None], dim=0).norm(dim=1)
         top = float(grads.max()) if len(grads) else 0.0
         weights = (grads / top).tolist() if top > 0 else [0.0] * len(tokens)
@@ -244,4 +254,5 @@ class TextPredictor:
             raise BundleError("a classifier answers texts; only a language model writes them")
         words = max(0, min(int(words), MAX_GENERATED_WORDS))
         assert isinstance(self.model, LanguageModel)
-        return generate(self.model, self.vocab, prompt, words, temperature, seed)
+        with self._lock:
+            return generate(self.model, self.vocab, prompt, words, temperature, seed)

@@ -48,7 +48,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (UNK, PAD, BOS, EOS, FLD, TK_REP, TK_WREP, TK_
 FAKE = "xxfake"  # pads a vocabulary to a multiple of 8, as fastai's make_vocab does
 
 # Part of every cache key: bump it whenever a rule below, or the way tokens are stored, changes.
-TOKENIZER_VERSION = "fastai-2.8-en-1"
+TOKENIZER_VERSION = "fastai-2.8-en-2"
 
 MAX_VOCAB_ENTRIES = 1_000_000
 # Starting a worker costs about a second (spawn, import spaCy): give each one at least a second's work, about a
@@ -171,8 +171,22 @@ def _spacy_tokenizer() -> SpacyTokenizer:
     return tokenizer
 
 
+MAX_RUN = 200  # characters without a space: spaCy and the capitals rule take time in the square of a run's length
+_RE_LONG_RUN = re.compile(rf"\S{{{MAX_RUN + 1},}}")
+
+
+def break_long_runs(text: str) -> str:
+    """Runs of more than MAX_RUN characters without a space, cut by a space every MAX_RUN characters. No word is that
+    long, so fastai's tokens are unchanged for any text but one built to make tokenizing slow ("([" * 50,000 took
+    minutes): each run's cost is then bounded, and a text's is linear in its length."""
+    if len(text) <= MAX_RUN:
+        return text
+    return _RE_LONG_RUN.sub(lambda m: " ".join(m[0][i : i + MAX_RUN] for i in range(0, len(m[0]), MAX_RUN)), text)
+
+
 def apply_rules(text: str) -> str:
-    """The text after fastai's string rules, ready for spaCy."""
+    """The text after fastai's string rules, ready for spaCy (very long space-free runs broken first)."""
+    text = break_long_runs(text)
     for rule in TEXT_RULES:
         text = rule(text)
     return text
