@@ -86,18 +86,14 @@ def _data(spec: TrainSpec) -> TextDataConfig:
     )
 
 
-def _resume(ctx: JobContext, learn: Learner, tags: list[str]) -> tuple[dict[str, Any] | None, int]:
-    """The checkpoint to resume from and the index of its phase (no tags: only its base rate, kept in learn.extra)."""
-    resume = ctx.latest_checkpoint()
+def _resume_from(resume: dict[str, Any] | None, learn: Learner, tags: list[str]) -> int:
+    """The index of the phase a checkpoint resumes (its base rate back in learn.extra); 0 without one."""
     if resume is None:
-        return None, 0
-    if not tags:
-        learn.extra = dict(resume.get("extra", {}))
-        return resume, 0
+        return 0
     if resume["tag"] not in tags:
         raise CheckpointError(f"the checkpoint is from phase '{resume['tag']}', which this job does not have")
     learn.extra = dict(resume.get("extra", {}))
-    return resume, tags.index(resume["tag"])
+    return tags.index(resume["tag"])
 
 
 def _base_lr(spec: TrainSpec, ctx: JobContext, learn: Learner, epochs: int, timer: PhaseTimer) -> float:
@@ -213,7 +209,8 @@ def run_language_model(spec: TrainSpec, ctx: JobContext, items: TextItems) -> di
             phases.append(("stage2", spec.epochs, False))
     else:
         phases.append(("train", spec.freeze_epochs + spec.epochs, False))
-    resume, start = _resume(ctx, learn, [p[0] for p in phases])
+    resume = ctx.latest_checkpoint()
+    start = _resume_from(resume, learn, [p[0] for p in phases])
     if pretrained is not None:
         learn.freeze()
     base_lr = _base_lr(spec, ctx, learn, sum(p[1] for p in phases), timer)
@@ -384,7 +381,9 @@ def run_classifier(
         }
     if phases == "head":  # stage 1: `epochs` of the head
         spec = spec.model_copy(update={"freeze_epochs": spec.epochs, "epochs": 0})
-    resume, first = _resume(ctx, learn, [])
+    resume = ctx.latest_checkpoint()  # read once: its base rate now, its phase once the phases are known
+    if resume is not None:
+        learn.extra = dict(resume.get("extra", {}))
     if spec.lr == "auto":  # stage 2 after stage 1: the stage-1 rate the parent used
         learn.extra.setdefault("base_lr", spec.stage1_lr or TEXT_LR)
     base_lr = _base_lr(spec, ctx, learn, spec.freeze_epochs + spec.epochs, timer)
@@ -398,7 +397,7 @@ def run_classifier(
     if not steps:
         raise DataError("nothing to train: freeze_epochs and epochs are both 0")
     phases_ = steps
-    resume, first = _resume(ctx, learn, [p[0] for p in phases_])
+    first = _resume_from(resume, learn, [p[0] for p in phases_])
     lrs: dict[str, Any] = {"base_lr": base_lr}
     for i, (tag, epochs, freeze_to, rates) in enumerate(phases_):
         lrs[tag] = learn.lrs_for_groups(rates)
