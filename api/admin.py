@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.lookup_cache import Invalidations
 from core.config import Settings
 from core.db import domain, repos
 from core.db.models import utcnow
@@ -69,4 +70,7 @@ def revoke_key(settings: Settings, ref: str) -> domain.ApiKey:
             )
         revoked = repos.revoke_api_key(s, found[0].id)
     assert revoked is not None
+    # The fleet's API processes forget the key's caller at once; embedded, `serve` keeps it at most
+    # FITCYCLE_LOOKUP_CACHE_SECONDS (this process cannot reach its memory).
+    Invalidations(settings.celery_broker_url, []).publish(("key", revoked.id))
     return revoked

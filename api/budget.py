@@ -26,8 +26,8 @@ K = TypeVar("K")
 
 
 class CpuBudget:
-    def __init__(self, capacity: float, per_second: float, what: str) -> None:
-        self.capacity, self.per_second, self.what = capacity, per_second, what
+    def __init__(self, capacity: float, per_second: float, what: str, hint: str = "") -> None:
+        self.capacity, self.per_second, self.what, self.hint = capacity, per_second, what, hint
         self._balance: dict[str, tuple[float, float]] = {}  # project -> (seconds left, when)
         self._rendering: set[str] = set()  # projects with a render under way
         self._lock = threading.Lock()
@@ -58,8 +58,7 @@ class CpuBudget:
             raise Problem(
                 429,
                 "CPU budget spent",
-                f"this project has used its CPU time for {self.what} for now; try again in {wait} s (or ask for "
-                "the default picture, which is kept)",
+                f"this project has used its CPU time for {self.what} for now; try again in {wait} s{self.hint}",
                 headers={"Retry-After": str(wait)},
             )
         started = time.monotonic()

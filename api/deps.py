@@ -8,8 +8,10 @@ from fastapi import Depends, Query, Request
 
 from api.errors import Problem
 from api.guard import CALLER
+from api.schemas import QueryBool
 from api.state import AppState
 from core.db import domain
+from core.engine.tasks.base import MAX_LABEL_CHARS
 
 
 def get_state(request: Request) -> AppState:
@@ -57,3 +59,14 @@ AdminDep = Annotated[domain.Caller, Depends(get_admin)]
 # Every list is paged: `limit` rows from `offset`; the answer's `count` is how many there are in all.
 OffsetQuery = Annotated[int, Query(ge=0, le=2**31 - 1, description="rows to skip")]
 LimitQuery = Annotated[int, Query(ge=1, le=500, description="rows to return (at most 500)")]
+ExplainQuery = Annotated[
+    QueryBool,
+    Query(description="add a heatmap (Grad-CAM) to each answer: classification and multi-label models only"),
+]
+HeatmapClassQuery = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_LABEL_CHARS,
+        description="the class the heatmap is for (implies explain; default: the most probable class)",
+    ),
+]

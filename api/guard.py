@@ -87,7 +87,7 @@ class Guard:
         if refusal:
             await _send_all(send, _problem(403, "Forbidden", refusal))
             return
-        caller = await run_in_threadpool(_authenticate, state, credential)
+        caller = await _caller(state, credential)
         if isinstance(caller, str):
             await _send_all(send, _problem(401, "Unauthorized", caller, {"WWW-Authenticate": "Bearer"}))
             return
@@ -213,9 +213,29 @@ def presented_credential(headers: dict[str, str], method: str) -> tuple[tuple[st
     return ("session", token), ""
 
 
+async def _caller(state: Any, credential: tuple[str, str] | None) -> domain.Caller | str:
+    """The caller behind a key or a web UI session as this process read it less than FITCYCLE_LOOKUP_CACHE_SECONDS
+    ago (a revocation, a project's new settings or an ended session drops it on every replica at once:
+    api/lookup_cache.py), else read now; or why there is none (never kept: a new key works at once)."""
+    if credential is None or not 0 < len(credential[1]) <= 200:
+        return _authenticate(state, credential)  # refused without a lookup
+    kind, secret = credential
+    cache_key = (kind, repos.hash_key(secret))
+    cached: domain.Caller | None = state.callers.get(cache_key)
+    if cached is not None and cached.key.state == "active":  # an expiry passed since is seen here
+        return cached
+    since = state.callers.generation()
+    caller = await run_in_threadpool(_authenticate, state, credential)
+    if isinstance(caller, domain.Caller):
+        depends_on = [("key", caller.key.id), ("project", caller.project.id)]
+        if kind == "session":
+            depends_on.append(("session", cache_key[1]))
+        state.callers.put(cache_key, caller, depends_on, since)
+    return caller
+
+
 def _authenticate(state: Any, credential: tuple[str, str] | None) -> domain.Caller | str:
-    """The caller behind a key or a web UI session, or why there is none (looked up on every request, so a
-    revoked or expired key, or an ended session, is refused at once)."""
+    """The caller behind a key or a web UI session, read from the database, or why there is none."""
     if credential is None:
         return (
             "send your project API key as 'Authorization: Bearer KEY' "

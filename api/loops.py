@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.errors import Problem
 from api.schemas import JobCreate, VersionCreate
-from api.services import jobs, versions
+from api.services import jobs, searches, versions
 from api.services.prediction_log import apply_retention
 from api.state import AppState
 from core.db import repos
@@ -31,6 +31,7 @@ from core.jobs.kinds import RETRAIN
 
 log = logging.getLogger("fitcycle.loop")
 LEASE = "feedback-loop"
+SEARCH_LEASE = "searches"
 
 
 def policy_pass(state: AppState, hold: Callable[[], bool] = lambda: True) -> list[str]:
@@ -72,24 +73,50 @@ def policy_pass(state: AppState, hold: Callable[[], bool] = lambda: True) -> lis
     return done
 
 
-async def fleet_loop(state: AppState, stop: asyncio.Event) -> None:
-    """Every loop_interval_seconds: hold the fleet lease, then apply the policies and the retention."""
+async def leased_loop(
+    state: AppState,
+    stop: asyncio.Event,
+    name: str,
+    interval: float,
+    lease_seconds: float,
+    work: Callable[[Callable[[], bool]], None],
+) -> None:
+    """Every `interval` seconds: hold the fleet lease `name` (one API process at a time, however many replicas run),
+    then `work(hold)`, which renews it with `hold()` as it goes and stops when that says another process has it."""
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    interval = state.settings.loop_interval_seconds
 
     def hold() -> bool:
         with session_scope(state.sessions) as s:
-            return repos.hold_fleet_lease(s, LEASE, owner, interval * 3)
+            return repos.hold_fleet_lease(s, name, owner, lease_seconds)
 
     while not stop.is_set():
         try:
             if await run_in_threadpool(hold):
-                await run_in_threadpool(policy_pass, state, hold)
-                await run_in_threadpool(apply_retention, state)
+                await run_in_threadpool(work, hold)
         except Exception as exc:  # a database blip: next time
             if is_outage(exc):
-                log.warning("fleet loop: the database is not answering; trying again next pass")
+                log.warning("%s loop: the database is not answering; trying again next pass", name)
             else:
-                log.exception("fleet loop pass failed")
+                log.exception("%s loop pass failed", name)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+async def fleet_loop(state: AppState, stop: asyncio.Event) -> None:
+    """Every loop_interval_seconds: the policies and the retention, in the process holding the fleet lease."""
+
+    def work(hold: Callable[[], bool]) -> None:
+        policy_pass(state, hold)
+        apply_retention(state)
+
+    interval = state.settings.loop_interval_seconds
+    await leased_loop(state, stop, LEASE, interval, interval * 3, work)
+
+
+async def search_loop(state: AppState, stop: asyncio.Event) -> None:
+    """Every search_poll_seconds: advance every running search (queue trials, tell the study how trials ended,
+    finish), in the process holding the `searches` lease."""
+    interval = state.settings.search_poll_seconds
+    await leased_loop(
+        state, stop, SEARCH_LEASE, interval, max(10.0, interval * 5), lambda hold: searches.advance_all(state, hold)
+    )

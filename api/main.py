@@ -13,7 +13,7 @@ from api.deliveries import DeliveryWorker
 from api.docs import install_docs
 from api.errors import install_handlers
 from api.guard import Guard
-from api.loops import fleet_loop
+from api.loops import fleet_loop, search_loop
 from api.metrics import HttpMetrics, metrics_response, serve_metrics
 from api.openapi import install_openapi
 from api.outage import DatabaseOutage
@@ -42,13 +42,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         # The metrics' own port (kept inside the network), when set; the public port then has no /metrics.
         stop_metrics = serve_metrics(app.state.fitcycle, settings.metrics_port) if settings.metrics_port else None
+        state: AppState = app.state.fitcycle
         stop = asyncio.Event()
-        loops = []
+        writer = asyncio.create_task(state.prediction_queue.run())  # the prediction log, written behind the answers
+        loops = [asyncio.create_task(state.invalidations.listen(stop, state.lookups_heard))]
         if settings.loop_interval_seconds:
-            loops.append(asyncio.create_task(fleet_loop(app.state.fitcycle, stop)))
+            loops.append(asyncio.create_task(fleet_loop(state, stop)))
+        if settings.search_poll_seconds:
+            loops.append(asyncio.create_task(search_loop(state, stop)))
         if settings.webhook_poll_seconds:
-            loops.append(asyncio.create_task(DeliveryWorker(app.state.fitcycle).run(stop)))
+            loops.append(asyncio.create_task(DeliveryWorker(state).run(stop)))
         yield
+        await state.prediction_queue.close(writer)  # what was answered is logged before the process ends
         stop.set()
         await asyncio.gather(*loops)
         if stop_metrics is not None:

@@ -1,5 +1,6 @@
 """Prometheus metrics of the API process: HTTP requests by route and status and their latency, predict latency,
-and — read from the database and the broker at each scrape — jobs by state and kind, and queue depth per queue.
+the prediction log's write-behind queue, and — read from the database and the broker at each scrape — jobs by
+state and kind, and queue depth per queue.
 Names start with `fitcycle_`. They answer without a key, so where they answer is the guard: with
 FITCYCLE_METRICS_PORT set (every deploy manifest sets it) a small server of their own serves them on that port,
 which stays inside the network, and the API's public port answers 404 at /metrics; unset (the embedded default
@@ -131,14 +132,31 @@ def queue_depth(celery: Any, queue: str) -> int | None:
         return None
 
 
+class PredictionQueueCollector(Collector):
+    """How many answers wait in this API process's prediction queue (api/prediction_queue.py) to be logged."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "fitcycle_prediction_log_queue_depth",
+            "answers sent and not yet written to the prediction log (kept input and row), in this API process; "
+            "at its bound, predict requests wait for room",
+            value=self.state.prediction_queue.depth,
+        )
+
+
 class AllMetrics(Collector):
     """The process's metrics (the default registry) and the platform's: what either place serves."""
 
     def __init__(self, state: Any) -> None:
         self.platform = PlatformCollector(state)
+        self.queue = PredictionQueueCollector(state)
 
     def collect(self) -> Iterator[Metric]:
         yield from REGISTRY.collect()
+        yield from self.queue.collect()
         yield from self.platform.collect()
 
 

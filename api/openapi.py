@@ -57,7 +57,10 @@ ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     409: ("What it names is in a state that does not allow this now (in use, not finished, already done)", {}),
     413: ("The body, or a file in it, is over its limit", {}),
     422: ("A field is invalid: `errors` names each field and what is wrong with it", {}),
-    429: ("Over the project's request rate, active jobs or open event streams", _RETRY_AFTER),
+    429: (
+        "Over the project's request rate, active jobs, open event streams or CPU budget (heatmaps, pictures)",
+        _RETRY_AFTER,
+    ),
     503: ("The database or the object store is not answering: nothing was done; try again", _RETRY_AFTER),
     504: ("The URL did not answer in time", {}),
     507: ("The server's disk is full: nothing of this request was stored", {}),

@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StrictBool,
+    StrictInt,
     WithJsonSchema,
     create_model,
     field_validator,
@@ -27,6 +28,7 @@ from pydantic import (
 
 from core.db.domain import BatchMetric, EpochMetric
 from core.engine.tasks import TASKS, Task
+from core.engine.tasks.base import MAX_LABEL_CHARS
 from core.engine.weights_files import WeightsKind
 from core.jobs.kind_names import KindName
 from core.jobs.kinds import JobKind
@@ -138,6 +140,8 @@ class JobPublic(Public):
     result: dict[str, Any]
     error: str | None
     model_id: str | None
+    search_id: str | None = Field(None, description="the hyperparameter search this job is a trial of")
+    trial_number: int | None = None
 
 
 class JobsPublic(BaseModel):
@@ -182,7 +186,26 @@ class ModelsPublic(BaseModel):
     count: int
 
 
-class PredictUrl(BaseModel):
+class Explain(BaseModel):
+    """Whether an answer carries a heatmap, and for which class (a classification or multi-label model's)."""
+
+    explain: StrictBool = Field(
+        False,
+        description="add a heatmap (Grad-CAM: where in the image the evidence for a class is) to the answer; "
+        "classification and multi-label models only",
+    )
+    heatmap_class: str | None = Field(
+        None,
+        max_length=MAX_LABEL_CHARS,
+        description="the class the heatmap is for (implies explain; default: the most probable class)",
+    )
+
+    @property
+    def wanted(self) -> bool:
+        return self.explain or self.heatmap_class is not None
+
+
+class PredictUrl(Explain):
     url: str = Field(max_length=2048, description="an http:// or https:// URL of an image on a public host")
 
     @field_validator("url")
@@ -244,11 +267,26 @@ class Answer(BaseModel):
     task: str
 
 
+HEATMAP_FIELDS: dict[str, Any] = {
+    "heatmap": (
+        Base64Png | None,
+        Field(
+            None,
+            description="explain=true: where in the image the evidence for heatmap_class is (Grad-CAM), an 8-bit "
+            "greyscale PNG of the image's own size, 255 the strongest",
+        ),
+    ),
+    "heatmap_class": (str | None, Field(None, description="explain=true: the class the heatmap is for")),
+}
+
+
 def _answer_schema(task: Task) -> type[Answer]:
     fields: dict[str, Any] = {
         name: (Base64Png if kind is bytes else kind, Field(description=text))
         for name, (kind, text) in task.answer_fields.items()
     }
+    if task.explains:
+        fields |= HEATMAP_FIELDS
     return create_model(
         f"{task.name.title()}Answer",
         __base__=Answer,
@@ -745,3 +783,125 @@ class SuspectsPublic(BaseModel):
     count: int = Field(description="suspects in all (data holds the first `limit`)")
     dataset_id: str
     version: int
+
+
+# ----- hyperparameter searches (api/services/searches.py) ---------------------------------------------------------
+Choice = Annotated[
+    list[
+        StrictBool
+        | Annotated[StrictInt, Field(ge=-MAX_INT, le=MAX_INT)]
+        | float
+        | Annotated[str, Field(max_length=100)]
+    ],
+    Field(min_length=1, max_length=32),
+]
+Dimension = (
+    Annotated[
+        dict[Literal["log_uniform", "uniform"], Annotated[list[float], Field(min_length=2, max_length=2)]],
+        Field(min_length=1, max_length=1),
+    ]
+    | Annotated[dict[Literal["choice"], Choice], Field(min_length=1, max_length=1)]
+    | Literal["around_lr_find"]
+)
+
+
+class SearchObjective(BaseModel):
+    """What a search optimises: a metric every trial reports after each epoch, and which way is better."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str = Field(
+        max_length=50, description="a metric the jobs report per epoch (error_rate, accuracy, ...) or valid_loss"
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(None, description="default: the metric's own")
+
+
+class SearchCreate(BaseModel):
+    """A hyperparameter search: `base` is a job body as POST /jobs takes it; each trial is that job with the
+    space's fields sampled (Optuna's TPE by default), run on the same queues as any job."""
+
+    model_config = ConfigDict(extra="forbid")
+    base: JobCreate
+    space: dict[Annotated[str, Field(max_length=60)], Dimension] = Field(
+        min_length=1,
+        max_length=16,
+        description='field path -> {"log_uniform": [lo, hi]} | {"uniform": [lo, hi]} | {"choice": [...]}, or '
+        '"around_lr_find" for lr: an lr_find of the base job first, then lr within [valley/10, valley x 10]',
+    )
+    trials: int = Field(16, ge=1, le=200, description="at most this many trials (a grid: at most its size)")
+    parallel: int = Field(
+        2, ge=1, le=64, description="trials queued or running at once (at most the active-jobs quota)"
+    )
+    objective: SearchObjective | None = Field(None, description="default: the task's main metric, its own direction")
+    pruner: Literal["asha", "median", "none"] = Field(
+        "asha",
+        description="asha: successive halving at 1, 3, 9... epochs, the top third goes on; median: below the "
+        "median of earlier trials at the same epoch stops",
+    )
+    sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="grid: every combination of choices")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_INT, description="the sampler's seed (the same seed samples the same trials)"
+    )
+    register_as: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the best trial's model joins this registry name; the gate judges it",
+    )
+
+
+class TrialPublic(BaseModel):
+    number: int
+    job_id: str
+    state: str
+    params: dict[str, Any]
+    epochs: int = Field(description="epochs it ran")
+    value: float | None = Field(description="its objective: after its last epoch")
+    values: list[float | None] = Field(description="its objective after each epoch")
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class SearchPublic(BaseModel):
+    id: str
+    state: str
+    base: dict[str, Any]
+    space: dict[str, Any]
+    max_trials: int
+    parallel: int
+    objective: SearchObjective
+    pruner: str
+    sampler: str
+    seed: int | None
+    register_as: str | None
+    lr_find_job_id: str | None
+    lr_range: list[float] | None
+    adopt_job_id: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    counts: dict[str, int] = Field(description="trials by state")
+    epochs_used: int = Field(description="epochs run by all its trials")
+    epochs_unpruned: int = Field(description="epochs its trials would have run had none been pruned")
+    best: TrialPublic | None
+    best_so_far: list[list[float]] = Field(
+        description="[seconds since the search began, best objective] at each improvement"
+    )
+    decision: dict[str, Any] | None = Field(
+        None, description="register_as: the gate's decision on the best trial's model"
+    )
+    trials: list[TrialPublic]
+
+
+class SearchesPublic(BaseModel):
+    data: list[SearchPublic]
+    count: int
+
+
+class SearchImportance(BaseModel):
+    """How much each searched field explains of the objective (Optuna's default evaluator, PED-ANOVA), over finished
+    trials."""
+
+    importances: dict[str, float]
+    evaluator: str
+    n_trials: int
+    note: str | None = None

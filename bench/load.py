@@ -24,10 +24,11 @@ post one image per request for --seconds to the API with micro-batching on
 (FITCYCLE_PREDICT_BATCH_WINDOW_MS=--window-ms), then to a fresh API with it off (0). The baseline is
 Predictor.predict_batch in this process on the same images, --max-batch at a time. Prints the error rate (and the
 first failed answer's body), latency p50/p95/p99, throughput, the served/in-process ratio, the CPU each process on
-the machine spent per answered request, and the RSS of the API and worker processes before and after the load
-(target: growth under 10%). --no-keep-inputs turns the project's keep_inputs off; --profile DIR writes py-spy's
-collapsed stacks of the API under each load, sampled while a thread holds the GIL: where its Python time goes
-(pip install py-spy).
+the machine spent per answered request, the API process's CPU per answered image against the in-process CPU per
+image (a ratio that does not depend on where the load generator and the services run: target <= 1.15), and the
+RSS of the API and worker processes before and after the load (target: growth under 10%). --no-keep-inputs turns
+the project's keep_inputs off; --profile DIR writes py-spy's collapsed stacks of the API under each load, sampled
+while a thread holds the GIL: where its Python time goes (pip install py-spy).
 """
 
 from __future__ import annotations
@@ -184,6 +185,13 @@ def cpu_by_command() -> dict[str, float]:
     return used
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) one process has used so far, all its threads together (/proc/PID/stat)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine_cpu() -> tuple[int, int]:
     """(busy, all) CPU ticks of the whole machine so far, from /proc/stat (idle and iowait are not busy)."""
     ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
@@ -204,6 +212,19 @@ def batch_images(base: str) -> tuple[float, float]:
     return float(values.get("fitcycle_predict_batch_images_sum", 0)), float(
         values.get("fitcycle_predict_batch_images_count", 0)
     )
+
+
+def wait_for_the_log(base: str) -> None:
+    """Until the API's prediction log has written every answer (its write-behind queue is empty), so that the CPU
+    read next includes writing them."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lines = httpx.get(base.removesuffix("/api/v1") + "/metrics").text.splitlines()
+        depth = next((ln.split()[-1] for ln in lines if ln.startswith("fitcycle_prediction_log_queue_depth ")), "0")
+        if float(depth) == 0:
+            return
+        time.sleep(0.05)
+    raise RuntimeError("the API's prediction log did not catch up within 60 s")
 
 
 def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> str:
@@ -508,6 +529,7 @@ def predict_load(pf: Platform, plan: PredictPlan, tmp: Path) -> None:
     runs: dict[str, LoadRun] = {}
     cpu: dict[str, str] = {}  # mode -> where the CPU went
     busy: dict[str, float] = {}  # mode -> the share of the machine's CPU time that was busy
+    api_cpu: dict[str, float] = {}  # mode -> the API process's CPU seconds per answered request
     batches: dict[str, float] = {}  # mode -> images per forward pass, on average
     rss: dict[str, tuple[dict[str, float], dict[str, float], dict[str, float]]] = {}
     modes = {"batched": window_ms, "unbatched": 0.0}
@@ -519,8 +541,11 @@ def predict_load(pf: Platform, plan: PredictPlan, tmp: Path) -> None:
             asyncio.run(hammer(client.base, client.key, path, images, clients, min(3.0, seconds / 2), plan.http))
             before = rss_of(api, pf.workers)
             cpu_before, machine_before, batched_before = cpu_by_command(), machine_cpu(), batch_images(client.base)
+            api_before = process_cpu(api.proc.pid)
             with profiled(api, plan.profile and plan.profile / f"{mode}.txt", seconds):
                 runs[mode] = asyncio.run(hammer(client.base, client.key, path, images, clients, seconds, plan.http))
+            wait_for_the_log(client.base)
+            api_cpu[mode] = (process_cpu(api.proc.pid) - api_before) / max(1, len(runs[mode].latencies))
             cpu[mode] = cpu_per_request(cpu_before, cpu_by_command(), len(runs[mode].latencies))
             busy[mode] = busy_share(machine_before, machine_cpu())
             batched_after = batch_images(client.base)
@@ -553,8 +578,13 @@ def predict_load(pf: Platform, plan: PredictPlan, tmp: Path) -> None:
         if batches[mode]:
             print(f"{mode:>9}: {batches[mode]:.1f} images per forward pass on average")
         print(f"{mode:>9}: {cpu[mode]}; the machine's CPUs were {busy[mode]:.0%} busy")
+    local_cpu = local_cores / local_rate  # CPU seconds per image in-process
     for mode, r in runs.items():
         print(f"served/in-process throughput ratio, {mode}: {r.rate / local_rate:.3f}")
+        print(
+            f"API CPU per served image / in-process CPU per image, {mode}: {api_cpu[mode] / local_cpu:.3f}"
+            f" ({api_cpu[mode] * 1000:.1f} ms / {local_cpu * 1000:.1f} ms; target <= 1.15)"
+        )
     if runs["unbatched"].rate:
         print(f"batched/unbatched throughput ratio: {runs['batched'].rate / runs['unbatched'].rate:.2f}")
     worst = 0.0

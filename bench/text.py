@@ -1,6 +1,8 @@
 """Text: fitcycle's ULMFiT pipeline against fastai 2.8's, side by side in one run, on the same texts with the same
 recipe. Each side runs in a process of its own (this script again, `--side fitcycle|fastai`), so the whole-process
-time counts imports, tokenization, both trainings, exports and serving; a side writes its figures as JSON.
+time counts imports, tokenization, both trainings, exports and serving; a side writes its figures as JSON. fastai's
+side runs in a virtual environment of its own (bench/fastai_venv.py, made on first use; fastai is never a project
+dependency), on the project's own torch.
 
   1. tokenization: tokens/s of fitcycle's `tokenize_texts` and fastai's `tokenize_df` on every text (each with its
      default worker count, then both in one process), and whether the tokens are identical;
@@ -13,7 +15,8 @@ time counts imports, tokenization, both trainings, exports and serving; a side w
 Both sides: AWD-LSTM from random init at the same sizes (--emb-sz/--n-hid/--n-layers), the same bs, seq_len, epochs,
 lr and min_freq, seeded, data loading in the training process (fastai num_workers=0), torch's threads (--threads).
 The sides run --reps times each in ABBA order; a time printed is a side's fastest (other work on a shared machine
-only ever adds time), an accuracy the first rep's (seeded: each rep should give the same, or a line says not).
+only ever adds time), an accuracy the first rep's (seeded: each rep should give the same, or a line says not); the
+whole process's `time ratio` is the median of each rep's own fitcycle/fastai ratio, with its min-max.
 
 Left as each library does it: fastai's vocabulary counts every text of the language model's data, fitcycle's the
 training texts; the language model's 10% are fastai's RandomSplitter and fitcycle's per-text hash (other texts);
@@ -24,7 +27,7 @@ classifier (learn.export). fastai's learner with pretrained=False comes unfrozen
 as the course's is; moms (0.8, 0.7, 0.8) in each of its four classifier fits, as fitcycle's.
 
     .venv/bin/python bench/text.py [--scale 1] [--lm-epochs 6] [--epochs 3] [--bs 64] [--seq-len 72] [--lr 2e-2]
-                                   [--threads 0] [--reps 2]
+                                   [--threads 0] [--reps 2] [--fastai-python PATH] [--summary FILE]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -442,9 +446,11 @@ def fastest(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_side(side: str, args: argparse.Namespace, csv_path: Path, work: Path) -> tuple[dict[str, Any], float]:
+def run_side(
+    side: str, args: argparse.Namespace, csv_path: Path, work: Path, python: str
+) -> tuple[dict[str, Any], float]:
     out = work / f"{side}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--json", str(out), "--csv", str(csv_path)]
+    cmd = [python, str(Path(__file__).resolve()), "--side", side, "--json", str(out), "--csv", str(csv_path)]
     cmd += ["--work", str(work / side), *recipe_args(args)]
     t0 = time.perf_counter()
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
@@ -460,7 +466,7 @@ def ratio_line(name: str, fc: float, fa: float, extra: str = "") -> None:
     print(f"  {name:<34} fitcycle {fc:7.2f}s  fastai {fa:7.2f}s  fitcycle/fastai time ratio: {fc / fa:.2f}{extra}")
 
 
-def report(fc: dict[str, Any], fa: dict[str, Any], walls: dict[str, float]) -> None:
+def report(fc: dict[str, Any], fa: dict[str, Any], walls: dict[str, float], ratios: list[float]) -> None:
     print("\n1. tokenization (the same texts)")
     t_fc, t_fa = fc["tok"], fa["tok"]
     same = "identical" if t_fc["digest"] == t_fa["digest"] else "DIFFERENT"
@@ -527,6 +533,10 @@ def report(fc: dict[str, Any], fa: dict[str, Any], walls: dict[str, float]) -> N
     wall_fc, wall_fa = walls["fitcycle"], walls["fastai"]
     pipe_fc, pipe_fa = wall_fc - fc["tok_stage_s"], wall_fa - fa["tok_stage_s"]
     ratio_line("whole process", wall_fc, wall_fa)
+    print(
+        f"  whole process, each rep's own ratio: time ratio {statistics.median(ratios):.3f} "
+        f"(min-max {min(ratios):.3f}-{max(ratios):.3f}, {len(ratios)} reps)"
+    )
     ratio_line("whole process less stage 1's bench", pipe_fc, pipe_fa)
     print(
         f"  accuracy: language model fitcycle {l_fc['accuracy']:.4f} / fastai {l_fa['accuracy']:.4f}; "
@@ -556,6 +566,12 @@ def main() -> None:
         "a busy core from stalling every step of a 2-thread run",
     )
     p.add_argument("--reps", type=int, default=2, help="runs of each side, in ABBA order; times: the fastest")
+    p.add_argument(
+        "--fastai-python",
+        default=None,
+        help="the python that runs fastai's side (default: bench/fastai_venv.py's environment, made if missing)",
+    )
+    p.add_argument("--summary", default=None, help="also write every run's figures to this JSON file")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
     p.add_argument("--csv", help=argparse.SUPPRESS)
@@ -567,8 +583,10 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(result, indent=1))
         return
 
+    from bench.fastai_venv import fastai_python
     from core.datasets.text_samples import write_reviews
 
+    pythons = {"fitcycle": sys.executable, "fastai": args.fastai_python or str(fastai_python())}
     with tempfile.TemporaryDirectory() as tmp:
         n_lab, n_unlab = round(400 * args.scale), round(4000 * args.scale)
         csv_path = write_reviews(Path(tmp) / "data", n_lab, n_unlab, seed=args.seed)
@@ -581,11 +599,12 @@ def main() -> None:
             f"cpu; load average {load:.2f}"
         )
         # Warm the file cache for both sides' imports, so that neither pays the other's first read.
-        subprocess.run([sys.executable, "-c", "import fastai.text.all, spacy, core.jobs.runner"], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-c", "import spacy, core.jobs.runner"], cwd=ROOT, check=True)
+        subprocess.run([pythons["fastai"], "-c", "import fastai.text.all"], cwd=ROOT, check=True)
         runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
         for rep in range(args.reps):  # ABBA order, so drift in the machine's load hits both sides alike
             for side in SIDES if rep % 2 == 0 else SIDES[::-1]:
-                result, wall = run_side(side, args, csv_path, Path(tmp) / f"work{rep}")
+                result, wall = run_side(side, args, csv_path, Path(tmp) / f"work{rep}", pythons[side])
                 runs[side].append({**result, "wall_s": wall})
                 print(f"  rep {rep + 1} {side}: {wall:.1f}s wall, load average {os.getloadavg()[0]:.2f}")
         for side in SIDES:
@@ -593,7 +612,12 @@ def main() -> None:
             if len(accs) > 1:
                 print(f"  note: {side}'s accuracies differ between reps (language model, classifier): {sorted(accs)}")
         best = {side: fastest(runs[side]) for side in SIDES}
-        report(best["fitcycle"], best["fastai"], {side: best[side]["wall_s"] for side in SIDES})
+        ratios = [fc["wall_s"] / fa["wall_s"] for fc, fa in zip(runs["fitcycle"], runs["fastai"], strict=True)]
+        report(best["fitcycle"], best["fastai"], {side: best[side]["wall_s"] for side in SIDES}, ratios)
+        if args.summary:
+            names = ("emb_sz", "n_hid", "n_layers", "lm_epochs", "epochs", "bs", "seq_len", "lr", "threads", "reps")
+            summary = {"args": {n: getattr(args, n) for n in names}, "runs": runs}
+            Path(args.summary).write_text(json.dumps(summary, indent=1))
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,7 +103,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["bf16", "fp16", "fp32"],
         default=None,
-        help="mixed precision (default: bf16 on a GPU that has it, else fp16; fp32 on CPU)",
+        help="mixed precision (default: bf16 on a GPU that has it, else fp16; on a CPU, bf16 where it computes in "
+        "it natively (AVX512-BF16, AMX) for image models, else fp32)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager if it fails)")
     p.add_argument(
@@ -241,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
         "first (default: the fine_tune kind's, listed in the README's table of job kinds)",
     )
     train.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="also checkpoint every N steps")
+    train.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="checkpoint once S seconds have passed since the last one (0: every epoch; Ctrl-C always checkpoints)",
+    )
     train.add_argument("--grad-accum", type=int, default=1, metavar="N", help="step the optimizer every N batches")
     train.add_argument(
         "--sizes",
@@ -261,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--words", type=int, default=40, help="--generate: tokens to write (default 40)")
     predict.add_argument("--seed", type=int, default=None, help="--generate: the same seed writes the same text")
     predict.add_argument("--json", action="store_true", help="one JSON line per image")
+    predict.add_argument(
+        "--explain",
+        nargs="?",
+        const="heatmaps",
+        default=None,
+        metavar="DIR",
+        help="images: write each image with its heatmap (Grad-CAM) over it to DIR (default: heatmaps); "
+        "texts: print each word's weight",
+    )
+    predict.add_argument(
+        "--heatmap-class", default=None, help="--explain: the class the heatmap is for (default: the answer)"
+    )
     predict.add_argument(
         "--mask-dir", default="predicted-masks", help="segmentation: where to write each image's mask PNG"
     )
@@ -305,6 +326,7 @@ def train_spec(args: argparse.Namespace) -> TrainSpec:
         epochs=args.epochs,
         lr=args.lr,
         checkpoint_every_n_steps=args.checkpoint_every,
+        checkpoint_every_seconds=args.checkpoint_seconds,
         grad_accum=args.grad_accum,
         plan=[{"size": int(s)} for s in args.sizes.split(",")] if args.sizes else None,
     )
@@ -313,13 +335,27 @@ def train_spec(args: argparse.Namespace) -> TrainSpec:
 def cmd_train(args: argparse.Namespace) -> int:
     """fitcycle train."""
     from core.jobs.context import LocalJobContext
-    from core.jobs.runner import run_spec, run_train
+    from core.jobs.runner import TrainingStopped, run_spec, run_train
 
     spec = train_spec(args)
     ctx = LocalJobContext(args.out)
     if ctx.checkpoint_file.exists() and not args.resume:
         ctx.checkpoint_file.unlink()  # a fresh run; --resume keeps it
-    metrics = run_spec(spec, ctx) if args.language_model else run_train(spec, ctx)
+
+    def stop(signum: int, frame: object) -> None:
+        if ctx.stop_requested:
+            raise KeyboardInterrupt
+        ctx.stop_requested = True
+        print("\nstopping at the next batch, with a checkpoint (Ctrl-C again: quit now)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        metrics = run_spec(spec, ctx) if args.language_model else run_train(spec, ctx)
+    except TrainingStopped:
+        print(f"stopped: {ctx.checkpoint_file} holds every step done; the same command with --resume goes on")
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     main = metrics["main_metric"]
     print(f"{main} {metrics[main]:.4f}  ->  {Path(args.out) / 'metrics.json'}")
     print(f"export bundle: {Path(args.out) / 'export'}")
@@ -343,24 +379,49 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """fitcycle predict: one line per image, the same answer the REST API gives (--json), or a few words."""
     from cli.answers import with_files
+    from cli.heatmaps import explain_folder, overlay_path
     from core.engine.inference import Predictor
 
     if args.text or args.generate:
         return _predict_text(args)
     predictor = Predictor(args.bundle)
+    explain = args.explain is not None or args.heatmap_class is not None
+    if explain and not predictor.explains:
+        print(
+            f"error: --explain: heatmaps are for classification and multi-label models, not {predictor.task.name}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    if args.heatmap_class is not None and args.heatmap_class not in predictor.classes:
+        print(
+            f"error: --heatmap-class: {args.heatmap_class!r} is not one of {', '.join(predictor.classes)}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     status = 0
+    folder = explain_folder(Path(args.explain or "heatmaps")) if explain else None
+    written: set[Path] = set()
     for path in args.images:
         try:
-            p = predictor.predict(path)
+            if explain:
+                p, heatmap = predictor.explain(path, args.heatmap_class)
+            else:
+                p, heatmap = predictor.predict(path), None
         except (OSError, ValueError) as exc:
             print(f"error: {path}: cannot read the image: {exc}", file=sys.stderr)
             status = EXIT_BAD_INPUT
             continue
         answer = with_files(p.answer(), Path(path), Path(args.mask_dir))
+        if heatmap is not None and folder is not None:
+            dest = overlay_path(folder, Path(path), written)
+            heatmap.over(path).save(dest)
+            answer |= {"heatmap": str(dest), "heatmap_class": heatmap.label}
         if args.json:
             print(json.dumps({"path": path, **answer}))
         else:
-            print(f"{path}: {p.text()}" + (f"  (mask: {answer['mask']})" if "mask" in answer else ""))
+            extra = f"  (mask: {answer['mask']})" if "mask" in answer else ""
+            extra += f"  (heatmap for {answer['heatmap_class']}: {answer['heatmap']})" if heatmap is not None else ""
+            print(f"{path}: {p.text()}{extra}")
     return status
 
 
@@ -373,7 +434,13 @@ def _predict_text(args: argparse.Namespace) -> int:
         print(predictor.generate(args.generate, args.words, seed=args.seed))
         return 0
     for text, p in zip(args.text, predictor.predict_texts(args.text), strict=True):
-        print(json.dumps({"text": text[:80], **p.answer()}) if args.json else f"{p.text()}  <- {text[:80]}")
+        words = predictor.word_weights(text) if args.explain is not None else None
+        if args.json:
+            print(json.dumps({"text": text[:80], **p.answer(), **({"words": words} if words is not None else {})}))
+        else:
+            print(f"{p.text()}  <- {text[:80]}")
+            if words is not None:
+                print("   " + " ".join(f"{w}({v:.2f})" for w, v in words))
     return 0
 
 

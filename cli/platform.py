@@ -109,7 +109,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(table(rows, ["PROJECT", "ID", "PREFIX", "STATE", "ROLE", "EXPIRES", "NAME"]))
         else:
             k = revoke_key(settings, args.key)
-            print(f"revoked key {k.id} ({k.prefix}...); requests with it are refused from now on")
+            print(f"revoked key {k.id} ({k.prefix}...); every API process refuses it within a second")
     except KeyNotFound as exc:
         print(f"fitcycle keys: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import httpx
 from tqdm import tqdm
 
 from cli.answers import with_files
+from cli.heatmaps import explain_folder, overlay_path
 from core.jobs.kind_names import KIND_NAMES
 
 # Named here, not imported from core.engine.rules (which imports PIL, numpy and torch): the client verbs only
@@ -92,6 +94,7 @@ def add_remote_verbs(verbs: Any) -> None:
     pred.add_argument("images", nargs="*", type=Path)
     pred.add_argument("--mask-dir", type=Path, default=Path("predicted-masks"), help="segmentation: mask PNGs here")
     pred.add_argument("--text", action="append", default=None, help="a text for a text classifier (repeatable)")
+    explain_options(pred)
     gen = common(models.add_parser("generate", help="a language model writes after a prompt"))
     gen.add_argument("model")
     gen.add_argument("prompt")
@@ -136,6 +139,7 @@ def add_remote_verbs(verbs: Any) -> None:
     reg_predict.add_argument("name")
     reg_predict.add_argument("images", nargs="+", type=Path)
     reg_predict.add_argument("--mask-dir", type=Path, default=Path("predicted-masks"))
+    explain_options(reg_predict)
     reg_policy = common(reg.add_parser("policy", help="set a name's retraining policy"))
     reg_policy.add_argument("name")
     reg_policy.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="min_feedback=20 ...")
@@ -241,10 +245,14 @@ def add_remote_verbs(verbs: Any) -> None:
     weights_list = common(weights_sub.add_parser("list", help="what the fleet's weights store holds"))
     weights_list.add_argument("--json", action="store_true")
 
+    from cli.search import add_search_verbs
+
+    add_search_verbs(verbs, common)
+
 
 # The verbs that talk to a server (cli.main sends them here); the feedback loop's share one dispatcher.
 LOOP_VERBS = ("registry", "predictions", "feedback", "clean", "project", "webhooks", "weights")
-REMOTE_VERBS = ("datasets", "jobs", "models", *LOOP_VERBS)
+REMOTE_VERBS = ("datasets", "jobs", "models", "search", *LOOP_VERBS)
 
 
 class RemoteError(Exception):
@@ -430,14 +438,53 @@ def cmd_remote(args: argparse.Namespace) -> int:
         return 2
 
 
-def _predict(http: httpx.Client, path: str, images: list[Path], mask_dir: Path) -> None:
-    """One JSON line per image: the answer (top 5 classes), a mask written to a file."""
+def explain_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--explain",
+        nargs="?",
+        const=Path("heatmaps"),
+        default=None,
+        type=Path,
+        metavar="DIR",
+        help="images: write each image with its heatmap over it to DIR (default: heatmaps); texts: each word's weight",
+    )
+    parser.add_argument("--heatmap-class", default=None, help="--explain: the class the heatmap is for")
+
+
+def _predict(
+    http: httpx.Client,
+    path: str,
+    images: list[Path],
+    mask_dir: Path,
+    explain: Path | None = None,
+    heatmap_class: str | None = None,
+) -> None:
+    """One JSON line per image: the answer (top 5 classes), a mask written to a file; with `explain`, the image
+    with its heatmap over it written to that folder."""
+    params = {"explain": "true"} if explain is not None or heatmap_class is not None else {}
+    params |= {"heatmap_class": heatmap_class} if heatmap_class is not None else {}
+    folder = explain_folder(explain or Path("heatmaps")) if params else None
+    written: set[Path] = set()
     for image in images:
         with image.open("rb") as f:
-            result = _check(http.post(path, files={"file": (image.name, f)}))
+            result = _check(http.post(path, params=params, files={"file": (image.name, f)}))
         if "predictions" in result:
             result["predictions"] = result["predictions"][:5]
+        if result.get("heatmap") and folder is not None:
+            result["heatmap"] = str(_write_overlay(image, result, overlay_path(folder, image, written)))
         print(json.dumps({"path": str(image), **with_files(result, image, mask_dir)}))
+
+
+def _write_overlay(image: Path, result: dict[str, Any], dest: Path) -> Path:
+    """The image with the answer's heatmap (a greyscale PNG, base64) over it, as `dest`."""
+    import numpy as np
+    from PIL import Image
+
+    from core.engine.inference import Heatmap
+
+    heat = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["heatmap"]))).convert("L"))
+    Heatmap(str(result.get("heatmap_class")), heat).over(image).save(dest)
+    return dest
 
 
 def _feedback_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -507,7 +554,7 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
         decision = _check(http.post(f"/registry/{args.name}/promote", json=body))
         print(f"{args.name}: champion is now {decision['model_id']} (was {decision['champion_id']})")
     elif verb == ("registry", "predict"):
-        _predict(http, f"/registry/{args.name}/predict", args.images, args.mask_dir)
+        _predict(http, f"/registry/{args.name}/predict", args.images, args.mask_dir, args.explain, args.heatmap_class)
     elif verb == ("registry", "policy"):
         policy = {k: _value(v) for k, _, v in (item.partition("=") for item in args.set)}
         print(json.dumps(_check(http.put(f"/registry/{args.name}/policy", json=policy)), indent=1))
@@ -676,6 +723,10 @@ def _target_text(target: dict[str, Any], width: int = 40) -> str:
 
 def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
     verb = (args.verb, args.sub)
+    if args.verb == "search":
+        from cli.search import dispatch_search
+
+        return dispatch_search(args, http)
     if args.verb in LOOP_VERBS or verb in (
         ("datasets", "version"),
         ("datasets", "versions"),
@@ -747,13 +798,14 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
         out.write_bytes(data if isinstance(data, bytes) else json.dumps(data).encode())
         print(out)
     elif verb == ("models", "predict") and args.text:
-        for result in _check(http.post(f"/models/{args.model}/predict-text", json={"texts": args.text}))["results"]:
+        body = {"texts": args.text, "explain": args.explain is not None}
+        for result in _check(http.post(f"/models/{args.model}/predict-text", json=body))["results"]:
             result["predictions"] = result["predictions"][:5]
             print(json.dumps(result))
     elif verb == ("models", "predict"):
         if not args.images:
             raise SystemExit("error: give image files, or --text TEXT for a text classifier")
-        _predict(http, f"/models/{args.model}/predict", args.images, args.mask_dir)
+        _predict(http, f"/models/{args.model}/predict", args.images, args.mask_dir, args.explain, args.heatmap_class)
     elif verb == ("models", "generate"):
         body = {"prompt": args.prompt, "words": args.words, "temperature": args.temperature, "seed": args.seed}
         print(_check(http.post(f"/models/{args.model}/generate", json=body))["text"])

@@ -64,8 +64,19 @@ class Settings(BaseSettings):
     loop_interval_seconds: float = Field(
         10.0, ge=0, description="the fleet loop (retraining policies, retention), in one API process; 0: off"
     )
+    search_poll_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="how often the API process holding the searches lease advances hyperparameter searches; 0: off",
+    )
     render_cpu_seconds: float = Field(
         30.0, gt=0, description="seconds a project may spend making show_batch pictures per minute (per API process)"
+    )
+    explain_cpu_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a project may spend on heatmaps (explained predictions) per minute (per API process)",
     )
     webhook_poll_seconds: float = Field(
         1.0, ge=0, description="how often each API process looks for due webhook deliveries; 0: it sends none"
@@ -78,7 +89,14 @@ class Settings(BaseSettings):
         64, ge=1, le=1024, description="all deliveries on their way, per API process"
     )
     requeue_after_seconds: float = 600.0
-    checkpoint_every_n_steps: int | None = 50
+    checkpoint_every_seconds: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="a running job checkpoints once this long has passed since its last checkpoint (0: every "
+        "epoch); a stop (cancel, SIGTERM) always checkpoints, so at most this much training is redone after a crash",
+    )
+    checkpoint_every_n_steps: int | None = Field(None, ge=1, description="also every this many training batches")
     drop_finished_checkpoints: bool = Field(
         True, description="delete a job's checkpoint once it succeeded and its export bundle is stored"
     )
@@ -116,12 +134,21 @@ class Settings(BaseSettings):
         "PyTorch), or always PyTorch",
     )
     predictor_cache_size: int = 4
+    lookup_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=2,
+        description="how long an API process keeps a key's caller and a model's row without asking the database "
+        "again (0: it asks on every request). A revocation, a project's new settings, an ended web UI session and "
+        "a deleted model are pushed to every API process at once; this is the bound when such a push is lost",
+    )
     max_predict_files: int = 16
     max_predict_file_bytes: int = 20 * 1024**2
 
     # Quotas per project (defaults a single user never meets). Requests per minute are counted in Redis
     # when the broker is Redis (one count for the whole API fleet), else in the API process.
     max_active_jobs: int = Field(100, description="queued + running jobs of one project")
+    max_active_searches: int = Field(10, ge=1, description="running hyperparameter searches of one project")
     max_event_streams: int = Field(20, description="open /jobs/{id}/events streams of one project")
     max_stored_bytes: int = Field(100 * 1024**3, description="dataset files and job artifacts of one project")
     requests_per_minute: int = Field(1200, description="requests of one project (0: no limit)")

@@ -25,6 +25,7 @@ from core.engine.checkpoint import load_checkpoint, save_checkpoint
 from core.storage.base import ObjectStore
 from core.storage.layout import attempt_prefix
 from worker import metrics
+from worker.trials import TrialReporter
 
 CHECKPOINT = "checkpoints/last.pt"
 log = logging.getLogger("fitcycle.worker")
@@ -71,6 +72,7 @@ class DbJobContext:
         self._checked_at = 0.0
         self._stop = False
         self._fit_started: dict[str, tuple[float, int]] = {}
+        self.trial: TrialReporter | None = None  # a search's trial: each epoch's objective goes to its study
 
     # ----- metrics ---------------------------------------------------------------------------------
     def on_batch(self, row: dict[str, Any]) -> None:
@@ -96,6 +98,8 @@ class DbJobContext:
 
     def on_epoch(self, row: dict[str, Any]) -> None:
         self.fenced("epoch metrics", lambda s: repos.record_epoch(s, self.job_id, row))
+        if self.trial is not None and self.trial.report(row):
+            self._stop = True  # pruned: the job stops before its next batch, at this epoch's end
         seconds = float(row.get("seconds") or 0.0)
         if seconds > 0:
             metrics.EPOCH_SECONDS.observe(seconds)
@@ -103,7 +107,14 @@ class DbJobContext:
                 metrics.IMAGES_PER_SECOND.set(self.n_train / seconds)
 
     # ----- checkpoints -----------------------------------------------------------------------------
+    @property
+    def pruned(self) -> bool:
+        """The search's pruner stopped this trial."""
+        return self.trial is not None and self.trial.pruned
+
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        if self.pruned:
+            return  # a pruned trial never resumes: its stop writes nothing
         local = save_checkpoint(state, self.work / "checkpoint-upload.pt")
         self._upload(CHECKPOINT, local)
 

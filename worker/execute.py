@@ -41,6 +41,7 @@ from worker import metrics
 from worker.context import DbJobContext, new_work_dir
 from worker.evaluate import GoldSet, evaluate_challenger, name_of
 from worker.memory import release_memory
+from worker.trials import reporter_for
 
 log = logging.getLogger("fitcycle.worker")
 
@@ -65,14 +66,16 @@ def fetch_bundle(rt: Runtime, model: domain.Model) -> Path:
 def resolve_spec(rt: Runtime, job: domain.Job, data: Path) -> TrainSpec:
     """The engine's spec: the job's fields plus local paths for the data, a pretrained model and the parent."""
     fields: dict[str, Any] = {k: v for k, v in job.spec.items() if k in TrainSpec.model_fields}
-    # Each job draws its own data order and augmentations (a child must not replay its parent's batches);
-    # derived from the job id, so a resumed run draws the same ones again. The split keeps `seed`.
+    # Each job draws its own data order, augmentations and initial head (a child must not replay its parent's
+    # batches); derived from the job id, so a resumed run draws the same ones again. The split keeps `seed`.
     fields.update(
         kind=job.kind,
         data=str(data),
-        data_seed=int(job.id.replace("-", "")[:8], 16),
+        data_seed=_data_seed(rt, job),
         checkpoint_every_n_steps=rt.settings.checkpoint_every_n_steps,
+        checkpoint_every_seconds=rt.settings.checkpoint_every_seconds,
         report_every_n_batches=rt.settings.report_every_n_batches,
+        onnx=job.search_id is None,  # a search's trial: its bundle gets model.onnx if it is adopted (kind adopt)
     )
     with session_scope(rt.sessions) as s:
         pretrained_model = job.spec.get("pretrained_model_id")
@@ -104,6 +107,19 @@ def resolve_spec(rt: Runtime, job: domain.Job, data: Path) -> TrainSpec:
                 raise FitcycleError(f"model {from_model} (the retrain's starting point) no longer exists")
             fields["init_bundle"] = str(fetch_bundle(rt, model))
     return TrainSpec(**fields)  # a stored [low, high] becomes the spec's (low, high)
+
+
+def _data_seed(rt: Runtime, job: domain.Job) -> int:
+    """The job's own draws, or, for a search's trial, its search's (common random numbers: every trial sees the same
+    batches, augmentations and initial weights, so trials differ by their fields, not their luck; a seeded search
+    draws from its seed, so two searches with one seed compare on the same draws too)."""
+    source = job.id
+    if job.search_id is not None:
+        with session_scope(rt.sessions) as s:
+            search = repos.get_search(s, job.search_id)
+        if search is not None:
+            source = f"{search.seed:08x}" if search.seed is not None else search.id
+    return int(source.replace("-", "")[:8], 16)
 
 
 def _renew_until(rt: Runtime, ctx: DbJobContext, job_id: str, done: threading.Event) -> None:
@@ -166,6 +182,7 @@ def _execute_job(rt: Runtime, job_id: str) -> str:
     renewer = threading.Thread(target=_renew_until, args=(rt, ctx, job.id, done), daemon=True)
     renewer.start()
     try:
+        ctx.trial = reporter_for(rt.sessions, job, rt.settings.sqlalchemy_url)
         folder, manifest = materialize(rt.store, version.prefix, rt.settings.cache_dir / "datasets")
         spec = resolve_spec(rt, job, folder / "files")
         if version.labels.get("kind") in TEXT_RULES:  # texts: the ULMFiT flow's learners (core/jobs/text_training.py)
@@ -174,6 +191,8 @@ def _execute_job(rt: Runtime, job_id: str) -> str:
         items = stored_items(folder / "files", manifest, spec.valid_pct, spec.seed)
         ctx.n_train = len(items.indices(False))
         result = run_spec(spec, ctx, items)
+        if get_kind(job.kind).adopts_parent_result:
+            result = {**_parent_result(rt, job), **result}
         model_id = _register_model(rt, job, ctx, result, items) if get_kind(job.kind).makes_model else None
         if model_id is not None and rt.settings.drop_finished_checkpoints:
             result["checkpoint_bytes_freed"] = _drop_checkpoints(rt, job)
@@ -187,9 +206,12 @@ def _execute_job(rt: Runtime, job_id: str) -> str:
                 "job %s: attempt %d lost its lease to another worker; stopping, recording nothing", job.id, job.attempts
             )
             return "lease lost"
-        if rt.shutdown.is_set() and not _cancel_requested(rt, job.id):
+        if ctx.pruned:
+            outcome, error, result, model_id = "pruned", None, _pruned_result(ctx), None
+        elif rt.shutdown.is_set() and not _cancel_requested(rt, job.id):
             return _hand_back(rt, job, ctx.token)
-        outcome, error, result, model_id = "cancelled", None, {}, None
+        else:
+            outcome, error, result, model_id = "cancelled", None, {}, None
     except (FitcycleError, ValidationError, ValueError, StoreUnavailable) as exc:
         outcome, error, result, model_id = "failed", one_line(str(exc)), {}, None
     except Exception as exc:
@@ -224,6 +246,20 @@ def _execute_job(rt: Runtime, job_id: str) -> str:
         "" if recorded else " (not recorded: no longer the owner)",
     )
     return outcome
+
+
+def _pruned_result(ctx: DbJobContext) -> dict[str, Any]:
+    """A pruned trial's result: where it stopped and its objective there (its epoch rows stay)."""
+    assert ctx.trial is not None
+    metric = ctx.trial.search.metric
+    return {"pruned_after_epoch": ctx.trial.step, "main_metric": metric, metric: ctx.trial.last_value}
+
+
+def _parent_result(rt: Runtime, job: domain.Job) -> dict[str, Any]:
+    """The parent's result, for a kind that passes its parent's model on as it is (its metrics and rates)."""
+    with session_scope(rt.sessions) as s:
+        parent = repos.get_job(s, job.parent_job_id or "", job.project_id)
+    return {k: v for k, v in (parent.result if parent else {}).items() if k not in ("decision", "name", "version")}
 
 
 def _cancel_requested(rt: Runtime, job_id: str) -> bool:
@@ -292,6 +328,9 @@ def _register_model(
             bundle_prefix=f"{ctx.prefix}/export",
             dataset_version_id=job.dataset_version_id,
         )
+        if job.search_id is not None:  # a search's trial: no name, so no gate (its best can be adopted into one)
+            result["search_id"] = job.search_id
+            return model.id
         name = name_of(s, job)
         entry = repos.model_name(s, job.project_id, name)
         champion = repos.get_model(s, entry.champion_id, job.project_id) if entry and entry.champion_id else None

@@ -13,6 +13,7 @@ from api.routes import (
     predictions,
     project,
     registry,
+    searches,
     webhooks,
     weights,
 )
@@ -21,6 +22,7 @@ api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)
+api_router.include_router(searches.router)
 api_router.include_router(models.router)
 api_router.include_router(keys.router)
 api_router.include_router(architectures.router)

@@ -1,5 +1,6 @@
 """Keys: a project's admin key makes, lists and revokes the project's keys. A revoked key is refused from
-the next request on (keys are looked up on every request; nothing caches them)."""
+the next request on, on every API process (each keeps a key's caller a moment, and the revocation is pushed to them
+all: api/lookup_cache.py)."""
 
 from __future__ import annotations
 
@@ -27,5 +28,6 @@ async def list_keys(state: StateDep, admin: AdminDep, offset: OffsetQuery = 0, l
 
 @router.delete("/{key_id}")
 async def revoke_key(state: StateDep, admin: AdminDep, key_id: str) -> KeysPublic:
-    """Revoke a key of this project at once; answers the project's keys as they now are."""
+    """Revoke a key of this project at once (every API replica refuses it from then on); answers the project's keys
+    as they now are."""
     return await run_in_threadpool(service.revoke, state, admin, key_id)

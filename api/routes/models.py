@@ -12,12 +12,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import LimitQuery, OffsetQuery, ProjectDep, StateDep
+from api.deps import ExplainQuery, HeatmapClassQuery, LimitQuery, OffsetQuery, ProjectDep, StateDep
 from api.openapi import binary
 from api.schemas import (
     Answer,
     BatchPredictions,
     Deleted,
+    Explain,
     Generated,
     GenerateRequest,
     ModelPublic,
@@ -83,14 +84,19 @@ async def predict(
     project: ProjectDep,
     model_id: str,
     file: Annotated[list[UploadFile], File(description="one image, or several")],
+    explain: ExplainQuery = False,
+    heatmap_class: HeatmapClassQuery = None,
 ) -> Answer | BatchPredictions:
     """Answer uploaded images. One file: the model's task's answer, e.g. for classification {"task":
     "classification", "top": [label, p], "predictions": [[label, p], ...], "prediction_id"}, most probable first
     (a file that is not an image: 422); several: {"results": [{"filename", ...its answer} or {"filename",
     "error"}, ...]}, one per file in order. Multi-label models add "labels": the classes above their tuned
-    thresholds; other tasks answer points, values or a mask: the schema has one answer per task, by "task"."""
-    model = await run_in_threadpool(service.find, state, project, model_id)
-    return await predict_service.answer_files(state, project, model, file, "file")
+    thresholds; other tasks answer points, values or a mask: the schema has one answer per task, by "task".
+    explain=true (classification and multi-label) adds "heatmap", where in the image the evidence for
+    "heatmap_class" is (Grad-CAM; an image-sized greyscale PNG), computed by PyTorch apart from the micro-batches."""
+    model = await service.served(state, project, model_id)
+    wanted = Explain(explain=explain, heatmap_class=heatmap_class)
+    return await predict_service.answer_files(state, project, model, file, "file", wanted)
 
 
 @router.post("/{model_id}/predict-text", response_model_exclude_none=True)
@@ -98,7 +104,7 @@ async def predict_text(state: StateDep, project: ProjectDep, model_id: str, body
     """Classify texts with a text classifier: {"texts": ["...", ...]} (1 to 64), each answered like an image
     ({"top": [label, p], "predictions": [[label, p], ...]}, multi-label adds "labels"), with its prediction_id;
     "explain": true adds each token's weight in the answer. An image model or a language model: 422."""
-    model = await run_in_threadpool(service.find, state, project, model_id)
+    model = await service.served(state, project, model_id)
     return await text_predict.classify(state, project, model, body)
 
 
@@ -106,14 +112,18 @@ async def predict_text(state: StateDep, project: ProjectDep, model_id: str, body
 async def generate(state: StateDep, project: ProjectDep, model_id: str, body: GenerateRequest) -> Generated:
     """A language model writes `words` tokens after `prompt`, each drawn at `temperature` (seeded when `seed` is
     given) [fastai: learn.predict(TEXT, N_WORDS, temperature=0.75)]. Any other model: 422."""
-    model = await run_in_threadpool(service.find, state, project, model_id)
+    model = await service.served(state, project, model_id)
     return await text_predict.generate(state, project, model, body)
 
 
 @router.post("/{model_id}/predict-url", response_model=PredictAnswer, response_model_exclude_none=True)
 async def predict_url(state: StateDep, project: ProjectDep, model_id: str, body: PredictUrl) -> Answer:
-    """Fetch a public image URL and classify it (the course's classify-url)."""
-    model = await run_in_threadpool(service.find, state, project, model_id)
+    """Fetch a public image URL and classify it (the course's classify-url); "explain": true adds a heatmap as
+    POST /models/{id}/predict does."""
+    model = await service.served(state, project, model_id)
+    if body.wanted:  # a model without heatmaps or an unknown class is refused before anything is fetched
+        predictor = await run_in_threadpool(state.predictors.get, model)
+        predict_service.check_explainable(predictor, body.heatmap_class)
     data = await fetch_image(body.url, state.settings)
     shown = urlsplit(body.url)._replace(netloc=urlsplit(body.url).hostname or "", query="", fragment="").geturl()
-    return await predict_service.answer(state, project, model, data, shown, "url")
+    return await predict_service.answer(state, project, model, data, shown, "url", body)

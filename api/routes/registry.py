@@ -9,12 +9,13 @@ from typing import Annotated
 from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import AdminDep, LimitQuery, OffsetQuery, ProjectDep, StateDep
+from api.deps import AdminDep, ExplainQuery, HeatmapClassQuery, LimitQuery, OffsetQuery, ProjectDep, StateDep
 from api.schemas import (
     Answer,
     BatchPredictions,
     DecisionPublic,
     DecisionsPublic,
+    Explain,
     PolicyUpdate,
     PredictResponse,
     Promote,
@@ -75,7 +76,11 @@ async def predict(
     project: ProjectDep,
     name: str,
     file: Annotated[list[UploadFile], File(description="one image, or several")],
+    explain: ExplainQuery = False,
+    heatmap_class: HeatmapClassQuery = None,
 ) -> Answer | BatchPredictions:
-    """The name's champion answers, as POST /models/{id}/predict does; each answer is logged."""
+    """The name's champion answers, as POST /models/{id}/predict does (explain=true included); each answer is
+    logged."""
     model = await run_in_threadpool(service.champion, state, project, name)
-    return await predict_service.answer_files(state, project, model, file, "name")
+    wanted = Explain(explain=explain, heatmap_class=heatmap_class)
+    return await predict_service.answer_files(state, project, model, file, "name", wanted)

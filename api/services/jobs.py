@@ -219,15 +219,16 @@ def _retrain_from(s: Session, project: domain.Project, body: JobCreate, fields: 
         fields["retrain_defaults"] = {"fields": chosen, "from": how}
 
 
-def create(state: AppState, project: domain.Project, body: JobCreate, by_admin: bool = True) -> JobPublic:
-    """Queue a job; `by_admin` is False for a member key's job, whose model the gate never promotes on its own."""
+def create(
+    state: AppState,
+    project: domain.Project,
+    body: JobCreate,
+    by_admin: bool = True,
+    trial: tuple[str, int] | None = None,
+) -> JobPublic:
+    """Queue a job; `by_admin` is False for a member key's job, whose model the gate never promotes on its own;
+    `trial`: (search id, trial number) for a search's trial."""
     settings = state.settings
-    if body.queue is not None and body.queue not in settings.queues:
-        raise Problem(
-            422,
-            "Invalid job",
-            f"queue: not one of this server's queues; choose one of {', '.join(settings.queues)} (FITCYCLE_QUEUES)",
-        )
     state.stored.check(project.id, 0, fresh=False)  # a project at its storage quota makes no more artifacts
     with session_scope(state.sessions) as s:
         active = repos.active_jobs(s, project.id)
@@ -238,51 +239,7 @@ def create(state: AppState, project: domain.Project, body: JobCreate, by_admin: 
                 f"this project has {active} queued or running jobs, its limit (FITCYCLE_MAX_ACTIVE_JOBS); "
                 "wait for some to finish or cancel them",
             )
-        dataset, version, _ = find_version(s, project, body.dataset_id, body.dataset_version)
-        kind = get_kind(body.kind)
-        fields = body.model_dump(
-            mode="json",
-            exclude={"dataset_id", "dataset_version", "parent_job_id", "queue", "kind", "from_model"},
-            exclude_none=True,
-        )
-        fields["name"] = body.name or dataset.name + kind.name_suffix
-        is_text = version.labels.get("kind") in TEXT_RULES
-        data_problem = kind.data_problem(is_text, body.gpus, body.compile)
-        if data_problem is not None:
-            raise Problem(422, "Invalid job", f"kind: {data_problem}", field="kind")
-        if is_text:
-            _text_fields(state, body, fields)
-        elif body.pretrained == WT103:
-            raise Problem(
-                422, "Invalid job", "pretrained: wt103 is a language model's start: for texts", field="pretrained"
-            )
-        if kind.valid_pct is not None and "valid_pct" not in body.model_fields_set:
-            fields["valid_pct"] = kind.valid_pct
-        if kind.defaults_from_champion:
-            _retrain_from(s, project, body, fields)
-        if "lr" not in fields and kind.default_lr(is_text) is not None:
-            fields["lr"] = kind.default_lr(is_text)
-        parent = _parent(s, project, body, kind)
-        if parent is not None:
-            _inherit(s, project, body, kind, parent, fields)
-        if body.pretrained not in ("imagenet", "none", WT103):
-            model = repos.get_model(s, body.pretrained, project.id)
-            if model is None:
-                raise Problem(
-                    422,
-                    "Invalid job",
-                    f"pretrained: '{body.pretrained}' is neither 'imagenet', 'none' "
-                    "nor the id of a model in this project",
-                )
-            fields["pretrained"] = "model"
-            fields["pretrained_model_id"] = model.id
-            fields.setdefault("arch", model.arch)
-        fields.setdefault("arch", TEXT_ARCH if is_text else DEFAULT_ARCH)
-        if not is_text and parent is None and fields.get("pretrained") == "imagenet" and not kind.starts_from_model:
-            _require_imagenet_weights(state, fields["arch"])
-        _check_settings(kind, fields, from_model=parent is not None or "from_model_id" in fields)
-        _check_split(state, version, fields)
-        queue = body.queue or settings.default_queue
+        kind, fields, version, parent, queue = _resolve(s, state, project, body)
         job = repos.create_job(
             s,
             project_id=project.id,
@@ -292,6 +249,8 @@ def create(state: AppState, project: domain.Project, body: JobCreate, by_admin: 
             parent_job_id=parent.id if parent else None,
             queue=queue,
             by_admin=by_admin,
+            search_id=trial[0] if trial else None,
+            trial_number=trial[1] if trial else None,
         )
     # Committed: now the message. If sending fails, the reaper re-sends it later.
     try:
@@ -304,6 +263,84 @@ def create(state: AppState, project: domain.Project, body: JobCreate, by_admin: 
         fresh = repos.get_job(s, job.id)
     assert fresh is not None
     return JobPublic.of(fresh)
+
+
+def check(state: AppState, project: domain.Project, body: JobCreate, split: bool = True) -> dict[str, Any]:
+    """The settings a job of `body` would run with, checked as create() checks them (`split`: the split it draws
+    too, which reads the version's manifest); nothing is written."""
+    with session_scope(state.sessions) as s:
+        return _resolve(s, state, project, body, split)[1]
+
+
+def _resolve(
+    s: Session, state: AppState, project: domain.Project, body: JobCreate, split: bool = True
+) -> tuple[JobKind, dict[str, Any], domain.DatasetVersion, domain.Job | None, str]:
+    """A job body resolved (its parent's and its kind's defaults) and checked: its kind, its settings, its dataset
+    version, its parent and its queue; a Problem says what is wrong."""
+    settings = state.settings
+    if body.queue is not None and body.queue not in settings.queues:
+        raise Problem(
+            422,
+            "Invalid job",
+            f"queue: not one of this server's queues; choose one of {', '.join(settings.queues)} (FITCYCLE_QUEUES)",
+        )
+    dataset, version, _ = find_version(s, project, body.dataset_id, body.dataset_version)
+    kind = get_kind(body.kind)
+    fields = body.model_dump(
+        mode="json",
+        exclude={"dataset_id", "dataset_version", "parent_job_id", "queue", "kind", "from_model"},
+        exclude_none=True,
+    )
+    fields["name"] = body.name or dataset.name + kind.name_suffix
+    is_text = version.labels.get("kind") in TEXT_RULES
+    data_problem = kind.data_problem(is_text, body.gpus, body.compile)
+    if data_problem is not None:
+        raise Problem(422, "Invalid job", f"kind: {data_problem}", field="kind")
+    if is_text:
+        _text_fields(state, body, fields)
+    elif body.pretrained == WT103:
+        raise Problem(
+            422, "Invalid job", "pretrained: wt103 is a language model's start: for texts", field="pretrained"
+        )
+    if kind.valid_pct is not None and "valid_pct" not in body.model_fields_set:
+        fields["valid_pct"] = kind.valid_pct
+    if kind.defaults_from_champion:
+        _retrain_from(s, project, body, fields)
+    if "lr" not in fields and kind.default_lr(is_text) is not None:
+        fields["lr"] = kind.default_lr(is_text)
+    parent = _parent(s, project, body, kind)
+    if parent is not None:
+        _inherit(s, project, body, kind, parent, fields)
+    if parent is not None and kind.adopts_parent_result and version.id != parent.dataset_version_id:
+        # Its model is judged on the data it learnt from: a newer version would pass as newer data at the gate.
+        theirs = repos.get_version(s, parent.dataset_version_id)
+        if body.dataset_version is not None or theirs is None or theirs.dataset_id != version.dataset_id:
+            where = f"version {theirs.version} of dataset {theirs.dataset_id}" if theirs else "a deleted version"
+            raise Problem(
+                422,
+                "Invalid job",
+                f"dataset_version: a {kind.name} job keeps its parent's data ({where}); leave dataset_version out",
+                field="dataset_version",
+            )
+        version = theirs
+    if body.pretrained not in ("imagenet", "none", WT103):
+        model = repos.get_model(s, body.pretrained, project.id)
+        if model is None:
+            raise Problem(
+                422,
+                "Invalid job",
+                f"pretrained: '{body.pretrained}' is neither 'imagenet', 'none' nor the id of a model in this project",
+            )
+        fields["pretrained"] = "model"
+        fields["pretrained_model_id"] = model.id
+        fields.setdefault("arch", model.arch)
+    fields.setdefault("arch", TEXT_ARCH if is_text else DEFAULT_ARCH)
+    if not is_text and parent is None and fields.get("pretrained") == "imagenet" and not kind.starts_from_model:
+        _require_imagenet_weights(state, fields["arch"])
+    _check_settings(kind, fields, from_model=parent is not None or "from_model_id" in fields)
+    if split:
+        _check_split(state, version, fields)
+    return kind, fields, version, parent, body.queue or settings.default_queue
 
 
 def _job(s: Session, project: domain.Project, job_id: str) -> domain.Job:
@@ -429,6 +466,14 @@ def delete(state: AppState, project: domain.Project, job_id: str) -> Deleted:
         job = _job(s, project, job_id)
         if not job.is_terminal:
             raise Problem(409, "Job not finished", f"job {job_id} is {job.state}; cancel it, then delete it")
+        search = repos.get_search(s, job.search_id) if job.search_id else None
+        if search is not None and not search.is_terminal:
+            raise Problem(
+                409,
+                "Trial of a running search",
+                f"job {job_id} is trial {job.trial_number} of search {search.id}, which is running; "
+                "delete it once the search has ended (or cancel the search)",
+            )
         if job.model_id is not None:
             raise Problem(
                 409,

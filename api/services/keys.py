@@ -35,4 +35,5 @@ def revoke(state: AppState, admin: domain.Caller, key_id: str) -> KeysPublic:
         if key is None:
             raise not_found("key", key_id[:40])
         repos.revoke_api_key(s, key.id)
+    state.invalidations.publish(("key", key.id))  # every API process forgets the key's caller at once
     return list_all(state, admin)

@@ -1,5 +1,5 @@
-"""Models: list and read them, zip a bundle for download, and delete one (its bundle goes from storage and
-from the predictor cache)."""
+"""Models: list and read them, zip a bundle for download, and delete one (its bundle goes from storage, and its
+row and Predictor from every API process's memory)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Callable
+
+from fastapi.concurrency import run_in_threadpool
 
 from api.errors import Problem, not_found
 from api.schemas import Deleted, ModelPublic, ModelsPublic
@@ -16,12 +18,21 @@ from core.db.session import session_scope
 
 
 def find(state: AppState, project: domain.Project, model_id: str) -> domain.Model:
-    """The model, or 404 when this project has none by that id."""
+    """The model, read now, or 404 when this project has none by that id."""
+    since = state.models.generation()
     with session_scope(state.sessions) as s:
         model = repos.get_model(s, model_id, project.id)
     if model is None:
         raise not_found("model", model_id)
+    state.models.put((project.id, model_id), model, [("model", model_id)], since)
     return model
+
+
+async def served(state: AppState, project: domain.Project, model_id: str) -> domain.Model:
+    """The model a predict route answers with: as this process read it less than FITCYCLE_LOOKUP_CACHE_SECONDS ago
+    (a deletion drops it on every replica at once: api/lookup_cache.py), else read now."""
+    cached = state.models.get((project.id, model_id))
+    return cached if cached is not None else await run_in_threadpool(find, state, project, model_id)
 
 
 def list_all(
@@ -86,6 +97,7 @@ def delete(state: AppState, project: domain.Project, model_id: str) -> Deleted:
         if entry is not None and len(others) <= 1:  # the name's last model: the name goes with it
             repos.delete_model_name(s, entry.id)
         repos.delete_model(s, model_id)
+    # Every API process forgets its row and its Predictor at once: none answers with it again.
+    state.invalidations.publish(("model", model_id))
     objects = state.store.delete_prefix(model.bundle_prefix + "/")
-    state.predictors.forget(model_id)
     return Deleted(deleted=f"model {model_id} ({model.arch})", objects=objects, bytes=freed)

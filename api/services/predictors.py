@@ -148,7 +148,10 @@ class PredictorCache:
         return unbatched
 
     def forget(self, model_id: str) -> None:
-        """Drop a deleted model from memory and its local bundle copy from disk."""
+        """Drop a deleted model from memory and its local bundle copy from disk (a model id is one path
+        component: anything else names no model and is ignored)."""
+        if not model_id or model_id in (".", "..") or "/" in model_id or "\\" in model_id or "\x00" in model_id:
+            return
         with self._lock:
             loaded = self._cache.pop(model_id, None)
         if loaded is not None:

@@ -43,4 +43,5 @@ def update(state: AppState, project: domain.Project, body: ProjectSettings) -> P
                     "version_id": version.id,
                 }
         updated = repos.update_project_settings(s, project.id, changes)
+    state.invalidations.publish(("project", project.id))  # every API process's callers see the new settings
     return public(updated)

@@ -10,18 +10,19 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from api.errors import Problem
 from api.guard import SESSION_COOKIE
-from api.schemas import MAX_TEXT_CHARS, DatasetPublic, ModelPublic, RegistryEntry
+from api.schemas import MAX_TEXT_CHARS, DatasetPublic, ModelPublic, RegistryEntry, SearchPublic
 from api.services import datasets as datasets_service
 from api.services import feedback as feedback_service
 from api.services import jobs as jobs_service
 from api.services import models as models_service
 from api.services import registry as registry_service
+from api.services import searches as searches_service
 from api.services import versions as versions_service
 from api.state import AppState
 from api.ui.session import (
@@ -39,7 +40,9 @@ from api.ui.session import (
     sign_out_everywhere,
 )
 from core.db import domain
+from core.engine.interpret import heatmap_artifact
 from core.engine.rules import TEXT_RULES
+from core.engine.tasks import TASKS
 from core.engine.text.manifest import LANGUAGE_MODEL, TEXT_TASKS
 from core.jobs.kinds import KINDS, get_kind
 from core.jobs.spec import DEFAULT_ARCH, JobSettings
@@ -50,6 +53,20 @@ router = APIRouter(include_in_schema=False)
 ITEMS_PER_PAGE = 48
 MAX_ARTIFACT_JSON = 8 * 1024**2
 CLEANER_CARDS = 60  # the cleaner page shows this many of the most doubted items
+SEARCHES_PER_PAGE = 20
+
+
+def shown(value: Any) -> str:
+    """A searched field's value or an objective as a page shows it (and as static/search.js does): numbers to 4
+    significant digits, booleans as JSON writes them."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
+templates.env.filters["shown"] = shown
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -83,6 +100,15 @@ def item_url(request: Request, dataset_id: str, version: int) -> Callable[[str],
     return url
 
 
+HEATMAPS = heatmap_artifact(0).rsplit("/", 1)[0] + "/"  # the folder of an interpretation's top-loss heatmaps
+
+
+def is_plot(name: str) -> bool:
+    """Whether a job's artifact is a picture to show as a plot: a PNG, but not a top loss's heatmap (the
+    interpretation page lays those over their items' images)."""
+    return name.endswith(".png") and not name.startswith(HEATMAPS)
+
+
 def holds_texts(dataset: DatasetPublic) -> bool:
     """Whether a dataset's items are texts (its labelling rule made texts, not images)."""
     return dataset.labels.get("kind") in TEXT_RULES
@@ -95,6 +121,12 @@ def answer_mode(model: ModelPublic | None) -> str:
     if task == LANGUAGE_MODEL:
         return "generate"
     return "text" if task in TEXT_TASKS else "image"
+
+
+def explains(model: ModelPublic | None) -> bool:
+    """Whether a model's answers can carry a heatmap (its task's `explains`: an image classifier's)."""
+    task = TASKS.get(str(model.metrics.get("task"))) if model else None
+    return task is not None and task.explains
 
 
 # ----- signing in and out ------------------------------------------------------------------------------
@@ -277,7 +309,7 @@ def job_page(request: Request, caller: PageCaller, job_id: str) -> Response:
         samples=samples,
         interpreted="interpretation.json" in names,
         dataset_id=version.dataset_id,
-        plots=[a for a in artifacts.data if a.name.endswith(".png")],
+        plots=[a for a in artifacts.data if is_plot(a.name)],
         cleaner_cards=CLEANER_CARDS,
     )
 
@@ -296,8 +328,9 @@ def interpretation_page(request: Request, caller: PageCaller, job_id: str) -> Re
         caller=caller,
         job=job,
         summary=summary,
-        plots=[a for a in artifacts.data if a.name.startswith("plots/") or a.name.endswith(".png")],
+        plots=[a for a in artifacts.data if a.name.startswith("plots/") or is_plot(a.name)],
         image_url=item_url(request, version.dataset_id, version.version),
+        artifact_url=artifact_url(request, job_id),
     )
 
 
@@ -320,6 +353,53 @@ def cleaner_page(request: Request, caller: PageCaller, job_id: str) -> Response:
         suspects=found.data,
         count=found.count,
         dataset=dataset,
+    )
+
+
+# ----- hyperparameter searches -------------------------------------------------------------------------
+def _done(search: SearchPublic) -> int:
+    """How many of its trials have ended (succeeded, failed, cancelled or pruned)."""
+    return sum(n for state, n in search.counts.items() if state in domain.TERMINAL_STATES)
+
+
+@router.get("/searches")
+def searches_page(request: Request, caller: PageCaller, page: Annotated[int, Query(ge=1, le=100_000)] = 1) -> Response:
+    state, project = app_state(request), caller.project
+    found = searches_service.list_all(state, project, (page - 1) * SEARCHES_PER_PAGE, SEARCHES_PER_PAGE)
+    return render(
+        request,
+        "searches.html",
+        title="Searches",
+        caller=caller,
+        searches=found.data,
+        done={s.id: _done(s) for s in found.data},
+        count=found.count,
+        page=page,
+        per_page=SEARCHES_PER_PAGE,
+    )
+
+
+@router.get("/searches/{search_id}")
+def search_page(request: Request, caller: PageCaller, search_id: str) -> Response:
+    """A search: its header, its trials, the best so far over time, the fields against the objective (parallel
+    coordinates) and each field's importance; live from the search's events while it runs."""
+    state, project = app_state(request), caller.project
+    search = searches_service.get(state, project, search_id)
+    importance = searches_service.importance(state, project, search_id)
+    return render(
+        request,
+        "search.html",
+        title="Search",
+        caller=caller,
+        search=search,
+        done=_done(search),
+        importance=importance,
+        page_data={
+            "search": search.model_dump(mode="json"),
+            "importance": importance.model_dump(mode="json"),
+            "params": list(search.space),  # in the search's order (tojson sorts an object's keys)
+            "final": list(domain.TERMINAL_STATES),
+        },
     )
 
 
@@ -362,6 +442,7 @@ def playground_page(
         chosen_name=name,
         feedback_count=feedback,
         modes=_modes(models, names),
+        heatmap_classes=_heatmap_classes(models, names),
         max_text_chars=MAX_TEXT_CHARS,
     )
 
@@ -373,7 +454,20 @@ def _modes(models: list[ModelPublic], names: list[RegistryEntry]) -> dict[str, s
     return modes | {f"name:{n.name}": answer_mode(by_id.get(n.champion_id or "")) for n in names}
 
 
-@router.get("/predictions")
+def _heatmap_classes(models: list[ModelPublic], names: list[RegistryEntry]) -> dict[str, list[str]]:
+    """The classes a heatmap can be asked for, for each of the playground's choices whose model explains."""
+    by_id = {m.id: m for m in models}
+    choices = {f"model:{m.id}": m for m in models} | {f"name:{n.name}": by_id.get(n.champion_id or "") for n in names}
+    return {choice: m.classes for choice, m in choices.items() if m is not None and explains(m)}
+
+
+async def answers_logged(request: Request) -> None:
+    """Before a page lists predictions: what this API process has answered so far is in the log (it is written
+    behind the answers: api/prediction_queue.py)."""
+    await app_state(request).prediction_queue.written()
+
+
+@router.get("/predictions", dependencies=[Depends(answers_logged)])
 def predictions_page(
     request: Request,
     caller: PageCaller,

@@ -64,10 +64,14 @@ def _session_token(request: Request) -> str | None:
 def sign_in(request: Request, response: Response, caller: domain.Caller) -> None:
     """A new session for the caller's key; the CSRF token is rotated with it. The session this browser held
     before ends (its cookie is replaced, so nothing would ever end it), and expired sessions are purged."""
-    settings = app_state(request).settings
-    with session_scope(app_state(request).sessions) as s:
-        token = repos.create_ui_session(s, caller.key.id, settings.ui_session_days, replaces=_session_token(request))
-    _cookie(request, response, SESSION_COOKIE, token, settings.ui_session_days * 86400, "strict")
+    state = app_state(request)
+    replaced = _session_token(request)
+    with session_scope(state.sessions) as s:
+        token = repos.create_ui_session(s, caller.key.id, state.settings.ui_session_days, replaces=replaced)
+    # Every API process forgets the session replaced, and the key's oldest one if the sign-in ended it (the cap).
+    ended = [("key", caller.key.id)] + ([("session", repos.hash_key(replaced))] if replaced else [])
+    state.invalidations.publish(*ended)
+    _cookie(request, response, SESSION_COOKIE, token, state.settings.ui_session_days * 86400, "strict")
     _csrf_cookie(request, response, secrets.token_urlsafe(32))
 
 
@@ -77,6 +81,7 @@ def sign_out(request: Request, response: Response) -> None:
     if token:
         with session_scope(app_state(request).sessions) as s:
             repos.end_ui_session(s, token)
+        app_state(request).invalidations.publish(("session", repos.hash_key(token)))  # on every API process
     _forget(request, response)
 
 
@@ -84,6 +89,7 @@ def sign_out_everywhere(request: Request, response: Response, caller: domain.Cal
     """End every session of the caller's key (this browser's and every other's); returns how many ended."""
     with session_scope(app_state(request).sessions) as s:
         ended = repos.end_ui_sessions_of_key(s, caller.key.id)
+    app_state(request).invalidations.publish(("key", caller.key.id))  # every API process forgets them
     _forget(request, response)
     return ended
 

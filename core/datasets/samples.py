@@ -256,15 +256,26 @@ def _cross_min(mask: np.ndarray) -> np.ndarray:
 SEGMENTATION_CODES = ("void", "brick", "grass", "gravel", "animal")
 
 
-def write_silhouette_masks(dest: str | Path, count: int = 300, side: int = 64, seed: int = 0) -> Path:
+def write_silhouette_masks(
+    dest: str | Path, count: int = 300, side: int = 64, seed: int = 0, animals: Sequence[str] | None = None
+) -> Path:
     """Segmentation data from real images: two scikit-image textures (brick, grass, gravel) split by a
     random line, with an Animal-MNIST silhouette pasted at a random place and scale. Each pixel's code is
     its texture or `animal`; a one-pixel ring around the silhouette is `void` (an uncertain edge, as in
-    CamVid). images/NNNNN.png, masks/NNNNN.png (pixel value = code index), codes.txt, and pairs.csv
-    (name, mask) for the CSV rule."""
+    CamVid). With `animals` (Animal-MNIST class names), only those animals are pasted and each is a code of
+    its own instead of `animal` (seven of them: 11 codes, as CamVid's 11 classes). images/NNNNN.png,
+    masks/NNNNN.png (pixel value = code index), codes.txt, and pairs.csv (name, mask) for the CSV rule."""
     from skimage import data as skdata
 
-    shapes, _, _ = load_animal_mnist()
+    shapes, shape_labels, _ = load_animal_mnist()
+    codes = SEGMENTATION_CODES if animals is None else (*SEGMENTATION_CODES[:4], *animals)
+    if animals is not None:
+        unknown = sorted(set(animals) - set(ANIMAL_CLASSES))
+        if unknown or len(set(animals)) != len(animals):
+            raise ValueError(f"animals: {list(animals)} should name distinct classes of {ANIMAL_CLASSES}")
+        pool = np.flatnonzero(np.isin(shape_labels, [ANIMAL_CLASSES.index(a) for a in animals]))
+    else:
+        pool = np.arange(len(shapes))
     textures = [np.asarray(Image.fromarray(getattr(skdata, n)()).convert("L")) for n in SEGMENTATION_CODES[1:4]]
     rng = np.random.default_rng(seed)
     dest = Path(dest)
@@ -284,21 +295,48 @@ def write_silhouette_masks(dest: str | Path, count: int = 300, side: int = 64, s
         canvas = np.where(other, crops[1], crops[0]) * 0.7
         mask = np.where(other, second + 1, first + 1).astype(np.uint8)
         size = int(rng.integers(side // 3, side * 3 // 4))
-        shape = np.asarray(Image.fromarray(shapes[int(rng.integers(len(shapes)))]).resize((size, size)), np.float32)
+        pick = int(pool[int(rng.integers(len(pool)))])
+        shape = np.asarray(Image.fromarray(shapes[pick]).resize((size, size)), np.float32)
         px, py = int(rng.integers(0, side - size)), int(rng.integers(0, side - size))
         animal = np.zeros((side, side), dtype=bool)
         animal[py : py + size, px : px + size] = shape > 100
         canvas[animal] = 235.0
-        mask[animal] = SEGMENTATION_CODES.index("animal")
+        mask[animal] = codes.index("animal" if animals is None else ANIMAL_CLASSES[int(shape_labels[pick])])
         ring = _cross_max(animal, False) & ~_cross_min(animal)
-        mask[ring] = SEGMENTATION_CODES.index("void")
+        mask[ring] = codes.index("void")
         name = f"{i:05d}.png"
         Image.fromarray(canvas.clip(0, 255).astype(np.uint8)).convert("RGB").save(dest / "images" / name)
         Image.fromarray(mask).save(dest / "masks" / name)
         rows.append((f"images/{name}", f"masks/{name}"))
-    (dest / "codes.txt").write_text("\n".join(SEGMENTATION_CODES) + "\n")
+    (dest / "codes.txt").write_text("\n".join(codes) + "\n")
     with (dest / "pairs.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["name", "mask"])
         w.writerows(rows)
+    return dest
+
+
+MARK_SIZE = 64
+MARK_REGION = (0, 0, 32, 32)  # left, top, right, bottom: where the class is decided (the top-left quarter)
+MARK_SIDE = 8
+MARK_COLOURS = {"red": (255, 40, 40), "blue": (40, 40, 255)}
+
+
+def write_marks(dest: str | Path, per_class: int = 200, seed: int = 0, shuffle_labels: bool = False) -> Path:
+    """Class folders of 64 px grey-noise images whose class is decided by a mark inside one known region
+    (`MARK_REGION`, the top-left quarter): a red square or a blue one, somewhere in it. Everything else is noise,
+    so a model that learnt the task looks there, and a heatmap can be checked against the region.
+    `shuffle_labels` files the same images under random classes: nothing left to learn."""
+    rng = np.random.default_rng(seed)
+    dest = Path(dest)
+    labels = [c for c in MARK_COLOURS for _ in range(per_class)]
+    filed = [str(c) for c in rng.permutation(labels)] if shuffle_labels else labels
+    left, top, right, bottom = MARK_REGION
+    for n, (drawn, label) in enumerate(zip(labels, filed, strict=True)):
+        img = np.repeat(rng.integers(0, 200, (MARK_SIZE, MARK_SIZE, 1), dtype=np.uint8), 3, axis=2)
+        x = int(rng.integers(left + 2, right - MARK_SIDE - 1))
+        y = int(rng.integers(top + 2, bottom - MARK_SIDE - 1))
+        img[y : y + MARK_SIDE, x : x + MARK_SIDE] = MARK_COLOURS[drawn]
+        (dest / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(dest / label / f"{n:04d}.png")
     return dest

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "pruned")  # pruned: a search's trial stopped early
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,8 @@ class Job:
     error: str | None = None
     model_id: str | None = None
     by_admin: bool = True  # queued by an admin key or the fleet loop
+    search_id: str | None = None  # a hyperparameter search's trial
+    trial_number: int | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -143,8 +145,8 @@ class Job:
 
     @property
     def eta_seconds(self) -> float | None:
-        """Seconds its worker expects the current stage still to take."""
-        return self.progress.get("eta_seconds")
+        """Seconds its worker expects the current stage still to take (none once it has ended)."""
+        return None if self.is_terminal else self.progress.get("eta_seconds")
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class PredictionRecord:
+    """A logged answer: its model, what it answered, and its input's key in the store when kept."""
+
     id: str
     project_id: str
     model_id: str
@@ -252,6 +256,7 @@ class PredictionRecord:
     answer: dict[str, Any]
     uncertainty: float
     created_at: datetime
+    stored_bytes: int = 0  # its kept input and the masks its answer carries, counted toward the quota
 
 
 @dataclass(frozen=True)
@@ -293,3 +298,39 @@ class Delivery:
     last_error: str | None
     created_at: datetime
     delivered_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Search:
+    """A hyperparameter search (api/services/searches.py drives it; its trials are jobs)."""
+
+    id: str
+    project_id: str
+    state: str
+    base: dict[str, Any]
+    space: dict[str, Any]
+    trials: int
+    parallel: int
+    metric: str
+    direction: str
+    pruner: str
+    sampler: str
+    seed: int | None
+    register_as: str | None
+    lr_find_job_id: str | None
+    lr_range: list[Any] | None
+    adopt_job_id: str | None
+    result: dict[str, Any]
+    error: str | None
+    by_admin: bool
+    created_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def study_name(self) -> str:
+        """Its Optuna study's name (one study per search)."""
+        return f"fitcycle-search-{self.id}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state != "running"

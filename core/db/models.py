@@ -113,6 +113,39 @@ class JobRow(Base):
     model_id: Mapped[str | None] = mapped_column(String(36), default=None)
     # Queued by an admin key or the fleet loop: the gate may promote its model on its own (a member's waits).
     by_admin: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # A trial of a hyperparameter search: the search, and the number of its Optuna trial.
+    search_id: Mapped[str | None] = mapped_column(
+        ForeignKey("searches.id", ondelete="SET NULL"), default=None, index=True
+    )
+    trial_number: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class SearchRow(Base):
+    """A hyperparameter search: a base job body, a space over its fields, and the Optuna study (in this same
+    database) whose trials are ordinary jobs (jobs.search_id)."""
+
+    __tablename__ = "searches"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(20), default="running")  # running | succeeded | failed | cancelled
+    base: Mapped[dict[str, Any]] = mapped_column()  # the job body every trial starts from
+    space: Mapped[dict[str, Any]] = mapped_column()  # field path -> distribution
+    trials: Mapped[int] = mapped_column(Integer)  # at most this many trials
+    parallel: Mapped[int] = mapped_column(Integer)  # trials queued or running at once
+    metric: Mapped[str] = mapped_column(String(50))
+    direction: Mapped[str] = mapped_column(String(10))  # maximize | minimize
+    pruner: Mapped[str] = mapped_column(String(20))
+    sampler: Mapped[str] = mapped_column(String(20))
+    seed: Mapped[int | None] = mapped_column(Integer, default=None)
+    register_as: Mapped[str | None] = mapped_column(String(200), default=None)
+    lr_find_job_id: Mapped[str | None] = mapped_column(String(36), default=None)  # lr: around_lr_find
+    lr_range: Mapped[list[Any] | None] = mapped_column(default=None)
+    adopt_job_id: Mapped[str | None] = mapped_column(String(36), default=None)  # register_as: the best trial's
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    by_admin: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class EpochMetricRow(Base):

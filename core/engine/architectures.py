@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torchvision
 from torch import nn
 
 from core.engine.efficientnet_lite import EfficientNetLite0
@@ -35,13 +34,24 @@ class Architecture:
     published: tuple[str, ...] = ()
 
 
-def _torchvision(
-    name: str, weights_enum: str
-) -> tuple[Callable[[], nn.Module], Callable[[], list[Path]], tuple[str, ...]]:
+# torchvision's published ImageNet files of each ResNet (its ResNet*_Weights enums' URLs: IMAGENET1K_V1, V2),
+# written out so that naming them does not import torchvision (1.2 s, most of it torch._dynamo through
+# torchvision.ops): a text job never builds a CNN. tests/engine/test_pretrained.py checks them against torchvision.
+PUBLISHED: dict[str, tuple[str, ...]] = {
+    "resnet18": ("resnet18-f37072fd.pth",),
+    "resnet34": ("resnet34-b627a593.pth",),
+    "resnet50": ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"),
+    "resnet101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth"),
+}
+
+
+def _torchvision(name: str) -> tuple[Callable[[], nn.Module], Callable[[], list[Path]], tuple[str, ...]]:
     def build() -> nn.Module:
+        import torchvision
+
         return getattr(torchvision.models, name)(weights=None)
 
-    published = tuple(Path(w.url).name for w in getattr(torchvision.models, weights_enum))
+    published = PUBLISHED[name]
 
     def files() -> list[Path]:
         import torch.hub
@@ -51,8 +61,8 @@ def _torchvision(
     return build, files, published
 
 
-def _resnet(name: str, weights_enum: str, n_features: int) -> Architecture:
-    build, files, published = _torchvision(name, weights_enum)
+def _resnet(name: str, n_features: int) -> Architecture:
+    build, files, published = _torchvision(name)
     return Architecture(
         name=name,
         build=build,
@@ -81,10 +91,10 @@ def _lite0_body(model: nn.Module) -> nn.Sequential:
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in [
-        _resnet("resnet18", "ResNet18_Weights", 512),
-        _resnet("resnet34", "ResNet34_Weights", 512),
-        _resnet("resnet50", "ResNet50_Weights", 2048),
-        _resnet("resnet101", "ResNet101_Weights", 2048),
+        _resnet("resnet18", 512),
+        _resnet("resnet34", 512),
+        _resnet("resnet50", 2048),
+        _resnet("resnet101", 2048),
         Architecture(
             name="efficientnet_lite0",
             build=EfficientNetLite0,

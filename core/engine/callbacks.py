@@ -4,15 +4,18 @@ accumulation."""
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
 import torch
 from tqdm.auto import tqdm
 
+from core.engine.distributed import unwrap
 from core.engine.errors import DataError
 from core.engine.events import Callback, CancelStepException
 from core.engine.metrics import metric_name
@@ -200,31 +203,45 @@ class ProgressCallback(Callback):
 
 
 class CheckpointCallback(Callback):
-    """Hands a checkpoint dict to `save` after every epoch, and every `every_n_steps` training batches."""
+    """Hands a checkpoint dict to `save` by a time policy [Determined: min_checkpoint_period]: after the first
+    epoch that ends `every_seconds` or more after the last checkpoint (or the callback's start), and mid-epoch
+    after the first batch past that; 0 (the default): after every epoch. `every_n_steps`: also every that many
+    training batches. A stop (a cancel, a worker's SIGTERM) always writes one, so a job shorter than the
+    interval writes none unless it is stopped, and still resumes from where it stopped."""
 
     order = 70
     run_in_lr_find = False
 
-    def __init__(self, save: Callable[[dict[str, Any]], None], every_n_steps: int | None = None) -> None:
-        self.save, self.every_n_steps = save, every_n_steps
+    def __init__(
+        self, save: Callable[[dict[str, Any]], None], every_n_steps: int | None = None, every_seconds: float = 0.0
+    ) -> None:
+        self.save, self.every_n_steps, self.every_seconds = save, every_n_steps, every_seconds
+        self.last = time.monotonic()
+
+    def _due(self) -> bool:
+        return time.monotonic() - self.last >= self.every_seconds
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self.save(state)
+        self.last = time.monotonic()
 
     def after_batch(self) -> None:
         learn = self.learn
-        last_in_epoch = learn.iter + 1 >= len(learn.dl)
-        if (
-            learn.training
-            and self.every_n_steps
-            and not last_in_epoch
-            and (learn.train_iter + 1) % self.every_n_steps == 0
-        ):
-            self.save(learn.checkpoint_state(end_of_epoch=False))
+        if not learn.training or learn.iter + 1 >= len(learn.dl):
+            return  # the epoch's last batch: after_epoch decides
+        steps = self.every_n_steps or 0
+        by_steps = steps > 0 and (learn.train_iter + 1) % steps == 0
+        by_time = self.every_seconds > 0 and self._due()
+        if by_steps or by_time:
+            self._save(learn.checkpoint_state(end_of_epoch=False))
 
     def after_epoch(self) -> None:
-        self.save(self.learn.checkpoint_state(end_of_epoch=True))
+        if self._due():
+            self._save(self.learn.checkpoint_state(end_of_epoch=True))
 
     def before_stop(self) -> None:
         """Stopped before a training batch (cancelled, or the worker shutting down): keep every step done."""
-        self.save(self.learn.checkpoint_state(end_of_epoch=False, before_batch=True))
+        self._save(self.learn.checkpoint_state(end_of_epoch=False, before_batch=True))
 
 
 class MetricsSink(Protocol):
@@ -304,12 +321,23 @@ class GradientAccumulation(Callback):
 Precision = Literal["bf16", "fp16", "fp32"]
 
 
-def resolve_precision(requested: str | None, device: torch.device) -> Precision:
-    """The precision a fit runs in: as requested, else bf16 on a GPU that has it, fp16 on one that does not, and
-    fp32 on CPU (where autocast to bf16 works, but is slower than fp32 without AMX)."""
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX): there oneDNN's bf16 convolutions and
+    matmuls take about two thirds of fp32's time; elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(requested: str | None, device: torch.device, cpu_bf16: bool = True) -> Precision:
+    """The precision a fit runs in: as requested, else bf16 on a GPU that has it, fp16 on one that does not, bf16
+    on a CPU that computes in it natively (with `cpu_bf16`: the convolutional models), and fp32 on other CPUs."""
     if requested is None:
         if device.type != "cuda":
-            return "fp32"
+            return "bf16" if device.type == "cpu" and cpu_bf16 and cpu_has_native_bf16() else "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if requested not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"precision must be bf16, fp16 or fp32; got '{requested}'")
@@ -322,30 +350,52 @@ def resolve_precision(requested: str | None, device: torch.device) -> Precision:
 
 class MixedPrecision(Callback):
     """Autocast forward and loss to bf16 or fp16 on the learner's device (CUDA or CPU). bf16 keeps fp32's range,
-    so it needs no loss scaling; fp16 steps through a GradScaler. Weights, gradients and the optimizer stay fp32."""
+    so it needs no loss scaling; fp16 steps through a GradScaler. Weights, gradients and the optimizer stay fp32.
+    A task whose outputs are coordinates or values (`Task.fp32_head`) keeps its head in fp32: a bf16 output has
+    3 significant digits, coarser than the residuals a regression learns from once it is close. With
+    `fp32_validation` (on a CPU) the validation passes run in fp32: their metrics are exact, and the last one serves
+    interpretation as it is (core.engine.interpret.KeepValidOutputs), where a second pass would cost more than
+    bf16 saved."""
 
     order = 9
 
-    def __init__(self, precision: Precision = "fp16") -> None:
+    def __init__(self, precision: Precision = "fp16", fp32_validation: bool = False) -> None:
         assert precision in ("bf16", "fp16")
-        self.precision = precision
+        self.precision, self.fp32_validation = precision, fp32_validation
+        self.autocast: torch.autocast | None = None
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         self.scaler: torch.amp.GradScaler | None = None
+        self.hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     def before_fit(self) -> None:
         self.device_type = self.learn.dls.device.type
         self.scaler = torch.amp.GradScaler(self.device_type) if self.precision == "fp16" else None
+        model = unwrap(self.learn.model)
+        if getattr(self.learn.dls.task, "fp32_head", False) and isinstance(model, torch.nn.Sequential):
+            self.hooks = full_precision(model[-1], self.device_type)
+
+    def after_fit(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
 
     def before_batch(self) -> None:
+        if self.fp32_validation and not self.learn.training:
+            return
         self.autocast = torch.autocast(self.device_type, dtype=self.dtype)
         self.autocast.__enter__()
 
+    def _leave(self) -> None:
+        if self.autocast is not None:
+            self.autocast.__exit__(None, None, None)
+            self.autocast = None
+
     def after_loss(self) -> None:
-        self.autocast.__exit__(None, None, None)
+        self._leave()
         self.learn.loss_grad = self.learn.loss_grad.float()
 
     def after_cancel_batch(self) -> None:
-        self.autocast.__exit__(None, None, None)
+        self._leave()
 
     def before_backward(self) -> None:
         if self.scaler is not None:
@@ -360,6 +410,22 @@ class MixedPrecision(Callback):
         self.scaler.update()
         opt.zero_grad(set_to_none=True)
         raise CancelStepException()
+
+
+def full_precision(module: torch.nn.Module, device_type: str) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that run `module` in fp32 inside an autocast region (its input cast to float); remove them to undo."""
+    regions: list[torch.autocast] = []
+
+    def enter(_: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        region = torch.autocast(device_type, enabled=False)
+        region.__enter__()
+        regions.append(region)
+        return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+    def leave(_: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        regions.pop().__exit__(None, None, None)
+
+    return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
 
 
 class CompileModel(Callback):

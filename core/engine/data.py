@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from core.engine.decode_cache import DEFAULT_BUDGET, CacheBudget, DecodeCache
 from core.engine.images import open_rgb
 from core.engine.items import LabelledItems
 from core.engine.splits import SEED
@@ -34,7 +35,8 @@ def derived_seed(*parts: int | str) -> int:
 
 class ImageItemsDataset(Dataset[tuple[torch.Tensor, Any]]):
     """Indexable (uint8 CHW image, target) pairs; the task makes the target on the image's grid. A random
-    crop is seeded per (seed, stream, epoch, item)."""
+    crop is seeded per (seed, stream, epoch, item). With a cache budget, an item whose resize is the same every
+    epoch is decoded once (core.engine.decode_cache); `shared`: loader workers fill and read the same cache."""
 
     def __init__(
         self,
@@ -45,20 +47,44 @@ class ImageItemsDataset(Dataset[tuple[torch.Tensor, Any]]):
         method: ResizeMethod,
         random_crop: bool,
         seed: int,
+        cache: CacheBudget | None = None,
+        shared: bool = False,
     ) -> None:
         self.items, self.task, self.indices = items, task, indices
         self.size, self.method, self.random_crop, self.seed = size, method, random_crop, seed
         self.stream, self.epoch = 0, 0
+        self.cache: DecodeCache | None = None
+        if cache is not None and indices:
+            example = self._decode(0)[1] if task.target_from_file else None
+            self.cache = DecodeCache(len(indices), size, example, shared, cache)
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+    def _decode(self, i: int) -> tuple[torch.Tensor, Any, Grid]:
         idx = self.indices[i]
         original = open_rgb(self.items.path(idx))
         seed = derived_seed(self.seed, self.stream, self.epoch, idx) if self.random_crop else None
         grid = Grid(original.width, original.height, self.size, self.method, seed)
-        return image_to_uint8_tensor(grid.resize(original)), self.task.target(self.items, idx, grid)
+        return image_to_uint8_tensor(grid.resize(original)), self.task.target(self.items, idx, grid), grid
+
+    def _fixed_resize(self, width: int, height: int) -> bool:
+        """Whether an image of this size resizes the same way every epoch (no random crop position to draw)."""
+        return not self.random_crop or self.method != "crop" or width == height
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        cached = self.cache.get(i) if self.cache is not None else None
+        if cached is not None:
+            image, (width, height), target = cached
+            if target is None:
+                grid = Grid(width, height, self.size, self.method, None)
+                target = self.task.target(self.items, self.indices[i], grid)
+            return image, target
+        image, target, grid = self._decode(i)
+        if self.cache is not None and self._fixed_resize(grid.width, grid.height):
+            file_target = target if self.task.target_from_file else None
+            self.cache.put(i, image, grid.width, grid.height, file_target)
+        return image, target
 
     def key(self, i: int) -> str:
         """The item's stable key (its path relative to the dataset root)."""
@@ -182,6 +208,7 @@ class DataConfig:
     seed: int = SEED
     rank: int = 0  # a distributed fit: this process's rank among `world`, and `bs` is the global batch
     world: int = 1
+    decode_cache: CacheBudget | None = DEFAULT_BUDGET  # None: decode every image every epoch
 
 
 class ImageDataLoaders:
@@ -207,8 +234,13 @@ class ImageDataLoaders:
             config = dataclasses.replace(config, bs=max(1, n_train))
         self.config = c = config
 
-        train_ds = ImageItemsDataset(items, self.task, items.indices(False), c.size, c.resize_method, True, c.seed)
-        valid_ds = ImageItemsDataset(items, self.task, items.indices(True), c.size, c.resize_method, False, c.seed)
+        cache, shared = c.decode_cache, workers > 0
+        train_ds = ImageItemsDataset(
+            items, self.task, items.indices(False), c.size, c.resize_method, True, c.seed, cache, shared
+        )
+        valid_ds = ImageItemsDataset(
+            items, self.task, items.indices(True), c.size, c.resize_method, False, c.seed, cache, shared
+        )
         self.stats = stats if stats is not None else dataset_stats(train_ds)
         self.normalize = Normalize(*self.stats)
         augment = BatchAugment(self.task.limit_augment(c.augment)) if c.augment is not None else None

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from safetensors.torch import save_file
 
 from core.engine.architectures import ARCHITECTURES, get_architecture
 from core.engine.errors import BundleError
+from core.engine.heatmap import BODY_LAYER
 from core.engine.learner import Learner
 from core.engine.model import HeadConfig
 from core.engine.onnx_export import ONNX_FILE, write_onnx
@@ -86,11 +86,12 @@ def build_manifest(
         ],
         "activation": dls.task.activation,
         **dls.task.manifest_fields(dls, thresholds),
+        **({"heatmap_layer": BODY_LAYER} if dls.task.explains else {}),
         "weights": WEIGHTS_FILE,
         "versions": {
             "fitcycle": fitcycle_version(),
             "torch": torch.__version__.split("+")[0],
-            "torchvision": torchvision.__version__.split("+")[0],
+            "torchvision": importlib.metadata.version("torchvision").split("+")[0],
         },
         **(extra or {}),
     }
@@ -137,6 +138,22 @@ def export_onnx(manifest: dict[str, Any], state: dict[str, torch.Tensor], folder
         log.warning("%s %s: not exported to ONNX (served by PyTorch): %s", manifest["task"], manifest["arch"], exc)
         return {"file": None, "error": str(exc)}
     return {**record, "sha256": sha256_file(folder / ONNX_FILE), "weights_sha256": manifest["weights_sha256"]}
+
+
+def add_onnx(folder: str | Path) -> dict[str, Any] | None:
+    """Give an image bundle written without model.onnx (a search's trial) its model.onnx and the manifest's record;
+    the record, or None for a bundle that has one already or is a text model's."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if is_text_manifest(manifest) or manifest.get("onnx") is not None:
+        return None
+    manifest["onnx"] = export_onnx(manifest, load_file(str(folder / WEIGHTS_FILE)), folder)
+    tmp = folder / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, folder / MANIFEST_FILE)
+    return dict(manifest["onnx"])
 
 
 def onnx_model_file(folder: str | Path, manifest: dict[str, Any]) -> tuple[Path | None, str]:

@@ -4,8 +4,11 @@ at the model's size for their picture. Each task's own interpretation lives in i
 
 from __future__ import annotations
 
+import copy
+import functools
+import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from core.engine.distributed import unwrap
 from core.engine.events import Callback
+from core.engine.heatmap import colour_png, grad_cam, heatmap_layer, on_image
 from core.engine.images import open_rgb
 from core.engine.transforms import image_to_uint8_tensor, resize_image
 
@@ -127,3 +132,46 @@ def validation_images(learn: Learner, keys: Sequence[str]) -> torch.Tensor:
         torch.stack([image_to_uint8_tensor(resize_image(open_rgb(root / k), size, method, None)) for k in keys]).float()
         / 255
     )
+
+
+def heatmap_artifact(i: int) -> str:
+    """The artifact that holds the i-th top loss's heatmap."""
+    return f"heatmaps/top_loss_{i}.png"
+
+
+class TopLossHeatmaps:
+    """The heatmap of each top-loss item for the class the model gave it, as an artifact the interpretation page
+    lays over the item's image (`heatmaps/top_loss_{i}.png`: the heat in colour, its strength as its opacity, at
+    the image's own size). Drawn from a copy of the model taken at the first one: the plots draw on a thread of
+    their own while the job goes on with the model (an export traces it)."""
+
+    def __init__(self, learn: Learner) -> None:
+        self.learn = learn
+        self._model: nn.Module | None = None
+        self._lock = threading.Lock()
+
+    def _copy(self) -> nn.Module:
+        with self._lock:
+            if self._model is None:
+                model = copy.deepcopy(unwrap(self.learn.model)).float().cpu().eval()
+                model._compiled_call_impl = None  # a compiled model's copy would call the original's compiled code
+                self._model = model
+            return self._model
+
+    def plots(self, items: Sequence[tuple[str, int]]) -> list[tuple[str, Callable[[Path], Path]]]:
+        """(artifact name, drawer) for each (item key, class index), in order."""
+        return [
+            (f"heatmaps/top_loss_{i}.png", functools.partial(self.draw, key, c)) for i, (key, c) in enumerate(items)
+        ]
+
+    def draw(self, key: str, class_index: int, path: Path) -> Path:
+        cfg = self.learn.dls.config
+        img = open_rgb(Path(self.learn.dls.items.root) / key)
+        x = image_to_uint8_tensor(resize_image(img, cfg.size, cfg.resize_method, None))[None].float() / 255
+        model = self._copy()
+        with self._lock:  # the hook is on the shared copy
+            _, cam = grad_cam(model, self.learn.dls.normalize(x), heatmap_layer(model, {}), [class_index])
+        heat = on_image(cam[0], img.width, img.height, cfg.size, cfg.resize_method)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(colour_png(heat))
+        return Path(path)

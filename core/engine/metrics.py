@@ -126,6 +126,10 @@ METRICS: dict[str, Metric] = {
 }
 
 
+# The metrics (and losses) that get better as they fall; every other metric gets better as it rises.
+LOWER_IS_BETTER = frozenset({"error_rate", "point_error", "mae", "rmse", "valid_loss", "train_loss", "perplexity"})
+
+
 def get_metric(name: str) -> Metric:
     """Look a metric up by name."""
     try:

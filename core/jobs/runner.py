@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.engine.callbacks import TrainingStopped
 from core.engine.distributed import Rank
 from core.engine.interpret import KeepValidOutputs
 from core.engine.items import LabelledItems, TextItems
@@ -13,7 +14,7 @@ from core.jobs.context import JobContext
 from core.jobs.distributed import run_distributed
 from core.jobs.kinds import FINE_TUNE, SWEEP, get_kind
 from core.jobs.spec import TrainSpec
-from core.jobs.training import PhaseTimer, build_learner, label_items
+from core.jobs.training import BackgroundPlots, PhaseTimer, ReportDrawnPlots, build_learner, label_items
 
 
 def run_spec(
@@ -37,7 +38,10 @@ def run_spec(
         built = build_learner(spec, ctx, items, rank, remap_classes=kind.remaps_classes)
     built.timer = timer
     built.learn.add_cbs([KeepValidOutputs()])  # the last validation pass, for interpretation and thresholds
-    return kind.run(spec, ctx, built)
+    with BackgroundPlots(ctx) as plots:  # show_batch draws while training starts; the end's plots too
+        built.plots = plots
+        built.learn.add_cbs([ReportDrawnPlots(plots)])
+        return kind.run(spec, ctx, built)
 
 
 def run_train(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None) -> dict[str, Any]:
@@ -48,3 +52,6 @@ def run_train(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = No
 def run_lr_find(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None = None) -> dict[str, Any]:
     """Only the learning-rate sweep (the CLI's `lr-find`)."""
     return run_spec(spec.model_copy(update={"kind": SWEEP.name, "lr": None}), ctx, items)
+
+
+__all__ = ["TrainingStopped", "run_lr_find", "run_spec", "run_train"]

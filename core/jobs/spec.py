@@ -84,7 +84,8 @@ class JobSettings(BaseModel):
     precision: Literal["bf16", "fp16", "fp32"] | None = Field(
         None,
         description="bf16 (autocast, no loss scaling), fp16 (autocast with a gradient scaler) or fp32; "
-        "default: bf16 on a GPU that has it, else fp16 on a GPU, fp32 on CPU",
+        "default: bf16 on a GPU that has it, else fp16 on a GPU; on a CPU, bf16 for image models where it computes "
+        "in bf16 natively (AVX512-BF16, AMX), else fp32",
     )
     compile: StrictBool = Field(
         False, description="torch.compile the model (falls back to eager, saying why, if it fails)"
@@ -201,6 +202,9 @@ class TrainSpec(JobSettings):
     mask_col: str = Field("mask", description="labels=masks with csv: the column naming each image's mask")
     text_col: str | None = Field(None, description="labels=text_csv: the texts' column (default: 'text')")
     init_bundle: str | None = Field(None, description="export bundle whose full weights (body and head) to start from")
+    onnx: bool = Field(
+        True, description="export model.onnx beside the weights (a search's trials skip it; an adopted one gets it)"
+    )
     stage1_lr: float | None = Field(None, description="stage 2 'auto': the stage-1 rate (upper end = stage1_lr / 5)")
     lr_suggestion: float | None = Field(None, description="stage 2 'auto': an lr_find suggestion (lower = it / 10)")
     lr_suggestion_from: str | None = Field(None, description="stage 2 'auto': where lr_suggestion came from")
@@ -217,6 +221,9 @@ class TrainSpec(JobSettings):
     )
     num_workers: int | None = Field(None, ge=0, le=64)
     checkpoint_every_n_steps: int | None = Field(None, ge=1)
+    checkpoint_every_seconds: float = Field(
+        300.0, ge=0, le=86400, description="a checkpoint once this long has passed since the last (0: every epoch)"
+    )
     report_every_n_batches: int = Field(10, ge=1)
     grad_accum: int = Field(1, ge=1, le=1024)
     device: str | None = None

@@ -9,6 +9,7 @@ validation set again; the end-of-job plots are drawn on a thread of their own wh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -53,6 +54,8 @@ from core.engine.transforms import get_transforms
 from core.engine.vision import cnn_learner
 from core.jobs.context import JobContext
 from core.jobs.spec import TrainSpec
+
+SHOW_BATCH_ITEMS = 16  # show_batch's max_n
 
 
 def label_items(spec: TrainSpec) -> LabelledItems:
@@ -100,6 +103,7 @@ class BackgroundPlots:
         self.ctx = ctx
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fitcycle-plots")
         self.pending: list[tuple[str, Future[float]]] = []
+        self.drawn = 0.0  # seconds of the plots reported before `wait`
 
     def __enter__(self) -> BackgroundPlots:
         return self
@@ -120,12 +124,36 @@ class BackgroundPlots:
 
     def wait(self) -> float:
         """Wait for every plot (a failed one raises here), report each as written; the seconds spent drawing."""
-        seconds = 0.0
+        seconds = self.drawn
         for name, future in self.pending:
             seconds += future.result()
             self.ctx.artifact_written(name)
-        self.pending = []
+        self.pending, self.drawn = [], 0.0
         return seconds
+
+    def report_done(self) -> None:
+        """Report the plots drawn so far (from the job's thread), leaving the others drawing."""
+        waiting = []
+        for name, future in self.pending:
+            if future.done():
+                self.drawn += future.result()
+                self.ctx.artifact_written(name)
+            else:
+                waiting.append((name, future))
+        self.pending = waiting
+
+
+class ReportDrawnPlots(Callback):
+    """After each epoch, report the plots the background thread has drawn (show_batch appears with the first
+    epoch's row, not at the job's end)."""
+
+    run_in_lr_find = False
+
+    def __init__(self, plots: BackgroundPlots) -> None:
+        self.plots = plots
+
+    def after_epoch(self) -> None:
+        self.plots.report_done()
 
 
 @dataclass
@@ -137,6 +165,7 @@ class Built:
     arch: Architecture
     body_source: str
     timer: PhaseTimer = field(default_factory=PhaseTimer)
+    plots: BackgroundPlots | None = None  # the job's plot thread (run_spec's), joined when the job ends
 
 
 def build_learner(
@@ -167,7 +196,7 @@ def build_learner(
     )
     cbs: list[Callback] = [
         ReportCallback(ctx, spec.report_every_n_batches),
-        CheckpointCallback(ctx.save_checkpoint, spec.checkpoint_every_n_steps),
+        CheckpointCallback(ctx.save_checkpoint, spec.checkpoint_every_n_steps, spec.checkpoint_every_seconds),
         StopCallback(ctx.should_stop if rank is None else agreed_stop(ctx.should_stop, rank)),
     ]
     if ctx.show_progress:
@@ -176,7 +205,7 @@ def build_learner(
         cbs.append(GradientAccumulation(spec.grad_accum))
     precision = resolve_precision(spec.precision, device)
     if precision != "fp32":
-        cbs.append(MixedPrecision(precision))
+        cbs.append(MixedPrecision(precision, fp32_validation=device.type == "cpu"))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every batch has the same size: pick the fastest kernels once
         cbs.append(ChannelsLast())
@@ -266,13 +295,23 @@ def find_lr(learn: Learner, ctx: JobContext, stage_epochs: int) -> LRFindResult:
     return result
 
 
-def show_batch_artifact(learn: Learner, ctx: JobContext) -> None:
-    show_batch(learn.dls, ctx.artifact_path("plots/show_batch.png"))
-    ctx.artifact_written("plots/show_batch.png")
+def show_batch_artifact(learn: Learner, ctx: JobContext, plots: BackgroundPlots | None = None) -> None:
+    """plots/show_batch.png: the batch taken now, drawn on the plot thread when there is one (while training
+    starts) [fastai: show_batch]."""
+    name = "plots/show_batch.png"
+    if plots is None:
+        show_batch(learn.dls, ctx.artifact_path(name))
+        ctx.artifact_written(name)
+        return
+    dls = learn.dls
+    xb, yb = dls.one_batch()
+    n = min(SHOW_BATCH_ITEMS, len(yb))
+    images, targets = dls.normalize.decode(xb[:n]).cpu(), yb[:n].cpu()
+    plots.draw(name, partial(dls.task.show_batch, images, targets, dls.classes))
 
 
 def resume_and_base_lr(
-    spec: TrainSpec, ctx: JobContext, learn: Learner, timer: PhaseTimer
+    spec: TrainSpec, ctx: JobContext, learn: Learner, timer: PhaseTimer, plots: BackgroundPlots | None = None
 ) -> tuple[dict[str, Any] | None, float]:
     """The checkpoint to resume from, and the base rate: chosen once (lr_find when asked; the high end of a
     range), then reused."""
@@ -281,7 +320,7 @@ def resume_and_base_lr(
         learn.extra = dict(resume.get("extra", {}))
         return resume, float(learn.extra["base_lr"])
     with timer.phase("show_batch"):
-        show_batch_artifact(learn, ctx)
+        show_batch_artifact(learn, ctx, plots)
     if spec.lr == "find":
         with timer.phase("lr_find"):  # the rate serves the whole job: its frozen and unfrozen epochs
             base_lr = find_lr(learn, ctx, spec.freeze_epochs + spec.epochs).suggestions["valley"]
@@ -333,7 +372,8 @@ def export_results(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str
     if getattr(ctx, "follower", False):
         return {}  # a distributed fit's other ranks: rank 0 alone interprets and exports
     learn, timer = built.learn, built.timer
-    with BackgroundPlots(ctx) as plots:
+    plot_thread = contextlib.nullcontext(built.plots) if built.plots is not None else BackgroundPlots(ctx)
+    with plot_thread as plots:
         # The loss curve needs only the recorder's rows: it is drawn while the interpretation is computed.
         batches, epochs = list(learn.recorder.batches), list(learn.recorder.epochs)
         plots.draw("plots/losses.png", partial(plot_losses, batches, epochs))
@@ -342,7 +382,7 @@ def export_results(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str
         thresholds = learn.dls.task.tuned_thresholds(summary)  # multi-label: tuned per class on the validation set
         with timer.phase("export"):
             extra = {"pretrained": built.body_source}
-            export_bundle(learn, ctx.artifact_path("export"), extra=extra, thresholds=thresholds)
+            export_bundle(learn, ctx.artifact_path("export"), extra=extra, thresholds=thresholds, onnx=spec.onnx)
             ctx.artifact_written("export")
         with timer.phase("plots"):  # what drawing costs beyond what the phases above hid
             drawn = plots.wait()

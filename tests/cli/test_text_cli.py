@@ -23,7 +23,7 @@ def test_train_a_language_model_then_a_classifier_and_predict(tmp_path: Path) ->
     assert metrics["spec"]["valid_pct"] == 0.1 and metrics["perplexity"] < metrics["unigram_perplexity"] / 4
 
     clf = run(
-        "train", csv, "--valid-col", "is_valid", "--pretrained", tmp_path / "lm" / "export", "--epochs", "2",
+        "train", csv, "--valid-col", "is_valid", "--pretrained", tmp_path / "lm" / "export", "--epochs", "4",
         *SMALL, "--out", tmp_path / "clf",
     )  # fmt: skip
     assert clf.returncode == 0, clf.stderr

@@ -163,6 +163,35 @@ def test_resume_mid_epoch_ends_with_the_same_weights(fashion_folder: Path, tmp_p
         other.fit_one_cycle(2, 3e-3, resume=state)
 
 
+def test_checkpoints_follow_time_and_a_stop_always_writes_one(fashion_folder: Path) -> None:
+    per_epoch: list[dict] = []
+    learn = make_learner(fashion_folder, cbs=[CheckpointCallback(per_epoch.append)])  # 0 s: every epoch
+    learn.fit_one_cycle(2, 1e-3)
+    assert [(c["position"]["epoch"], c["position"]["batch"]) for c in per_epoch] == [(1, 0), (2, 0)]
+
+    # A job shorter than the interval writes none...
+    none: list[dict] = []
+    learn = make_learner(fashion_folder, cbs=[CheckpointCallback(none.append, every_seconds=3600)])
+    learn.fit_one_cycle(2, 1e-3)
+    assert none == []
+    # ...until it is stopped: then one, at the batch it stopped before.
+    stopped: list[dict] = []
+    learn = make_learner(fashion_folder)
+    learn.add_cbs([CheckpointCallback(stopped.append, every_seconds=3600), StopCallback(lambda: learn.train_iter == 9)])
+    with pytest.raises(TrainingStopped):
+        learn.fit_one_cycle(2, 1e-3)
+    assert [(c["position"]["epoch"], c["position"]["batch"], c["position"]["train_iter"]) for c in stopped] == [
+        (1, 2, 9)
+    ]
+
+    # Past the interval, the next batch writes one mid-epoch (and the epoch's end, when due, another).
+    often: list[dict] = []
+    learn = make_learner(fashion_folder, cbs=[CheckpointCallback(often.append, every_seconds=1e-9)])
+    learn.fit_one_cycle(1, 1e-3)
+    n = len(learn.dls.train)
+    assert [c["position"]["batch"] for c in often] == [*range(1, n), 0]
+
+
 class StepCounter(Callback):
     order = 100
 

@@ -9,9 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.engine.callbacks import CompileModel, MixedPrecision, resolve_precision
+from core.engine.callbacks import (
+    CompileModel,
+    MixedPrecision,
+    cpu_has_native_bf16,
+    full_precision,
+    resolve_precision,
+)
 from core.engine.errors import DataError
 from core.engine.events import Callback
+from core.engine.tasks.classification import ClassificationTask
+from core.engine.tasks.points import PointsTask
+from core.engine.tasks.values import ValuesTask
 from tests.engine.test_learner import make_learner
 
 
@@ -25,9 +34,13 @@ class PredDtypes(Callback):
         self.seen.add(self.learn.pred.dtype)
 
 
-def test_default_precision_is_fp32_on_cpu_and_requests_are_checked() -> None:
+def test_default_precision_on_cpu_follows_its_bf16_and_requests_are_checked() -> None:
     cpu = torch.device("cpu")
-    assert resolve_precision(None, cpu) == "fp32"
+    flags = Path("/proc/cpuinfo").read_text().split()
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert cpu_has_native_bf16() == native
+    assert resolve_precision(None, cpu) == ("bf16" if native else "fp32")  # image models: bf16 where it is native
+    assert resolve_precision(None, cpu, cpu_bf16=False) == "fp32"  # text models: fp32 unless asked
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ValueError, match="bf16, fp16 or fp32"):
         resolve_precision("fp8", cpu)
@@ -58,3 +71,19 @@ def test_compile_compiles_or_falls_back_to_eager(fashion_folder: Path) -> None:
     assert learn.extra["compile"] == compiled.status
     assert "_orig_mod" not in "".join(learn.model.state_dict())  # checkpoints and exports keep their keys
     assert len(learn.recorder.epochs) == 1
+
+
+def test_a_regression_head_runs_in_fp32_inside_bf16_autocast() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    seen: list[torch.dtype] = []
+    model[0].register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    hooks = full_precision(model[-1], "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(4, 8))
+        assert torch.is_autocast_enabled("cpu")  # the head's region ended with it
+    assert seen == [torch.bfloat16] and out.dtype == torch.float32  # the body in bf16, the head in fp32
+    for hook in hooks:
+        hook.remove()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.randn(4, 8)).dtype == torch.bfloat16
+    assert PointsTask.fp32_head and ValuesTask.fp32_head and not ClassificationTask.fp32_head

@@ -88,3 +88,13 @@ def test_refuses_pickled_code_and_wrong_architectures(tmp_path: Path) -> None:
 def test_random_init_is_asked_for_explicitly() -> None:
     loaded = load_body(get_architecture("resnet18"), "none")
     assert loaded.source == "random init" and loaded.stats is None  # from scratch: the data's own statistics
+
+
+def test_published_resnet_files_are_torchvisions() -> None:
+    import torchvision
+
+    from core.engine.architectures import PUBLISHED
+
+    for name, files in PUBLISHED.items():
+        enum = getattr(torchvision.models, f"ResNet{name.removeprefix('resnet')}_Weights")
+        assert files == tuple(Path(w.url).name for w in enum), name

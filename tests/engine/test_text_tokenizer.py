@@ -1,5 +1,6 @@
 """The text tokenizer and vocabulary give fastai's tokens and ids, token for token: a model fine-tuned here reads
-text as the fastai model it came from did."""
+text as the fastai model it came from did. fastai is not a dependency: what it gives for these texts is recorded in
+fastai_reference.json by bench/fastai_fixtures.py (run it again after changing SENTENCES)."""
 
 from __future__ import annotations
 
@@ -76,22 +77,26 @@ def _zen() -> str:
     return out.getvalue()
 
 
-# Real prose shipped with Python: module docstrings and the Zen.
+# Real prose shipped with Python: module docstrings and the Zen (bench/fastai_fixtures.py records fastai's tokens).
 SHIPPED_TEXTS = [_zen(), str(difflib.__doc__), str(textwrap.__doc__), str(json.__doc__), str(contextlib.__doc__)]
 
 
-def _fastai_tokens(texts: list[str]) -> list[list[str]]:
-    """fastai's tokens, tokenized as TextDataLoaders' default path does (tokenize_df/tokenize_folder: the default
-    rules, WordTokenizer, replace_space), in this process."""
-    fastai_core: Any = pytest.importorskip("fastai.text.core")
-    return [list(tokens) for tokens in fastai_core.tokenize_texts(texts, n_workers=0)]
+FASTAI_REFERENCE = Path(__file__).with_name("fastai_reference.json")
+
+
+def _fastai_reference() -> dict[str, Any]:
+    """fastai 2.8's tokens for the texts (tokenized as TextDataLoaders' default path does: tokenize_df's default
+    rules, WordTokenizer, replace_space) and its make_vocab, as bench/fastai_fixtures.py recorded them."""
+    reference = json.loads(FASTAI_REFERENCE.read_text(encoding="utf-8"))
+    assert reference["texts"][: len(SENTENCES)] == SENTENCES, "SENTENCES changed: run bench/fastai_fixtures.py"
+    return reference
 
 
 def test_tokens_match_fastai_token_for_token() -> None:
-    texts = SENTENCES + SHIPPED_TEXTS
+    reference = _fastai_reference()
+    texts = reference["texts"]  # SENTENCES, then SHIPPED_TEXTS as the recording's Python had them
     ours = [tokenize(text) for text in texts]
-    theirs = _fastai_tokens(texts)
-    for text, a, b in zip(texts, ours, theirs, strict=True):
+    for text, a, b in zip(texts, ours, reference["tokens"], strict=True):
         assert a == b, f"{text!r}"
     # The sentences reach the rules they were written for.
     every = Counter(token for tokens in ours for token in tokens)
@@ -100,16 +105,16 @@ def test_tokens_match_fastai_token_for_token() -> None:
 
 
 def test_vocab_matches_fastai_make_vocab() -> None:
-    fastai_data: Any = pytest.importorskip("fastai.text.data")
-    token_lists = [tokenize(text) for text in SENTENCES + SHIPPED_TEXTS]
-    counts = Counter(token for tokens in token_lists for token in tokens)
+    reference = _fastai_reference()
+    token_lists = [tokenize(text) for text in reference["texts"]]
     # Ties on purpose: many tokens share a count, and their order is the order they were first seen.
-    for min_freq in (1, 2, 3, 5):
-        for max_vocab in (9, 16, 30, 57, 60000):
-            ours = Vocab.build(token_lists, min_freq=min_freq, max_vocab=max_vocab)
-            theirs = fastai_data.make_vocab(counts, min_freq=min_freq, max_vocab=max_vocab)
-            assert ours.itos == list(theirs), (min_freq, max_vocab)
-            assert len(ours) % 8 == 0
+    grid = {(v["min_freq"], v["max_vocab"]) for v in reference["vocabs"]}
+    assert grid == {(f, m) for f in (1, 2, 3, 5) for m in (9, 16, 30, 57, 60000)}
+    for recorded in reference["vocabs"]:
+        min_freq, max_vocab = recorded["min_freq"], recorded["max_vocab"]
+        ours = Vocab.build(token_lists, min_freq=min_freq, max_vocab=max_vocab)
+        assert ours.itos == recorded["itos"], (min_freq, max_vocab)
+        assert len(ours) % 8 == 0
 
 
 def test_a_multiple_of_eight_still_gets_eight_fakes_as_in_fastai() -> None:

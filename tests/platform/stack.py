@@ -112,6 +112,13 @@ class Stack:
     def store(self) -> S3Store:
         return S3Store(self.s3.endpoint, self.s3.access_key, self.s3.secret_key, BUCKET)
 
+    def restart_api(self) -> None:
+        """Stop the API process and start another on the same port (the clients keep their base URL)."""
+        port = self.a.base.split(":")[-1].split("/")[0]
+        self.api.stop()
+        self.api = start("api", ["serve", "--no-worker", "--port", port], self.env, self.workdir)
+        wait_for(lambda: self.a.get("/health").status_code == 200, 90, "the restarted API to answer /health")
+
     def new_project(self, name: str, *extra: str) -> tuple[Client, str]:
         """A client with a new admin key of project `name` (made if needed), and the project's id."""
         out = fitcycle("keys", "create", "--project", name, *extra, env=self.env).strip().splitlines()
@@ -162,7 +169,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, image_server: ImageServer) -
             print(st.logs())
             raise
         finally:
-            for p in [*st.workers, api]:
+            for p in [*st.workers, st.api]:
                 p.stop()
 
 

@@ -1,5 +1,6 @@
 """Prometheus metrics and Flower's task events. The API's /metrics (no key) counts requests by route template and
-status, times predicts, and reads jobs by state and kind and the queues' depth at scrape time; a worker started
+status, times predicts, says how many answers wait to be logged, and reads jobs by state and kind and the queues'
+depth at scrape time; a worker started
 with FITCYCLE_WORKER_METRICS_PORT serves job and epoch durations, images/s and its heartbeat; the API and the
 worker send Celery's task events over Redis, which is what Flower shows."""
 
@@ -99,6 +100,8 @@ def test_the_api_and_a_worker_serve_their_metrics(stack: Stack, tmp_path: Path) 
     assert (sample(text, "fitcycle_http_requests_total", route="unmatched", method="GET", status="401") or 0) >= 1
     assert (sample(text, "fitcycle_predict_seconds_count", source="file") or 0) >= 1
     assert (sample(text, "fitcycle_predict_batch_images_count") or 0) >= 1  # micro-batching is on by default
+    depth = "fitcycle_prediction_log_queue_depth"  # answers not yet written to the prediction log
+    wait_for(lambda: sample(httpx.get(f"{server}/metrics").text, depth) == 0, 10, "the prediction log to be written")
     assert job["id"] not in text and ds["id"] not in text  # labels are templates, never ids
 
     mine = httpx.get(f"http://127.0.0.1:{port}/metrics").text

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.datasets.text_samples import NEGATIVE, POSITIVE, write_reviews
+from tests.platform.services import wait_for
 from tests.platform.stack import Stack
 
 TINY = {"emb_sz": 48, "n_hid": 96, "n_layers": 2}
@@ -55,12 +56,34 @@ def test_language_model_then_classifier_over_rest(stack: Stack, tmp_path: Path, 
     assert generated.json()["text"] == again.json()["text"] and generated.json()["text"].startswith("I thought the")
     assert a.post(f"/models/{lm['model_id']}/predict-text", json={"texts": ["x"]}).status_code == 422
 
+    # A search over a text classifier on the LM's encoder: its objective is the classifier's accuracy.
+    res = a.post(
+        "/searches",
+        json={
+            "base": {"kind": "stage1", "parent_job_id": lm["id"], "epochs": 1, **common},
+            "space": {"lr": {"choice": [0.005, 0.02]}, "drop_mult": {"choice": [0.5]}},
+            "sampler": "grid",
+            "pruner": "none",
+        },
+    )
+    assert res.status_code == 201, res.text
+    search_id = res.json()["id"]
+    searched = wait_for(
+        lambda: (s := a.get(f"/searches/{search_id}").json())["state"] != "running" and s, 600, "the text search", 1.0
+    )
+    assert searched["state"] == "succeeded" and searched["max_trials"] == 2, searched["error"]
+    assert searched["objective"] == {"metric": "accuracy", "direction": "maximize"}
+    assert sorted(t["params"]["lr"] for t in searched["trials"]) == [0.005, 0.02]
+    assert searched["best"]["value"] == max(t["value"] for t in searched["trials"])
+
     stage1 = a.wait(a.submit(kind="stage1", parent_job_id=lm["id"], epochs=1, **common)["id"], timeout=600)
     assert stage1["state"] == "succeeded", stage1["error"]
     assert stage1["spec"]["lr"] == 0.02 and [e["tag"] for e in stage1["result"]["epochs"]] == ["head"]
-    stage2 = a.wait(a.submit(kind="stage2", parent_job_id=stage1["id"], epochs=2, **common)["id"], timeout=600)
+    # Four unfrozen epochs: with two, the classifier was still learning (its validation loss falling), and on 1 seed
+    # in 6 (or other thread timings) ended below 0.8; with four, 0.9875 to 1.0 over six seeds.
+    stage2 = a.wait(a.submit(kind="stage2", parent_job_id=stage1["id"], epochs=4, **common)["id"], timeout=600)
     assert stage2["state"] == "succeeded", stage2["error"]
-    assert [e["tag"] for e in stage2["result"]["epochs"]] == ["freeze_to-2", "freeze_to-3", "unfrozen", "unfrozen"]
+    assert [e["tag"] for e in stage2["result"]["epochs"]] == ["freeze_to-2", "freeze_to-3", *["unfrozen"] * 4]
     print(f"text classifier on the LM's encoder: accuracy {stage2['result']['accuracy']:.3f} on unseen adjectives")
     assert stage2["result"]["accuracy"] >= 0.8
     assert stage2["result"]["decision"]["action"] in ("promoted", "rejected")  # the gate judged it against stage 1
@@ -117,3 +140,10 @@ def test_language_model_then_classifier_over_rest(stack: Stack, tmp_path: Path, 
     retrain = a.wait(a.submit(kind="retrain", dataset_id=ds["id"], epochs=1)["id"], timeout=600)
     assert retrain["state"] == "succeeded", retrain["error"]
     assert retrain["result"]["encoder"] == "classifier" and "decision" in retrain["result"]
+
+    # A text PostgreSQL cannot hold as it is (NUL) is answered and logged, its row's text made printable.
+    nul = a.post(f"/models/{model}/predict-text", json={"texts": ["the plot \u0000 was fine"]})
+    assert nul.status_code == 200, nul.text
+    nul_id = nul.json()["results"][0]["prediction_id"]
+    logged = a.get("/predictions", params={"limit": 500}).json()["data"]
+    assert "the plot \ufffd was fine" in {p["filename"] for p in logged if p["id"] == nul_id}

@@ -1,8 +1,8 @@
 """One project cannot fill, slow or overrule what the others share: what predicting keeps counts toward the
 storage quota and is refused past it (and deleting predictions gives the room back); a costly picture is paid
-from the project's own CPU budget, and asking again for the same one is free; a small body cannot make the API
-read one big item thousands of times; and a member key cannot touch the promotion gate (policy, promotion by
-hand) or where the project's events go (webhooks)."""
+from the project's own CPU budget (so is a heatmap), and asking again for the same one is free; a small body
+cannot make the API read one big item thousands of times; and a member key cannot touch the promotion gate
+(policy, promotion by hand) or where the project's events go (webhooks)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def metered(stack: Stack, victim: Victim, victim_model: str) -> Iterator[Metered
         **stack.env,
         "FITCYCLE_MAX_STORED_BYTES": str(stored() + room),
         "FITCYCLE_RENDER_CPU_SECONDS": "0.5",
+        "FITCYCLE_EXPLAIN_CPU_SECONDS": "0.2",
         "FITCYCLE_LOOP_INTERVAL_SECONDS": "0",
         "FITCYCLE_WEBHOOK_POLL_SECONDS": "0",
     }
@@ -116,6 +117,19 @@ def test_show_batch_is_paid_from_the_projects_cpu_budget(
             )
         )
     assert sum(r.status_code == 200 for r in burst) <= 1 and all(r.status_code in (200, 429) for r in burst)
+
+
+def test_heatmaps_are_paid_from_the_projects_cpu_budget(metered: Metered, victim_model: str) -> None:
+    """Explained answers (Grad-CAM on PyTorch) spend the project's heatmap seconds (0.2 a minute here) until they are
+    a 429 with Retry-After; plain answers go on."""
+    c = metered.client
+    image = ("x.png", noise_png(16, 0))  # small: its 60 kept inputs fit in the quota's room
+    answers = [c.post(f"/models/{victim_model}/predict?explain=true", files={"file": image}) for _ in range(60)]
+    refused = [a for a in answers if a.status_code == 429]
+    assert refused and all(a.status_code in (200, 429) for a in answers), [a.status_code for a in answers]
+    assert int(refused[0].headers["Retry-After"]) >= 1 and "heatmaps" in refused[0].json()["detail"]
+    assert c.post(f"/models/{victim_model}/predict", files={"file": image}).status_code == 200
+    assert c.http.delete("/predictions", params={"before": datetime.now(UTC).isoformat()}).status_code == 200
 
 
 def test_duplicate_relabels_are_refused_before_any_item_is_read(unchanged: Victim) -> None:

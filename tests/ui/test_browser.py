@@ -6,101 +6,42 @@ key out everywhere. Screenshots of every page at 1280 px and 390 px go to tests/
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from core.datasets.samples import write_sample, write_silhouette_masks, write_silhouette_points
-from tests.platform.services import Client, fitcycle, free_port, start, wait_for
+from tests.platform.services import Client
 from tests.platform.stack import make_zip
+from tests.ui.browser import SHOTS, drop_file, fresh_serve, shoot
 
-CHROMIUM = Path("/usr/bin/chromium")
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-SHOTS = Path(__file__).parent / "screenshots"
 CLASSES = ["trouser", "bag", "sneaker", "dress"]
-# As the machine's notes say: no sandbox as root, and none of Chromium's own calls to the network.
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`fitcycle serve` on a fresh data dir, a project key, and an archive of real images to upload."""
     tmp = tmp_path_factory.mktemp("ui")
-    data_dir = tmp / "fitcycle"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FITCYCLE_")}
-    env.update(PYTHONUNBUFFERED="1", FITCYCLE_REPORT_EVERY_N_BATCHES="1")
-    key = fitcycle("keys", "create", "--project", "browser", "--data-dir", str(data_dir), env=env).splitlines()[-1]
-    port = free_port()
-    serve = start("serve", ["serve", "--data-dir", str(data_dir), "--port", str(port)], env, tmp)
-    base = f"http://127.0.0.1:{port}"
-    client = Client(f"{base}/api/v1", key)
-    try:
-        wait_for(lambda: client.get("/health").status_code == 200, 90, "fitcycle serve to answer /health")
+    with fresh_serve(tmp, "browser", FITCYCLE_REPORT_EVERY_N_BATCHES="1") as s:
         folder = write_sample("fashion-mnist", tmp / "clothes", per_class=36, size=32, classes=CLASSES)
         new = write_sample("fashion-mnist", tmp / "new", per_class=40, size=32, classes=CLASSES)
         yield {
-            "base": base,
-            "key": key,
-            "client": client,
+            "base": s.base,
+            "key": s.key,
+            "client": s.client,
             "archive": make_zip(folder, tmp / "clothes.zip"),
             "photo": sorted((new / "bag").glob("*.png"))[-1],
-            "serve": serve,
+            "serve": s.process,
             "tmp": tmp,
         }
-    except BaseException:
-        print(serve.tail(8000))
-        raise
-    finally:
-        serve.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert CHROMIUM.exists(), "Chromium is missing: 'make setup' installs Debian's chromium (apt-get install chromium)"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield b
-        b.close()
-
-
-def shoot(page: Page, name: str) -> None:
-    """The page at 1280 px and at a 390 px phone width."""
-    SHOTS.mkdir(exist_ok=True)
-    for width, height in ((1280, 900), (390, 844)):
-        page.set_viewport_size({"width": width, "height": height})
-        page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
-    page.set_viewport_size({"width": 1280, "height": 900})
-
-
-def drop_file(page: Page, zone: str, path: Path, mime: str) -> None:
-    """Drop a file on a drop zone, as dragging it from the desktop does."""
-    transfer = page.evaluate_handle(
-        """([name, b64, type]) => {
-            const dt = new DataTransfer();
-            dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, { type }));
-            return dt;
-        }""",
-        [path.name, base64.b64encode(path.read_bytes()).decode(), mime],
-    )
-    page.dispatch_event(zone, "drop", {"dataTransfer": transfer})
 
 
 def test_a_user_goes_around_the_loop_in_the_browser(

@@ -7,19 +7,18 @@ and continuing a prompt; the predictions page showing texts. Screenshots (text-*
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from core.datasets.samples import write_sample
 from core.datasets.text_samples import POSITIVE, write_reviews
-from tests.platform.services import Client, fitcycle, free_port, start, wait_for
+from tests.platform.services import Client
 from tests.platform.stack import make_zip
-from tests.ui.test_browser import CHROMIUM, FLAGS, SHOTS, drop_file, shoot
+from tests.ui.browser import SHOTS, drop_file, fresh_serve, shoot
 
 N_LABELLED, N_UNLABELLED = 80, 400  # 80 + 40 validation + 400 unlabelled reviews
 TINY = {"emb_sz": 48, "n_hid": 96, "n_layers": 2}
@@ -29,32 +28,9 @@ TINY = {"emb_sz": 48, "n_hid": 96, "n_layers": 2}
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """`fitcycle serve` on a fresh data dir, a project key, and a CSV of reviews to upload."""
     tmp = tmp_path_factory.mktemp("text-ui")
-    data_dir = tmp / "fitcycle"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FITCYCLE_")}
-    env.update(PYTHONUNBUFFERED="1", FITCYCLE_REPORT_EVERY_N_BATCHES="1")
-    key = fitcycle("keys", "create", "--project", "texts", "--data-dir", str(data_dir), env=env).splitlines()[-1]
-    port = free_port()
-    serve = start("serve", ["serve", "--data-dir", str(data_dir), "--port", str(port)], env, tmp)
-    base = f"http://127.0.0.1:{port}"
-    client = Client(f"{base}/api/v1", key)
-    try:
-        wait_for(lambda: client.get("/health").status_code == 200, 90, "fitcycle serve to answer /health")
+    with fresh_serve(tmp, "texts", FITCYCLE_REPORT_EVERY_N_BATCHES="1") as s:
         csv = write_reviews(tmp / "reviews", n_labelled=N_LABELLED, n_unlabelled=N_UNLABELLED, seed=4)
-        yield {"base": base, "key": key, "client": client, "csv": csv, "serve": serve, "tmp": tmp}
-    except BaseException:
-        print(serve.tail(8000))
-        raise
-    finally:
-        serve.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert CHROMIUM.exists(), "Chromium is missing: 'make setup' installs Debian's chromium (apt-get install chromium)"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield b
-        b.close()
+        yield {"base": s.base, "key": s.key, "client": s.client, "csv": csv, "serve": s.process, "tmp": tmp}
 
 
 def test_texts_in_the_browser(served: dict[str, Any], browser: Browser, step: Callable[[str], None]) -> None:

@@ -8,15 +8,23 @@
   const jobId = head.dataset.jobPage;
   const field = (name) => head.querySelector(`[data-field="${name}"]`);
 
+  // A tick's label: a diverged loss (1e20) in a few characters, other values as uPlot writes them.
+  const compact = (v) => (v == null ? "" : Math.abs(v) >= 1e5 ? v.toExponential(1) : v.toLocaleString());
+  const labelRoom = (u, labels) => Math.max(50, 20 + 8 * Math.max(0, ...(labels || []).map((l) => String(l).length)));
+
   function chart(el, series, opts = {}) {
     const width = Math.max(280, el.clientWidth || 600);
     const data = [[], ...series.map(() => [])];
     const plot = new uPlot({
       width, height: 240, scales: { x: { time: false } },
       series: [{ label: opts.xLabel || "step" }, ...series.map((s) => ({ spanGaps: true, width: 2, ...s }))],
-      axes: [{}, {}], ...opts.uplot,
+      axes: [{}, { size: labelRoom, values: (u, vals) => vals.map(compact) }], ...opts.uplot,
     }, data, el);
-    window.addEventListener("resize", () => plot.setSize({ width: Math.max(280, el.clientWidth), height: 240 }));
+    // Drawn again to the width the page gives it, before the next paint (a phone turned, a window resized).
+    new ResizeObserver(() => {
+      const w = Math.max(280, el.clientWidth);
+      if (w !== plot.width) plot.setSize({ width: w, height: 240 });
+    }).observe(el);
     return { plot, data, el };
   }
 
@@ -116,7 +124,8 @@
       events.close();
       const state = JSON.parse(m.data).state;
       if (["queued", "running"].includes(head.dataset.state)) {
-        fc.say(`The job ${state}; reload for its results.`, state === "succeeded" ? "ok" : "error");
+        if (state === "pruned") fc.say("Its search's pruner stopped this trial early (pruned); reload for its results.");
+        else fc.say(`The job ${state}; reload for its results.`, state === "succeeded" ? "ok" : "error");
       }
     });
     events.onerror = () => { if (events.readyState === EventSource.CLOSED) fc.say("The live updates stopped.", "error"); };

@@ -1,7 +1,8 @@
 // The playground: an image (dropped, chosen or by URL) to a model or a name's champion, the answer drawn on the
 // image; a text to a text classifier, its words coloured by their weight; a prompt to a language model, the text
 // it writes. A correction is posted as feedback on the logged prediction. The page says how each choice is asked
-// (data-mode: image, text or generate).
+// (data-mode: image, text or generate), and which choices can explain an answer with a heatmap (data-heatmap-classes:
+// the classes it can be asked for; an image classifier's).
 "use strict";
 
 (() => {
@@ -13,6 +14,8 @@
   const legend = document.getElementById("legend");
   const correct = document.querySelector("[data-correct]");
   const help = document.getElementById("correct-help");
+  const explainBox = form.querySelector("[data-explain]");
+  const heatFor = document.getElementById("heatmap-for");
   let last = null; // {answer, kind}
   let clicked = []; // points placed on the image for a points correction
 
@@ -31,7 +34,21 @@
     }
     form.querySelector("[data-mode-help]").textContent = MODE_HELP[mode];
     form.querySelector('button[type="submit"]').textContent = mode === "generate" ? "Generate" : "Predict";
+    showExplain();
   }
+
+  // The heatmap's controls, for a choice that can explain: a checkbox and the class it is for.
+  function showExplain() {
+    const option = form.elements.target.selectedOptions[0];
+    const classes = option?.dataset.heatmapClasses ? JSON.parse(option.dataset.heatmapClasses) : null;
+    explainBox.hidden = modeOf() !== "image" || !classes;
+    for (const el of explainBox.querySelectorAll("input, select")) el.disabled = explainBox.hidden;
+    const select = form.elements.heatmap_class;
+    const was = select.value;
+    select.replaceChildren(select.options[0], ...(classes || []).map((c) => new Option(c, c)));
+    select.value = (classes || []).includes(was) ? was : "";
+  }
+  const explained = () => !explainBox.hidden && form.elements.explain.checked;
   form.elements.target.addEventListener("change", showMode);
   showMode();
 
@@ -110,6 +127,32 @@
     return img;
   }
 
+  // A heatmap's colours (magma, sampled): black, purple, pink, orange, pale yellow; the heat's strength is also
+  // its opacity (at most 0.6), so where there is no evidence the image shows through.
+  const RAMP = [[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]];
+  function heatColour(v) {
+    const at = (v / 255) * (RAMP.length - 1);
+    const i = Math.min(RAMP.length - 2, Math.floor(at));
+    const f = at - i;
+    return [...RAMP[i].map((c, k) => Math.round(c + (RAMP[i + 1][k] - c) * f)), Math.round(v * 0.6)];
+  }
+
+  // The answer's greyscale heatmap (a base64 PNG, 255 where the evidence is strongest) coloured over the image.
+  async function drawHeatmap(ctx, heatmap) {
+    const grey = new Image();
+    grey.src = "data:image/png;base64," + heatmap;
+    await grey.decode();
+    const layer = document.createElement("canvas");
+    layer.width = canvas.width;
+    layer.height = canvas.height;
+    const lctx = layer.getContext("2d");
+    lctx.drawImage(grey, 0, 0, layer.width, layer.height);
+    const px = lctx.getImageData(0, 0, layer.width, layer.height);
+    for (let i = 0; i < px.data.length; i += 4) px.data.set(heatColour(px.data[i]), i);
+    lctx.putImageData(px, 0, 0);
+    ctx.drawImage(layer, 0, 0);
+  }
+
   async function show(answer, file) {
     last = { answer, kind: kindOf(answer) };
     clicked = [];
@@ -123,6 +166,11 @@
     }
     showBars(answer);
     legend.replaceChildren();
+    heatFor.hidden = !(answer.heatmap && img);
+    if (answer.heatmap && img) {
+      await drawHeatmap(ctx, answer.heatmap);
+      heatFor.textContent = `heatmap for ${answer.heatmap_class}`;
+    }
     if (answer.points && img) fc.drawPoints(ctx, answer.points, Math.max(2, img.naturalWidth / 50));
     if (answer.mask && img) {
       const mask = new Image();
@@ -139,6 +187,7 @@
     }
     const shown = { ...answer };
     delete shown.mask;
+    if (shown.heatmap) shown.heatmap = "(a PNG, drawn over the image)";
     document.getElementById("answer-text").textContent = JSON.stringify(shown, null, 1);
     offerCorrection(answer);
   }
@@ -197,16 +246,27 @@
     const file = form.elements.file.files[0];
     const url = form.elements.url.value.trim();
     if (!file && !url) { fc.say("Choose or drop an image, or give a URL.", "error"); return; }
+    const heatmapClass = explained() ? form.elements.heatmap_class.value : "";
     const answer = await fc.act("Predict", async () => {
       if (file) {
         const data = new FormData();
         data.append("file", file);
         const base = kind === "name" ? `/registry/${encodeURIComponent(id)}` : `/models/${id}`;
-        return fc.api("POST", `${base}/predict`, data);
+        const query = new URLSearchParams(explained() ? { explain: "true" } : {});
+        if (heatmapClass) query.set("heatmap_class", heatmapClass);
+        const qs = query.toString();
+        return fc.api("POST", `${base}/predict${qs ? "?" + qs : ""}`, data);
       }
-      return fc.api("POST", `/models/${await modelOf(kind, id)}/predict-url`, { url });
+      const body = explained() ? { url, explain: true, heatmap_class: heatmapClass || null } : { url };
+      return fc.api("POST", `/models/${await modelOf(kind, id)}/predict-url`, body);
     });
     if (answer) await show(answer, file);
+  });
+
+  // A class picked for the heatmap asks for one; after an explained answer, it asks again.
+  form.elements.heatmap_class.addEventListener("change", () => {
+    if (form.elements.heatmap_class.value) form.elements.explain.checked = true;
+    if (last && last.answer.heatmap && explained()) form.requestSubmit();
   });
 
   async function send(body) {

@@ -32,6 +32,8 @@ def create_job(
     queue: str,
     parent_job_id: str | None = None,
     by_admin: bool = True,
+    search_id: str | None = None,
+    trial_number: int | None = None,
 ) -> d.Job:
     """A new queued job (the caller sends its message once the transaction commits)."""
     row = JobRow(
@@ -44,6 +46,8 @@ def create_job(
         parent_job_id=parent_job_id,
         queue=queue,
         by_admin=by_admin,
+        search_id=search_id,
+        trial_number=trial_number,
     )
     s.add(row)
     s.flush()

@@ -3,6 +3,7 @@ corrects or confirms one until a new dataset version takes it in."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -18,35 +19,17 @@ Q = TypeVar("Q", bound=Select[*tuple[Any, ...]])  # a query of feedback joined t
 
 
 # ----- predictions -------------------------------------------------------------------------------------
-def record_prediction(
-    s: Session,
-    *,
-    id: str,
-    project_id: str,
-    model_id: str,
-    name: str | None,
-    source: str,
-    answer: dict[str, Any],
-    filename: str = "",
-    input_key: str | None = None,
-    uncertainty: float = 0.0,
-    stored_bytes: int = 0,
-) -> None:
-    """One answered image (a plain INSERT: the predict path writes one per request, and skips the ORM's flush)."""
-    s.execute(
-        insert(PredictionRow).values(
-            id=id,
-            project_id=project_id,
-            model_id=model_id,
-            name=name,
-            source=source,
-            filename=filename,
-            input_key=input_key,
-            answer=answer,
-            uncertainty=uncertainty,
-            stored_bytes=stored_bytes,
-        )
-    )
+def record_predictions(s: Session, predictions: list[d.PredictionRecord]) -> None:
+    """Answered images and texts, in order (one INSERT for them all: the prediction log's writer sends a batch at
+    a time, and skips the ORM's flush)."""
+    if predictions:
+        s.execute(insert(PredictionRow), [asdict(p) for p in predictions])
+
+
+def prediction_exists(s: Session, project_id: str, prediction_id: str) -> bool:
+    """Whether the project's prediction's row is written."""
+    query = select(PredictionRow.id).where(PredictionRow.id == prediction_id, PredictionRow.project_id == project_id)
+    return s.scalar(query) is not None
 
 
 def get_prediction(s: Session, project_id: str, prediction_id: str) -> d.PredictionRecord | None:

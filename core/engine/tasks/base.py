@@ -211,6 +211,9 @@ class Task(ABC):
     head_dropout: ClassVar[float] = 0.5  # fastai's ps
     outputs_per_class: ClassVar[int] = 1
     result_keys: ClassVar[tuple[str, ...]] = ()  # what of its interpretation an interpret job's result keeps
+    target_from_file: ClassVar[bool] = False  # its target is read from a file (a mask): the decode cache keeps it
+    fp32_head: ClassVar[bool] = False  # mixed precision keeps the head in fp32 (outputs that are values)
+    explains: ClassVar[bool] = False  # answers can carry a class-activation heatmap (core/engine/heatmap.py)
     # The fields of its predictions' answer(): name -> (type, description). A `bytes` field is a file (a PNG), as
     # bytes in the answer and as base64 text in JSON. The REST API's schema of this task's answer is made of them.
     answer_fields: ClassVar[dict[str, tuple[Any, str]]]

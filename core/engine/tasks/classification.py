@@ -17,7 +17,13 @@ from PIL import Image
 from torch import nn
 
 from core.engine.errors import DataError
-from core.engine.interpret import ValidOutputs, preds_and_targs, validation_images
+from core.engine.interpret import (
+    TopLossHeatmaps,
+    ValidOutputs,
+    heatmap_artifact,
+    preds_and_targs,
+    validation_images,
+)
 from core.engine.items import ClassItems, LabelItems
 from core.engine.plots import plot_confusion_matrix, plot_images
 from core.engine.tasks.base import Correction, Doubt, Grid, Prediction, Scores, Task, check_label
@@ -133,17 +139,22 @@ class ClassificationInterpretation:
         """Everything above as plain data, for JSON."""
         return {
             "classes": self.classes,
-            "top_losses": [t.__dict__ for t in self.top_losses(k)],
+            "top_losses": [
+                t.__dict__ | {"heatmap": heatmap_artifact(i), "heatmap_class": t.predicted}
+                for i, t in enumerate(self.top_losses(k))
+            ],
             "confusion_matrix": self.confusion_matrix().tolist(),
             "most_confused": self.most_confused(min_val),
             "per_class": self.per_class(),
             "error_rate": float((self.preds != self.targs).float().mean()),
         }
 
-    def plots(self) -> list[tuple[str, Callable[[Path], Path]]]:
+    def plots(self, k: int = 9) -> list[tuple[str, Callable[[Path], Path]]]:
+        tops = [(t.item, self.classes.index(t.predicted)) for t in self.top_losses(k)]
         return [
             ("plots/confusion_matrix.png", self.plot_confusion_matrix),
             ("plots/top_losses.png", self.plot_top_losses),
+            *TopLossHeatmaps(self.learn).plots(tops),
         ]
 
     def plot_confusion_matrix(self, path: str | Path) -> Path:
@@ -164,6 +175,7 @@ class ClassificationTask(Task):
     metrics = ("error_rate", "accuracy")
     main_metric = "error_rate"
     activation = "softmax"
+    explains: ClassVar[bool] = True
     result_keys = ("error_rate", "most_confused", "per_class")
     answer_fields: ClassVar[dict[str, tuple[Any, str]]] = {
         "top": (tuple[str, float], "the most probable class: [label, probability]"),

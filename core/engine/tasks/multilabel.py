@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from core.engine.errors import BundleError, DataError
-from core.engine.interpret import ValidOutputs, preds_and_targs, validation_images
+from core.engine.interpret import TopLossHeatmaps, ValidOutputs, heatmap_artifact, preds_and_targs, validation_images
 from core.engine.items import MultiLabelItems
 from core.engine.metrics import fbeta
 from core.engine.plots import plot_images, plot_threshold_curves
@@ -134,7 +134,7 @@ class MultiLabelInterpretation:
     def top_losses(self, k: int = 9) -> list[dict[str, Any]]:
         """The k validation items with the highest loss, with actual and predicted label sets."""
         pred = self.predicted()
-        out = []
+        out: list[dict[str, Any]] = []
         for i in torch.topk(self.losses, min(k, len(self.losses))).indices.tolist():
             out.append(
                 {
@@ -142,6 +142,8 @@ class MultiLabelInterpretation:
                     "actual": [c for c, on in zip(self.classes, self.targs[i].tolist(), strict=True) if on],
                     "predicted": [c for c, on in zip(self.classes, pred[i].tolist(), strict=True) if on],
                     "loss": float(self.losses[i]),
+                    "heatmap": heatmap_artifact(len(out)),
+                    "heatmap_class": self.classes[int(self.probs[i].argmax())],  # its most probable class
                 }
             )
         return out
@@ -160,10 +162,12 @@ class MultiLabelInterpretation:
             "error_rate": float((self.predicted() != self.targs).float().mean()),
         }
 
-    def plots(self) -> list[tuple[str, Callable[[Path], Path]]]:
+    def plots(self, k: int = 9) -> list[tuple[str, Callable[[Path], Path]]]:
+        tops = [(str(t["item"]), self.classes.index(str(t["heatmap_class"]))) for t in self.top_losses(k)]
         return [
             ("plots/threshold_curve.png", self.plot_threshold_curve),
             ("plots/top_losses.png", self.plot_top_losses),
+            *TopLossHeatmaps(self.learn).plots(tops),
         ]
 
     def plot_threshold_curve(self, path: str | Path) -> Path:
@@ -184,6 +188,7 @@ class MultiLabelInterpretation:
 
 class MultiLabelTask(Task):
     name: ClassVar[str] = "multilabel"
+    explains: ClassVar[bool] = True
     items_type = MultiLabelItems
     metrics = ("accuracy_thresh", "fbeta")
     main_metric = "fbeta"

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 class RegressionTask(Task):
     """Numbers per image."""
 
+    fp32_head = True
+
     head_dropout: ClassVar[float] = 0.0
     unit: ClassVar[str]  # what an item's error is measured in
     result_keys: ClassVar[tuple[str, ...]] = ("error_mean", "error_median", "baseline_mean_target_error")

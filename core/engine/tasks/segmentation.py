@@ -213,6 +213,7 @@ class SegmentationTask(Task):
     main_metric = "mean_iou"
     result_keys = ("pixel_accuracy", "mean_iou", "dice", "per_class", "baseline_majority_class")
     activation = "softmax"
+    target_from_file = True
     answer_fields: ClassVar[dict[str, tuple[Any, str]]] = {
         "mask": (bytes, "a single-channel PNG at the image's own size, each pixel's value the index of its code"),
         "shares": (dict[str, float], "each class's share of the image's pixels"),

@@ -8,15 +8,24 @@ Adding a kind: a module here with `run` and `KIND`, its name in core/jobs/kind_n
 from __future__ import annotations
 
 from core.jobs.kind_names import DEFAULT_KIND, KIND_NAMES, KindName
-from core.jobs.kinds import fine_tune, interpret, language_model, lr_find, retrain, stage1, stage2
+from core.jobs.kinds import adopt, fine_tune, interpret, language_model, lr_find, retrain, stage1, stage2
 from core.jobs.kinds.base import SAME_DATA, JobKind, KindProblem, lr_form
 
 KINDS: dict[str, JobKind] = {
     k.name: k
-    for k in (fine_tune.KIND, stage1.KIND, stage2.KIND, lr_find.KIND, interpret.KIND, retrain.KIND, language_model.KIND)
+    for k in (
+        fine_tune.KIND,
+        stage1.KIND,
+        stage2.KIND,
+        lr_find.KIND,
+        interpret.KIND,
+        retrain.KIND,
+        language_model.KIND,
+        adopt.KIND,
+    )
 }
 # The kinds the CLI and the services name by role rather than by a string.
-FINE_TUNE, SWEEP, RETRAIN = fine_tune.KIND, lr_find.KIND, retrain.KIND
+FINE_TUNE, SWEEP, RETRAIN, ADOPT = fine_tune.KIND, lr_find.KIND, retrain.KIND, adopt.KIND
 LANGUAGE_MODEL = language_model.KIND
 MODEL_KINDS: tuple[str, ...] = tuple(name for name, k in KINDS.items() if k.makes_model)
 
@@ -30,6 +39,7 @@ def get_kind(name: str) -> JobKind:
 
 
 __all__ = [
+    "ADOPT",
     "DEFAULT_KIND",
     "FINE_TUNE",
     "KINDS",

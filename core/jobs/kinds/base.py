@@ -62,6 +62,8 @@ class JobKind:
     text: TextRunner | None = None  # the job on a dataset of texts (core/jobs/text_training.py); None: refused
     text_lr: float | None = None  # its default lr on texts, when another than `lr`
     valid_pct: float | None = None  # its default validation share, when another than every job's
+    objective: str | None = None  # what a search of its jobs optimises by default, when not the task's main metric
+    adopts_parent_result: bool = False  # its result (and its model's metrics) are its parent's: it trains nothing
     name_suffix: str = ""  # its models join the registry as the dataset's name + this (a language model: "-lm")
 
     def data_problem(self, is_text: bool, gpus: int = 1, compile: bool = False) -> str | None:

@@ -23,7 +23,7 @@ def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
     learn, timer = built.learn, built.timer
     if spec.is_pretrained:
         learn.freeze()
-    resume, base_lr = resume_and_base_lr(spec, ctx, learn, timer)
+    resume, base_lr = resume_and_base_lr(spec, ctx, learn, timer, built.plots)
     phases: list[Phase] = []
     if isinstance(spec.lr, tuple):
         lo, hi = spec.lr

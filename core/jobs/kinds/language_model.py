@@ -30,6 +30,7 @@ KIND = JobKind(
     summary="an AWD-LSTM language model on every text (labelled or not): the encoder a text classifier starts from",
     run=run,
     makes_model=True,
+    objective="perplexity",
     lr=2e-2,
     lr_forms=frozenset({"number", "find"}),
     takes_parent=False,

@@ -18,7 +18,7 @@ def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
     """slice(lr) over the groups (the body's at a tenth of the head's); a range [low, high] spreads over them."""
     learn, timer = built.learn, built.timer
     learn.freeze() if spec.is_pretrained else learn.unfreeze()
-    resume, base_lr = resume_and_base_lr(spec, ctx, learn, timer)
+    resume, base_lr = resume_and_base_lr(spec, ctx, learn, timer, built.plots)
     lr: LrSpec = slice(*spec.lr) if isinstance(spec.lr, tuple) else slice(base_lr) if spec.is_pretrained else base_lr
     with timer.phase("fit:stage1"):
         learn.fit_one_cycle(spec.epochs, lr, tag="stage1", resume=resume)

@@ -25,7 +25,7 @@ def run(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
         lo, hi = learn.extra["stage2_lr"]
     else:
         with timer.phase("show_batch"):
-            show_batch_artifact(learn, ctx)
+            show_batch_artifact(learn, ctx, built.plots)
 
         def sweep() -> float:  # only when the rates ask for one
             with timer.phase("lr_find"):
