@@ -320,13 +320,17 @@ MARK_SIZE = 64
 MARK_REGION = (0, 0, 32, 32)  # left, top, right, bottom: where the class is decided (the top-left quarter)
 MARK_SIDE = 8
 MARK_COLOURS = {"red": (255, 40, 40), "blue": (40, 40, 255)}
+DISTRACTOR_COLOURS = ((40, 255, 40), (255, 255, 40), (255, 255, 255))  # green, yellow, white: no class's colour
 
 
-def write_marks(dest: str | Path, per_class: int = 200, seed: int = 0, shuffle_labels: bool = False) -> Path:
+def write_marks(
+    dest: str | Path, per_class: int = 200, seed: int = 0, shuffle_labels: bool = False, distractors: int = 0
+) -> Path:
     """Class folders of 64 px grey-noise images whose class is decided by a mark inside one known region
-    (`MARK_REGION`, the top-left quarter): a red square or a blue one, somewhere in it. Everything else is noise,
-    so a model that learnt the task looks there, and a heatmap can be checked against the region.
-    `shuffle_labels` files the same images under random classes: nothing left to learn."""
+    (`MARK_REGION`, the top-left quarter): a red square or a blue one, somewhere in it. `distractors` squares of
+    other colours (green, yellow, white; the same size) lie outside the region, so the mark is not the only thing
+    that stands out: a model that learnt the task looks at the mark, one that did not has no reason to prefer it.
+    Everything else is noise. `shuffle_labels` files the same images under random classes: nothing left to learn."""
     rng = np.random.default_rng(seed)
     dest = Path(dest)
     labels = [c for c in MARK_COLOURS for _ in range(per_class)]
@@ -337,6 +341,12 @@ def write_marks(dest: str | Path, per_class: int = 200, seed: int = 0, shuffle_l
         x = int(rng.integers(left + 2, right - MARK_SIDE - 1))
         y = int(rng.integers(top + 2, bottom - MARK_SIDE - 1))
         img[y : y + MARK_SIDE, x : x + MARK_SIDE] = MARK_COLOURS[drawn]
+        for _ in range(distractors):
+            while True:  # anywhere on the image but touching the region
+                dx, dy = (int(v) for v in rng.integers(0, MARK_SIZE - MARK_SIDE + 1, 2))
+                if dx >= right or dy >= bottom or dx + MARK_SIDE <= left or dy + MARK_SIDE <= top:
+                    break
+            img[dy : dy + MARK_SIDE, dx : dx + MARK_SIDE] = DISTRACTOR_COLOURS[int(rng.integers(len(DISTRACTOR_COLOURS)))]
         (dest / label).mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(dest / label / f"{n:04d}.png")
     return dest

@@ -27,12 +27,14 @@ from core.jobs.spec import TrainSpec
 
 # A ResNet-18 from random init at 256 px (the 64 px images scaled 4x): its last block is 8 x 8 cells, fine enough
 # to tell a quarter of the image from the rest. At 128 px (4 x 4 cells) the same model's heatmaps spread over
-# half the image.
+# half the image. Three squares of other colours outside the region: without them the mark is the only thing that
+# stands out, and a model of shuffled labels looks at it too.
+DISTRACTORS = 3
 RECIPE = {"arch": "resnet18", "pretrained": "none", "size": 256, "bs": 32, "freeze_epochs": 0, "epochs": 4}
 
 
 def _train(tmp: Path, shuffle_labels: bool) -> Predictor:
-    data = write_marks(tmp / "data", per_class=200, seed=0, shuffle_labels=shuffle_labels)
+    data = write_marks(tmp / "data", per_class=200, seed=0, shuffle_labels=shuffle_labels, distractors=DISTRACTORS)
     spec = TrainSpec(data=str(data), lr=3e-3, seed=0, report_every_n_batches=1000, **RECIPE)
     run_spec(spec, LocalJobContext(tmp / "out", show_progress=False))
     return Predictor(tmp / "out" / "export")
@@ -41,7 +43,7 @@ def _train(tmp: Path, shuffle_labels: bool) -> Predictor:
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Images neither model saw, 40 of each class."""
-    folder = write_marks(tmp_path_factory.mktemp("held"), per_class=40, seed=99)
+    folder = write_marks(tmp_path_factory.mktemp("held"), per_class=40, seed=99, distractors=DISTRACTORS)
     return sorted(folder.rglob("*.png"))
 
 
@@ -64,9 +66,10 @@ def test_the_heatmap_sits_on_the_region_that_decides_and_not_for_a_model_of_shuf
         if name == "learnt":
             assert hits >= 0.95
     # The region is a quarter of the image: an even heatmap puts 0.25 of its mass there.
-    assert mass["learnt"] >= 0.45, mass
+    # Measured: 0.60 (bf16 fit) and 0.76 (fp32) learnt, 0.20 and 0.21 shuffled (docs/performance.md).
+    assert mass["learnt"] >= 0.5, mass
     assert mass["shuffled"] <= 0.3, mass
-    assert mass["learnt"] >= mass["shuffled"] + 0.2, mass
+    assert mass["learnt"] >= mass["shuffled"] + 0.25, mass
 
 
 def test_an_explained_answer_is_the_plain_one_with_a_heatmap_of_the_images_size(
