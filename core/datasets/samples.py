@@ -346,7 +346,8 @@ def write_marks(
                 dx, dy = (int(v) for v in rng.integers(0, MARK_SIZE - MARK_SIDE + 1, 2))
                 if dx >= right or dy >= bottom or dx + MARK_SIDE <= left or dy + MARK_SIDE <= top:
                     break
-            img[dy : dy + MARK_SIDE, dx : dx + MARK_SIDE] = DISTRACTOR_COLOURS[int(rng.integers(len(DISTRACTOR_COLOURS)))]
+            colour = DISTRACTOR_COLOURS[int(rng.integers(len(DISTRACTOR_COLOURS)))]
+            img[dy : dy + MARK_SIDE, dx : dx + MARK_SIDE] = colour
         (dest / label).mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(dest / label / f"{n:04d}.png")
     return dest
