@@ -1,8 +1,9 @@
 """The fleet's own loop, run by whichever API process holds the fleet lease (one at a time however many API
 replicas run): it applies each registry name's policy — once a name has `min_feedback` unused corrections and no
 retrain under way, it cuts a dataset version with them and queues a retrain; the retrain's evaluate step then
-scores it and the gate decides (worker/evaluate.py) — and removes kept predict inputs past their project's
-retention. Webhooks are not sent here (api/deliveries.py does, in every API process): no receiver can hold a
+scores it and the gate decides (worker/evaluate.py) — checks every served model's drift (api/drift.py), and
+removes kept predict inputs past their project's retention.
+Webhooks are not sent here (api/deliveries.py does, in every API process): no receiver can hold a
 policy up. The lease is renewed before each name, and a pass that lost it stops: a pass longer than the lease
 never runs twice at once."""
 
@@ -18,16 +19,15 @@ from collections.abc import Callable
 
 from fastapi.concurrency import run_in_threadpool
 
-from api.errors import Problem
-from api.schemas import JobCreate, VersionCreate
-from api.services import jobs, searches, versions
+from api.drift import drift_pass
+from api.services import searches
 from api.services.prediction_log import apply_retention
+from api.services.retraining import retrain_from_feedback
 from api.state import AppState
 from core.db import repos
 from core.db.outage import is_outage
 from core.db.session import session_scope
 from core.jobs.gate import Policy
-from core.jobs.kinds import RETRAIN
 
 log = logging.getLogger("fitcycle.loop")
 LEASE = "feedback-loop"
@@ -45,31 +45,20 @@ def policy_pass(state: AppState, hold: Callable[[], bool] = lambda: True) -> lis
             log.warning("policy pass: the fleet lease moved to another process; it carries on from here")
             break
         policy = Policy.of(entry.policy)
+        if policy.min_feedback is None:
+            continue
         with session_scope(state.sessions) as s:
             waiting = repos.count_unused_feedback(s, entry.project_id, entry.name)
-            busy = repos.active_jobs_of_name(s, entry.project_id, entry.name, RETRAIN.name)
-            champion = repos.get_model(s, entry.champion_id or "", entry.project_id)
-            version = repos.get_version(s, champion.dataset_version_id or "") if champion else None
-            project = repos.get_project(s, entry.project_id)
-        if policy.min_feedback is None or waiting < policy.min_feedback or busy or version is None or project is None:
+        if waiting < policy.min_feedback:
             continue
-        try:
-            cut = versions.cut(
-                state,
-                project,
-                version.dataset_id,
-                VersionCreate(add_feedback="all", note=f"policy: {waiting} new corrections for '{entry.name}'"),
-            )
-            job = jobs.create(
-                state, project, JobCreate(kind=RETRAIN.name, dataset_id=version.dataset_id, name=entry.name)
-            )
-        except Problem as exc:
-            log.warning("policy of '%s': %s", entry.name, exc.detail)
+        reason = f"{waiting} new corrections for '{entry.name}'"
+        retrain = retrain_from_feedback(state, entry.project_id, entry.name, reason, policy.min_feedback)
+        if retrain.job_id is None:
+            if "under way" not in retrain.why_not:
+                log.warning("policy of '%s': %s", entry.name, retrain.why_not)
             continue
-        log.info(
-            "policy of '%s': version %d with %d corrections, retrain job %s", entry.name, cut.version, waiting, job.id
-        )
-        done.append(job.id)
+        log.info("policy of '%s': %s", entry.name, retrain.text())
+        done.append(retrain.job_id)
     return done
 
 
@@ -107,6 +96,7 @@ async def fleet_loop(state: AppState, stop: asyncio.Event) -> None:
 
     def work(hold: Callable[[], bool]) -> None:
         policy_pass(state, hold)
+        drift_pass(state, hold)
         apply_retention(state)
 
     interval = state.settings.loop_interval_seconds

@@ -115,6 +115,17 @@ class PlatformCollector(Collector):
             if waiting is not None:
                 depth.add_metric([queue], waiting)
         yield depth
+        drift = GaugeMetricFamily(
+            "fitcycle_drift_score",
+            "a served model's population stability index against its reference, per signal (uncertainty, class_mix, "
+            "input), at its last drift check (past the project's drift_threshold, 0.25 by default: an alarm)",
+            labels=["model", "signal"],
+        )
+        with session_scope(self.state.sessions) as s:
+            for checked in repos.drift_states(s):
+                for signal, shift in checked.scores.items():
+                    drift.add_metric([checked.model_id, signal], float(shift.get("score", 0.0)))
+        yield drift
 
 
 def queue_depth(celery: Any, queue: str) -> int | None:

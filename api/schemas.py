@@ -547,6 +547,20 @@ class ProjectSettings(BaseModel):
         description="a frozen dataset version the promotion gate also scores challenger and champion on (all "
         "its items; keep it out of training); null to stop",
     )
+    drift_threshold: float | None = Field(
+        None,
+        ge=0.01,
+        le=10,
+        description="the population stability index past which a served model's drift raises an alarm (default "
+        "0.25: a significant shift); null: no drift alarms (the scores are still kept)",
+    )
+    drift_window: int | None = Field(
+        None,
+        ge=100,
+        le=10_000,
+        description="how many of a model's latest answers (of the last 24 hours) its drift is measured on "
+        "(default 500); null: back to the default",
+    )
 
 
 class ProjectPublic(BaseModel):
@@ -611,6 +625,11 @@ class PolicyUpdate(BaseModel):
     min_improvement: float | None = Field(None, ge=-1, le=1)
     max_class_drop: float | None = Field(None, ge=0, le=1)
     auto_promote: StrictBool | None = None
+    retrain_on_drift: StrictBool | None = Field(
+        None,
+        description="when a drift alarm opens on the champion, cut a version with the waiting corrections and "
+        "retrain on it (null or false: an alarm only warns)",
+    )
 
 
 class PredictionPublic(Public):
@@ -717,7 +736,7 @@ class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(max_length=2048, description="http(s); fetched through the same SSRF guard as predict-url")
-    events: list[Literal["job.succeeded", "job.failed", "model.promoted", "retrain.rejected"]] = Field(
+    events: list[Literal["job.succeeded", "job.failed", "model.promoted", "retrain.rejected", "model.drift"]] = Field(
         min_length=1, max_length=4
     )
     secret: str = Field(min_length=16, max_length=200, description="signs each delivery (HMAC-SHA256)")
@@ -905,3 +924,59 @@ class SearchImportance(BaseModel):
     evaluator: str
     n_trials: int
     note: str | None = None
+
+
+class DriftScore(BaseModel):
+    """One signal's population stability index against the model's reference, and what moved most."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    signal: Literal["uncertainty", "class_mix", "input"]
+    score: float = Field(description="the population stability index (0: as at export; past 0.25 a significant shift)")
+    moved: str = Field(description="what moved most: 'uncertainty', a class, or an input feature (mean_red, ...)")
+    before: float = Field(alias="from", description="its value in the reference (a median, a share or a mean)")
+    after: float = Field(alias="to", description="its value in the window")
+    text: str = Field(description="the same in words")
+    examples: list[str] = Field(description="ids of the window's predictions that show it best")
+
+
+class DriftAlarm(BaseModel):
+    """An open alarm: the signal that passed the threshold most, explained."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    signal: Literal["uncertainty", "class_mix", "input"]
+    text: str
+    score: float
+    threshold: float
+    moved: str
+    before: float = Field(alias="from")
+    after: float = Field(alias="to")
+    since: datetime = Field(description="the check that first found the score past the threshold")
+    window: dict[str, Any] = Field(description="answers: how many; from, to: the oldest and newest answer's time")
+    signals: dict[str, float] = Field(description="every signal past the threshold, with its score")
+    examples: list[str] = Field(description="ids of predictions that show the shift (GET /predictions/{id}/input)")
+    action: str | None = Field(description="what the name's policy did (retrain_on_drift), or null")
+
+
+class DriftPointPublic(BaseModel):
+    at: datetime
+    scores: dict[str, float]
+
+
+class DriftPublic(BaseModel):
+    """A served model's drift: the last check of its latest answers against its reference, its open alarm, and
+    its scores over the last 24 hours."""
+
+    model_id: str
+    name: str | None
+    watched: bool = Field(description="whether the model has a drift reference (exported with one, an image model)")
+    reference_items: int | None = Field(description="validation answers the reference was made of")
+    threshold: float | None = Field(description="the project's drift_threshold (null: no alarms)")
+    window_size: int = Field(description="answers in the last window (the project's drift_window at most)")
+    min_window: int = Field(description="answers a window needs before it is scored")
+    checked_at: datetime | None
+    scores: dict[str, DriftScore]
+    alarm: DriftAlarm | None
+    alarms: int = Field(description="alarms raised so far")
+    history: list[DriftPointPublic] = Field(description="the scores over the last 24 hours, oldest first")

@@ -219,7 +219,7 @@ def add_remote_verbs(verbs: Any) -> None:
     hook_new = common(hooks_sub.add_parser("create", help="POST events to a public http(s) URL, signed"))
     hook_new.add_argument("address", metavar="URL", help="where to POST (not the server's --url)")
     hook_new.add_argument(
-        "--event", action="append", required=True, help="job.succeeded, job.failed, model.promoted, retrain.rejected"
+        "--event", action="append", required=True, help="job.succeeded, job.failed, model.promoted, retrain.rejected, model.drift"
     )
     hook_new.add_argument(
         "--secret", default=os.environ.get("FITCYCLE_WEBHOOK_SECRET"), help="or FITCYCLE_WEBHOOK_SECRET"

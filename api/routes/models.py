@@ -18,6 +18,7 @@ from api.schemas import (
     Answer,
     BatchPredictions,
     Deleted,
+    DriftPublic,
     Explain,
     Generated,
     GenerateRequest,
@@ -29,9 +30,9 @@ from api.schemas import (
     PredictUrl,
     TextAnswers,
 )
+from api.services import drift_report, text_predict
 from api.services import models as service
 from api.services import predict as predict_service
-from api.services import text_predict
 from api.services.urlfetch import fetch_image
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -53,6 +54,14 @@ async def list_models(
 async def get_model(request: Request, state: StateDep, project: ProjectDep, model_id: str) -> ModelPublic:
     """Metrics, classes and the job that made it."""
     return await run_in_threadpool(service.get, state, project, model_id, _bundle_url(request))
+
+
+@router.get("/{model_id}/drift")
+async def model_drift(state: StateDep, project: ProjectDep, model_id: str) -> DriftPublic:
+    """Whether what the model is asked today is still what it was trained on: its latest answers (the project's
+    drift_window, of the last 24 hours) against its validation set at export, a population stability index per
+    signal (uncertainty, class_mix, input), the open alarm explained, and the scores over the last 24 hours."""
+    return await run_in_threadpool(drift_report.report, state, project, model_id)
 
 
 @router.delete("/{model_id}")

@@ -15,6 +15,7 @@ from api.schemas import (
     BatchPredictions,
     DecisionPublic,
     DecisionsPublic,
+    DriftPublic,
     Explain,
     PolicyUpdate,
     PredictResponse,
@@ -23,6 +24,7 @@ from api.schemas import (
     RegistryEntry,
     RegistryPublic,
 )
+from api.services import drift_report
 from api.services import predict as predict_service
 from api.services import registry as service
 
@@ -53,6 +55,12 @@ async def get_decisions(
 ) -> DecisionsPublic:
     """Each promotion or refusal, oldest first, a page at a time: both scores and the reason."""
     return await run_in_threadpool(service.decisions, state, project, name, offset, limit)
+
+
+@router.get("/{name}/drift")
+async def get_drift(state: StateDep, project: ProjectDep, name: str) -> DriftPublic:
+    """The drift of the name's champion (GET /models/{id}/drift); 404 when the name has no champion."""
+    return await run_in_threadpool(drift_report.champion_report, state, project, name)
 
 
 @router.post("/{name}/promote")

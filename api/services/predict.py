@@ -24,6 +24,7 @@ from api.state import AppState
 from core.db import domain, repos
 from core.db.models import utcnow
 from core.db.session import session_scope
+from core.engine.drift import input_stats
 from core.engine.images import open_rgb
 from core.engine.inference import Predictor
 from core.engine.tasks import Prediction
@@ -79,6 +80,7 @@ class Pending:
     format: str  # the image's format, as PIL names it ("" when it does not say)
     started: float  # time.perf_counter() when it was handed to the model
     heatmap: tuple[str, bytes] | None = None  # an explained answer's class and PNG (made on the request's thread)
+    inputs: list[float] | None = None  # the image's cheap statistic (core.engine.drift.input_stats)
 
 
 async def answer(
@@ -120,20 +122,20 @@ def start(state: AppState, model: domain.Model, image: bytes, filename: str, exp
         check_explainable(predictor, explain or None)
     started = time.perf_counter()
     try:
+        decoded = open_rgb(image)  # first: the decoder refuses bombs and non-images with the reason
         if explain is None:
-            answer = submit(state, model, image)  # first: its decoder refuses bombs and non-images with the reason
-        else:
-            decoded = open_rgb(image)  # the same decoder, the same refusals
+            answer = submit(state, model, decoded)
         with Image.open(io.BytesIO(image)) as img:
             fmt = img.format or ""
     except (OSError, ValueError) as exc:
         raise unreadable(filename, exc) from None
+    inputs = input_stats(decoded)  # what the drift window compares with the model's reference (api/drift.py)
     if explain is None:
-        return Pending(answer, predictor.task.name, fmt, started)
+        return Pending(answer, predictor.task.name, fmt, started, inputs=inputs)
     prediction, heatmap = explained(state, model.project_id, predictor, decoded, explain or None)
     answer = Future()
     answer.set_result(prediction)
-    return Pending(answer, predictor.task.name, fmt, started, heatmap)
+    return Pending(answer, predictor.task.name, fmt, started, heatmap, inputs)
 
 
 def explained(
@@ -220,6 +222,7 @@ def log_entry(
         uncertainty=float(p.uncertainty),
         created_at=utcnow(),
         stored_bytes=stored,
+        inputs=pending.inputs,
     )
     shown = answer if pending.heatmap is None else answer | pending_heatmap(pending.heatmap)
     public = answer_of(pending.task, json_ready(shown), prediction_id)  # JSON: here the mask becomes base64
@@ -250,7 +253,7 @@ def pending_heatmap(heatmap: tuple[str, bytes]) -> dict[str, object]:
     return {"heatmap": png, "heatmap_class": label}
 
 
-def submit(state: AppState, model: domain.Model, image: bytes) -> Future[Prediction]:
+def submit(state: AppState, model: domain.Model, image: bytes | Image.Image) -> Future[Prediction]:
     """The model's answer for one image, to come: with micro-batching on (FITCYCLE_PREDICT_BATCH_WINDOW_MS > 0),
     from one forward pass with the other requests' images that arrive within the window; otherwise computed
     here. An image that cannot be decoded raises ValueError or OSError here, for its own request only."""

@@ -15,7 +15,13 @@ from core.db.session import session_scope
 def public(project: domain.Project) -> ProjectPublic:
     gold = project.gold
     shown = {k: gold[k] for k in ("dataset_id", "dataset", "version")} if gold else None
-    settings = {"keep_inputs": project.keep_inputs, "input_retention_days": project.input_retention_days, "gold": shown}
+    settings = {
+        "keep_inputs": project.keep_inputs,
+        "input_retention_days": project.input_retention_days,
+        "gold": shown,
+        "drift_threshold": project.drift_threshold,
+        "drift_window": project.drift_window,
+    }
     return ProjectPublic(id=project.id, name=project.name, settings=settings)
 
 
@@ -29,6 +35,9 @@ def update(state: AppState, project: domain.Project, body: ProjectSettings) -> P
             changes["keep_inputs"] = sent["keep_inputs"]
         if "input_retention_days" in sent:  # null: keep predictions until deleted
             changes["input_retention_days"] = sent["input_retention_days"]
+        for field in ("drift_threshold", "drift_window"):  # null: no alarms; the default window
+            if field in sent:
+                changes[field] = sent[field]
         if "gold" in sent:
             if body.gold is None:
                 changes["gold"] = None

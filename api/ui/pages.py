@@ -18,6 +18,7 @@ from api.errors import Problem
 from api.guard import SESSION_COOKIE
 from api.schemas import MAX_TEXT_CHARS, DatasetPublic, ModelPublic, RegistryEntry, SearchPublic
 from api.services import datasets as datasets_service
+from api.services import drift_report
 from api.services import feedback as feedback_service
 from api.services import jobs as jobs_service
 from api.services import models as models_service
@@ -25,6 +26,7 @@ from api.services import registry as registry_service
 from api.services import searches as searches_service
 from api.services import versions as versions_service
 from api.state import AppState
+from api.ui.drift_chart import chart
 from api.ui.session import (
     PageCaller,
     app_state,
@@ -409,14 +411,22 @@ def models_page(request: Request, caller: PageCaller) -> Response:
     state, project = app_state(request), caller.project
     names = registry_service.list_all(state, project).data
     models = models_service.list_all(state, project, bundle_url(request)).data
-    return render(request, "models.html", title="Models", caller=caller, names=names, models=models)
+    drifts = drift_report.checked(state, project, [m.id for m in models])
+    charts = {i: chart(d.history, d.threshold, 160, 32) for i, d in drifts.items()}
+    return render(
+        request, "models.html", title="Models", caller=caller, names=names, models=models, drifts=drifts, charts=charts
+    )
 
 
 @router.get("/registry/{name}")
 def registry_page(request: Request, caller: PageCaller, name: str) -> Response:
     state, project = app_state(request), caller.project
     entry = registry_service.get(state, project, name, bundle_url(request))
-    return render(request, "registry.html", title=name, caller=caller, entry=entry)
+    drift = drift_report.report(state, project, entry.champion_id) if entry.champion_id else None
+    drift_chart = chart(drift.history, drift.threshold) if drift is not None else None
+    return render(
+        request, "registry.html", title=name, caller=caller, entry=entry, drift=drift, drift_chart=drift_chart
+    )
 
 
 # ----- serving and feedback ----------------------------------------------------------------------------

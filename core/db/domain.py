@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "pruned")  # pruned: a search's trial stopped early
+DRIFT_THRESHOLD = 0.25  # PSI: past 0.25 a population has shifted significantly (the credit-scoring rule of thumb)
+DRIFT_WINDOW = 500
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,17 @@ class Project:
         """How many days a prediction (and its kept input) is kept; None: until deleted."""
         days = self.settings.get("input_retention_days")
         return int(days) if days else None
+
+    @property
+    def drift_threshold(self) -> float | None:
+        """The population stability index past which a served model's drift raises an alarm; None: no alarms."""
+        value = self.settings.get("drift_threshold", DRIFT_THRESHOLD)
+        return float(value) if value is not None else None
+
+    @property
+    def drift_window(self) -> int:
+        """How many of a model's latest answers (of the last 24 hours) its drift is measured on."""
+        return int(self.settings.get("drift_window") or DRIFT_WINDOW)
 
     @property
     def gold(self) -> dict[str, Any] | None:
@@ -257,6 +270,7 @@ class PredictionRecord:
     uncertainty: float
     created_at: datetime
     stored_bytes: int = 0  # its kept input and the masks its answer carries, counted toward the quota
+    inputs: list[float] | None = None  # its image's cheap statistic (core.engine.drift.input_stats); None: a text
 
 
 @dataclass(frozen=True)
@@ -271,7 +285,7 @@ class Feedback:
     created_at: datetime
 
 
-WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "model.promoted", "retrain.rejected")
+WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "model.promoted", "retrain.rejected", "model.drift")
 
 
 @dataclass(frozen=True)
@@ -334,3 +348,27 @@ class Search:
     @property
     def is_terminal(self) -> bool:
         return self.state != "running"
+
+
+@dataclass(frozen=True)
+class DriftState:
+    """A served model's drift as last checked: the window's size and newest answer, each signal's score with what
+    moved, and the open alarm (None when none is)."""
+
+    model_id: str
+    project_id: str
+    name: str | None
+    checked_at: datetime
+    window_size: int
+    newest: str | None
+    scores: dict[str, Any]
+    threshold: float | None
+    alarm: dict[str, Any] | None
+    alarm_since: datetime | None
+    alarms: int
+
+
+@dataclass(frozen=True)
+class DriftPoint:
+    at: datetime
+    scores: dict[str, float]

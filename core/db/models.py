@@ -253,6 +253,38 @@ class PredictionRow(Base):
     uncertainty: Mapped[float] = mapped_column(Float, default=0.0)
     stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # input and mask kept
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The image's cheap statistic (core.engine.drift.input_stats), for the drift window; None for texts
+    inputs: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+
+
+class DriftStateRow(Base):
+    """A served model's drift, as the last check found it (api/drift.py): the window's scores against the model's
+    reference, and its alarm while one is open."""
+
+    __tablename__ = "drift_states"
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    window_size: Mapped[int] = mapped_column(Integer, default=0)  # answers in the window
+    newest: Mapped[str | None] = mapped_column(String(36), default=None)  # the window's newest prediction
+    scores: Mapped[dict[str, Any]] = mapped_column(default=dict)  # signal -> Shift.as_dict()
+    threshold: Mapped[float | None] = mapped_column(Float, default=None)
+    alarm: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # the open alarm, explained
+    alarm_since: Mapped[datetime | None] = mapped_column(default=None)
+    alarms: Mapped[int] = mapped_column(Integer, default=0)  # alarms raised so far
+
+
+class DriftPointRow(Base):
+    """One point of a model's drift scores over time (the charts on the models and registry pages)."""
+
+    __tablename__ = "drift_points"
+    __table_args__ = (Index("ix_drift_points_model_at", "model_id", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    scores: Mapped[dict[str, Any]] = mapped_column(default=dict)  # signal -> score
 
 
 class FeedbackRow(Base):

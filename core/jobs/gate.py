@@ -16,12 +16,14 @@ from core.jobs.significance import ALPHA, paired
 @dataclass(frozen=True)
 class Policy:
     """A name's retraining policy. The gate reads min_improvement and max_class_drop; auto_promote lets it
-    promote on its own (else a person promotes); min_feedback is how much new feedback starts a retrain."""
+    promote on its own (else a person promotes); min_feedback is how much new feedback starts a retrain, and
+    retrain_on_drift whether a drift alarm on the champion starts one (api/drift.py)."""
 
     min_feedback: int | None = None  # None: the loop never retrains this name on its own
     min_improvement: float = 0.0
     max_class_drop: float = 0.05
     auto_promote: bool = True
+    retrain_on_drift: bool = False  # a drift alarm on the champion queues a retrain from the waiting corrections
 
     @classmethod
     def of(cls, stored: dict[str, Any]) -> Policy:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +40,7 @@ from core.engine.callbacks import (
 )
 from core.engine.data import DataConfig, ImageDataLoaders
 from core.engine.distributed import DistributedTraining, Rank, agreed_stop
+from core.engine.drift import build_reference, write_reference
 from core.engine.errors import DataError, WeightsMismatch
 from core.engine.events import Callback
 from core.engine.export import export_bundle, read_manifest
@@ -56,6 +58,8 @@ from core.jobs.context import JobContext
 from core.jobs.spec import TrainSpec
 
 SHOW_BATCH_ITEMS = 16  # show_batch's max_n
+
+log = logging.getLogger("fitcycle.training")
 
 
 def label_items(spec: TrainSpec) -> LabelledItems:
@@ -367,6 +371,19 @@ def write_interpretation(
     return summary
 
 
+def drift_reference(learn: Learner, bundle: Path, seed: int | None) -> None:
+    """The bundle's drift reference (core/engine/drift.py): its answers to the validation images, as served. A
+    model without validation items has none (its drift is not watched); a failure here is logged, not the job's."""
+    valid = learn.dls.valid.dataset
+    images = [valid.items.path(i) for i in valid.indices]
+    if not images:
+        return
+    try:
+        write_reference(bundle, build_reference(bundle, images, seed or 0))
+    except Exception:
+        log.exception("no drift reference for %s", bundle)
+
+
 def export_results(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str, Any]) -> dict[str, Any]:
     """Interpret, plot, export, and write metrics.json (with each phase's seconds)."""
     if getattr(ctx, "follower", False):
@@ -383,6 +400,9 @@ def export_results(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str
         with timer.phase("export"):
             extra = {"pretrained": built.body_source}
             export_bundle(learn, ctx.artifact_path("export"), extra=extra, thresholds=thresholds, onnx=spec.onnx)
+        with timer.phase("drift_reference"):
+            drift_reference(learn, ctx.artifact_path("export"), spec.seed)
+        with timer.phase("export"):
             ctx.artifact_written("export")
         with timer.phase("plots"):  # what drawing costs beyond what the phases above hid
             drawn = plots.wait()

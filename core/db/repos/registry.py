@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.db import domain as d
-from core.db.models import DecisionRow, JobRow, ModelNameRow, ModelRow
+from core.db.models import DecisionRow, DriftPointRow, DriftStateRow, JobRow, ModelNameRow, ModelRow
 from core.db.repos._rows import insert_for, new_id, to
 
 
@@ -69,6 +69,8 @@ def delete_model(s: Session, model_id: str) -> None:
         return
     s.execute(update(JobRow).where(JobRow.model_id == model_id).values(model_id=None))
     s.execute(update(ModelNameRow).where(ModelNameRow.challenger_id == model_id).values(challenger_id=None))
+    s.execute(delete(DriftPointRow).where(DriftPointRow.model_id == model_id))
+    s.execute(delete(DriftStateRow).where(DriftStateRow.model_id == model_id))
     s.execute(delete(ModelRow).where(ModelRow.id == model_id))
 
 

@@ -307,6 +307,11 @@ class Task(ABC):
         bundle's manifest (a task that decides by threshold keeps them in its export); None for the others."""
         return None
 
+    def mix_labels(self, answer: dict[str, Any]) -> list[str] | None:
+        """The class(es) a logged answer counts toward in a drift window's class mix (core/engine/drift.py);
+        None for a task whose answers have no class."""
+        return None
+
     def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
         """What an interpret job's result keeps of its interpretation's summary: the task's `result_keys`."""
         return {k: summary[k] for k in self.result_keys if k in summary}

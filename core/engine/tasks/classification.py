@@ -194,6 +194,11 @@ class ClassificationTask(Task):
         i = int(probs.argmax())
         return ClassPrediction(predictor.classes[i], i, probs.tolist(), predictor.classes)
 
+    def mix_labels(self, answer: dict[str, Any]) -> list[str] | None:
+        """The most probable class."""
+        top = answer.get("top")
+        return [str(top[0])] if isinstance(top, list | tuple) and top else None
+
     def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
         """The result's headline, the ten pairs most confused among it."""
         kept = super().headline(summary)

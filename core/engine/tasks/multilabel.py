@@ -198,6 +198,11 @@ class MultiLabelTask(Task):
         "labels": (list[str], "every class above its tuned threshold (the answer)")
     }
 
+    def mix_labels(self, answer: dict[str, Any]) -> list[str] | None:
+        """Every label given; an empty set counts as "(none)"."""
+        labels = answer.get("labels")
+        return ([str(x) for x in labels] or ["(none)"]) if isinstance(labels, list) else None
+
     def tuned_thresholds(self, summary_or_manifest: dict[str, Any]) -> list[float] | None:
         found = summary_or_manifest.get("thresholds")
         return [float(t) for t in found] if isinstance(found, list) else None

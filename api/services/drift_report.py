@@ -1,0 +1,57 @@
+"""What a served model's drift looks like now (api/drift.py keeps it): the REST answer, the pages and the CLI."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from api.drift import MIN_WINDOW, REFERENCES, WINDOW_HOURS
+from api.errors import Problem
+from api.schemas import DriftAlarm, DriftPointPublic, DriftPublic, DriftScore
+from api.services import models as model_service
+from api.services import registry as registry_service
+from api.state import AppState
+from core.db import domain, repos
+from core.db.models import utcnow
+from core.db.session import session_scope
+
+MAX_POINTS = 288  # chart points answered: one per 5 minutes over 24 hours when thinned
+
+
+def report(state: AppState, project: domain.Project, model_id: str) -> DriftPublic:
+    """The model's drift (404 for a model that is not the project's)."""
+    model = model_service.find(state, project, model_id)
+    with session_scope(state.sessions) as s:
+        last = repos.get_drift_state(s, project.id, model.id)
+        points = repos.drift_points(s, project.id, model.id, utcnow() - timedelta(hours=WINDOW_HOURS), 100_000)
+    reference = REFERENCES.get(state, model)
+    step = max(1, -(-len(points) // MAX_POINTS))
+    thinned = points[::step] + ([points[-1]] if points and (len(points) - 1) % step else [])
+    return DriftPublic(
+        model_id=model.id,
+        name=model.name,
+        watched=reference is not None,
+        reference_items=reference.items if reference is not None else None,
+        threshold=project.drift_threshold,
+        window_size=last.window_size if last else 0,
+        min_window=MIN_WINDOW,
+        checked_at=last.checked_at if last else None,
+        scores={k: DriftScore.model_validate(v) for k, v in (last.scores if last else {}).items()},
+        alarm=DriftAlarm.model_validate(last.alarm) if last and last.alarm else None,
+        alarms=last.alarms if last else 0,
+        history=[DriftPointPublic(at=p.at, scores=p.scores) for p in thinned],
+    )
+
+
+def checked(state: AppState, project: domain.Project, model_ids: list[str]) -> dict[str, DriftPublic]:
+    """The drift of each of these models that was ever checked (a model that never served has none)."""
+    with session_scope(state.sessions) as s:
+        seen = {d.model_id for d in repos.drift_states(s, project.id)}
+    return {i: report(state, project, i) for i in model_ids if i in seen}
+
+
+def champion_report(state: AppState, project: domain.Project, name: str) -> DriftPublic:
+    """The drift of a registry name's champion (404 when the name has none)."""
+    entry = registry_service.find(state, project, name)
+    if entry.champion_id is None:
+        raise Problem(404, "No champion", f"'{name[:200]}' has no champion yet: nothing of it is served")
+    return report(state, project, entry.champion_id)

@@ -1,0 +1,55 @@
+"""A model's drift scores over time as an SVG line chart drawn on the server (no script): one line per signal,
+the threshold dashed across. The registry page draws it large, the models page small (a sparkline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from api.schemas import DriftPointPublic
+
+SIGNAL_COLOURS = {"uncertainty": "#1f77b4", "class_mix": "#2ca02c", "input": "#d62728"}
+
+
+@dataclass(frozen=True)
+class Chart:
+    """What the template draws: each signal's polyline points ('x,y ...'), the threshold's y, the axis' top."""
+
+    width: int
+    height: int
+    lines: dict[str, str]
+    colours: dict[str, str]
+    threshold_y: float | None
+    top: float
+    first: datetime | None
+    last: datetime | None
+
+
+def chart(history: list[DriftPointPublic], threshold: float | None, width: int = 480, height: int = 120) -> Chart:
+    """The lines of the points in `history` (oldest first); the y axis runs from 0 to the larger of the highest
+    score and 1.5 x the threshold, so the threshold line is always in view."""
+    top = max([1.5 * (threshold or 0.25)] + [v for p in history for v in p.scores.values()])
+    t0 = history[0].at.timestamp() if history else 0.0
+    span = (history[-1].at.timestamp() - t0) if len(history) > 1 else 1.0
+
+    def xy(at: datetime, value: float) -> str:
+        x = (at.timestamp() - t0) / (span or 1.0) * (width - 4) + 2
+        y = height - 2 - min(value, top) / top * (height - 4)
+        return f"{x:.1f},{y:.1f}"
+
+    lines = {
+        signal: " ".join(xy(p.at, p.scores[signal]) for p in history if signal in p.scores)
+        for signal in SIGNAL_COLOURS
+        if any(signal in p.scores for p in history)
+    }
+    threshold_y = height - 2 - threshold / top * (height - 4) if threshold is not None else None
+    return Chart(
+        width,
+        height,
+        lines,
+        SIGNAL_COLOURS,
+        threshold_y,
+        top,
+        history[0].at if history else None,
+        history[-1].at if history else None,
+    )

@@ -1,0 +1,303 @@
+"""Drift: is what a served model sees still what it was trained on? [issue 26]
+
+At export, `build_reference` answers the validation images with the exported bundle, as a served model answers,
+and keeps three distributions (`drift_reference.json` in the bundle):
+- `uncertainty`: the task's uncertainty of each answer (classification: 1 - the margin of the top two; the
+  same number the prediction log keeps and the active-learning queue sorts by);
+- `class_mix`: the share of answers of each class (classification: the top class; multi-label: each label
+  given, "(none)" for an empty set; other tasks have none);
+- `input`: a cheap statistic of each image (`input_stats`: its per-channel mean and standard deviation in
+  [0, 1], and the log of its pixel count).
+
+A window of served answers is compared with it by the population stability index (PSI) [the credit-scoring
+rule of thumb: < 0.1 no shift, 0.1-0.25 some, > 0.25 a significant one]: `sum((a - e) * ln(a / e))` over bins of
+the reference's deciles (for the input: each feature apart, the largest counts). `explain` says what moved: from
+what to what, and which answers show it best.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+REFERENCE_FILE = "drift_reference.json"
+REFERENCE_FORMAT = 1
+SIGNALS = ("uncertainty", "class_mix", "input")
+INPUT_FEATURES = ("mean_red", "mean_green", "mean_blue", "std_red", "std_green", "std_blue", "log_pixels")
+STATS_SIDE = 64  # images are box-reduced to about this side before their mean and std are taken
+MAX_REFERENCE_ITEMS = 500  # validation images answered for the reference (a seeded sample of larger sets)
+QUANTILES = tuple(q / 10 for q in range(1, 10))  # deciles: the bins' cut points
+FLOOR = 1e-3  # a bin's share is at least this in the PSI (an empty bin would make it infinite)
+NONE_LABEL = "(none)"  # a multi-label answer with no label
+MAX_CLASSES = 1000  # classes kept in a class mix (the most frequent); the rest count as "(other)"
+OTHER_LABEL = "(other)"
+
+
+def input_stats(image: Image.Image) -> list[float]:
+    """An RGB image's cheap statistic: per-channel mean and standard deviation in [0, 1] (of the image
+    box-reduced to about STATS_SIDE px: a fraction of a millisecond at any size), and ln(width x height)."""
+    factor = max(1, min(image.width, image.height) // STATS_SIDE)
+    small = image.reduce(factor) if factor > 1 else image
+    pixels = np.asarray(small, dtype=np.float32).reshape(-1, 3) / 255.0
+    mean, std = pixels.mean(axis=0), pixels.std(axis=0)
+    pixel_count = math.log(image.width * image.height)
+    return [*(round(float(v), 5) for v in mean), *(round(float(v), 5) for v in std), round(pixel_count, 5)]
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A reference distribution of one number: the cut points (its deciles, repeats removed) and the share of
+    the reference in each bin, with its mean, standard deviation and median. A value equal to a cut point has a
+    bin of its own, so a constant reference (every image 28 x 28) still tells smaller from larger."""
+
+    cuts: list[float]
+    shares: list[float]
+    mean: float
+    sd: float
+    median: float
+
+    @staticmethod
+    def bins(cuts: Sequence[float], values: Iterable[float]) -> np.ndarray:
+        """Each value's bin: below the first cut, at it, between it and the next, ... above the last (2k + 1)."""
+        v = np.asarray(list(values), dtype=np.float64)
+        c = np.asarray(cuts, dtype=np.float64)
+        return np.searchsorted(c, v, side="left") + np.searchsorted(c, v, side="right")
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Histogram:
+        v = np.asarray(values, dtype=np.float64)
+        cuts = sorted({float(q) for q in np.quantile(v, QUANTILES)})
+        counts = np.bincount(cls.bins(cuts, v), minlength=2 * len(cuts) + 1)
+        return cls(
+            cuts=cuts,
+            shares=(counts / len(v)).round(6).tolist(),
+            mean=float(v.mean()),
+            sd=float(v.std()),
+            median=float(np.median(v)),
+        )
+
+    def shares_of(self, values: Sequence[float]) -> list[float]:
+        counts = np.bincount(self.bins(self.cuts, values), minlength=len(self.shares))
+        return (counts / max(1, len(values))).tolist()
+
+    def psi(self, values: Sequence[float]) -> float:
+        return psi(self.shares, self.shares_of(values))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cuts": self.cuts, "shares": self.shares, "mean": self.mean, "sd": self.sd, "median": self.median}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Histogram:
+        return cls(
+            cuts=[float(c) for c in d["cuts"]],
+            shares=[float(s) for s in d["shares"]],
+            mean=float(d["mean"]),
+            sd=float(d["sd"]),
+            median=float(d["median"]),
+        )
+
+
+def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
+    """The population stability index of `actual` shares against `expected` ones (the same bins): 0 when they
+    are equal, growing as they part; each share is floored at FLOOR."""
+    e = np.maximum(np.asarray(expected, dtype=np.float64), FLOOR)
+    a = np.maximum(np.asarray(actual, dtype=np.float64), FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def mix(labels: Iterable[Sequence[str]], known: Sequence[str] | None = None) -> dict[str, float]:
+    """The share of each label among all the labels given (each answer gives one or more); labels outside
+    `known` count as OTHER_LABEL."""
+    counts: Counter[str] = Counter()
+    for given in labels:
+        for label in given:
+            counts[label if known is None or label in known else OTHER_LABEL] += 1
+    total = sum(counts.values()) or 1
+    return {label: n / total for label, n in counts.items()}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a model's validation answers looked like at export (see the module's docstring)."""
+
+    items: int
+    uncertainty: Histogram
+    class_mix: dict[str, float] | None
+    inputs: dict[str, Histogram]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "format": REFERENCE_FORMAT,
+            "items": self.items,
+            "uncertainty": self.uncertainty.as_dict(),
+            "class_mix": self.class_mix,
+            "inputs": {k: h.as_dict() for k, h in self.inputs.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Reference:
+        if d.get("format") != REFERENCE_FORMAT:
+            raise ValueError(f"drift reference format {d.get('format')!r}; this version reads {REFERENCE_FORMAT}")
+        return cls(
+            items=int(d["items"]),
+            uncertainty=Histogram.from_dict(d["uncertainty"]),
+            class_mix={str(k): float(v) for k, v in d["class_mix"].items()} if d.get("class_mix") else None,
+            inputs={k: Histogram.from_dict(h) for k, h in d["inputs"].items() if k in INPUT_FEATURES},
+        )
+
+    @classmethod
+    def of(
+        cls, uncertainties: Sequence[float], labels: Sequence[Sequence[str]] | None, inputs: Sequence[Sequence[float]]
+    ) -> Reference:
+        columns = np.asarray(inputs, dtype=np.float64).reshape(-1, len(INPUT_FEATURES))
+        shares = mix(labels) if labels is not None else None
+        if shares is not None and len(shares) > MAX_CLASSES:
+            every = shares
+            kept = sorted(every, key=lambda k: -every[k])[:MAX_CLASSES]
+            shares = {k: every[k] for k in kept} | {OTHER_LABEL: sum(v for k, v in every.items() if k not in kept)}
+        return cls(
+            items=len(uncertainties),
+            uncertainty=Histogram.of(uncertainties),
+            class_mix=shares,
+            inputs={f: Histogram.of(columns[:, i].tolist()) for i, f in enumerate(INPUT_FEATURES)},
+        )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One served answer as the prediction log keeps it: what the window is made of."""
+
+    id: str
+    uncertainty: float
+    labels: Sequence[str] | None  # its class(es) for the class mix; None for a task without classes
+    inputs: Sequence[float] | None  # input_stats of its image; None when it was logged without
+
+
+@dataclass(frozen=True)
+class Shift:
+    """One signal's score and what moved: `moved` names what (a class, an input feature), `before` and `after`
+    its reference and window values, `examples` the ids of the answers that show it best."""
+
+    signal: str
+    score: float
+    moved: str
+    before: float
+    after: float
+    examples: list[str]
+
+    def text(self) -> str:
+        if self.signal == "uncertainty":
+            return f"the median uncertainty went from {self.before:.3f} to {self.after:.3f}"
+        if self.signal == "class_mix":
+            return f"answers of '{self.moved}' went from {self.before:.1%} to {self.after:.1%} of the labels"
+        return f"the images' {self.moved.replace('_', ' ')} went from {self.before:.3f} to {self.after:.3f} on average"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "signal": self.signal,
+            "score": round(self.score, 4),
+            "moved": self.moved,
+            "from": round(self.before, 4),
+            "to": round(self.after, 4),
+            "text": self.text(),
+            "examples": self.examples,
+        }
+
+
+EXAMPLES = 4
+
+
+def compare(reference: Reference, window: Sequence[Answer]) -> dict[str, Shift]:
+    """Each signal's score of the window against the reference, with what moved (a signal the model or the
+    window has no data for is left out)."""
+    shifts: dict[str, Shift] = {}
+    if not window:
+        return shifts
+    u = [a.uncertainty for a in window]
+    order = sorted(window, key=lambda a: -a.uncertainty)
+    shifts["uncertainty"] = Shift(
+        "uncertainty",
+        reference.uncertainty.psi(u),
+        "uncertainty",
+        reference.uncertainty.median,
+        float(np.median(u)),
+        [a.id for a in order[:EXAMPLES]],
+    )
+    labelled = [a for a in window if a.labels is not None]
+    before = reference.class_mix
+    if before is not None and labelled:
+        known = list(before)
+        now = mix((a.labels or () for a in labelled), known)
+        keys = sorted(set(known) | set(now))
+        score = psi([before.get(k, 0.0) for k in keys], [now.get(k, 0.0) for k in keys])
+        moved = max(keys, key=lambda k: (now.get(k, 0.0) - before.get(k, 0.0), k))
+        chosen = [a.id for a in reversed(labelled) if moved in (a.labels or ()) or moved == OTHER_LABEL][:EXAMPLES]
+        shifts["class_mix"] = Shift("class_mix", score, moved, before.get(moved, 0.0), now.get(moved, 0.0), chosen)
+    measured = [a for a in window if a.inputs is not None and len(a.inputs) == len(INPUT_FEATURES)]
+    if measured and reference.inputs:
+        columns = np.asarray([a.inputs for a in measured], dtype=np.float64)
+        best: Shift | None = None
+        for i, feature in enumerate(INPUT_FEATURES):
+            hist = reference.inputs.get(feature)
+            if hist is None:
+                continue
+            values = columns[:, i]
+            score = hist.psi(values.tolist())
+            if best is None or score > best.score:
+                far = np.argsort(-np.abs(values - hist.mean))[:EXAMPLES]
+                best = Shift("input", score, feature, hist.mean, float(values.mean()), [measured[j].id for j in far])
+        if best is not None:
+            shifts["input"] = best
+    return shifts
+
+
+def build_reference(bundle: str | Path, images: Sequence[str | Path], seed: int = 0, batch: int = 64) -> Reference:
+    """The reference of an exported bundle: its answers to `images` (the validation set; a seeded sample of
+    MAX_REFERENCE_ITEMS when larger), answered as a served model answers them (the bundle's Predictor)."""
+    from core.engine.images import open_rgb
+    from core.engine.inference import Predictor
+
+    chosen = list(images)
+    if len(chosen) > MAX_REFERENCE_ITEMS:
+        picked = np.random.default_rng(seed).choice(len(chosen), MAX_REFERENCE_ITEMS, replace=False)
+        chosen = [chosen[i] for i in sorted(picked)]
+    predictor = Predictor(bundle)
+    uncertainties: list[float] = []
+    labels: list[list[str] | None] = []
+    inputs: list[list[float]] = []
+    for start in range(0, len(chosen), batch):
+        decoded = [open_rgb(p) for p in chosen[start : start + batch]]
+        inputs += [input_stats(img) for img in decoded]
+        for prediction in predictor.predict_batch(decoded):
+            uncertainties.append(float(prediction.uncertainty))
+            labels.append(predictor.task.mix_labels(prediction.answer()))
+    known = None if any(given is None for given in labels) else [given or [] for given in labels]
+    return Reference.of(uncertainties, known, inputs)
+
+
+def write_reference(bundle: str | Path, reference: Reference) -> Path:
+    path = Path(bundle) / REFERENCE_FILE
+    path.write_text(json.dumps(reference.as_dict()) + "\n")
+    return path
+
+
+def read_reference(data: bytes | str) -> Reference:
+    """A bundle's drift reference from its JSON (ValueError when it is not one this version reads)."""
+    try:
+        parsed = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the drift reference is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("the drift reference is not a JSON object")
+    try:
+        return Reference.from_dict(parsed)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"the drift reference lacks {exc}") from None
