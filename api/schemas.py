@@ -974,6 +974,7 @@ class DriftPublic(BaseModel):
     reference_items: int | None = Field(description="validation answers the reference was made of")
     threshold: float | None = Field(description="the project's drift_threshold (null: no alarms)")
     window_size: int = Field(description="answers in the last window (the project's drift_window at most)")
+    newest: str | None = Field(description="the id of the newest prediction the last check read")
     min_window: int = Field(description="answers a window needs before it is scored")
     checked_at: datetime | None
     scores: dict[str, DriftScore]

@@ -105,6 +105,9 @@ def add_remote_verbs(verbs: Any) -> None:
     models_list.add_argument("--json", action="store_true")
     models_delete = common(models.add_parser("delete", help="delete a model and its bundle"))
     models_delete.add_argument("model")
+    model_drift = common(models.add_parser("drift", help="is what the model is asked still what it learnt from?"))
+    model_drift.add_argument("model")
+    model_drift.add_argument("--json", action="store_true")
     download = common(models.add_parser("download", help="a model's export bundle, unpacked (for fitcycle predict)"))
     download.add_argument("model")
     download.add_argument("--out", type=Path, default=None, help="folder to unpack it into (default: ./MODEL_ID)")
@@ -131,6 +134,9 @@ def add_remote_verbs(verbs: Any) -> None:
     reg_list.add_argument("--json", action="store_true")
     reg_show = common(reg.add_parser("show", help="a name's versions, champion and decisions, as JSON"))
     reg_show.add_argument("name")
+    reg_drift = common(reg.add_parser("drift", help="the drift of the name's champion"))
+    reg_drift.add_argument("name")
+    reg_drift.add_argument("--json", action="store_true")
     reg_promote = common(reg.add_parser("promote", help="make a model the name's champion (also to roll back)"))
     reg_promote.add_argument("name")
     reg_promote.add_argument("model")
@@ -169,6 +175,15 @@ def add_remote_verbs(verbs: Any) -> None:
         metavar="DAYS|off",
         default=None,
         help="delete predictions and their kept inputs after DAYS (not those whose feedback waits for a version)",
+    )
+    proj_set.add_argument(
+        "--drift-threshold",
+        metavar="PSI|off",
+        default=None,
+        help="the population stability index past which a served model's drift raises an alarm (default 0.25)",
+    )
+    proj_set.add_argument(
+        "--drift-window", type=int, default=None, help="the latest answers drift is measured on (default 500)"
     )
     gold = proj_set.add_mutually_exclusive_group()
     gold.add_argument(
@@ -219,7 +234,10 @@ def add_remote_verbs(verbs: Any) -> None:
     hook_new = common(hooks_sub.add_parser("create", help="POST events to a public http(s) URL, signed"))
     hook_new.add_argument("address", metavar="URL", help="where to POST (not the server's --url)")
     hook_new.add_argument(
-        "--event", action="append", required=True, help="job.succeeded, job.failed, model.promoted, retrain.rejected, model.drift"
+        "--event",
+        action="append",
+        required=True,
+        help="job.succeeded, job.failed, model.promoted, retrain.rejected, model.drift",
     )
     hook_new.add_argument(
         "--secret", default=os.environ.get("FITCYCLE_WEBHOOK_SECRET"), help="or FITCYCLE_WEBHOOK_SECRET"
@@ -549,6 +567,9 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
         print(json.dumps(items, indent=1) if args.json else _registry_table(items))
     elif verb == ("registry", "show"):
         print(json.dumps(_check(http.get(f"/registry/{args.name}")), indent=1))
+    elif verb == ("registry", "drift"):
+        found = _check(http.get(f"/registry/{args.name}/drift"))
+        print(json.dumps(found, indent=1) if args.json else drift_text(found))
     elif verb == ("registry", "promote"):
         body = {"model_id": args.model, "reason": args.reason}
         decision = _check(http.post(f"/registry/{args.name}/promote", json=body))
@@ -628,6 +649,14 @@ def _dispatch_loop(args: argparse.Namespace, http: httpx.Client) -> int:
             if days != "off" and not days.isdigit():
                 raise RemoteError(f"--input-retention-days {days}: a whole number of days, or off")
             settings["input_retention_days"] = None if days == "off" else int(days)
+        if args.drift_threshold is not None:
+            value = args.drift_threshold
+            try:
+                settings["drift_threshold"] = None if value == "off" else float(value)
+            except ValueError:
+                raise RemoteError(f"--drift-threshold {value}: a number (0.25 is the default), or off") from None
+        if args.drift_window is not None:
+            settings["drift_window"] = args.drift_window
         if args.no_gold:
             settings["gold"] = None
         elif args.gold is not None:
@@ -809,10 +838,34 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
     elif verb == ("models", "generate"):
         body = {"prompt": args.prompt, "words": args.words, "temperature": args.temperature, "seed": args.seed}
         print(_check(http.post(f"/models/{args.model}/generate", json=body))["text"])
+    elif verb == ("models", "drift"):
+        found = _check(http.get(f"/models/{args.model}/drift"))
+        print(json.dumps(found, indent=1) if args.json else drift_text(found))
     elif verb == ("models", "download"):
         out = unpack_bundle(_check(http.get(f"/models/{args.model}/bundle")), args.out or Path(args.model))
         print(f"{out}  (fitcycle predict {out} IMAGE...)")
     return 0
+
+
+def drift_text(found: dict[str, Any]) -> str:
+    """A model's drift in a few lines: each signal's PSI and what moved, the open alarm explained."""
+    who = f"model {found['model_id']}" + (f" ({found['name']})" if found.get("name") else "")
+    if not found["watched"]:
+        return f"{who}: no drift reference (exported before drift alarms, or a text model): its drift is not watched"
+    threshold = found["threshold"]
+    limit = f"alarm past {threshold:g}" if threshold is not None else "alarms off"
+    lines = [f"{who}: latest {found['window_size']} answers against {found['reference_items']} at export ({limit})"]
+    if not found["scores"]:
+        lines.append(f"  not scored yet: a window needs {found['min_window']} answers")
+    for signal, score in found["scores"].items():
+        lines.append(f"  {signal:<12} PSI {score['score']:.3f}  {score['text']}")
+    alarm = found.get("alarm")
+    if alarm:
+        lines.append(f"ALARM since {alarm['since']}: {alarm['text']} (PSI {alarm['score']:.3f})")
+        lines.append(f"  for example: predictions {', '.join(alarm['examples'])}")
+        if alarm.get("action"):
+            lines.append(f"  policy: {alarm['action']}")
+    return "\n".join(lines)
 
 
 def unpack_bundle(data: bytes, out: Path) -> Path:

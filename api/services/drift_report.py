@@ -33,6 +33,7 @@ def report(state: AppState, project: domain.Project, model_id: str) -> DriftPubl
         reference_items=reference.items if reference is not None else None,
         threshold=project.drift_threshold,
         window_size=last.window_size if last else 0,
+        newest=last.newest if last else None,
         min_window=MIN_WINDOW,
         checked_at=last.checked_at if last else None,
         scores={k: DriftScore.model_validate(v) for k, v in (last.scores if last else {}).items()},

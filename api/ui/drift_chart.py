@@ -18,6 +18,7 @@ class Chart:
     width: int
     height: int
     lines: dict[str, str]
+    dots: dict[str, tuple[str, str]]  # each signal's latest point (x, y): one point draws no line
     colours: dict[str, str]
     threshold_y: float | None
     top: float
@@ -42,11 +43,13 @@ def chart(history: list[DriftPointPublic], threshold: float | None, width: int =
         for signal in SIGNAL_COLOURS
         if any(signal in p.scores for p in history)
     }
+    dots = {signal: tuple(points.rsplit(" ", 1)[-1].split(",", 1)) for signal, points in lines.items()}
     threshold_y = height - 2 - threshold / top * (height - 4) if threshold is not None else None
     return Chart(
         width,
         height,
         lines,
+        {k: (x, y) for k, (x, y) in dots.items()},
         SIGNAL_COLOURS,
         threshold_y,
         top,

@@ -1,7 +1,9 @@
 """Heatmaps in a real browser, against a real `fitcycle serve`: a small classifier trained over REST; its
 interpretation page lays each top loss's heatmap over its image (the same box), says which class it is for, and one
 checkbox hides them all; the playground's "Explain (heatmap)" asks for a class's heatmap and colours it over the
-answer's image, and asks again when another class is picked. Screenshots (heatmap-*) go to tests/ui/screenshots/."""
+answer's image, and asks again when another class is picked. Then the champion is sent 100 inverted images: the
+registry page shows the drift alarm's banner, explained, and its chart; the models page marks the model. Screenshots
+(heatmap-*, drift-*) go to tests/ui/screenshots/."""
 
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from playwright.sync_api import Browser, Page, expect
 
 from core.datasets.samples import write_sample
-from tests.platform.services import Client
+from tests.platform.services import Client, wait_for
 from tests.platform.stack import make_zip
 from tests.ui.browser import SHOTS, fresh_serve, shoot
 
@@ -46,7 +48,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     """`fitcycle serve` on a fresh data dir, and a classifier trained there (its fine_tune writes the
     interpretation, with a heatmap per top loss)."""
     tmp = tmp_path_factory.mktemp("heatmap-ui")
-    with fresh_serve(tmp, "heatmaps") as s:
+    with fresh_serve(tmp, "heatmaps", FITCYCLE_LOOP_INTERVAL_SECONDS="1") as s:  # the drift checks: every second
         folder = write_sample("fashion-mnist", tmp / "clothes", per_class=30, size=SIZE, classes=CLASSES)
         unseen = write_sample("fashion-mnist", tmp / "unseen", per_class=2, size=SIZE, offset=30, classes=["bag"])
         uploaded = s.client.upload("clothes", make_zip(folder, tmp / "clothes.zip"))
@@ -193,3 +195,28 @@ def walk(page: Page, served: dict[str, Any], step: Callable[[str], None]) -> Non
     assert "explain" not in plain.value.url and "heatmap" not in plain.value.json()
     expect(caption).to_be_hidden()
     assert page.evaluate(COLOURED)["coloured"] == 0
+
+    step("a drift alarm: the registry page's banner and chart, the models page's mark")
+    client: Client = served["client"]
+    assert client.http.patch("/project", json={"drift_window": 100}).status_code == 200
+    inverted = io.BytesIO()
+    ImageOps.invert(Image.open(served["photo"]).convert("RGB")).save(inverted, format="PNG")
+    files = [("file", (f"inverted-{i}.png", inverted.getvalue(), "image/png")) for i in range(10)]
+    for _ in range(10):
+        assert client.post("/registry/clothes/predict", files=files).status_code == 200
+    alarm = wait_for(lambda: client.get("/registry/clothes/drift").json()["alarm"], 60, "the drift alarm")
+    assert alarm["signal"] in ("input", "uncertainty", "class_mix"), alarm
+    page.goto("/registry/clothes")
+    banner = page.get_by_role("alert")
+    expect(banner).to_contain_text("Drift:")
+    expect(banner).to_contain_text(alarm["text"])
+    expect(banner.locator("img")).to_have_count(len(alarm["examples"]))
+    chart = page.get_by_role("img", name="drift scores over the last 24 hours")
+    expect(chart).to_be_visible()
+    expect(chart.locator("circle")).to_have_count(3)  # uncertainty, class mix, input
+    expect(page.locator("table.drift-scores tbody tr")).to_have_count(3)
+    expect(page.get_by_label("Retrain from the corrections when the champion drifts")).to_have_value("false")
+    shoot(page, "drift-registry")
+    page.goto("/models")
+    expect(page.locator(f'td[data-drift="{served["model_id"]}"]')).to_contain_text("drift alarm")
+    shoot(page, "drift-models")
