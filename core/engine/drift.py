@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageStat
 
 REFERENCE_FILE = "drift_reference.json"
 REFERENCE_FORMAT = 1
 SIGNALS = ("uncertainty", "class_mix", "input")
 INPUT_FEATURES = ("mean_red", "mean_green", "mean_blue", "std_red", "std_green", "std_blue", "log_pixels")
-STATS_SIDE = 64  # images are box-reduced to about this side before their mean and std are taken
+STATS_SIDE = 64  # the statistic is taken over a grid of at most this many pixels a side
 MAX_REFERENCE_ITEMS = 500  # validation images answered for the reference (a seeded sample of larger sets)
 QUANTILES = tuple(q / 10 for q in range(1, 10))  # deciles: the bins' cut points
 FLOOR = 1e-3  # a bin's share is at least this in the PSI (an empty bin would make it infinite)
@@ -42,14 +42,14 @@ OTHER_LABEL = "(other)"
 
 
 def input_stats(image: Image.Image) -> list[float]:
-    """An RGB image's cheap statistic: per-channel mean and standard deviation in [0, 1] (of the image
-    box-reduced to about STATS_SIDE px: a fraction of a millisecond at any size), and ln(width x height)."""
-    factor = max(1, min(image.width, image.height) // STATS_SIDE)
-    small = image.reduce(factor) if factor > 1 else image
-    pixels = np.asarray(small, dtype=np.float32).reshape(-1, 3) / 255.0
-    mean, std = pixels.mean(axis=0), pixels.std(axis=0)
-    pixel_count = math.log(image.width * image.height)
-    return [*(round(float(v), 5) for v in mean), *(round(float(v), 5) for v in std), round(pixel_count, 5)]
+    """An RGB image's cheap statistic: per-channel mean and standard deviation in [0, 1], of a grid of at most
+    STATS_SIDE x STATS_SIDE of its pixels (nearest-neighbour sampling: its cost does not grow with the image, about
+    0.1 ms; a 4,096-pixel sample's mean is within about 0.005 of the whole image's), and ln(width x height)."""
+    side = (min(image.width, STATS_SIDE), min(image.height, STATS_SIDE))
+    stat = ImageStat.Stat(image if side == image.size else image.resize(side, Image.Resampling.NEAREST))
+    mean = [round(v / 255.0, 5) for v in stat.mean[:3]]
+    std = [round(v / 255.0, 5) for v in stat.stddev[:3]]
+    return [*mean, *std, round(math.log(image.width * image.height), 5)]
 
 
 @dataclass(frozen=True)
