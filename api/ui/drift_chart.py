@@ -27,14 +27,17 @@ class Chart:
 
 
 def chart(history: list[DriftPointPublic], threshold: float | None, width: int = 480, height: int = 120) -> Chart:
-    """The lines of the points in `history` (oldest first); the y axis runs from 0 to the larger of the highest
-    score and 1.5 x the threshold, so the threshold line is always in view."""
-    top = max([1.5 * (threshold or 0.25)] + [v for p in history for v in p.scores.values()])
-    t0 = history[0].at.timestamp() if history else 0.0
-    span = (history[-1].at.timestamp() - t0) if len(history) > 1 else 1.0
+    """The lines of the points in `history` (oldest first), the newest at the right edge. The y axis runs from 0 to
+    the highest score, at least 1.5 and at most 4 x the threshold (higher scores are drawn at the top), so the
+    threshold's line is always in view and a score far past it does not flatten the rest."""
+    line = threshold if threshold is not None else 0.25
+    highest = max([0.0] + [v for p in history for v in p.scores.values()])
+    top = min(max(1.5 * line, highest), 4 * line)
+    t_last = history[-1].at.timestamp() if history else 0.0
+    span = (t_last - history[0].at.timestamp()) if len(history) > 1 else 0.0
 
     def xy(at: datetime, value: float) -> str:
-        x = (at.timestamp() - t0) / (span or 1.0) * (width - 4) + 2
+        x = width - 2 - ((t_last - at.timestamp()) / span * (width - 4) if span else 0.0)
         y = height - 2 - min(value, top) / top * (height - 4)
         return f"{x:.1f},{y:.1f}"
 
@@ -43,7 +46,7 @@ def chart(history: list[DriftPointPublic], threshold: float | None, width: int =
         for signal in SIGNAL_COLOURS
         if any(signal in p.scores for p in history)
     }
-    dots = {signal: tuple(points.rsplit(" ", 1)[-1].split(",", 1)) for signal, points in lines.items()}
+    dots = {signal: points.rsplit(" ", 1)[-1].split(",", 1) for signal, points in lines.items()}
     threshold_y = height - 2 - threshold / top * (height - 4) if threshold is not None else None
     return Chart(
         width,

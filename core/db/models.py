@@ -270,7 +270,8 @@ class DriftStateRow(Base):
     newest: Mapped[str | None] = mapped_column(String(36), default=None)  # the window's newest prediction
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)  # signal -> Shift.as_dict()
     threshold: Mapped[float | None] = mapped_column(Float, default=None)
-    alarm: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # the open alarm, explained
+    # The open alarm, explained; SQL NULL when none is (none_as_null: not JSON's null, which `IS NULL` misses)
+    alarm: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
     alarm_since: Mapped[datetime | None] = mapped_column(default=None)
     alarms: Mapped[int] = mapped_column(Integer, default=0)  # alarms raised so far
 

@@ -21,7 +21,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,13 +192,17 @@ class Shift:
     before: float
     after: float
     examples: list[str]
+    grey: bool = False  # an input shift of images whose channels are alike (its text says brightness)
 
     def text(self) -> str:
         if self.signal == "uncertainty":
             return f"the median uncertainty went from {self.before:.3f} to {self.after:.3f}"
         if self.signal == "class_mix":
             return f"answers of '{self.moved}' went from {self.before:.1%} to {self.after:.1%} of the labels"
-        return f"the images' {self.moved.replace('_', ' ')} went from {self.before:.3f} to {self.after:.3f} on average"
+        what = self.moved.replace("_", " ")
+        if self.grey:  # every channel alike (greyscale images): a channel's name would mislead
+            what = "mean brightness" if self.moved.startswith("mean_") else "brightness spread"
+        return f"the images' {what} went from {self.before:.3f} to {self.after:.3f} on average"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -255,7 +259,11 @@ def compare(reference: Reference, window: Sequence[Answer]) -> dict[str, Shift]:
                 far = np.argsort(-np.abs(values - hist.mean))[:EXAMPLES]
                 best = Shift("input", score, feature, hist.mean, float(values.mean()), [measured[j].id for j in far])
         if best is not None:
-            shifts["input"] = best
+            alike = [reference.inputs[f].mean for f in INPUT_FEATURES[:3] if f in reference.inputs]
+            grey = (
+                len(alike) == 3 and max(alike) - min(alike) < 1e-3 and bool(np.ptp(columns[:, :3], axis=1).max() < 1e-3)
+            )
+            shifts["input"] = replace(best, grey=grey)
     return shifts
 
 

@@ -218,6 +218,11 @@ def test_each_kinds_rest_default_lr_is_the_registrys(
 def test_a_key_sees_only_its_own_project(stack: Stack, stored_before: tuple[dict, list[str]], trained: dict) -> None:
     dataset, job, done = stored_before[0], trained, trained
     b = stack.b
+    answered = stack.a.post(f"/models/{done['model_id']}/predict", files={"file": ("x.png", png_bytes())})
+    assert answered.status_code == 200, answered.text
+    prediction = answered.json()["prediction_id"]
+    name = stack.a.get(f"/models/{done['model_id']}").json()["name"]
+    assert stack.a.get(f"/predictions/{prediction}/heatmap").status_code in (200, 422)  # A's own: found
     for path in [
         f"/datasets/{dataset['id']}",
         f"/jobs/{job['id']}",
@@ -226,6 +231,10 @@ def test_a_key_sees_only_its_own_project(stack: Stack, stored_before: tuple[dict
         f"/jobs/{job['id']}/artifacts/metrics.json",
         f"/models/{done['model_id']}",
         f"/models/{done['model_id']}/bundle",
+        f"/models/{done['model_id']}/drift",
+        f"/registry/{name}/drift",
+        f"/predictions/{prediction}/heatmap",
+        f"/predictions/{prediction}/image",
     ]:
         res = b.get(path)
         assert res.status_code == 404, path

@@ -50,16 +50,22 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     tmp = tmp_path_factory.mktemp("heatmap-ui")
     with fresh_serve(tmp, "heatmaps", FITCYCLE_LOOP_INTERVAL_SECONDS="1") as s:  # the drift checks: every second
         folder = write_sample("fashion-mnist", tmp / "clothes", per_class=30, size=SIZE, classes=CLASSES)
-        unseen = write_sample("fashion-mnist", tmp / "unseen", per_class=2, size=SIZE, offset=30, classes=["bag"])
+        unseen = write_sample("fashion-mnist", tmp / "unseen", per_class=3, size=SIZE, offset=30, classes=CLASSES)
         uploaded = s.client.upload("clothes", make_zip(folder, tmp / "clothes.zip"))
         assert uploaded.status_code == 201, uploaded.text
         job = s.client.submit(**TRAIN, dataset_id=uploaded.json()["id"], epochs=2, seed=3)
         done = s.client.wait(job["id"], timeout=600)
         assert done["state"] == "succeeded", done
         summary = s.client.get(f"/jobs/{job['id']}/artifacts/interpretation.json").json()
-        photo = sorted((unseen / "bag").glob("*.png"))[-1]
-        heat = {c: hottest(s.client, done["model_id"], photo, c) for c in CLASSES}
-        assert sum(h > 0 for h in heat.values()) >= 2, f"the photo's hottest heatmap pixel for each class: {heat}"
+        # A photo with evidence for two classes at least (a class with none anywhere has an empty heatmap; which
+        # photos have it depends on the model, whose training is not bit-identical from run to run).
+        tried = []
+        for photo in sorted(unseen.rglob("*.png")):
+            heat = {c: hottest(s.client, done["model_id"], photo, c) for c in CLASSES}
+            tried.append(heat)
+            if sum(h > 0 for h in heat.values()) >= 2:
+                break
+        assert sum(h > 0 for h in heat.values()) >= 2, f"each photo's hottest heatmap pixel for each class: {tried}"
         yield {
             "base": s.base,
             "key": s.key,
