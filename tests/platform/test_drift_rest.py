@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from PIL import Image, ImageOps
 from core.datasets.samples import write_sample
 from tests.platform.services import Client, wait_for
 from tests.platform.stack import ImageHandler, ImageServer, Stack, make_zip
+from tests.platform.test_cli_remote import run
 from tests.platform.test_metrics import sample
 from tests.platform.test_policy_webhooks import SECRET, assert_signed
 
@@ -139,4 +141,14 @@ def test_in_distribution_answers_raise_no_alarm_and_inverted_ones_do_within_200(
     metrics = httpx.get(f"{stack.a.base.removesuffix('/api/v1')}/metrics").text  # no key
     assert (sample(metrics, "fitcycle_drift_score", model=report["model_id"], signal="input") or 0) > 0.25
     assert c.get(f"/models/{report['model_id']}/drift").json()["alarm"]["signal"] == alarm["signal"]
+
+    # The same from the CLI: the report in words, and the project's threshold (alarms off, then back on).
+    shown = run(stack, c.key, "registry", "drift", "fashion")
+    assert shown.returncode == 0 and "ALARM since" in shown.stdout and re.search(r"input +PSI \d", shown.stdout), shown
+    print(shown.stdout)
+    off = run(stack, c.key, "project", "set", "--drift-threshold", "off", "--drift-window", "400")
+    assert off.returncode == 0 and json.loads(off.stdout)["settings"]["drift_threshold"] is None, off.stderr
+    assert run(stack, c.key, "project", "set", "--drift-threshold", "x").returncode == 2
+    back = json.loads(run(stack, c.key, "project", "set", "--drift-threshold", "0.25").stdout)["settings"]
+    assert back["drift_threshold"] == 0.25 and back["drift_window"] == 400
     c.wait(retrain_id)
