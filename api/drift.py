@@ -8,12 +8,14 @@ stability index per signal (uncertainty, class_mix, input). A window of fewer th
 scored. The scores go to `drift_states` (what /metrics publishes as `fitcycle_drift_score{model,signal}`) and, at
 most every POINT_SECONDS, to `drift_points` (the charts).
 
-When a score passes the project's `drift_threshold` (default 0.25; null: no alarms) and the model has no open
-alarm, one is opened — by a conditional update, so its `model.drift` webhook is queued once however many passes
+When a score passes its bar — the project's `drift_threshold` (default 0.25; null: no alarms) plus what sampling
+alone gives at the reference's and the window's sizes (core.engine.drift.noise_allowance: 0.05 for 300 validation
+answers and a window of 500; a reference of fewer than MIN_REFERENCE answers is not watched) — and the model has no
+open alarm, one is opened — by a conditional update, so its `model.drift` webhook is queued once however many passes
 see it — explained: which signal moved, from what to what, since when, and the answers that show it. If the model
 is its name's champion and the name's policy says `retrain_on_drift`, a retrain from the name's corrections is
 queued (api/services/retraining.py), and the alarm says so (or why not). The alarm closes once every score is
-below CLOSE_RATIO x the threshold (a window that shifted back), so a model near the line does not flap."""
+below CLOSE_RATIO x the bar (a window that shifted back), so a model near the line does not flap."""
 
 from __future__ import annotations
 
@@ -29,7 +31,16 @@ from api.state import AppState
 from core.db import domain, repos
 from core.db.models import utcnow
 from core.db.session import session_scope
-from core.engine.drift import REFERENCE_FILE, Answer, Reference, Shift, compare, read_reference
+from core.engine.drift import (
+    MIN_REFERENCE,
+    REFERENCE_FILE,
+    Answer,
+    Reference,
+    Shift,
+    compare,
+    noise_allowance,
+    read_reference,
+)
 from core.engine.tasks import get_task
 from core.jobs.gate import Policy
 from core.storage.base import ObjectNotFound
@@ -112,7 +123,9 @@ def check_model(state: AppState, project_id: str, model_id: str, now: datetime) 
         return False  # nothing new to judge
     reference = REFERENCES.get(state, model)
     shifts: dict[str, Shift] = {}
-    if reference is not None and len(window) >= MIN_WINDOW:
+    bar = None
+    if reference is not None and reference.items >= MIN_REFERENCE and len(window) >= MIN_WINDOW:
+        bar = threshold + noise_allowance(reference.items, len(window)) if threshold is not None else None
         task = get_task(model.task) if model.task else None
         answers = [
             Answer(pid, u, task.mix_labels(answer) if task else None, inputs) for pid, u, answer, inputs, _ in window
@@ -134,11 +147,11 @@ def check_model(state: AppState, project_id: str, model_id: str, now: datetime) 
         point = repos.last_drift_point(s, model_id)
         if scores and (point is None or (now - point).total_seconds() >= POINT_SECONDS):
             repos.add_drift_point(s, project_id, model_id, now, {k: round(v.score, 4) for k, v in shifts.items()})
-    over = [sh for sh in shifts.values() if threshold is not None and sh.score > threshold]
-    if over and (last is None or last.alarm is None):
+    over = [sh for sh in shifts.values() if bar is not None and sh.score > bar]
+    if over and bar is not None and threshold is not None and (last is None or last.alarm is None):
         over.sort(key=lambda shift: -shift.score)
-        return raise_alarm(state, project, model, over, threshold or 0.0, window, now)
-    settled = threshold is None or all(sh.score < threshold * CLOSE_RATIO for sh in shifts.values())
+        return raise_alarm(state, project, model, over, threshold, bar, window, now)
+    settled = bar is None or all(sh.score < bar * CLOSE_RATIO for sh in shifts.values())
     if last is not None and last.alarm is not None and shifts and settled:
         with session_scope(state.sessions) as s:
             repos.close_alarm(s, model_id)
@@ -152,6 +165,7 @@ def raise_alarm(
     model: domain.Model,
     over: list[Shift],
     threshold: float,
+    bar: float,
     window: list[tuple[str, float, dict[str, Any], list[Any] | None, datetime]],
     now: datetime,
 ) -> bool:
@@ -163,6 +177,7 @@ def raise_alarm(
         "text": top.text(),
         "score": round(top.score, 4),
         "threshold": threshold,
+        "bar": round(bar, 4),
         "moved": top.moved,
         "from": round(top.before, 4),
         "to": round(top.after, 4),
@@ -178,9 +193,7 @@ def raise_alarm(
             return False
         repos.emit(s, project.id, "model.drift", payload)
         entry = repos.model_name(s, project.id, model.name) if model.name else None
-    log.warning(
-        "model %s (%s): drift alarm: %s (PSI %.3f > %.3f)", model.id, model.name, top.text(), top.score, threshold
-    )
+    log.warning("model %s (%s): drift alarm: %s (PSI %.3f > %.3f)", model.id, model.name, top.text(), top.score, bar)
     if entry is not None and entry.champion_id == model.id and Policy.of(entry.policy).retrain_on_drift:
         retrain = retrain_from_feedback(state, project.id, entry.name, f"drift of '{entry.name}': {top.text()}")
         with session_scope(state.sessions) as s:

@@ -948,7 +948,8 @@ class DriftAlarm(BaseModel):
     signal: Literal["uncertainty", "class_mix", "input"]
     text: str
     score: float
-    threshold: float
+    threshold: float = Field(description="the project's drift_threshold")
+    bar: float = Field(description="the score it passed: the threshold plus what sampling alone gives at these sizes")
     moved: str
     before: float = Field(alias="from")
     after: float = Field(alias="to")
@@ -970,9 +971,14 @@ class DriftPublic(BaseModel):
 
     model_id: str
     name: str | None
-    watched: bool = Field(description="whether the model has a drift reference (exported with one, an image model)")
+    watched: bool = Field(description="whether its drift is watched (an image model exported with a reference)")
+    not_watched: str | None = Field(description="why it is not, when it is not")
     reference_items: int | None = Field(description="validation answers the reference was made of")
     threshold: float | None = Field(description="the project's drift_threshold (null: no alarms)")
+    alarm_at: float | None = Field(
+        description="the score that raises an alarm at the last window's size: the threshold plus what sampling "
+        "alone gives (about 9 x (1/reference items + 1/window answers))"
+    )
     window_size: int = Field(description="answers in the last window (the project's drift_window at most)")
     newest: str | None = Field(description="the id of the newest prediction the last check read")
     min_window: int = Field(description="answers a window needs before it is scored")

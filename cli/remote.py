@@ -851,9 +851,9 @@ def drift_text(found: dict[str, Any]) -> str:
     """A model's drift in a few lines: each signal's PSI and what moved, the open alarm explained."""
     who = f"model {found['model_id']}" + (f" ({found['name']})" if found.get("name") else "")
     if not found["watched"]:
-        return f"{who}: no drift reference (exported before drift alarms, or a text model): its drift is not watched"
-    threshold = found["threshold"]
-    limit = f"alarm past {threshold:g}" if threshold is not None else "alarms off"
+        return f"{who}: its drift is not watched: {found['not_watched']}"
+    threshold, bar = found["threshold"], found["alarm_at"]
+    limit = "alarms off" if threshold is None else f"alarm past {bar:.3f}: the threshold {threshold:g} + sampling"
     lines = [f"{who}: latest {found['window_size']} answers against {found['reference_items']} at export ({limit})"]
     if not found["scores"]:
         lines.append(f"  not scored yet: a window needs {found['min_window']} answers")
@@ -861,7 +861,7 @@ def drift_text(found: dict[str, Any]) -> str:
         lines.append(f"  {signal:<12} PSI {score['score']:.3f}  {score['text']}")
     alarm = found.get("alarm")
     if alarm:
-        lines.append(f"ALARM since {alarm['since']}: {alarm['text']} (PSI {alarm['score']:.3f})")
+        lines.append(f"ALARM since {alarm['since']}: {alarm['text']} (PSI {alarm['score']:.3f} > {alarm['bar']:.3f})")
         lines.append(f"  for example: predictions {', '.join(alarm['examples'])}")
         if alarm.get("action"):
             lines.append(f"  policy: {alarm['action']}")

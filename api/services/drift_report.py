@@ -13,6 +13,7 @@ from api.state import AppState
 from core.db import domain, repos
 from core.db.models import utcnow
 from core.db.session import session_scope
+from core.engine.drift import MIN_REFERENCE, noise_allowance
 
 MAX_POINTS = 288  # chart points answered: one per 5 minutes over 24 hours when thinned
 
@@ -24,15 +25,28 @@ def report(state: AppState, project: domain.Project, model_id: str) -> DriftPubl
         last = repos.get_drift_state(s, project.id, model.id)
         points = repos.drift_points(s, project.id, model.id, utcnow() - timedelta(hours=WINDOW_HOURS), 100_000)
     reference = REFERENCES.get(state, model)
+    watched = reference is not None and reference.items >= MIN_REFERENCE
+    if reference is None:
+        why = "it has no drift reference: exported before drift alarms, a text model, or one without validation items"
+    else:
+        why = f"its validation set gave {reference.items} answers; a reference needs {MIN_REFERENCE}"
+    window_size = last.window_size if last else 0
+    alarm_at = (
+        project.drift_threshold + noise_allowance(reference.items, max(window_size, MIN_WINDOW))
+        if watched and reference is not None and project.drift_threshold is not None
+        else None
+    )
     step = max(1, -(-len(points) // MAX_POINTS))
     thinned = points[::step] + ([points[-1]] if points and (len(points) - 1) % step else [])
     return DriftPublic(
         model_id=model.id,
         name=model.name,
-        watched=reference is not None,
+        watched=watched,
+        not_watched=None if watched else why,
         reference_items=reference.items if reference is not None else None,
         threshold=project.drift_threshold,
-        window_size=last.window_size if last else 0,
+        alarm_at=alarm_at,
+        window_size=window_size,
         newest=last.newest if last else None,
         min_window=MIN_WINDOW,
         checked_at=last.checked_at if last else None,

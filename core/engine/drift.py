@@ -36,6 +36,7 @@ STATS_SIDE = 64  # the statistic is taken over a grid of at most this many pixel
 MAX_REFERENCE_ITEMS = 500  # validation images answered for the reference (a seeded sample of larger sets)
 QUANTILES = tuple(q / 10 for q in range(1, 10))  # deciles: the bins' cut points
 FLOOR = 1e-3  # a bin's share is at least this in the PSI (an empty bin would make it infinite)
+MIN_REFERENCE = 50  # validation answers a reference needs: fewer, and its deciles are mostly noise (not watched)
 NONE_LABEL = "(none)"  # a multi-label answer with no label
 MAX_CLASSES = 1000  # classes kept in a class mix (the most frequent); the rest count as "(other)"
 OTHER_LABEL = "(other)"
@@ -111,6 +112,14 @@ def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
     e = np.maximum(np.asarray(expected, dtype=np.float64), FLOOR)
     a = np.maximum(np.asarray(actual, dtype=np.float64), FLOOR)
     return float(np.sum((a - e) * np.log(a / e)))
+
+
+def noise_allowance(reference_items: int, window: int) -> float:
+    """What the PSI over deciles reaches by sampling alone when nothing shifted: about (bins - 1) x (1/n_reference +
+    1/n_window), its expected value under no shift (measured: a 100-item reference and 500-answer windows of the
+    same images gave up to 0.25; 300 items up to 0.08). An alarm's bar is the project's threshold plus this, so a
+    small validation set does not raise alarms on its own."""
+    return len(QUANTILES) * (1 / max(1, reference_items) + 1 / max(1, window))
 
 
 def mix(labels: Iterable[Sequence[str]], known: Sequence[str] | None = None) -> dict[str, float]:

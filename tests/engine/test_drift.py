@@ -17,6 +17,7 @@ from core.engine.drift import (
     Reference,
     compare,
     input_stats,
+    noise_allowance,
     psi,
     read_reference,
 )
@@ -70,6 +71,20 @@ def test_answers_like_the_reference_score_near_zero_and_inverted_ones_far_past_t
     assert all(e.startswith("inv") for e in moved.examples)  # the examples are inverted images
     assert moved.grey and "mean brightness went from" in moved.text()  # grey images: no channel named
     assert shifted["class_mix"].moved == "light" and shifted["class_mix"].after > shifted["class_mix"].before
+
+
+def test_a_small_reference_raises_its_bar_by_what_sampling_alone_gives(images: list[Image.Image]) -> None:
+    """A 100-image reference is noisy: windows of the same images score up to about 0.25 against it (measured), so
+    the alarm's bar is the threshold plus noise_allowance (0.11 here), and none of them passes it."""
+    rng = np.random.default_rng(1)
+    bar = THRESHOLD + noise_allowance(100, 500)
+    assert bar == pytest.approx(0.25 + 9 * (1 / 100 + 1 / 500))
+    scores = []
+    for start in range(0, 1200, 600):
+        reference = _reference(_answers(images[start : start + 100], rng, "ref"))
+        scores += [s.score for s in compare(reference, _answers(images[start + 100 : start + 600], rng, "w")).values()]
+    print(f"bar {bar:.3f}, highest {max(scores):.3f}")
+    assert max(scores) < bar
 
 
 def test_a_reference_survives_its_json_and_a_constant_feature_still_tells_smaller_from_larger() -> None:

@@ -25,8 +25,8 @@ from tests.platform.stack import make_zip
 from tests.ui.browser import SHOTS, fresh_serve, shoot
 
 CLASSES = ["trouser", "bag", "sneaker"]
-# ResNet-18 from scratch at 96 px, 2 epochs on 90 images (the heatmaps need not be good ones; the pages must show
-# them). Not 32 px: there ResNet's last block is one cell, and every heatmap is one flat colour or none.
+# ResNet-18 from scratch at 96 px, 2 epochs on 81 images, 54 more to validate on (the heatmaps need not be good ones;
+# the pages must show them). Not 32 px: there ResNet's last block is one cell, and every heatmap is flat or none.
 SIZE = 96
 TRAIN = {"kind": "fine_tune", "arch": "resnet18", "pretrained": "none", "size": SIZE, "bs": 16, "freeze_epochs": 0}
 
@@ -49,11 +49,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     interpretation, with a heatmap per top loss)."""
     tmp = tmp_path_factory.mktemp("heatmap-ui")
     with fresh_serve(tmp, "heatmaps", FITCYCLE_LOOP_INTERVAL_SECONDS="1") as s:  # the drift checks: every second
-        folder = write_sample("fashion-mnist", tmp / "clothes", per_class=30, size=SIZE, classes=CLASSES)
-        unseen = write_sample("fashion-mnist", tmp / "unseen", per_class=3, size=SIZE, offset=30, classes=CLASSES)
+        folder = write_sample("fashion-mnist", tmp / "clothes", per_class=45, size=SIZE, classes=CLASSES)
+        unseen = write_sample("fashion-mnist", tmp / "unseen", per_class=3, size=SIZE, offset=45, classes=CLASSES)
         uploaded = s.client.upload("clothes", make_zip(folder, tmp / "clothes.zip"))
         assert uploaded.status_code == 201, uploaded.text
-        job = s.client.submit(**TRAIN, dataset_id=uploaded.json()["id"], epochs=2, seed=3)
+        # 54 validation images: a drift reference needs 50 (core.engine.drift.MIN_REFERENCE).
+        job = s.client.submit(**TRAIN, dataset_id=uploaded.json()["id"], epochs=2, seed=3, valid_pct=0.4)
         done = s.client.wait(job["id"], timeout=600)
         assert done["state"] == "succeeded", done
         summary = s.client.get(f"/jobs/{job['id']}/artifacts/interpretation.json").json()
