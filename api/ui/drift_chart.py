@@ -1,5 +1,5 @@
 """A model's drift scores over time as an SVG line chart drawn on the server (no script): one line per signal,
-the threshold dashed across. The registry page draws it large, the models page small (a sparkline)."""
+the alarm's bar dashed across. The registry page draws it large, the models page small (a sparkline)."""
 
 from __future__ import annotations
 

@@ -412,7 +412,7 @@ def models_page(request: Request, caller: PageCaller) -> Response:
     names = registry_service.list_all(state, project).data
     models = models_service.list_all(state, project, bundle_url(request)).data
     drifts = drift_report.checked(state, project, [m.id for m in models])
-    charts = {i: chart(d.history, d.threshold, 160, 32) for i, d in drifts.items()}
+    charts = {i: chart(d.history, d.alarm_at or d.threshold, 160, 32) for i, d in drifts.items()}
     return render(
         request, "models.html", title="Models", caller=caller, names=names, models=models, drifts=drifts, charts=charts
     )
@@ -423,7 +423,7 @@ def registry_page(request: Request, caller: PageCaller, name: str) -> Response:
     state, project = app_state(request), caller.project
     entry = registry_service.get(state, project, name, bundle_url(request))
     drift = drift_report.report(state, project, entry.champion_id) if entry.champion_id else None
-    drift_chart = chart(drift.history, drift.threshold) if drift is not None else None
+    drift_chart = chart(drift.history, drift.alarm_at or drift.threshold) if drift is not None else None
     return render(
         request, "registry.html", title=name, caller=caller, entry=entry, drift=drift, drift_chart=drift_chart
     )
