@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -51,7 +52,10 @@ WINDOW_HOURS = 24
 MIN_WINDOW = 100  # answers a window needs to be scored: fewer, and the PSI of 10 bins is mostly noise
 POINT_SECONDS = 60.0  # one chart point per model at most this often
 POINT_DAYS = 30  # chart points older than this are deleted
-MAX_MODELS = 200  # models checked per pass (those that answered most recently)
+MAX_MODELS = 200  # models checked per pass: those with new answers, the longest unchecked first
+MAX_MODELS_PER_PROJECT = 20  # of them, per project: one project's many models never starve another's
+MAX_REFERENCE_BYTES = 1024**2  # a drift reference is a few KB; a larger file is not read
+CLEANUP_SECONDS = 3600.0  # how often old chart points are deleted
 CLOSE_RATIO = 0.8
 MAX_REFERENCES = 256  # references kept in memory
 
@@ -70,13 +74,15 @@ class References:
                 self._kept.move_to_end(model.id)
                 return self._kept[model.id]
         key = f"{model.bundle_prefix.rstrip('/')}/{REFERENCE_FILE}"
+        reference: Reference | None = None
         try:
-            reference: Reference | None = read_reference(state.store.get_bytes(key))
+            if state.store.size(key) > MAX_REFERENCE_BYTES:
+                raise ValueError(f"it is over {MAX_REFERENCE_BYTES:,} bytes")
+            reference = read_reference(state.store.get_bytes(key))
         except ObjectNotFound:
-            reference = None
-        except ValueError as exc:
+            pass
+        except Exception as exc:  # a worker wrote it from a user's job: whatever is wrong with it, it is not watched
             log.warning("model %s: its drift reference is unreadable (%s); its drift is not watched", model.id, exc)
-            reference = None
         with self._lock:
             self._kept[model.id] = reference
             while len(self._kept) > MAX_REFERENCES:
@@ -87,14 +93,24 @@ class References:
 REFERENCES = References()
 
 
+_last_cleanup = 0.0
+
+
 def drift_pass(state: AppState, hold: Callable[[], bool] = lambda: True, now: datetime | None = None) -> list[str]:
-    """Check every model that served lately; the ids of the models whose alarm this pass opened."""
+    """Check every model with new answers (MAX_MODELS a pass, MAX_MODELS_PER_PROJECT of a project, the longest
+    unchecked first); close the alarms of models that stopped answering. The ids of the models whose alarm this pass
+    opened."""
+    global _last_cleanup
     now = now or utcnow()
+    since = now - timedelta(hours=WINDOW_HOURS)
     with session_scope(state.sessions) as s:
-        served = repos.served_models(s, now - timedelta(hours=WINDOW_HOURS), MAX_MODELS)
+        due = repos.due_models(s, since, MAX_MODELS_PER_PROJECT, MAX_MODELS)
+        stale = repos.stale_alarms(s, since)
+        for model_id in stale:  # no answer for a day: nothing to judge its alarm by any more
+            repos.close_alarm(s, model_id)
     opened = []
-    for i, (project_id, model_id) in enumerate(served):
-        if i % 20 == 0 and i and not hold():
+    for project_id, model_id in due:
+        if not hold():
             log.warning("drift pass: the fleet lease moved to another process; it carries on from here")
             break
         try:
@@ -102,8 +118,10 @@ def drift_pass(state: AppState, hold: Callable[[], bool] = lambda: True, now: da
                 opened.append(model_id)
         except Exception:  # one model's failure is not every model's
             log.exception("drift check of model %s failed", model_id)
-    with session_scope(state.sessions) as s:
-        repos.delete_drift_points_before(s, now - timedelta(days=POINT_DAYS))
+    if time.monotonic() - _last_cleanup >= CLEANUP_SECONDS:
+        with session_scope(state.sessions) as s:
+            repos.delete_drift_points_before(s, now - timedelta(days=POINT_DAYS))
+        _last_cleanup = time.monotonic()
     return opened
 
 
@@ -141,8 +159,10 @@ def check_model(state: AppState, project_id: str, model_id: str, now: datetime) 
             checked_at=now,
             window_size=len(window),
             newest=newest,
+            newest_at=window[-1][4] if window else None,
             scores=scores,
             threshold=threshold,
+            reference_items=reference.items if reference is not None else None,
         )
         point = repos.last_drift_point(s, model_id)
         if scores and (point is None or (now - point).total_seconds() >= POINT_SECONDS):
@@ -155,7 +175,7 @@ def check_model(state: AppState, project_id: str, model_id: str, now: datetime) 
     if last is not None and last.alarm is not None and shifts and settled:
         with session_scope(state.sessions) as s:
             repos.close_alarm(s, model_id)
-        log.info("model %s: drift alarm closed (every score below %.2f x the threshold)", model_id, CLOSE_RATIO)
+        log.info("model %s: drift alarm closed (every score below %.2f x the bar)", model_id, CLOSE_RATIO)
     return False
 
 

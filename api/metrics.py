@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 from kombu.exceptions import ChannelError
@@ -31,6 +32,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.db import repos
+from core.db.models import utcnow
 from core.db.session import session_scope
 
 log = logging.getLogger("fitcycle.api")
@@ -118,14 +120,21 @@ class PlatformCollector(Collector):
         drift = GaugeMetricFamily(
             "fitcycle_drift_score",
             "a served model's population stability index against its reference, per signal (uncertainty, class_mix, "
-            "input), at its last drift check (past the project's drift_threshold, 0.25 by default: an alarm)",
+            "input), at its last drift check of the last 24 hours",
             labels=["model", "signal"],
         )
+        alarms = GaugeMetricFamily(
+            "fitcycle_drift_alarm",
+            "1 while a served model's drift alarm is open (a score past its project's threshold plus sampling noise)",
+            labels=["model"],
+        )
         with session_scope(self.state.sessions) as s:
-            for checked in repos.drift_states(s):
+            for checked in repos.drift_states(s, since=utcnow() - timedelta(hours=24)):
                 for signal, shift in checked.scores.items():
                     drift.add_metric([checked.model_id, signal], float(shift.get("score", 0.0)))
+                alarms.add_metric([checked.model_id], 1.0 if checked.alarm else 0.0)
         yield drift
+        yield alarms
 
 
 def queue_depth(celery: Any, queue: str) -> int | None:

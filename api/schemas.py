@@ -941,7 +941,7 @@ class DriftScore(BaseModel):
 
 
 class DriftAlarm(BaseModel):
-    """An open alarm: the signal that passed the threshold most, explained."""
+    """An open alarm: the signal that passed the bar most, explained."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -953,9 +953,9 @@ class DriftAlarm(BaseModel):
     moved: str
     before: float = Field(alias="from")
     after: float = Field(alias="to")
-    since: datetime = Field(description="the check that first found the score past the threshold")
+    since: datetime = Field(description="the check that first found the score past the bar")
     window: dict[str, Any] = Field(description="answers: how many; from, to: the oldest and newest answer's time")
-    signals: dict[str, float] = Field(description="every signal past the threshold, with its score")
+    signals: dict[str, float] = Field(description="every signal past the bar, with its score")
     examples: list[str] = Field(description="ids of predictions that show the shift (GET /predictions/{id}/input)")
     action: str | None = Field(description="what the name's policy did (retrain_on_drift), or null")
 

@@ -116,10 +116,15 @@ def exposed_samples(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     monkeypatch.setattr(api.metrics, "session_scope", lambda sessions: contextlib.nullcontext(None))
     monkeypatch.setattr(api.metrics.repos, "job_counts", lambda session: [("queued", "train", 1)])
     monkeypatch.setattr(api.metrics, "queue_depth", lambda celery, queue: 0)
-    monkeypatch.setattr(api.metrics.repos, "drift_states", lambda session: [])
+    monkeypatch.setattr(api.metrics.repos, "drift_states", lambda session, **kw: [])
     state = SimpleNamespace(sessions=None, settings=Settings(), celery=None)
     platform = list(api.metrics.PlatformCollector(state).collect())
-    assert {f.name for f in platform} == {"fitcycle_jobs", "fitcycle_queue_depth", "fitcycle_drift_score"}
+    assert {f.name for f in platform} == {
+        "fitcycle_jobs",
+        "fitcycle_queue_depth",
+        "fitcycle_drift_score",
+        "fitcycle_drift_alarm",
+    }
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
     return {f.name + s for f in [*families, *platform] for s in suffixes[f.type]}
 

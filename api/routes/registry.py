@@ -73,8 +73,9 @@ async def promote(state: StateDep, admin: AdminDep, name: str, body: Promote) ->
 @router.put("/{name}/policy")
 async def set_policy(state: StateDep, admin: AdminDep, name: str, body: PolicyUpdate) -> RegistryEntry:
     """min_feedback, min_improvement, max_class_drop and auto_promote for the name's retrains (the gate every
-    retrain passes). A field left out keeps its value; null sets it back to its default (min_feedback: null
-    switches retraining on feedback off). Needs an admin key."""
+    retrain passes), and retrain_on_drift (a drift alarm on the champion retrains). A field left out keeps its
+    value; null sets it back to its default (min_feedback: null switches retraining on feedback off). Needs an
+    admin key."""
     return await run_in_threadpool(service.set_policy, state, admin.project, name, body)
 
 

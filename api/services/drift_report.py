@@ -23,27 +23,42 @@ def report(state: AppState, project: domain.Project, model_id: str) -> DriftPubl
     model = model_service.find(state, project, model_id)
     with session_scope(state.sessions) as s:
         last = repos.get_drift_state(s, project.id, model.id)
-        points = repos.drift_points(s, project.id, model.id, utcnow() - timedelta(hours=WINDOW_HOURS), 100_000)
-    reference = REFERENCES.get(state, model)
-    watched = reference is not None and reference.items >= MIN_REFERENCE
-    if reference is None:
+    if last is not None:  # a checked model's reference size is in its state
+        return _public(state, project, model.id, model.name, last, last.reference_items)
+    reference = REFERENCES.get(state, model)  # a model never checked: its bundle's reference says
+    return _public(state, project, model.id, model.name, last, reference.items if reference is not None else None)
+
+
+def _public(
+    state: AppState,
+    project: domain.Project,
+    model_id: str,
+    name: str | None,
+    last: domain.DriftState | None,
+    items: int | None,
+) -> DriftPublic:
+    with session_scope(state.sessions) as s:
+        since = utcnow() - timedelta(hours=WINDOW_HOURS)
+        points = repos.drift_points(s, project.id, model_id, since, MAX_POINTS * 6)  # one a minute at most: 24 h
+    watched = items is not None and items >= MIN_REFERENCE
+    if items is None:
         why = "it has no drift reference: exported before drift alarms, a text model, or one without validation items"
     else:
-        why = f"its validation set gave {reference.items} answers; a reference needs {MIN_REFERENCE}"
+        why = f"its validation set gave {items} answers; a reference needs {MIN_REFERENCE}"
     window_size = last.window_size if last else 0
     alarm_at = (
-        project.drift_threshold + noise_allowance(reference.items, max(window_size, MIN_WINDOW))
-        if watched and reference is not None and project.drift_threshold is not None
+        project.drift_threshold + noise_allowance(items, max(window_size, MIN_WINDOW))
+        if watched and items is not None and project.drift_threshold is not None
         else None
     )
     step = max(1, -(-len(points) // MAX_POINTS))
     thinned = points[::step] + ([points[-1]] if points and (len(points) - 1) % step else [])
     return DriftPublic(
-        model_id=model.id,
-        name=model.name,
+        model_id=model_id,
+        name=name,
         watched=watched,
         not_watched=None if watched else why,
-        reference_items=reference.items if reference is not None else None,
+        reference_items=items,
         threshold=project.drift_threshold,
         alarm_at=alarm_at,
         window_size=window_size,
@@ -57,11 +72,14 @@ def report(state: AppState, project: domain.Project, model_id: str) -> DriftPubl
     )
 
 
-def checked(state: AppState, project: domain.Project, model_ids: list[str]) -> dict[str, DriftPublic]:
-    """The drift of each of these models that was ever checked (a model that never served has none)."""
+def checked(state: AppState, project: domain.Project, models: list[tuple[str, str | None]]) -> dict[str, DriftPublic]:
+    """The drift of each of these models (id, name) that was ever checked (a model that never served has none), read
+    without their references (each state keeps its reference's size)."""
     with session_scope(state.sessions) as s:
-        seen = {d.model_id for d in repos.drift_states(s, project.id)}
-    return {i: report(state, project, i) for i in model_ids if i in seen}
+        states = {d.model_id: d for d in repos.drift_states(s, project.id)}
+    return {
+        i: _public(state, project, i, name, states[i], states[i].reference_items) for i, name in models if i in states
+    }
 
 
 def champion_report(state: AppState, project: domain.Project, name: str) -> DriftPublic:

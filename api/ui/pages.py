@@ -411,7 +411,7 @@ def models_page(request: Request, caller: PageCaller) -> Response:
     state, project = app_state(request), caller.project
     names = registry_service.list_all(state, project).data
     models = models_service.list_all(state, project, bundle_url(request)).data
-    drifts = drift_report.checked(state, project, [m.id for m in models])
+    drifts = drift_report.checked(state, project, [(m.id, m.name) for m in models])
     charts = {i: chart(d.history, d.alarm_at or d.threshold, 160, 32) for i, d in drifts.items()}
     return render(
         request, "models.html", title="Models", caller=caller, names=names, models=models, drifts=drifts, charts=charts

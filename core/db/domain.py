@@ -361,8 +361,10 @@ class DriftState:
     checked_at: datetime
     window_size: int
     newest: str | None
+    newest_at: datetime | None
     scores: dict[str, Any]
     threshold: float | None
+    reference_items: int | None
     alarm: dict[str, Any] | None
     alarm_since: datetime | None
     alarms: int

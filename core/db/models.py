@@ -241,7 +241,11 @@ class PredictionRow(Base):
     """One answered image: the active-learning queue, and what feedback corrects."""
 
     __tablename__ = "predictions"
-    __table_args__ = (Index("ix_predictions_project_created", "project_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_predictions_project_created", "project_id", "created_at"),
+        Index("ix_predictions_model_created", "model_id", "created_at"),  # a model's drift window
+        Index("ix_predictions_created", "created_at"),  # the models that served lately
+    )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     model_id: Mapped[str] = mapped_column(String(36), index=True)
@@ -268,8 +272,10 @@ class DriftStateRow(Base):
     checked_at: Mapped[datetime] = mapped_column(default=utcnow)
     window_size: Mapped[int] = mapped_column(Integer, default=0)  # answers in the window
     newest: Mapped[str | None] = mapped_column(String(36), default=None)  # the window's newest prediction
+    newest_at: Mapped[datetime | None] = mapped_column(default=None)  # and when it was answered
     scores: Mapped[dict[str, Any]] = mapped_column(default=dict)  # signal -> Shift.as_dict()
     threshold: Mapped[float | None] = mapped_column(Float, default=None)
+    reference_items: Mapped[int | None] = mapped_column(Integer, default=None)  # None: no reference to watch by
     # The open alarm, explained; SQL NULL when none is (none_as_null: not JSON's null, which `IS NULL` misses)
     alarm: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
     alarm_since: Mapped[datetime | None] = mapped_column(default=None)
@@ -280,7 +286,7 @@ class DriftPointRow(Base):
     """One point of a model's drift scores over time (the charts on the models and registry pages)."""
 
     __tablename__ = "drift_points"
-    __table_args__ = (Index("ix_drift_points_model_at", "model_id", "at"),)
+    __table_args__ = (Index("ix_drift_points_model_at", "model_id", "at"), Index("ix_drift_points_at", "at"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)

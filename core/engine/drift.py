@@ -97,13 +97,21 @@ class Histogram:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Histogram:
-        return cls(
-            cuts=[float(c) for c in d["cuts"]],
-            shares=[float(s) for s in d["shares"]],
-            mean=float(d["mean"]),
-            sd=float(d["sd"]),
-            median=float(d["median"]),
-        )
+        """A histogram read back, checked: at most len(QUANTILES) sorted finite cuts, 2k + 1 shares in [0, 1]."""
+        cuts = [_finite(c) for c in d["cuts"]]
+        shares = [_finite(x) for x in d["shares"]]
+        if len(cuts) > len(QUANTILES) or cuts != sorted(cuts) or len(shares) != 2 * len(cuts) + 1:
+            raise ValueError("a histogram's cuts are not sorted deciles, or its shares do not match them")
+        if any(not 0 <= x <= 1 for x in shares):
+            raise ValueError("a histogram's shares are not in [0, 1]")
+        return cls(cuts, shares, _finite(d["mean"]), _finite(d["sd"]), _finite(d["median"]))
+
+
+def _finite(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
 
 
 def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
@@ -126,9 +134,10 @@ def mix(labels: Iterable[Sequence[str]], known: Sequence[str] | None = None) -> 
     """The share of each label among all the labels given (each answer gives one or more); labels outside
     `known` count as OTHER_LABEL."""
     counts: Counter[str] = Counter()
+    kept = set(known) if known is not None else None
     for given in labels:
-        for label in given:
-            counts[label if known is None or label in known else OTHER_LABEL] += 1
+        for label in given[:MAX_CLASSES]:
+            counts[label if kept is None or label in kept else OTHER_LABEL] += 1
     total = sum(counts.values()) or 1
     return {label: n / total for label, n in counts.items()}
 
@@ -155,10 +164,17 @@ class Reference:
     def from_dict(cls, d: dict[str, Any]) -> Reference:
         if d.get("format") != REFERENCE_FORMAT:
             raise ValueError(f"drift reference format {d.get('format')!r}; this version reads {REFERENCE_FORMAT}")
+        items = int(d["items"])
+        mixed = d.get("class_mix")
+        if not 0 < items <= 100 * MAX_REFERENCE_ITEMS or (mixed and len(mixed) > MAX_CLASSES + 1):
+            raise ValueError("the drift reference's item count or class mix is out of bounds")
+        class_mix = {str(k)[:200]: _finite(v) for k, v in mixed.items()} if mixed else None
+        if class_mix is not None and any(not 0 <= v <= 1 for v in class_mix.values()):
+            raise ValueError("the drift reference's class shares are not in [0, 1]")
         return cls(
-            items=int(d["items"]),
+            items=items,
             uncertainty=Histogram.from_dict(d["uncertainty"]),
-            class_mix={str(k): float(v) for k, v in d["class_mix"].items()} if d.get("class_mix") else None,
+            class_mix=class_mix,
             inputs={k: Histogram.from_dict(h) for k, h in d["inputs"].items() if k in INPUT_FEATURES},
         )
 
@@ -232,6 +248,7 @@ def compare(reference: Reference, window: Sequence[Answer]) -> dict[str, Shift]:
     """Each signal's score of the window against the reference, with what moved (a signal the model or the
     window has no data for is left out)."""
     shifts: dict[str, Shift] = {}
+    window = [a for a in window if math.isfinite(a.uncertainty)]  # a diverged model's NaN says nothing of drift
     if not window:
         return shifts
     u = [a.uncertainty for a in window]
@@ -254,7 +271,11 @@ def compare(reference: Reference, window: Sequence[Answer]) -> dict[str, Shift]:
         moved = max(keys, key=lambda k: (now.get(k, 0.0) - before.get(k, 0.0), k))
         chosen = [a.id for a in reversed(labelled) if moved in (a.labels or ()) or moved == OTHER_LABEL][:EXAMPLES]
         shifts["class_mix"] = Shift("class_mix", score, moved, before.get(moved, 0.0), now.get(moved, 0.0), chosen)
-    measured = [a for a in window if a.inputs is not None and len(a.inputs) == len(INPUT_FEATURES)]
+    measured = [
+        a
+        for a in window
+        if a.inputs is not None and len(a.inputs) == len(INPUT_FEATURES) and all(map(math.isfinite, a.inputs))
+    ]
     if measured and reference.inputs:
         columns = np.asarray([a.inputs for a in measured], dtype=np.float64)
         best: Shift | None = None
@@ -309,12 +330,16 @@ def write_reference(bundle: str | Path, reference: Reference) -> Path:
 def read_reference(data: bytes | str) -> Reference:
     """A bundle's drift reference from its JSON (ValueError when it is not one this version reads)."""
     try:
-        parsed = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"the drift reference is not JSON: {exc}") from None
+        parsed = json.loads(data, parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"the drift reference is not JSON: {str(exc)[:200]}") from None
     if not isinstance(parsed, dict):
         raise ValueError("the drift reference is not a JSON object")
     try:
         return Reference.from_dict(parsed)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"the drift reference lacks {exc}") from None
+    except (KeyError, TypeError, AttributeError, OverflowError) as exc:
+        raise ValueError(f"the drift reference is malformed: {str(exc)[:200]}") from None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"the drift reference holds {name}, not a number")

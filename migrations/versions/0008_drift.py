@@ -20,6 +20,8 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("predictions", schema=None) as batch_op:
         batch_op.add_column(sa.Column("inputs", sa.JSON(), nullable=True))
+    op.create_index("ix_predictions_model_created", "predictions", ["model_id", "created_at"], unique=False)
+    op.create_index("ix_predictions_created", "predictions", ["created_at"], unique=False)
     op.create_table(
         "drift_states",
         sa.Column("model_id", sa.String(length=36), nullable=False),
@@ -28,8 +30,10 @@ def upgrade() -> None:
         sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("window_size", sa.Integer(), nullable=False),
         sa.Column("newest", sa.String(length=36), nullable=True),
+        sa.Column("newest_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("scores", sa.JSON(), nullable=False),
         sa.Column("threshold", sa.Float(), nullable=True),
+        sa.Column("reference_items", sa.Integer(), nullable=True),
         sa.Column("alarm", sa.JSON(), nullable=True),
         sa.Column("alarm_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("alarms", sa.Integer(), nullable=False),
@@ -50,14 +54,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_drift_points_model_at", "drift_points", ["model_id", "at"], unique=False)
+    op.create_index("ix_drift_points_at", "drift_points", ["at"], unique=False)
     op.create_index(op.f("ix_drift_points_project_id"), "drift_points", ["project_id"], unique=False)
 
 
 def downgrade() -> None:
     op.drop_index(op.f("ix_drift_points_project_id"), table_name="drift_points")
+    op.drop_index("ix_drift_points_at", table_name="drift_points")
     op.drop_index("ix_drift_points_model_at", table_name="drift_points")
     op.drop_table("drift_points")
     op.drop_index(op.f("ix_drift_states_project_id"), table_name="drift_states")
     op.drop_table("drift_states")
+    op.drop_index("ix_predictions_created", table_name="predictions")
+    op.drop_index("ix_predictions_model_created", table_name="predictions")
     with op.batch_alter_table("predictions", schema=None) as batch_op:
         batch_op.drop_column("inputs")

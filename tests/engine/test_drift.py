@@ -3,7 +3,9 @@ near 0, inverted ones far past the alarm threshold, and each score says what mov
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,12 +95,35 @@ def test_a_reference_survives_its_json_and_a_constant_feature_still_tells_smalle
     assert hist.psi(sizes) == pytest.approx(0.0)
     assert hist.psi([math.log(14 * 14)] * 100) > 1 and hist.psi([math.log(56 * 56)] * 100) > 1
     reference = Reference.of([0.1] * 10, None, [[0.5] * len(INPUT_FEATURES)] * 10)
-    again = read_reference(__import__("json").dumps(reference.as_dict()))
+    again = read_reference(json.dumps(reference.as_dict()))
     assert again == reference and again.class_mix is None
     with pytest.raises(ValueError, match="format"):
         read_reference('{"format": 99}')
     with pytest.raises(ValueError, match="not JSON"):
         read_reference("{")
+
+
+@pytest.mark.parametrize(
+    ("tamper", "says"),
+    [
+        (lambda d: d["uncertainty"].update(mean=float("nan")), "NaN"),
+        (lambda d: d["uncertainty"].update(cuts=[0.5, 0.1]), "not sorted"),
+        (lambda d: d["uncertainty"].update(shares=[1.0]), "do not match"),
+        (lambda d: d["uncertainty"].update(shares=[2.0, 0.0, 0.0]), r"not in \[0, 1\]"),
+        (lambda d: d.update(items=10**400), "out of bounds|malformed"),
+        (lambda d: d.update(class_mix={str(i): 0.0 for i in range(2000)}), "out of bounds"),
+        (lambda d: d.pop("inputs"), "malformed"),
+    ],
+)
+def test_a_tampered_reference_is_refused_with_a_reason(tamper: Any, says: str) -> None:
+    """The reference is written by a worker from a user's job: read back, every value is checked (a refused one
+    leaves the model unwatched, never a failing check every pass)."""
+    reference = Reference.of([0.1, 0.2, 0.3], [["a"], ["b"], ["a"]], [[0.5] * len(INPUT_FEATURES)] * 3)
+    data = reference.as_dict()
+    data["uncertainty"] = {**data["uncertainty"], "cuts": [0.2], "shares": [0.3, 0.4, 0.3]}
+    tamper(data)
+    with pytest.raises(ValueError, match=says):
+        read_reference(json.dumps(data))
 
 
 def test_psi_and_the_input_statistic() -> None:

@@ -3,10 +3,11 @@ scores over time (api/drift.py checks; the pages and /metrics read)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db import domain as d
@@ -14,28 +15,47 @@ from core.db.models import DriftPointRow, DriftStateRow, ModelRow, PredictionRow
 from core.db.repos._rows import to, utc
 
 
-def served_models(s: Session, since: datetime, limit: int) -> list[tuple[str, str]]:
-    """(project_id, model_id) of the models that answered since `since`, most recently first, at most `limit`."""
-    newest = func.max(PredictionRow.created_at)
-    query = (
-        select(PredictionRow.project_id, PredictionRow.model_id)
+def due_models(s: Session, since: datetime, per_project: int, limit: int) -> list[tuple[str, str]]:
+    """(project_id, model_id) of the live models with answers since `since` newer than the newest their last drift
+    check read (or never checked: a row written a moment after a check, of an answer older than it, still counts),
+    the longest unchecked first, at most `per_project` of a project and `limit` in all: a project with
+    many busy models waits its turn, never another project's."""
+    newest = func.max(PredictionRow.created_at).label("newest")
+    served = (
+        select(PredictionRow.project_id, PredictionRow.model_id, newest)
         .where(PredictionRow.created_at >= since)
         .group_by(PredictionRow.project_id, PredictionRow.model_id)
-        .order_by(newest.desc())
-        .limit(limit)
+        .subquery()
     )
-    return [(p, m) for p, m in s.execute(query)]
+    query = (
+        select(served.c.project_id, served.c.model_id)
+        .join(ModelRow, ModelRow.id == served.c.model_id)
+        .outerjoin(DriftStateRow, DriftStateRow.model_id == served.c.model_id)
+        .where(or_(DriftStateRow.newest_at.is_(None), served.c.newest > DriftStateRow.newest_at))
+        .order_by(DriftStateRow.checked_at.is_not(None), DriftStateRow.checked_at, served.c.model_id)
+        .limit(limit * 4)
+    )
+    taken: Counter[str] = Counter()
+    due: list[tuple[str, str]] = []
+    for project_id, model_id in s.execute(query):
+        if taken[project_id] < per_project and len(due) < limit:
+            taken[project_id] += 1
+            due.append((project_id, model_id))
+    return due
 
 
 def answer_window(
     s: Session, project_id: str, model_id: str, since: datetime, limit: int
 ) -> list[tuple[str, float, dict[str, Any], list[Any] | None, datetime]]:
-    """The model's latest `limit` answers since `since`, oldest first: (id, uncertainty, answer, inputs, at)."""
+    """The model's latest `limit` answers since `since`, oldest first: (id, uncertainty, answer, inputs, at). Of
+    each answer only what a class mix reads is selected (`top`, `labels`: core.engine.tasks' mix_labels), not every
+    class's probability."""
     query = (
         select(
             PredictionRow.id,
             PredictionRow.uncertainty,
-            PredictionRow.answer,
+            PredictionRow.answer["top"],
+            PredictionRow.answer["labels"],
             PredictionRow.inputs,
             PredictionRow.created_at,
         )
@@ -47,7 +67,17 @@ def answer_window(
         .order_by(PredictionRow.created_at.desc(), PredictionRow.id.desc())
         .limit(limit)
     )
-    return [(i, float(u), a or {}, x, utc(at)) for i, u, a, x, at in reversed(list(s.execute(query)))]
+    rows = reversed(list(s.execute(query)))
+    return [
+        (i, float(u), {k: v for k, v in (("top", top), ("labels", labels)) if v is not None}, x, utc(at))
+        for i, u, top, labels, x, at in rows
+    ]
+
+
+def stale_alarms(s: Session, before: datetime) -> list[str]:
+    """Models with an alarm open whose last check (their last answers) is older than `before`."""
+    query = select(DriftStateRow.model_id).where(DriftStateRow.alarm.is_not(None), DriftStateRow.checked_at < before)
+    return list(s.scalars(query))
 
 
 def get_drift_state(s: Session, project_id: str, model_id: str) -> d.DriftState | None:
@@ -55,9 +85,13 @@ def get_drift_state(s: Session, project_id: str, model_id: str) -> d.DriftState 
     return to(d.DriftState, row) if row is not None and row.project_id == project_id else None
 
 
-def drift_states(s: Session, project_id: str | None = None, limit: int = 1000) -> list[d.DriftState]:
-    """The models' last checks (of one project, or every project's), most recently checked first."""
+def drift_states(
+    s: Session, project_id: str | None = None, limit: int = 1000, since: datetime | None = None
+) -> list[d.DriftState]:
+    """The models' last checks (of one project, or every project's; since `since`), most recently checked first."""
     query = select(DriftStateRow).order_by(DriftStateRow.checked_at.desc()).limit(limit)
+    if since is not None:
+        query = query.where(DriftStateRow.checked_at >= since)
     if project_id is not None:
         query = query.where(DriftStateRow.project_id == project_id)
     return [to(d.DriftState, r) for r in s.scalars(query)]
@@ -72,8 +106,10 @@ def save_drift_check(
     checked_at: datetime,
     window_size: int,
     newest: str | None,
+    newest_at: datetime | None,
     scores: dict[str, Any],
     threshold: float | None,
+    reference_items: int | None,
 ) -> None:
     """Record a check's scores (the alarm is changed only by open_alarm and close_alarm)."""
     row = s.get(DriftStateRow, model_id, with_for_update=True)
@@ -82,8 +118,9 @@ def save_drift_check(
             return
         row = DriftStateRow(model_id=model_id, project_id=project_id, alarms=0)
         s.add(row)
-    row.name, row.checked_at, row.window_size, row.newest = name, checked_at, window_size, newest
-    row.scores, row.threshold = scores, threshold
+    row.name, row.checked_at, row.window_size = name, checked_at, window_size
+    row.newest, row.newest_at = newest, newest_at
+    row.scores, row.threshold, row.reference_items = scores, threshold, reference_items
     s.flush()
 
 
@@ -118,7 +155,8 @@ def close_alarm(s: Session, model_id: str) -> None:
 
 
 def add_drift_point(s: Session, project_id: str, model_id: str, at: datetime, scores: dict[str, float]) -> None:
-    s.add(DriftPointRow(project_id=project_id, model_id=model_id, at=at, scores=scores))
+    if s.get(ModelRow, model_id) is not None:  # not a model deleted meanwhile
+        s.add(DriftPointRow(project_id=project_id, model_id=model_id, at=at, scores=scores))
 
 
 def last_drift_point(s: Session, model_id: str) -> datetime | None:
