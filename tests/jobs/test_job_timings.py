@@ -54,12 +54,13 @@ def test_a_job_records_its_phases_reuses_the_last_validation_pass_and_writes_eve
     timings = metrics["timings"]
     assert timings == result["timings"]
     # From scratch the recipe is one phase of freeze_epochs + epochs epochs, tagged "train".
-    phases = {"build", "show_batch", "fit:train", "interpretation", "export", "plots"}
+    phases = {"build", "show_batch", "fit:train", "interpretation", "export", "drift_reference", "plots"}
     assert set(timings) == phases | {"total"}
     assert all(isinstance(v, float) and v >= 0 for v in timings.values())
     assert sum(v for k, v in timings.items() if k != "total") <= timings["total"]
     assert timings["fit:train"] >= sum(e["seconds"] for e in metrics["epochs"])
     assert metrics["timings_background"]["plots"] > 0
+    assert (tmp_path / "export" / "drift_reference.json").is_file()  # answered by the bundle, not get_preds
 
     plots = ["plots/show_batch.png", "plots/losses.png", "plots/confusion_matrix.png", "plots/top_losses.png"]
     for name in plots:
