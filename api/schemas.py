@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from core.db.domain import BatchMetric, EpochMetric
+from core.engine.splits import MAX_SEED
 from core.engine.tasks import TASKS, Task
 from core.engine.tasks.base import MAX_LABEL_CHARS
 from core.engine.weights_files import WeightsKind
@@ -120,6 +121,38 @@ class JobCreate(JobSettings):
     )
 
 
+class JobRerun(BaseModel):
+    """What to change when queueing a job again (nothing: the same job on the same dataset version)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="another seed (its split and its draws change with it)"
+    )
+    deterministic: StrictBool | None = Field(None, description="torch's deterministic algorithms on or off")
+    queue: str | None = Field(None, max_length=100, description="another of the server's queues (default: the job's)")
+
+
+class FactDifference(BaseModel):
+    """One recorded fact (core/jobs/provenance.py) that differs between a job and its rerun, as 'a.b' keys."""
+
+    fact: str
+    before: Any
+    after: Any
+
+
+class RerunComparison(BaseModel):
+    """A rerun against the job it reran: whether the weights came out bit-identical, and which recorded facts
+    differ."""
+
+    of: str = Field(description="the job this one reran")
+    identical: bool | None = Field(description="the weights' sha256 equal (null until both jobs have exported a model)")
+    weights_sha256: str | None
+    original_weights_sha256: str | None
+    differences: list[FactDifference] = Field(description="the recorded facts that differ (empty: none)")
+    note: str = Field(description="what the comparison says, in a sentence")
+
+
 class JobPublic(Public):
     id: str
     kind: str
@@ -142,6 +175,9 @@ class JobPublic(Public):
     model_id: str | None
     search_id: str | None = Field(None, description="the hyperparameter search this job is a trial of")
     trial_number: int | None = None
+    rerun: RerunComparison | None = Field(
+        None, description="a rerun (POST /jobs/{id}/rerun): against the job it reran (GET /jobs/{id} only)"
+    )
 
 
 class JobsPublic(BaseModel):

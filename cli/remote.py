@@ -81,6 +81,14 @@ def add_remote_verbs(verbs: Any) -> None:
     watch.add_argument("job")
     show = common(jobs.add_parser("show", help="a job as JSON"))
     show.add_argument("job")
+    rerun = common(
+        jobs.add_parser("rerun", help="queue a finished job again; says whether its weights came out bit-identical")
+    )
+    rerun.add_argument("job")
+    rerun.add_argument("--seed", type=int, default=None, help="another seed (the split and the draws change)")
+    rerun.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None)
+    rerun.add_argument("--queue", default=None)
+    rerun.add_argument("--watch", action="store_true", help="follow it, then compare it with the job it reran")
     cancel = common(jobs.add_parser("cancel", help="stop a job at its next batch"))
     cancel.add_argument("job")
     get = common(jobs.add_parser("artifact", help="download an artifact of a job"))
@@ -367,6 +375,16 @@ def watch_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
                     break
     bars.finish(complete=False)
     return dict(_check(http.get(f"/jobs/{job_id}")))
+
+
+def rerun_text(job: dict[str, Any]) -> str:
+    """A rerun's comparison with the job it reran, for a terminal."""
+    found = job.get("rerun")
+    if not found:
+        return f"job {job['id']} is not a rerun"
+    lines = [f"job {job['id']} ({job['state']}) reran job {found['of']}: {found['note']}"]
+    lines += [f"  {d['fact']}: {json.dumps(d['before'])} -> {json.dumps(d['after'])}" for d in found["differences"]]
+    return "\n".join(lines)
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:
@@ -811,6 +829,13 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
         print(json.dumps(found, indent=1) if args.json else table(rows, ["KIND", "PARENT", "LR", "TAKES", "WHAT"]))
     elif verb == ("jobs", "watch"):
         return _report(watch_job(http, args.job))
+    elif verb == ("jobs", "rerun"):
+        changes = {"seed": args.seed, "deterministic": args.deterministic, "queue": args.queue}
+        job = _check(http.post(f"/jobs/{args.job}/rerun", json={k: v for k, v in changes.items() if v is not None}))
+        print(job["id"])
+        if args.watch:
+            watch_job(http, job["id"])
+            print(rerun_text(_check(http.get(f"/jobs/{job['id']}"))))
     elif verb == ("jobs", "show"):
         print(json.dumps(_check(http.get(f"/jobs/{args.job}")), indent=1))
     elif verb == ("jobs", "cancel"):

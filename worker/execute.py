@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
-from core.datasets.materialize import materialize
+from core.datasets.materialize import content_hash, materialize
 from core.db import domain, repos
 from core.db.outage import is_outage, retrying
 from core.db.session import session_scope
@@ -71,7 +71,7 @@ def resolve_spec(rt: Runtime, job: domain.Job, data: Path) -> TrainSpec:
     fields.update(
         kind=job.kind,
         data=str(data),
-        data_seed=_data_seed(rt, job),
+        data_seed=job.spec.get("data_seed", _data_seed(rt, job)),
         checkpoint_every_n_steps=rt.settings.checkpoint_every_n_steps,
         checkpoint_every_seconds=rt.settings.checkpoint_every_seconds,
         report_every_n_batches=rt.settings.report_every_n_batches,
@@ -110,7 +110,8 @@ def resolve_spec(rt: Runtime, job: domain.Job, data: Path) -> TrainSpec:
 
 
 def _data_seed(rt: Runtime, job: domain.Job) -> int:
-    """The job's own draws, or, for a search's trial, its search's (common random numbers: every trial sees the same
+    """A job queued before its spec carried its data seed (api/services/jobs.create sets it now): the job's own
+    draws, or, for a search's trial, its search's (common random numbers: every trial sees the same
     batches, augmentations and initial weights, so trials differ by their fields, not their luck; a seeded search
     draws from its seed, so two searches with one seed compare on the same draws too)."""
     source = job.id
@@ -191,6 +192,9 @@ def _execute_job(rt: Runtime, job_id: str) -> str:
         items = stored_items(folder / "files", manifest, spec.valid_pct, spec.seed)
         ctx.n_train = len(items.indices(False))
         result = run_spec(spec, ctx, items)
+        if "provenance" in result:
+            dataset = {"version_id": version.id, "sha256": content_hash(folder, manifest)}
+            result["provenance"] = {**result["provenance"], "dataset": dataset}
         if get_kind(job.kind).adopts_parent_result:
             result = {**_parent_result(rt, job), **result}
         model_id = _register_model(rt, job, ctx, result, items) if get_kind(job.kind).makes_model else None

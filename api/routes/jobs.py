@@ -19,6 +19,7 @@ from api.schemas import (
     Deleted,
     JobCreate,
     JobPublic,
+    JobRerun,
     JobsPublic,
     MetricsPublic,
     SuspectsPublic,
@@ -69,6 +70,14 @@ async def get_metrics(state: StateDep, project: ProjectDep, job_id: str) -> Metr
 async def cancel_job(state: StateDep, project: ProjectDep, job_id: str) -> JobPublic:
     """Stop at the next batch; the last checkpoint is kept."""
     return await run_in_threadpool(service.cancel, state, project, job_id)
+
+
+@router.post("/{job_id}/rerun", status_code=202)
+async def rerun_job(state: StateDep, caller: CallerDep, job_id: str, body: JobRerun | None = None) -> JobPublic:
+    """Queue a finished job again on the same dataset version (its resolved spec, data seed and parent), with the
+    changes the body asks for; 202 with the new job. Its GET says whether the weights came out bit-identical, and if
+    not, which recorded fact (core/jobs/provenance.py) differs."""
+    return await run_in_threadpool(service.rerun, state, caller.project, job_id, body or JobRerun(), caller.key.admin)
 
 
 @router.get(

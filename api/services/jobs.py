@@ -17,10 +17,13 @@ from api.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
     Deleted,
+    FactDifference,
     JobCreate,
     JobPublic,
+    JobRerun,
     JobsPublic,
     MetricsPublic,
+    RerunComparison,
     Suspect,
     SuspectsPublic,
 )
@@ -37,6 +40,7 @@ from core.engine.rules import TEXT_RULES
 from core.engine.splits import SEED, VALID_PCT
 from core.engine.text.awd_lstm import ARCH as TEXT_ARCH
 from core.jobs.kinds import SAME_DATA, JobKind, get_kind
+from core.jobs.provenance import data_seed_for, differences
 from core.jobs.rates import retrain_defaults
 from core.jobs.spec import DEFAULT_ARCH, JobSettings
 from core.storage.layout import job_prefix
@@ -228,18 +232,11 @@ def create(
 ) -> JobPublic:
     """Queue a job; `by_admin` is False for a member key's job, whose model the gate never promotes on its own;
     `trial`: (search id, trial number) for a search's trial."""
-    settings = state.settings
     state.stored.check(project.id, 0, fresh=False)  # a project at its storage quota makes no more artifacts
     with session_scope(state.sessions) as s:
-        active = repos.active_jobs(s, project.id)
-        if active >= settings.max_active_jobs:
-            raise Problem(
-                429,
-                "Too many active jobs",
-                f"this project has {active} queued or running jobs, its limit (FITCYCLE_MAX_ACTIVE_JOBS); "
-                "wait for some to finish or cancel them",
-            )
+        _check_capacity(state, s, project)
         kind, fields, version, parent, queue = _resolve(s, state, project, body)
+        fields["data_seed"] = _data_seed(s, kind, fields, parent, trial)
         job = repos.create_job(
             s,
             project_id=project.id,
@@ -252,17 +249,136 @@ def create(
             search_id=trial[0] if trial else None,
             trial_number=trial[1] if trial else None,
         )
-    # Committed: now the message. If sending fails, the reaper re-sends it later.
+    return _send(state, job.id, queue)
+
+
+def _send(state: AppState, job_id: str, queue: str) -> JobPublic:
+    """The committed job's message. If sending fails, the reaper re-sends it later."""
     try:
-        enqueue(state.celery, job.id, queue)
+        enqueue(state.celery, job_id, queue)
         with session_scope(state.sessions) as s:
-            repos.mark_enqueued(s, job.id)
+            repos.mark_enqueued(s, job_id)
     except Exception:  # the broker is down: the row stays queued and the reaper will send it
         pass
     with session_scope(state.sessions) as s:
-        fresh = repos.get_job(s, job.id)
+        fresh = repos.get_job(s, job_id)
     assert fresh is not None
     return JobPublic.of(fresh)
+
+
+def _check_capacity(state: AppState, s: Session, project: domain.Project) -> None:
+    active = repos.active_jobs(s, project.id)
+    if active >= state.settings.max_active_jobs:
+        raise Problem(
+            429,
+            "Too many active jobs",
+            f"this project has {active} queued or running jobs, its limit (FITCYCLE_MAX_ACTIVE_JOBS); "
+            "wait for some to finish or cancel them",
+        )
+
+
+def rerun(state: AppState, project: domain.Project, job_id: str, body: JobRerun, by_admin: bool = True) -> JobPublic:
+    """Queue a finished job again: its kind, resolved spec, data seed, dataset version and parent, with the changes
+    `body` asks for. Its page (GET /jobs/{id}) then says whether the weights came out bit-identical."""
+    if body.queue is not None and body.queue not in state.settings.queues:
+        raise Problem(
+            422,
+            "Invalid rerun",
+            f"queue: not one of this server's queues; choose one of {', '.join(state.settings.queues)}",
+            field="queue",
+        )
+    state.stored.check(project.id, 0, fresh=False)
+    with session_scope(state.sessions) as s:
+        job = _job(s, project, job_id)
+        if not job.is_terminal:
+            raise Problem(409, "Job not finished", f"job {job_id} is {job.state}; rerun it once it has ended")
+        kind = get_kind(job.kind)
+        if kind.adopts_parent_result:
+            raise Problem(
+                422, "Invalid rerun", f"a {kind.name} job trains nothing: rerun the job that trained its model"
+            )
+        parent = repos.get_job(s, job.parent_job_id, project.id) if job.parent_job_id else None
+        if job.parent_job_id and (parent is None or parent.model_id is None):
+            raise Problem(
+                409, "Parent gone", f"job {job_id} continued from job {job.parent_job_id}, whose model is gone"
+            )
+        for field in ("from_model_id", "pretrained_model_id"):
+            model_id = job.spec.get(field)
+            if model_id and repos.get_model(s, model_id, project.id) is None:
+                raise Problem(409, "Model gone", f"job {job_id} started from model {model_id}, which is deleted")
+        if repos.get_version(s, job.dataset_version_id) is None:
+            raise Problem(409, "Data gone", f"the dataset version job {job_id} trained on is deleted")
+        _check_capacity(state, s, project)
+        spec = {k: v for k, v in job.spec.items() if k != "rerun_of"}
+        spec["rerun_of"] = job.id
+        changes = body.model_dump(exclude={"queue"}, exclude_none=True)
+        spec.update(changes)
+        if "seed" in changes:  # its draws follow its seed, as a new job's would
+            lineage = job.parent_job_id or str(spec.get("from_model_id", ""))
+            spec["data_seed"] = data_seed_for(int(spec["seed"]), kind.name, lineage)
+        _check_settings(kind, spec, from_model=parent is not None or "from_model_id" in spec)
+        queue = body.queue or job.queue
+        new = repos.create_job(
+            s,
+            project_id=project.id,
+            kind=kind.name,
+            spec=spec,
+            dataset_version_id=job.dataset_version_id,
+            parent_job_id=job.parent_job_id,
+            queue=queue,
+            by_admin=by_admin,
+        )
+    return _send(state, new.id, queue)
+
+
+def rerun_comparison(job: domain.Job, original: domain.Job | None) -> RerunComparison:
+    """A rerun against the job it reran (core.jobs.provenance.differences over their recorded facts)."""
+    of = str(job.spec["rerun_of"])
+    mine = job.result.get("weights_sha256")
+    theirs = original.result.get("weights_sha256") if original is not None else None
+    identical = mine == theirs if mine and theirs else None
+    mine_facts, their_facts = job.result.get("provenance"), original.result.get("provenance") if original else None
+    found = differences(their_facts, mine_facts) if mine_facts and their_facts else []
+    diffs = [FactDifference(**d) for d in found]
+    if original is None:
+        note = f"job {of} is deleted: nothing to compare with"
+    elif not job.is_terminal or not original.is_terminal:
+        note = "the comparison comes when both jobs have ended"
+    elif mine_facts is None or their_facts is None:
+        which = "this job" if mine_facts is None else f"job {of}"
+        note = f"{which} recorded no provenance (it failed, or ran before jobs recorded it): nothing to compare"
+    elif identical is None:
+        note = "the recorded facts compare below; the weights do not: one of the jobs exported no model"
+    elif identical:
+        note = "bit-identical weights: the same sha256 of every tensor"
+    elif diffs:
+        note = f"the weights differ; {len(diffs)} recorded fact(s) differ: " + ", ".join(d.fact for d in diffs[:5])
+    else:
+        note = "the weights differ, yet no recorded fact does: a source of randomness fitcycle does not record"
+    return RerunComparison(
+        of=of,
+        identical=identical,
+        weights_sha256=mine,
+        original_weights_sha256=theirs,
+        differences=diffs,
+        note=note,
+    )
+
+
+def _data_seed(
+    s: Session, kind: JobKind, fields: dict[str, Any], parent: domain.Job | None, trial: tuple[str, int] | None
+) -> int:
+    """The seed of the job's draws (initial weights, data order, augmentations), kept in its spec so a rerun draws
+    the same: from its seed, kind and what it continues from (core.jobs.provenance.data_seed_for); a search's trial
+    draws its search's (common random numbers: every trial sees the same batches, augmentations and initial weights,
+    so trials differ by their fields, not their luck; a seeded search draws from its seed)."""
+    if trial is not None:
+        search = repos.get_search(s, trial[0])
+        if search is not None:
+            source = f"{search.seed:08x}" if search.seed is not None else search.id
+            return int(source.replace("-", "")[:8], 16)
+    lineage = parent.id if parent is not None else str(fields.get("from_model_id", ""))
+    return data_seed_for(int(fields.get("seed", SEED)), kind.name, lineage)
 
 
 def check(state: AppState, project: domain.Project, body: JobCreate, split: bool = True) -> dict[str, Any]:
@@ -363,7 +479,15 @@ def list_all(state: AppState, project: domain.Project, offset: int, limit: int) 
 
 
 def get(state: AppState, project: domain.Project, job_id: str) -> JobPublic:
-    return JobPublic.of(find(state, project, job_id))
+    """The job; a rerun with its comparison against the job it reran."""
+    with session_scope(state.sessions) as s:
+        job = _job(s, project, job_id)
+        of = job.spec.get("rerun_of")
+        original = repos.get_job(s, str(of), project.id) if of else None
+    public = JobPublic.of(job)
+    if of:
+        public.rerun = rerun_comparison(job, original)
+    return public
 
 
 def metrics(state: AppState, project: domain.Project, job_id: str) -> MetricsPublic:

@@ -4,6 +4,7 @@ manifest."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -32,3 +33,26 @@ def materialize(store: ObjectStore, prefix: str, cache_dir: Path) -> tuple[Path,
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     return folder, json.loads((folder / "manifest.json").read_text())
+
+
+HASH_FILE = ".content-sha256"
+
+
+def content_hash(folder: Path, manifest: dict[str, Any]) -> str:
+    """sha256 of a materialized version's content: each item's record (key, label, split) and its files' bytes, in
+    the manifest's order. Computed once per local copy (versions are immutable) and kept beside it."""
+    kept = folder / HASH_FILE
+    if kept.is_file():
+        return kept.read_text().strip()
+    h = hashlib.sha256()
+    for item in manifest["items"]:
+        h.update(json.dumps(item, sort_keys=True).encode() + b"\n")
+        if "text" in item:
+            continue
+        for key in (item["key"], *([item["mask"]] if "mask" in item else [])):
+            with (folder / "files" / key).open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+    digest = h.hexdigest()
+    kept.write_text(digest)
+    return digest

@@ -90,6 +90,12 @@ class JobSettings(BaseModel):
     compile: StrictBool = Field(
         False, description="torch.compile the model (falls back to eager, saying why, if it fails)"
     )
+    deterministic: StrictBool = Field(
+        False,
+        description="torch's deterministic algorithms (cuDNN benchmark off on CUDA): the same job on the same device "
+        "gives bit-identical weights even where the fastest kernels do not (an op without one fails the job, naming "
+        "itself); a CPU job is deterministic without it",
+    )
     gpus: int = Field(
         1,
         ge=1,

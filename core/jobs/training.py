@@ -211,7 +211,8 @@ def build_learner(
     if precision != "fp32":
         cbs.append(MixedPrecision(precision, fp32_validation=device.type == "cpu"))
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every batch has the same size: pick the fastest kernels once
+        if not spec.deterministic:  # every batch has the same size: pick the fastest kernels once
+            torch.backends.cudnn.benchmark = True
         cbs.append(ChannelsLast())
     if spec.compile:
         cbs.append(CompileModel())
