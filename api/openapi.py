@@ -113,7 +113,7 @@ def error_statuses(path: str, method: str, operation: dict[str, Any]) -> list[in
         statuses.add(422)
     if has_body or any(p["in"] == "path" for p in params):
         statuses.add(404)  # what the path or the body names is not in this project
-    if method in UNSAFE:
+    if method in UNSAFE or path.endswith("/jobs/{job_id}/predictions"):  # a predict job's answers: once it succeeded
         statuses.add(409)
     if path.endswith("/predict-url"):
         statuses |= {400, 504}  # the URL is refused, or does not answer in time

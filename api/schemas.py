@@ -117,7 +117,9 @@ class JobCreate(JobSettings):
         None, max_length=200, description="the registry name its model joins (default: the dataset's name)"
     )
     from_model: str | None = Field(
-        None, max_length=36, description="retrain: the model to start from (default: the name's champion)"
+        None,
+        max_length=36,
+        description="retrain: the model to start from; predict: the model that answers (default: the name's champion)",
     )
 
 

@@ -89,6 +89,10 @@ def add_remote_verbs(verbs: Any) -> None:
     rerun.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None)
     rerun.add_argument("--queue", default=None)
     rerun.add_argument("--watch", action="store_true", help="follow it, then compare it with the job it reran")
+    answers = common(jobs.add_parser("predictions", help="a predict job's answers, as one JSON Lines or CSV file"))
+    answers.add_argument("job")
+    answers.add_argument("--format", choices=["jsonl", "csv"], default="csv")
+    answers.add_argument("--out", type=Path, default=None, help="default: predictions-JOB.FORMAT")
     cancel = common(jobs.add_parser("cancel", help="stop a job at its next batch"))
     cancel.add_argument("job")
     get = common(jobs.add_parser("artifact", help="download an artifact of a job"))
@@ -836,6 +840,16 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
         if args.watch:
             watch_job(http, job["id"])
             print(rerun_text(_check(http.get(f"/jobs/{job['id']}"))))
+    elif verb == ("jobs", "predictions"):
+        out = args.out or Path(f"predictions-{args.job[:8]}.{args.format}")
+        with http.stream("GET", f"/jobs/{args.job}/predictions", params={"format": args.format}) as res:
+            if res.status_code >= 400:
+                res.read()
+                _check(res)
+            with out.open("wb") as f:
+                for chunk in res.iter_bytes():
+                    f.write(chunk)
+        print(out)
     elif verb == ("jobs", "show"):
         print(json.dumps(_check(http.get(f"/jobs/{args.job}")), indent=1))
     elif verb == ("jobs", "cancel"):

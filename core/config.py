@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         True, description="delete a job's checkpoint once it succeeded and its export bundle is stored"
     )
     report_every_n_batches: int = 10
+    cpu_memory_ceiling_mb: int | None = Field(
+        None,
+        ge=64,
+        description="a CPU worker's training step that would pass this many MiB (its resident memory plus the "
+        "step's activations) halves its micro-batch instead, as CUDA's out-of-memory error does; unset: no ceiling",
+    )
     db_retry_seconds: float = Field(
         120.0, ge=0, description="a worker retries a database write for this long (backoff) while the database is away"
     )

@@ -72,6 +72,8 @@ class DbJobContext:
         self._checked_at = 0.0
         self._stop = False
         self._fit_started: dict[str, tuple[float, int]] = {}
+        self.notices: list[dict[str, Any]] = []  # what the job changed on its own (core.engine.memory's backoff)
+        self._progress: dict[str, Any] = {}
         self.trial: TrialReporter | None = None  # a search's trial: each epoch's objective goes to its study
 
     # ----- metrics ---------------------------------------------------------------------------------
@@ -89,12 +91,39 @@ class DbJobContext:
             "n_batches": row.get("n_batches"),
             "eta_seconds": round(rate * max(0, total - row["iter"] - 1), 1),
         }
+        if self.notices:
+            progress["notices"] = self.notices
+        self._progress = progress
 
         def write(s: Session) -> None:
             repos.record_batch(s, self.job_id, row)
             repos.set_progress(s, self.job_id, self.owner, progress, self.token)
 
         self.fenced("batch metrics", write)
+
+    def on_progress(self, row: dict[str, Any]) -> None:
+        """A job that is no fit (a predict job's chunks): its progress, and an ETA from its rate so far."""
+        done, total = int(row["done"]), max(1, int(row["total"]))
+        rate = float(row["seconds"]) / max(1, done - int(row.get("started", 0)))
+        progress = {
+            "stage": row.get("stage", ""),
+            "epoch": 0,
+            "n_epoch": 1,
+            "batch": row["chunk"],
+            "n_batches": row["n_chunks"],
+            "done": done,
+            "total": total,
+            "eta_seconds": round(rate * (total - done), 1),
+        }
+        self._progress = progress
+        self.fenced("progress", lambda s: repos.set_progress(s, self.job_id, self.owner, progress, self.token))
+
+    def on_notice(self, notice: dict[str, Any]) -> None:
+        """Something the job changed on its own (out of memory: a smaller micro-batch): on the job's page at once."""
+        log.warning("job %s: %s", self.job_id, notice)
+        self.notices.append(notice)
+        progress = {**self._progress, "notices": self.notices}
+        self.fenced("a notice", lambda s: repos.set_progress(s, self.job_id, self.owner, progress, self.token))
 
     def on_epoch(self, row: dict[str, Any]) -> None:
         self.fenced("epoch metrics", lambda s: repos.record_epoch(s, self.job_id, row))

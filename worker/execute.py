@@ -75,6 +75,7 @@ def resolve_spec(rt: Runtime, job: domain.Job, data: Path) -> TrainSpec:
         checkpoint_every_n_steps=rt.settings.checkpoint_every_n_steps,
         checkpoint_every_seconds=rt.settings.checkpoint_every_seconds,
         report_every_n_batches=rt.settings.report_every_n_batches,
+        memory_ceiling_mb=rt.settings.cpu_memory_ceiling_mb,
         onnx=job.search_id is None,  # a search's trial: its bundle gets model.onnx if it is adopted (kind adopt)
     )
     with session_scope(rt.sessions) as s:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -114,6 +114,28 @@ async def list_artifacts(request: Request, state: StateDep, project: ProjectDep,
         return str(request.url_for("download_artifact", job_id=job_id, name=name))
 
     return await run_in_threadpool(service.artifacts, state, project, job_id, url)
+
+
+@router.get(
+    "/{job_id}/predictions",
+    response_class=StreamingResponse,
+    responses=binary("application/x-ndjson", "text/csv"),
+)
+async def job_predictions(
+    state: StateDep,
+    project: ProjectDep,
+    job_id: str,
+    format: Annotated[Literal["jsonl", "csv"], Query(description="JSON Lines (the whole answer) or CSV")] = "jsonl",
+) -> StreamingResponse:
+    """A predict job's answers, one row per item in the dataset version's order: JSON Lines (key, answer,
+    uncertainty, and the label where the version has one) or CSV (key, answer in a few words, uncertainty)."""
+    chunks = await run_in_threadpool(service.prediction_parts, state, project, job_id, format)
+    media = "application/x-ndjson" if format == "jsonl" else "text/csv; charset=utf-8"
+    return StreamingResponse(
+        chunks,
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="predictions-{job_id[:8]}.{format}"'},
+    )
 
 
 @router.get("/{job_id}/suspects")

@@ -189,9 +189,8 @@ def _require_imagenet_weights(state: AppState, arch_name: str) -> None:
     )
 
 
-def _retrain_from(s: Session, project: domain.Project, body: JobCreate, fields: dict[str, Any]) -> None:
-    """A retrain starts from `from_model`, else the name's champion: its architecture, its pictures (size,
-    resize, augmentation) and its split settings, unless the request sets them; smaller defaults."""
+def _from_model(s: Session, project: domain.Project, body: JobCreate, fields: dict[str, Any]) -> domain.Model:
+    """The model a retrain starts from, or a predict job answers with: `from_model`, else the name's champion."""
     name = fields["name"]
     model_id = body.from_model
     if model_id is None:
@@ -208,9 +207,16 @@ def _retrain_from(s: Session, project: domain.Project, body: JobCreate, fields: 
     if model is None:
         raise Problem(422, "Invalid job", f"from_model: no model {model_id} in this project", field="from_model")
     if body.arch is not None and body.arch != model.arch:
-        raise Problem(422, "Invalid job", f"arch: a retrain keeps its model's architecture ({model.arch})")
+        raise Problem(422, "Invalid job", f"arch: the job keeps its model's architecture ({model.arch})")
     fields["arch"] = model.arch
     fields["from_model_id"] = model.id
+    return model
+
+
+def _retrain_from(s: Session, project: domain.Project, body: JobCreate, fields: dict[str, Any]) -> None:
+    """A retrain starts from `from_model`, else the name's champion: its architecture, its pictures (size,
+    resize, augmentation) and its split settings, unless the request sets them; smaller defaults."""
+    model = _from_model(s, project, body, fields)
     made_by = repos.get_job(s, model.job_id, project.id)
     for key in SAME_DATA:
         if key not in body.model_fields_set and made_by is not None and key in made_by.spec:
@@ -422,6 +428,8 @@ def _resolve(
         fields["valid_pct"] = kind.valid_pct
     if kind.defaults_from_champion:
         _retrain_from(s, project, body, fields)
+    elif kind.answers_with_model:
+        _from_model(s, project, body, fields)
     if "lr" not in fields and kind.default_lr(is_text) is not None:
         fields["lr"] = kind.default_lr(is_text)
     parent = _parent(s, project, body, kind)
@@ -516,6 +524,27 @@ def open_artifact(
     if artifact is None:
         raise not_found("artifact", name)
     return artifact, state.store.open(artifact.key)
+
+
+def prediction_parts(state: AppState, project: domain.Project, job_id: str, fmt: str) -> Iterator[bytes]:
+    """A predict job's answers as one file: its chunks (core/jobs/kinds/predict.py) streamed in order."""
+    with session_scope(state.sessions) as s:
+        job = _job(s, project, job_id)
+        names = set(job.result.get("parts", {}).get(fmt, [])) if job.state == "succeeded" else set()
+        found = [a for a in repos.artifacts(s, job_id) if a.name in names]
+    if get_kind(job.kind).answers is None:
+        raise Problem(404, "No predictions", f"job {job_id} is a {job.kind} job; predictions come from a predict job")
+    if job.state != "succeeded" or len(found) != len(names):
+        raise Problem(
+            409, "Predictions not ready", f"job {job_id} is {job.state}: its answers are whole once it has succeeded"
+        )
+    keys = [a.key for a in sorted(found, key=lambda a: a.name)]
+
+    def chunks() -> Iterator[bytes]:
+        for key in keys:
+            yield from state.store.open(key)
+
+    return chunks()
 
 
 def suspects(

@@ -277,6 +277,12 @@ class ReportCallback(Callback):
         if self.learn.recorder.epochs:
             self.sink.on_epoch(self.learn.recorder.epochs[-1])
 
+    def after_oom_backoff(self) -> None:
+        """Out of memory halved the micro-batch (core/engine/memory.py): the sink hears it when it listens."""
+        notice = getattr(self.sink, "on_notice", None)
+        if notice is not None:
+            notice({"kind": "oom_backoff", **self.learn.oom_backoff[-1]})
+
 
 class TrainingStopped(Exception):
     """Raised out of fit when a stop was requested (a cancelled job); the last checkpoint stays."""
@@ -384,6 +390,11 @@ class MixedPrecision(Callback):
             return
         self.autocast = torch.autocast(self.device_type, dtype=self.dtype)
         self.autocast.__enter__()
+
+    def before_micro_batch(self) -> None:
+        """A batch split in micro-batches (core.engine.memory): each one's forward autocasts again."""
+        self._leave()
+        self.before_batch()
 
     def _leave(self) -> None:
         if self.autocast is not None:

@@ -97,6 +97,10 @@ class KeepValidOutputs(Callback):
     def after_cancel_validate(self) -> None:
         self._batches = None
 
+    def after_oom_backoff(self) -> None:  # a validation batch ran again in micro-batches: some of it is kept twice
+        if not self.learn.training:
+            self._batches = None
+
     def after_validate(self) -> None:
         learn, batches = self.learn, self._batches
         self._batches = None

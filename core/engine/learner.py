@@ -31,6 +31,14 @@ from core.engine.events import (
     LrSpec,
 )
 from core.engine.lr_finder import LRFindResult, run_lr_find
+from core.engine.memory import (
+    MAX_HALVINGS,
+    MemoryGuard,
+    OutOfMemoryFailure,
+    empty_cache,
+    failure_text,
+    is_out_of_memory,
+)
 from core.engine.metrics import Metric
 from core.engine.model import layer_groups
 
@@ -110,6 +118,10 @@ class Learner:
         self.extra: dict[str, Any] = {}  # plain values a recipe keeps with each checkpoint (e.g. the lr it chose)
         self.head_config: Any = None  # the HeadConfig the model was built with (exported with it)
         self._resume: dict[str, Any] | None = None
+        self.memory_guard: MemoryGuard | None = None  # set: out of memory halves the micro-batch (memory.py)
+        self.micro_splits = 1  # a training batch runs as this many micro-batches, their gradients accumulated
+        self.oom_backoff: list[dict[str, Any]] = []  # each halving: when, from what to what, why
+        self._in_backward = False
 
     # ----- callbacks -----------------------------------------------------------------------------
     def add_cbs(self, cbs: Iterable[Callback]) -> None:
@@ -284,15 +296,91 @@ class Learner:
                 self.train_iter += 1
 
     def _do_one_batch(self) -> None:
-        self.pred = self.model(self.xb)
-        self("after_pred")
-        self.loss_grad = self.loss_func(self.pred, self.yb)
-        self.loss = self.loss_grad.detach()
-        self("after_loss")
+        if self.memory_guard is None:
+            self._forward_backward(self.xb, self.yb, 1.0)
+        else:
+            self._guarded_batch()
         if not self.training or len(self.yb) == 0:
             return
-        self._with_events(self._backward, "backward", CancelBackwardException)
         self._with_events(self._step, "step", CancelStepException)
+
+    def _forward_backward(self, xb: torch.Tensor, yb: torch.Tensor, share: float) -> None:
+        """Forward, loss and (training) backward of a batch or of a micro-batch that is `share` of it."""
+        guard = self.memory_guard
+        with guard.forward(len(yb), self.dls.device, self.training) if guard else contextlib.nullcontext():
+            self.pred = self.model(xb)
+            self("after_pred")
+            self.loss_grad = self.loss_func(self.pred, yb)
+        if share != 1.0:
+            self.loss_grad = self.loss_grad * share
+        self.loss = self.loss_grad.detach()
+        self("after_loss")
+        if not self.training or len(yb) == 0:
+            return
+        self._in_backward = True
+        self._with_events(self._backward, "backward", CancelBackwardException)
+        self._in_backward = False
+
+    def _guarded_batch(self) -> None:
+        """A batch in `micro_splits` micro-batches whose gradients accumulate (the step is the batch's); out of
+        memory, the split doubles (core/engine/memory.py) and the batch runs again, up to MAX_HALVINGS. A validation
+        batch (twice the training batch) is split as many times."""
+        xb, yb = self.xb, self.yb
+        tried: list[int] = []
+        while True:
+            size = -(-len(yb) // self.micro_splits)
+            tried.append(size)
+            try:
+                self._split_batch(xb, yb, size)
+                return
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self._back_off(exc, tried, xb, yb)
+
+    def _split_batch(self, xb: torch.Tensor, yb: torch.Tensor, size: int) -> None:
+        if size >= len(yb):
+            self._forward_backward(xb, yb, 1.0)
+            return
+        preds, losses = [], []
+        for n, start in enumerate(range(0, len(yb), size)):
+            if n:
+                self("before_micro_batch")  # e.g. autocast again: after_loss left it
+            x, y = xb[start : start + size], yb[start : start + size]
+            self.yb = y  # what the callbacks of this micro-batch read (a validation pass keeps its outputs)
+            self._forward_backward(x, y, len(y) / len(yb))
+            preds.append(self.pred.detach())
+            losses.append(self.loss)
+        self.pred, self.loss, self.yb = torch.cat(preds), torch.stack(losses).sum(), yb
+
+    def _back_off(self, exc: BaseException, tried: list[int], xb: torch.Tensor, yb: torch.Tensor) -> None:
+        """After an out-of-memory step: leave what the failed try entered, and halve the micro-batch or fail."""
+        self("after_cancel_batch")
+        self.pred = self.loss_grad = torch.empty(0)  # the failed try's graph goes
+        dropped = self._in_backward
+        self._in_backward = False
+        if dropped:  # a backward that failed part-way added some of its gradients: none of this step's window stays
+            assert self.opt is not None
+            self.opt.zero_grad(set_to_none=True)
+        empty_cache(self.dls.device)
+        if self.micro_splits >= 2**MAX_HALVINGS or tried[-1] <= 1:
+            raise OutOfMemoryFailure(failure_text(len(yb), tried, self.train_iter, exc)) from exc
+        self.micro_splits *= 2
+        self.xb, self.yb = xb, yb
+        notice = {
+            "step": self.train_iter,
+            "epoch": self.epoch,
+            "batch": self.iter,
+            "tag": self.tag,
+            "batch_size": len(yb),
+            "micro_batch": -(-len(yb) // self.micro_splits),
+            "accumulation": self.micro_splits,
+            "gradients_dropped": dropped,
+            "error": str(exc).splitlines()[0][:300],
+        }
+        self.oom_backoff.append(notice)
+        self("after_oom_backoff")
+        self("before_micro_batch")
 
     def _backward(self) -> None:
         self.loss_grad.backward()
@@ -337,6 +425,8 @@ class Learner:
                 "data": {"seed": self.dls.config.seed, "epoch": epoch, "batch": batch},
                 "recorder": self.recorder.state(),
                 "extra": dict(self.extra),
+                "micro_splits": self.micro_splits,
+                "oom_backoff": list(self.oom_backoff),
             }
         )
 
@@ -360,6 +450,8 @@ class Learner:
         self.start_epoch, self.start_batch, self.train_iter = pos["epoch"], pos["batch"], pos["train_iter"]
         self.fit_index = int(state["fit_index"])
         self.recorder.load_state(state["recorder"])
+        self.micro_splits = int(state.get("micro_splits", 1))  # a resumed job keeps the split it backed off to
+        self.oom_backoff = list(state.get("oom_backoff", []))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():

@@ -5,6 +5,7 @@ folder, so the same job code runs in the CLI, a notebook or a test with no serve
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +49,7 @@ class LocalJobContext:
         self.batches: list[dict[str, Any]] = []
         self.epochs: list[dict[str, Any]] = []
         self.stop_requested = False
+        self.notices: list[dict[str, Any]] = []
 
     @property
     def checkpoint_file(self) -> Path:
@@ -61,6 +63,21 @@ class LocalJobContext:
         self.epochs.append(row)
         with (self.out / "epochs.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+    def on_progress(self, row: dict[str, Any]) -> None:
+        """A job that is no fit (a predict job's chunks): how far it is, on stderr."""
+        if self.show_progress:
+            print(f"\r{row['stage']}: {row['done']}/{row['total']}", end="", file=sys.stderr, flush=True)
+
+    def on_notice(self, notice: dict[str, Any]) -> None:
+        """Something the job changed on its own (out of memory: a smaller micro-batch), said on stderr."""
+        self.notices.append(notice)
+        if notice.get("kind") == "oom_backoff":
+            print(
+                f"fitcycle: out of memory at step {notice['step']}: batch of {notice['batch_size']} now runs as "
+                f"{notice['accumulation']} micro-batches of {notice['micro_batch']} ({notice['error']})",
+                file=sys.stderr,
+            )
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         save_checkpoint(state, self.checkpoint_file)

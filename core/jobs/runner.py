@@ -53,6 +53,8 @@ def run_spec(
 
 def _run(spec: TrainSpec, ctx: JobContext, items: LabelledItems | None, rank: Rank | None) -> dict[str, Any]:
     kind = get_kind(spec.kind)
+    if kind.answers is not None:  # a model answers the data: nothing to train (core/jobs/kinds/predict.py)
+        return kind.answers(spec, ctx, items if items is not None else label_items(spec))
     if spec.is_text:  # the ULMFiT flow: its own learners (core/jobs/text_training.py), one device
         assert kind.text is not None  # kind.check refused a kind that takes no texts
         texts = items if items is not None else label_items(spec)

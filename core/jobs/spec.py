@@ -90,11 +90,24 @@ class JobSettings(BaseModel):
     compile: StrictBool = Field(
         False, description="torch.compile the model (falls back to eager, saying why, if it fails)"
     )
+    grad_accum: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="step the optimizer every this many batches, their gradients averaged (an effective batch of "
+        "bs x grad_accum; the schedule counts batches)",
+    )
     deterministic: StrictBool = Field(
         False,
         description="torch's deterministic algorithms (cuDNN benchmark off on CUDA): the same job on the same device "
         "gives bit-identical weights even where the fastest kernels do not (an op without one fails the job, naming "
         "itself); a CPU job is deterministic without it",
+    )
+    predict_chunk: int = Field(
+        256,
+        ge=1,
+        le=65536,
+        description="predict: items per written chunk of answers (a crashed job answers at most one chunk again)",
     )
     gpus: int = Field(
         1,
@@ -231,7 +244,13 @@ class TrainSpec(JobSettings):
         300.0, ge=0, le=86400, description="a checkpoint once this long has passed since the last (0: every epoch)"
     )
     report_every_n_batches: int = Field(10, ge=1)
-    grad_accum: int = Field(1, ge=1, le=1024)
+    memory_ceiling_mb: int | None = Field(
+        None,
+        ge=64,
+        le=2**24,
+        description="CPU: a training step that would pass this many MiB (resident memory + its activations) backs "
+        "off to smaller micro-batches, as an out-of-memory error does on CUDA (core/engine/memory.py)",
+    )
     device: str | None = None
 
     @model_validator(mode="after")

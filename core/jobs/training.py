@@ -48,6 +48,7 @@ from core.engine.interpret import kept_valid_outputs
 from core.engine.items import LabelledItems
 from core.engine.learner import Learner
 from core.engine.lr_finder import LRFindResult, sweep_steps
+from core.engine.memory import MemoryGuard
 from core.engine.metrics import get_metric
 from core.engine.model import HeadConfig
 from core.engine.plots import plot_losses, plot_lr_find, show_batch
@@ -228,6 +229,8 @@ def build_learner(
     learn, source = cnn_learner(items, spec.architecture, config, pretrained, metrics, cbs, device, loss, head)
     if spec.init_bundle:
         _load_full_weights(learn, spec.init_bundle, remap=remap_classes)
+    if rank is None:  # one device: out of memory splits the batch (the ranks of a fit would have to agree)
+        learn.memory_guard = MemoryGuard.of(spec.memory_ceiling_mb)
     assert learn.arch is not None
     return Built(learn, items, learn.arch, source)
 
@@ -421,6 +424,7 @@ def export_results(spec: TrainSpec, ctx: JobContext, built: Built, lrs: dict[str
         "counts": built.items.counts(),
         "rejected": [r.__dict__ for r in built.items.rejected],
         "spec": spec.summary(),
+        "oom_backoff": learn.oom_backoff,  # each time out of memory halved the micro-batch (core/engine/memory.py)
         "timings": timer.as_dict(),
         "timings_background": {"plots": drawn},  # drawing time on the plot thread, overlapping the phases
     }

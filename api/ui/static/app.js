@@ -127,6 +127,15 @@ document.addEventListener("click", async (ev) => {
   if (!el) return;
   if (el.dataset.cancel) {
     await fc.act("Cancel", () => fc.api("POST", `/jobs/${el.dataset.cancel}/cancel`));
+  } else if (el.dataset.rerun) {
+    const body = {};
+    if (el.dataset.seed !== undefined) {
+      const seed = prompt("Rerun with which seed? (its split and draws change with it)", el.dataset.seed);
+      if (seed === null) return;
+      body.seed = Number(seed);
+    }
+    const job = await fc.act("Rerun", () => fc.api("POST", `/jobs/${el.dataset.rerun}/rerun`, body));
+    if (job) location.href = `/jobs/${job.id}`;
   } else if (el.dataset.promote) {
     const reason = prompt("Why? (kept with the decision)", "") ?? "";
     const done = await fc.act("Promote", () =>

@@ -8,7 +8,7 @@ Adding a kind: a module here with `run` and `KIND`, its name in core/jobs/kind_n
 from __future__ import annotations
 
 from core.jobs.kind_names import DEFAULT_KIND, KIND_NAMES, KindName
-from core.jobs.kinds import adopt, fine_tune, interpret, language_model, lr_find, retrain, stage1, stage2
+from core.jobs.kinds import adopt, fine_tune, interpret, language_model, lr_find, predict, retrain, stage1, stage2
 from core.jobs.kinds.base import SAME_DATA, JobKind, KindProblem, lr_form
 
 KINDS: dict[str, JobKind] = {
@@ -22,11 +22,13 @@ KINDS: dict[str, JobKind] = {
         retrain.KIND,
         language_model.KIND,
         adopt.KIND,
+        predict.KIND,
     )
 }
 # The kinds the CLI and the services name by role rather than by a string.
 FINE_TUNE, SWEEP, RETRAIN, ADOPT = fine_tune.KIND, lr_find.KIND, retrain.KIND, adopt.KIND
 LANGUAGE_MODEL = language_model.KIND
+PREDICT = predict.KIND
 MODEL_KINDS: tuple[str, ...] = tuple(name for name, k in KINDS.items() if k.makes_model)
 
 
@@ -46,6 +48,7 @@ __all__ = [
     "KIND_NAMES",
     "LANGUAGE_MODEL",
     "MODEL_KINDS",
+    "PREDICT",
     "RETRAIN",
     "SAME_DATA",
     "SWEEP",

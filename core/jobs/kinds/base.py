@@ -7,12 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from core.engine.items import TextItems
+from core.engine.items import LabelledItems, TextItems
 from core.jobs.context import JobContext
 from core.jobs.spec import JobSettings, TrainSpec
 from core.jobs.training import Built
 
 Runner = Callable[[TrainSpec, JobContext, Built], dict[str, Any]]
+Answerer = Callable[[TrainSpec, JobContext, LabelledItems], dict[str, Any]]
 TextRunner = Callable[[TrainSpec, JobContext, TextItems], dict[str, Any]]
 
 LrForm = Literal["number", "range", "find", "auto"]
@@ -57,7 +58,9 @@ class JobKind:
     remaps_classes: bool = False  # continues from a model whose class list may differ (rows of kept classes copied)
     defaults_from_champion: bool = False  # its recipe defaults come from the champion it starts from
     form_fields: tuple[str, ...] = ()  # the job form's fields it uses beyond the common ones (the UI)
-    page: Literal["curves", "sweep", "interpretation"] = "curves"  # what its job page shows (the UI)
+    page: Literal["curves", "sweep", "interpretation", "predictions"] = "curves"  # what its job page shows (the UI)
+    answers: Answerer | None = None  # set: it trains nothing; a model answers the data (no learner is built)
+    answers_with_model: bool = False  # from_model (default: the name's champion) is the model it answers with
     images: bool = True  # it learns from images (a dataset of texts needs `text`)
     text: TextRunner | None = None  # the job on a dataset of texts (core/jobs/text_training.py); None: refused
     text_lr: float | None = None  # its default lr on texts, when another than `lr`
