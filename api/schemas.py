@@ -116,6 +116,15 @@ class JobCreate(JobSettings):
     name: str | None = Field(
         None, max_length=200, description="the registry name its model joins (default: the dataset's name)"
     )
+    dry_run: StrictBool = Field(
+        False,
+        description="queue no job: a probe (a tiny `estimate` job on a worker of the queue: a few timed batches of "
+        "the real model at the real size) answers with the job's expected seconds per phase and in all, its peak "
+        "memory and the bytes it will store (its result's `estimate`)",
+    )
+    estimate_job_id: str | None = Field(
+        None, max_length=36, description="the dry run this job follows: its page sets the estimate against the actual"
+    )
     from_model: str | None = Field(
         None,
         max_length=36,

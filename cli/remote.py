@@ -70,6 +70,12 @@ def add_remote_verbs(verbs: Any) -> None:
         help="any job field, value as JSON when it parses (e.g. --set epochs=2 --set lr=[1e-5,1e-3])",
     )
     submit.add_argument("--watch", action="store_true")
+    submit.add_argument(
+        "--estimate",
+        action="store_true",
+        help="queue nothing: a probe on a worker times the model, and the job's expected seconds per phase, peak "
+        "memory and stored bytes are printed (then submit with --set estimate_job_id=PROBE to compare at its end)",
+    )
     kinds = common(jobs.add_parser("kinds", help="the job kinds: parent, default lr, the lr forms each takes"))
     kinds.add_argument("--json", action="store_true")
     jobs_list = common(jobs.add_parser("list", help="list jobs, newest first (a table; --json for scripts)"))
@@ -379,6 +385,19 @@ def watch_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
                     break
     bars.finish(complete=False)
     return dict(_check(http.get(f"/jobs/{job_id}")))
+
+
+def estimate_text(found: dict[str, Any], probe_id: str) -> str:
+    """A dry run's estimate, for a terminal."""
+    rows = [[phase, f"{seconds:.1f}"] for phase, seconds in found["phases"].items()]
+    rows.append(["total", f"{found['total_seconds']:.1f}"])
+    lines = [
+        table(rows, ["PHASE", "SECONDS"]),
+        f"peak memory {found['peak_memory_bytes'] / 2**20:.0f} MiB, stores {found['stored_bytes'] / 1e6:.1f} MB",
+        *found["notes"],
+        f"queue it with --set estimate_job_id={probe_id} to set this against the actual at its end",
+    ]
+    return "\n".join(lines)
 
 
 def rerun_text(job: dict[str, Any]) -> str:
@@ -814,6 +833,14 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client) -> int:
         for item in args.set:
             field, _, value = item.partition("=")
             spec[field] = _value(value)
+        if args.estimate:
+            probe = _check(http.post("/jobs", json={**spec, "dry_run": True}))
+            print(f"probe {probe['id']} queued; waiting for a worker", file=sys.stderr)
+            done = watch_job(http, probe["id"])
+            if done["state"] != "succeeded":
+                raise RemoteError(f"the probe {done['state']}: {done.get('error') or ''}")
+            print(estimate_text(done["result"]["estimate"], probe["id"]))
+            return 0
         job = _check(http.post("/jobs", json=spec))
         print(job["id"])
         if args.watch:

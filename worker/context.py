@@ -74,6 +74,9 @@ class DbJobContext:
         self._fit_started: dict[str, tuple[float, int]] = {}
         self.notices: list[dict[str, Any]] = []  # what the job changed on its own (core.engine.memory's backoff)
         self._progress: dict[str, Any] = {}
+        self.planned_epochs = 0  # the epochs of all its fits (the whole job's ETA)
+        self.estimated_phases: dict[str, float] = {}  # its dry run's estimate, when it follows one
+        self._fits: dict[str, int] = {}  # each fit's epochs, as its batches report them
         self.trial: TrialReporter | None = None  # a search's trial: each epoch's objective goes to its study
 
     # ----- metrics ---------------------------------------------------------------------------------
@@ -83,13 +86,16 @@ class DbJobContext:
         done = int(row["iter"]) - started[1] + 1
         total = int(row.get("n_epoch", 1)) * int(row.get("n_batches", 1))
         rate = (time.monotonic() - started[0]) / max(1, done)
+        fit_left = rate * max(0, total - row["iter"] - 1)
+        n_epoch = int(row.get("n_epoch", 1))
         progress = {
             "stage": tag,
             "epoch": row["epoch"],
             "n_epoch": row.get("n_epoch"),
             "batch": row["batch"],
             "n_batches": row.get("n_batches"),
-            "eta_seconds": round(rate * max(0, total - row["iter"] - 1), 1),
+            "eta_seconds": round(fit_left + self._after(tag, rate, int(row.get("n_batches", 1)), n_epoch), 1),
+            "fit_eta_seconds": round(fit_left, 1),
         }
         if self.notices:
             progress["notices"] = self.notices
@@ -100,6 +106,16 @@ class DbJobContext:
             repos.set_progress(s, self.job_id, self.owner, progress, self.token)
 
         self.fenced("batch metrics", write)
+
+    def _after(self, tag: str, rate: float, n_batches: int, n_epoch: int) -> float:
+        """The seconds the job has left after the fit `tag`: its dry run's estimate of the phases that follow, else
+        its epochs still to come (`planned_epochs`) at this fit's rate (an end's export and plots not counted)."""
+        phases = list(self.estimated_phases)
+        if f"fit:{tag}" in phases:
+            return sum(self.estimated_phases[p] for p in phases[phases.index(f"fit:{tag}") + 1 :])
+        self._fits[tag] = n_epoch
+        seen = sum(self._fits.values())
+        return rate * n_batches * max(0, self.planned_epochs - seen)
 
     def on_progress(self, row: dict[str, Any]) -> None:
         """A job that is no fit (a predict job's chunks): its progress, and an ETA from its rate so far."""

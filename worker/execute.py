@@ -192,6 +192,9 @@ def _execute_job(rt: Runtime, job_id: str) -> str:
         fetch_pretrained(rt.store, spec)  # the fleet's weights store: what the spec needs and this machine lacks
         items = stored_items(folder / "files", manifest, spec.valid_pct, spec.seed)
         ctx.n_train = len(items.indices(False))
+        kind = get_kind(job.kind)
+        ctx.planned_epochs = sum(int(getattr(spec, f)) for f in kind.trains)
+        ctx.estimated_phases = _estimated_phases(rt, job)
         result = run_spec(spec, ctx, items)
         if "provenance" in result:
             dataset = {"version_id": version.id, "sha256": content_hash(folder, manifest)}
@@ -251,6 +254,17 @@ def _execute_job(rt: Runtime, job_id: str) -> str:
         "" if recorded else " (not recorded: no longer the owner)",
     )
     return outcome
+
+
+def _estimated_phases(rt: Runtime, job: domain.Job) -> dict[str, float]:
+    """The phases' seconds of the dry run this job follows (its live ETA covers the whole job), else none."""
+    probe_id = job.spec.get("estimate_job_id")
+    if not probe_id:
+        return {}
+    with session_scope(rt.sessions) as s:
+        probe = repos.get_job(s, str(probe_id), job.project_id)
+    phases = (probe.result.get("estimate") or {}).get("phases") if probe is not None else None
+    return {str(k): float(v) for k, v in phases.items()} if isinstance(phases, dict) else {}
 
 
 def _pruned_result(ctx: DbJobContext) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from core.engine.pretrained import WT103
 from core.engine.rules import TEXT_RULES
 from core.engine.splits import SEED, VALID_PCT
 from core.engine.text.awd_lstm import ARCH as TEXT_ARCH
-from core.jobs.kinds import SAME_DATA, JobKind, get_kind
+from core.jobs.kinds import ESTIMATE, SAME_DATA, JobKind, get_kind
 from core.jobs.provenance import data_seed_for, differences
 from core.jobs.rates import retrain_defaults
 from core.jobs.spec import DEFAULT_ARCH, JobSettings
@@ -243,6 +243,10 @@ def create(
         _check_capacity(state, s, project)
         kind, fields, version, parent, queue = _resolve(s, state, project, body)
         fields["data_seed"] = _data_seed(s, kind, fields, parent, trial)
+        if body.estimate_job_id is not None:
+            _check_estimate(s, project, body.estimate_job_id, kind)
+        if body.dry_run:
+            kind = _dry_run(kind, fields)
         job = repos.create_job(
             s,
             project_id=project.id,
@@ -256,6 +260,29 @@ def create(
             trial_number=trial[1] if trial else None,
         )
     return _send(state, job.id, queue)
+
+
+def _dry_run(kind: JobKind, fields: dict[str, Any]) -> JobKind:
+    """A dry run: the probe job (core/jobs/kinds/probe.py) that estimates a job of `kind` with these settings, on
+    one device."""
+    if kind.estimate is None:
+        raise Problem(422, "Invalid job", f"dry_run: a {kind.name} job has no estimate yet", field="dry_run")
+    fields["estimate_of"] = kind.name
+    fields.pop("estimate_job_id", None)
+    fields["gpus"] = 1
+    return ESTIMATE
+
+
+def _check_estimate(s: Session, project: domain.Project, estimate_job_id: str, kind: JobKind) -> None:
+    """The dry run a job names: this project's, and of a job of its kind."""
+    found = repos.get_job(s, estimate_job_id, project.id)
+    if found is None or not get_kind(found.kind).internal or found.spec.get("estimate_of") != kind.name:
+        raise Problem(
+            422,
+            "Invalid job",
+            f"estimate_job_id: no dry run of a {kind.name} job {estimate_job_id} in this project",
+            field="estimate_job_id",
+        )
 
 
 def _send(state: AppState, job_id: str, queue: str) -> JobPublic:
@@ -408,9 +435,16 @@ def _resolve(
         )
     dataset, version, _ = find_version(s, project, body.dataset_id, body.dataset_version)
     kind = get_kind(body.kind)
+    if kind.internal:
+        raise Problem(
+            422,
+            "Invalid job",
+            f"kind: an {kind.name} job is a dry run's probe: queue the job you want estimated with dry_run: true",
+            field="kind",
+        )
     fields = body.model_dump(
         mode="json",
-        exclude={"dataset_id", "dataset_version", "parent_job_id", "queue", "kind", "from_model"},
+        exclude={"dataset_id", "dataset_version", "parent_job_id", "queue", "kind", "from_model", "dry_run"},
         exclude_none=True,
     )
     fields["name"] = body.name or dataset.name + kind.name_suffix

@@ -16,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 
 from api.errors import Problem
 from api.guard import SESSION_COOKIE
-from api.schemas import MAX_TEXT_CHARS, DatasetPublic, ModelPublic, RegistryEntry, SearchPublic
+from api.schemas import MAX_TEXT_CHARS, DatasetPublic, JobPublic, ModelPublic, RegistryEntry, SearchPublic
 from api.services import datasets as datasets_service
 from api.services import drift_report
 from api.services import feedback as feedback_service
@@ -268,7 +268,7 @@ def jobs_page(request: Request, caller: PageCaller, page: Annotated[int, Query(g
         page=page,
         datasets=datasets,
         models=models,
-        kinds=list(KINDS.values()),
+        kinds=[k for k in KINDS.values() if not k.internal],
         parents=[j for j in found.data if j.model_id],
         defaults=JobSettings().model_dump() | {"arch": DEFAULT_ARCH},
         texts={d.id for d in datasets if holds_texts(d)},
@@ -287,6 +287,28 @@ def _artifact_json(state: AppState, project: domain.Project, job_id: str, name: 
     return json.loads(b"".join(chunks))
 
 
+def _estimate_of(state: AppState, project: domain.Project, job: JobPublic) -> dict[str, Any] | None:
+    """A job's own estimate (a dry run's probe), or the estimate of the dry run it followed, with the actual
+    seconds of each phase beside it once it has them (its timings)."""
+    found: dict[str, Any] | None = job.result.get("estimate") if get_kind(job.kind).internal else None
+    probe_id = job.spec.get("estimate_job_id")
+    if found is None and probe_id:
+        try:
+            found = jobs_service.get(state, project, str(probe_id)).result.get("estimate")
+        except Problem:
+            found = None
+    if not isinstance(found, dict) or not isinstance(found.get("phases"), dict):
+        return None
+    actual = job.result.get("timings") or {}
+    rows = [
+        {"phase": p, "estimate": float(s), "actual": actual.get(p)}
+        for p, s in [*found["phases"].items(), ("total", found.get("total_seconds", 0.0))]
+    ]
+    rows += [{"phase": p, "estimate": None, "actual": s} for p, s in actual.items() if p not in found["phases"]]
+    rows = [r for r in rows if r["phase"] != "total"] + [r for r in rows if r["phase"] == "total"][:1]
+    return {**found, "rows": rows, "probe_id": probe_id or job.id, "own": probe_id is None}
+
+
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, caller: PageCaller, job_id: str) -> Response:
     state, project = app_state(request), caller.project
@@ -298,9 +320,11 @@ def job_page(request: Request, caller: PageCaller, job_id: str) -> Response:
     names = {a.name for a in artifacts.data}
     samples = _artifact_json(state, project, job_id, "samples.json") if "samples.json" in names else None
     version = datasets_service.version_by_id(state, project, job.dataset_version_id)
+    estimate = _estimate_of(state, project, job)
     return render(
         request,
         "job.html",
+        estimate=estimate,
         title=f"Job {job.kind}",
         caller=caller,
         job=job,

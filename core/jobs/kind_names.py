@@ -8,7 +8,16 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 KindName = Literal[
-    "fine_tune", "stage1", "stage2", "lr_find", "interpret", "retrain", "language_model", "adopt", "predict"
+    "fine_tune",
+    "stage1",
+    "stage2",
+    "lr_find",
+    "interpret",
+    "retrain",
+    "language_model",
+    "adopt",
+    "batch_predict",
+    "estimate",
 ]
 KIND_NAMES: tuple[str, ...] = get_args(KindName)
 DEFAULT_KIND: KindName = "fine_tune"  # what `fitcycle train` runs, and a spec that names no kind

@@ -252,6 +252,7 @@ class TrainSpec(JobSettings):
         "off to smaller micro-batches, as an out-of-memory error does on CUDA (core/engine/memory.py)",
     )
     device: str | None = None
+    estimate_of: KindName | None = Field(None, description="an estimate job: the kind of the job it estimates")
 
     @model_validator(mode="after")
     def _rule_fields(self) -> TrainSpec:

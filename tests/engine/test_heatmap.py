@@ -30,7 +30,9 @@ from core.jobs.spec import TrainSpec
 # half the image. Three squares of other colours outside the region: without them the mark is the only thing that
 # stands out, and a model of shuffled labels looks at it too.
 DISTRACTORS = 3
+# fp32: bf16's kernels follow the CPU, and on an AMX machine the shuffled model's bf16 heatmap put 0.40 in the region.
 RECIPE = {"arch": "resnet18", "pretrained": "none", "size": 256, "bs": 32, "freeze_epochs": 0, "epochs": 4}
+RECIPE["precision"] = "fp32"
 
 
 def _train(tmp: Path, shuffle_labels: bool) -> Predictor:
@@ -66,7 +68,8 @@ def test_the_heatmap_sits_on_the_region_that_decides_and_not_for_a_model_of_shuf
         if name == "learnt":
             assert hits >= 0.95
     # The region is a quarter of the image: an even heatmap puts 0.25 of its mass there.
-    # Measured: 0.60 (bf16 fit) and 0.76 (fp32) learnt, 0.20 and 0.21 shuffled (docs/performance.md).
+    # Measured: 0.60 (bf16 fit) and 0.76 (fp32) learnt, 0.20 and 0.21 shuffled (docs/performance.md); on an AMX
+    # machine, fp32: 0.765 learnt, 0.263 shuffled (bf16 there: 0.67 and 0.40).
     assert mass["learnt"] >= 0.5, mass
     assert mass["shuffled"] <= 0.3, mass
     assert mass["learnt"] >= mass["shuffled"] + 0.25, mass

@@ -57,14 +57,16 @@ def test_injected_oom_halves_the_micro_batch_and_keeps_the_schedule(
 
     # The same epochs and steps, and a loss curve no further from the unhindered one than other draws are.
     assert [e["epoch"] for e in hindered["epochs"]] == [e["epoch"] for e in plain["epochs"]] == [0, 1, 2]
-    curve = [b["loss"] for b in plain_ctx.batches]
     assert [b["iter"] for b in ctx.batches] == [b["iter"] for b in plain_ctx.batches]
 
-    def distance(other: LocalJobContext) -> float:
-        return sum(abs(a - b["loss"]) for a, b in zip(curve, other.batches, strict=True)) / len(curve)
+    def distance(one: LocalJobContext, other: LocalJobContext) -> float:
+        pairs = list(zip(one.batches, other.batches, strict=True))
+        return sum(abs(a["loss"] - b["loss"]) for a, b in pairs) / len(pairs)
 
-    noise = max(distance(other) for other in others)
-    assert distance(ctx) <= noise, (distance(ctx), [distance(o) for o in others])
+    # Halved micro-batches see other BatchNorm statistics: the curve moves as other draws move it, no more.
+    runs = [plain_ctx, *others]
+    noise = [distance(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :]]
+    assert distance(ctx, plain_ctx) <= 1.5 * sum(noise) / len(noise), (distance(ctx, plain_ctx), noise)
 
 
 def test_two_halvings_that_still_fail_fail_the_job_with_what_they_tried(

@@ -32,7 +32,7 @@ def bundle(fashion_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def _predict(data: Path, bundle: Path, ctx: LocalJobContext) -> dict[str, Any]:
-    spec = TrainSpec(kind="predict", data=str(data), init_bundle=str(bundle), predict_chunk=16, arch="resnet18")
+    spec = TrainSpec(kind="batch_predict", data=str(data), init_bundle=str(bundle), predict_chunk=16, arch="resnet18")
     return run_spec(spec, ctx)
 
 

@@ -22,7 +22,7 @@ def test_predict_job_answers_a_version_and_downloads(stack: Stack, fashion_zip: 
     trained = c.wait(c.submit(kind="fine_tune", dataset_id=ds["id"], **spec)["id"])
     assert trained["state"] == "succeeded", trained["error"]
 
-    job = c.submit(kind="predict", dataset_id=ds["id"], predict_chunk=16)  # the name's champion answers
+    job = c.submit(kind="batch_predict", dataset_id=ds["id"], predict_chunk=16)  # the name's champion answers
     states = []
     with httpx.stream(
         "GET", f"{c.base}/jobs/{job['id']}/events", headers={"Authorization": f"Bearer {c.key}"}, timeout=120
@@ -55,7 +55,7 @@ def test_predict_job_answers_a_version_and_downloads(stack: Stack, fashion_zip: 
     # What is no predict job, or cannot be one, says why.
     res = c.get(f"/jobs/{trained['id']}/predictions")
     assert res.status_code == 404 and "predict job" in res.json()["detail"]
-    res = c.post("/jobs", json={"kind": "predict", "dataset_id": ds["id"], "name": "nothing-here"})
+    res = c.post("/jobs", json={"kind": "batch_predict", "dataset_id": ds["id"], "name": "nothing-here"})
     assert res.status_code == 422 and "no champion" in res.json()["detail"]
-    res = c.post("/jobs", json={"kind": "predict", "dataset_id": ds["id"], "epochs": 3, "lr": 0.1})
+    res = c.post("/jobs", json={"kind": "batch_predict", "dataset_id": ds["id"], "epochs": 3, "lr": 0.1})
     assert res.status_code == 422 and "lr" in res.json()["detail"]

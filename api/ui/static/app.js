@@ -241,6 +241,44 @@ if (jobForm) {
     const job = await fc.act("Queue the job", () => fc.api("POST", "/jobs", fc.formJson(jobForm)));
     if (job) location.href = `/jobs/${job.id}`;
   });
+
+  // A dry run: a probe job on a worker of the queue times the real model; its estimate shows here, and queueing
+  // the job then links it (the job page sets the estimate against the actual). Changing the form forgets it.
+  const estimateId = jobForm.querySelector("[data-estimate-id]");
+  const estimateOut = jobForm.querySelector("[data-estimate-out]");
+  jobForm.addEventListener("input", (ev) => {
+    if (ev.target !== estimateId) { estimateId.value = ""; estimateOut.replaceChildren(); }
+  });
+  const seconds = (s) => (s >= 90 ? `${(s / 60).toFixed(1)} min` : `${s.toFixed(1)} s`);
+  const showEstimate = (e) => {
+    const table = document.createElement("table");
+    table.innerHTML = "<thead><tr><th scope='col'>Phase</th><th scope='col'>Expected</th></tr></thead>";
+    const body = table.createTBody();
+    for (const [phase, s] of [...Object.entries(e.phases), ["total", e.total_seconds]]) {
+      const row = body.insertRow();
+      row.insertCell().textContent = phase;
+      row.insertCell().textContent = seconds(s);
+      if (phase === "total") row.className = "total";
+    }
+    const facts = document.createElement("p");
+    facts.textContent = `peak memory ${(e.peak_memory_bytes / 2 ** 20).toFixed(0)} MiB · stores ${(e.stored_bytes / 1e6).toFixed(1)} MB · ${e.notes.join("; ")}`;
+    estimateOut.replaceChildren(table, facts);
+  };
+  jobForm.querySelector("[data-estimate]").addEventListener("click", async () => {
+    const body = { ...fc.formJson(jobForm), dry_run: true };
+    delete body.estimate_job_id;
+    const probe = await fc.act("Queue the estimate's probe", () => fc.api("POST", "/jobs", body));
+    if (!probe) return;
+    estimateOut.textContent = "Probing the model on a worker…";
+    let job = probe;
+    while (!["succeeded", "failed", "cancelled"].includes(job.state)) {
+      await new Promise((r) => setTimeout(r, 1000));
+      job = await fc.api("GET", `/jobs/${probe.id}`);
+    }
+    if (job.state !== "succeeded") { estimateOut.textContent = `The probe ${job.state}: ${job.error || ""}`; return; }
+    estimateId.value = probe.id;
+    showEstimate(job.result.estimate);
+  });
 }
 
 // A name's policy.

@@ -8,7 +8,18 @@ Adding a kind: a module here with `run` and `KIND`, its name in core/jobs/kind_n
 from __future__ import annotations
 
 from core.jobs.kind_names import DEFAULT_KIND, KIND_NAMES, KindName
-from core.jobs.kinds import adopt, fine_tune, interpret, language_model, lr_find, predict, retrain, stage1, stage2
+from core.jobs.kinds import (
+    adopt,
+    fine_tune,
+    interpret,
+    language_model,
+    lr_find,
+    predict,
+    probe,
+    retrain,
+    stage1,
+    stage2,
+)
 from core.jobs.kinds.base import SAME_DATA, JobKind, KindProblem, lr_form
 
 KINDS: dict[str, JobKind] = {
@@ -23,12 +34,13 @@ KINDS: dict[str, JobKind] = {
         language_model.KIND,
         adopt.KIND,
         predict.KIND,
+        probe.KIND,
     )
 }
 # The kinds the CLI and the services name by role rather than by a string.
 FINE_TUNE, SWEEP, RETRAIN, ADOPT = fine_tune.KIND, lr_find.KIND, retrain.KIND, adopt.KIND
 LANGUAGE_MODEL = language_model.KIND
-PREDICT = predict.KIND
+PREDICT, ESTIMATE = predict.KIND, probe.KIND
 MODEL_KINDS: tuple[str, ...] = tuple(name for name, k in KINDS.items() if k.makes_model)
 
 
@@ -43,6 +55,7 @@ def get_kind(name: str) -> JobKind:
 __all__ = [
     "ADOPT",
     "DEFAULT_KIND",
+    "ESTIMATE",
     "FINE_TUNE",
     "KINDS",
     "KIND_NAMES",

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from core.engine.items import LabelledItems, TextItems
 from core.jobs.context import JobContext
+from core.jobs.estimate import PhaseEstimator
 from core.jobs.spec import JobSettings, TrainSpec
 from core.jobs.training import Built
 
@@ -58,9 +59,11 @@ class JobKind:
     remaps_classes: bool = False  # continues from a model whose class list may differ (rows of kept classes copied)
     defaults_from_champion: bool = False  # its recipe defaults come from the champion it starts from
     form_fields: tuple[str, ...] = ()  # the job form's fields it uses beyond the common ones (the UI)
-    page: Literal["curves", "sweep", "interpretation", "predictions"] = "curves"  # what its job page shows (the UI)
+    page: Literal["curves", "sweep", "interpretation", "predictions", "estimate"] = "curves"  # its job page (UI)
     answers: Answerer | None = None  # set: it trains nothing; a model answers the data (no learner is built)
     answers_with_model: bool = False  # from_model (default: the name's champion) is the model it answers with
+    estimate: PhaseEstimator | None = None  # its phases' seconds from a probe (core/jobs/estimate.py); None: none yet
+    internal: bool = False  # queued by the service itself (a dry run's probe), never by name
     images: bool = True  # it learns from images (a dataset of texts needs `text`)
     text: TextRunner | None = None  # the job on a dataset of texts (core/jobs/text_training.py); None: refused
     text_lr: float | None = None  # its default lr on texts, when another than `lr`

@@ -7,6 +7,7 @@ from typing import Any
 
 from core.engine.items import TextItems
 from core.jobs.context import JobContext
+from core.jobs.estimate import fine_tune_phases
 from core.jobs.kinds.base import JobKind
 from core.jobs.spec import TrainSpec
 from core.jobs.training import Built, export_results, last_stage, resume_and_base_lr, use_size
@@ -80,4 +81,5 @@ KIND = JobKind(
     trains=("freeze_epochs", "epochs"),
     plan=True,
     form_fields=("pretrained", "freeze_epochs", "epochs", "lr", "plan"),
+    estimate=fine_tune_phases,
 )

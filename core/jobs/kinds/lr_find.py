@@ -7,6 +7,7 @@ from typing import Any
 
 from core.engine.items import TextItems
 from core.jobs.context import JobContext
+from core.jobs.estimate import sweep_phases
 from core.jobs.kinds.base import JobKind
 from core.jobs.spec import TrainSpec
 from core.jobs.training import Built, find_lr
@@ -46,4 +47,5 @@ KIND = JobKind(
     lr=None,
     page="sweep",
     form_fields=("pretrained", "epochs"),
+    estimate=sweep_phases,
 )

@@ -21,6 +21,7 @@ from core.engine.errors import DataError
 from core.engine.inference import Predictor
 from core.engine.items import LabelItems, LabelledItems
 from core.jobs.context import JobContext
+from core.jobs.estimate import answer_phases
 from core.jobs.kinds.base import JobKind
 from core.jobs.spec import TrainSpec
 
@@ -35,18 +36,22 @@ def part_names(n_parts: int, suffix: str) -> list[str]:
     return [PART.format(i, suffix) for i in range(n_parts)]
 
 
-def _resume_point(ctx: JobContext, n_items: int, chunk: int) -> int:
-    """Chunks already written by an earlier attempt of this job (0: none, or another job's checkpoint)."""
+def _resume_point(ctx: JobContext, n_items: int, chunk: int) -> tuple[int, int]:
+    """Chunks already written by an earlier attempt of this job, and how many of their answers were right (0, 0:
+    none, or another make-up of the job: then everything is answered again and the parts are rewritten)."""
     state = ctx.latest_checkpoint()
     if not state or state.get("format") != CHECKPOINT_FORMAT:
-        return 0
+        return 0, 0
     if state.get("n_items") != n_items or state.get("chunk") != chunk:
-        return 0  # another make-up of the same job: answer everything again (the parts are rewritten)
-    return int(state.get("chunks_done", 0))
+        return 0, 0
+    return int(state.get("chunks_done", 0)), int(state.get("hits", 0))
 
 
-def _labels(items: LabelledItems) -> list[str] | None:
-    return items.labels if isinstance(items, LabelItems) and all(items.labels) else None
+def _labels(items: LabelledItems) -> list[list[str]] | None:
+    """Each item's classes as the version has them, when every item has some (classification, multi-label)."""
+    if not isinstance(items, LabelItems) or not all(items.labels):
+        return None
+    return [items.label_set(i) for i in range(len(items))]
 
 
 def run_predict(spec: TrainSpec, ctx: JobContext, items: LabelledItems) -> dict[str, Any]:
@@ -59,9 +64,9 @@ def run_predict(spec: TrainSpec, ctx: JobContext, items: LabelledItems) -> dict[
     if n == 0:
         raise DataError("the dataset version has no items to answer")
     n_parts = math.ceil(n / chunk)
-    start = _resume_point(ctx, n, chunk)
+    start, hits = _resume_point(ctx, n, chunk)
     labels = _labels(items)
-    known = set(predictor.classes)
+    scored = labels is not None and {c for classes in labels for c in classes} <= set(predictor.classes)
     t0, answered = time.perf_counter(), 0
     for part in range(start, n_parts):
         if ctx.should_stop():
@@ -81,14 +86,18 @@ def run_predict(spec: TrainSpec, ctx: JobContext, items: LabelledItems) -> dict[
                     "uncertainty": answer.uncertainty,
                 }
                 if labels is not None:
-                    row["label"] = labels[i]
+                    row["label"] = items.labels[i]  # type: ignore[attr-defined]
+                    said = predictor.task.mix_labels(answer.answer())  # its class (multi-label: its classes)
+                    hits += scored and said is not None and sorted(said) == sorted(labels[i])
                 rows.write(json.dumps(row) + "\n")
                 writer.writerow([items.keys[i], answer.text(), f"{answer.uncertainty:.6f}"])
         for suffix, text in (("jsonl", rows.getvalue()), ("csv", table.getvalue())):
             name = PART.format(part, suffix)
             ctx.artifact_path(name).write_text(text)
             ctx.artifact_written(name)
-        ctx.save_checkpoint({"format": CHECKPOINT_FORMAT, "chunks_done": part + 1, "n_items": n, "chunk": chunk})
+        ctx.save_checkpoint(
+            {"format": CHECKPOINT_FORMAT, "chunks_done": part + 1, "n_items": n, "chunk": chunk, "hits": hits}
+        )
         answered += hi - lo
         report = getattr(ctx, "on_progress", None)
         if report is not None:
@@ -108,23 +117,9 @@ def run_predict(spec: TrainSpec, ctx: JobContext, items: LabelledItems) -> dict[
         "task": predictor.task.name,
         "parts": {"jsonl": part_names(n_parts, "jsonl"), "csv": part_names(n_parts, "csv")},
     }
-    if labels is not None and predictor.task.name == "classification" and set(labels) <= known:
-        result["accuracy"] = _accuracy(ctx, n_parts)
+    if scored:  # the share of items whose top answer is their label, over every attempt's chunks
+        result["accuracy"] = hits / n
     return result
-
-
-def _accuracy(ctx: JobContext, n_parts: int) -> float:
-    """The share of items whose top answer is their label, read back from the written chunks (all attempts')."""
-    hits = total = 0
-    for name in part_names(n_parts, "jsonl"):
-        path = ctx.artifact_path(name)
-        if not path.is_file():  # written by an earlier attempt on another machine: not counted here
-            continue
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            total += 1
-            hits += row["answer"]["top"][0] == row["label"]
-    return hits / total if total else math.nan
 
 
 def _not_a_training_job(spec: TrainSpec, ctx: JobContext, built: Any) -> dict[str, Any]:
@@ -132,7 +127,7 @@ def _not_a_training_job(spec: TrainSpec, ctx: JobContext, built: Any) -> dict[st
 
 
 KIND = JobKind(
-    name="predict",
+    name="batch_predict",
     summary="batch prediction: a model answers every image of a dataset version (JSON Lines and CSV)",
     run=_not_a_training_job,
     answers=run_predict,
@@ -144,4 +139,5 @@ KIND = JobKind(
     inherits=(),
     form_fields=(),
     page="predictions",
+    estimate=answer_phases,
 )

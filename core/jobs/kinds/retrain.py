@@ -8,6 +8,7 @@ from typing import Any
 
 from core.engine.items import TextItems
 from core.jobs.context import JobContext
+from core.jobs.estimate import fine_tune_phases
 from core.jobs.kinds.base import JobKind
 from core.jobs.kinds.fine_tune import run as fine_tune
 from core.jobs.rates import RETRAIN_FALLBACK
@@ -37,4 +38,5 @@ KIND = JobKind(
     remaps_classes=True,
     defaults_from_champion=True,
     form_fields=("freeze_epochs", "epochs", "lr"),
+    estimate=fine_tune_phases,
 )

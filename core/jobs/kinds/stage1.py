@@ -8,6 +8,7 @@ from typing import Any
 from core.engine.items import TextItems
 from core.engine.learner import LrSpec
 from core.jobs.context import JobContext
+from core.jobs.estimate import one_fit_phases
 from core.jobs.kinds.base import JobKind
 from core.jobs.rates import STAGE1_DEFAULT_LR
 from core.jobs.spec import TrainSpec
@@ -45,4 +46,5 @@ KIND = JobKind(
     lr_forms=frozenset({"number", "range", "find"}),
     trains=("epochs",),
     form_fields=("pretrained", "epochs", "lr"),
+    estimate=one_fit_phases("stage1", frozen=lambda spec: spec.is_pretrained),
 )

@@ -8,6 +8,7 @@ from typing import Any
 
 from core.engine.items import TextItems
 from core.jobs.context import JobContext
+from core.jobs.estimate import one_fit_phases
 from core.jobs.kinds.base import JobKind
 from core.jobs.spec import TrainSpec
 from core.jobs.training import Built, export_results, find_lr, last_stage, show_batch_artifact
@@ -67,4 +68,5 @@ KIND = JobKind(
     trains=("epochs",),
     auto_from="lr_find",
     form_fields=("epochs", "lr"),
+    estimate=one_fit_phases("stage2", frozen=lambda spec: False),
 )
