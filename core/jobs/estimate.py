@@ -103,7 +103,8 @@ class _StopAfter(Callback):
     order = 100
 
     def __init__(self, n: int) -> None:
-        self.n, self.seconds = n, []  # type: ignore[var-annotated]
+        self.n = n
+        self.seconds: list[float] = []
 
     def before_batch(self) -> None:
         self.t0 = time.perf_counter()
@@ -155,6 +156,15 @@ def _decode_item(learn: Learner) -> float:
     return (time.perf_counter() - t0) / max(1, n)
 
 
+def _answer_seconds(predictor: Predictor, items: LabelledItems) -> float:
+    """Seconds a bundle takes to answer one image (its decoding included): the first PROBE_ITEMS, after a warm-up."""
+    images = [items.path(i) for i in range(min(PROBE_ITEMS, len(items)))]
+    predictor.predict_batch(images[:4])
+    t0 = time.perf_counter()
+    predictor.predict_batch(images)
+    return (time.perf_counter() - t0) / max(1, len(images))
+
+
 def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -192,12 +202,7 @@ def probe(spec: TrainSpec, items: LabelledItems) -> tuple[Probe, Counts]:
         t0 = time.perf_counter()
         bundle = export_bundle(learn, Path(tmp) / "export", onnx=spec.onnx)
         export = time.perf_counter() - t0
-        predictor = Predictor(bundle)
-        images = [items.path(i) for i in range(min(PROBE_ITEMS, len(items)))]
-        predictor.predict_batch(images[:4])
-        t0 = time.perf_counter()
-        predictor.predict_batch(images)
-        predict = (time.perf_counter() - t0) / max(1, len(images))
+        predict = _answer_seconds(Predictor(bundle), items)
         bundle_bytes = sum(f.stat().st_size for f in Path(bundle).rglob("*") if f.is_file())
         found = Probe(
             build=build,
@@ -225,11 +230,7 @@ def probe_answers(spec: TrainSpec, items: LabelledItems) -> tuple[Probe, Counts]
     t0 = time.perf_counter()
     predictor = Predictor(spec.init_bundle)
     build = time.perf_counter() - t0
-    images = [items.path(i) for i in range(min(PROBE_ITEMS, len(items)))]
-    predictor.predict_batch(images[:4])
-    t0 = time.perf_counter()
-    predictor.predict_batch(images)
-    predict = (time.perf_counter() - t0) / max(1, len(images))
+    predict = _answer_seconds(predictor, items)
     bundle_bytes = sum(f.stat().st_size for f in Path(spec.init_bundle).rglob("*") if f.is_file())
     n_valid = sum(items.is_valid)
     found = Probe(

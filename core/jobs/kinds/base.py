@@ -26,6 +26,11 @@ SAME_DATA = ("size", "resize_method", "transforms", "augment", "seed", "valid_pc
 LR_FORM_TEXT = {"number": "one number", "range": "[low, high]", "find": "'find'", "auto": "'auto'"}
 
 
+def no_learner(spec: TrainSpec, ctx: JobContext, built: Built) -> dict[str, Any]:
+    """The `run` of a kind that trains nothing (it declares `answers`): the runner never builds it a learner."""
+    raise TypeError(f"a {spec.kind} job runs through its kind's `answers`, not a learner")
+
+
 def lr_form(lr: float | tuple[float, float] | str | None) -> LrForm | None:
     """Which form a spec's lr takes (None: unset)."""
     if lr is None:

@@ -22,7 +22,7 @@ from core.engine.inference import Predictor
 from core.engine.items import LabelItems, LabelledItems
 from core.jobs.context import JobContext
 from core.jobs.estimate import answer_phases
-from core.jobs.kinds.base import JobKind
+from core.jobs.kinds.base import JobKind, no_learner
 from core.jobs.spec import TrainSpec
 
 CHECKPOINT_FORMAT = "fitcycle-predict"
@@ -85,8 +85,8 @@ def run_predict(spec: TrainSpec, ctx: JobContext, items: LabelledItems) -> dict[
                     "answer": answer.public(),
                     "uncertainty": answer.uncertainty,
                 }
-                if labels is not None:
-                    row["label"] = items.labels[i]  # type: ignore[attr-defined]
+                if labels is not None and isinstance(items, LabelItems):
+                    row["label"] = items.labels[i]
                     said = predictor.task.mix_labels(answer.answer())  # its class (multi-label: its classes)
                     hits += scored and said is not None and sorted(said) == sorted(labels[i])
                 rows.write(json.dumps(row) + "\n")
@@ -122,14 +122,10 @@ def run_predict(spec: TrainSpec, ctx: JobContext, items: LabelledItems) -> dict[
     return result
 
 
-def _not_a_training_job(spec: TrainSpec, ctx: JobContext, built: Any) -> dict[str, Any]:
-    raise TypeError("a predict job runs through run_predict (JobKind.answers), not a learner")
-
-
 KIND = JobKind(
     name="batch_predict",
     summary="batch prediction: a model answers every image of a dataset version (JSON Lines and CSV)",
-    run=_not_a_training_job,
+    run=no_learner,
     answers=run_predict,
     makes_model=False,
     lr=None,

@@ -12,7 +12,7 @@ from core.engine.errors import DataError
 from core.engine.items import LabelledItems
 from core.jobs.context import JobContext
 from core.jobs.estimate import estimate, probe, probe_answers
-from core.jobs.kinds.base import JobKind
+from core.jobs.kinds.base import JobKind, no_learner
 from core.jobs.spec import TrainSpec
 
 
@@ -33,14 +33,10 @@ def run_probe(spec: TrainSpec, ctx: JobContext, items: LabelledItems) -> dict[st
     return {"estimate_of": target.name, "estimate": answer}
 
 
-def _not_a_training_job(spec: TrainSpec, ctx: JobContext, built: Any) -> dict[str, Any]:
-    raise TypeError("an estimate job runs through run_probe (JobKind.answers), not a learner")
-
-
 KIND = JobKind(
     name="estimate",
     summary="a dry run's probe: a few timed batches of a job's model at its size, and the job's estimate",
-    run=_not_a_training_job,
+    run=no_learner,
     answers=run_probe,
     makes_model=False,
     lr=None,
